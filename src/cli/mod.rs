@@ -1,0 +1,45 @@
+//! The `graviton` command line: one file per subcommand.
+
+mod format;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "graviton",
+    version,
+    about = "A filesystem that keeps file content in content-addressed blocks"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new volume in SOURCE (a directory).
+    Format(format::FormatArgs),
+    /// Show what a volume holds: files, bytes, blocks, dedup ratio.
+    Status(status::StatusArgs),
+}
+
+/// `$XDG_DATA_HOME/graviton/default`, or `~/.local/share/graviton/default`.
+pub fn default_volume() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("graviton").join("default"));
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).ok_or_else(|| {
+        anyhow::anyhow!("neither XDG_DATA_HOME nor HOME is set: cannot place the default volume; name a SOURCE")
+    })?;
+    Ok(PathBuf::from(home).join(".local/share/graviton/default"))
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Format(args) => format::run(args),
+        Command::Status(args) => status::run(args),
+    }
+}

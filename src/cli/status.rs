@@ -1,0 +1,109 @@
+//! `graviton status`: what a volume holds.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::meta::Usage;
+use crate::volume::{Volume, VolumeSettings};
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Volume directory (default: the default volume).
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Status {
+    pub volume: String,
+    pub engine: &'static str,
+    pub block_store: String,
+    pub settings: VolumeSettings,
+    pub usage: Usage,
+    pub stored_blocks: u64,
+    pub stored_bytes: u64,
+    pub referenced_blocks: u64,
+    pub referenced_bytes: u64,
+    pub unreferenced_blocks: u64,
+    pub unreferenced_bytes: u64,
+    /// Logical bytes of files per byte of referenced block content.
+    pub dedup_ratio: f64,
+}
+
+pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
+    let usage = vol.meta.usage()?;
+    let stored = vol.store.list()?;
+    let referenced: HashSet<_> = vol.meta.referenced_blocks()?.into_iter().collect();
+    let (mut rb, mut rbytes, mut ub, mut ubytes) = (0u64, 0u64, 0u64, 0u64);
+    for k in &stored {
+        if referenced.contains(k) {
+            rb += 1;
+            rbytes += k.size as u64;
+        } else {
+            ub += 1;
+            ubytes += k.size as u64;
+        }
+    }
+    Ok(Status {
+        volume: vol.dir.display().to_string(),
+        engine: vol.meta.engine(),
+        block_store: format!("{} ({})", vol.store.backend(), vol.capacity_path.display()),
+        settings: vol.settings.clone(),
+        usage,
+        stored_blocks: stored.len() as u64,
+        stored_bytes: rbytes + ubytes,
+        referenced_blocks: rb,
+        referenced_bytes: rbytes,
+        unreferenced_blocks: ub,
+        unreferenced_bytes: ubytes,
+        dedup_ratio: if rbytes == 0 {
+            1.0
+        } else {
+            usage.logical_bytes as f64 / rbytes as f64
+        },
+    })
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let dir = match args.source {
+        Some(d) => d,
+        None => super::default_volume()?,
+    };
+    let vol = Volume::open(&dir)?;
+    let s = collect(&vol)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!("volume:        {}", s.volume);
+        println!("engine:        {}", s.engine);
+        println!("block store:   {}", s.block_store);
+        println!(
+            "hash/chunker:  {} / {}",
+            s.settings.hash, s.settings.chunker
+        );
+        println!(
+            "files:         {} ({} directories, {} inodes)",
+            s.usage.files, s.usage.directories, s.usage.inodes
+        );
+        println!("logical bytes: {}", s.usage.logical_bytes);
+        println!(
+            "stored bytes:  {} in {} blocks",
+            s.stored_bytes, s.stored_blocks
+        );
+        println!(
+            "referenced:    {} blocks, {} bytes",
+            s.referenced_blocks, s.referenced_bytes
+        );
+        println!(
+            "unreferenced:  {} blocks, {} bytes",
+            s.unreferenced_blocks, s.unreferenced_bytes
+        );
+        println!("dedup ratio:   {:.2}", s.dedup_ratio);
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Graviton: a FUSE filesystem whose file content lives in immutable, content-addressed blocks
+//! and whose metadata lives in a transactional store. See `docs/architecture.md`.
+
+pub mod cli;
+pub mod core;
+pub mod meta;
+pub mod store;
+pub mod vfs;
+pub mod volume;

@@ -1,0 +1,413 @@
+//! The metadata conformance suite, written once and run against every engine.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::{DirEntry, FileKind, Inode, MetaError, MetaStore, MetaTxn, Timestamp};
+use crate::core::extent::{self, Splice};
+use crate::core::{BlockKey, Extent, HashAlgo};
+
+pub fn run_all(store: Arc<dyn MetaStore>) {
+    inodes_round_trip(store.as_ref());
+    uncommitted_changes_vanish(store.as_ref());
+    directory_entries_list_in_cookie_order(store.as_ref());
+    extents_and_block_references(store.as_ref());
+    xattrs_symlinks_orphans(store.as_ref());
+    settings_and_kv(store.as_ref());
+    conflicting_writers_do_not_both_commit(store.as_ref());
+    concurrent_increments_are_isolated(store.clone());
+    inode_numbers_are_unique(store);
+}
+
+fn commit(tx: Box<dyn MetaTxn + '_>) {
+    tx.commit().expect("commit");
+}
+
+fn sample_inode(store: &dyn MetaStore, kind: FileKind) -> Inode {
+    Inode::new(
+        store.allocate_ino().expect("allocate"),
+        kind,
+        0o644,
+        1000,
+        1000,
+        Timestamp { secs: 5, nanos: 7 },
+    )
+}
+
+fn key(n: u8) -> BlockKey {
+    BlockKey::for_data(HashAlgo::Blake3, &[n; 100])
+}
+
+pub fn inodes_round_trip(store: &dyn MetaStore) {
+    let mut ino = sample_inode(store, FileKind::File);
+    ino.size = 1 << 40;
+    let mut tx = store.begin().expect("begin");
+    tx.put_inode(&ino).expect("put");
+    commit(tx);
+    let mut tx = store.begin().expect("begin");
+    assert_eq!(tx.inode(ino.ino).expect("get"), Some(ino.clone()));
+    tx.delete_inode(ino.ino).expect("delete");
+    commit(tx);
+    assert_eq!(store.begin().unwrap().inode(ino.ino).expect("get"), None);
+}
+
+pub fn uncommitted_changes_vanish(store: &dyn MetaStore) {
+    let ino = sample_inode(store, FileKind::File);
+    {
+        let mut tx = store.begin().expect("begin");
+        tx.put_inode(&ino).expect("put");
+        tx.put_dirent(
+            1_000_000,
+            b"ghost",
+            &DirEntry {
+                ino: ino.ino,
+                kind: FileKind::File,
+                cookie: 3,
+            },
+        )
+        .expect("put");
+        assert!(
+            tx.inode(ino.ino).expect("own write").is_some(),
+            "a transaction sees its own writes"
+        );
+    }
+    let mut tx = store.begin().expect("begin");
+    assert_eq!(tx.inode(ino.ino).expect("get"), None);
+    assert_eq!(tx.dirent(1_000_000, b"ghost").expect("get"), None);
+}
+
+pub fn directory_entries_list_in_cookie_order(store: &dyn MetaStore) {
+    let dir = sample_inode(store, FileKind::Dir);
+    let mut tx = store.begin().expect("begin");
+    tx.put_inode(&dir).expect("put");
+    assert!(tx.dir_is_empty(dir.ino).expect("empty"));
+    // names inserted in an order unlike both name order and cookie order
+    for (i, name) in ["zeta", "alpha", "mid", "\u{e9}t\u{e9}"].iter().enumerate() {
+        let e = DirEntry {
+            ino: 100 + i as u64,
+            kind: FileKind::File,
+            cookie: 10 - i as u64,
+        };
+        tx.put_dirent(dir.ino, name.as_bytes(), &e).expect("put");
+    }
+    commit(tx);
+    let mut tx = store.begin().expect("begin");
+    assert!(!tx.dir_is_empty(dir.ino).expect("empty"));
+    let all = tx.list_dir(dir.ino, 0, 100).expect("list");
+    let names: Vec<_> = all
+        .iter()
+        .map(|(n, _)| String::from_utf8(n.clone()).unwrap())
+        .collect();
+    assert_eq!(names, ["\u{e9}t\u{e9}", "mid", "alpha", "zeta"]);
+    let page = tx.list_dir(dir.ino, 8, 1).expect("page");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].0, b"alpha");
+    assert_eq!(
+        tx.dirent(dir.ino, b"mid").expect("get").map(|e| e.ino),
+        Some(102)
+    );
+    // replacing an entry moves its cookie; deleting removes it from listings
+    tx.put_dirent(
+        dir.ino,
+        b"mid",
+        &DirEntry {
+            ino: 555,
+            kind: FileKind::Dir,
+            cookie: 20,
+        },
+    )
+    .expect("replace");
+    tx.delete_dirent(dir.ino, b"zeta").expect("delete");
+    commit(tx);
+    let mut tx = store.begin().expect("begin");
+    let all = tx.list_dir(dir.ino, 0, 100).expect("list");
+    let got: Vec<_> = all
+        .iter()
+        .map(|(n, e)| (n.as_slice(), e.ino, e.cookie))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (&b"\xc3\xa9t\xc3\xa9"[..], 103, 7),
+            (b"alpha", 101, 9),
+            (b"mid", 555, 20)
+        ]
+    );
+    assert_eq!(tx.dirent(dir.ino, b"zeta").expect("get"), None);
+    assert!(
+        tx.list_dir(dir.ino + 1_000_000, 0, 10)
+            .expect("other dir")
+            .is_empty()
+    );
+}
+
+pub fn extents_and_block_references(store: &dyn MetaStore) {
+    let file = sample_inode(store, FileKind::File);
+    let ex = |offset, n, len| Extent {
+        offset,
+        key: key(n),
+        block_offset: 0,
+        len,
+    };
+    let mut tx = store.begin().expect("begin");
+    tx.put_inode(&file).expect("put");
+    let first = Splice {
+        remove: vec![],
+        insert: vec![ex(0, 1, 100), ex(100, 2, 50), ex(1000, 3, 10)],
+    };
+    tx.apply_splice(file.ino, &first).expect("splice");
+    commit(tx);
+    let mut tx = store.begin().expect("begin");
+    assert_eq!(
+        tx.extents(file.ino, 50..60).expect("extents"),
+        vec![ex(0, 1, 100)],
+        "straddling extent found"
+    );
+    assert_eq!(tx.extents(file.ino, 100..1001).expect("extents").len(), 2);
+    assert_eq!(
+        tx.extents(file.ino, 150..1000).expect("extents"),
+        vec![],
+        "holes are empty"
+    );
+    assert!(store.is_referenced(&key(2)).expect("referenced"));
+    // overwrite the middle of block 1's extent with block 4
+    let current = tx.extents(file.ino, 40..60).expect("extents");
+    let s = extent::overwrite(&current, &[ex(40, 4, 20)]);
+    tx.apply_splice(file.ino, &s).expect("splice");
+    let got = tx.extents(file.ino, 0..100).expect("extents");
+    assert_eq!(
+        got.iter().map(|e| (e.offset, e.len)).collect::<Vec<_>>(),
+        [(0, 40), (40, 20), (60, 40)]
+    );
+    assert_eq!(got[2].block_offset, 60);
+    // block 2 loses its only reference
+    let current = tx.extents(file.ino, 100..150).expect("extents");
+    tx.apply_splice(file.ino, &extent::punch(&current, 100..150))
+        .expect("punch");
+    commit(tx);
+    assert!(!store.is_referenced(&key(2)).expect("referenced"));
+    let refs = store.referenced_blocks().expect("refs");
+    for n in [1, 3, 4] {
+        assert!(refs.contains(&key(n)), "block {n} referenced");
+    }
+    let mut tx = store.begin().expect("begin");
+    tx.delete_inode(file.ino).expect("delete");
+    commit(tx);
+    for n in [1, 3, 4] {
+        assert!(
+            !store.is_referenced(&key(n)).expect("referenced"),
+            "delete_inode drops references"
+        );
+    }
+    assert!(
+        store
+            .begin()
+            .unwrap()
+            .extents(file.ino, 0..u64::MAX)
+            .expect("extents")
+            .is_empty()
+    );
+}
+
+pub fn xattrs_symlinks_orphans(store: &dyn MetaStore) {
+    let link = sample_inode(store, FileKind::Symlink);
+    let mut tx = store.begin().expect("begin");
+    tx.put_inode(&link).expect("put");
+    tx.put_symlink_target(link.ino, b"/some/where")
+        .expect("target");
+    tx.put_xattr(link.ino, b"user.b", b"2").expect("xattr");
+    tx.put_xattr(link.ino, b"user.a", b"").expect("xattr");
+    tx.add_orphan(link.ino).expect("orphan");
+    commit(tx);
+    assert!(store.orphans().expect("orphans").contains(&link.ino));
+    let mut tx = store.begin().expect("begin");
+    assert_eq!(
+        tx.symlink_target(link.ino).expect("target").as_deref(),
+        Some(&b"/some/where"[..])
+    );
+    assert_eq!(
+        tx.xattr_names(link.ino).expect("names"),
+        vec![b"user.a".to_vec(), b"user.b".to_vec()]
+    );
+    assert_eq!(
+        tx.xattr(link.ino, b"user.a").expect("get"),
+        Some(vec![]),
+        "empty values are values"
+    );
+    tx.delete_xattr(link.ino, b"user.b").expect("delete");
+    assert_eq!(tx.xattr(link.ino, b"user.b").expect("get"), None);
+    tx.delete_inode(link.ino).expect("delete");
+    commit(tx);
+    assert!(!store.orphans().expect("orphans").contains(&link.ino));
+    let mut tx = store.begin().expect("begin");
+    assert_eq!(tx.symlink_target(link.ino).expect("target"), None);
+    assert!(tx.xattr_names(link.ino).expect("names").is_empty());
+}
+
+pub fn settings_and_kv(store: &dyn MetaStore) {
+    store
+        .put_setting("conformance.chunker", "fixed-4096")
+        .expect("put");
+    assert_eq!(
+        store
+            .setting("conformance.chunker")
+            .expect("get")
+            .as_deref(),
+        Some("fixed-4096")
+    );
+    assert_eq!(store.setting("conformance.none").expect("get"), None);
+    store.kv_put("conf/a", b"1").expect("put");
+    store.kv_put("conf/b", b"2").expect("put");
+    store.kv_put("other", b"3").expect("put");
+    let scanned = store.kv_scan("conf/").expect("scan");
+    assert_eq!(
+        scanned,
+        vec![
+            ("conf/a".into(), b"1".to_vec()),
+            ("conf/b".into(), b"2".to_vec())
+        ]
+    );
+    store.kv_delete("conf/a").expect("delete");
+    assert_eq!(store.kv_get("conf/a").expect("get"), None);
+    assert_eq!(store.kv_get("other").expect("get"), Some(b"3".to_vec()));
+}
+
+pub fn conflicting_writers_do_not_both_commit(store: &dyn MetaStore) {
+    let ino = sample_inode(store, FileKind::File);
+    let mut tx = store.begin().expect("begin");
+    tx.put_inode(&ino).expect("put");
+    commit(tx);
+    let mut a = store.begin().expect("begin");
+    let mut b = store.begin().expect("begin");
+    let mut ia = a.inode(ino.ino).expect("read").expect("exists");
+    let mut ib = b.inode(ino.ino).expect("read").expect("exists");
+    ia.size = 1;
+    ib.size = 2;
+    a.put_inode(&ia).expect("put");
+    a.commit().expect("first commit wins");
+    let lost = b.put_inode(&ib).and_then(|_| b.commit());
+    assert!(
+        matches!(lost, Err(MetaError::Conflict)),
+        "second writer must see a conflict, got {lost:?}"
+    );
+    assert_eq!(
+        store.begin().unwrap().inode(ino.ino).unwrap().unwrap().size,
+        1
+    );
+}
+
+pub fn concurrent_increments_are_isolated(store: Arc<dyn MetaStore>) {
+    let ino = sample_inode(store.as_ref(), FileKind::File);
+    let mut tx = store.begin().expect("begin");
+    tx.put_inode(&ino).expect("put");
+    commit(tx);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    loop {
+                        let run = || -> Result<(), MetaError> {
+                            let mut tx = store.begin()?;
+                            let mut i = tx.inode(ino.ino)?.expect("exists");
+                            i.nlink += 1;
+                            tx.put_inode(&i)?;
+                            tx.commit()
+                        };
+                        match run() {
+                            Ok(()) => break,
+                            Err(MetaError::Conflict) => continue,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    assert_eq!(
+        store
+            .begin()
+            .unwrap()
+            .inode(ino.ino)
+            .unwrap()
+            .unwrap()
+            .nlink,
+        1 + 200,
+        "no increment lost"
+    );
+}
+
+pub fn inode_numbers_are_unique(store: Arc<dyn MetaStore>) {
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..3000)
+                    .map(|_| store.allocate_ino().expect("allocate"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for t in threads {
+        for ino in t.join().expect("thread") {
+            assert!(ino > super::ROOT_INO);
+            assert!(seen.insert(ino), "inode {ino} handed out twice");
+        }
+    }
+}
+
+/// Writes records that [`check_sample`] expects after the engine is reopened.
+pub fn write_sample(store: &dyn MetaStore) {
+    let mut tx = store.begin().expect("begin");
+    let mut ino = Inode::new(
+        777,
+        FileKind::File,
+        0o600,
+        1,
+        2,
+        Timestamp { secs: 9, nanos: 9 },
+    );
+    ino.size = 12345;
+    tx.put_inode(&ino).expect("put");
+    tx.put_dirent(
+        1,
+        b"sample",
+        &DirEntry {
+            ino: 777,
+            kind: FileKind::File,
+            cookie: 3,
+        },
+    )
+    .expect("dirent");
+    let e = Extent {
+        offset: 0,
+        key: key(9),
+        block_offset: 0,
+        len: 100,
+    };
+    tx.apply_splice(
+        777,
+        &Splice {
+            remove: vec![],
+            insert: vec![e],
+        },
+    )
+    .expect("splice");
+    commit(tx);
+    store.sync().expect("sync");
+}
+
+pub fn check_sample(store: &dyn MetaStore) {
+    let mut tx = store.begin().expect("begin");
+    assert_eq!(tx.inode(777).expect("get").map(|i| i.size), Some(12345));
+    assert_eq!(
+        tx.dirent(1, b"sample").expect("get").map(|e| e.ino),
+        Some(777)
+    );
+    assert_eq!(tx.extents(777, 0..1).expect("extents").len(), 1);
+    assert!(store.is_referenced(&key(9)).expect("referenced"));
+}

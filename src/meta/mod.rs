@@ -1,0 +1,119 @@
+//! The metadata port: inodes, directory entries, extent maps, xattrs, symlink targets, orphans,
+//! volume settings and a key-value store, behind [`MetaStore`] and [`MetaTxn`].
+//!
+//! Filesystem semantics (POSIX checks, link counts, times) live in `vfs`, which runs each
+//! operation as one [`MetaTxn`]: adapters only store records, atomically and in isolation. A
+//! transaction that lost a race fails with [`MetaError::Conflict`] and the caller runs it again.
+//!
+//! Isolation rule the adapters rely on: every operation that changes a directory's entries or a
+//! file's extents reads that directory's or file's inode with [`MetaTxn::inode`] (which registers
+//! a conflict) and writes it back. Scans (`list_dir`, `extents`) are therefore guarded by the inode.
+
+pub mod conformance;
+pub mod rocks;
+mod types;
+
+use std::ops::Range;
+
+use crate::core::extent::Splice;
+use crate::core::{BlockKey, Extent};
+
+pub use rocks::RocksMetaStore;
+pub use types::{DirEntry, FileKind, Ino, Inode, ROOT_INO, Timestamp};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// Another transaction changed what this one read; run the operation again.
+    #[error("transaction conflict")]
+    Conflict,
+    #[error("metadata record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("metadata engine {engine}: {message}")]
+    Backend {
+        engine: &'static str,
+        message: String,
+    },
+}
+
+pub type MetaResult<T> = Result<T, MetaError>;
+
+/// What a volume holds, as `graviton status` reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub inodes: u64,
+    pub files: u64,
+    pub directories: u64,
+    /// Sum of regular files' sizes.
+    pub logical_bytes: u64,
+}
+
+/// One atomic, isolated metadata transaction. Dropping it without `commit` discards it.
+pub trait MetaTxn {
+    fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>>;
+    fn put_inode(&mut self, inode: &Inode) -> MetaResult<()>;
+    /// Removes the inode with everything that belongs to it: extents (and their block
+    /// references), xattrs, symlink target, orphan mark.
+    fn delete_inode(&mut self, ino: Ino) -> MetaResult<()>;
+
+    fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>>;
+    /// Adds or replaces an entry; `entry.cookie` is its stable readdir position.
+    fn put_dirent(&mut self, parent: Ino, name: &[u8], entry: &DirEntry) -> MetaResult<()>;
+    fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()>;
+    /// Up to `limit` entries with cookies greater than `after`, in cookie order.
+    fn list_dir(
+        &mut self,
+        parent: Ino,
+        after: u64,
+        limit: usize,
+    ) -> MetaResult<Vec<(Vec<u8>, DirEntry)>>;
+    fn dir_is_empty(&mut self, dir: Ino) -> MetaResult<bool>;
+
+    /// Extents of `ino` that overlap `range`, sorted by offset, unclipped.
+    fn extents(&mut self, ino: Ino, range: Range<u64>) -> MetaResult<Vec<Extent>>;
+    /// Removes `splice.remove` then inserts `splice.insert`, keeping block references in step.
+    fn apply_splice(&mut self, ino: Ino, splice: &Splice) -> MetaResult<()>;
+
+    fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>>;
+    fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()>;
+    fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()>;
+    fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>>;
+
+    fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>>;
+    fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()>;
+
+    /// Marks an inode that has no links but is still open; reclaimed at last close or next mount.
+    fn add_orphan(&mut self, ino: Ino) -> MetaResult<()>;
+
+    fn commit(self: Box<Self>) -> MetaResult<()>;
+}
+
+/// A metadata engine.
+pub trait MetaStore: Send + Sync {
+    /// Short engine name for logs (`rocksdb`, `postgres`).
+    fn engine(&self) -> &'static str;
+    fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>>;
+    /// A fresh inode number, never handed out before on this volume.
+    fn allocate_ino(&self) -> MetaResult<Ino>;
+    /// Inodes marked with [`MetaTxn::add_orphan`] and not yet deleted.
+    fn orphans(&self) -> MetaResult<Vec<Ino>>;
+
+    /// Volume settings (hash, chunker, format version…), written at format time.
+    fn setting(&self, name: &str) -> MetaResult<Option<String>>;
+    fn put_setting(&self, name: &str, value: &str) -> MetaResult<()>;
+
+    /// The KeyValueStore port: bytes under string keys.
+    fn kv_get(&self, key: &str) -> MetaResult<Option<Vec<u8>>>;
+    fn kv_put(&self, key: &str, value: &[u8]) -> MetaResult<()>;
+    fn kv_delete(&self, key: &str) -> MetaResult<()>;
+    fn kv_scan(&self, prefix: &str) -> MetaResult<Vec<(String, Vec<u8>)>>;
+
+    /// Whether any extent of any inode references the block.
+    fn is_referenced(&self, key: &BlockKey) -> MetaResult<bool>;
+    /// Every distinct block referenced by some extent, sorted.
+    fn referenced_blocks(&self) -> MetaResult<Vec<BlockKey>>;
+    /// Counts of inodes and file bytes, for status reports.
+    fn usage(&self) -> MetaResult<Usage>;
+
+    /// Makes every committed transaction durable (survives power loss).
+    fn sync(&self) -> MetaResult<()>;
+}

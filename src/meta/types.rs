@@ -1,0 +1,160 @@
+//! Metadata records shared by every engine.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub type Ino = u64;
+/// The root directory's inode number (FUSE's convention).
+pub const ROOT_INO: Ino = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The `S_IFMT` bits for this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileKind::File => libc::S_IFREG,
+            FileKind::Dir => libc::S_IFDIR,
+            FileKind::Symlink => libc::S_IFLNK,
+            FileKind::Fifo => libc::S_IFIFO,
+            FileKind::Socket => libc::S_IFSOCK,
+            FileKind::CharDevice => libc::S_IFCHR,
+            FileKind::BlockDevice => libc::S_IFBLK,
+        }
+    }
+
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => FileKind::File,
+            libc::S_IFDIR => FileKind::Dir,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => return None,
+        })
+    }
+}
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp::from(SystemTime::now())
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Timestamp {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                if d.subsec_nanos() == 0 {
+                    Timestamp {
+                        secs: -(d.as_secs() as i64),
+                        nanos: 0,
+                    }
+                } else {
+                    Timestamp {
+                        secs: -(d.as_secs() as i64) - 1,
+                        nanos: 1_000_000_000 - d.subsec_nanos(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> SystemTime {
+        if t.secs >= 0 {
+            UNIX_EPOCH + std::time::Duration::new(t.secs as u64, t.nanos)
+        } else {
+            UNIX_EPOCH - std::time::Duration::new((-t.secs) as u64, 0)
+                + std::time::Duration::new(0, t.nanos)
+        }
+    }
+}
+
+/// An inode's attributes and bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub ino: Ino,
+    pub kind: FileKind,
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub rdev: u32,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub crtime: Timestamp,
+    /// Number of extent records (files), kept in step by every splice.
+    pub extent_count: u64,
+    /// Bumped by every change of the extent map; lets a background rewrite detect races.
+    pub data_version: u64,
+    /// Next readdir cookie to hand out (directories). Cookies 1 and 2 are `.` and `..`.
+    pub next_cookie: u64,
+    /// The directory holding this one (directories only; the root is its own parent).
+    pub parent: Ino,
+}
+
+impl Inode {
+    pub fn new(ino: Ino, kind: FileKind, perm: u16, uid: u32, gid: u32, now: Timestamp) -> Inode {
+        Inode {
+            ino,
+            kind,
+            perm: perm & 0o7777,
+            uid,
+            gid,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            size: 0,
+            rdev: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            extent_count: 0,
+            data_version: 0,
+            next_cookie: 3,
+            parent: 0,
+        }
+    }
+
+    /// Full `st_mode`: type bits and permission bits.
+    pub fn mode(&self) -> u32 {
+        self.kind.mode_bits() | self.perm as u32
+    }
+}
+
+/// A name in a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub kind: FileKind,
+    /// Stable position for readdir; unique within the directory.
+    pub cookie: u64,
+}

@@ -1,0 +1,89 @@
+//! The `BlockStore` port: immutable blocks stored under their content key, and its adapters.
+//!
+//! Every adapter implements the raw operations; [`BlockStore::get`] is the one way callers fetch
+//! a block, and it verifies the bytes against the key. A mismatch is [`StoreError::Corrupt`]
+//! (an I/O error to applications, and an error log), never wrong bytes.
+
+pub mod conformance;
+pub mod local;
+pub mod memory;
+
+use std::ops::Range;
+
+use crate::core::BlockKey;
+
+pub use local::LocalBlockStore;
+pub use memory::MemoryBlockStore;
+
+/// Whether `put` wrote new content or found it already stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    Fresh,
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("block {0} is missing from the {1} store")]
+    NotFound(BlockKey, &'static str),
+    #[error("block {0} in the {1} store does not match its key")]
+    Corrupt(BlockKey, &'static str),
+    #[error("{backend} store: {context}: {source}")]
+    Io {
+        backend: &'static str,
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    pub fn io(backend: &'static str, context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            backend,
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Storage for immutable, content-addressed blocks.
+pub trait BlockStore: Send + Sync {
+    /// Short name of the backend, used in logs and metrics (`local`, `memory`, …).
+    fn backend(&self) -> &'static str;
+
+    /// Stores `data` under `key` (which must name `data`). Idempotent: storing a block twice keeps
+    /// one copy and reports [`PutOutcome::Duplicate`] when the adapter can tell.
+    fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError>;
+
+    /// The stored bytes, unverified. Callers use [`BlockStore::get`].
+    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError>;
+
+    /// Whether the block is stored (without reading it).
+    fn exists(&self, key: &BlockKey) -> Result<bool, StoreError>;
+
+    /// Removes the block; removing a missing block is not an error.
+    fn delete(&self, key: &BlockKey) -> Result<(), StoreError>;
+
+    /// Every stored block key, in no particular order.
+    fn list(&self) -> Result<Vec<BlockKey>, StoreError>;
+
+    /// Makes every block `put` so far durable (survives power loss).
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// The block's bytes, verified against its key.
+    fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+        let data = self.get_unverified(key)?;
+        if !key.matches(&data) {
+            tracing::error!(block = %key, backend = self.backend(), "block content does not match its key");
+            return Err(StoreError::Corrupt(*key, self.backend()));
+        }
+        Ok(data)
+    }
+
+    /// Part of a block. The whole block is fetched and verified first: a byte range alone cannot
+    /// be checked against the key, and unverified bytes never reach a reader.
+    fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
+        let data = self.get(key)?;
+        Ok(data.get(range).map(<[u8]>::to_vec).unwrap_or_default())
+    }
+}

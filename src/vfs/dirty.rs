@@ -1,0 +1,172 @@
+//! `DirtyData`: the bytes written to an open file and not yet committed, kept as normalized
+//! spans (sorted, never overlapping or touching) with their contents.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use crate::core::RangeSet;
+
+#[derive(Default, Debug)]
+pub struct DirtyData {
+    spans: BTreeMap<u64, Vec<u8>>,
+    bytes: u64,
+}
+
+impl DirtyData {
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Bytes buffered.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// One past the last dirty byte (0 when clean).
+    pub fn end(&self) -> u64 {
+        self.spans
+            .iter()
+            .next_back()
+            .map(|(s, v)| s + v.len() as u64)
+            .unwrap_or(0)
+    }
+
+    pub fn ranges(&self) -> RangeSet {
+        RangeSet::from_ranges(self.spans.iter().map(|(&s, v)| s..s + v.len() as u64))
+    }
+
+    /// Records `data` at `offset`, replacing older dirty bytes there. Returns the change in
+    /// buffered bytes.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> i64 {
+        if data.is_empty() {
+            return 0;
+        }
+        let end = offset + data.len() as u64;
+        let mut removed = 0u64;
+        let (start, mut buf) = match self.spans.range(..=offset).next_back() {
+            Some((&s, v)) if s + v.len() as u64 >= offset => {
+                let v = self.spans.remove(&s).expect("present");
+                removed += v.len() as u64;
+                (s, v)
+            }
+            _ => (offset, Vec::new()),
+        };
+        let rel = (offset - start) as usize;
+        let need = rel + data.len();
+        if buf.len() < need {
+            buf.resize(need, 0);
+        }
+        buf[rel..need].copy_from_slice(data);
+        let following: Vec<u64> = self.spans.range(start..=end).map(|(&s, _)| s).collect();
+        for s in following {
+            let v = self.spans.remove(&s).expect("present");
+            removed += v.len() as u64;
+            let seg_end = s + v.len() as u64;
+            if seg_end > end {
+                buf.extend_from_slice(&v[(end - s) as usize..]);
+            }
+        }
+        let added = buf.len() as u64;
+        self.spans.insert(start, buf);
+        self.bytes = self.bytes + added - removed;
+        added as i64 - removed as i64
+    }
+
+    /// Copies dirty bytes that fall inside `[offset, offset + buf.len())` into `buf`.
+    pub fn overlay(&self, offset: u64, buf: &mut [u8]) {
+        let end = offset + buf.len() as u64;
+        let first = self
+            .spans
+            .range(..=offset)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(offset);
+        for (&s, v) in self.spans.range(first..end) {
+            let (a, b) = (s.max(offset), (s + v.len() as u64).min(end));
+            if a < b {
+                buf[(a - offset) as usize..(b - offset) as usize]
+                    .copy_from_slice(&v[(a - s) as usize..(b - s) as usize]);
+            }
+        }
+    }
+
+    /// The dirty parts of `range`, with their bytes.
+    pub fn slices(&self, range: Range<u64>) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        let first = self
+            .spans
+            .range(..=range.start)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(range.start);
+        for (&s, v) in self.spans.range(first..range.end) {
+            let (a, b) = (s.max(range.start), (s + v.len() as u64).min(range.end));
+            if a < b {
+                out.push((a, v[(a - s) as usize..(b - s) as usize].to_vec()));
+            }
+        }
+        out
+    }
+
+    /// Drops everything at or after `size`. Returns the bytes dropped.
+    pub fn truncate(&mut self, size: u64) -> u64 {
+        let before = self.bytes;
+        let doomed: Vec<u64> = self.spans.range(size..).map(|(&s, _)| s).collect();
+        for s in doomed {
+            self.bytes -= self.spans.remove(&s).expect("present").len() as u64;
+        }
+        if let Some((&s, v)) = self.spans.range_mut(..size).next_back()
+            && s + v.len() as u64 > size
+        {
+            let keep = (size - s) as usize;
+            self.bytes -= (v.len() - keep) as u64;
+            v.truncate(keep);
+        }
+        before - self.bytes
+    }
+
+    /// Removes and returns every span.
+    pub fn take(&mut self) -> Vec<(u64, Vec<u8>)> {
+        self.bytes = 0;
+        std::mem::take(&mut self.spans).into_iter().collect()
+    }
+
+    /// Puts back a span previously taken (for example a tail held back from a flush).
+    pub fn restore(&mut self, offset: u64, data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        self.write(offset, &data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn matches_a_byte_model(ops in proptest::collection::vec((0u64..300, proptest::collection::vec(any::<u8>(), 0..50), any::<bool>()), 1..40)) {
+            let mut d = DirtyData::default();
+            let mut model: Vec<Option<u8>> = vec![None; 400];
+            for (off, data, trunc) in ops {
+                if trunc {
+                    d.truncate(off);
+                    for m in model.iter_mut().skip(off as usize) { *m = None; }
+                } else {
+                    d.write(off, &data);
+                    for (i, b) in data.iter().enumerate() { model[off as usize + i] = Some(*b); }
+                }
+                let mut buf = vec![0xEEu8; 400];
+                d.overlay(0, &mut buf);
+                for (i, m) in model.iter().enumerate() {
+                    prop_assert_eq!(buf[i], m.unwrap_or(0xEE));
+                }
+                prop_assert_eq!(d.bytes(), model.iter().filter(|m| m.is_some()).count() as u64);
+                let r = d.ranges();
+                prop_assert_eq!(r.span_count(), d.spans.len(), "spans stay normalized");
+            }
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! Open files: handles, the write path's front half (buffering into `DirtyData` with
+//! backpressure), flush/fsync/release, truncate, fallocate, SEEK_DATA/SEEK_HOLE and
+//! copy_file_range that shares blocks.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::dirty::DirtyData;
+use super::flush::FlushMode;
+use super::read::ReadAhead;
+use super::{Ctx, Fs, FsError, FsResult, MAX_FILE_SIZE};
+use crate::core::RangeSet;
+use crate::core::extent;
+use crate::meta::{FileKind, Ino, Inode, Timestamp};
+
+/// How a file is opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFlags {
+    pub read: bool,
+    pub write: bool,
+    pub append: bool,
+    pub truncate: bool,
+}
+
+impl OpenFlags {
+    pub fn from_libc(flags: i32) -> OpenFlags {
+        let acc = flags & libc::O_ACCMODE;
+        OpenFlags {
+            read: acc == libc::O_RDONLY || acc == libc::O_RDWR,
+            write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            append: flags & libc::O_APPEND != 0,
+            truncate: flags & libc::O_TRUNC != 0,
+        }
+    }
+
+    pub const READ: OpenFlags = OpenFlags {
+        read: true,
+        write: false,
+        append: false,
+        truncate: false,
+    };
+    pub const RW: OpenFlags = OpenFlags {
+        read: true,
+        write: true,
+        append: false,
+        truncate: false,
+    };
+}
+
+/// `fallocate` modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FallocateMode {
+    pub keep_size: bool,
+    pub punch_hole: bool,
+    pub zero_range: bool,
+}
+
+impl FallocateMode {
+    pub fn from_libc(mode: i32) -> FsResult<FallocateMode> {
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 {
+            return Err(FsError::NotSupported);
+        }
+        Ok(FallocateMode {
+            keep_size: mode & libc::FALLOC_FL_KEEP_SIZE != 0,
+            punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
+            zero_range: mode & libc::FALLOC_FL_ZERO_RANGE != 0,
+        })
+    }
+}
+
+/// `lseek` targets the core answers itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whence {
+    Data,
+    Hole,
+}
+
+/// An inode with open handles: its uncommitted writes live here, shared by all its handles.
+pub(crate) struct OpenFile {
+    pub ino: Ino,
+    pub state: Mutex<FileState>,
+}
+
+pub(crate) struct FileState {
+    pub dirty: DirtyData,
+    /// Time of the last write not yet committed.
+    pub mtime: Option<Timestamp>,
+    pub handles: u32,
+}
+
+pub(crate) struct Handle {
+    pub ino: Ino,
+    pub file: Arc<OpenFile>,
+    pub flags: OpenFlags,
+    pub readahead: Mutex<ReadAhead>,
+}
+
+impl OpenFile {
+    pub fn lock(&self) -> MutexGuard<'_, FileState> {
+        self.state.lock().expect("file state lock")
+    }
+}
+
+impl Fs {
+    pub(crate) fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles
+            .read()
+            .expect("lock")
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        self.core.files.lock().expect("lock").get(&ino).cloned()
+    }
+
+    /// Size and mtime as applications see them: committed values plus pending writes.
+    pub(super) fn overlay_pending(&self, inode: &mut Inode) {
+        if let Some(file) = self.open_file(inode.ino) {
+            let st = file.lock();
+            inode.size = inode.size.max(st.dirty.end());
+            if let Some(m) = st.mtime {
+                inode.mtime = m;
+                inode.ctime = inode.ctime.max(m);
+            }
+        }
+    }
+
+    /// Opens a regular file and returns a handle number.
+    pub fn open(&self, ino: Ino, flags: OpenFlags) -> FsResult<u64> {
+        // Register first: an unlink racing with this open then sees the file as open.
+        let file = {
+            let mut files = self.core.files.lock().expect("lock");
+            let file = files
+                .entry(ino)
+                .or_insert_with(|| {
+                    Arc::new(OpenFile {
+                        ino,
+                        state: Mutex::new(FileState {
+                            dirty: DirtyData::default(),
+                            mtime: None,
+                            handles: 0,
+                        }),
+                    })
+                })
+                .clone();
+            file.lock().handles += 1;
+            file
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(Handle {
+            ino,
+            file,
+            flags,
+            readahead: Mutex::new(ReadAhead::default()),
+        });
+        self.handles.write().expect("lock").insert(fh, handle);
+        let checked = self.core.inode(ino).and_then(|inode| match inode.kind {
+            FileKind::Dir if flags.write => Err(FsError::IsDir),
+            FileKind::File | FileKind::Dir => Ok(()),
+            _ => Err(FsError::Invalid),
+        });
+        let checked = checked.and_then(|_| {
+            if flags.truncate && flags.write {
+                self.truncate(ino, 0)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = checked {
+            let _ = self.release(fh);
+            return Err(e);
+        }
+        Ok(fh)
+    }
+
+    /// Creates a regular file and opens it.
+    pub fn create(
+        &self,
+        ctx: Ctx,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        flags: OpenFlags,
+    ) -> FsResult<(Inode, u64)> {
+        let inode = self.create_inode(ctx, parent, name, FileKind::File, mode, 0, None)?;
+        let fh = self.open(
+            inode.ino,
+            OpenFlags {
+                truncate: false,
+                ..flags
+            },
+        )?;
+        Ok((inode, fh))
+    }
+
+    /// Buffers a write; returns the bytes accepted. Applies backpressure when the volume's
+    /// dirty data passes its limit.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let h = self.handle(fh)?;
+        if !h.flags.write {
+            return Err(FsError::BadHandle);
+        }
+        {
+            let mut st = h.file.lock();
+            let offset = if h.flags.append {
+                self.core.inode(h.ino)?.size.max(st.dirty.end())
+            } else {
+                offset
+            };
+            if offset
+                .checked_add(data.len() as u64)
+                .is_none_or(|end| end > MAX_FILE_SIZE)
+            {
+                return Err(FsError::FileTooLarge);
+            }
+            let delta = st.dirty.write(offset, data);
+            self.add_dirty(delta);
+            st.mtime = Some(Timestamp::now());
+            if st.dirty.bytes() >= self.core.cfg.file_flush_threshold {
+                self.flush_locked(&h.file, &mut st, FlushMode::Completed, false)?;
+            }
+        }
+        self.relieve_pressure()?;
+        Ok(data.len())
+    }
+
+    pub(super) fn add_dirty(&self, delta: i64) {
+        if delta >= 0 {
+            self.core
+                .dirty_bytes
+                .fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            self.core
+                .dirty_bytes
+                .fetch_sub((-delta) as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// While the volume holds more dirty data than allowed, the writer flushes the largest
+    /// dirty files itself: writers wait at the cap instead of buffering without bound.
+    fn relieve_pressure(&self) -> FsResult<()> {
+        let limit = self.core.cfg.dirty_limit;
+        while self.core.dirty_bytes.load(Ordering::Relaxed) > limit {
+            let files: Vec<Arc<OpenFile>> = self
+                .core
+                .files
+                .lock()
+                .expect("lock")
+                .values()
+                .cloned()
+                .collect();
+            let Some(biggest) = files.into_iter().max_by_key(|f| f.lock().dirty.bytes()) else {
+                return Ok(());
+            };
+            let mut st = biggest.lock();
+            let before = st.dirty.bytes();
+            if before == 0 {
+                return Ok(());
+            }
+            self.flush_locked(&biggest, &mut st, FlushMode::Completed, false)?;
+            if st.dirty.bytes() == before {
+                self.flush_locked(&biggest, &mut st, FlushMode::All, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the inode's pending writes (every close does this); with `durable`, also makes
+    /// them and all earlier commits survive power loss (fsync).
+    pub fn flush_inode(&self, ino: Ino, durable: bool) -> FsResult<()> {
+        match self.open_file(ino) {
+            Some(file) => {
+                let mut st = file.lock();
+                self.flush_locked(&file, &mut st, FlushMode::All, durable)
+            }
+            None if durable => {
+                self.core.store.sync()?;
+                self.core.meta.sync()?;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// `close` of one descriptor: commit, so data is visible and crash-safe once it returns.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        self.flush_inode(h.ino, false)
+    }
+
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        self.flush_inode(h.ino, true)
+    }
+
+    /// Makes directory changes durable.
+    pub fn fsyncdir(&self) -> FsResult<()> {
+        self.core.meta.sync()?;
+        Ok(())
+    }
+
+    /// Last close of a handle; the last handle of an unlinked file deletes it.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let h = self
+            .handles
+            .write()
+            .expect("lock")
+            .remove(&fh)
+            .ok_or(FsError::BadHandle)?;
+        let flushed = self.flush_inode(h.ino, false);
+        let mut files = self.core.files.lock().expect("lock");
+        let mut st = h.file.lock();
+        st.handles -= 1;
+        if st.handles == 0 {
+            files.remove(&h.ino);
+            // If the flush failed, the data cannot be reported anywhere any more: drop it.
+            let dropped = st
+                .dirty
+                .take()
+                .iter()
+                .map(|(_, d)| d.len() as i64)
+                .sum::<i64>();
+            self.add_dirty(-dropped);
+            drop(st);
+            self.core.txn(|tx| {
+                if let Some(inode) = tx.inode(h.ino)?
+                    && inode.nlink == 0
+                {
+                    tx.delete_inode(h.ino)?;
+                }
+                Ok(())
+            })?;
+        }
+        flushed
+    }
+
+    /// Runs `f` with the file's pending writes committed and new writes held off.
+    fn with_flushed<T>(&self, ino: Ino, f: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
+        match self.open_file(ino) {
+            Some(file) => {
+                let mut st = file.lock();
+                self.flush_locked(&file, &mut st, FlushMode::All, false)?;
+                f()
+            }
+            None => f(),
+        }
+    }
+
+    /// Sets the file size; bytes past a smaller size are gone, a larger size reads as zeros.
+    pub fn truncate(&self, ino: Ino, size: u64) -> FsResult<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::FileTooLarge);
+        }
+        self.with_flushed(ino, || {
+            self.core.txn(|tx| {
+                let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+                match inode.kind {
+                    FileKind::File => {}
+                    FileKind::Dir => return Err(FsError::IsDir),
+                    _ => return Err(FsError::Invalid),
+                }
+                if size < inode.size {
+                    let cur = tx.extents(ino, size..u64::MAX)?;
+                    let s = extent::punch(&cur, size..u64::MAX);
+                    tx.apply_splice(ino, &s)?;
+                    inode.extent_count = (inode.extent_count as i64 + s.count_delta()) as u64;
+                    inode.data_version += 1;
+                }
+                let now = Timestamp::now();
+                inode.size = size;
+                inode.mtime = now;
+                inode.ctime = now;
+                tx.put_inode(&inode)?;
+                Ok(())
+            })
+        })
+    }
+
+    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: FallocateMode) -> FsResult<()> {
+        if len == 0 {
+            return Err(FsError::Invalid);
+        }
+        if mode.punch_hole && (!mode.keep_size || mode.zero_range) {
+            return Err(FsError::NotSupported);
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooLarge)?;
+        self.with_flushed(ino, || {
+            self.core.txn(|tx| {
+                let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+                match inode.kind {
+                    FileKind::File => {}
+                    FileKind::Dir => return Err(FsError::IsDir),
+                    _ => return Err(FsError::Invalid),
+                }
+                let mut changed = false;
+                if mode.punch_hole || mode.zero_range {
+                    let cur = tx.extents(ino, offset..end)?;
+                    let s = extent::punch(&cur, offset..end);
+                    tx.apply_splice(ino, &s)?;
+                    inode.extent_count = (inode.extent_count as i64 + s.count_delta()) as u64;
+                    inode.data_version += 1;
+                    changed = true;
+                }
+                if !mode.keep_size && end > inode.size {
+                    inode.size = end;
+                    changed = true;
+                }
+                if changed {
+                    let now = Timestamp::now();
+                    inode.mtime = now;
+                    inode.ctime = now;
+                    tx.put_inode(&inode)?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// SEEK_DATA / SEEK_HOLE: holes are unmapped ranges; the end of file counts as a hole.
+    pub fn seek(&self, ino: Ino, offset: u64, whence: Whence) -> FsResult<u64> {
+        self.with_flushed(ino, || {
+            let mut tx = self.core.meta.begin()?;
+            let inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+            if offset >= inode.size {
+                return Err(FsError::NoSuchOffset);
+            }
+            let data = RangeSet::from_ranges(
+                tx.extents(ino, offset..inode.size)?
+                    .iter()
+                    .map(|e| e.range()),
+            );
+            match whence {
+                Whence::Data => data
+                    .next_covered(offset)
+                    .filter(|&o| o < inode.size)
+                    .ok_or(FsError::NoSuchOffset),
+                Whence::Hole => Ok(data.next_gap(offset).min(inode.size)),
+            }
+        })
+    }
+
+    /// Copies `len` bytes by sharing blocks: no data is read or written, only extents.
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> FsResult<u64> {
+        let (hin, hout) = (self.handle(fh_in)?, self.handle(fh_out)?);
+        if !hin.flags.read || !hout.flags.write || hout.flags.append {
+            return Err(FsError::BadHandle);
+        }
+        let (src, dst) = (hin.ino, hout.ino);
+        if src == dst
+            && off_in < off_out.saturating_add(len)
+            && off_out < off_in.saturating_add(len)
+        {
+            return Err(FsError::Invalid);
+        }
+        if off_out.checked_add(len).is_none_or(|e| e > MAX_FILE_SIZE) {
+            return Err(FsError::FileTooLarge);
+        }
+        self.flush_inode(src, false)?;
+        self.flush_inode(dst, false)?;
+        self.core.txn(|tx| {
+            let src_inode = tx.inode(src)?.ok_or(FsError::NotFound)?;
+            if src_inode.kind != FileKind::File {
+                return Err(FsError::Invalid);
+            }
+            if off_in >= src_inode.size {
+                return Ok(0);
+            }
+            let n = len.min(src_inode.size - off_in);
+            let range = off_in..off_in + n;
+            let moved: Vec<_> = tx
+                .extents(src, range.clone())?
+                .iter()
+                .map(|e| {
+                    let c = e.clip(&range);
+                    c.moved_to(off_out + (c.offset - off_in))
+                })
+                .collect();
+            let mut out = if src == dst {
+                src_inode
+            } else {
+                tx.inode(dst)?.ok_or(FsError::NotFound)?
+            };
+            if out.kind != FileKind::File {
+                return Err(FsError::Invalid);
+            }
+            let cur = tx.extents(dst, off_out..off_out + n)?;
+            let mut s = extent::punch(&cur, off_out..off_out + n);
+            s.insert.extend(moved);
+            tx.apply_splice(dst, &s)?;
+            let now = Timestamp::now();
+            out.extent_count = (out.extent_count as i64 + s.count_delta()) as u64;
+            out.data_version += 1;
+            out.size = out.size.max(off_out + n);
+            out.mtime = now;
+            out.ctime = now;
+            tx.put_inode(&out)?;
+            Ok(n)
+        })
+    }
+}

@@ -1,0 +1,242 @@
+//! The filesystem core: POSIX semantics over the metadata and block store ports, with no FUSE
+//! types. The FUSE adapter (and the tests) call these methods; each namespace operation is one
+//! metadata transaction, run again when it loses a race with another.
+
+mod cache;
+mod coalesce;
+mod dirty;
+mod error;
+mod file;
+mod flush;
+mod namespace;
+mod read;
+mod xattr;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::core::{Chunker, HashAlgo};
+use crate::meta::{Ino, Inode, MetaError, MetaStore, MetaTxn};
+use crate::store::BlockStore;
+
+pub use coalesce::CoalesceReport;
+pub use dirty::DirtyData;
+pub use error::{FsError, FsResult};
+pub use file::{FallocateMode, OpenFlags, Whence};
+pub use namespace::{DirListing, FsStats, RenameFlags, SetAttr, TimeSet};
+pub use xattr::XattrSet;
+
+use cache::BlockCache;
+use file::{Handle, OpenFile};
+
+/// Longest file name, as on ext4.
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target.
+pub const PATH_MAX: usize = 4095;
+/// Largest file size we accept (as ext4 with 4 KiB blocks: 16 TiB).
+pub const MAX_FILE_SIZE: u64 = 16 << 40;
+
+/// Tunables of the core; everything else comes from the volume settings.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    pub hash: HashAlgo,
+    pub chunker: Chunker,
+    /// Dirty bytes buffered across all open files before writers must flush (backpressure).
+    pub dirty_limit: u64,
+    /// A file with more dirty bytes than this flushes its completed chunks while it is written.
+    pub file_flush_threshold: u64,
+    /// In-memory block cache size.
+    pub block_cache_bytes: u64,
+    /// Largest read-ahead window.
+    pub readahead_max: u64,
+    /// Rewrite fragmented extent maps in the background.
+    pub coalesce: bool,
+    /// A file with more extents than this (and more than twice its ideal count) is fragmented.
+    pub coalesce_max_extents: u64,
+    /// A file whose average extent is smaller than this is fragmented.
+    pub coalesce_min_avg_extent: u64,
+    /// Least time between two rewrites of one file.
+    pub coalesce_interval: Duration,
+}
+
+impl FsConfig {
+    pub fn new(hash: HashAlgo, chunker: Chunker) -> FsConfig {
+        FsConfig {
+            hash,
+            chunker,
+            dirty_limit: 256 << 20,
+            file_flush_threshold: 32 << 20,
+            block_cache_bytes: 256 << 20,
+            readahead_max: 32 << 20,
+            coalesce: true,
+            coalesce_max_extents: 1024,
+            coalesce_min_avg_extent: 256 << 10,
+            coalesce_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Who is asking: owner of new inodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Ctx {
+    pub const ROOT: Ctx = Ctx { uid: 0, gid: 0 };
+}
+
+/// State shared with background tasks (read-ahead, coalescing).
+pub(crate) struct Core {
+    pub meta: Arc<dyn MetaStore>,
+    pub store: Arc<dyn BlockStore>,
+    pub cfg: FsConfig,
+    pub cache: BlockCache,
+    /// Dirty bytes across all open files.
+    pub dirty_bytes: AtomicU64,
+    pub coalesce_state: Mutex<HashMap<Ino, coalesce::Slot>>,
+    /// Inodes with at least one open handle.
+    pub files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+}
+
+impl Core {
+    /// Runs `f` as one metadata transaction, again from the start while it loses races.
+    /// `f` must only touch the transaction and its own locals: it may run several times.
+    pub fn txn<T>(&self, mut f: impl FnMut(&mut dyn MetaTxn) -> FsResult<T>) -> FsResult<T> {
+        const MAX_ATTEMPTS: u32 = 500;
+        for attempt in 0..MAX_ATTEMPTS {
+            let mut tx = self.meta.begin()?;
+            let conflict = match f(tx.as_mut()) {
+                Ok(v) => match tx.commit() {
+                    Ok(()) => return Ok(v),
+                    Err(MetaError::Conflict) => true,
+                    Err(e) => return Err(e.into()),
+                },
+                Err(FsError::Meta(MetaError::Conflict)) => true,
+                Err(e) => return Err(e),
+            };
+            debug_assert!(conflict);
+            if attempt > 2 {
+                // back off with jitter so contending writers stop colliding
+                let micros = 50u64 << attempt.min(8);
+                std::thread::sleep(Duration::from_micros(rand::random::<u64>() % micros + 1));
+            }
+        }
+        tracing::error!("metadata transaction still conflicting after {MAX_ATTEMPTS} attempts");
+        Err(FsError::Meta(MetaError::Conflict))
+    }
+
+    pub fn inode(&self, ino: Ino) -> FsResult<Inode> {
+        self.meta.begin()?.inode(ino)?.ok_or(FsError::NotFound)
+    }
+}
+
+/// A mounted volume's filesystem core.
+pub struct Fs {
+    core: Arc<Core>,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Fs {
+    /// Starts the core over a formatted volume's ports and reclaims inodes that were unlinked
+    /// while open when the volume was last used.
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        store: Arc<dyn BlockStore>,
+        cfg: FsConfig,
+    ) -> FsResult<Fs> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("graviton-bg")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                FsError::Store(crate::store::StoreError::io(
+                    "runtime",
+                    "starting background threads",
+                    e,
+                ))
+            })?;
+        let core = Arc::new(Core {
+            cache: BlockCache::new(cfg.block_cache_bytes),
+            meta,
+            store,
+            cfg,
+            dirty_bytes: AtomicU64::new(0),
+            coalesce_state: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+        });
+        let fs = Fs {
+            core,
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            runtime,
+        };
+        fs.ensure_root()?;
+        fs.reclaim_orphans()?;
+        Ok(fs)
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.core.cfg
+    }
+
+    pub fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.core.meta
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlockStore> {
+        &self.core.store
+    }
+
+    /// A handle on the background runtime (the FUSE adapter runs slow operations there).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        self.runtime.handle()
+    }
+
+    /// Dirty bytes buffered across all open files.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.core.dirty_bytes.load(Ordering::Relaxed)
+    }
+
+    fn reclaim_orphans(&self) -> FsResult<()> {
+        for ino in self.core.meta.orphans()? {
+            tracing::info!(ino, "reclaiming a file that was unlinked while open");
+            self.core
+                .txn(|tx| tx.delete_inode(ino).map_err(Into::into))?;
+        }
+        Ok(())
+    }
+
+    /// Commits every open file's dirty data and makes all of it durable; background work is
+    /// waited for. Called before unmount.
+    pub fn shutdown(&self) -> FsResult<()> {
+        let files: Vec<Ino> = self
+            .core
+            .files
+            .lock()
+            .expect("lock")
+            .keys()
+            .copied()
+            .collect();
+        for ino in files {
+            self.flush_inode(ino, true)?;
+        }
+        self.core.store.sync()?;
+        self.core.meta.sync()?;
+        Ok(())
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!("flushing at shutdown failed: {e}");
+        }
+    }
+}

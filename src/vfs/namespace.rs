@@ -1,0 +1,572 @@
+//! Namespace operations: lookup, attributes, create/mkdir/mknod/symlink, link, unlink, rmdir,
+//! rename (with no-replace and exchange) and readdir. Each is one metadata transaction.
+
+use super::{Ctx, Fs, FsError, FsResult, NAME_MAX, PATH_MAX};
+use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaTxn, ROOT_INO, Timestamp};
+
+/// How a timestamp is set by `setattr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    Now,
+    At(Timestamp),
+}
+
+/// Attribute changes requested by `setattr`; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<Timestamp>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    /// Fail with EEXIST instead of replacing the target (RENAME_NOREPLACE).
+    pub noreplace: bool,
+    /// Swap source and target atomically (RENAME_EXCHANGE).
+    pub exchange: bool,
+}
+
+/// One directory entry as readdir returns it; `cookie` resumes the listing after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirListing {
+    pub cookie: u64,
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub name: Vec<u8>,
+}
+
+/// What statfs reports.
+#[derive(Clone, Copy, Debug)]
+pub struct FsStats {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_avail: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u32,
+}
+
+/// Most links one inode may have (ext4's limit).
+const LINK_MAX: u32 = 65_000;
+
+pub(super) fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(FsError::Invalid);
+    }
+    Ok(())
+}
+
+/// Names that creation and removal must refuse.
+fn is_dot(name: &[u8]) -> bool {
+    name == b"." || name == b".."
+}
+
+fn dir_inode(tx: &mut dyn MetaTxn, ino: Ino) -> FsResult<Inode> {
+    let inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+    if inode.kind != FileKind::Dir {
+        return Err(FsError::NotDir);
+    }
+    Ok(inode)
+}
+
+fn touch_dir(dir: &mut Inode, now: Timestamp) {
+    dir.mtime = now;
+    dir.ctime = now;
+}
+
+fn take_cookie(dir: &mut Inode) -> u64 {
+    let c = dir.next_cookie;
+    dir.next_cookie += 1;
+    c
+}
+
+impl Fs {
+    pub(super) fn ensure_root(&self) -> FsResult<()> {
+        self.core.txn(|tx| {
+            if tx.inode(ROOT_INO)?.is_none() {
+                let mut root = Inode::new(ROOT_INO, FileKind::Dir, 0o755, 0, 0, Timestamp::now());
+                root.parent = ROOT_INO;
+                tx.put_inode(&root)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Attributes, including the size and mtime of writes not yet committed.
+    pub fn getattr(&self, ino: Ino) -> FsResult<Inode> {
+        let mut inode = self.core.inode(ino)?;
+        self.overlay_pending(&mut inode);
+        Ok(inode)
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Inode> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let mut tx = self.core.meta.begin()?;
+        let dir = dir_inode(tx.as_mut(), parent)?;
+        let ino = match name {
+            b"." => parent,
+            b".." => dir.parent,
+            _ => tx.dirent(parent, name)?.ok_or(FsError::NotFound)?.ino,
+        };
+        let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+        drop(tx);
+        self.overlay_pending(&mut inode);
+        Ok(inode)
+    }
+
+    /// Creates a file, device, fifo or socket; `mode` carries the type bits.
+    pub fn mknod(
+        &self,
+        ctx: Ctx,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<Inode> {
+        let kind = FileKind::from_mode(mode).ok_or(FsError::Invalid)?;
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return Err(FsError::Invalid);
+        }
+        self.create_inode(ctx, parent, name, kind, mode, rdev, None)
+    }
+
+    pub fn mkdir(&self, ctx: Ctx, parent: Ino, name: &[u8], mode: u32) -> FsResult<Inode> {
+        self.create_inode(ctx, parent, name, FileKind::Dir, mode, 0, None)
+    }
+
+    pub fn symlink(&self, ctx: Ctx, parent: Ino, name: &[u8], target: &[u8]) -> FsResult<Inode> {
+        if target.len() > PATH_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if target.is_empty() {
+            return Err(FsError::NotFound);
+        }
+        self.create_inode(ctx, parent, name, FileKind::Symlink, 0o777, 0, Some(target))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn create_inode(
+        &self,
+        ctx: Ctx,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> FsResult<Inode> {
+        check_name(name)?;
+        if is_dot(name) {
+            return Err(FsError::Exists);
+        }
+        let ino = self.core.meta.allocate_ino()?;
+        self.core.txn(|tx| {
+            let now = Timestamp::now();
+            let mut dir = dir_inode(tx, parent)?;
+            if dir.nlink == 0 {
+                return Err(FsError::NotFound); // removed directory
+            }
+            if tx.dirent(parent, name)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            let mut inode = Inode::new(ino, kind, (mode & 0o7777) as u16, ctx.uid, ctx.gid, now);
+            inode.rdev = rdev;
+            if dir.perm & libc::S_ISGID as u16 != 0 {
+                inode.gid = dir.gid;
+                if kind == FileKind::Dir {
+                    inode.perm |= libc::S_ISGID as u16;
+                }
+            }
+            if kind == FileKind::Dir {
+                if dir.nlink >= LINK_MAX {
+                    return Err(FsError::TooManyLinks);
+                }
+                inode.parent = parent;
+                dir.nlink += 1;
+            }
+            if let Some(t) = target {
+                inode.size = t.len() as u64;
+                tx.put_symlink_target(ino, t)?;
+            }
+            let cookie = take_cookie(&mut dir);
+            tx.put_dirent(parent, name, &DirEntry { ino, kind, cookie })?;
+            touch_dir(&mut dir, now);
+            tx.put_inode(&dir)?;
+            tx.put_inode(&inode)?;
+            Ok(inode)
+        })
+    }
+
+    pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let mut tx = self.core.meta.begin()?;
+        let inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+        if inode.kind != FileKind::Symlink {
+            return Err(FsError::Invalid);
+        }
+        tx.symlink_target(ino)?.ok_or(FsError::NotFound)
+    }
+
+    /// Drops one link; an inode left with none is deleted, or kept as an orphan while open.
+    fn drop_link(
+        &self,
+        tx: &mut dyn MetaTxn,
+        inode: &mut Inode,
+        now: Timestamp,
+        open: bool,
+    ) -> FsResult<()> {
+        inode.nlink = inode.nlink.saturating_sub(1);
+        inode.ctime = now;
+        if inode.nlink > 0 {
+            tx.put_inode(inode)?;
+        } else if open {
+            tx.put_inode(inode)?;
+            tx.add_orphan(inode.ino)?;
+        } else {
+            tx.delete_inode(inode.ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
+        // Holding the open-file table makes "is it open?" and the deletion one step.
+        let files = self.core.files.lock().expect("lock");
+        self.core.txn(|tx| {
+            let now = Timestamp::now();
+            let mut dir = dir_inode(tx, parent)?;
+            let entry = tx.dirent(parent, name)?.ok_or(FsError::NotFound)?;
+            if entry.kind == FileKind::Dir {
+                return Err(FsError::IsDir);
+            }
+            let mut inode = tx.inode(entry.ino)?.ok_or(FsError::NotFound)?;
+            tx.delete_dirent(parent, name)?;
+            touch_dir(&mut dir, now);
+            tx.put_inode(&dir)?;
+            self.drop_link(tx, &mut inode, now, files.contains_key(&entry.ino))
+        })
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        if name == b"." {
+            return Err(FsError::Invalid);
+        }
+        if name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        check_name(name)?;
+        self.core.txn(|tx| {
+            let now = Timestamp::now();
+            let mut dir = dir_inode(tx, parent)?;
+            let entry = tx.dirent(parent, name)?.ok_or(FsError::NotFound)?;
+            if entry.kind != FileKind::Dir {
+                return Err(FsError::NotDir);
+            }
+            // reading the child for update guards the emptiness check against concurrent creates
+            tx.inode(entry.ino)?.ok_or(FsError::NotFound)?;
+            if !tx.dir_is_empty(entry.ino)? {
+                return Err(FsError::NotEmpty);
+            }
+            tx.delete_dirent(parent, name)?;
+            tx.delete_inode(entry.ino)?;
+            dir.nlink -= 1;
+            touch_dir(&mut dir, now);
+            Ok(tx.put_inode(&dir)?)
+        })
+    }
+
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> FsResult<Inode> {
+        check_name(newname)?;
+        if is_dot(newname) {
+            return Err(FsError::Exists);
+        }
+        self.core.txn(|tx| {
+            let now = Timestamp::now();
+            let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+            if inode.kind == FileKind::Dir {
+                return Err(FsError::NotPermitted);
+            }
+            if inode.nlink == 0 {
+                return Err(FsError::NotFound);
+            }
+            if inode.nlink >= LINK_MAX {
+                return Err(FsError::TooManyLinks);
+            }
+            let mut dir = dir_inode(tx, newparent)?;
+            if tx.dirent(newparent, newname)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            let cookie = take_cookie(&mut dir);
+            tx.put_dirent(
+                newparent,
+                newname,
+                &DirEntry {
+                    ino,
+                    kind: inode.kind,
+                    cookie,
+                },
+            )?;
+            touch_dir(&mut dir, now);
+            tx.put_inode(&dir)?;
+            inode.nlink += 1;
+            inode.ctime = now;
+            tx.put_inode(&inode)?;
+            Ok(inode)
+        })?;
+        self.getattr(ino)
+    }
+
+    /// Fails with EINVAL when `dir` is `moved` or lies inside it (a directory cannot move into itself).
+    fn check_not_inside(tx: &mut dyn MetaTxn, moved: Ino, mut dir: Ino) -> FsResult<()> {
+        loop {
+            if dir == moved {
+                return Err(FsError::Invalid);
+            }
+            if dir == ROOT_INO {
+                return Ok(());
+            }
+            dir = tx.inode(dir)?.ok_or(FsError::NotFound)?.parent;
+        }
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        check_name(name)?;
+        check_name(newname)?;
+        if is_dot(name) || is_dot(newname) {
+            return Err(FsError::Invalid);
+        }
+        if flags.exchange && flags.noreplace {
+            return Err(FsError::Invalid);
+        }
+        let files = self.core.files.lock().expect("lock");
+        self.core.txn(|tx| {
+            let now = Timestamp::now();
+            let same_dir = parent == newparent;
+            let mut p = dir_inode(tx, parent)?;
+            let mut np = if same_dir {
+                None
+            } else {
+                Some(dir_inode(tx, newparent)?)
+            };
+            let src = tx.dirent(parent, name)?.ok_or(FsError::NotFound)?;
+            let dst = tx.dirent(newparent, newname)?;
+            if let Some(d) = dst
+                && d.ino == src.ino
+            {
+                return Ok(()); // two names of one inode: POSIX says do nothing
+            }
+            let mut s = tx.inode(src.ino)?.ok_or(FsError::NotFound)?;
+            if src.kind == FileKind::Dir && !same_dir {
+                Self::check_not_inside(tx, src.ino, newparent)?;
+            }
+            if flags.exchange {
+                let d = dst.ok_or(FsError::NotFound)?;
+                let mut di = tx.inode(d.ino)?.ok_or(FsError::NotFound)?;
+                if d.kind == FileKind::Dir && !same_dir {
+                    Self::check_not_inside(tx, d.ino, parent)?;
+                }
+                tx.put_dirent(
+                    parent,
+                    name,
+                    &DirEntry {
+                        ino: d.ino,
+                        kind: d.kind,
+                        cookie: src.cookie,
+                    },
+                )?;
+                tx.put_dirent(
+                    newparent,
+                    newname,
+                    &DirEntry {
+                        ino: src.ino,
+                        kind: src.kind,
+                        cookie: d.cookie,
+                    },
+                )?;
+                if let Some(np) = np.as_mut() {
+                    if src.kind == FileKind::Dir {
+                        p.nlink -= 1;
+                        np.nlink += 1;
+                        s.parent = newparent;
+                    }
+                    if d.kind == FileKind::Dir {
+                        np.nlink -= 1;
+                        p.nlink += 1;
+                        di.parent = parent;
+                    }
+                }
+                di.ctime = now;
+                tx.put_inode(&di)?;
+            } else {
+                let target_dir = np.as_mut().unwrap_or(&mut p);
+                let cookie = match dst {
+                    Some(_) if flags.noreplace => return Err(FsError::Exists),
+                    Some(d) => {
+                        let mut di = tx.inode(d.ino)?.ok_or(FsError::NotFound)?;
+                        match (src.kind == FileKind::Dir, d.kind == FileKind::Dir) {
+                            (true, false) => return Err(FsError::NotDir),
+                            (false, true) => return Err(FsError::IsDir),
+                            (true, true) => {
+                                if !tx.dir_is_empty(d.ino)? {
+                                    return Err(FsError::NotEmpty);
+                                }
+                                tx.delete_inode(d.ino)?;
+                                target_dir.nlink -= 1;
+                            }
+                            (false, false) => {
+                                self.drop_link(tx, &mut di, now, files.contains_key(&d.ino))?
+                            }
+                        }
+                        d.cookie
+                    }
+                    None => take_cookie(target_dir),
+                };
+                if src.kind == FileKind::Dir && !same_dir {
+                    target_dir.nlink += 1;
+                    s.parent = newparent;
+                }
+                tx.delete_dirent(parent, name)?;
+                tx.put_dirent(
+                    newparent,
+                    newname,
+                    &DirEntry {
+                        ino: src.ino,
+                        kind: src.kind,
+                        cookie,
+                    },
+                )?;
+                if src.kind == FileKind::Dir && !same_dir {
+                    p.nlink -= 1;
+                }
+            }
+            s.ctime = now;
+            tx.put_inode(&s)?;
+            touch_dir(&mut p, now);
+            tx.put_inode(&p)?;
+            if let Some(mut np) = np {
+                touch_dir(&mut np, now);
+                tx.put_inode(&np)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Up to `limit` entries after `offset` (0 starts at the beginning, then pass the last
+    /// entry's cookie). `.` and `..` come first.
+    pub fn readdir(&self, ino: Ino, offset: u64, limit: usize) -> FsResult<Vec<DirListing>> {
+        let mut tx = self.core.meta.begin()?;
+        let dir = dir_inode(tx.as_mut(), ino)?;
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(DirListing {
+                cookie: 1,
+                ino,
+                kind: FileKind::Dir,
+                name: b".".to_vec(),
+            });
+        }
+        if offset < 2 {
+            out.push(DirListing {
+                cookie: 2,
+                ino: dir.parent,
+                kind: FileKind::Dir,
+                name: b"..".to_vec(),
+            });
+        }
+        let want = limit.saturating_sub(out.len());
+        for (name, e) in tx.list_dir(ino, offset.max(2), want)? {
+            out.push(DirListing {
+                cookie: e.cookie,
+                ino: e.ino,
+                kind: e.kind,
+                name,
+            });
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Changes attributes; a size change truncates or extends the file.
+    pub fn setattr(&self, ino: Ino, attr: SetAttr) -> FsResult<Inode> {
+        // Pending writes commit first, so their mtime cannot override one set here.
+        self.flush_inode(ino, false)?;
+        if let Some(size) = attr.size {
+            self.truncate(ino, size)?;
+        }
+        let changes_meta = attr.mode.is_some()
+            || attr.uid.is_some()
+            || attr.gid.is_some()
+            || attr.atime.is_some()
+            || attr.mtime.is_some()
+            || attr.ctime.is_some();
+        if changes_meta {
+            self.core.txn(|tx| {
+                let now = Timestamp::now();
+                let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+                if let Some(mode) = attr.mode {
+                    inode.perm = (mode & 0o7777) as u16;
+                }
+                if let Some(uid) = attr.uid {
+                    inode.uid = uid;
+                }
+                if let Some(gid) = attr.gid {
+                    inode.gid = gid;
+                }
+                let resolve = |t: TimeSet| match t {
+                    TimeSet::Now => now,
+                    TimeSet::At(t) => t,
+                };
+                if let Some(t) = attr.atime {
+                    inode.atime = resolve(t);
+                }
+                if let Some(t) = attr.mtime {
+                    inode.mtime = resolve(t);
+                }
+                inode.ctime = attr.ctime.unwrap_or(now);
+                tx.put_inode(&inode)?;
+                Ok(())
+            })?;
+        }
+        self.getattr(ino)
+    }
+
+    /// Capacity as the filesystem holding the block store reports it, when it is local.
+    pub fn statfs(&self, capacity_of: Option<&std::path::Path>) -> FsResult<FsStats> {
+        let mut stats = FsStats {
+            block_size: 4096,
+            blocks: 1 << 38,
+            blocks_free: 1 << 38,
+            blocks_avail: 1 << 38,
+            files: 1 << 32,
+            files_free: 1 << 32,
+            name_max: NAME_MAX as u32,
+        };
+        if let Some(path) = capacity_of
+            && let Ok(v) = nix::sys::statvfs::statvfs(path)
+        {
+            let scale = v.fragment_size() / 4096;
+            let scale = scale.max(1);
+            stats.blocks = v.blocks() * scale;
+            stats.blocks_free = v.blocks_free() * scale;
+            stats.blocks_avail = v.blocks_available() * scale;
+        }
+        Ok(stats)
+    }
+}

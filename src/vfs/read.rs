@@ -1,0 +1,137 @@
+//! The read path: extent lookup (binary search in the metadata engine's ordered keys), verified
+//! blocks through the block cache, pending writes laid on top, and sequential read-ahead that
+//! starts after two sequential reads and doubles its window up to a bound.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{Core, Fs, FsResult};
+use crate::meta::Ino;
+
+/// Per-handle read-ahead state.
+#[derive(Debug, Default)]
+pub(crate) struct ReadAhead {
+    /// End of the previous read.
+    last_end: u64,
+    /// Consecutive reads that continued the previous one (the first read at 0 counts).
+    sequential: u32,
+    window: u64,
+    /// Read-ahead already requested up to here.
+    requested_until: u64,
+}
+
+impl Fs {
+    /// Reads up to `size` bytes at `offset`; short only at end of file.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let (file_size, pending) = {
+            let st = h.file.lock();
+            let committed = self.core.inode(h.ino)?.size;
+            let file_size = committed.max(st.dirty.end());
+            let end = offset.saturating_add(size as u64).min(file_size);
+            (
+                file_size,
+                if offset < end {
+                    st.dirty.slices(offset..end)
+                } else {
+                    Vec::new()
+                },
+            )
+        };
+        if offset >= file_size {
+            return Ok(Vec::new());
+        }
+        let end = offset.saturating_add(size as u64).min(file_size);
+        let mut buf = read_committed(&self.core, h.ino, offset..end)?;
+        for (at, data) in pending {
+            let rel = (at - offset) as usize;
+            buf[rel..rel + data.len()].copy_from_slice(&data);
+        }
+        self.read_ahead(&h.readahead, h.ino, offset, end, file_size);
+        Ok(buf)
+    }
+
+    fn read_ahead(
+        &self,
+        state: &std::sync::Mutex<ReadAhead>,
+        ino: Ino,
+        offset: u64,
+        end: u64,
+        file_size: u64,
+    ) {
+        let mut ra = state.lock().expect("lock");
+        if offset == ra.last_end {
+            ra.sequential += 1;
+        } else {
+            *ra = ReadAhead::default();
+            ra.sequential = 1;
+        }
+        ra.last_end = end;
+        if ra.sequential < 2 {
+            return;
+        }
+        if ra.window == 0 {
+            ra.window = self.core.cfg.chunker.target_block() as u64;
+        }
+        let from = end.max(ra.requested_until);
+        let to = (end + ra.window).min(file_size);
+        ra.window = (ra.window * 2).min(self.core.cfg.readahead_max);
+        if from >= to {
+            return;
+        }
+        ra.requested_until = to;
+        let core = self.core.clone();
+        self.runtime
+            .spawn_blocking(move || prefetch(&core, ino, from..to));
+    }
+
+    /// Block cache counters: (hits, misses, blocks fetched by read-ahead).
+    pub fn cache_stats(&self) -> (u64, u64, u64) {
+        let c = &self.core.cache;
+        (
+            c.hits.load(Ordering::Relaxed),
+            c.misses.load(Ordering::Relaxed),
+            c.prefetched.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Committed bytes of `range` (holes as zeros).
+pub(crate) fn read_committed(core: &Core, ino: Ino, range: Range<u64>) -> FsResult<Vec<u8>> {
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    let extents = core.meta.begin()?.extents(ino, range.clone())?;
+    for e in extents {
+        let c = e.clip(&range);
+        let block = core.cache.fetch(core.store.as_ref(), &c.key)?;
+        let rel = (c.offset - range.start) as usize;
+        let src = block.get(c.block_range()).ok_or_else(|| {
+            crate::meta::MetaError::Corrupt(format!(
+                "extent of inode {ino} reaches past its block {}",
+                c.key
+            ))
+        })?;
+        buf[rel..rel + c.len as usize].copy_from_slice(src);
+    }
+    Ok(buf)
+}
+
+fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>) {
+    let extents = match core.meta.begin().and_then(|mut tx| tx.extents(ino, range)) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!(ino, "read-ahead skipped: {e}");
+            return;
+        }
+    };
+    for e in extents {
+        if core.cache.contains(&e.key) {
+            continue;
+        }
+        // Errors surface when the application reads these bytes; read-ahead only warms the cache.
+        if let Err(err) = core.cache.prefetch(core.store.as_ref(), &e.key) {
+            tracing::debug!(ino, "read-ahead fetch failed: {err}");
+            return;
+        }
+    }
+}

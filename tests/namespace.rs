@@ -1,0 +1,517 @@
+//! POSIX namespace semantics of the core: link counts, times, rename flavours, readdir
+//! offsets, xattrs, holes, copy_file_range block sharing, and concurrent namespace changes.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{CTX, MemVolume, create, random_bytes, small_cfg, write_all};
+use graviton::meta::{FileKind, ROOT_INO};
+use graviton::vfs::{FallocateMode, FsError, RenameFlags, SetAttr, TimeSet, Whence, XattrSet};
+
+fn pause() {
+    std::thread::sleep(Duration::from_millis(15));
+}
+
+#[test]
+fn link_counts_and_times_follow_posix() {
+    let vol = MemVolume::new(small_cfg());
+    let fs = vol.mount();
+    let root0 = fs.getattr(ROOT_INO).unwrap();
+    assert_eq!(root0.nlink, 2);
+    pause();
+    let d = fs.mkdir(CTX, ROOT_INO, b"d", 0o755).unwrap();
+    assert_eq!((d.nlink, d.uid, d.kind), (2, 1000, FileKind::Dir));
+    let root1 = fs.getattr(ROOT_INO).unwrap();
+    assert_eq!(root1.nlink, 3, "a subdirectory's .. links its parent");
+    assert!(root1.mtime > root0.mtime && root1.ctime > root0.ctime);
+
+    let (f, fh) = create(&fs, "f");
+    fs.release(fh).unwrap();
+    let before = fs.getattr(f).unwrap();
+    pause();
+    let linked = fs.link(f, d.ino, b"g").unwrap();
+    assert_eq!(linked.nlink, 2);
+    assert!(linked.ctime > before.ctime, "link changes ctime");
+    assert_eq!(linked.mtime, before.mtime, "link leaves mtime");
+    pause();
+    fs.unlink(ROOT_INO, b"f").unwrap();
+    let after = fs.getattr(f).unwrap();
+    assert_eq!(after.nlink, 1);
+    assert!(after.ctime > linked.ctime);
+    assert_eq!(fs.lookup(d.ino, b"g").unwrap().ino, f);
+
+    assert!(matches!(fs.rmdir(ROOT_INO, b"d"), Err(FsError::NotEmpty)));
+    assert!(matches!(fs.unlink(ROOT_INO, b"d"), Err(FsError::IsDir)));
+    assert!(matches!(fs.rmdir(d.ino, b"g"), Err(FsError::NotDir)));
+    fs.unlink(d.ino, b"g").unwrap();
+    fs.rmdir(ROOT_INO, b"d").unwrap();
+    assert_eq!(fs.getattr(ROOT_INO).unwrap().nlink, 2);
+    assert!(matches!(fs.getattr(d.ino), Err(FsError::NotFound)));
+    assert!(
+        matches!(
+            fs.link(ROOT_INO, ROOT_INO, b"x"),
+            Err(FsError::NotPermitted)
+        ),
+        "no hard links to directories"
+    );
+}
+
+#[test]
+fn names_are_checked() {
+    let vol = MemVolume::new(small_cfg());
+    let fs = vol.mount();
+    let long = vec![b'x'; 256];
+    assert!(matches!(
+        fs.mkdir(CTX, ROOT_INO, &long, 0o755),
+        Err(FsError::NameTooLong)
+    ));
+    assert!(matches!(
+        fs.lookup(ROOT_INO, &long),
+        Err(FsError::NameTooLong)
+    ));
+    assert!(
+        fs.mkdir(CTX, ROOT_INO, &long[..255], 0o755).is_ok(),
+        "255 bytes is allowed"
+    );
+    assert!(matches!(
+        fs.mkdir(CTX, ROOT_INO, b"a/b", 0o755),
+        Err(FsError::Invalid)
+    ));
+    assert!(matches!(
+        fs.mkdir(CTX, ROOT_INO, b"..", 0o755),
+        Err(FsError::Exists)
+    ));
+    fs.mkdir(CTX, ROOT_INO, b"x", 0o755).unwrap();
+    assert!(matches!(
+        fs.mkdir(CTX, ROOT_INO, b"x", 0o755),
+        Err(FsError::Exists)
+    ));
+    let (f, _) = create(&fs, "file");
+    assert!(matches!(fs.lookup(f, b"y"), Err(FsError::NotDir)));
+    let s = fs.symlink(CTX, ROOT_INO, b"ln", b"/target/path").unwrap();
+    assert_eq!((s.kind, s.size), (FileKind::Symlink, 12));
+    assert_eq!(fs.readlink(s.ino).unwrap(), b"/target/path");
+    assert!(matches!(
+        fs.symlink(CTX, ROOT_INO, b"ln2", &vec![b'a'; 4096]),
+        Err(FsError::NameTooLong)
+    ));
+    let fifo = fs
+        .mknod(CTX, ROOT_INO, b"fifo", libc::S_IFIFO | 0o600, 0)
+        .unwrap();
+    assert_eq!(fifo.kind, FileKind::Fifo);
+}
+
+#[test]
+fn rename_replace_noreplace_exchange_and_loops() {
+    let vol = MemVolume::new(small_cfg());
+    let fs = vol.mount();
+    let a = fs.mkdir(CTX, ROOT_INO, b"a", 0o755).unwrap();
+    let b = fs.mkdir(CTX, ROOT_INO, b"b", 0o755).unwrap();
+    let sub = fs.mkdir(CTX, a.ino, b"sub", 0o755).unwrap();
+    // a directory cannot move into itself or below itself
+    assert!(matches!(
+        fs.rename(ROOT_INO, b"a", sub.ino, b"x", RenameFlags::default()),
+        Err(FsError::Invalid)
+    ));
+    assert!(matches!(
+        fs.rename(ROOT_INO, b"a", a.ino, b"x", RenameFlags::default()),
+        Err(FsError::Invalid)
+    ));
+    // moving a directory moves its .. link
+    pause();
+    fs.rename(a.ino, b"sub", b.ino, b"sub2", RenameFlags::default())
+        .unwrap();
+    assert_eq!(fs.getattr(a.ino).unwrap().nlink, 2);
+    assert_eq!(fs.getattr(b.ino).unwrap().nlink, 3);
+    assert_eq!(fs.lookup(sub.ino, b"..").unwrap().ino, b.ino);
+    assert!(
+        fs.getattr(sub.ino).unwrap().ctime > sub.ctime,
+        "rename changes the moved inode's ctime"
+    );
+    // file over file replaces; the old target loses a link
+    let (f1, h1) = create(&fs, "f1");
+    let (f2, h2) = create(&fs, "f2");
+    fs.release(h1).unwrap();
+    fs.release(h2).unwrap();
+    assert!(matches!(
+        fs.rename(
+            ROOT_INO,
+            b"f1",
+            ROOT_INO,
+            b"f2",
+            RenameFlags {
+                noreplace: true,
+                exchange: false
+            }
+        ),
+        Err(FsError::Exists)
+    ));
+    fs.rename(ROOT_INO, b"f1", ROOT_INO, b"f2", RenameFlags::default())
+        .unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, b"f2").unwrap().ino, f1);
+    assert!(matches!(fs.getattr(f2), Err(FsError::NotFound)));
+    // file over directory and directory over file
+    assert!(matches!(
+        fs.rename(ROOT_INO, b"f2", ROOT_INO, b"a", RenameFlags::default()),
+        Err(FsError::IsDir)
+    ));
+    assert!(matches!(
+        fs.rename(ROOT_INO, b"a", ROOT_INO, b"f2", RenameFlags::default()),
+        Err(FsError::NotDir)
+    ));
+    // directory over non-empty directory
+    assert!(matches!(
+        fs.rename(ROOT_INO, b"a", ROOT_INO, b"b", RenameFlags::default()),
+        Err(FsError::NotEmpty)
+    ));
+    // exchange swaps a file and a directory across parents
+    let ex = RenameFlags {
+        noreplace: false,
+        exchange: true,
+    };
+    fs.rename(ROOT_INO, b"f2", b.ino, b"sub2", ex).unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, b"f2").unwrap().ino, sub.ino);
+    assert_eq!(fs.lookup(b.ino, b"sub2").unwrap().ino, f1);
+    assert_eq!(fs.getattr(b.ino).unwrap().nlink, 2);
+    assert_eq!(
+        fs.getattr(ROOT_INO).unwrap().nlink,
+        5,
+        "root holds a, b and the swapped-in directory"
+    );
+    assert_eq!(fs.lookup(sub.ino, b"..").unwrap().ino, ROOT_INO);
+    assert!(matches!(
+        fs.rename(ROOT_INO, b"nope", ROOT_INO, b"a", ex),
+        Err(FsError::NotFound)
+    ));
+    // two names of one inode: nothing happens
+    fs.link(f1, ROOT_INO, b"alias").unwrap();
+    fs.rename(b.ino, b"sub2", ROOT_INO, b"alias", RenameFlags::default())
+        .unwrap();
+    assert_eq!(fs.getattr(f1).unwrap().nlink, 2);
+}
+
+#[test]
+fn readdir_offsets_stay_valid_while_the_directory_changes() {
+    let vol = MemVolume::new(small_cfg());
+    let fs = vol.mount();
+    let d = fs.mkdir(CTX, ROOT_INO, b"d", 0o755).unwrap();
+    for i in 0..100 {
+        fs.mknod(
+            CTX,
+            d.ino,
+            format!("n{i:03}").as_bytes(),
+            libc::S_IFREG | 0o644,
+            0,
+        )
+        .unwrap();
+    }
+    let first = fs.readdir(d.ino, 0, 40).unwrap();
+    assert_eq!(first[0].name, b".");
+    assert_eq!(first[1].name, b"..");
+    assert_eq!(first[1].ino, ROOT_INO);
+    // remove entries already listed and not yet listed, add new ones
+    fs.unlink(d.ino, b"n000").unwrap();
+    fs.unlink(d.ino, b"n090").unwrap();
+    fs.mknod(CTX, d.ino, b"late", libc::S_IFREG | 0o644, 0)
+        .unwrap();
+    let mut names: Vec<Vec<u8>> = first.iter().map(|e| e.name.clone()).collect();
+    let mut offset = first.last().unwrap().cookie;
+    loop {
+        let page = fs.readdir(d.ino, offset, 25).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        offset = page.last().unwrap().cookie;
+        names.extend(page.into_iter().map(|e| e.name));
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), names.len(), "no entry listed twice");
+    for i in 1..100 {
+        if i != 90 {
+            assert!(
+                names.contains(&format!("n{i:03}").into_bytes()),
+                "n{i:03} listed"
+            );
+        }
+    }
+    assert!(
+        !names.contains(&b"n090".to_vec()),
+        "an entry removed before it was reached is not listed"
+    );
+    assert!(
+        names.contains(&b"late".to_vec()),
+        "an entry added during listing is listed (it sorts last)"
+    );
+}
+
+#[test]
+fn setattr_truncate_and_times() {
+    let vol = MemVolume::new(small_cfg());
+    let fs = vol.mount();
+    let (ino, fh) = create(&fs, "f");
+    write_all(&fs, fh, 0, &random_bytes(1, 10_000), 3000);
+    assert_eq!(
+        fs.getattr(ino).unwrap().size,
+        10_000,
+        "pending writes show in getattr"
+    );
+    let t = graviton::meta::Timestamp {
+        secs: 1_000_000,
+        nanos: 5,
+    };
+    let a = fs
+        .setattr(
+            ino,
+            SetAttr {
+                mode: Some(0o4755),
+                mtime: Some(TimeSet::At(t)),
+                atime: Some(TimeSet::At(t)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((a.perm, a.mtime, a.atime, a.size), (0o4755, t, t, 10_000));
+    pause();
+    let b = fs
+        .setattr(
+            ino,
+            SetAttr {
+                size: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(b.size, 5);
+    assert!(
+        b.mtime > t && b.ctime > a.ctime,
+        "truncate updates mtime and ctime"
+    );
+    fs.setattr(
+        ino,
+        SetAttr {
+            size: Some(20_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let data = fs.read(fh, 0, 30_000).unwrap();
+    assert_eq!(data.len(), 20_000);
+    assert!(
+        data[5..].iter().all(|&b| b == 0),
+        "extended part reads as zeros"
+    );
+    assert!(matches!(fs.truncate(ROOT_INO, 0), Err(FsError::IsDir)));
+}
+
+#[test]
+fn xattrs_with_flags_and_limits() {
+    let vol = MemVolume::new(small_cfg());
+    let fs = vol.mount();
+    let (ino, _) = create(&fs, "f");
+    fs.setxattr(ino, b"user.k", b"v1", XattrSet::Any).unwrap();
+    assert!(matches!(
+        fs.setxattr(ino, b"user.k", b"v2", XattrSet::Create),
+        Err(FsError::Exists)
+    ));
+    assert!(matches!(
+        fs.setxattr(ino, b"user.none", b"v", XattrSet::Replace),
+        Err(FsError::NoAttribute)
+    ));
+    fs.setxattr(ino, b"user.k", b"v2", XattrSet::Replace)
+        .unwrap();
+    assert_eq!(fs.getxattr(ino, b"user.k").unwrap(), b"v2");
+    fs.setxattr(ino, b"user.empty", b"", XattrSet::Any).unwrap();
+    assert_eq!(fs.listxattr(ino).unwrap(), b"user.empty\0user.k\0");
+    assert!(matches!(
+        fs.getxattr(ino, b"user.none"),
+        Err(FsError::NoAttribute)
+    ));
+    assert!(matches!(
+        fs.setxattr(ino, b"user.big", &vec![0; 65537], XattrSet::Any),
+        Err(FsError::TooBig)
+    ));
+    assert!(matches!(
+        fs.setxattr(ino, b"bogus.k", b"v", XattrSet::Any),
+        Err(FsError::NotSupported)
+    ));
+    fs.removexattr(ino, b"user.k").unwrap();
+    assert!(matches!(
+        fs.removexattr(ino, b"user.k"),
+        Err(FsError::NoAttribute)
+    ));
+}
+
+#[test]
+fn holes_seek_and_fallocate() {
+    let vol = MemVolume::new(small_cfg());
+    let fs = vol.mount();
+    let (ino, fh) = create(&fs, "sparse");
+    fs.write(fh, 100_000, &[7u8; 5000]).unwrap();
+    assert_eq!(fs.seek(ino, 0, Whence::Data).unwrap(), 100_000);
+    assert_eq!(fs.seek(ino, 0, Whence::Hole).unwrap(), 0);
+    assert_eq!(fs.seek(ino, 100_000, Whence::Hole).unwrap(), 105_000);
+    assert!(matches!(
+        fs.seek(ino, 105_000, Whence::Data),
+        Err(FsError::NoSuchOffset)
+    ));
+    let punch = FallocateMode {
+        keep_size: true,
+        punch_hole: true,
+        zero_range: false,
+    };
+    fs.fallocate(ino, 101_000, 1000, punch).unwrap();
+    assert_eq!(fs.seek(ino, 100_000, Whence::Hole).unwrap(), 101_000);
+    assert_eq!(fs.seek(ino, 101_000, Whence::Data).unwrap(), 102_000);
+    let got = fs.read(fh, 100_990, 20).unwrap();
+    assert_eq!(got, [&[7u8; 10][..], &[0u8; 10][..]].concat());
+    assert_eq!(
+        fs.getattr(ino).unwrap().size,
+        105_000,
+        "punching keeps the size"
+    );
+    fs.fallocate(ino, 0, 200_000, FallocateMode::default())
+        .unwrap();
+    assert_eq!(
+        fs.getattr(ino).unwrap().size,
+        200_000,
+        "plain fallocate extends the size"
+    );
+    fs.fallocate(
+        ino,
+        0,
+        300_000,
+        FallocateMode {
+            keep_size: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fs.getattr(ino).unwrap().size, 200_000);
+    assert!(matches!(
+        fs.fallocate(
+            ino,
+            0,
+            10,
+            FallocateMode {
+                punch_hole: true,
+                ..Default::default()
+            }
+        ),
+        Err(FsError::NotSupported)
+    ));
+}
+
+#[test]
+fn copy_file_range_shares_blocks() {
+    let vol = MemVolume::new(small_cfg());
+    let fs = vol.mount();
+    let (_, src) = create(&fs, "src");
+    let data = random_bytes(4, 1 << 20);
+    write_all(&fs, src, 0, &data, 1 << 16);
+    fs.flush(src).unwrap();
+    let stored = vol.store.stored_bytes();
+    let (dst_ino, dst) = create(&fs, "dst");
+    assert_eq!(
+        fs.copy_file_range(src, 1000, dst, 10, 500_000).unwrap(),
+        500_000
+    );
+    assert_eq!(
+        vol.store.stored_bytes(),
+        stored,
+        "no block content was copied"
+    );
+    assert_eq!(fs.getattr(dst_ino).unwrap().size, 500_010);
+    assert_eq!(fs.read(dst, 0, 10).unwrap(), vec![0; 10]);
+    assert!(common::read_all(&fs, dst, 10, 500_000) == data[1000..501_000]);
+    assert_eq!(
+        fs.copy_file_range(src, 2 << 20, dst, 0, 10).unwrap(),
+        0,
+        "past the end copies nothing"
+    );
+    assert!(matches!(
+        fs.copy_file_range(src, 0, src, 100, 1000),
+        Err(FsError::Invalid)
+    ));
+}
+
+#[test]
+fn concurrent_creates_renames_and_links_keep_counts_consistent() {
+    let vol = MemVolume::new(small_cfg());
+    let fs = Arc::new(vol.mount());
+    let shared = fs.mkdir(CTX, ROOT_INO, b"shared", 0o755).unwrap().ino;
+    let (target, fh) = create(&fs, "target");
+    fs.release(fh).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let fs = fs.clone();
+            std::thread::spawn(move || {
+                for i in 0..60 {
+                    let name = format!("t{t}-{i}");
+                    fs.mknod(CTX, shared, name.as_bytes(), libc::S_IFREG | 0o644, 0)
+                        .unwrap();
+                    fs.link(target, shared, format!("l{t}-{i}").as_bytes())
+                        .unwrap();
+                    fs.mkdir(CTX, shared, format!("d{t}-{i}").as_bytes(), 0o755)
+                        .unwrap();
+                    // everyone fights over one name: rename onto it replaces whatever is there
+                    fs.rename(
+                        shared,
+                        name.as_bytes(),
+                        shared,
+                        b"hot",
+                        RenameFlags::default(),
+                    )
+                    .unwrap();
+                    if i % 3 == 0 {
+                        fs.unlink(shared, format!("l{t}-{i}").as_bytes()).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut all = Vec::new();
+    let mut off = 0;
+    loop {
+        let page = fs.readdir(shared, off, 500).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        off = page.last().unwrap().cookie;
+        all.extend(page);
+    }
+    let links = all.iter().filter(|e| e.name.starts_with(b"l")).count() as u32;
+    let dirs = all
+        .iter()
+        .filter(|e| e.kind == FileKind::Dir && e.name != b"." && e.name != b"..")
+        .count() as u32;
+    assert_eq!(links, 4 * 40);
+    assert_eq!(
+        fs.getattr(target).unwrap().nlink,
+        1 + links,
+        "every link counted once"
+    );
+    assert_eq!(
+        fs.getattr(shared).unwrap().nlink,
+        2 + dirs,
+        "every subdirectory counted once"
+    );
+    assert_eq!(dirs, 240);
+    assert_eq!(all.iter().filter(|e| e.name == b"hot").count(), 1);
+    assert_eq!(
+        all.iter().filter(|e| e.name.starts_with(b"t")).count(),
+        0,
+        "every t-file was renamed onto hot"
+    );
+    assert_eq!(
+        fs.meta().usage().unwrap().files,
+        2,
+        "only target and hot remain as regular files"
+    );
+}
