@@ -5,7 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/env.sh
-cargo build --release --locked --bins
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --release --locked --no-fail-fast "$@"
 else
