@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod core;
+pub mod fuse;
 pub mod meta;
 pub mod store;
 pub mod vfs;

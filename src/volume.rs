@@ -38,7 +38,7 @@ pub enum VolumeError {
 }
 
 /// Settings recorded at format time.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeSettings {
     pub format_version: String,
     pub hash: String,

@@ -1,6 +1,8 @@
 //! The `graviton` command line: one file per subcommand.
 
 mod format;
+mod mount;
+pub mod options;
 mod status;
 
 use std::path::PathBuf;
@@ -22,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Create a new volume in SOURCE (a directory).
     Format(format::FormatArgs),
+    /// Mount a volume (the default volume when SOURCE is left out).
+    Mount(mount::MountArgs),
     /// Show what a volume holds: files, bytes, blocks, dedup ratio.
     Status(status::StatusArgs),
 }
@@ -40,6 +44,7 @@ pub fn default_volume() -> anyhow::Result<PathBuf> {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Format(args) => format::run(args),
+        Command::Mount(args) => mount::run(args),
         Command::Status(args) => status::run(args),
     }
 }

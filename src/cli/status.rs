@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::meta::Usage;
 use crate::volume::{Volume, VolumeSettings};
@@ -18,10 +18,10 @@ pub struct StatusArgs {
     pub source: Option<PathBuf>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Deserialize, Debug)]
 pub struct Status {
     pub volume: String,
-    pub engine: &'static str,
+    pub engine: String,
     pub block_store: String,
     pub settings: VolumeSettings,
     pub usage: Usage,
@@ -51,7 +51,7 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
     }
     Ok(Status {
         volume: vol.dir.display().to_string(),
-        engine: vol.meta.engine(),
+        engine: vol.meta.engine().to_string(),
         block_store: format!("{} ({})", vol.store.backend(), vol.capacity_path.display()),
         settings: vol.settings.clone(),
         usage,
@@ -69,13 +69,33 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
     })
 }
 
+/// The running daemon's answer, when the volume is mounted.
+fn ask_daemon(dir: &std::path::Path) -> Option<anyhow::Result<Status>> {
+    use std::io::Read;
+    let mut conn =
+        std::os::unix::net::UnixStream::connect(super::mount::status_socket(dir)).ok()?;
+    let mut text = String::new();
+    if let Err(e) = conn.read_to_string(&mut text) {
+        return Some(Err(e.into()));
+    }
+    Some(serde_json::from_str::<Status>(&text).map_err(|_| {
+        let msg = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or(text);
+        anyhow::anyhow!("the mount daemon could not report status: {msg}")
+    }))
+}
+
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let dir = match args.source {
         Some(d) => d,
         None => super::default_volume()?,
     };
-    let vol = Volume::open(&dir)?;
-    let s = collect(&vol)?;
+    let s = match ask_daemon(&dir) {
+        Some(s) => s?,
+        None => collect(&Volume::open(&dir)?)?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

@@ -38,7 +38,7 @@ pub enum MetaError {
 pub type MetaResult<T> = Result<T, MetaError>;
 
 /// What a volume holds, as `graviton status` reports it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub inodes: u64,
     pub files: u64,

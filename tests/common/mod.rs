@@ -1,6 +1,8 @@
 //! Helpers shared by the core tests: volumes in temporary folders, file helpers.
 #![allow(dead_code)]
 
+pub mod mounted;
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -1,0 +1,299 @@
+//! `graviton mount`: mount a volume. By default the command returns once the mount is ready and
+//! a daemon (this program again, with `--foreground`) serves it; SIGTERM, SIGINT or `umount`
+//! make the daemon commit pending writes and exit.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use fuser::{Config, MountOption, Session, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+
+use super::options::MountOptions;
+use crate::core::{DEFAULT_CHUNKER, HashAlgo};
+use crate::fuse::GravitonFuse;
+use crate::volume::Volume;
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Mount options, comma-separated (allow_other, ro, noatime, attr_timeout=SECS, cache_mb=N,
+    /// dirty_mb=N, threads=N, and the usual fstab options).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Stay attached to the terminal instead of running in the background.
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Print "ready" on standard output once mounted (used by the background launcher).
+    #[arg(long, hide = true)]
+    pub notify_ready: bool,
+    /// [SOURCE] MOUNTPOINT: SOURCE is a volume directory (default: the default volume).
+    #[arg(num_args = 1..=2, required = true, value_name = "PATHS")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Where the daemon listens for `graviton status` while mounted.
+pub fn status_socket(volume: &Path) -> PathBuf {
+    volume.join("graviton.sock")
+}
+
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    let mut opts = MountOptions::default();
+    for o in &args.options {
+        opts.apply(o)?;
+    }
+    let (source, mountpoint) = match args.paths.as_slice() {
+        [mp] => (None, mp.clone()),
+        [src, mp] => (Some(src.clone()), mp.clone()),
+        _ => bail!("expected [SOURCE] MOUNTPOINT"),
+    };
+    let source = match source {
+        Some(s) => {
+            if !Volume::is_formatted(&s) {
+                bail!(
+                    "{} is not a Graviton volume (run `graviton format {}` first)",
+                    s.display(),
+                    s.display()
+                );
+            }
+            s
+        }
+        None => {
+            let d = super::default_volume()?;
+            if !Volume::is_formatted(&d) {
+                Volume::format(&d, HashAlgo::Blake3, DEFAULT_CHUNKER, None)
+                    .with_context(|| format!("creating the default volume in {}", d.display()))?;
+                eprintln!("created the default volume in {}", d.display());
+            }
+            d
+        }
+    };
+    let source = source
+        .canonicalize()
+        .with_context(|| format!("volume {}", source.display()))?;
+    let mountpoint = prepare_mountpoint(&mountpoint)?;
+    if args.foreground {
+        serve(&source, &mountpoint, &opts, args.notify_ready)
+    } else {
+        launch_daemon(&args.options, &source, &mountpoint)
+    }
+}
+
+/// Checks the mountpoint, cleaning up a mount whose daemon died.
+fn prepare_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
+    match std::fs::metadata(mp) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            eprintln!("{}: cleaning up a mount whose daemon is gone", mp.display());
+            nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH)
+                .or_else(|_| {
+                    Command::new("fusermount3")
+                        .arg("-uz")
+                        .arg(mp)
+                        .status()
+                        .map(drop)
+                        .map_err(|_| nix::Error::EIO)
+                })
+                .with_context(|| format!("unmounting the dead mount on {}", mp.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mountpoint {} does not exist", mp.display())
+        }
+        Err(e) => bail!("mountpoint {}: {e}", mp.display()),
+        Ok(m) if !m.is_dir() => bail!("mountpoint {} is not a directory", mp.display()),
+        Ok(_) => {}
+    }
+    let mp = mp
+        .canonicalize()
+        .with_context(|| format!("mountpoint {}", mp.display()))?;
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+        let escaped = mp.to_string_lossy().replace(' ', "\\040");
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() > 2 && f[1] == escaped && f[2].starts_with("fuse") {
+                bail!(
+                    "{} is already mounted ({} from {})",
+                    mp.display(),
+                    f[2],
+                    f[0]
+                );
+            }
+        }
+    }
+    Ok(mp)
+}
+
+/// Starts the daemon and returns once it reports the mount ready (or its error).
+fn launch_daemon(options: &[String], source: &Path, mountpoint: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the graviton executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount").arg("--foreground").arg("--notify-ready");
+    for o in options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.arg(source)
+        .arg(mountpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe; the daemon leaves the caller's session and terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the mount daemon")?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("piped");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("waiting for the mount daemon")?;
+    if line.trim() == "ready" {
+        return Ok(());
+    }
+    let status = child.wait()?;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let err = err.trim().trim_start_matches("graviton: ");
+    if err.is_empty() {
+        bail!("the mount daemon exited ({status}) before the mount was ready");
+    }
+    bail!("{err}")
+}
+
+/// Serves the mount until it is unmounted or the process is told to stop.
+fn serve(
+    source: &Path,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    notify_ready: bool,
+) -> anyhow::Result<()> {
+    // Block stop signals in every thread (threads inherit the mask); one thread waits for them.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+
+    let vol = Arc::new(Volume::open(source)?);
+    let mut cfg = vol.fs_config();
+    if let Some(mb) = opts.cache_mb {
+        cfg.block_cache_bytes = mb << 20;
+    }
+    if let Some(mb) = opts.dirty_mb {
+        cfg.dirty_limit = mb << 20;
+        cfg.file_flush_threshold = cfg
+            .file_flush_threshold
+            .min(cfg.dirty_limit / 2)
+            .max(1 << 20);
+    }
+    let fs = Arc::new(vol.filesystem(cfg)?);
+    let adapter = GravitonFuse::new(fs.clone(), opts.ttl, Some(vol.capacity_path.clone()));
+
+    let fsname = source.to_string_lossy();
+    let fsname = if fsname.contains([',', ' ']) {
+        "graviton".to_string()
+    } else {
+        fsname.into_owned()
+    };
+    let mut mount_options = vec![
+        MountOption::FSName(fsname),
+        MountOption::Subtype("graviton".into()),
+        MountOption::DefaultPermissions,
+    ];
+    for (on, opt) in [
+        (opts.read_only, MountOption::RO),
+        (opts.noatime, MountOption::NoAtime),
+        (opts.nodev, MountOption::NoDev),
+        (opts.nosuid, MountOption::NoSuid),
+        (opts.noexec, MountOption::NoExec),
+    ] {
+        if on {
+            mount_options.push(opt);
+        }
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads);
+    config.clone_fd = true;
+    let mut session = Session::new(adapter, mountpoint, &config)
+        .with_context(|| format!("mounting on {}", mountpoint.display()))?;
+
+    let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("graviton-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                tracing::info!("{sig}: unmounting {}", mp.display());
+                if let Err(e) = unmounter.unmount() {
+                    tracing::error!("unmounting {}: {e}", mp.display());
+                }
+            }
+        })?;
+    serve_status(vol.clone())?;
+    let pid_file = source.join("graviton.pid");
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+        .context("writing the pid file")?;
+
+    if notify_ready {
+        println!("ready");
+        std::io::stdout().flush()?;
+        redirect_output(&source.join("graviton.log"));
+    }
+    tracing::info!("mounted {} on {}", source.display(), mountpoint.display());
+    session.run().context("serving the mount")?;
+    // The session dropped the adapter; commit whatever is still pending before exiting.
+    fs.shutdown()?;
+    drop(fs);
+    let _ = std::fs::remove_file(status_socket(source));
+    let _ = std::fs::remove_file(pid_file);
+    tracing::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+/// Answers `graviton status` from the running daemon (the metadata is locked while mounted).
+fn serve_status(vol: Arc<Volume>) -> anyhow::Result<()> {
+    let path = status_socket(&vol.dir);
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("graviton-status".into())
+        .spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let reply = match super::status::collect(&vol) {
+                    Ok(s) => serde_json::to_string(&s).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+                };
+                let _ = conn.write_all(reply.as_bytes());
+            }
+        })?;
+    Ok(())
+}
+
+/// After the launcher has its answer, the daemon's output goes to a log file in the volume.
+fn redirect_output(log: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        // SAFETY: dup2 onto the standard descriptors; the file stays open through them.
+        unsafe {
+            libc::dup2(f.as_raw_fd(), 1);
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+    }
+}

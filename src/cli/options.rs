@@ -1,0 +1,165 @@
+//! Mount options (`-o a,b=c`), shared by `graviton mount` and the `mount.graviton` helper.
+//! Every option is validated: an unknown option or one missing its value is an error naming it.
+
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MountOptions {
+    pub allow_other: bool,
+    pub read_only: bool,
+    pub noatime: bool,
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub noexec: bool,
+    /// Kernel attribute and entry cache lifetime.
+    pub ttl: Duration,
+    pub cache_mb: Option<u64>,
+    pub dirty_mb: Option<u64>,
+    /// FUSE reader threads.
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: false,
+            read_only: false,
+            noatime: false,
+            nodev: false,
+            nosuid: false,
+            noexec: false,
+            ttl: Duration::from_secs(1),
+            cache_mb: None,
+            dirty_mb: None,
+            threads: 4,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionError {
+    #[error("unknown mount option {0:?}")]
+    Unknown(String),
+    #[error("mount option {0:?} needs a value ({0}=…)")]
+    MissingValue(String),
+    #[error("mount option {name:?} has a bad value {value:?}: {why}")]
+    BadValue {
+        name: String,
+        value: String,
+        why: &'static str,
+    },
+}
+
+fn number<T: std::str::FromStr>(
+    name: &str,
+    value: &str,
+    why: &'static str,
+) -> Result<T, OptionError> {
+    value.parse().map_err(|_| OptionError::BadValue {
+        name: name.into(),
+        value: value.into(),
+        why,
+    })
+}
+
+impl MountOptions {
+    /// Applies a comma-separated option list (several `-o` add up).
+    pub fn apply(&mut self, list: &str) -> Result<(), OptionError> {
+        for opt in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let (name, value) = match opt.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (opt, None),
+            };
+            let need = || {
+                value
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| OptionError::MissingValue(name.to_string()))
+            };
+            match name {
+                "allow_other" => self.allow_other = true,
+                "ro" => self.read_only = true,
+                "rw" => self.read_only = false,
+                "noatime" | "relatime" | "strictatime" => self.noatime = name == "noatime",
+                "atime" => self.noatime = false,
+                "nodev" => self.nodev = true,
+                "dev" => self.nodev = false,
+                "nosuid" => self.nosuid = true,
+                "suid" => self.nosuid = false,
+                "noexec" => self.noexec = true,
+                "exec" => self.noexec = false,
+                // Accepted as mount(8) users expect: permissions are always checked by the kernel,
+                // and the rest concern mount(8) or systemd, not the filesystem.
+                "default_permissions"
+                | "_netdev"
+                | "nofail"
+                | "auto"
+                | "noauto"
+                | "user"
+                | "nouser"
+                | "defaults"
+                | "async" => {}
+                n if n.starts_with("x-") || n.starts_with("comment=") => {}
+                "attr_timeout" | "entry_timeout" => {
+                    let secs: f64 = number(name, need()?, "seconds, like 1 or 0.5")?;
+                    if !(0.0..=3600.0).contains(&secs) {
+                        return Err(OptionError::BadValue {
+                            name: name.into(),
+                            value: secs.to_string(),
+                            why: "0 to 3600 seconds",
+                        });
+                    }
+                    self.ttl = Duration::from_secs_f64(secs);
+                }
+                "cache_mb" => self.cache_mb = Some(number(name, need()?, "megabytes")?),
+                "dirty_mb" => self.dirty_mb = Some(number(name, need()?, "megabytes")?),
+                "threads" => {
+                    let t: usize = number(name, need()?, "a thread count")?;
+                    if !(1..=64).contains(&t) {
+                        return Err(OptionError::BadValue {
+                            name: name.into(),
+                            value: t.to_string(),
+                            why: "1 to 64",
+                        });
+                    }
+                    self.threads = t;
+                }
+                _ => return Err(OptionError::Unknown(opt.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstab_style_lists_parse() {
+        let mut o = MountOptions::default();
+        o.apply("rw,allow_other,_netdev,nofail,x-systemd.automount,attr_timeout=0.5,cache_mb=64")
+            .unwrap();
+        assert!(o.allow_other && !o.read_only);
+        assert_eq!(o.ttl, Duration::from_millis(500));
+        assert_eq!(o.cache_mb, Some(64));
+    }
+
+    #[test]
+    fn bad_options_name_themselves() {
+        let mut o = MountOptions::default();
+        assert_eq!(
+            o.apply("allow_other,bogus"),
+            Err(OptionError::Unknown("bogus".into()))
+        );
+        assert_eq!(
+            o.apply("cache_mb"),
+            Err(OptionError::MissingValue("cache_mb".into()))
+        );
+        assert_eq!(
+            o.apply("cache_mb="),
+            Err(OptionError::MissingValue("cache_mb".into()))
+        );
+        let e = o.apply("threads=0").unwrap_err().to_string();
+        assert!(e.contains("threads"), "{e}");
+    }
+}

@@ -1,0 +1,176 @@
+//! A real mount of a fresh volume for tests: formatted in a temporary folder, mounted with the
+//! `graviton` binary, unmounted (and its daemon stopped) when dropped, even after a failure.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_graviton");
+
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    pub vol: PathBuf,
+    pub mnt: PathBuf,
+    pub options: String,
+}
+
+/// Runs a command with a time limit; a hung tool fails the test instead of hanging CI.
+pub fn run(cmd: &str, args: &[&str], cwd: &Path) -> Output {
+    Command::new("timeout")
+        .arg("-k5")
+        .arg("120")
+        .arg(cmd)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+}
+
+pub fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Mounted {
+    /// Formats and mounts a volume (`allow_other` always, plus `options`).
+    pub fn new(format_args: &[&str], options: &str) -> Mounted {
+        let dir = tempfile::Builder::new()
+            .prefix("graviton-test")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        // pjdfstest and other users must reach the mount
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let vol = dir.path().join("vol");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let mut args = vec!["format"];
+        args.extend_from_slice(format_args);
+        let v = vol.to_str().unwrap();
+        args.push(v);
+        ok(run(BIN, &args, dir.path()), "graviton format");
+        let m = Mounted {
+            dir,
+            vol,
+            mnt,
+            options: options.to_string(),
+        };
+        m.mount();
+        m
+    }
+
+    pub fn mount(&self) {
+        let opts = if self.options.is_empty() {
+            "allow_other".to_string()
+        } else {
+            format!("allow_other,{}", self.options)
+        };
+        let out = run(
+            BIN,
+            &[
+                "mount",
+                self.vol.to_str().unwrap(),
+                self.mnt.to_str().unwrap(),
+                "-o",
+                &opts,
+            ],
+            self.dir.path(),
+        );
+        ok(out, "graviton mount");
+    }
+
+    pub fn daemon_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.vol.join("graviton.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn alive(pid: i32) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(pid, 0) == 0 }
+    }
+
+    /// Unmounts and waits until the daemon has committed everything and exited.
+    pub fn unmount(&self) {
+        let pid = self.daemon_pid();
+        let out = run(
+            "fusermount3",
+            &["-u", self.mnt.to_str().unwrap()],
+            self.dir.path(),
+        );
+        ok(out, "fusermount3 -u");
+        if let Some(pid) = pid {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Self::alive(pid) && !zombie(pid) {
+                assert!(
+                    Instant::now() < deadline,
+                    "daemon {pid} did not exit after unmount"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the daemon without letting it flush anything.
+    pub fn kill_daemon(&self) {
+        let pid = self.daemon_pid().expect("daemon pid");
+        // SAFETY: plain kill(2) of the daemon this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Self::alive(pid) && !zombie(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = ok(
+            run(
+                BIN,
+                &["status", "--json", self.vol.to_str().unwrap()],
+                self.dir.path(),
+            ),
+            "graviton status",
+        );
+        serde_json::from_str(&out).expect("status json")
+    }
+}
+
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let pid = self.daemon_pid();
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mnt)
+            .output();
+        if let Some(pid) = pid {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Self::alive(pid) && !zombie(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if Self::alive(pid) && !zombie(pid) {
+                // SAFETY: last resort for a daemon that would not stop.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! Real mounts used by ordinary tools: tar, cp, git, sqlite, rsync, mmap, plus the CLI's
+//! behaviour around mounting. Every mount is unmounted when its test ends, pass or fail.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use common::mounted::{BIN, Mounted, ok, run};
+
+fn tree_matches(a: &Path, b: &Path) {
+    let out = run(
+        "diff",
+        &[
+            "-r",
+            "--no-dereference",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+        ],
+        Path::new("/"),
+    );
+    ok(out, "diff -r of the copied tree");
+}
+
+/// A source tree with regular files, symlinks, empty files and nested folders.
+fn sample_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("src/deep/er")).unwrap();
+    for i in 0..50 {
+        let data: Vec<u8> = (0..(i * 997 % 70_000))
+            .map(|j| (j * 31 + i) as u8)
+            .collect();
+        std::fs::write(root.join(format!("src/f{i}.txt")), &data).unwrap();
+    }
+    std::fs::write(root.join("src/deep/er/empty"), b"").unwrap();
+    std::fs::write(root.join("big.bin"), common::random_bytes(3, 5 << 20)).unwrap();
+    std::os::unix::fs::symlink("src/f1.txt", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nowhere", root.join("dangling")).unwrap();
+}
+
+#[test]
+fn tar_cp_and_rsync_copy_trees_exactly() {
+    let m = Mounted::new(&[], "");
+    let src = m.dir.path().join("tree");
+    sample_tree(&src);
+    let tarball = m.dir.path().join("t.tar");
+    ok(
+        run(
+            "tar",
+            &[
+                "cf",
+                tarball.to_str().unwrap(),
+                "-C",
+                src.to_str().unwrap(),
+                ".",
+            ],
+            m.dir.path(),
+        ),
+        "tar c",
+    );
+    std::fs::create_dir(m.path("untar")).unwrap();
+    ok(
+        run(
+            "tar",
+            &[
+                "xf",
+                tarball.to_str().unwrap(),
+                "-C",
+                m.path("untar").to_str().unwrap(),
+            ],
+            m.dir.path(),
+        ),
+        "tar x",
+    );
+    tree_matches(&src, &m.path("untar"));
+    ok(
+        run(
+            "cp",
+            &["-a", src.to_str().unwrap(), m.path("cp").to_str().unwrap()],
+            m.dir.path(),
+        ),
+        "cp -a",
+    );
+    tree_matches(&src, &m.path("cp"));
+    let dst = format!("{}/", m.path("rsync").display());
+    ok(
+        run(
+            "rsync",
+            &["-a", &format!("{}/", src.display()), &dst],
+            m.dir.path(),
+        ),
+        "rsync -a",
+    );
+    tree_matches(&src, &m.path("rsync"));
+    // a second rsync with changes transfers only those and still matches
+    let pristine = m.dir.path().join("pristine");
+    ok(
+        run(
+            "cp",
+            &["-a", src.to_str().unwrap(), pristine.to_str().unwrap()],
+            m.dir.path(),
+        ),
+        "cp -a locally",
+    );
+    std::fs::write(src.join("src/f3.txt"), b"changed").unwrap();
+    ok(
+        run(
+            "rsync",
+            &["-a", "--delete", &format!("{}/", src.display()), &dst],
+            m.dir.path(),
+        ),
+        "rsync again",
+    );
+    tree_matches(&src, &m.path("rsync"));
+    // everything survives an unmount and a fresh mount
+    m.unmount();
+    m.mount();
+    tree_matches(&pristine, &m.path("untar"));
+    tree_matches(&src, &m.path("rsync"));
+}
+
+#[test]
+fn git_repository_works() {
+    let m = Mounted::new(&[], "");
+    let repo = m.path("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let git = |args: &[&str]| ok(run("git", args, &repo), &format!("git {}", args.join(" ")));
+    git(&["init", "-q"]);
+    git(&["config", "user.email", "t@example.invalid"]);
+    git(&["config", "user.name", "Tester"]);
+    for i in 0..20 {
+        std::fs::write(
+            repo.join(format!("file{i}")),
+            format!("content {i}\n").repeat(100),
+        )
+        .unwrap();
+        git(&["add", "."]);
+        git(&["commit", "-qm", &format!("commit {i}")]);
+    }
+    git(&["mv", "file0", "renamed"]);
+    git(&["commit", "-qm", "rename"]);
+    git(&["gc", "-q"]);
+    git(&["fsck", "--strict"]);
+    let log = git(&["log", "--oneline"]);
+    assert_eq!(log.lines().count(), 21);
+    assert!(
+        git(&["status", "--porcelain"]).is_empty(),
+        "clean work tree"
+    );
+}
+
+#[test]
+fn sqlite_in_wal_mode_stays_consistent() {
+    let m = Mounted::new(&[], "");
+    let db = m.path("test.db");
+    let sql = "PRAGMA journal_mode=WAL;\
+        CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);\
+        WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<20000) INSERT INTO t(v) SELECT hex(randomblob(40)) FROM c;\
+        UPDATE t SET v = 'x' || v WHERE id % 7 = 0;\
+        DELETE FROM t WHERE id % 11 = 0;\
+        PRAGMA wal_checkpoint(TRUNCATE);\
+        CREATE INDEX iv ON t(v);";
+    let out = ok(
+        run("sqlite3", &[db.to_str().unwrap(), sql], m.dir.path()),
+        "sqlite3",
+    );
+    assert!(out.contains("wal"), "WAL mode on: {out}");
+    let check = ok(
+        run(
+            "sqlite3",
+            &[
+                db.to_str().unwrap(),
+                "PRAGMA integrity_check; SELECT count(*) FROM t;",
+            ],
+            m.dir.path(),
+        ),
+        "integrity",
+    );
+    assert_eq!(
+        check.split_whitespace().collect::<Vec<_>>(),
+        ["ok", "18182"]
+    );
+    m.unmount();
+    m.mount();
+    let check = ok(
+        run(
+            "sqlite3",
+            &[
+                db.to_str().unwrap(),
+                "PRAGMA integrity_check; SELECT count(*) FROM t;",
+            ],
+            m.dir.path(),
+        ),
+        "integrity after remount",
+    );
+    assert_eq!(
+        check.split_whitespace().collect::<Vec<_>>(),
+        ["ok", "18182"]
+    );
+}
+
+#[test]
+fn mmap_reads_and_writes_reach_the_file() {
+    let m = Mounted::new(&[], "");
+    let path = m.path("mapped");
+    let len = 3 * 4096 + 100;
+    let initial = common::random_bytes(8, len);
+    std::fs::write(&path, &initial).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // SAFETY: a shared mapping of a file this test owns, unmapped before the file is closed.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let s = std::slice::from_raw_parts_mut(p as *mut u8, len);
+        assert!(s == &initial[..], "mapped bytes match the file");
+        s[5000..5010].copy_from_slice(b"0123456789");
+        s[len - 1] = 0xAB;
+        assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0);
+        libc::munmap(p, len);
+    }
+    drop(f);
+    let mut expect = initial.clone();
+    expect[5000..5010].copy_from_slice(b"0123456789");
+    expect[len - 1] = 0xAB;
+    assert!(std::fs::read(&path).unwrap() == expect);
+    m.unmount();
+    m.mount();
+    assert!(
+        std::fs::read(&path).unwrap() == expect,
+        "mmap writes persisted"
+    );
+}
+
+#[test]
+fn unlinked_open_file_works_through_the_mount() {
+    let m = Mounted::new(&[], "");
+    let path = m.path("scratch");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(b"before unlink").unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(!path.exists());
+    f.write_all(b", after").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "before unlink, after");
+    drop(f);
+    let files = m.status_json()["usage"]["files"].as_u64().unwrap();
+    assert_eq!(files, 0, "the file is gone after its last close");
+}
+
+#[test]
+fn corrupt_block_is_eio_through_the_mount() {
+    let m = Mounted::new(&["--chunker", "fixed-64k"], "");
+    let data = common::random_bytes(4, 300_000);
+    std::fs::write(m.path("victim"), &data).unwrap();
+    m.unmount();
+    // damage one block file in the store
+    let blocks = m.vol.join("blocks/blake3");
+    let mut files: Vec<_> = walk(&blocks);
+    files.sort();
+    let victim = files
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with("-65536"))
+        .expect("a full block")
+        .clone();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    m.mount();
+    let err = std::fs::read(m.path("victim")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
+
+#[test]
+fn status_works_while_mounted_and_counts_dedup() {
+    let m = Mounted::new(&[], "");
+    let data = common::random_bytes(6, 3 << 20);
+    std::fs::write(m.path("one"), &data).unwrap();
+    std::fs::write(m.path("two"), &data).unwrap();
+    let s = m.status_json();
+    assert_eq!(s["usage"]["files"], 2);
+    assert_eq!(s["usage"]["logical_bytes"], 6 << 20);
+    assert_eq!(s["referenced_bytes"], 3 << 20, "two copies stored once");
+    let ratio = s["dedup_ratio"].as_f64().unwrap();
+    assert!((ratio - 2.0).abs() < 0.01, "dedup ratio {ratio}");
+}
+
+#[test]
+fn cli_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fail = |args: &[&str], needle: &str| {
+        let out = run(BIN, args, d);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err:?}"
+        );
+    };
+    fail(
+        &["mount", "/nonexistent-volume", "/tmp"],
+        "not a Graviton volume",
+    );
+    ok(
+        run(BIN, &["format", d.join("v").to_str().unwrap()], d),
+        "format",
+    );
+    fail(
+        &["format", d.join("v").to_str().unwrap()],
+        "already a Graviton volume",
+    );
+    fail(
+        &[
+            "mount",
+            d.join("v").to_str().unwrap(),
+            "/no/such/mountpoint",
+        ],
+        "does not exist",
+    );
+    fail(
+        &[
+            "mount",
+            d.join("v").to_str().unwrap(),
+            d.to_str().unwrap(),
+            "-o",
+            "bogus_opt",
+        ],
+        "bogus_opt",
+    );
+    fail(
+        &[
+            "mount",
+            d.join("v").to_str().unwrap(),
+            d.to_str().unwrap(),
+            "-o",
+            "cache_mb",
+        ],
+        "cache_mb",
+    );
+    fail(
+        &[
+            "format",
+            "--chunker",
+            "fixed-7",
+            d.join("w").to_str().unwrap(),
+        ],
+        "block size",
+    );
+    fail(
+        &[
+            "format",
+            "--store",
+            "ftp://x",
+            d.join("w").to_str().unwrap(),
+        ],
+        "unsupported block store URL",
+    );
+    fail(
+        &["status", d.join("nothing").to_str().unwrap()],
+        "not a Graviton volume",
+    );
+}
+
+#[test]
+fn same_volume_cannot_be_mounted_twice() {
+    let m = Mounted::new(&[], "");
+    let other = m.dir.path().join("mnt2");
+    std::fs::create_dir(&other).unwrap();
+    let out = run(
+        BIN,
+        &["mount", m.vol.to_str().unwrap(), other.to_str().unwrap()],
+        m.dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use") || err.contains("already mounted"),
+        "{err}"
+    );
+    let out = run(
+        BIN,
+        &["mount", m.vol.to_str().unwrap(), m.mnt.to_str().unwrap()],
+        m.dir.path(),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already mounted"));
+}
+
+#[test]
+fn default_volume_is_created_on_first_mount() {
+    let home = tempfile::Builder::new()
+        .prefix("graviton-home")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mnt = home.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["60", BIN, "mount", mnt.to_str().unwrap()])
+        .env("XDG_DATA_HOME", home.path().join("data"))
+        .output()
+        .unwrap();
+    let guard = scopeguard(mnt.clone());
+    ok(out, "graviton mount MOUNTPOINT");
+    std::fs::write(mnt.join("hello"), b"world").unwrap();
+    assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"world");
+    assert!(
+        home.path()
+            .join("data/graviton/default/meta/CURRENT")
+            .exists()
+    );
+    drop(guard);
+}
+
+/// Unmounts a mountpoint when dropped.
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.0)
+            .output();
+    }
+}
+fn scopeguard(p: std::path::PathBuf) -> Unmount {
+    Unmount(p)
+}
