@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
-# The full test suite: installs what it needs, builds once, runs every test.
+# The full test suite: installs what it needs, builds once, runs every test (the core's unit
+# and property tests, real mounts with tar/cp/git/sqlite/rsync/mmap, crash safety, pjdfstest).
 # usage: scripts/test.sh [extra nextest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/env.sh
+
+# pjdfstest (the POSIX conformance suite), pinned; built once into its own cache
+if ! command -v pjdfstest >/dev/null; then
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/../pjdfstest-target" cargo install --quiet --locked pjdfstest --version 0.2.2
+fi
+# the users pjdfstest switches to
+id nobody >/dev/null 2>&1 || useradd -r -s /usr/sbin/nologin nobody
+id tests >/dev/null 2>&1 || echo 'tests:x:::pjdfstest dummy user:/:/usr/sbin/nologin' | newusers
+
+# whatever happens, leave no test mount behind
+cleanup() {
+  grep -o ' /tmp/graviton-[^ ]*/mnt[^ ]* ' /proc/mounts 2>/dev/null | while read -r mp; do
+    fusermount3 -uz "$mp" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --release --locked --no-fail-fast "$@"
 else

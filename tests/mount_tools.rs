@@ -253,6 +253,7 @@ fn unlinked_open_file_works_through_the_mount() {
     let path = m.path("scratch");
     let mut f = std::fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)
