@@ -460,3 +460,45 @@ impl Drop for Unmount {
 fn scopeguard(p: std::path::PathBuf) -> Unmount {
     Unmount(p)
 }
+
+/// open(O_TRUNC) of a program that is running must fail with ETXTBSY and leave it running
+/// (with FUSE's atomic O_TRUNC the kernel dropped the file's pages first and crashed it).
+#[test]
+fn running_program_is_text_busy_and_keeps_running() {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let m = Mounted::new(&[], "");
+    for i in 0..5 {
+        let p = m.path(&format!("sleep{i}"));
+        std::fs::copy("/bin/sleep", &p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut child = std::process::Command::new(&p).arg("10").spawn().unwrap();
+        for (read, write, trunc) in [
+            (false, true, false),
+            (true, true, false),
+            (true, false, true),
+        ] {
+            let mut o = std::fs::OpenOptions::new();
+            o.read(read).write(write);
+            if trunc {
+                o.custom_flags(libc::O_TRUNC);
+            }
+            let err = o.open(&p).map(drop).unwrap_err();
+            assert_eq!(
+                err.raw_os_error(),
+                Some(libc::ETXTBSY),
+                "read {read} write {write} trunc {trunc}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the program still runs"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            std::fs::read("/bin/sleep").unwrap()
+        );
+    }
+}

@@ -127,10 +127,12 @@ impl Filesystem for GravitonFuse {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // Not FUSE_ATOMIC_O_TRUNC: with it the kernel drops its page cache and size for
+        // open(O_TRUNC) before checking ETXTBSY, which crashes a program running the file.
+        // Without it, the kernel checks first and truncates through setattr.
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES;

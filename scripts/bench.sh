@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Benchmarks a Graviton mount (embedded default: RocksDB + local blocks) against a plain local
+# directory on the same disk, in the same run, and prints a Markdown table of ratios.
+# usage: scripts/bench.sh [WORKDIR]     (default /var/tmp/graviton-bench; needs root for drop_caches)
+# Sizes can be scaled down for a quick look: SEQ_MB=1024 RAND_MB=256 RSS_MB=2048 FILES=10000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+source scripts/env.sh
+cargo build --release --locked --bin graviton >/dev/null
+WORK="${1:-/var/tmp/graviton-bench}"
+SEQ_MB="${SEQ_MB:-1024}" RAND_MB="${RAND_MB:-256}" RSS_MB="${RSS_MB:-2048}" FILES="${FILES:-10000}"
+G="$GRAVITON_BIN"
+VOL="$WORK/vol" MNT="$WORK/mnt" LOCAL="$WORK/local"
+
+unmount() { fusermount3 -u "$MNT" 2>/dev/null || true; while pgrep -f "graviton mount --foreground --notify-ready $VOL" >/dev/null; do sleep 0.1; done; }
+mount_fresh() { unmount; "$G" mount "$VOL" "$MNT" -o "${MOUNT_OPTS:-allow_other}"; }
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+cleanup() { unmount; }
+trap cleanup EXIT
+
+unmount
+rm -rf "$WORK" && mkdir -p "$MNT" "$LOCAL"
+"$G" format "$VOL" >/dev/null
+mount_fresh
+
+fio_bw() { # dir name rw bs size-MB [extra…] → MiB/s (read or write side)
+  local dir=$1 name=$2 rw=$3 bs=$4 size=$5; shift 5
+  fio --name="$name" --directory="$dir" --filename="$name.dat" --rw="$rw" --bs="$bs" --size="${size}M" \
+      --ioengine=psync --output-format=json "$@" 2>/dev/null |
+    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("%.1f" % ((j["read"]["bw_bytes"]+j["write"]["bw_bytes"])/1048576))'
+}
+
+declare -A R
+for target in local graviton; do
+  if [ $target = local ]; then D="$LOCAL"; else D="$MNT"; fi
+  reopen() { drop_caches; if [ $target = graviton ]; then mount_fresh; fi; }
+  R[$target.seqw]=$(fio_bw "$D" seq write 1M "$SEQ_MB" --end_fsync=1)
+  reopen
+  R[$target.seqr]=$(fio_bw "$D" seq read 1M "$SEQ_MB")
+  R[$target.randw]=$(fio_bw "$D" rand randwrite 4k "$RAND_MB" --end_fsync=1 --runtime=30)
+  reopen
+  R[$target.randr]=$(fio_bw "$D" rand randread 4k "$RAND_MB" --runtime=30)
+  rm -f "$D"/*.dat
+  # metadata rates and readdir, from one Python process per target
+  read -r c s u rd < <(python3 - "$D/meta" "$FILES" <<'PY'
+import os, sys, time
+d, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(d, exist_ok=True)
+t = time.perf_counter()
+for i in range(n):
+    os.close(os.open(f"{d}/f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+c = n / (time.perf_counter() - t)
+t = time.perf_counter()
+for i in range(n):
+    os.stat(f"{d}/f{i}")
+s = n / (time.perf_counter() - t)
+t = time.perf_counter()
+names = [e.name for e in os.scandir(d)]
+rd = (time.perf_counter() - t) * 1000
+assert len(names) == n
+t = time.perf_counter()
+for i in range(n):
+    os.unlink(f"{d}/f{i}")
+u = n / (time.perf_counter() - t)
+print(f"{c:.0f} {s:.0f} {u:.0f} {rd:.1f}")
+PY
+)
+  R[$target.create]=$c R[$target.stat]=$s R[$target.unlink]=$u R[$target.readdir]=$rd
+  # untar of a real source tree (RocksDB's sources, from the cargo registry)
+  TARBALL="$WORK/src.tar"
+  if [ ! -f "$TARBALL" ]; then
+    SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/librocksdb-sys-*/ 2>/dev/null | head -1)
+    tar cf "$TARBALL" -C "$SRC" .
+  fi
+  mkdir -p "$D/untar"
+  t0=$(date +%s.%N); tar xf "$TARBALL" -C "$D/untar"; sync -f "$D/untar" 2>/dev/null || sync; t1=$(date +%s.%N)
+  R[$target.untar]=$(python3 -c "print('%.2f' % ($t1 - $t0))")
+  rm -rf "$D/untar"
+done
+
+# peak RSS of the daemon while writing RSS_MB
+mount_fresh
+PID=$(cat "$VOL/graviton.pid")
+dd if=/dev/zero of="$MNT/rss.dat" bs=1M count="$RSS_MB" conv=fsync status=none
+dd if=/dev/urandom of="$MNT/rss2.dat" bs=1M count="$RSS_MB" conv=fsync status=none
+RSS=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$PID/status)
+FILES_N=$(ls "$LOCAL/untar" 2>/dev/null | wc -l)
+
+ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
+echo "| measure | local dir | graviton | ratio (graviton / local) |"
+echo "|---|---|---|---|"
+echo "| fio sequential write 1 MiB, ${SEQ_MB} MiB, end fsync (MiB/s) | ${R[local.seqw]} | ${R[graviton.seqw]} | $(ratio ${R[graviton.seqw]} ${R[local.seqw]}) |"
+echo "| fio sequential read 1 MiB, caches dropped (MiB/s) | ${R[local.seqr]} | ${R[graviton.seqr]} | $(ratio ${R[graviton.seqr]} ${R[local.seqr]}) |"
+echo "| fio random write 4 KiB, ${RAND_MB} MiB, end fsync (MiB/s) | ${R[local.randw]} | ${R[graviton.randw]} | $(ratio ${R[graviton.randw]} ${R[local.randw]}) |"
+echo "| fio random read 4 KiB, caches dropped (MiB/s) | ${R[local.randr]} | ${R[graviton.randr]} | $(ratio ${R[graviton.randr]} ${R[local.randr]}) |"
+echo "| create (files/s, ${FILES} files) | ${R[local.create]} | ${R[graviton.create]} | $(ratio ${R[graviton.create]} ${R[local.create]}) |"
+echo "| stat (files/s) | ${R[local.stat]} | ${R[graviton.stat]} | $(ratio ${R[graviton.stat]} ${R[local.stat]}) |"
+echo "| unlink (files/s) | ${R[local.unlink]} | ${R[graviton.unlink]} | $(ratio ${R[graviton.unlink]} ${R[local.unlink]}) |"
+echo "| readdir of ${FILES} entries (ms) | ${R[local.readdir]} | ${R[graviton.readdir]} | $(ratio ${R[local.readdir]} ${R[graviton.readdir]}) (speed) |"
+echo "| untar of RocksDB's source tree (s) | ${R[local.untar]} | ${R[graviton.untar]} | $(ratio ${R[local.untar]} ${R[graviton.untar]}) (speed) |"
+echo "| daemon peak RSS writing 2 × ${RSS_MB} MiB (MiB) | – | ${RSS} | – |"
