@@ -13,7 +13,14 @@ SEQ_MB="${SEQ_MB:-1024}" RAND_MB="${RAND_MB:-256}" RSS_MB="${RSS_MB:-2048}" FILE
 G="$GRAVITON_BIN"
 VOL="$WORK/vol" MNT="$WORK/mnt" LOCAL="$WORK/local"
 
-unmount() { fusermount3 -u "$MNT" 2>/dev/null || true; while pgrep -f "graviton mount --foreground --notify-ready $VOL" >/dev/null; do sleep 0.1; done; }
+unmount() { # and wait until the daemon has committed everything and exited
+  local pid; pid=$(cat "$VOL/graviton.pid" 2>/dev/null || true)
+  fusermount3 -u "$MNT" 2>/dev/null || true
+  # (a daemon whose parent never reaps it lingers as a zombie: that counts as exited)
+  while [ -n "$pid" ] && [ -e "/proc/$pid" ] && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]; do
+    sleep 0.1
+  done
+}
 mount_fresh() { unmount; "$G" mount "$VOL" "$MNT" -o "${MOUNT_OPTS:-allow_other}"; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 cleanup() { unmount; }
@@ -85,7 +92,6 @@ PID=$(cat "$VOL/graviton.pid")
 dd if=/dev/zero of="$MNT/rss.dat" bs=1M count="$RSS_MB" conv=fsync status=none
 dd if=/dev/urandom of="$MNT/rss2.dat" bs=1M count="$RSS_MB" conv=fsync status=none
 RSS=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$PID/status)
-FILES_N=$(ls "$LOCAL/untar" 2>/dev/null | wc -l)
 
 ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
 echo "| measure | local dir | graviton | ratio (graviton / local) |"

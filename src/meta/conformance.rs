@@ -44,11 +44,13 @@ pub fn inodes_round_trip(store: &dyn MetaStore) {
     let mut tx = store.begin().expect("begin");
     tx.put_inode(&ino).expect("put");
     commit(tx);
+    assert_eq!(store.read_inode(ino.ino).expect("read"), Some(ino.clone()));
     let mut tx = store.begin().expect("begin");
     assert_eq!(tx.inode(ino.ino).expect("get"), Some(ino.clone()));
     tx.delete_inode(ino.ino).expect("delete");
     commit(tx);
     assert_eq!(store.begin().unwrap().inode(ino.ino).expect("get"), None);
+    assert_eq!(store.read_inode(ino.ino).expect("read"), None);
 }
 
 pub fn uncommitted_changes_vanish(store: &dyn MetaStore) {

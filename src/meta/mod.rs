@@ -92,6 +92,9 @@ pub trait MetaStore: Send + Sync {
     /// Short engine name for logs (`rocksdb`, `postgres`).
     fn engine(&self) -> &'static str;
     fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>>;
+    /// An inode's latest committed record, read outside any transaction (the fast path for
+    /// getattr and reads).
+    fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>>;
     /// A fresh inode number, never handed out before on this volume.
     fn allocate_ino(&self) -> MetaResult<Ino>;
     /// Inodes marked with [`MetaTxn::add_orphan`] and not yet deleted.

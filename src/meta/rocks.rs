@@ -197,6 +197,19 @@ impl MetaStore for RocksMetaStore {
         }))
     }
 
+    fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf("inodes"), be(ino))
+            .map_err(backend)?
+        {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v)
+                .map(Some)
+                .map_err(|_| corrupt("inode")),
+        }
+    }
+
     fn allocate_ino(&self) -> MetaResult<Ino> {
         let mut range = self.ino_range.lock().expect("lock");
         if range.0 >= range.1 {

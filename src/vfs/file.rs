@@ -87,6 +87,8 @@ pub(crate) struct FileState {
     pub dirty: DirtyData,
     /// Time of the last write not yet committed.
     pub mtime: Option<Timestamp>,
+    /// End of the most recent write: the span ending here may still be growing.
+    pub last_write_end: u64,
     pub handles: u32,
 }
 
@@ -142,6 +144,7 @@ impl Fs {
                         state: Mutex::new(FileState {
                             dirty: DirtyData::default(),
                             mtime: None,
+                            last_write_end: 0,
                             handles: 0,
                         }),
                     })
@@ -218,6 +221,7 @@ impl Fs {
                 return Err(FsError::FileTooLarge);
             }
             let delta = st.dirty.write(offset, data);
+            st.last_write_end = offset + data.len() as u64;
             self.add_dirty(delta);
             st.mtime = Some(Timestamp::now());
             if st.dirty.bytes() >= self.core.cfg.file_flush_threshold {

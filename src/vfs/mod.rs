@@ -130,7 +130,7 @@ impl Core {
     }
 
     pub fn inode(&self, ino: Ino) -> FsResult<Inode> {
-        self.meta.begin()?.inode(ino)?.ok_or(FsError::NotFound)
+        self.meta.read_inode(ino)?.ok_or(FsError::NotFound)
     }
 }
 

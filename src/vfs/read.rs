@@ -116,6 +116,9 @@ pub(crate) fn read_committed(core: &Core, ino: Ino, range: Range<u64>) -> FsResu
     Ok(buf)
 }
 
+/// Blocks fetched at once by one read-ahead request.
+const PREFETCH_PARALLEL: usize = 4;
+
 fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>) {
     let extents = match core.meta.begin().and_then(|mut tx| tx.extents(ino, range)) {
         Ok(e) => e,
@@ -124,14 +127,26 @@ fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>) {
             return;
         }
     };
-    for e in extents {
-        if core.cache.contains(&e.key) {
-            continue;
+    let mut keys: Vec<_> = extents
+        .iter()
+        .map(|e| e.key)
+        .filter(|k| !core.cache.contains(k))
+        .collect();
+    keys.dedup();
+    // Fetch (and verify) several blocks at once: a remote store's latency overlaps, and
+    // hashing uses every core.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..PREFETCH_PARALLEL.min(keys.len()) {
+            s.spawn(|| {
+                while let Some(key) = keys.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    // Errors surface when the application reads these bytes; read-ahead only warms the cache.
+                    if let Err(err) = core.cache.prefetch(core.store.as_ref(), key) {
+                        tracing::debug!(ino, "read-ahead fetch failed: {err}");
+                        return;
+                    }
+                }
+            });
         }
-        // Errors surface when the application reads these bytes; read-ahead only warms the cache.
-        if let Err(err) = core.cache.prefetch(core.store.as_ref(), &e.key) {
-            tracing::debug!(ino, "read-ahead fetch failed: {err}");
-            return;
-        }
-    }
+    });
 }
