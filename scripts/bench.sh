@@ -81,6 +81,7 @@ PY
     tar cf "$TARBALL" -C "$SRC" .
   fi
   mkdir -p "$D/untar"
+  sync
   t0=$(date +%s.%N); tar xf "$TARBALL" -C "$D/untar"; sync -f "$D/untar" 2>/dev/null || sync; t1=$(date +%s.%N)
   R[$target.untar]=$(python3 -c "print('%.2f' % ($t1 - $t0))")
   rm -rf "$D/untar"

@@ -502,3 +502,34 @@ fn running_program_is_text_busy_and_keeps_running() {
         );
     }
 }
+
+/// SIGTERM (like `umount`) makes the daemon commit what it holds before exiting: a file written
+/// and still open when the signal arrives reads back whole after a remount.
+#[test]
+fn sigterm_drains_pending_writes_before_exit() {
+    let m = Mounted::new(&[], "");
+    let data = common::random_bytes(12, 5 << 20);
+    let mut f = std::fs::File::create(m.path("pending")).unwrap();
+    f.write_all(&data).unwrap();
+    let pid = m.daemon_pid().unwrap();
+    // SAFETY: signalling the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not exit on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(f);
+    m.mount();
+    assert!(
+        std::fs::read(m.path("pending")).unwrap() == data,
+        "pending writes were committed at SIGTERM"
+    );
+}

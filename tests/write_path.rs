@@ -164,7 +164,10 @@ fn corrupt_block_reads_as_eio() {
 /// points) produces the same blocks: the chunker's output does not depend on write sizes.
 #[test]
 fn blocks_do_not_depend_on_write_sizes() {
-    for chunker in [DEFAULT_CHUNKER, "fixed-1m".parse::<Chunker>().unwrap()] {
+    for chunker in [
+        "fastcdc-256k-1m-4m".parse::<Chunker>().unwrap(),
+        DEFAULT_CHUNKER,
+    ] {
         let mut cfg = FsConfig::new(HashAlgo::Blake3, chunker);
         cfg.file_flush_threshold = 8 << 20;
         let vol = MemVolume::new(cfg);

@@ -88,9 +88,6 @@ impl BlockStore for LocalBlockStore {
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;
-            // Start writeback now, so a later fsync finds little left to do.
-            // SAFETY: sync_file_range on a descriptor we own; it only schedules I/O.
-            unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
             match fs::rename(&tmp, &path) {
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     fs::create_dir_all(dir)?;

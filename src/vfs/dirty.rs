@@ -51,12 +51,11 @@ impl DirtyData {
             }
             _ => (offset, Vec::new()),
         };
+        // `rel` is at most `buf.len()`: only overlapping or touching spans are merged.
         let rel = (offset - start) as usize;
-        let need = rel + data.len();
-        if buf.len() < need {
-            buf.resize(need, 0);
-        }
-        buf[rel..need].copy_from_slice(data);
+        let overlap = (buf.len() - rel).min(data.len());
+        buf[rel..rel + overlap].copy_from_slice(&data[..overlap]);
+        buf.extend_from_slice(&data[overlap..]);
         let following: Vec<u64> = self.spans.range(start..=end).map(|(&s, _)| s).collect();
         for s in following {
             let v = self.spans.remove(&s).expect("present");

@@ -39,6 +39,8 @@ pub enum FsError {
     FileTooLarge,
     #[error("too many links")]
     TooManyLinks,
+    #[error("the filesystem is being unmounted")]
+    ReadOnly,
     #[error("metadata: {0}")]
     Meta(#[from] MetaError),
     #[error("block store: {0}")]
@@ -67,6 +69,7 @@ impl FsError {
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::FileTooLarge => libc::EFBIG,
             FsError::TooManyLinks => libc::EMLINK,
+            FsError::ReadOnly => libc::EROFS,
             FsError::Meta(MetaError::Conflict) => libc::EIO,
             FsError::Meta(MetaError::Corrupt(_)) => libc::EIO,
             FsError::Meta(MetaError::Backend { .. }) => libc::EIO,

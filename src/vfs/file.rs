@@ -131,6 +131,14 @@ impl Fs {
         }
     }
 
+    /// Whether the inode has writes not yet committed (its flush will do real work).
+    pub fn has_pending_writes(&self, ino: Ino) -> bool {
+        self.open_file(ino).is_some_and(|f| {
+            let st = f.lock();
+            !st.dirty.is_empty() || st.mtime.is_some()
+        })
+    }
+
     /// Opens a regular file and returns a handle number.
     pub fn open(&self, ino: Ino, flags: OpenFlags) -> FsResult<u64> {
         // Register first: an unlink racing with this open then sees the file as open.
@@ -206,6 +214,9 @@ impl Fs {
         let h = self.handle(fh)?;
         if !h.flags.write {
             return Err(FsError::BadHandle);
+        }
+        if self.is_frozen() {
+            return Err(FsError::ReadOnly);
         }
         {
             let mut st = h.file.lock();

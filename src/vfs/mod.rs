@@ -140,6 +140,9 @@ pub struct Fs {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     runtime: tokio::runtime::Runtime,
+    /// Set when the mount is going away: writes are refused so nothing is acknowledged after
+    /// the final commit.
+    frozen: std::sync::atomic::AtomicBool,
 }
 
 impl Fs {
@@ -176,6 +179,7 @@ impl Fs {
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             runtime,
+            frozen: std::sync::atomic::AtomicBool::new(false),
         };
         fs.ensure_root()?;
         fs.reclaim_orphans()?;
@@ -211,6 +215,15 @@ impl Fs {
                 .txn(|tx| tx.delete_inode(ino).map_err(Into::into))?;
         }
         Ok(())
+    }
+
+    /// Refuses writes from now on (EROFS), ahead of a final `shutdown`.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
     }
 
     /// Commits every open file's dirty data and makes all of it durable; background work is
