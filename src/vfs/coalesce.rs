@@ -43,29 +43,29 @@ pub(crate) fn fragmented(core: &Core, inode: &Inode) -> bool {
     n > core.cfg.coalesce_max_extents || inode.size / n < core.cfg.coalesce_min_avg_extent
 }
 
-impl Fs {
+impl Core {
     /// Schedules a background rewrite when the file is fragmented (at most one at a time per
     /// file, and not more often than `coalesce_interval`).
-    pub(crate) fn maybe_coalesce(&self, inode: &Inode) {
-        if !self.core.cfg.coalesce || !fragmented(&self.core, inode) {
+    pub(crate) fn maybe_coalesce(self: &Arc<Self>, inode: &Inode) {
+        if !self.cfg.coalesce || !fragmented(self, inode) {
             return;
         }
         let ino = inode.ino;
         {
-            let mut slots = self.core.coalesce_state.lock().expect("lock");
+            let mut slots = self.coalesce_state.lock().expect("lock");
             let slot = slots.entry(ino).or_insert(Slot {
                 running: false,
                 last_finished: None,
             });
             let too_soon = slot
                 .last_finished
-                .is_some_and(|t| t.elapsed() < self.core.cfg.coalesce_interval);
+                .is_some_and(|t| t.elapsed() < self.cfg.coalesce_interval);
             if slot.running || too_soon {
                 return;
             }
             slot.running = true;
         }
-        let core = self.core.clone();
+        let core = self.clone();
         self.runtime.spawn_blocking(move || {
             match coalesce_file(&core, ino) {
                 Ok(r) => tracing::debug!(ino, ?r, "coalesced extent map"),
@@ -81,7 +81,9 @@ impl Fs {
             );
         });
     }
+}
 
+impl Fs {
     /// Rewrites the file's extent map now (tests and maintenance commands).
     pub fn coalesce_now(&self, ino: Ino) -> FsResult<CoalesceReport> {
         self.flush_inode(ino, false)?;
@@ -168,10 +170,12 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
         }
     }
     let old_map: BTreeMap<u64, Extent> = old.iter().map(|e| (e.offset, *e)).collect();
-    // Hold off this mount's writers of the file for the (short) swap, so a stream of small
-    // commits cannot starve it; the expensive part above ran without the lock.
+    // Hold off this mount's flushes of the file for the (short) swap, so a stream of small
+    // commits cannot starve it; writers keep buffering meanwhile.
     let open = core.files.lock().expect("lock").get(&ino).cloned();
-    let _writers_wait = open.as_ref().map(|f| f.lock());
+    let _flushes_wait = open
+        .as_ref()
+        .map(|f| f.flush_lock.lock().expect("flush lock"));
     let (count, skipped) = core.txn(|tx| {
         let mut inode = match tx.inode(ino)? {
             Some(i) => i,

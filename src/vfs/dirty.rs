@@ -130,6 +130,17 @@ impl DirtyData {
         std::mem::take(&mut self.spans).into_iter().collect()
     }
 
+    /// Puts back bytes taken earlier only where nothing newer was written since.
+    pub fn fill_gaps(&mut self, offset: u64, data: &[u8]) {
+        let end = offset + data.len() as u64;
+        for gap in self.ranges().complement(offset..end).iter() {
+            self.write(
+                gap.start,
+                &data[(gap.start - offset) as usize..(gap.end - offset) as usize],
+            );
+        }
+    }
+
     /// Puts back a span previously taken (for example a tail held back from a flush).
     pub fn restore(&mut self, offset: u64, data: Vec<u8>) {
         if data.is_empty() {

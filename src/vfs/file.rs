@@ -81,6 +81,9 @@ pub enum Whence {
 pub(crate) struct OpenFile {
     pub ino: Ino,
     pub state: Mutex<FileState>,
+    /// Held by whoever flushes (or rewrites) the file, so commits land in write order. Taken
+    /// before `state`, never while holding it.
+    pub flush_lock: Mutex<()>,
 }
 
 pub(crate) struct FileState {
@@ -89,7 +92,40 @@ pub(crate) struct FileState {
     pub mtime: Option<Timestamp>,
     /// End of the most recent write: the span ending here may still be growing.
     pub last_write_end: u64,
+    /// Spans taken by a flush that has not committed yet; reads still see them.
+    pub inflight: Option<Arc<Vec<(u64, Vec<u8>)>>>,
+    /// A background flush has been asked for and has not finished.
+    pub flush_scheduled: bool,
     pub handles: u32,
+}
+
+impl FileState {
+    pub fn inflight_end(&self) -> u64 {
+        self.inflight
+            .as_ref()
+            .and_then(|w| w.iter().map(|(o, d)| o + d.len() as u64).max())
+            .unwrap_or(0)
+    }
+
+    /// In-flight bytes inside `range`.
+    pub fn inflight_slices(&self, range: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (off, data) in self.inflight.iter().flat_map(|w| w.iter()) {
+            let (a, b) = (
+                (*off).max(range.start),
+                (off + data.len() as u64).min(range.end),
+            );
+            if a < b {
+                out.push((a, data[(a - off) as usize..(b - off) as usize].to_vec()));
+            }
+        }
+        out
+    }
+
+    /// Logical end of the file's pending bytes.
+    pub fn pending_end(&self) -> u64 {
+        self.dirty.end().max(self.inflight_end())
+    }
 }
 
 pub(crate) struct Handle {
@@ -123,7 +159,7 @@ impl Fs {
     pub(super) fn overlay_pending(&self, inode: &mut Inode) {
         if let Some(file) = self.open_file(inode.ino) {
             let st = file.lock();
-            inode.size = inode.size.max(st.dirty.end());
+            inode.size = inode.size.max(st.pending_end());
             if let Some(m) = st.mtime {
                 inode.mtime = m;
                 inode.ctime = inode.ctime.max(m);
@@ -135,7 +171,7 @@ impl Fs {
     pub fn has_pending_writes(&self, ino: Ino) -> bool {
         self.open_file(ino).is_some_and(|f| {
             let st = f.lock();
-            !st.dirty.is_empty() || st.mtime.is_some()
+            !st.dirty.is_empty() || st.mtime.is_some() || st.inflight.is_some()
         })
     }
 
@@ -149,10 +185,13 @@ impl Fs {
                 .or_insert_with(|| {
                     Arc::new(OpenFile {
                         ino,
+                        flush_lock: Mutex::new(()),
                         state: Mutex::new(FileState {
                             dirty: DirtyData::default(),
                             mtime: None,
                             last_write_end: 0,
+                            inflight: None,
+                            flush_scheduled: false,
                             handles: 0,
                         }),
                     })
@@ -218,10 +257,11 @@ impl Fs {
         if self.is_frozen() {
             return Err(FsError::ReadOnly);
         }
-        {
+        let threshold = self.core.cfg.file_flush_threshold;
+        let (schedule, wait) = {
             let mut st = h.file.lock();
             let offset = if h.flags.append {
-                self.core.inode(h.ino)?.size.max(st.dirty.end())
+                self.core.inode(h.ino)?.size.max(st.pending_end())
             } else {
                 offset
             };
@@ -233,26 +273,29 @@ impl Fs {
             }
             let delta = st.dirty.write(offset, data);
             st.last_write_end = offset + data.len() as u64;
-            self.add_dirty(delta);
+            self.core.add_dirty(delta);
             st.mtime = Some(Timestamp::now());
-            if st.dirty.bytes() >= self.core.cfg.file_flush_threshold {
-                self.flush_locked(&h.file, &mut st, FlushMode::Completed, false)?;
+            let dirty = st.dirty.bytes();
+            let schedule = dirty >= threshold && !st.flush_scheduled;
+            if schedule {
+                st.flush_scheduled = true;
             }
+            (schedule, dirty >= 2 * threshold)
+        };
+        if schedule {
+            // Completed chunks go to the store in the background while writes continue.
+            let (core, file) = (self.core.clone(), h.file.clone());
+            self.runtime.spawn_blocking(move || {
+                let _ = core.flush_file(&file, FlushMode::Completed, false);
+                file.lock().flush_scheduled = false;
+            });
+        }
+        if wait {
+            // The background flush is falling behind: this writer flushes too (backpressure).
+            self.core.flush_file(&h.file, FlushMode::Completed, false)?;
         }
         self.relieve_pressure()?;
         Ok(data.len())
-    }
-
-    pub(super) fn add_dirty(&self, delta: i64) {
-        if delta >= 0 {
-            self.core
-                .dirty_bytes
-                .fetch_add(delta as u64, Ordering::Relaxed);
-        } else {
-            self.core
-                .dirty_bytes
-                .fetch_sub((-delta) as u64, Ordering::Relaxed);
-        }
     }
 
     /// While the volume holds more dirty data than allowed, the writer flushes the largest
@@ -271,14 +314,14 @@ impl Fs {
             let Some(biggest) = files.into_iter().max_by_key(|f| f.lock().dirty.bytes()) else {
                 return Ok(());
             };
-            let mut st = biggest.lock();
-            let before = st.dirty.bytes();
+            let before = biggest.lock().dirty.bytes();
             if before == 0 {
                 return Ok(());
             }
-            self.flush_locked(&biggest, &mut st, FlushMode::Completed, false)?;
-            if st.dirty.bytes() == before {
-                self.flush_locked(&biggest, &mut st, FlushMode::All, false)?;
+            self.core
+                .flush_file(&biggest, FlushMode::Completed, false)?;
+            if biggest.lock().dirty.bytes() >= before {
+                self.core.flush_file(&biggest, FlushMode::All, false)?;
             }
         }
         Ok(())
@@ -288,10 +331,7 @@ impl Fs {
     /// them and all earlier commits survive power loss (fsync).
     pub fn flush_inode(&self, ino: Ino, durable: bool) -> FsResult<()> {
         match self.open_file(ino) {
-            Some(file) => {
-                let mut st = file.lock();
-                self.flush_locked(&file, &mut st, FlushMode::All, durable)
-            }
+            Some(file) => self.core.flush_file(&file, FlushMode::All, durable),
             None if durable => {
                 self.core.store.sync()?;
                 self.core.meta.sync()?;
@@ -339,7 +379,7 @@ impl Fs {
                 .iter()
                 .map(|(_, d)| d.len() as i64)
                 .sum::<i64>();
-            self.add_dirty(-dropped);
+            self.core.add_dirty(-dropped);
             drop(st);
             self.core.txn(|tx| {
                 if let Some(inode) = tx.inode(h.ino)?
@@ -357,8 +397,10 @@ impl Fs {
     fn with_flushed<T>(&self, ino: Ino, f: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
         match self.open_file(ino) {
             Some(file) => {
+                let _one_at_a_time = file.flush_lock.lock().expect("flush lock");
                 let mut st = file.lock();
-                self.flush_locked(&file, &mut st, FlushMode::All, false)?;
+                self.core
+                    .flush_locked(&file, &mut st, FlushMode::All, false)?;
                 f()
             }
             None => f(),

@@ -5,8 +5,11 @@
 //! blocks (garbage a collector removes), never an extent pointing at missing data. With
 //! `durable`, the block store is synced before the commit and the metadata after it.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use super::file::{FileState, OpenFile};
-use super::{Fs, FsError, FsResult};
+use super::{Core, FsError, FsResult};
 use crate::core::BlockKey;
 use crate::core::extent::{self, Extent};
 use crate::meta::Inode;
@@ -30,7 +33,7 @@ impl Pack {
         offset: u64,
         data: &[u8],
         target: usize,
-        fs: &Fs,
+        fs: &Core,
         groups: &mut Vec<Vec<Extent>>,
     ) -> FsResult<()> {
         self.pieces.push((offset, self.buf.len(), data.len()));
@@ -43,7 +46,7 @@ impl Pack {
     }
 
     /// Stores the pack as one block; each piece becomes a one-extent group.
-    fn seal(&mut self, fs: &Fs, groups: &mut Vec<Vec<Extent>>) -> FsResult<()> {
+    fn seal(&mut self, fs: &Core, groups: &mut Vec<Vec<Extent>>) -> FsResult<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -70,15 +73,81 @@ pub(crate) enum FlushMode {
     Completed,
 }
 
-impl Fs {
+impl Core {
+    pub(crate) fn add_dirty(&self, delta: i64) {
+        if delta >= 0 {
+            self.dirty_bytes.fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            self.dirty_bytes
+                .fetch_sub((-delta) as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Flushes without holding the file's state lock while blocks are hashed and stored:
+    /// writers keep buffering and readers see the bytes in flight. One flush per file at a
+    /// time (the flush lock), so commits land in write order.
+    pub(crate) fn flush_file(
+        self: &Arc<Self>,
+        file: &OpenFile,
+        mode: FlushMode,
+        durable: bool,
+    ) -> FsResult<()> {
+        let _one_at_a_time = file.flush_lock.lock().expect("flush lock");
+        let (work, mtime, frontier) = {
+            let mut st = file.lock();
+            if st.dirty.is_empty() && st.mtime.is_none() {
+                drop(st);
+                if durable {
+                    self.store.sync()?;
+                    self.meta.sync()?;
+                }
+                return Ok(());
+            }
+            let work = Arc::new(st.dirty.take());
+            st.inflight = Some(work.clone());
+            (work, st.mtime, st.last_write_end)
+        };
+        let taken: u64 = work.iter().map(|(_, d)| d.len() as u64).sum();
+        let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
+        let result =
+            self.store_and_commit(file.ino, &work, mode, frontier, mtime, durable, &mut kept);
+        let mut st = file.lock();
+        st.inflight = None;
+        let before = st.dirty.bytes();
+        let give_back: &[(u64, Vec<u8>)] = if result.is_ok() { &kept } else { &work };
+        for (off, data) in give_back {
+            // bytes written meanwhile are newer than these
+            st.dirty.fill_gaps(*off, data);
+        }
+        self.add_dirty(st.dirty.bytes() as i64 - before as i64 - taken as i64);
+        match result {
+            Ok(inode) => {
+                if st.mtime == mtime {
+                    st.mtime = None;
+                }
+                drop(st);
+                if let Some(inode) = inode {
+                    self.maybe_coalesce(&inode);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(ino = file.ino, "flush failed: {e}");
+                Err(e)
+            }
+        }
+    }
+
     fn put_block(&self, data: &[u8]) -> FsResult<BlockKey> {
-        let key = BlockKey::for_data(self.core.cfg.hash, data);
-        self.core.store.put(&key, data)?;
+        let key = BlockKey::for_data(self.cfg.hash, data);
+        self.store.put(&key, data)?;
         Ok(key)
     }
 
+    /// Flushes while the caller holds the file's flush lock *and* its state lock, so no write
+    /// can slip in between (truncate and fallocate need that).
     pub(crate) fn flush_locked(
-        &self,
+        self: &Arc<Self>,
         file: &OpenFile,
         st: &mut FileState,
         mode: FlushMode,
@@ -87,8 +156,8 @@ impl Fs {
         let ino = file.ino;
         if st.dirty.is_empty() && st.mtime.is_none() {
             if durable {
-                self.core.store.sync()?;
-                self.core.meta.sync()?;
+                self.store.sync()?;
+                self.meta.sync()?;
             }
             return Ok(());
         }
@@ -143,7 +212,7 @@ impl Fs {
         durable: bool,
         kept: &mut Vec<(u64, Vec<u8>)>,
     ) -> FsResult<Option<Inode>> {
-        let cfg = &self.core.cfg;
+        let cfg = &self.cfg;
         let mut groups: Vec<Vec<Extent>> = Vec::new();
         let mut pack = Pack::default();
         for (off, data) in spans {
@@ -193,11 +262,11 @@ impl Fs {
         }
         pack.seal(self, &mut groups)?;
         if durable {
-            self.core.store.sync()?;
+            self.store.sync()?;
         }
         if groups.is_empty() && (mtime.is_none() || mode == FlushMode::Completed) {
             if durable {
-                self.core.meta.sync()?;
+                self.meta.sync()?;
             }
             return Ok(None);
         }
@@ -207,7 +276,7 @@ impl Fs {
             .map(Extent::end)
             .max()
             .unwrap_or(0);
-        let inode = self.core.txn(|tx| {
+        let inode = self.txn(|tx| {
             let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
             for g in &groups {
                 let range = g[0].offset..g[g.len() - 1].end();
@@ -228,7 +297,7 @@ impl Fs {
             Ok(inode)
         })?;
         if durable {
-            self.core.meta.sync()?;
+            self.meta.sync()?;
         }
         Ok(Some(inode))
     }

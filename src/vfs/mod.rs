@@ -100,6 +100,8 @@ pub(crate) struct Core {
     pub coalesce_state: Mutex<HashMap<Ino, coalesce::Slot>>,
     /// Inodes with at least one open handle.
     pub files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+    /// Where background work (flushes, read-ahead, coalescing) runs.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl Core {
@@ -173,6 +175,7 @@ impl Fs {
             dirty_bytes: AtomicU64::new(0),
             coalesce_state: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
+            runtime: runtime.handle().clone(),
         });
         let fs = Fs {
             core,

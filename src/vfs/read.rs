@@ -29,15 +29,15 @@ impl Fs {
             let st = h.file.lock();
             let committed = self.core.inode(h.ino)?.size;
             let file_size = committed.max(st.dirty.end());
+            let file_size = file_size.max(st.inflight_end());
             let end = offset.saturating_add(size as u64).min(file_size);
-            (
-                file_size,
-                if offset < end {
-                    st.dirty.slices(offset..end)
-                } else {
-                    Vec::new()
-                },
-            )
+            let mut pending = Vec::new();
+            if offset < end {
+                // bytes being flushed first, then newer writes on top
+                pending.extend(st.inflight_slices(offset..end));
+                pending.extend(st.dirty.slices(offset..end));
+            }
+            (file_size, pending)
         };
         if offset >= file_size {
             return Ok(Vec::new());
@@ -82,7 +82,8 @@ impl Fs {
         }
         ra.requested_until = to;
         let core = self.core.clone();
-        self.runtime
+        self.core
+            .runtime
             .spawn_blocking(move || prefetch(&core, ino, from..to));
     }
 
