@@ -17,9 +17,12 @@ id tests >/dev/null 2>&1 || echo 'tests:x:::pjdfstest dummy user:/:/usr/sbin/nol
 
 # whatever happens, leave no test mount behind
 cleanup() {
-  grep -o ' /tmp/graviton-[^ ]*/mnt[^ ]* ' /proc/mounts 2>/dev/null | while read -r mp; do
-    fusermount3 -uz "$mp" 2>/dev/null || true
+  local status=$? mp
+  set +e
+  for mp in $(awk '$2 ~ "^/tmp/graviton-" {print $2}' /proc/mounts); do
+    fusermount3 -uz "$mp" 2>/dev/null
   done
+  exit $status
 }
 trap cleanup EXIT
 

@@ -197,7 +197,7 @@ fn serve(
     // SAFETY: mallopt only tunes glibc's allocator; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
     let vol = Arc::new(Volume::open(source)?);
     let mut cfg = vol.fs_config();
