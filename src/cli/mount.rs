@@ -198,6 +198,7 @@ fn serve(
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let vol = Arc::new(Volume::open(source)?);
     let mut cfg = vol.fs_config();

@@ -67,7 +67,7 @@ impl FsConfig {
             hash,
             chunker,
             dirty_limit: 256 << 20,
-            file_flush_threshold: 16 << 20,
+            file_flush_threshold: 8 << 20,
             block_cache_bytes: 256 << 20,
             readahead_max: 32 << 20,
             coalesce: true,
