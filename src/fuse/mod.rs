@@ -121,6 +121,21 @@ impl GravitonFuse {
         let fs = self.fs.clone();
         self.fs.runtime().spawn_blocking(move || f(&fs));
     }
+
+    /// Runs `f` here when it is cheap, on the blocking pool when it is `slow` or the inode has
+    /// writes to commit.
+    fn inline_unless_pending(
+        &self,
+        ino: INodeNo,
+        slow: bool,
+        f: impl FnOnce(&Fs) + Send + 'static,
+    ) {
+        if slow || self.fs.has_pending_writes(ino.0) {
+            self.background(f);
+        } else {
+            f(&self.fs);
+        }
+    }
 }
 
 impl Filesystem for GravitonFuse {
@@ -190,15 +205,12 @@ impl Filesystem for GravitonFuse {
             ctime: ctime.map(Timestamp::from),
         };
         let ttl = self.ttl;
-        let run = move |fs: &Fs| match fs.setattr(ino.0, set) {
-            Ok(i) => reply.attr(&ttl, &attr(&i)),
-            Err(e) => reply.error(errno(&e)),
-        };
-        if set.size.is_some() || self.fs.has_pending_writes(ino.0) {
-            self.background(run);
-        } else {
-            run(&self.fs);
-        }
+        self.inline_unless_pending(ino, set.size.is_some(), move |fs| {
+            match fs.setattr(ino.0, set) {
+                Ok(i) => reply.attr(&ttl, &attr(&i)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -343,11 +355,7 @@ impl Filesystem for GravitonFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        if self.fs.has_pending_writes(ino.0) {
-            self.background(move |fs| Self::empty(reply, fs.flush(fh.0)));
-        } else {
-            Self::empty(reply, self.fs.flush(fh.0));
-        }
+        self.inline_unless_pending(ino, false, move |fs| Self::empty(reply, fs.flush(fh.0)));
     }
 
     fn release(
@@ -360,11 +368,7 @@ impl Filesystem for GravitonFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if self.fs.has_pending_writes(ino.0) {
-            self.background(move |fs| Self::empty(reply, fs.release(fh.0)));
-        } else {
-            Self::empty(reply, self.fs.release(fh.0));
-        }
+        self.inline_unless_pending(ino, false, move |fs| Self::empty(reply, fs.release(fh.0)));
     }
 
     fn fsync(

@@ -6,6 +6,9 @@ use std::ops::Range;
 
 use crate::core::RangeSet;
 
+/// Spans with their bytes: (file offset, bytes), sorted and disjoint.
+pub type Spans = Vec<(u64, Vec<u8>)>;
+
 #[derive(Default, Debug)]
 pub struct DirtyData {
     spans: BTreeMap<u64, Vec<u8>>,
@@ -90,7 +93,7 @@ impl DirtyData {
     }
 
     /// The dirty parts of `range`, with their bytes.
-    pub fn slices(&self, range: Range<u64>) -> Vec<(u64, Vec<u8>)> {
+    pub fn slices(&self, range: Range<u64>) -> Spans {
         let mut out = Vec::new();
         let first = self
             .spans
@@ -125,7 +128,7 @@ impl DirtyData {
     }
 
     /// Removes and returns every span.
-    pub fn take(&mut self) -> Vec<(u64, Vec<u8>)> {
+    pub fn take(&mut self) -> Spans {
         self.bytes = 0;
         std::mem::take(&mut self.spans).into_iter().collect()
     }

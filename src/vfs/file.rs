@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::dirty::DirtyData;
+use super::dirty::{DirtyData, Spans};
 use super::flush::FlushMode;
 use super::read::ReadAhead;
 use super::{Ctx, Fs, FsError, FsResult, MAX_FILE_SIZE};
@@ -93,7 +93,7 @@ pub(crate) struct FileState {
     /// End of the most recent write: the span ending here may still be growing.
     pub last_write_end: u64,
     /// Spans taken by a flush that has not committed yet; reads still see them.
-    pub inflight: Option<Arc<Vec<(u64, Vec<u8>)>>>,
+    pub inflight: Option<Arc<Spans>>,
     /// A background flush has been asked for and has not finished.
     pub flush_scheduled: bool,
     pub handles: u32,
@@ -108,7 +108,7 @@ impl FileState {
     }
 
     /// In-flight bytes inside `range`.
-    pub fn inflight_slices(&self, range: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
+    pub fn inflight_slices(&self, range: std::ops::Range<u64>) -> Spans {
         let mut out = Vec::new();
         for (off, data) in self.inflight.iter().flat_map(|w| w.iter()) {
             let (a, b) = (
