@@ -15,6 +15,9 @@ fi
 id nobody >/dev/null 2>&1 || useradd -r -s /usr/sbin/nologin nobody
 id tests >/dev/null 2>&1 || echo 'tests:x:::pjdfstest dummy user:/:/usr/sbin/nologin' | newusers
 
+# a PostgreSQL server on loopback for the PostgreSQL engine's tests (sets GRAVITON_TEST_PG)
+source scripts/pg.sh
+
 # whatever happens, leave no test mount behind
 cleanup() {
   local status=$? mp

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{CTX, MemVolume, small_cfg};
+use common::{CTX, MemVolume, PgVolume, small_cfg};
 use graviton::meta::ROOT_INO;
 use graviton::vfs::{FallocateMode, Fs, FsError, OpenFlags, RenameFlags};
 use proptest::prelude::*;
@@ -123,7 +123,24 @@ impl World {
     }
 }
 
-fn run(ops: Vec<Op>) {
+/// A volume the model test can mount again and again.
+trait Remountable {
+    fn mount(&self) -> Fs;
+}
+
+impl Remountable for MemVolume {
+    fn mount(&self) -> Fs {
+        MemVolume::mount(self)
+    }
+}
+
+impl Remountable for PgVolume {
+    fn mount(&self) -> Fs {
+        PgVolume::mount(self)
+    }
+}
+
+fn model_cfg() -> graviton::vfs::FsConfig {
     let mut cfg = small_cfg();
     // small limits so pressure flushes and background coalescing happen in short runs
     cfg.file_flush_threshold = 48 << 10;
@@ -131,7 +148,14 @@ fn run(ops: Vec<Op>) {
     cfg.coalesce_max_extents = 24;
     cfg.coalesce_min_avg_extent = 2048;
     cfg.coalesce_interval = std::time::Duration::ZERO;
-    let vol = MemVolume::new(cfg);
+    cfg
+}
+
+fn run(ops: Vec<Op>) {
+    run_on(&MemVolume::new(model_cfg()), ops)
+}
+
+fn run_on(vol: &dyn Remountable, ops: Vec<Op>) {
     let mut w = World {
         fs: Some(vol.mount()),
         objs: Vec::new(),
@@ -363,6 +387,17 @@ proptest! {
     #[test]
     fn core_matches_reference_model(ops in proptest::collection::vec(op(), 1..60)) {
         run(ops);
+    }
+}
+
+proptest! {
+    // The same model over the PostgreSQL engine (fewer cases: each opens a fresh database).
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
+    ))]
+    #[test]
+    fn core_over_postgres_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
+        run_on(&PgVolume::new(model_cfg()), ops);
     }
 }
 

@@ -267,7 +267,13 @@ fn unlinked_open_file_works_through_the_mount() {
     f.read_to_string(&mut s).unwrap();
     assert_eq!(s, "before unlink, after");
     drop(f);
-    let files = m.status_json()["usage"]["files"].as_u64().unwrap();
+    // the kernel sends the last release after close() returns: give it a moment
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut files = m.status_json()["usage"]["files"].as_u64().unwrap();
+    while files != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        files = m.status_json()["usage"]["files"].as_u64().unwrap();
+    }
     assert_eq!(files, 0, "the file is gone after its last close");
 }
 

@@ -10,6 +10,7 @@
 //! a conflict) and writes it back. Scans (`list_dir`, `extents`) are therefore guarded by the inode.
 
 pub mod conformance;
+pub mod pg;
 pub mod rocks;
 mod types;
 
@@ -18,6 +19,7 @@ use std::ops::Range;
 use crate::core::extent::Splice;
 use crate::core::{BlockKey, Extent};
 
+pub use pg::PgMetaStore;
 pub use rocks::RocksMetaStore;
 pub use types::{DirEntry, FileKind, Ino, Inode, ROOT_INO, Timestamp};
 

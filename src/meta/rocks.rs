@@ -79,28 +79,11 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 }
 
 fn kind_tag(k: FileKind) -> u8 {
-    match k {
-        FileKind::File => 0,
-        FileKind::Dir => 1,
-        FileKind::Symlink => 2,
-        FileKind::Fifo => 3,
-        FileKind::Socket => 4,
-        FileKind::CharDevice => 5,
-        FileKind::BlockDevice => 6,
-    }
+    k.tag()
 }
 
 fn kind_of(tag: u8) -> MetaResult<FileKind> {
-    Ok(match tag {
-        0 => FileKind::File,
-        1 => FileKind::Dir,
-        2 => FileKind::Symlink,
-        3 => FileKind::Fifo,
-        4 => FileKind::Socket,
-        5 => FileKind::CharDevice,
-        6 => FileKind::BlockDevice,
-        _ => return Err(corrupt("file kind")),
-    })
+    FileKind::from_tag(tag).ok_or_else(|| corrupt("file kind"))
 }
 
 fn encode_extent(e: &Extent) -> Vec<u8> {

@@ -33,6 +33,32 @@ impl FileKind {
         }
     }
 
+    /// Stable small number for storage.
+    pub fn tag(self) -> u8 {
+        match self {
+            FileKind::File => 0,
+            FileKind::Dir => 1,
+            FileKind::Symlink => 2,
+            FileKind::Fifo => 3,
+            FileKind::Socket => 4,
+            FileKind::CharDevice => 5,
+            FileKind::BlockDevice => 6,
+        }
+    }
+
+    pub fn from_tag(tag: u8) -> Option<FileKind> {
+        Some(match tag {
+            0 => FileKind::File,
+            1 => FileKind::Dir,
+            2 => FileKind::Symlink,
+            3 => FileKind::Fifo,
+            4 => FileKind::Socket,
+            5 => FileKind::CharDevice,
+            6 => FileKind::BlockDevice,
+            _ => return None,
+        })
+    }
+
     pub fn from_mode(mode: u32) -> Option<FileKind> {
         Some(match mode & libc::S_IFMT {
             libc::S_IFREG | 0 => FileKind::File,

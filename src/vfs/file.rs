@@ -155,16 +155,30 @@ impl Fs {
         self.core.files.lock().expect("lock").get(&ino).cloned()
     }
 
-    /// Size and mtime as applications see them: committed values plus pending writes.
-    pub(super) fn overlay_pending(&self, inode: &mut Inode) {
-        if let Some(file) = self.open_file(inode.ino) {
+    /// End and time of the inode's uncommitted writes, if it is open.
+    fn pending_of(&self, ino: Ino) -> Option<(u64, Option<Timestamp>)> {
+        self.open_file(ino).map(|file| {
             let st = file.lock();
-            inode.size = inode.size.max(st.pending_end());
-            if let Some(m) = st.mtime {
+            (st.pending_end(), st.mtime)
+        })
+    }
+
+    /// Attributes as applications see them: the committed inode plus pending writes.
+    ///
+    /// The pending state is captured *before* the committed inode is read: a flush commits and
+    /// only then stops counting its bytes as pending, so in this order a concurrent flush is
+    /// seen either still pending or already committed, never neither.
+    pub(super) fn attributes(&self, ino: Ino) -> FsResult<Inode> {
+        let pending = self.pending_of(ino);
+        let mut inode = self.core.inode(ino)?;
+        if let Some((end, mtime)) = pending {
+            inode.size = inode.size.max(end);
+            if let Some(m) = mtime {
                 inode.mtime = m;
                 inode.ctime = inode.ctime.max(m);
             }
         }
+        Ok(inode)
     }
 
     /// Whether the inode has writes not yet committed (its flush will do real work).

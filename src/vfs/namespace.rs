@@ -103,9 +103,7 @@ impl Fs {
 
     /// Attributes, including the size and mtime of writes not yet committed.
     pub fn getattr(&self, ino: Ino) -> FsResult<Inode> {
-        let mut inode = self.core.inode(ino)?;
-        self.overlay_pending(&mut inode);
-        Ok(inode)
+        self.attributes(ino)
     }
 
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Inode> {
@@ -119,10 +117,8 @@ impl Fs {
             b".." => dir.parent,
             _ => tx.dirent(parent, name)?.ok_or(FsError::NotFound)?.ino,
         };
-        let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
         drop(tx);
-        self.overlay_pending(&mut inode);
-        Ok(inode)
+        self.attributes(ino)
     }
 
     /// Creates a file, device, fifo or socket; `mode` carries the type bits.

@@ -48,6 +48,33 @@ impl MemVolume {
     }
 }
 
+/// PostgreSQL metadata (a scratch database on the server `scripts/test.sh` starts), blocks
+/// in memory.
+pub struct PgVolume {
+    pub url: String,
+    pub store: Arc<MemoryBlockStore>,
+    pub cfg: FsConfig,
+}
+
+impl PgVolume {
+    pub fn new(cfg: FsConfig) -> PgVolume {
+        let admin = std::env::var("GRAVITON_TEST_PG")
+            .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
+        let url = graviton::meta::pg::create_scratch_database(&admin).expect("scratch database");
+        PgVolume {
+            url,
+            store: Arc::new(MemoryBlockStore::new()),
+            cfg,
+        }
+    }
+
+    pub fn mount(&self) -> Fs {
+        let meta: Arc<dyn MetaStore> =
+            Arc::new(graviton::meta::PgMetaStore::connect(&self.url).expect("connect"));
+        Fs::new(meta, self.store.clone(), self.cfg.clone()).expect("fs")
+    }
+}
+
 /// RocksDB metadata and a local block store, both in `dir`.
 pub struct DiskVolume {
     pub dir: tempfile::TempDir,
