@@ -1,12 +1,13 @@
-//! An embedded volume: a directory holding RocksDB metadata (`meta/`) and, unless the volume
-//! names another store, a local block store (`blocks/`). Settings chosen at format time (hash,
-//! chunker, block store) are recorded in the metadata and read back on every open.
+//! A volume: its metadata (an embedded directory with RocksDB in `meta/`, or a PostgreSQL
+//! database) and its block store (`<dir>/blocks` by default for embedded volumes, or the
+//! `file://` directory recorded at format time). Settings chosen at format time (hash, chunker,
+//! block store) are recorded in the metadata and read back on every open.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::core::{Chunker, HashAlgo};
-use crate::meta::{MetaError, MetaStore, RocksMetaStore};
+use crate::meta::{MetaError, MetaStore, PgMetaStore, RocksMetaStore};
 use crate::store::{BlockStore, LocalBlockStore, StoreError};
 use crate::vfs::{Fs, FsConfig, FsError};
 
@@ -24,6 +25,8 @@ pub enum VolumeError {
     Invalid { path: String, message: String },
     #[error("unsupported block store URL {0:?} (expected file:///absolute/path)")]
     BadStoreUrl(String),
+    #[error("a PostgreSQL volume needs a shared block store: format it with --store file:///path")]
+    StoreRequired,
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error(transparent)]
@@ -47,8 +50,71 @@ pub struct VolumeSettings {
     pub block_store: String,
 }
 
+/// Where a volume's metadata lives, as named on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// An embedded volume directory (RocksDB).
+    Dir(PathBuf),
+    /// A PostgreSQL URL (`postgres://…` or `postgresql://…`).
+    Postgres(String),
+}
+
+impl Source {
+    pub fn parse(s: &str) -> Source {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Source::Postgres(s.to_string())
+        } else {
+            Source::Dir(PathBuf::from(s))
+        }
+    }
+
+    /// For logs, messages and mount tables: a URL's password is never shown.
+    pub fn display(&self) -> String {
+        match self {
+            Source::Dir(d) => d.display().to_string(),
+            Source::Postgres(url) => redact(url),
+        }
+    }
+
+    /// Where the mount daemon keeps its pid file, status socket and log: the volume folder,
+    /// or for PostgreSQL `$XDG_STATE_HOME/graviton/<id>` (`~/.local/state/graviton/<id>`).
+    pub fn state_dir(&self) -> PathBuf {
+        match self {
+            Source::Dir(d) => d.clone(),
+            Source::Postgres(url) => {
+                let base = std::env::var_os("XDG_STATE_HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
+                    })
+                    .unwrap_or_else(|| PathBuf::from("/tmp"));
+                let id = blake3::hash(redact(url).as_bytes()).to_hex();
+                base.join("graviton").join(&id[..16])
+            }
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 pub struct Volume {
-    pub dir: PathBuf,
+    pub source: Source,
+    /// Pid file, status socket and log of a mount daemon.
+    pub state_dir: PathBuf,
     pub meta: Arc<dyn MetaStore>,
     pub store: Arc<dyn BlockStore>,
     pub settings: VolumeSettings,
@@ -58,13 +124,13 @@ pub struct Volume {
     pub capacity_path: PathBuf,
 }
 
-/// Opens a block store from its URL.
+/// Opens a block store from its URL; an empty URL is `<volume dir>/blocks`.
 pub fn open_store(
     url: &str,
-    volume_dir: &Path,
+    volume_dir: Option<&Path>,
 ) -> Result<(Arc<dyn BlockStore>, PathBuf), VolumeError> {
     let root = if url.is_empty() {
-        volume_dir.join("blocks")
+        volume_dir.ok_or(VolumeError::StoreRequired)?.join("blocks")
     } else if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
             return Err(VolumeError::BadStoreUrl(url.to_string()));
@@ -76,57 +142,74 @@ pub fn open_store(
     Ok((Arc::new(LocalBlockStore::open(&root)?), root))
 }
 
-fn open_meta(dir: &Path) -> Result<RocksMetaStore, VolumeError> {
-    RocksMetaStore::open(dir.join("meta")).map_err(|e| match &e {
-        MetaError::Backend { message, .. } if message.contains("lock") => {
-            VolumeError::InUse(dir.display().to_string())
-        }
-        _ => VolumeError::Meta(e),
-    })
+fn open_meta(source: &Source) -> Result<Arc<dyn MetaStore>, VolumeError> {
+    match source {
+        Source::Dir(dir) => match RocksMetaStore::open(dir.join("meta")) {
+            Ok(m) => Ok(Arc::new(m)),
+            Err(MetaError::Backend { message, .. }) if message.contains("lock") => {
+                Err(VolumeError::InUse(dir.display().to_string()))
+            }
+            Err(e) => Err(e.into()),
+        },
+        Source::Postgres(url) => Ok(Arc::new(PgMetaStore::connect(url)?)),
+    }
 }
 
 impl Volume {
-    /// Whether `dir` holds a formatted volume.
+    /// Whether `dir` holds a formatted embedded volume.
     pub fn is_formatted(dir: &Path) -> bool {
         dir.join("meta").join("CURRENT").exists()
     }
 
     pub fn format(
-        dir: &Path,
+        source: &Source,
         hash: HashAlgo,
         chunker: Chunker,
         store_url: Option<&str>,
     ) -> Result<Volume, VolumeError> {
-        if Self::is_formatted(dir) {
-            return Err(VolumeError::AlreadyFormatted(dir.display().to_string()));
-        }
         let store_url = store_url.unwrap_or("");
-        // Check the store URL before anything is written.
-        open_store(store_url, dir).map(drop).or_else(|e| match e {
-            VolumeError::BadStoreUrl(_) => Err(e),
-            _ => Ok(()),
-        })?;
-        std::fs::create_dir_all(dir).map_err(|source| VolumeError::Io {
-            context: format!("creating {}", dir.display()),
-            source,
-        })?;
-        let meta = open_meta(dir)?;
+        let dir = match source {
+            Source::Dir(d) => Some(d.as_path()),
+            Source::Postgres(_) => None,
+        };
+        if let Some(d) = dir {
+            if Self::is_formatted(d) {
+                return Err(VolumeError::AlreadyFormatted(source.display()));
+            }
+        } else if store_url.is_empty() {
+            return Err(VolumeError::StoreRequired);
+        }
+        if !store_url.is_empty() && !store_url.starts_with("file:///") {
+            return Err(VolumeError::BadStoreUrl(store_url.to_string()));
+        }
+        if let Some(d) = dir {
+            std::fs::create_dir_all(d).map_err(|source| VolumeError::Io {
+                context: format!("creating {}", d.display()),
+                source,
+            })?;
+        }
+        let meta = open_meta(source)?;
+        if meta.setting("format_version")?.is_some() {
+            return Err(VolumeError::AlreadyFormatted(source.display()));
+        }
         meta.put_setting("hash", hash.name())?;
         meta.put_setting("chunker", &chunker.to_string())?;
         meta.put_setting("block_store", store_url)?;
         // Written last: a volume whose format was interrupted is not mistaken for a good one.
         meta.put_setting("format_version", FORMAT_VERSION)?;
         drop(meta);
-        Self::open(dir)
+        Self::open(source)
     }
 
-    pub fn open(dir: &Path) -> Result<Volume, VolumeError> {
-        if !Self::is_formatted(dir) {
-            return Err(VolumeError::NotFormatted(dir.display().to_string()));
+    pub fn open(source: &Source) -> Result<Volume, VolumeError> {
+        if let Source::Dir(d) = source
+            && !Self::is_formatted(d)
+        {
+            return Err(VolumeError::NotFormatted(source.display()));
         }
-        let meta = open_meta(dir)?;
+        let meta = open_meta(source)?;
         let invalid = |message: String| VolumeError::Invalid {
-            path: dir.display().to_string(),
+            path: source.display(),
             message,
         };
         let setting = |name: &str| -> Result<String, VolumeError> {
@@ -135,7 +218,7 @@ impl Volume {
         };
         let version = meta
             .setting("format_version")?
-            .ok_or_else(|| VolumeError::NotFormatted(dir.display().to_string()))?;
+            .ok_or_else(|| VolumeError::NotFormatted(source.display()))?;
         if version != FORMAT_VERSION {
             return Err(invalid(format!(
                 "format version {version} is not supported by this build"
@@ -152,10 +235,15 @@ impl Volume {
             .chunker
             .parse()
             .map_err(|e| invalid(format!("{e}")))?;
+        let dir = match source {
+            Source::Dir(d) => Some(d.as_path()),
+            Source::Postgres(_) => None,
+        };
         let (store, capacity_path) = open_store(&settings.block_store, dir)?;
         Ok(Volume {
-            dir: dir.to_path_buf(),
-            meta: Arc::new(meta),
+            state_dir: source.state_dir(),
+            source: source.clone(),
+            meta,
             store,
             settings,
             hash,
@@ -172,5 +260,19 @@ impl Volume {
     /// Starts the filesystem core on this volume.
     pub fn filesystem(&self, cfg: FsConfig) -> Result<Fs, VolumeError> {
         Ok(Fs::new(self.meta.clone(), self.store.clone(), cfg)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        let s = Source::parse("postgres://graviton:hunter2@db.example:5432/vol");
+        assert_eq!(s.display(), "postgres://graviton:***@db.example:5432/vol");
+        assert!(!s.state_dir().to_string_lossy().contains("hunter2"));
+        assert_eq!(redact("postgres://db/vol"), "postgres://db/vol");
+        assert_eq!(Source::parse("/srv/vol"), Source::Dir("/srv/vol".into()));
     }
 }

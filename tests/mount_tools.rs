@@ -539,3 +539,58 @@ fn sigterm_drains_pending_writes_before_exit() {
         "pending writes were committed at SIGTERM"
     );
 }
+
+/// Ordinary tools on a volume whose metadata is in PostgreSQL, across a remount.
+#[test]
+fn postgres_volume_works_with_tar_and_git() {
+    let m = Mounted::new_pg("");
+    let src = m.dir.path().join("tree");
+    sample_tree(&src);
+    let tarball = m.dir.path().join("t.tar");
+    ok(
+        run(
+            "tar",
+            &[
+                "cf",
+                tarball.to_str().unwrap(),
+                "-C",
+                src.to_str().unwrap(),
+                ".",
+            ],
+            m.dir.path(),
+        ),
+        "tar c",
+    );
+    std::fs::create_dir(m.path("untar")).unwrap();
+    ok(
+        run(
+            "tar",
+            &[
+                "xf",
+                tarball.to_str().unwrap(),
+                "-C",
+                m.path("untar").to_str().unwrap(),
+            ],
+            m.dir.path(),
+        ),
+        "tar x",
+    );
+    tree_matches(&src, &m.path("untar"));
+    let repo = m.path("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let git = |args: &[&str]| ok(run("git", args, &repo), &format!("git {}", args.join(" ")));
+    git(&["init", "-q"]);
+    git(&["config", "user.email", "t@example.invalid"]);
+    git(&["config", "user.name", "Tester"]);
+    git(&["config", "gc.auto", "0"]); // no background gc holding the mount busy
+    std::fs::write(repo.join("a"), "a\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "one"]);
+    m.unmount();
+    m.mount();
+    tree_matches(&src, &m.path("untar"));
+    git(&["fsck", "--strict"]);
+    let s = m.status_json();
+    assert_eq!(s["engine"], "postgres");
+    assert!(!s["volume"].as_str().unwrap().is_empty());
+}

@@ -8,6 +8,10 @@ use common::mounted::Mounted;
 
 #[test]
 fn pjdfstest_has_no_failures() {
+    run_suite(&Mounted::new(&[], ""));
+}
+
+fn run_suite(m: &Mounted) {
     let which = std::process::Command::new("sh")
         .args(["-c", "command -v pjdfstest"])
         .output()
@@ -16,7 +20,6 @@ fn pjdfstest_has_no_failures() {
         which.status.success(),
         "pjdfstest is not installed: run scripts/test.sh, which installs it"
     );
-    let m = Mounted::new(&[], "");
     let dir = m.path("pjd");
     std::fs::create_dir(&dir).unwrap();
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pjdfstest.toml");
@@ -54,4 +57,10 @@ fn pjdfstest_has_no_failures() {
         failed.join("\n")
     );
     assert!(passed >= 382, "only {passed} cases passed: {summary}");
+}
+
+/// The same suite on a volume whose metadata lives in PostgreSQL.
+#[test]
+fn pjdfstest_on_postgres_has_no_failures() {
+    run_suite(&Mounted::new_pg(""));
 }

@@ -1,11 +1,9 @@
 //! `graviton format`: create a volume.
 
-use std::path::PathBuf;
-
 use clap::Args;
 
 use crate::core::{Chunker, DEFAULT_CHUNKER, HashAlgo};
-use crate::volume::Volume;
+use crate::volume::{Source, Volume};
 
 #[derive(Args, Debug)]
 pub struct FormatArgs {
@@ -15,18 +13,24 @@ pub struct FormatArgs {
     /// Chunker: fixed-<n> or fastcdc-<min>-<avg>-<max> (sizes like 4096, 256k, 1m).
     #[arg(long, default_value_t = DEFAULT_CHUNKER)]
     pub chunker: Chunker,
-    /// Block store URL (file:///path); default: <SOURCE>/blocks.
+    /// Block store URL (file:///path); default: <SOURCE>/blocks. Required for PostgreSQL.
     #[arg(long)]
     pub store: Option<String>,
-    /// Directory that will hold the volume.
-    pub source: PathBuf,
+    /// A directory for an embedded volume, or a postgres:// URL (password from the URL or
+    /// PGPASSWORD-style settings of the URL; never printed).
+    pub source: String,
 }
 
 pub fn run(args: FormatArgs) -> anyhow::Result<()> {
-    let vol = Volume::format(&args.source, args.hash, args.chunker, args.store.as_deref())?;
+    let vol = Volume::format(
+        &Source::parse(&args.source),
+        args.hash,
+        args.chunker,
+        args.store.as_deref(),
+    )?;
     println!(
         "formatted {} (hash {}, chunker {}, blocks in {})",
-        vol.dir.display(),
+        vol.source.display(),
         vol.settings.hash,
         vol.settings.chunker,
         vol.capacity_path.display()

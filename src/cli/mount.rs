@@ -16,7 +16,7 @@ use nix::sys::signal::{SigSet, Signal};
 use super::options::MountOptions;
 use crate::core::{DEFAULT_CHUNKER, HashAlgo};
 use crate::fuse::GravitonFuse;
-use crate::volume::Volume;
+use crate::volume::{Source, Volume};
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
@@ -30,10 +30,14 @@ pub struct MountArgs {
     /// Print "ready" on standard output once mounted (used by the background launcher).
     #[arg(long, hide = true)]
     pub notify_ready: bool,
-    /// [SOURCE] MOUNTPOINT: SOURCE is a volume directory (default: the default volume).
+    /// [SOURCE] MOUNTPOINT: SOURCE is a volume directory or a postgres:// URL (default: the
+    /// default volume).
     #[arg(num_args = 1..=2, required = true, value_name = "PATHS")]
-    pub paths: Vec<PathBuf>,
+    pub paths: Vec<String>,
 }
+
+/// Environment variable that hands a PostgreSQL source to the daemon.
+const SOURCE_ENV: &str = "GRAVITON_SOURCE";
 
 /// Where the daemon listens for `graviton status` while mounted.
 pub fn status_socket(volume: &Path) -> PathBuf {
@@ -46,34 +50,48 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         opts.apply(o)?;
     }
     let (source, mountpoint) = match args.paths.as_slice() {
-        [mp] => (None, mp.clone()),
-        [src, mp] => (Some(src.clone()), mp.clone()),
+        [mp] => (None, PathBuf::from(mp)),
+        [src, mp] if src == &format!("env:{SOURCE_ENV}") => {
+            let url =
+                std::env::var(SOURCE_ENV).with_context(|| format!("{SOURCE_ENV} is not set"))?;
+            (Some(Source::parse(&url)), PathBuf::from(mp))
+        }
+        [src, mp] => (Some(Source::parse(src)), PathBuf::from(mp)),
         _ => bail!("expected [SOURCE] MOUNTPOINT"),
     };
     let source = match source {
-        Some(s) => {
-            if !Volume::is_formatted(&s) {
+        Some(Source::Dir(d)) => {
+            if !Volume::is_formatted(&d) {
                 bail!(
                     "{} is not a Graviton volume (run `graviton format {}` first)",
-                    s.display(),
-                    s.display()
+                    d.display(),
+                    d.display()
                 );
             }
-            s
+            Source::Dir(
+                d.canonicalize()
+                    .with_context(|| format!("volume {}", d.display()))?,
+            )
         }
+        Some(pg) => pg,
         None => {
             let d = super::default_volume()?;
             if !Volume::is_formatted(&d) {
-                Volume::format(&d, HashAlgo::Blake3, DEFAULT_CHUNKER, None)
-                    .with_context(|| format!("creating the default volume in {}", d.display()))?;
+                Volume::format(
+                    &Source::Dir(d.clone()),
+                    HashAlgo::Blake3,
+                    DEFAULT_CHUNKER,
+                    None,
+                )
+                .with_context(|| format!("creating the default volume in {}", d.display()))?;
                 eprintln!("created the default volume in {}", d.display());
             }
-            d
+            Source::Dir(
+                d.canonicalize()
+                    .with_context(|| format!("volume {}", d.display()))?,
+            )
         }
     };
-    let source = source
-        .canonicalize()
-        .with_context(|| format!("volume {}", source.display()))?;
     let mountpoint = prepare_mountpoint(&mountpoint)?;
     if args.foreground {
         serve(&source, &mountpoint, &opts, args.notify_ready)
@@ -138,15 +156,20 @@ fn detach_dead_mount(mp: &Path) -> anyhow::Result<()> {
 }
 
 /// Starts the daemon and returns once it reports the mount ready (or its error).
-fn launch_daemon(options: &[String], source: &Path, mountpoint: &Path) -> anyhow::Result<()> {
+fn launch_daemon(options: &[String], source: &Source, mountpoint: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the graviton executable")?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount").arg("--foreground").arg("--notify-ready");
     for o in options {
         cmd.arg("-o").arg(o);
     }
-    cmd.arg(source)
-        .arg(mountpoint)
+    // A PostgreSQL URL may carry a password: it travels in the environment (readable by the
+    // same user only), never on the daemon's command line (readable by everyone in ps).
+    match source {
+        Source::Dir(d) => cmd.arg(d),
+        Source::Postgres(url) => cmd.env(SOURCE_ENV, url).arg(format!("env:{SOURCE_ENV}")),
+    };
+    cmd.arg(mountpoint)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -180,7 +203,7 @@ fn launch_daemon(options: &[String], source: &Path, mountpoint: &Path) -> anyhow
 
 /// Serves the mount until it is unmounted or the process is told to stop.
 fn serve(
-    source: &Path,
+    source: &Source,
     mountpoint: &Path,
     opts: &MountOptions,
     notify_ready: bool,
@@ -215,11 +238,11 @@ fn serve(
     let fs = Arc::new(vol.filesystem(cfg)?);
     let adapter = GravitonFuse::new(fs.clone(), opts.ttl, Some(vol.capacity_path.clone()));
 
-    let fsname = source.to_string_lossy();
+    let fsname = source.display();
     let fsname = if fsname.contains([',', ' ']) {
         "graviton".to_string()
     } else {
-        fsname.into_owned()
+        fsname
     };
     let mut mount_options = vec![
         MountOption::FSName(fsname),
@@ -251,7 +274,9 @@ fn serve(
 
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
-    let (fs2, src) = (fs.clone(), source.to_path_buf());
+    let state = vol.state_dir.clone();
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    let (fs2, src) = (fs.clone(), state.clone());
     std::thread::Builder::new()
         .name("graviton-signals".into())
         .spawn(move || {
@@ -276,21 +301,21 @@ fn serve(
             }
         })?;
     serve_status(vol.clone())?;
-    let pid_file = source.join("graviton.pid");
+    let pid_file = state.join("graviton.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
         .context("writing the pid file")?;
 
     if notify_ready {
         println!("ready");
         std::io::stdout().flush()?;
-        redirect_output(&source.join("graviton.log"));
+        redirect_output(&state.join("graviton.log"));
     }
     tracing::info!("mounted {} on {}", source.display(), mountpoint.display());
     session.run().context("serving the mount")?;
     // The session dropped the adapter; commit whatever is still pending before exiting.
     fs.shutdown()?;
     drop(fs);
-    let _ = std::fs::remove_file(status_socket(source));
+    let _ = std::fs::remove_file(status_socket(&state));
     let _ = std::fs::remove_file(pid_file);
     tracing::info!("unmounted {}", mountpoint.display());
     Ok(())
@@ -298,7 +323,7 @@ fn serve(
 
 /// Answers `graviton status` from the running daemon (the metadata is locked while mounted).
 fn serve_status(vol: Arc<Volume>) -> anyhow::Result<()> {
-    let path = status_socket(&vol.dir);
+    let path = status_socket(&vol.state_dir);
     let _ = std::fs::remove_file(&path);
     let listener = std::os::unix::net::UnixListener::bind(&path)
         .with_context(|| format!("binding {}", path.display()))?;

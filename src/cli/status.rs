@@ -1,21 +1,21 @@
 //! `graviton status`: what a volume holds.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::Path;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::Usage;
-use crate::volume::{Volume, VolumeSettings};
+use crate::volume::{Source, Volume, VolumeSettings};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Volume directory (default: the default volume).
-    pub source: Option<PathBuf>,
+    /// Volume directory or postgres:// URL (default: the default volume).
+    pub source: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -50,7 +50,7 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
         }
     }
     Ok(Status {
-        volume: vol.dir.display().to_string(),
+        volume: vol.source.display(),
         engine: vol.meta.engine().to_string(),
         block_store: format!("{} ({})", vol.store.backend(), vol.capacity_path.display()),
         settings: vol.settings.clone(),
@@ -70,7 +70,7 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
 }
 
 /// The running daemon's answer, when the volume is mounted.
-fn ask_daemon(dir: &std::path::Path) -> Option<anyhow::Result<Status>> {
+fn ask_daemon(dir: &Path) -> Option<anyhow::Result<Status>> {
     use std::io::Read;
     let mut conn =
         std::os::unix::net::UnixStream::connect(super::mount::status_socket(dir)).ok()?;
@@ -88,13 +88,13 @@ fn ask_daemon(dir: &std::path::Path) -> Option<anyhow::Result<Status>> {
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let dir = match args.source {
-        Some(d) => d,
-        None => super::default_volume()?,
+    let source = match args.source {
+        Some(s) => Source::parse(&s),
+        None => Source::Dir(super::default_volume()?),
     };
-    let s = match ask_daemon(&dir) {
+    let s = match ask_daemon(&source.state_dir()) {
         Some(s) => s?,
-        None => collect(&Volume::open(&dir)?)?,
+        None => collect(&Volume::open(&source)?)?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);

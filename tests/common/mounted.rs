@@ -11,9 +11,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_graviton");
 
 pub struct Mounted {
     pub dir: tempfile::TempDir,
+    /// The volume folder (embedded volumes) or the block folder's parent (PostgreSQL volumes).
     pub vol: PathBuf,
     pub mnt: PathBuf,
     pub options: String,
+    /// What `graviton mount` and `status` are given: the folder or the postgres:// URL.
+    pub source: String,
+    /// Where the daemon keeps its pid file.
+    pub state: PathBuf,
 }
 
 /// Runs a command with a time limit; a hung tool fails the test instead of hanging CI.
@@ -57,11 +62,47 @@ impl Mounted {
         let v = vol.to_str().unwrap();
         args.push(v);
         ok(run(BIN, &args, dir.path()), "graviton format");
+        let source = v.to_string();
+        let m = Mounted {
+            dir,
+            state: vol.clone(),
+            vol,
+            mnt,
+            options: options.to_string(),
+            source,
+        };
+        m.mount();
+        m
+    }
+
+    /// Formats and mounts a PostgreSQL volume (a scratch database on the server that
+    /// `scripts/test.sh` starts) with its blocks in the temporary folder.
+    pub fn new_pg(options: &str) -> Mounted {
+        let admin = std::env::var("GRAVITON_TEST_PG")
+            .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
+        let url = graviton::meta::pg::create_scratch_database(&admin).expect("scratch database");
+        let dir = tempfile::Builder::new()
+            .prefix("graviton-test")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let vol = dir.path().join("vol");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let store = format!("file://{}", vol.join("blocks").display());
+        ok(
+            run(BIN, &["format", "--store", &store, &url], dir.path()),
+            "graviton format postgres",
+        );
+        let state = graviton::volume::Source::parse(&url).state_dir();
         let m = Mounted {
             dir,
             vol,
             mnt,
             options: options.to_string(),
+            source: url,
+            state,
         };
         m.mount();
         m
@@ -75,7 +116,7 @@ impl Mounted {
         };
         let args = [
             "mount",
-            self.vol.to_str().unwrap(),
+            &self.source,
             self.mnt.to_str().unwrap(),
             "-o",
             &opts,
@@ -97,7 +138,7 @@ impl Mounted {
     }
 
     pub fn daemon_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.vol.join("graviton.pid"))
+        std::fs::read_to_string(self.state.join("graviton.pid"))
             .ok()?
             .trim()
             .parse()
@@ -112,12 +153,21 @@ impl Mounted {
     /// Unmounts and waits until the daemon has committed everything and exited.
     pub fn unmount(&self) {
         let pid = self.daemon_pid();
-        let out = run(
-            "fusermount3",
-            &["-u", self.mnt.to_str().unwrap()],
-            self.dir.path(),
-        );
-        ok(out, "fusermount3 -u");
+        // A process that just exited may still pin the mount for a moment (EBUSY): retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = run(
+                "fusermount3",
+                &["-u", self.mnt.to_str().unwrap()],
+                self.dir.path(),
+            );
+            let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
+            if !busy || Instant::now() > deadline {
+                ok(out, "fusermount3 -u");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         if let Some(pid) = pid {
             let deadline = Instant::now() + Duration::from_secs(60);
             while Self::alive(pid) && !zombie(pid) {
@@ -147,11 +197,7 @@ impl Mounted {
 
     pub fn status_json(&self) -> serde_json::Value {
         let out = ok(
-            run(
-                BIN,
-                &["status", "--json", self.vol.to_str().unwrap()],
-                self.dir.path(),
-            ),
+            run(BIN, &["status", "--json", &self.source], self.dir.path()),
             "graviton status",
         );
         serde_json::from_str(&out).expect("status json")
