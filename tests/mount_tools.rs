@@ -590,6 +590,21 @@ fn postgres_volume_works_with_tar_and_git() {
     m.mount();
     tree_matches(&src, &m.path("untar"));
     git(&["fsck", "--strict"]);
+    // one mount at a time, until mounts can share a PostgreSQL volume
+    let other = m.dir.path().join("mnt2");
+    std::fs::create_dir(&other).unwrap();
+    let out = run(
+        BIN,
+        &["mount", &m.source, other.to_str().unwrap()],
+        m.dir.path(),
+    );
+    assert!(
+        !out.status.success(),
+        "a second mount of one PostgreSQL volume is refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
+    assert!(!err.contains("password"), "{err}");
     let s = m.status_json();
     assert_eq!(s["engine"], "postgres");
     assert!(!s["volume"].as_str().unwrap().is_empty());

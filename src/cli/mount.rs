@@ -224,6 +224,9 @@ fn serve(
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let vol = Arc::new(Volume::open(source)?);
+    if !vol.meta.claim_mount()? {
+        bail!("{} is in use by another Graviton mount", source.display());
+    }
     let mut cfg = vol.fs_config();
     if let Some(mb) = opts.cache_mb {
         cfg.block_cache_bytes = mb << 20;

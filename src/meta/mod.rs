@@ -121,4 +121,10 @@ pub trait MetaStore: Send + Sync {
 
     /// Makes every committed transaction durable (survives power loss).
     fn sync(&self) -> MetaResult<()>;
+
+    /// Claims the volume for one mount until this store is dropped; false when another mount
+    /// holds it. (RocksDB's own file lock already makes an embedded volume exclusive.)
+    fn claim_mount(&self) -> MetaResult<bool> {
+        Ok(true)
+    }
 }

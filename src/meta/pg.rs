@@ -26,6 +26,8 @@ const INO_BATCH: u64 = 1024;
 
 pub struct PgMetaStore {
     pool: PgPool,
+    /// The connection holding this mount's advisory lock on the volume (see `claim_mount`).
+    mount_claim: Mutex<Option<sqlx::pool::PoolConnection<Postgres>>>,
     rt: tokio::runtime::Runtime,
     /// (next inode to hand out, first inode not reserved)
     ino_range: Mutex<(Ino, Ino)>,
@@ -123,6 +125,7 @@ impl PgMetaStore {
             })?;
         Ok(PgMetaStore {
             pool,
+            mount_claim: Mutex::new(None),
             rt,
             ino_range: Mutex::new((0, 0)),
         })
@@ -287,7 +290,48 @@ impl MetaStore for PgMetaStore {
         // A committed PostgreSQL transaction is already durable (synchronous_commit).
         Ok(())
     }
+
+    /// Until sessions, shared locks and cache invalidation let several mounts share a volume,
+    /// one mount at a time holds a session-level advisory lock (released if it dies).
+    fn claim_mount(&self) -> MetaResult<bool> {
+        let mut claim = self.mount_claim.lock().expect("lock");
+        if claim.is_some() {
+            return Ok(true);
+        }
+        let held = self
+            .rt
+            .block_on(async {
+                let mut conn = self.pool.acquire().await?;
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(MOUNT_LOCK_KEY)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                if got {
+                    return Ok(Some(conn));
+                }
+                // (connections go back to the pool inside the runtime)
+                drop(conn);
+                Ok::<_, sqlx::Error>(None)
+            })
+            .map_err(pg_err)?;
+        let got = held.is_some();
+        *claim = held;
+        Ok(got)
+    }
 }
+
+impl Drop for PgMetaStore {
+    fn drop(&mut self) {
+        // Returning a pooled connection needs the runtime: close the claim's connection (the
+        // server then releases its advisory lock) while the runtime is still here.
+        if let Some(conn) = self.mount_claim.lock().expect("lock").take() {
+            let _ = self.rt.block_on(conn.close());
+        }
+    }
+}
+
+/// Advisory lock key for "this volume is mounted" (one database is one volume).
+const MOUNT_LOCK_KEY: i64 = 0x4752_4156_4d4e_5400; // "GRAVMNT" in ASCII
 
 /// Creates an empty database with a unique name on the server `admin_url` points at and
 /// returns its URL (tests and tools that need a throwaway volume).
@@ -634,6 +678,18 @@ mod tests {
             store.allocate_ino().unwrap() > first,
             "inode numbers are never reused"
         );
+    }
+
+    #[test]
+    fn one_mount_claims_a_volume_at_a_time() {
+        let url = fresh_database();
+        let a = PgMetaStore::connect(&url).unwrap();
+        let b = PgMetaStore::connect(&url).unwrap();
+        assert!(a.claim_mount().unwrap());
+        assert!(a.claim_mount().unwrap(), "claiming again is fine");
+        assert!(!b.claim_mount().unwrap(), "a second mount is refused");
+        drop(a);
+        assert!(b.claim_mount().unwrap(), "the claim ends with its holder");
     }
 
     #[test]
