@@ -13,4 +13,5 @@ if ! runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" status >/dev/null
   runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
     -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c fsync=off -c max_connections=200" start >/dev/null
 fi
+export GRAVITON_PG_BIN="$PG_BIN"
 export GRAVITON_TEST_PG="postgres://postgres@127.0.0.1:$PG_PORT/postgres"

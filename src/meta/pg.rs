@@ -26,11 +26,27 @@ const INO_BATCH: u64 = 1024;
 
 pub struct PgMetaStore {
     pool: PgPool,
+    /// How long an operation waits for an unreachable server before it fails (EIO).
+    retry_for: Duration,
     /// The connection holding this mount's advisory lock on the volume (see `claim_mount`).
     mount_claim: Mutex<Option<sqlx::pool::PoolConnection<Postgres>>>,
     rt: tokio::runtime::Runtime,
     /// (next inode to hand out, first inode not reserved)
     ino_range: Mutex<(Ino, Ino)>,
+}
+
+/// Whether the server could not be reached (as opposed to refusing the statement).
+fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
 }
 
 fn pg_err(e: sqlx::Error) -> MetaError {
@@ -114,7 +130,7 @@ impl PgMetaStore {
             .block_on(
                 PgPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(wait)
+                    .acquire_timeout(wait.min(Duration::from_secs(5)))
                     .connect(url),
             )
             .map_err(pg_err)?;
@@ -125,10 +141,30 @@ impl PgMetaStore {
             })?;
         Ok(PgMetaStore {
             pool,
+            retry_for: wait,
             mount_claim: Mutex::new(None),
             rt,
             ino_range: Mutex::new((0, 0)),
         })
+    }
+}
+
+impl PgMetaStore {
+    /// Runs a statement outside any transaction, waiting (with backoff, up to `retry_for`)
+    /// while the server cannot be reached. A lost connection is replaced by the pool.
+    fn retrying<T, F: AsyncFnMut() -> Result<T, sqlx::Error>>(&self, mut f: F) -> MetaResult<T> {
+        let deadline = std::time::Instant::now() + self.retry_for;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.rt.block_on(f()) {
+                Err(e) if unavailable(&e) && std::time::Instant::now() < deadline => {
+                    tracing::warn!("metadata server unreachable, retrying: {e}");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other.map_err(pg_err),
+            }
+        }
     }
 }
 
@@ -138,40 +174,37 @@ impl MetaStore for PgMetaStore {
     }
 
     fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>> {
-        let tx = self.rt.block_on(async {
+        let tx = self.retrying(async || {
             let mut tx = self.pool.begin().await?;
             sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
                 .execute(&mut *tx)
                 .await?;
-            Ok::<_, sqlx::Error>(tx)
-        });
+            Ok(tx)
+        })?;
         Ok(Box::new(PgTxn {
             store: self,
-            tx: Some(tx.map_err(pg_err)?),
+            tx: Some(tx),
         }))
     }
 
     fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
-        let row = self
-            .rt
-            .block_on(
-                sqlx::query("SELECT * FROM inodes WHERE ino = $1")
-                    .bind(i(ino))
-                    .fetch_optional(&self.pool),
-            )
-            .map_err(pg_err)?;
+        let row = self.retrying(async || {
+            sqlx::query("SELECT * FROM inodes WHERE ino = $1")
+                .bind(i(ino))
+                .fetch_optional(&self.pool)
+                .await
+        })?;
         row.as_ref().map(inode_from).transpose()
     }
 
     fn allocate_ino(&self) -> MetaResult<Ino> {
         let mut range = self.ino_range.lock().expect("lock");
         if range.0 >= range.1 {
-            let start: i64 = self
-                .rt
-                .block_on(
-                    sqlx::query_scalar("SELECT nextval('inode_numbers')").fetch_one(&self.pool),
-                )
-                .map_err(pg_err)?;
+            let start: i64 = self.retrying(async || {
+                sqlx::query_scalar("SELECT nextval('inode_numbers')")
+                    .fetch_one(&self.pool)
+                    .await
+            })?;
             *range = (start as u64, start as u64 + INO_BATCH);
         }
         let ino = range.0;
@@ -180,23 +213,21 @@ impl MetaStore for PgMetaStore {
     }
 
     fn orphans(&self) -> MetaResult<Vec<Ino>> {
-        let rows: Vec<i64> = self
-            .rt
-            .block_on(
-                sqlx::query_scalar("SELECT ino FROM orphans ORDER BY ino").fetch_all(&self.pool),
-            )
-            .map_err(pg_err)?;
+        let rows: Vec<i64> = self.retrying(async || {
+            sqlx::query_scalar("SELECT ino FROM orphans ORDER BY ino")
+                .fetch_all(&self.pool)
+                .await
+        })?;
         Ok(rows.into_iter().map(|v| v as u64).collect())
     }
 
     fn setting(&self, name: &str) -> MetaResult<Option<String>> {
-        self.rt
-            .block_on(
-                sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(&self.pool),
-            )
-            .map_err(pg_err)
+        self.retrying(async || {
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+        })
     }
 
     fn put_setting(&self, name: &str, value: &str) -> MetaResult<()> {
@@ -384,7 +415,18 @@ impl PgTxn<'_> {
         f: impl AsyncFnOnce(&mut Transaction<'static, Postgres>) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
         let tx = self.tx.as_mut().expect("transaction open until commit");
-        self.store.rt.block_on(f(tx)).map_err(pg_err)
+        self.store.rt.block_on(f(tx)).map_err(|e| {
+            if unavailable(&e) {
+                // Nothing was committed: the core runs the whole operation again, and its
+                // `begin` waits for the server to come back.
+                tracing::warn!(
+                    "metadata server lost mid-transaction, running the operation again: {e}"
+                );
+                MetaError::Conflict
+            } else {
+                pg_err(e)
+            }
+        })
     }
 }
 

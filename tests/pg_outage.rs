@@ -1,0 +1,187 @@
+//! The PostgreSQL engine when its server goes away: operations wait for it to come back (up to
+//! the configured time) and then complete; past that time they fail with EIO, and nothing is
+//! half-applied. Uses a private server, since stopping the shared test server would disturb
+//! the other tests.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{CTX, small_cfg};
+use graviton::meta::{MetaStore, PgMetaStore, ROOT_INO};
+use graviton::store::MemoryBlockStore;
+use graviton::vfs::{Fs, OpenFlags};
+
+struct Server {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    sock: PathBuf,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl Server {
+    fn pg_ctl(&self, args: &[&str]) {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(args)
+            .output()
+            .expect("pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn new() -> Server {
+        let bin = PathBuf::from(std::env::var("GRAVITON_PG_BIN").expect(
+            "GRAVITON_PG_BIN is not set: run the tests through scripts/test.sh, which finds PostgreSQL",
+        ));
+        let dir = tempfile::Builder::new()
+            .prefix("graviton-pg")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        Command::new("chown")
+            .arg("postgres:")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        let data = dir.path().join("data");
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = 55_000 + (std::process::id() % 5_000) as u16;
+        let s = Server {
+            sock: dir.path().to_path_buf(),
+            _dir: dir,
+            data,
+            port,
+            bin,
+        };
+        s.start();
+        s
+    }
+
+    fn start(&self) {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
+            self.port,
+            self.sock.display()
+        );
+        let log = self.sock.join("log");
+        self.pg_ctl(&["-w", "-l", log.to_str().unwrap(), "-o", &opts, "start"]);
+    }
+
+    fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+fn mount(url: &str, wait: Duration, store: Arc<MemoryBlockStore>) -> Fs {
+    let meta: Arc<dyn MetaStore> =
+        Arc::new(PgMetaStore::connect_within(url, wait).expect("connect"));
+    Fs::new(meta, store, small_cfg()).expect("fs")
+}
+
+#[test]
+fn operations_wait_for_a_restarted_server_then_succeed() {
+    let server = Arc::new(Server::new());
+    let fs = mount(
+        &server.url(),
+        Duration::from_secs(30),
+        Arc::new(MemoryBlockStore::new()),
+    );
+    let (_, fh) = fs
+        .create(CTX, ROOT_INO, b"before", 0o644, OpenFlags::RW)
+        .unwrap();
+    fs.write(fh, 0, b"written before the outage").unwrap();
+    fs.release(fh).unwrap();
+
+    server.stop();
+    let restarter = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            server.start();
+        })
+    };
+    let t = Instant::now();
+    let (inode, fh) = fs
+        .create(CTX, ROOT_INO, b"during", 0o644, OpenFlags::RW)
+        .expect("create waits for the server");
+    fs.write(fh, 0, b"written across the outage").unwrap();
+    fs.release(fh).expect("commit after the server is back");
+    let waited = t.elapsed();
+    restarter.join().unwrap();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the operation waited for the server ({waited:?})"
+    );
+    let fh = fs.open(inode.ino, OpenFlags::READ).unwrap();
+    assert_eq!(fs.read(fh, 0, 100).unwrap(), b"written across the outage");
+    let before = fs.lookup(ROOT_INO, b"before").unwrap();
+    let fh = fs.open(before.ino, OpenFlags::READ).unwrap();
+    assert_eq!(fs.read(fh, 0, 100).unwrap(), b"written before the outage");
+}
+
+#[test]
+fn a_server_that_stays_away_is_eio_and_nothing_half_applied() {
+    let server = Server::new();
+    let fs = mount(
+        &server.url(),
+        Duration::from_secs(2),
+        Arc::new(MemoryBlockStore::new()),
+    );
+    fs.mkdir(CTX, ROOT_INO, b"kept", 0o755).unwrap();
+    server.stop();
+    let t = Instant::now();
+    let err = fs.mkdir(CTX, ROOT_INO, b"lost", 0o755).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "gave up after about the configured time"
+    );
+    server.start();
+    assert!(fs.lookup(ROOT_INO, b"kept").is_ok());
+    assert!(
+        fs.lookup(ROOT_INO, b"lost").is_err(),
+        "the failed mkdir left nothing behind"
+    );
+    assert_eq!(
+        fs.getattr(ROOT_INO).unwrap().nlink,
+        3,
+        "the parent's link count is untouched"
+    );
+}
