@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use crate::core::{Chunker, HashAlgo};
 use crate::meta::{MetaError, MetaStore, PgMetaStore, RocksMetaStore};
-use crate::store::{BlockStore, LocalBlockStore, StoreError};
+use crate::store::{BlockStore, LocalBlockStore, PgBlockStore, StoreError};
+
+/// Block store URL meaning "in the volume's PostgreSQL database".
+pub const POSTGRES_STORE: &str = "postgres";
 use crate::vfs::{Fs, FsConfig, FsError};
 
 pub const FORMAT_VERSION: &str = "1";
@@ -23,9 +26,13 @@ pub enum VolumeError {
     InUse(String),
     #[error("volume {path}: {message}")]
     Invalid { path: String, message: String },
-    #[error("unsupported block store URL {0:?} (expected file:///absolute/path)")]
+    #[error(
+        "unsupported block store URL {0:?} (expected file:///absolute/path, or postgres for a PostgreSQL volume)"
+    )]
     BadStoreUrl(String),
-    #[error("a PostgreSQL volume needs a shared block store: format it with --store file:///path")]
+    #[error(
+        "a PostgreSQL volume needs a block store: format it with --store file:///path or --store postgres"
+    )]
     StoreRequired,
     #[error(transparent)]
     Meta(#[from] MetaError),
@@ -127,8 +134,18 @@ pub struct Volume {
 /// Opens a block store from its URL; an empty URL is `<volume dir>/blocks`.
 pub fn open_store(
     url: &str,
-    volume_dir: Option<&Path>,
+    source: &Source,
 ) -> Result<(Arc<dyn BlockStore>, PathBuf), VolumeError> {
+    let volume_dir = match source {
+        Source::Dir(d) => Some(d.as_path()),
+        Source::Postgres(_) => None,
+    };
+    if url == POSTGRES_STORE {
+        let Source::Postgres(db) = source else {
+            return Err(VolumeError::BadStoreUrl(url.to_string()));
+        };
+        return Ok((Arc::new(PgBlockStore::connect(db)?), source.state_dir()));
+    }
     let root = if url.is_empty() {
         volume_dir.ok_or(VolumeError::StoreRequired)?.join("blocks")
     } else if let Some(path) = url.strip_prefix("file://") {
@@ -179,7 +196,8 @@ impl Volume {
         } else if store_url.is_empty() {
             return Err(VolumeError::StoreRequired);
         }
-        if !store_url.is_empty() && !store_url.starts_with("file:///") {
+        let postgres_store = store_url == POSTGRES_STORE && matches!(source, Source::Postgres(_));
+        if !store_url.is_empty() && !store_url.starts_with("file:///") && !postgres_store {
             return Err(VolumeError::BadStoreUrl(store_url.to_string()));
         }
         if let Some(d) = dir {
@@ -235,11 +253,7 @@ impl Volume {
             .chunker
             .parse()
             .map_err(|e| invalid(format!("{e}")))?;
-        let dir = match source {
-            Source::Dir(d) => Some(d.as_path()),
-            Source::Postgres(_) => None,
-        };
-        let (store, capacity_path) = open_store(&settings.block_store, dir)?;
+        let (store, capacity_path) = open_store(&settings.block_store, source)?;
         Ok(Volume {
             state_dir: source.state_dir(),
             source: source.clone(),

@@ -543,7 +543,17 @@ fn sigterm_drains_pending_writes_before_exit() {
 /// Ordinary tools on a volume whose metadata is in PostgreSQL, across a remount.
 #[test]
 fn postgres_volume_works_with_tar_and_git() {
-    let m = Mounted::new_pg("");
+    postgres_volume_with(None);
+}
+
+/// The same with the block content in PostgreSQL too.
+#[test]
+fn postgres_volume_with_postgres_blocks_works() {
+    postgres_volume_with(Some("postgres"));
+}
+
+fn postgres_volume_with(store: Option<&str>) {
+    let m = Mounted::new_pg_with_store("", store);
     let src = m.dir.path().join("tree");
     sample_tree(&src);
     let tarball = m.dir.path().join("t.tar");

@@ -13,7 +13,8 @@ pub struct FormatArgs {
     /// Chunker: fixed-<n> or fastcdc-<min>-<avg>-<max> (sizes like 4096, 256k, 1m).
     #[arg(long, default_value_t = DEFAULT_CHUNKER)]
     pub chunker: Chunker,
-    /// Block store URL (file:///path); default: <SOURCE>/blocks. Required for PostgreSQL.
+    /// Block store: file:///path, or postgres (blocks in the volume's database); default:
+    /// <SOURCE>/blocks. Required for PostgreSQL volumes.
     #[arg(long)]
     pub store: Option<String>,
     /// A directory for an embedded volume, or a postgres:// URL (password from the URL or

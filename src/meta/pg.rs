@@ -19,7 +19,8 @@ use super::{
 use crate::core::extent::Splice;
 use crate::core::{BlockKey, Extent};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The schema, applied by every PostgreSQL adapter when it connects.
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Inode numbers reserved per sequence step (the sequence's INCREMENT).
 const INO_BATCH: u64 = 1024;

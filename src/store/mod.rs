@@ -7,6 +7,7 @@
 pub mod conformance;
 pub mod local;
 pub mod memory;
+pub mod pg;
 
 use std::ops::Range;
 
@@ -14,6 +15,7 @@ use crate::core::BlockKey;
 
 pub use local::LocalBlockStore;
 pub use memory::MemoryBlockStore;
+pub use pg::PgBlockStore;
 
 /// Whether `put` wrote new content or found it already stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

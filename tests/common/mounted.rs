@@ -78,6 +78,11 @@ impl Mounted {
     /// Formats and mounts a PostgreSQL volume (a scratch database on the server that
     /// `scripts/test.sh` starts) with its blocks in the temporary folder.
     pub fn new_pg(options: &str) -> Mounted {
+        Self::new_pg_with_store(options, None)
+    }
+
+    /// A PostgreSQL volume with blocks in `store` (`None`: a folder in the temporary folder).
+    pub fn new_pg_with_store(options: &str, store: Option<&str>) -> Mounted {
         let admin = std::env::var("GRAVITON_TEST_PG")
             .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
         let url = graviton::meta::pg::create_scratch_database(&admin).expect("scratch database");
@@ -90,7 +95,9 @@ impl Mounted {
         let vol = dir.path().join("vol");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mkdir");
-        let store = format!("file://{}", vol.join("blocks").display());
+        let store = store
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("file://{}", vol.join("blocks").display()));
         ok(
             run(BIN, &["format", "--store", &store, &url], dir.path()),
             "graviton format postgres",

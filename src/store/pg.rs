@@ -1,0 +1,178 @@
+//! PostgreSQL block store: block content in the volume's database, in pieces of at most 1 MiB
+//! (`migrations/0002_block_store.sql`). For small deployments that want one system to back up.
+
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use super::{BlockStore, PutOutcome, StoreError};
+use crate::core::BlockKey;
+
+const BACKEND: &str = "postgres";
+const PIECE: usize = 1 << 20;
+
+pub struct PgBlockStore {
+    pool: PgPool,
+    rt: tokio::runtime::Runtime,
+}
+
+fn err(context: &str, e: sqlx::Error) -> StoreError {
+    StoreError::io(BACKEND, context, std::io::Error::other(e.to_string()))
+}
+
+impl PgBlockStore {
+    /// Connects to the database at `url` (the migrations create the tables).
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("graviton-pg-blocks")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::io(BACKEND, "starting its runtime", e))?;
+        let pool = rt
+            .block_on(
+                PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(url),
+            )
+            .map_err(|e| err("connecting", e))?;
+        rt.block_on(crate::meta::pg::MIGRATOR.run(&pool))
+            .map_err(|e| {
+                StoreError::io(
+                    BACKEND,
+                    "applying migrations",
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+        Ok(PgBlockStore { pool, rt })
+    }
+
+    /// Test hook: overwrites the first bytes of a stored block without changing its key.
+    pub fn tamper(&self, key: &BlockKey) {
+        let q = sqlx::query("UPDATE block_pieces SET data = overlay(data PLACING '\\xff'::bytea FROM 1) WHERE block_key = $1 AND piece = 0")
+            .bind(key.to_bytes().to_vec());
+        self.rt.block_on(q.execute(&self.pool)).expect("tamper");
+    }
+}
+
+impl BlockStore for PgBlockStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        let k = key.to_bytes().to_vec();
+        self.rt
+            .block_on(async {
+                let mut tx = self.pool.begin().await?;
+                // A concurrent put of the same block waits here for the first to commit.
+                let fresh =
+                    sqlx::query("INSERT INTO blocks VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                        .bind(&k)
+                        .bind(data.len() as i32)
+                        .bind(data.len().div_ceil(PIECE) as i32)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        == 1;
+                if !fresh {
+                    tx.rollback().await?;
+                    return Ok(PutOutcome::Duplicate);
+                }
+                for (i, piece) in data.chunks(PIECE).enumerate() {
+                    sqlx::query("INSERT INTO block_pieces VALUES ($1, $2, $3)")
+                        .bind(&k)
+                        .bind(i as i32)
+                        .bind(piece)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(PutOutcome::Fresh)
+            })
+            .map_err(|e| err(&format!("storing block {key}"), e))
+    }
+
+    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+        let q = sqlx::query("SELECT data FROM block_pieces WHERE block_key = $1 ORDER BY piece")
+            .bind(key.to_bytes().to_vec());
+        let rows = self
+            .rt
+            .block_on(q.fetch_all(&self.pool))
+            .map_err(|e| err(&format!("reading block {key}"), e))?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound(*key, BACKEND));
+        }
+        let mut out = Vec::with_capacity(key.size as usize);
+        for r in &rows {
+            out.extend_from_slice(r.get::<&[u8], _>("data"));
+        }
+        Ok(out)
+    }
+
+    fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
+        let q = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blocks WHERE block_key = $1)")
+            .bind(key.to_bytes().to_vec());
+        self.rt
+            .block_on(q.fetch_one(&self.pool))
+            .map_err(|e| err("checking a block", e))
+    }
+
+    fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {
+        let k = key.to_bytes().to_vec();
+        self.rt
+            .block_on(async {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM block_pieces WHERE block_key = $1")
+                    .bind(&k)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM blocks WHERE block_key = $1")
+                    .bind(&k)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            })
+            .map_err(|e| err(&format!("deleting block {key}"), e))
+    }
+
+    fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
+        let rows: Vec<Vec<u8>> = self
+            .rt
+            .block_on(sqlx::query_scalar("SELECT block_key FROM blocks").fetch_all(&self.pool))
+            .map_err(|e| err("listing blocks", e))?;
+        Ok(rows
+            .iter()
+            .filter_map(|k| BlockKey::from_bytes(k))
+            .collect())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        // Every put committed its own transaction, which PostgreSQL made durable.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn store() -> Arc<PgBlockStore> {
+        let admin = std::env::var("GRAVITON_TEST_PG")
+            .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
+        let url = crate::meta::pg::create_scratch_database(&admin).expect("scratch database");
+        Arc::new(PgBlockStore::connect(&url).unwrap())
+    }
+
+    #[test]
+    fn conformance() {
+        let s = store();
+        super::super::conformance::run_all(s.as_ref());
+        super::super::conformance::concurrent_puts_are_safe(s.clone());
+        let s2 = s.clone();
+        super::super::conformance::corruption_is_detected(s.as_ref(), &move |k| s2.tamper(k));
+    }
+}
