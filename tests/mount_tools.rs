@@ -38,41 +38,31 @@ fn sample_tree(root: &Path) {
     std::os::unix::fs::symlink("/nowhere", root.join("dangling")).unwrap();
 }
 
-#[test]
-fn tar_cp_and_rsync_copy_trees_exactly() {
-    let m = Mounted::new(&[], "");
+/// Builds the sample tree in the temporary folder, tars it, untars it into `untar` on the
+/// mount and checks the copy; returns the source tree.
+fn untar_sample(m: &Mounted) -> std::path::PathBuf {
     let src = m.dir.path().join("tree");
     sample_tree(&src);
     let tarball = m.dir.path().join("t.tar");
-    ok(
-        run(
-            "tar",
-            &[
-                "cf",
-                tarball.to_str().unwrap(),
-                "-C",
-                src.to_str().unwrap(),
-                ".",
-            ],
-            m.dir.path(),
-        ),
-        "tar c",
-    );
+    let (t, s) = (tarball.to_str().unwrap(), src.to_str().unwrap());
+    ok(run("tar", &["cf", t, "-C", s, "."], m.dir.path()), "tar c");
     std::fs::create_dir(m.path("untar")).unwrap();
     ok(
         run(
             "tar",
-            &[
-                "xf",
-                tarball.to_str().unwrap(),
-                "-C",
-                m.path("untar").to_str().unwrap(),
-            ],
+            &["xf", t, "-C", m.path("untar").to_str().unwrap()],
             m.dir.path(),
         ),
         "tar x",
     );
     tree_matches(&src, &m.path("untar"));
+    src
+}
+
+#[test]
+fn tar_cp_and_rsync_copy_trees_exactly() {
+    let m = Mounted::new(&[], "");
+    let src = untar_sample(&m);
     ok(
         run(
             "cp",
@@ -554,38 +544,7 @@ fn postgres_volume_with_postgres_blocks_works() {
 
 fn postgres_volume_with(store: Option<&str>) {
     let m = Mounted::new_pg_with_store("", store);
-    let src = m.dir.path().join("tree");
-    sample_tree(&src);
-    let tarball = m.dir.path().join("t.tar");
-    ok(
-        run(
-            "tar",
-            &[
-                "cf",
-                tarball.to_str().unwrap(),
-                "-C",
-                src.to_str().unwrap(),
-                ".",
-            ],
-            m.dir.path(),
-        ),
-        "tar c",
-    );
-    std::fs::create_dir(m.path("untar")).unwrap();
-    ok(
-        run(
-            "tar",
-            &[
-                "xf",
-                tarball.to_str().unwrap(),
-                "-C",
-                m.path("untar").to_str().unwrap(),
-            ],
-            m.dir.path(),
-        ),
-        "tar x",
-    );
-    tree_matches(&src, &m.path("untar"));
+    let src = untar_sample(&m);
     let repo = m.path("repo");
     std::fs::create_dir(&repo).unwrap();
     let git = |args: &[&str]| ok(run("git", args, &repo), &format!("git {}", args.join(" ")));

@@ -44,19 +44,23 @@ pub fn ok(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A world-searchable temporary folder (pjdfstest and other users must reach the mount) with
+/// the volume and mountpoint paths inside it.
+fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("graviton-test")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (vol, mnt) = (dir.path().join("vol"), dir.path().join("mnt"));
+    std::fs::create_dir(&mnt).expect("mkdir");
+    (dir, vol, mnt)
+}
+
 impl Mounted {
     /// Formats and mounts a volume (`allow_other` always, plus `options`).
     pub fn new(format_args: &[&str], options: &str) -> Mounted {
-        let dir = tempfile::Builder::new()
-            .prefix("graviton-test")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        // pjdfstest and other users must reach the mount
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        let vol = dir.path().join("vol");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).expect("mkdir");
+        let (dir, vol, mnt) = scratch();
         let mut args = vec!["format"];
         args.extend_from_slice(format_args);
         let v = vol.to_str().unwrap();
@@ -86,15 +90,7 @@ impl Mounted {
         let admin = std::env::var("GRAVITON_TEST_PG")
             .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
         let url = graviton::meta::pg::create_scratch_database(&admin).expect("scratch database");
-        let dir = tempfile::Builder::new()
-            .prefix("graviton-test")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        let vol = dir.path().join("vol");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).expect("mkdir");
+        let (dir, vol, mnt) = scratch();
         let store = store
             .map(str::to_string)
             .unwrap_or_else(|| format!("file://{}", vol.join("blocks").display()));
