@@ -15,3 +15,8 @@ if ! runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" status >/dev/null
 fi
 export GRAVITON_PG_BIN="$PG_BIN"
 export GRAVITON_TEST_PG="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+# scratch databases of earlier runs are not needed any more
+for db in $(runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc \
+    "SELECT datname FROM pg_database WHERE datname LIKE 'graviton_t%'" 2>/dev/null); do
+  runuser -u postgres -- dropdb -h 127.0.0.1 -p "$PG_PORT" -U postgres "$db" 2>/dev/null || true
+done
