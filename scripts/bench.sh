@@ -17,7 +17,9 @@ unmount() { # and wait until the daemon has committed everything and exited
   local pid; pid=$(cat "$VOL/graviton.pid" 2>/dev/null || true)
   fusermount3 -u "$MNT" 2>/dev/null || true
   # (a daemon whose parent never reaps it lingers as a zombie: that counts as exited)
-  while [ -n "$pid" ] && [ -e "/proc/$pid" ] && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]; do
+  # (the leader shows Z before its other threads have exited and released the volume)
+  while [ -n "$pid" ] && [ -e "/proc/$pid" ] && { [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] ||
+      [ "$(ls "/proc/$pid/task" 2>/dev/null | wc -l)" -gt 1 ]; }; do
     sleep 0.1
   done
 }

@@ -511,11 +511,7 @@ fn sigterm_drains_pending_writes_before_exit() {
     // SAFETY: signalling the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-    {
+    while !common::mounted::exited(pid) {
         assert!(
             std::time::Instant::now() < deadline,
             "daemon did not exit on SIGTERM"

@@ -124,20 +124,7 @@ impl Mounted {
             "-o",
             &opts,
         ];
-        // Seen rarely under parallel tests: right after an unmount whose daemon had exited, the
-        // volume still reported "in use" for a moment. Retry briefly and say so; umount(8)
-        // waiting for the daemon is the mount helper's job (issue 6).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = run(BIN, &args, self.dir.path());
-            let busy = String::from_utf8_lossy(&out.stderr).contains("in use");
-            if !busy || Instant::now() > deadline {
-                ok(out, "graviton mount");
-                return;
-            }
-            eprintln!("volume still locked right after unmount; retrying");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        ok(run(BIN, &args, self.dir.path()), "graviton mount");
     }
 
     pub fn daemon_pid(&self) -> Option<i32> {
@@ -173,7 +160,7 @@ impl Mounted {
         }
         if let Some(pid) = pid {
             let deadline = Instant::now() + Duration::from_secs(60);
-            while Self::alive(pid) && !zombie(pid) {
+            while Self::alive(pid) && !exited(pid) {
                 assert!(
                     Instant::now() < deadline,
                     "daemon {pid} did not exit after unmount"
@@ -189,7 +176,7 @@ impl Mounted {
         // SAFETY: plain kill(2) of the daemon this test started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Self::alive(pid) && !zombie(pid) && Instant::now() < deadline {
+        while Self::alive(pid) && !exited(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -207,10 +194,17 @@ impl Mounted {
     }
 }
 
-fn zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.contains(") Z "))
-        .unwrap_or(true)
+/// Whether a process has finished exiting: gone, or a zombie whose threads have all exited.
+/// (The leader shows "Z" as soon as it exits, while other threads may still hold its files.)
+pub fn exited(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    if stat.is_empty() {
+        return true;
+    }
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    stat.contains(") Z ") && threads <= 1
 }
 
 impl Drop for Mounted {
@@ -222,10 +216,10 @@ impl Drop for Mounted {
             .output();
         if let Some(pid) = pid {
             let deadline = Instant::now() + Duration::from_secs(20);
-            while Self::alive(pid) && !zombie(pid) && Instant::now() < deadline {
+            while Self::alive(pid) && !exited(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            if Self::alive(pid) && !zombie(pid) {
+            if Self::alive(pid) && !exited(pid) {
                 // SAFETY: last resort for a daemon that would not stop.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
