@@ -2,6 +2,8 @@
 # Benchmarks a Graviton mount (embedded default: RocksDB + local blocks) against a plain local
 # directory on the same disk, in the same run, and prints a Markdown table of ratios.
 # usage: scripts/bench.sh [WORKDIR]     (default /var/tmp/graviton-bench; needs root for drop_caches)
+#        ENGINE=postgres scripts/bench.sh   metadata in a scratch database on the test server
+#                                           (scripts/pg.sh), blocks in WORKDIR/blocks
 # Sizes can be scaled down for a quick look: SEQ_MB=1024 RAND_MB=256 RSS_MB=2048 FILES=10000
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,9 +14,17 @@ WORK="${1:-/var/tmp/graviton-bench}"
 SEQ_MB="${SEQ_MB:-1024}" RAND_MB="${RAND_MB:-256}" RSS_MB="${RSS_MB:-2048}" FILES="${FILES:-10000}"
 G="$GRAVITON_BIN"
 VOL="$WORK/vol" MNT="$WORK/mnt" LOCAL="$WORK/local"
+STATE="$VOL"  # where the daemon writes graviton.pid
+if [ "${ENGINE:-embedded}" = postgres ]; then
+  source scripts/pg.sh
+  DB="graviton_bench_$$"
+  runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
+  VOL="${GRAVITON_TEST_PG%/*}/$DB"
+  STATE=/nonexistent  # known once mounted
+fi
 
 unmount() { # and wait until the daemon has committed everything and exited
-  local pid; pid=$(cat "$VOL/graviton.pid" 2>/dev/null || true)
+  local pid; pid=$(cat "$STATE/graviton.pid" 2>/dev/null || true)
   fusermount3 -u "$MNT" 2>/dev/null || true
   # (a daemon whose parent never reaps it lingers as a zombie: that counts as exited)
   # (the leader shows Z before its other threads have exited and released the volume)
@@ -30,8 +40,15 @@ trap cleanup EXIT
 
 unmount
 rm -rf "$WORK" && mkdir -p "$MNT" "$LOCAL"
-"$G" format "$VOL" >/dev/null
+if [ "${ENGINE:-embedded}" = postgres ]; then
+  "$G" format --store "file://$WORK/blocks" "$VOL" >/dev/null
+else
+  "$G" format "$VOL" >/dev/null
+fi
 mount_fresh
+if [ "${ENGINE:-embedded}" = postgres ]; then
+  STATE=$(dirname "$(grep -l . "${XDG_STATE_HOME:-$HOME/.local/state}"/graviton/*/graviton.pid | head -1)")
+fi
 
 fio_bw() { # dir name rw bs size-MB [extra…] → MiB/s (read or write side)
   local dir=$1 name=$2 rw=$3 bs=$4 size=$5; shift 5
@@ -91,7 +108,7 @@ done
 
 # peak RSS of the daemon while writing RSS_MB
 mount_fresh
-PID=$(cat "$VOL/graviton.pid")
+PID=$(cat "$STATE/graviton.pid")
 dd if=/dev/zero of="$MNT/rss.dat" bs=1M count="$RSS_MB" conv=fsync status=none
 dd if=/dev/urandom of="$MNT/rss2.dat" bs=1M count="$RSS_MB" conv=fsync status=none
 RSS=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$PID/status)
