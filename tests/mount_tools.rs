@@ -321,7 +321,35 @@ fn status_works_while_mounted_and_counts_dedup() {
 fn cli_errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let fail = |args: &[&str], needle: &str| {
+    let (v, w, nothing) = (d.join("v"), d.join("w"), d.join("nothing"));
+    let (v, w, nothing, here) = (
+        v.to_str().unwrap(),
+        w.to_str().unwrap(),
+        nothing.to_str().unwrap(),
+        d.to_str().unwrap(),
+    );
+    ok(run(BIN, &["format", v], d), "format");
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["mount", "/nonexistent-volume", "/tmp"],
+            "not a Graviton volume",
+        ),
+        (&["format", v], "already a Graviton volume"),
+        (&["mount", v, "/no/such/mountpoint"], "does not exist"),
+        (&["mount", v, here, "-o", "bogus_opt"], "bogus_opt"),
+        (&["mount", v, here, "-o", "cache_mb"], "cache_mb"),
+        (&["format", "--chunker", "fixed-7", w], "block size"),
+        (
+            &["format", "--store", "ftp://x", w],
+            "unsupported block store URL",
+        ),
+        (
+            &["format", "postgres://u:secret@127.0.0.1:1/x"],
+            "needs a block store",
+        ),
+        (&["status", nothing], "not a Graviton volume"),
+    ];
+    for (args, needle) in cases {
         let out = run(BIN, args, d);
         assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -329,69 +357,11 @@ fn cli_errors_name_the_problem() {
             err.contains(needle),
             "{args:?}: expected {needle:?} in {err:?}"
         );
-    };
-    fail(
-        &["mount", "/nonexistent-volume", "/tmp"],
-        "not a Graviton volume",
-    );
-    ok(
-        run(BIN, &["format", d.join("v").to_str().unwrap()], d),
-        "format",
-    );
-    fail(
-        &["format", d.join("v").to_str().unwrap()],
-        "already a Graviton volume",
-    );
-    fail(
-        &[
-            "mount",
-            d.join("v").to_str().unwrap(),
-            "/no/such/mountpoint",
-        ],
-        "does not exist",
-    );
-    fail(
-        &[
-            "mount",
-            d.join("v").to_str().unwrap(),
-            d.to_str().unwrap(),
-            "-o",
-            "bogus_opt",
-        ],
-        "bogus_opt",
-    );
-    fail(
-        &[
-            "mount",
-            d.join("v").to_str().unwrap(),
-            d.to_str().unwrap(),
-            "-o",
-            "cache_mb",
-        ],
-        "cache_mb",
-    );
-    fail(
-        &[
-            "format",
-            "--chunker",
-            "fixed-7",
-            d.join("w").to_str().unwrap(),
-        ],
-        "block size",
-    );
-    fail(
-        &[
-            "format",
-            "--store",
-            "ftp://x",
-            d.join("w").to_str().unwrap(),
-        ],
-        "unsupported block store URL",
-    );
-    fail(
-        &["status", d.join("nothing").to_str().unwrap()],
-        "not a Graviton volume",
-    );
+        assert!(
+            !err.contains("secret"),
+            "{args:?}: a password leaked: {err:?}"
+        );
+    }
 }
 
 #[test]
