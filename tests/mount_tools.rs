@@ -155,38 +155,22 @@ fn sqlite_in_wal_mode_stays_consistent() {
         "sqlite3",
     );
     assert!(out.contains("wal"), "WAL mode on: {out}");
-    let check = ok(
-        run(
-            "sqlite3",
-            &[
-                db.to_str().unwrap(),
-                "PRAGMA integrity_check; SELECT count(*) FROM t;",
-            ],
-            m.dir.path(),
-        ),
-        "integrity",
-    );
-    assert_eq!(
-        check.split_whitespace().collect::<Vec<_>>(),
-        ["ok", "18182"]
-    );
+    let integrity = |when: &str| {
+        let q = "PRAGMA integrity_check; SELECT count(*) FROM t;";
+        let check = ok(
+            run("sqlite3", &[db.to_str().unwrap(), q], m.dir.path()),
+            when,
+        );
+        assert_eq!(
+            check.split_whitespace().collect::<Vec<_>>(),
+            ["ok", "18182"],
+            "{when}"
+        );
+    };
+    integrity("integrity");
     m.unmount();
     m.mount();
-    let check = ok(
-        run(
-            "sqlite3",
-            &[
-                db.to_str().unwrap(),
-                "PRAGMA integrity_check; SELECT count(*) FROM t;",
-            ],
-            m.dir.path(),
-        ),
-        "integrity after remount",
-    );
-    assert_eq!(
-        check.split_whitespace().collect::<Vec<_>>(),
-        ["ok", "18182"]
-    );
+    integrity("integrity after remount");
 }
 
 #[test]
