@@ -103,6 +103,20 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Where a mount daemon keeps its state: for a shared (PostgreSQL) volume one folder per
+    /// mountpoint, as several mounts of one volume may share a machine.
+    pub fn mount_state_dir(&self, mountpoint: &Path) -> PathBuf {
+        match self {
+            Source::Dir(d) => d.clone(),
+            Source::Postgres(_) => {
+                let id = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
+                self.state_dir().join(&id[..12])
+            }
+        }
+    }
+}
+
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -213,6 +227,8 @@ impl Volume {
         meta.put_setting("hash", hash.name())?;
         meta.put_setting("chunker", &chunker.to_string())?;
         meta.put_setting("block_store", store_url)?;
+        // tells a volume from another later created behind the same URL (local caches)
+        meta.put_setting("volume_id", &format!("{:032x}", rand::random::<u128>()))?;
         // Written last: a volume whose format was interrupted is not mistaken for a good one.
         meta.put_setting("format_version", FORMAT_VERSION)?;
         drop(meta);

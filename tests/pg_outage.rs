@@ -66,7 +66,11 @@ impl Server {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = 55_000 + (std::process::id() % 5_000) as u16;
+        // a port nothing uses now (a fixed range could meet a client's ephemeral port)
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         let s = Server {
             sock: dir.path().to_path_buf(),
             _dir: dir,

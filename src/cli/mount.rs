@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -16,6 +17,8 @@ use nix::sys::signal::{SigSet, Signal};
 use super::options::MountOptions;
 use crate::core::{DEFAULT_CHUNKER, HashAlgo};
 use crate::fuse::GravitonFuse;
+use crate::meta::SessionInfo;
+use crate::meta::cached::CachedMeta;
 use crate::volume::{Source, Volume};
 
 #[derive(Args, Debug)]
@@ -223,10 +226,28 @@ fn serve(
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let vol = Arc::new(Volume::open(source)?);
-    if !vol.meta.claim_mount()? {
-        bail!("{} is in use by another Graviton mount", source.display());
+    let mut vol = Volume::open(source)?;
+    if let Source::Postgres(_) = source {
+        vol.state_dir = source.mount_state_dir(mountpoint);
+        std::fs::create_dir_all(&vol.state_dir)
+            .with_context(|| format!("creating {}", vol.state_dir.display()))?;
+        if opts.meta_cache {
+            let dir = vol.state_dir.join("meta-cache");
+            vol.meta = Arc::new(
+                CachedMeta::open(vol.meta.clone(), &dir)
+                    .with_context(|| format!("opening the metadata cache in {}", dir.display()))?,
+            );
+        }
     }
+    vol.meta.begin_session(&SessionInfo {
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        pid: std::process::id(),
+        mountpoint: mountpoint.display().to_string(),
+        timeout: opts.session_timeout,
+    })?;
+    let vol = Arc::new(vol);
     let mut cfg = vol.fs_config();
     if let Some(mb) = opts.cache_mb {
         cfg.block_cache_bytes = mb << 20;
@@ -239,7 +260,10 @@ fn serve(
             .max(1 << 20);
     }
     let fs = Arc::new(vol.filesystem(cfg)?);
-    let adapter = GravitonFuse::new(fs.clone(), opts.ttl, Some(vol.capacity_path.clone()));
+    let shared = vol.meta.shared().is_some();
+    let default_ttl = Duration::from_secs(if shared { 0 } else { 1 });
+    let ttl = opts.ttl.unwrap_or(default_ttl);
+    let adapter = GravitonFuse::new(fs.clone(), ttl, Some(vol.capacity_path.clone()));
 
     let fsname = source.display();
     let fsname = if fsname.contains([',', ' ']) {
@@ -275,6 +299,9 @@ fn serve(
     let mut session = Session::new(adapter, mountpoint, &config)
         .with_context(|| format!("mounting on {}", mountpoint.display()))?;
 
+    if let Some(shared) = vol.meta.shared() {
+        crate::fuse::follow_changes(session.notifier(), shared)?;
+    }
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     let state = vol.state_dir.clone();
@@ -293,6 +320,7 @@ fn serve(
             if let Err(e) = fs2.shutdown() {
                 tracing::error!("committing pending writes: {e}");
             }
+            fs2.meta().end_session();
             if unmounter.unmount().is_err() {
                 // Files are still open (EBUSY): detach the mount and exit; everything written
                 // before the signal is committed, later calls on open files fail.
@@ -317,6 +345,7 @@ fn serve(
     session.run().context("serving the mount")?;
     // The session dropped the adapter; commit whatever is still pending before exiting.
     fs.shutdown()?;
+    fs.meta().end_session();
     drop(fs);
     let _ = std::fs::remove_file(status_socket(&state));
     let _ = std::fs::remove_file(pid_file);

@@ -11,12 +11,17 @@ pub struct MountOptions {
     pub nodev: bool,
     pub nosuid: bool,
     pub noexec: bool,
-    /// Kernel attribute and entry cache lifetime.
-    pub ttl: Duration,
+    /// Kernel attribute and entry cache lifetime; by default 1 s, and 0 on shared volumes,
+    /// where the local metadata cache answers instead and other mounts' changes reach it.
+    pub ttl: Option<Duration>,
     pub cache_mb: Option<u64>,
     pub dirty_mb: Option<u64>,
     /// FUSE reader threads.
     pub threads: usize,
+    /// Shared volumes: a mount silent for this long is dead to the others (its locks go).
+    pub session_timeout: Duration,
+    /// Shared volumes: keep a local RocksDB cache of the metadata.
+    pub meta_cache: bool,
 }
 
 impl Default for MountOptions {
@@ -28,10 +33,12 @@ impl Default for MountOptions {
             nodev: false,
             nosuid: false,
             noexec: false,
-            ttl: Duration::from_secs(1),
+            ttl: None,
             cache_mb: None,
             dirty_mb: None,
             threads: 4,
+            session_timeout: Duration::from_secs(30),
+            meta_cache: true,
         }
     }
 }
@@ -108,7 +115,7 @@ impl MountOptions {
                             why: "0 to 3600 seconds",
                         });
                     }
-                    self.ttl = Duration::from_secs_f64(secs);
+                    self.ttl = Some(Duration::from_secs_f64(secs));
                 }
                 "cache_mb" => self.cache_mb = Some(number(name, need()?, "megabytes")?),
                 "dirty_mb" => self.dirty_mb = Some(number(name, need()?, "megabytes")?),
@@ -122,6 +129,30 @@ impl MountOptions {
                         });
                     }
                     self.threads = t;
+                }
+                "session_timeout" => {
+                    let secs: u64 = number(name, need()?, "whole seconds")?;
+                    if !(1..=3600).contains(&secs) {
+                        return Err(OptionError::BadValue {
+                            name: name.into(),
+                            value: secs.to_string(),
+                            why: "1 to 3600 seconds",
+                        });
+                    }
+                    self.session_timeout = Duration::from_secs(secs);
+                }
+                "meta_cache" => {
+                    self.meta_cache = match need()? {
+                        "on" => true,
+                        "off" => false,
+                        _ => {
+                            return Err(OptionError::BadValue {
+                                name: name.into(),
+                                value: value.unwrap_or_default().into(),
+                                why: "on or off",
+                            });
+                        }
+                    }
                 }
                 _ => return Err(OptionError::Unknown(opt.to_string())),
             }
@@ -140,7 +171,7 @@ mod tests {
         o.apply("rw,allow_other,_netdev,nofail,x-systemd.automount,attr_timeout=0.5,cache_mb=64")
             .unwrap();
         assert!(o.allow_other && !o.read_only);
-        assert_eq!(o.ttl, Duration::from_millis(500));
+        assert_eq!(o.ttl, Some(Duration::from_millis(500)));
         assert_eq!(o.cache_mb, Some(64));
     }
 

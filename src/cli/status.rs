@@ -6,7 +6,7 @@ use std::path::Path;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::meta::Usage;
+use crate::meta::{SessionRecord, Usage};
 use crate::volume::{Source, Volume, VolumeSettings};
 
 #[derive(Args, Debug)]
@@ -33,6 +33,9 @@ pub struct Status {
     pub unreferenced_bytes: u64,
     /// Logical bytes of files per byte of referenced block content.
     pub dedup_ratio: f64,
+    /// Mounts of a shared volume (host, pid, mountpoint, seconds since their heartbeat).
+    #[serde(default)]
+    pub sessions: Vec<SessionRecord>,
 }
 
 pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
@@ -66,6 +69,10 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
         } else {
             usage.logical_bytes as f64 / rbytes as f64
         },
+        sessions: match vol.meta.shared() {
+            Some(shared) => shared.sessions()?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -92,7 +99,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         Some(s) => Source::parse(&s),
         None => Source::Dir(super::default_volume()?),
     };
-    let s = match ask_daemon(&source.state_dir()) {
+    // an embedded volume is locked by its mount, which answers; PostgreSQL is read directly
+    let daemon = match source {
+        Source::Dir(_) => ask_daemon(&source.state_dir()),
+        Source::Postgres(_) => None,
+    };
+    let s = match daemon {
         Some(s) => s?,
         None => collect(&Volume::open(&source)?)?,
     };
@@ -124,6 +136,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             s.unreferenced_blocks, s.unreferenced_bytes
         );
         println!("dedup ratio:   {:.2}", s.dedup_ratio);
+        for m in &s.sessions {
+            println!(
+                "mount:         session {} on {} pid {} at {} (heartbeat {:.1} s ago)",
+                m.id, m.host, m.pid, m.mountpoint, m.heartbeat_age_secs
+            );
+        }
     }
     Ok(())
 }

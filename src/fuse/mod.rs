@@ -14,11 +14,13 @@ use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags as FuseOpenFlags,
     RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::meta::{FileKind, Inode, Timestamp};
+use crate::meta::{
+    Change, FileKind, Inode, LockKind, LockRequest, SharedVolume, TO_EOF, Timestamp,
+};
 use crate::vfs::{
     Ctx, FallocateMode, Fs, FsError, OpenFlags, RenameFlags, SetAttr, TimeSet, Whence, XattrSet,
 };
@@ -101,6 +103,54 @@ fn name(n: &OsStr) -> &[u8] {
     n.as_bytes()
 }
 
+fn lock_request(owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> Option<LockRequest> {
+    let kind = match typ {
+        libc::F_RDLCK => LockKind::Shared,
+        libc::F_WRLCK => LockKind::Exclusive,
+        libc::F_UNLCK => LockKind::Unlock,
+        _ => return None,
+    };
+    (start <= end).then_some(LockRequest {
+        owner: owner.0,
+        kind,
+        start,
+        end: end.min(TO_EOF),
+        pid,
+    })
+}
+
+/// Releases what `owner` holds on `ino` (shared volumes; the kernel does it otherwise).
+fn release_locks(fs: &Fs, ino: INodeNo, owner: LockOwner) -> Result<(), FsError> {
+    match fs.meta().shared() {
+        Some(shared) => Ok(shared.release_locks(ino.0, owner.0)?),
+        None => Ok(()),
+    }
+}
+
+/// Drops the kernel's cached attributes and pages of inodes other mounts changed, for as long
+/// as the change feed runs. (Entries need no push: shared volumes mount with entry and
+/// attribute timeouts of 0, so the kernel asks for them, and the metadata cache answers.)
+pub fn follow_changes(notifier: fuser::Notifier, shared: &dyn SharedVolume) -> std::io::Result<()> {
+    let (tx, feed) = std::sync::mpsc::channel::<Vec<u64>>();
+    let tx = std::sync::Mutex::new(tx);
+    shared.subscribe(Arc::new(move |change: &Change| {
+        if let Change::Inodes(inos) = change {
+            let _ = tx.lock().expect("lock").send(inos.clone());
+        }
+    }));
+    std::thread::Builder::new()
+        .name("graviton-inval".into())
+        .spawn(move || {
+            for inos in feed {
+                for ino in inos {
+                    // ENOENT: the kernel does not know the inode, so it caches nothing of it
+                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+                }
+            }
+        })?;
+    Ok(())
+}
+
 impl GravitonFuse {
     fn entry(&self, reply: ReplyEntry, r: Result<Inode, FsError>) {
         match r {
@@ -153,6 +203,13 @@ impl Filesystem for GravitonFuse {
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES;
+        // On a shared volume locks must hold across mounts: the kernel hands them to us. On an
+        // embedded volume the kernel's own lock table is exact (one mount), so it keeps them.
+        let wanted = if self.fs.meta().shared().is_some() {
+            wanted | InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS
+        } else {
+            wanted
+        };
         if let Err(unsupported) = config.add_capabilities(wanted) {
             tracing::info!("kernel lacks FUSE capabilities {unsupported:?}");
             let _ = config.add_capabilities(wanted - unsupported);
@@ -301,8 +358,15 @@ impl Filesystem for GravitonFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
+        // Close-to-open: on a shared volume the kernel keeps its cached pages only when the
+        // inode is known unchanged since it cached them.
+        let keep = match self.fs.meta().revalidate(ino.0) {
+            Ok(stale) => !stale,
+            Err(e) => return reply.error(errno(&e.into())),
+        };
         match self.fs.open(ino.0, OpenFlags::from_libc(flags.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) if keep => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -352,10 +416,14 @@ impl Filesystem for GravitonFuse {
         _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.inline_unless_pending(ino, false, move |fs| Self::empty(reply, fs.flush(fh.0)));
+        // A close releases the closing process's fcntl locks on the file.
+        self.inline_unless_pending(ino, false, move |fs| {
+            let r = fs.flush(fh.0).and(release_locks(fs, ino, lock_owner));
+            Self::empty(reply, r)
+        });
     }
 
     fn release(
@@ -364,11 +432,80 @@ impl Filesystem for GravitonFuse {
         ino: INodeNo,
         fh: FileHandle,
         _flags: FuseOpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.inline_unless_pending(ino, false, move |fs| Self::empty(reply, fs.release(fh.0)));
+        // The last close of an open file releases its flock lock.
+        self.inline_unless_pending(ino, false, move |fs| {
+            let unlocked = lock_owner.map_or(Ok(()), |o| release_locks(fs, ino, o));
+            Self::empty(reply, fs.release(fh.0).and(unlocked))
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(req) = lock_request(lock_owner, start, end, typ, pid) else {
+            return reply.error(Errno::EINVAL);
+        };
+        self.background(move |fs| {
+            let Some(shared) = fs.meta().shared() else {
+                return reply.error(Errno::ENOSYS);
+            };
+            match shared.test_lock(ino.0, &req) {
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, pid),
+                Ok(Some(h)) => {
+                    let typ = if h.exclusive {
+                        libc::F_WRLCK
+                    } else {
+                        libc::F_RDLCK
+                    };
+                    reply.locked(h.start, h.end, typ, h.pid)
+                }
+                Err(e) => reply.error(errno(&e.into())),
+            }
+        });
+    }
+
+    /// fcntl and flock locks on a shared volume. A blocked F_SETLKW or flock waits on the
+    /// blocking pool until the lock is released; it cannot be interrupted (fuser does not
+    /// handle FUSE_INTERRUPT).
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(req) = lock_request(lock_owner, start, end, typ, pid) else {
+            return reply.error(Errno::EINVAL);
+        };
+        self.background(move |fs| {
+            let Some(shared) = fs.meta().shared() else {
+                return reply.error(Errno::ENOSYS);
+            };
+            match shared.set_lock(ino.0, &req, sleep) {
+                Ok(true) => reply.ok(),
+                Ok(false) => reply.error(Errno::EAGAIN),
+                Err(e) => reply.error(errno(&e.into())),
+            }
+        });
     }
 
     fn fsync(

@@ -9,9 +9,12 @@
 //! file's extents reads that directory's or file's inode with [`MetaTxn::inode`] (which registers
 //! a conflict) and writes it back. Scans (`list_dir`, `extents`) are therefore guarded by the inode.
 
+pub mod cached;
 pub mod conformance;
 pub mod pg;
+mod pg_shared;
 pub mod rocks;
+mod shared;
 mod types;
 
 use std::ops::Range;
@@ -21,6 +24,10 @@ use crate::core::{BlockKey, Extent};
 
 pub use pg::PgMetaStore;
 pub use rocks::RocksMetaStore;
+pub use shared::{
+    Change, ChangeSink, HeldLock, LockKind, LockRequest, SessionInfo, SessionRecord, SharedVolume,
+    TO_EOF,
+};
 pub use types::{DirEntry, FileKind, Ino, Inode, ROOT_INO, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,18 +56,11 @@ pub struct Usage {
     pub logical_bytes: u64,
 }
 
-/// One atomic, isolated metadata transaction. Dropping it without `commit` discards it.
-pub trait MetaTxn {
+/// Reads of metadata records: a transaction's reads, or a read-only view (see
+/// [`MetaStore::read`]).
+pub trait MetaRead {
     fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>>;
-    fn put_inode(&mut self, inode: &Inode) -> MetaResult<()>;
-    /// Removes the inode with everything that belongs to it: extents (and their block
-    /// references), xattrs, symlink target, orphan mark.
-    fn delete_inode(&mut self, ino: Ino) -> MetaResult<()>;
-
     fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>>;
-    /// Adds or replaces an entry; `entry.cookie` is its stable readdir position.
-    fn put_dirent(&mut self, parent: Ino, name: &[u8], entry: &DirEntry) -> MetaResult<()>;
-    fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()>;
     /// Up to `limit` entries with cookies greater than `after`, in cookie order.
     fn list_dir(
         &mut self,
@@ -69,21 +69,34 @@ pub trait MetaTxn {
         limit: usize,
     ) -> MetaResult<Vec<(Vec<u8>, DirEntry)>>;
     fn dir_is_empty(&mut self, dir: Ino) -> MetaResult<bool>;
-
     /// Extents of `ino` that overlap `range`, sorted by offset, unclipped.
     fn extents(&mut self, ino: Ino, range: Range<u64>) -> MetaResult<Vec<Extent>>;
+    fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>>;
+    fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>>;
+    fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>>;
+}
+
+/// One atomic, isolated metadata transaction. Dropping it without `commit` discards it.
+pub trait MetaTxn: MetaRead {
+    fn put_inode(&mut self, inode: &Inode) -> MetaResult<()>;
+    /// Removes the inode with everything that belongs to it: extents (and their block
+    /// references), xattrs, symlink target, orphan mark.
+    fn delete_inode(&mut self, ino: Ino) -> MetaResult<()>;
+
+    /// Adds or replaces an entry; `entry.cookie` is its stable readdir position.
+    fn put_dirent(&mut self, parent: Ino, name: &[u8], entry: &DirEntry) -> MetaResult<()>;
+    fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()>;
+
     /// Removes `splice.remove` then inserts `splice.insert`, keeping block references in step.
     fn apply_splice(&mut self, ino: Ino, splice: &Splice) -> MetaResult<()>;
 
-    fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>>;
     fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()>;
     fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()>;
-    fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>>;
 
-    fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>>;
     fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()>;
 
-    /// Marks an inode that has no links but is still open; reclaimed at last close or next mount.
+    /// Marks an inode that has no links but is still open; reclaimed at last close or, once
+    /// the mount that has it open is gone, by the next mount.
     fn add_orphan(&mut self, ino: Ino) -> MetaResult<()>;
 
     fn commit(self: Box<Self>) -> MetaResult<()>;
@@ -94,6 +107,11 @@ pub trait MetaStore: Send + Sync {
     /// Short engine name for logs (`rocksdb`, `postgres`).
     fn engine(&self) -> &'static str;
     fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>>;
+    /// A read-only view for operations that change nothing (lookup, readdir, reads). Each
+    /// record it returns was committed; an engine with a local cache may answer from it.
+    fn read(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
+        Ok(self.begin()?)
+    }
     /// An inode's latest committed record, read outside any transaction (the fast path for
     /// getattr and reads).
     fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>>;
@@ -122,9 +140,26 @@ pub trait MetaStore: Send + Sync {
     /// Makes every committed transaction durable (survives power loss).
     fn sync(&self) -> MetaResult<()>;
 
-    /// Claims the volume for one mount until this store is dropped; false when another mount
-    /// holds it. (RocksDB's own file lock already makes an embedded volume exclusive.)
-    fn claim_mount(&self) -> MetaResult<bool> {
-        Ok(true)
+    /// Starts this process's mount session: a no-op for an engine only one mount can open
+    /// (RocksDB's file lock makes an embedded volume exclusive); on a shared engine it registers
+    /// the mount, starts its heartbeat and its change feed (see [`SharedVolume`]).
+    fn begin_session(&self, _info: &SessionInfo) -> MetaResult<()> {
+        Ok(())
+    }
+
+    /// Ends the mount session started by `begin_session` (its locks are released). Also done
+    /// when the store is dropped; a daemon calls it explicitly because it exits without
+    /// dropping everything.
+    fn end_session(&self) {}
+
+    /// Present when several mounts may use the volume at once.
+    fn shared(&self) -> Option<&dyn SharedVolume> {
+        None
+    }
+
+    /// Close-to-open, called when a file is opened: true when the kernel's cached pages and
+    /// attributes of the inode may be stale (another mount changed it), so the open drops them.
+    fn revalidate(&self, _ino: Ino) -> MetaResult<bool> {
+        Ok(false)
     }
 }

@@ -14,7 +14,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{
-    DirEntry, FileKind, Ino, Inode, MetaError, MetaResult, MetaStore, MetaTxn, Timestamp, Usage,
+    DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn, Timestamp,
+    Usage,
 };
 use crate::core::extent::Splice;
 use crate::core::{BlockKey, Extent};
@@ -26,12 +27,12 @@ pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 const INO_BATCH: u64 = 1024;
 
 pub struct PgMetaStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     /// How long an operation waits for an unreachable server before it fails (EIO).
     retry_for: Duration,
-    /// The connection holding this mount's advisory lock on the volume (see `claim_mount`).
-    mount_claim: Mutex<Option<sqlx::pool::PoolConnection<Postgres>>>,
-    rt: tokio::runtime::Runtime,
+    pub(super) rt: tokio::runtime::Runtime,
+    /// This mount's session, heartbeat, change feed and lock waiters (see `pg_shared`).
+    pub(super) shared: std::sync::Arc<super::pg_shared::SharedState>,
     /// (next inode to hand out, first inode not reserved)
     ino_range: Mutex<(Ino, Ino)>,
 }
@@ -100,6 +101,15 @@ fn inode_from(row: &PgRow) -> MetaResult<Inode> {
     })
 }
 
+fn dirent_from(row: &PgRow) -> MetaResult<DirEntry> {
+    Ok(DirEntry {
+        ino: row.get::<i64, _>("ino") as u64,
+        kind: FileKind::from_tag(row.get::<i16, _>("kind") as u8)
+            .ok_or_else(|| corrupt("file kind"))?,
+        cookie: row.get::<i64, _>("cookie") as u64,
+    })
+}
+
 fn extent_from(row: &PgRow) -> MetaResult<Extent> {
     let key: Vec<u8> = row.get("block_key");
     Ok(Extent {
@@ -143,8 +153,8 @@ impl PgMetaStore {
         Ok(PgMetaStore {
             pool,
             retry_for: wait,
-            mount_claim: Mutex::new(None),
             rt,
+            shared: Default::default(),
             ino_range: Mutex::new((0, 0)),
         })
     }
@@ -153,7 +163,10 @@ impl PgMetaStore {
 impl PgMetaStore {
     /// Runs a statement outside any transaction, waiting (with backoff, up to `retry_for`)
     /// while the server cannot be reached. A lost connection is replaced by the pool.
-    fn retrying<T, F: AsyncFnMut() -> Result<T, sqlx::Error>>(&self, mut f: F) -> MetaResult<T> {
+    pub(super) fn retrying<T, F: AsyncFnMut() -> Result<T, sqlx::Error>>(
+        &self,
+        mut f: F,
+    ) -> MetaResult<T> {
         let deadline = std::time::Instant::now() + self.retry_for;
         let mut pause = Duration::from_millis(50);
         loop {
@@ -185,7 +198,12 @@ impl MetaStore for PgMetaStore {
         Ok(Box::new(PgTxn {
             store: self,
             tx: Some(tx),
+            touched: Vec::new(),
         }))
+    }
+
+    fn read(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
+        Ok(Box::new(PgReader { store: self }))
     }
 
     fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
@@ -215,9 +233,12 @@ impl MetaStore for PgMetaStore {
 
     fn orphans(&self) -> MetaResult<Vec<Ino>> {
         let rows: Vec<i64> = self.retrying(async || {
-            sqlx::query_scalar("SELECT ino FROM orphans ORDER BY ino")
-                .fetch_all(&self.pool)
-                .await
+            sqlx::query_scalar(
+                "SELECT ino FROM orphans WHERE session IS NULL \
+                 OR NOT EXISTS (SELECT 1 FROM sessions WHERE id = orphans.session) ORDER BY ino",
+            )
+            .fetch_all(&self.pool)
+            .await
         })?;
         Ok(rows.into_iter().map(|v| v as u64).collect())
     }
@@ -323,47 +344,29 @@ impl MetaStore for PgMetaStore {
         Ok(())
     }
 
-    /// Until sessions, shared locks and cache invalidation let several mounts share a volume,
-    /// one mount at a time holds a session-level advisory lock (released if it dies).
-    fn claim_mount(&self) -> MetaResult<bool> {
-        let mut claim = self.mount_claim.lock().expect("lock");
-        if claim.is_some() {
-            return Ok(true);
-        }
-        let held = self
-            .rt
-            .block_on(async {
-                let mut conn = self.pool.acquire().await?;
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(MOUNT_LOCK_KEY)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                if got {
-                    return Ok(Some(conn));
-                }
-                // (connections go back to the pool inside the runtime)
-                drop(conn);
-                Ok::<_, sqlx::Error>(None)
-            })
-            .map_err(pg_err)?;
-        let got = held.is_some();
-        *claim = held;
-        Ok(got)
+    fn begin_session(&self, info: &super::SessionInfo) -> MetaResult<()> {
+        self.start_session(info)
+    }
+
+    fn end_session(&self) {
+        self.finish_session();
+    }
+
+    fn shared(&self) -> Option<&dyn super::SharedVolume> {
+        Some(self)
+    }
+
+    /// Without a local cache nothing tells whether the kernel's pages are current.
+    fn revalidate(&self, _ino: Ino) -> MetaResult<bool> {
+        Ok(self.session_id().is_some())
     }
 }
 
 impl Drop for PgMetaStore {
     fn drop(&mut self) {
-        // Returning a pooled connection needs the runtime: close the claim's connection (the
-        // server then releases its advisory lock) while the runtime is still here.
-        if let Some(conn) = self.mount_claim.lock().expect("lock").take() {
-            let _ = self.rt.block_on(conn.close());
-        }
+        self.finish_session();
     }
 }
-
-/// Advisory lock key for "this volume is mounted" (one database is one volume).
-const MOUNT_LOCK_KEY: i64 = 0x4752_4156_4d4e_5400; // "GRAVMNT" in ASCII
 
 /// Creates an empty database with a unique name on the server `admin_url` points at and
 /// returns its URL (tests and tools that need a throwaway volume).
@@ -408,9 +411,18 @@ pub fn create_scratch_database(admin_url: &str) -> MetaResult<String> {
 struct PgTxn<'a> {
     store: &'a PgMetaStore,
     tx: Option<Transaction<'static, Postgres>>,
+    /// Inodes this transaction wrote, announced to the other mounts when it commits.
+    touched: Vec<Ino>,
 }
 
 impl PgTxn<'_> {
+    fn query<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+    ) -> MetaResult<T> {
+        self.run(async |tx| f(&mut **tx).await)
+    }
+
     fn run<T>(
         &mut self,
         f: impl AsyncFnOnce(&mut Transaction<'static, Postgres>) -> Result<T, sqlx::Error>,
@@ -431,18 +443,141 @@ impl PgTxn<'_> {
     }
 }
 
-impl MetaTxn for PgTxn<'_> {
-    fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
-        let row = self.run(async |tx| {
-            sqlx::query("SELECT * FROM inodes WHERE ino = $1")
-                .bind(i(ino))
-                .fetch_optional(&mut **tx)
-                .await
-        })?;
-        row.as_ref().map(inode_from).transpose()
-    }
+/// The read queries, shared by transactions and the read-only view: `$self.query(f)` runs `f`
+/// on the transaction's or a pooled connection.
+macro_rules! pg_reads {
+    ($ty:ty) => {
+        impl MetaRead for $ty {
+            fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
+                let row = self.query(async |c| {
+                    sqlx::query("SELECT * FROM inodes WHERE ino = $1")
+                        .bind(i(ino))
+                        .fetch_optional(c)
+                        .await
+                })?;
+                row.as_ref().map(inode_from).transpose()
+            }
 
+            fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
+                let row = self.query(async |c| {
+                    sqlx::query("SELECT ino, kind, cookie FROM dirents WHERE parent = $1 AND name = $2")
+                        .bind(i(parent))
+                        .bind(name)
+                        .fetch_optional(c)
+                        .await
+                })?;
+                row.as_ref().map(dirent_from).transpose()
+            }
+
+            fn list_dir(
+                &mut self,
+                parent: Ino,
+                after: u64,
+                limit: usize,
+            ) -> MetaResult<Vec<(Vec<u8>, DirEntry)>> {
+                let rows = self.query(async |c| {
+                    sqlx::query("SELECT name, ino, kind, cookie FROM dirents WHERE parent = $1 AND cookie > $2 ORDER BY cookie LIMIT $3")
+                        .bind(i(parent))
+                        .bind(i(after))
+                        .bind(limit.min(i64::MAX as usize) as i64)
+                        .fetch_all(c)
+                        .await
+                })?;
+                rows.iter()
+                    .map(|r| Ok((r.get::<Vec<u8>, _>("name"), dirent_from(r)?)))
+                    .collect()
+            }
+
+            fn dir_is_empty(&mut self, dir: Ino) -> MetaResult<bool> {
+                self.query(async |c| {
+                    sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM dirents WHERE parent = $1)")
+                        .bind(i(dir))
+                        .fetch_one(c)
+                        .await
+                })
+            }
+
+            fn extents(&mut self, ino: Ino, range: Range<u64>) -> MetaResult<Vec<Extent>> {
+                if range.start >= range.end {
+                    return Ok(Vec::new());
+                }
+                // the last extent starting before the range, and every one starting inside it
+                let rows = self.query(async |c| {
+                    sqlx::query(
+                        "SELECT * FROM extents WHERE ino = $1 AND file_offset < $3 AND file_offset >= \
+                         coalesce((SELECT max(file_offset) FROM extents WHERE ino = $1 AND file_offset < $2), $2) \
+                         ORDER BY file_offset",
+                    )
+                    .bind(i(ino))
+                    .bind(i(range.start))
+                    .bind(i(range.end))
+                    .fetch_all(c)
+                    .await
+                })?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let e = extent_from(r)?;
+                    if e.end() > range.start {
+                        out.push(e);
+                    }
+                }
+                Ok(out)
+            }
+
+            fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+                self.query(async |c| {
+                    sqlx::query_scalar("SELECT value FROM xattrs WHERE ino = $1 AND name = $2")
+                        .bind(i(ino))
+                        .bind(name)
+                        .fetch_optional(c)
+                        .await
+                })
+            }
+
+            fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
+                self.query(async |c| {
+                    sqlx::query_scalar("SELECT name FROM xattrs WHERE ino = $1 ORDER BY name")
+                        .bind(i(ino))
+                        .fetch_all(c)
+                        .await
+                })
+            }
+
+            fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>> {
+                self.query(async |c| {
+                    sqlx::query_scalar("SELECT target FROM symlinks WHERE ino = $1")
+                        .bind(i(ino))
+                        .fetch_optional(c)
+                        .await
+                })
+            }
+        }
+    };
+}
+
+pg_reads!(PgTxn<'_>);
+pg_reads!(PgReader<'_>);
+
+/// Reads outside any transaction, each of them one statement on a pooled connection.
+struct PgReader<'a> {
+    store: &'a PgMetaStore,
+}
+
+impl PgReader<'_> {
+    fn query<T>(
+        &mut self,
+        f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+    ) -> MetaResult<T> {
+        self.store.retrying(async || {
+            let mut conn = self.store.pool.acquire().await?;
+            f(&mut conn).await
+        })
+    }
+}
+
+impl MetaTxn for PgTxn<'_> {
     fn put_inode(&mut self, n: &Inode) -> MetaResult<()> {
+        self.touched.push(n.ino);
         let q = sqlx::query(
             "INSERT INTO inodes (ino, kind, perm, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, \
              ctime_s, ctime_ns, crtime_s, crtime_ns, extent_count, data_version, next_cookie, parent) \
@@ -478,6 +613,7 @@ impl MetaTxn for PgTxn<'_> {
     }
 
     fn delete_inode(&mut self, ino: Ino) -> MetaResult<()> {
+        self.touched.push(ino);
         self.run(async |tx| {
             for sql in [
                 "DELETE FROM extents WHERE ino = $1",
@@ -492,26 +628,8 @@ impl MetaTxn for PgTxn<'_> {
         })
     }
 
-    fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
-        let row = self.run(async |tx| {
-            sqlx::query("SELECT ino, kind, cookie FROM dirents WHERE parent = $1 AND name = $2")
-                .bind(i(parent))
-                .bind(name)
-                .fetch_optional(&mut **tx)
-                .await
-        })?;
-        row.map(|r| {
-            Ok(DirEntry {
-                ino: r.get::<i64, _>("ino") as u64,
-                kind: FileKind::from_tag(r.get::<i16, _>("kind") as u8)
-                    .ok_or_else(|| corrupt("file kind"))?,
-                cookie: r.get::<i64, _>("cookie") as u64,
-            })
-        })
-        .transpose()
-    }
-
     fn put_dirent(&mut self, parent: Ino, name: &[u8], e: &DirEntry) -> MetaResult<()> {
+        self.touched.push(parent);
         let q = sqlx::query(
             "INSERT INTO dirents (parent, name, ino, kind, cookie) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (parent, name) DO UPDATE SET ino = EXCLUDED.ino, kind = EXCLUDED.kind, cookie = EXCLUDED.cookie",
@@ -525,79 +643,15 @@ impl MetaTxn for PgTxn<'_> {
     }
 
     fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()> {
+        self.touched.push(parent);
         let q = sqlx::query("DELETE FROM dirents WHERE parent = $1 AND name = $2")
             .bind(i(parent))
             .bind(name);
         self.run(async |tx| q.execute(&mut **tx).await).map(drop)
     }
 
-    fn list_dir(
-        &mut self,
-        parent: Ino,
-        after: u64,
-        limit: usize,
-    ) -> MetaResult<Vec<(Vec<u8>, DirEntry)>> {
-        let q = sqlx::query("SELECT name, ino, kind, cookie FROM dirents WHERE parent = $1 AND cookie > $2 ORDER BY cookie LIMIT $3")
-            .bind(i(parent))
-            .bind(i(after))
-            .bind(limit.min(i64::MAX as usize) as i64);
-        let rows = self.run(async |tx| q.fetch_all(&mut **tx).await)?;
-        rows.iter()
-            .map(|r| {
-                let kind = FileKind::from_tag(r.get::<i16, _>("kind") as u8)
-                    .ok_or_else(|| corrupt("file kind"))?;
-                let e = DirEntry {
-                    ino: r.get::<i64, _>("ino") as u64,
-                    kind,
-                    cookie: r.get::<i64, _>("cookie") as u64,
-                };
-                Ok((r.get::<Vec<u8>, _>("name"), e))
-            })
-            .collect()
-    }
-
-    fn dir_is_empty(&mut self, dir: Ino) -> MetaResult<bool> {
-        let q = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM dirents WHERE parent = $1)")
-            .bind(i(dir));
-        self.run(async |tx| q.fetch_one(&mut **tx).await)
-    }
-
-    fn extents(&mut self, ino: Ino, range: Range<u64>) -> MetaResult<Vec<Extent>> {
-        if range.start >= range.end {
-            return Ok(Vec::new());
-        }
-        let (start, end) = (i(range.start), i(range.end));
-        let rows = self.run(async |tx| {
-            let mut rows = sqlx::query(
-                "SELECT * FROM extents WHERE ino = $1 AND file_offset < $2 ORDER BY file_offset DESC LIMIT 1",
-            )
-            .bind(i(ino))
-            .bind(start)
-            .fetch_all(&mut **tx)
-            .await?;
-            rows.extend(
-                sqlx::query(
-                    "SELECT * FROM extents WHERE ino = $1 AND file_offset >= $2 AND file_offset < $3 ORDER BY file_offset",
-                )
-                .bind(i(ino))
-                .bind(start)
-                .bind(end)
-                .fetch_all(&mut **tx)
-                .await?,
-            );
-            Ok(rows)
-        })?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let e = extent_from(r)?;
-            if e.end() > range.start {
-                out.push(e);
-            }
-        }
-        Ok(out)
-    }
-
     fn apply_splice(&mut self, ino: Ino, s: &Splice) -> MetaResult<()> {
+        self.touched.push(ino);
         let removed: Vec<i64> = s.remove.iter().map(|e| i(e.offset)).collect();
         let offsets: Vec<i64> = s.insert.iter().map(|e| i(e.offset)).collect();
         let keys: Vec<Vec<u8>> = s.insert.iter().map(|e| e.key.to_bytes().to_vec()).collect();
@@ -630,14 +684,8 @@ impl MetaTxn for PgTxn<'_> {
         })
     }
 
-    fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
-        let q = sqlx::query_scalar("SELECT value FROM xattrs WHERE ino = $1 AND name = $2")
-            .bind(i(ino))
-            .bind(name);
-        self.run(async |tx| q.fetch_optional(&mut **tx).await)
-    }
-
     fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()> {
+        self.touched.push(ino);
         let q = sqlx::query("INSERT INTO xattrs VALUES ($1, $2, $3) ON CONFLICT (ino, name) DO UPDATE SET value = EXCLUDED.value")
             .bind(i(ino))
             .bind(name)
@@ -646,24 +694,15 @@ impl MetaTxn for PgTxn<'_> {
     }
 
     fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
+        self.touched.push(ino);
         let q = sqlx::query("DELETE FROM xattrs WHERE ino = $1 AND name = $2")
             .bind(i(ino))
             .bind(name);
         self.run(async |tx| q.execute(&mut **tx).await).map(drop)
     }
 
-    fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
-        let q =
-            sqlx::query_scalar("SELECT name FROM xattrs WHERE ino = $1 ORDER BY name").bind(i(ino));
-        self.run(async |tx| q.fetch_all(&mut **tx).await)
-    }
-
-    fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>> {
-        let q = sqlx::query_scalar("SELECT target FROM symlinks WHERE ino = $1").bind(i(ino));
-        self.run(async |tx| q.fetch_optional(&mut **tx).await)
-    }
-
     fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()> {
+        self.touched.push(ino);
         let q = sqlx::query("INSERT INTO symlinks VALUES ($1, $2) ON CONFLICT (ino) DO UPDATE SET target = EXCLUDED.target")
             .bind(i(ino))
             .bind(target);
@@ -671,11 +710,30 @@ impl MetaTxn for PgTxn<'_> {
     }
 
     fn add_orphan(&mut self, ino: Ino) -> MetaResult<()> {
-        let q = sqlx::query("INSERT INTO orphans VALUES ($1) ON CONFLICT DO NOTHING").bind(i(ino));
+        let q = sqlx::query(
+            "INSERT INTO orphans (ino, session) VALUES ($1, $2) \
+             ON CONFLICT (ino) DO UPDATE SET session = EXCLUDED.session",
+        )
+        .bind(i(ino))
+        .bind(self.store.session_id());
         self.run(async |tx| q.execute(&mut **tx).await).map(drop)
     }
 
     fn commit(mut self: Box<Self>) -> MetaResult<()> {
+        if !self.touched.is_empty() {
+            let (session, inos, payload) = self.store.change_record(&mut self.touched);
+            self.run(async |tx| {
+                sqlx::query(
+                    "WITH logged AS (INSERT INTO changes (session, inos) VALUES ($1, $2)) \
+                     SELECT pg_notify('graviton_changes', $3)",
+                )
+                .bind(session)
+                .bind(&inos)
+                .bind(&payload)
+                .execute(&mut **tx)
+                .await
+            })?;
+        }
         let tx = self.tx.take().expect("transaction open until commit");
         self.store.rt.block_on(tx.commit()).map_err(pg_err)
     }
@@ -721,18 +779,6 @@ mod tests {
             store.allocate_ino().unwrap() > first,
             "inode numbers are never reused"
         );
-    }
-
-    #[test]
-    fn one_mount_claims_a_volume_at_a_time() {
-        let url = fresh_database();
-        let a = PgMetaStore::connect(&url).unwrap();
-        let b = PgMetaStore::connect(&url).unwrap();
-        assert!(a.claim_mount().unwrap());
-        assert!(a.claim_mount().unwrap(), "claiming again is fine");
-        assert!(!b.claim_mount().unwrap(), "a second mount is refused");
-        drop(a);
-        assert!(b.claim_mount().unwrap(), "the claim ends with its holder");
     }
 
     #[test]

@@ -21,7 +21,9 @@ use rocksdb::{
     WriteOptions,
 };
 
-use super::{DirEntry, FileKind, Ino, Inode, MetaError, MetaResult, MetaStore, MetaTxn, Usage};
+use super::{
+    DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn, Usage,
+};
 use crate::core::extent::Splice;
 use crate::core::key::KEY_BYTES;
 use crate::core::{BlockKey, Extent};
@@ -378,7 +380,7 @@ impl RocksTxn<'_> {
     }
 }
 
-impl MetaTxn for RocksTxn<'_> {
+impl MetaRead for RocksTxn<'_> {
     fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
         match self.get("inodes", &be(ino))? {
             None => Ok(None),
@@ -386,22 +388,6 @@ impl MetaTxn for RocksTxn<'_> {
                 .map(Some)
                 .map_err(|_| corrupt("inode")),
         }
-    }
-
-    fn put_inode(&mut self, inode: &Inode) -> MetaResult<()> {
-        let v = postcard::to_allocvec(inode).map_err(|_| corrupt("inode encoding"))?;
-        self.put("inodes", &be(inode.ino), &v)
-    }
-
-    fn delete_inode(&mut self, ino: Ino) -> MetaResult<()> {
-        for (k, v) in self.delete_prefix("extents", &be(ino))? {
-            let e = decode_extent(&k, &v)?;
-            self.delete("blockrefs", &ref_key(&e, ino))?;
-        }
-        self.delete_prefix("xattrs", &be(ino))?;
-        self.delete("symlinks", &be(ino))?;
-        self.delete("orphans", &be(ino))?;
-        self.delete("inodes", &be(ino))
     }
 
     fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
@@ -416,32 +402,6 @@ impl MetaTxn for RocksTxn<'_> {
             kind: kind_of(v[8])?,
             cookie: u64_at(&v, 9).expect("length checked"),
         }))
-    }
-
-    fn put_dirent(&mut self, parent: Ino, name: &[u8], entry: &DirEntry) -> MetaResult<()> {
-        if let Some(old) = self.dirent(parent, name)?
-            && old.cookie != entry.cookie
-        {
-            self.delete("cookies", &key2(parent, &be(old.cookie)))?;
-        }
-        let mut v = Vec::with_capacity(17);
-        v.extend_from_slice(&be(entry.ino));
-        v.push(kind_tag(entry.kind));
-        v.extend_from_slice(&be(entry.cookie));
-        self.put("dirents", &key2(parent, name), &v)?;
-        let mut c = Vec::with_capacity(9 + name.len());
-        c.extend_from_slice(&be(entry.ino));
-        c.push(kind_tag(entry.kind));
-        c.extend_from_slice(name);
-        self.put("cookies", &key2(parent, &be(entry.cookie)), &c)
-    }
-
-    fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()> {
-        if let Some(old) = self.dirent(parent, name)? {
-            self.delete("cookies", &key2(parent, &be(old.cookie)))?;
-            self.delete("dirents", &key2(parent, name))?;
-        }
-        Ok(())
     }
 
     fn list_dir(
@@ -513,28 +473,8 @@ impl MetaTxn for RocksTxn<'_> {
         Ok(out)
     }
 
-    fn apply_splice(&mut self, ino: Ino, splice: &Splice) -> MetaResult<()> {
-        for e in &splice.remove {
-            self.delete("extents", &key2(ino, &be(e.offset)))?;
-            self.delete("blockrefs", &ref_key(e, ino))?;
-        }
-        for e in &splice.insert {
-            self.put("extents", &key2(ino, &be(e.offset)), &encode_extent(e))?;
-            self.put("blockrefs", &ref_key(e, ino), &[])?;
-        }
-        Ok(())
-    }
-
     fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
         self.get("xattrs", &key2(ino, name))
-    }
-
-    fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()> {
-        self.put("xattrs", &key2(ino, name), value)
-    }
-
-    fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
-        self.delete("xattrs", &key2(ino, name))
     }
 
     fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
@@ -548,6 +488,70 @@ impl MetaTxn for RocksTxn<'_> {
 
     fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>> {
         self.get("symlinks", &be(ino))
+    }
+}
+
+impl MetaTxn for RocksTxn<'_> {
+    fn put_inode(&mut self, inode: &Inode) -> MetaResult<()> {
+        let v = postcard::to_allocvec(inode).map_err(|_| corrupt("inode encoding"))?;
+        self.put("inodes", &be(inode.ino), &v)
+    }
+
+    fn delete_inode(&mut self, ino: Ino) -> MetaResult<()> {
+        for (k, v) in self.delete_prefix("extents", &be(ino))? {
+            let e = decode_extent(&k, &v)?;
+            self.delete("blockrefs", &ref_key(&e, ino))?;
+        }
+        self.delete_prefix("xattrs", &be(ino))?;
+        self.delete("symlinks", &be(ino))?;
+        self.delete("orphans", &be(ino))?;
+        self.delete("inodes", &be(ino))
+    }
+
+    fn put_dirent(&mut self, parent: Ino, name: &[u8], entry: &DirEntry) -> MetaResult<()> {
+        if let Some(old) = self.dirent(parent, name)?
+            && old.cookie != entry.cookie
+        {
+            self.delete("cookies", &key2(parent, &be(old.cookie)))?;
+        }
+        let mut v = Vec::with_capacity(17);
+        v.extend_from_slice(&be(entry.ino));
+        v.push(kind_tag(entry.kind));
+        v.extend_from_slice(&be(entry.cookie));
+        self.put("dirents", &key2(parent, name), &v)?;
+        let mut c = Vec::with_capacity(9 + name.len());
+        c.extend_from_slice(&be(entry.ino));
+        c.push(kind_tag(entry.kind));
+        c.extend_from_slice(name);
+        self.put("cookies", &key2(parent, &be(entry.cookie)), &c)
+    }
+
+    fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()> {
+        if let Some(old) = self.dirent(parent, name)? {
+            self.delete("cookies", &key2(parent, &be(old.cookie)))?;
+            self.delete("dirents", &key2(parent, name))?;
+        }
+        Ok(())
+    }
+
+    fn apply_splice(&mut self, ino: Ino, splice: &Splice) -> MetaResult<()> {
+        for e in &splice.remove {
+            self.delete("extents", &key2(ino, &be(e.offset)))?;
+            self.delete("blockrefs", &ref_key(e, ino))?;
+        }
+        for e in &splice.insert {
+            self.put("extents", &key2(ino, &be(e.offset)), &encode_extent(e))?;
+            self.put("blockrefs", &ref_key(e, ino), &[])?;
+        }
+        Ok(())
+    }
+
+    fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()> {
+        self.put("xattrs", &key2(ino, name), value)
+    }
+
+    fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
+        self.delete("xattrs", &key2(ino, name))
     }
 
     fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()> {

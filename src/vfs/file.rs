@@ -497,7 +497,7 @@ impl Fs {
     /// SEEK_DATA / SEEK_HOLE: holes are unmapped ranges; the end of file counts as a hole.
     pub fn seek(&self, ino: Ino, offset: u64, whence: Whence) -> FsResult<u64> {
         self.with_flushed(ino, || {
-            let mut tx = self.core.meta.begin()?;
+            let mut tx = self.core.meta.read()?;
             let inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
             if offset >= inode.size {
                 return Err(FsError::NoSuchOffset);

@@ -2,7 +2,7 @@
 //! rename (with no-replace and exchange) and readdir. Each is one metadata transaction.
 
 use super::{Ctx, Fs, FsError, FsResult, NAME_MAX, PATH_MAX};
-use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaTxn, ROOT_INO, Timestamp};
+use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaRead, MetaTxn, ROOT_INO, Timestamp};
 
 /// How a timestamp is set by `setattr`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ fn is_dot(name: &[u8]) -> bool {
     name == b"." || name == b".."
 }
 
-fn dir_inode(tx: &mut dyn MetaTxn, ino: Ino) -> FsResult<Inode> {
+fn dir_inode(tx: &mut dyn MetaRead, ino: Ino) -> FsResult<Inode> {
     let inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
     if inode.kind != FileKind::Dir {
         return Err(FsError::NotDir);
@@ -110,7 +110,7 @@ impl Fs {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
-        let mut tx = self.core.meta.begin()?;
+        let mut tx = self.core.meta.read()?;
         let dir = dir_inode(tx.as_mut(), parent)?;
         let ino = match name {
             b"." => parent,
@@ -205,7 +205,7 @@ impl Fs {
     }
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
-        let mut tx = self.core.meta.begin()?;
+        let mut tx = self.core.meta.read()?;
         let inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
         if inode.kind != FileKind::Symlink {
             return Err(FsError::Invalid);
@@ -467,7 +467,7 @@ impl Fs {
     /// Up to `limit` entries after `offset` (0 starts at the beginning, then pass the last
     /// entry's cookie). `.` and `..` come first.
     pub fn readdir(&self, ino: Ino, offset: u64, limit: usize) -> FsResult<Vec<DirListing>> {
-        let mut tx = self.core.meta.begin()?;
+        let mut tx = self.core.meta.read()?;
         let dir = dir_inode(tx.as_mut(), ino)?;
         let mut out = Vec::new();
         if offset < 1 {

@@ -101,7 +101,7 @@ impl Fs {
 /// Committed bytes of `range` (holes as zeros).
 pub(crate) fn read_committed(core: &Core, ino: Ino, range: Range<u64>) -> FsResult<Vec<u8>> {
     let mut buf = vec![0u8; (range.end - range.start) as usize];
-    let extents = core.meta.begin()?.extents(ino, range.clone())?;
+    let extents = core.meta.read()?.extents(ino, range.clone())?;
     for e in extents {
         let c = e.clip(&range);
         let block = core.cache.fetch(core.store.as_ref(), &c.key)?;
@@ -121,7 +121,7 @@ pub(crate) fn read_committed(core: &Core, ino: Ino, range: Range<u64>) -> FsResu
 const PREFETCH_PARALLEL: usize = 4;
 
 fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>) {
-    let extents = match core.meta.begin().and_then(|mut tx| tx.extents(ino, range)) {
+    let extents = match core.meta.read().and_then(|mut tx| tx.extents(ino, range)) {
         Ok(e) => e,
         Err(e) => {
             tracing::debug!(ino, "read-ahead skipped: {e}");

@@ -71,14 +71,14 @@ impl Fs {
         if name.len() > XATTR_NAME_MAX {
             return Err(FsError::Range);
         }
-        let mut tx = self.core.meta.begin()?;
+        let mut tx = self.core.meta.read()?;
         tx.inode(ino)?.ok_or(FsError::NotFound)?;
         tx.xattr(ino, name)?.ok_or(FsError::NoAttribute)
     }
 
     /// Names, each followed by a NUL byte, as listxattr(2) returns them.
     pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<u8>> {
-        let mut tx = self.core.meta.begin()?;
+        let mut tx = self.core.meta.read()?;
         tx.inode(ino)?.ok_or(FsError::NotFound)?;
         let mut out = Vec::new();
         for name in tx.xattr_names(ino)? {

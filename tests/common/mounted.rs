@@ -98,7 +98,8 @@ impl Mounted {
             run(BIN, &["format", "--store", &store, &url], dir.path()),
             "graviton format postgres",
         );
-        let state = graviton::volume::Source::parse(&url).state_dir();
+        let state = graviton::volume::Source::parse(&url)
+            .mount_state_dir(&mnt.canonicalize().expect("mountpoint"));
         let m = Mounted {
             dir,
             vol,
@@ -125,6 +126,23 @@ impl Mounted {
             &opts,
         ];
         ok(run(BIN, &args, self.dir.path()), "graviton mount");
+    }
+
+    /// A second mount of the same PostgreSQL volume, on its own mountpoint.
+    pub fn another_mount(&self, options: &str) -> Mounted {
+        let (dir, vol, mnt) = scratch();
+        let state = graviton::volume::Source::parse(&self.source)
+            .mount_state_dir(&mnt.canonicalize().expect("mountpoint"));
+        let m = Mounted {
+            dir,
+            vol,
+            mnt,
+            options: options.to_string(),
+            source: self.source.clone(),
+            state,
+        };
+        m.mount();
+        m
     }
 
     pub fn daemon_pid(&self) -> Option<i32> {

@@ -1,0 +1,844 @@
+//! A local RocksDB cache in front of a shared (PostgreSQL) metadata engine: inode attributes,
+//! directory entries (whole listings once read), extent maps, xattrs and symlink targets,
+//! kept across remounts.
+//!
+//! Validity. Every committed write transaction, on any mount, names the inodes it wrote (see
+//! `pg_shared`); entries are grouped by inode, and a change to an inode drops its group (its
+//! attributes, its entries if it is a directory, its extents, xattrs and target).
+//! - This mount's own writes drop their groups right after they commit.
+//! - Other mounts' writes arrive on the change feed within milliseconds.
+//! - While the feed is down the cache is bypassed; when it comes back (and after a remount)
+//!   the change log is replayed from the last time the feed was known up, minus a 5-minute
+//!   margin, or the cache is emptied if the log no longer reaches back that far.
+//! - A fill is checked against an epoch counter bumped by every invalidation: a value read
+//!   from the engine before an invalidation never outlives it.
+//!
+//! Transactions always read the engine, never the cache: only read-only views
+//! ([`MetaStore::read`], [`MetaStore::read_inode`]) are answered here.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch};
+
+use super::{
+    Change, DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn,
+    SessionInfo, SharedVolume, Usage,
+};
+use crate::core::extent::Splice;
+use crate::core::key::KEY_BYTES;
+use crate::core::{BlockKey, Extent};
+
+const INODE: u8 = b'i';
+const DIRENT: u8 = b'd';
+const BY_COOKIE: u8 = b'c';
+const LISTED: u8 = b'L';
+const EXTENTS: u8 = b'e';
+const XATTRS: u8 = b'x';
+const SYMLINK: u8 = b's';
+/// Bookkeeping keys sort after every data key.
+const SYNCED_AT: &[u8] = b"~synced_at";
+const VOLUME: &[u8] = b"~volume";
+/// Margin for transactions that committed around the time the feed was last known up.
+const REPLAY_MARGIN_MICROS: i64 = 5 * 60 * 1_000_000;
+/// Directories with more entries than this are not cached whole.
+const MAX_LISTING: usize = 100_000;
+const PAGE: usize = 4096;
+
+fn key(tag: u8, ino: Ino) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(tag);
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+fn key2(tag: u8, ino: Ino, rest: &[u8]) -> Vec<u8> {
+    let mut k = key(tag, ino);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn corrupt(what: &str) -> MetaError {
+    MetaError::Corrupt(format!("local metadata cache: {what}"))
+}
+
+fn cache_err(e: rocksdb::Error) -> MetaError {
+    MetaError::Backend {
+        engine: "rocksdb cache",
+        message: e.to_string(),
+    }
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn encode_dirent(e: &DirEntry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(17);
+    v.extend_from_slice(&e.ino.to_be_bytes());
+    v.push(e.kind.tag());
+    v.extend_from_slice(&e.cookie.to_be_bytes());
+    v
+}
+
+fn decode_dirent(v: &[u8]) -> MetaResult<DirEntry> {
+    Ok(DirEntry {
+        ino: u64_at(v, 0).ok_or_else(|| corrupt("entry"))?,
+        kind: v
+            .get(8)
+            .and_then(|t| FileKind::from_tag(*t))
+            .ok_or_else(|| corrupt("entry kind"))?,
+        cookie: u64_at(v, 9).ok_or_else(|| corrupt("entry"))?,
+    })
+}
+
+/// A listing row: the entry, then its name.
+fn encode_listed(name: &[u8], e: &DirEntry) -> Vec<u8> {
+    let mut v = encode_dirent(e);
+    v.extend_from_slice(name);
+    v
+}
+
+fn decode_listed(v: &[u8]) -> MetaResult<(Vec<u8>, DirEntry)> {
+    let e = decode_dirent(v)?;
+    Ok((v[17..].to_vec(), e))
+}
+
+const EXTENT_BYTES: usize = 8 + KEY_BYTES + 8;
+
+fn encode_extents(all: &[Extent]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(all.len() * EXTENT_BYTES);
+    for e in all {
+        v.extend_from_slice(&e.offset.to_be_bytes());
+        v.extend_from_slice(&e.key.to_bytes());
+        v.extend_from_slice(&e.block_offset.to_be_bytes());
+        v.extend_from_slice(&e.len.to_be_bytes());
+    }
+    v
+}
+
+fn decode_extents(v: &[u8]) -> MetaResult<Vec<Extent>> {
+    if !v.len().is_multiple_of(EXTENT_BYTES) {
+        return Err(corrupt("extent map"));
+    }
+    v.chunks(EXTENT_BYTES)
+        .map(|c| {
+            Ok(Extent {
+                offset: u64_at(c, 0).expect("sized"),
+                key: BlockKey::from_bytes(&c[8..8 + KEY_BYTES])
+                    .ok_or_else(|| corrupt("block key"))?,
+                block_offset: u32_at(c, 8 + KEY_BYTES).expect("sized"),
+                len: u32_at(c, 12 + KEY_BYTES).expect("sized"),
+            })
+        })
+        .collect()
+}
+
+fn encode_xattrs(all: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (n, val) in all {
+        v.extend_from_slice(&(n.len() as u32).to_be_bytes());
+        v.extend_from_slice(n);
+        v.extend_from_slice(&(val.len() as u32).to_be_bytes());
+        v.extend_from_slice(val);
+    }
+    v
+}
+
+fn decode_xattrs(mut v: &[u8]) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let take = |v: &mut &[u8]| -> MetaResult<Vec<u8>> {
+        let n = u32_at(v, 0).ok_or_else(|| corrupt("xattrs"))? as usize;
+        let bytes = v.get(4..4 + n).ok_or_else(|| corrupt("xattrs"))?.to_vec();
+        *v = &v[4 + n..];
+        Ok(bytes)
+    };
+    while !v.is_empty() {
+        let name = take(&mut v)?;
+        let value = take(&mut v)?;
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+fn overlapping(all: Vec<Extent>, range: &Range<u64>) -> Vec<Extent> {
+    all.into_iter()
+        .filter(|e| e.offset < range.end && e.end() > range.start)
+        .collect()
+}
+
+/// The RocksDB side: entries plus the state that decides whether they may be served.
+struct LocalCache {
+    db: DB,
+    /// Bumped by every invalidation; a fill that raced one is undone.
+    epoch: AtomicU64,
+    /// Whether the change feed is up and caught up.
+    live: AtomicBool,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl LocalCache {
+    fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
+        if !self.live.load(Ordering::SeqCst) {
+            return None;
+        }
+        let v = self.db.get(k).ok().flatten();
+        let counter = if v.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        v
+    }
+
+    fn has(&self, k: &[u8]) -> bool {
+        self.live.load(Ordering::SeqCst) && matches!(self.db.get_pinned(k), Ok(Some(_)))
+    }
+
+    fn drop_group(batch: &mut WriteBatch, ino: Ino) {
+        for tag in [INODE, LISTED, EXTENTS, XATTRS, SYMLINK] {
+            batch.delete(key(tag, ino));
+        }
+        for tag in [DIRENT, BY_COOKIE] {
+            batch.delete_range(key(tag, ino), key(tag, ino + 1));
+        }
+    }
+
+    /// Drops everything cached about these inodes.
+    fn invalidate(&self, inos: &[Ino]) {
+        if inos.is_empty() {
+            return;
+        }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let mut batch = WriteBatch::default();
+        for &ino in inos {
+            Self::drop_group(&mut batch, ino);
+        }
+        if let Err(e) = self.db.write(batch) {
+            // cannot drop stale entries: stop serving from the cache at all
+            tracing::error!("local metadata cache: {e}; bypassing it");
+            self.live.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn wipe(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let mut batch = WriteBatch::default();
+        batch.delete_range(vec![0u8], vec![b'~']);
+        if let Err(e) = self.db.write(batch) {
+            tracing::error!("local metadata cache: {e}; bypassing it");
+            self.live.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Stores what was read from the engine since `epoch` was sampled, unless an invalidation
+    /// came in between (then the inode's group is dropped again).
+    fn fill(&self, epoch: u64, ino: Ino, batch: WriteBatch) {
+        if !self.live.load(Ordering::SeqCst) {
+            return;
+        }
+        if self.db.write(batch).is_err() || self.epoch.load(Ordering::SeqCst) != epoch {
+            self.invalidate(&[ino]);
+        }
+    }
+
+    fn synced_at(&self) -> i64 {
+        self.db
+            .get(SYNCED_AT)
+            .ok()
+            .flatten()
+            .and_then(|v| Some(i64::from_be_bytes(v.as_slice().try_into().ok()?)))
+            .unwrap_or(0)
+    }
+
+    fn set_synced_at(&self, micros: i64) {
+        let _ = self.db.put(SYNCED_AT, micros.to_be_bytes());
+    }
+
+    /// Replays the change log from the last time the feed was known up; goes live after.
+    fn catch_up(&self, shared: &dyn SharedVolume) -> MetaResult<()> {
+        let since = self.synced_at().saturating_sub(REPLAY_MARGIN_MICROS);
+        match shared.changes_since(since)? {
+            (Some(inos), now) => {
+                self.invalidate(&inos);
+                self.set_synced_at(now);
+                tracing::info!(replayed = inos.len(), "local metadata cache caught up");
+            }
+            (None, now) => {
+                self.wipe();
+                self.set_synced_at(now);
+                tracing::info!("local metadata cache emptied: older than the change log");
+            }
+        }
+        self.live.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Applies a change from the feed; runs in the feed's task, so it only touches RocksDB.
+/// Catching up (which reads the engine) is handed to the cache's thread.
+fn on_change(cache: &LocalCache, slow: &std::sync::Mutex<Sender<Change>>, change: &Change) {
+    match change {
+        Change::Inodes(inos) => cache.invalidate(inos),
+        Change::All => cache.wipe(),
+        Change::Lost => {
+            cache.live.store(false, Ordering::SeqCst);
+            cache.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        Change::Resumed | Change::Alive(_) => {
+            let _ = slow.lock().expect("lock").send(change.clone());
+        }
+    }
+}
+
+/// Catches up after the feed (re)connects, and records when it was last known up; ends when
+/// the engine goes away.
+fn follow(engine: Weak<dyn MetaStore>, cache: Arc<LocalCache>, feed: Receiver<Change>) {
+    for change in feed {
+        match change {
+            Change::Resumed => {
+                for attempt in 0..10 {
+                    let Some(engine) = engine.upgrade() else {
+                        return;
+                    };
+                    let Some(shared) = engine.shared() else {
+                        return;
+                    };
+                    match cache.catch_up(shared) {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(attempt, "local metadata cache: catching up: {e}");
+                            drop(engine);
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
+            Change::Alive(now) if cache.live.load(Ordering::SeqCst) => cache.set_synced_at(now),
+            _ => {}
+        }
+    }
+}
+
+/// A metadata engine with a local cache in front.
+pub struct CachedMeta {
+    inner: Arc<dyn MetaStore>,
+    cache: Arc<LocalCache>,
+}
+
+impl CachedMeta {
+    /// Opens (or creates) the cache in `dir` in front of `inner`. The cache serves nothing
+    /// until the engine's change feed is up and caught up (after `begin_session`).
+    pub fn open(inner: Arc<dyn MetaStore>, dir: &Path) -> MetaResult<CachedMeta> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let db = DB::open(&opts, dir).map_err(cache_err)?;
+        let cache = Arc::new(LocalCache {
+            db,
+            epoch: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        });
+        // a cache left by another volume behind the same URL is emptied
+        let volume = inner.setting("volume_id")?.unwrap_or_default();
+        if cache.db.get(VOLUME).ok().flatten().as_deref() != Some(volume.as_bytes()) {
+            cache.wipe();
+            cache.set_synced_at(0);
+            cache.db.put(VOLUME, volume.as_bytes()).map_err(cache_err)?;
+        }
+        if let Some(shared) = inner.shared() {
+            let (slow, feed) = std::sync::mpsc::channel();
+            let (c, slow) = (cache.clone(), std::sync::Mutex::new(slow));
+            shared.subscribe(Arc::new(move |change: &Change| {
+                on_change(&c, &slow, change)
+            }));
+            let (engine, c) = (Arc::downgrade(&inner), cache.clone());
+            std::thread::Builder::new()
+                .name("graviton-metacache".into())
+                .spawn(move || follow(engine, c, feed))
+                .map_err(|e| MetaError::Backend {
+                    engine: "rocksdb cache",
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(CachedMeta { inner, cache })
+    }
+
+    /// (hits, misses) since the cache was opened.
+    pub fn hit_counts(&self) -> (u64, u64) {
+        (
+            self.cache.hits.load(Ordering::Relaxed),
+            self.cache.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether the cache is serving (the change feed is up and caught up).
+    pub fn is_live(&self) -> bool {
+        self.cache.live.load(Ordering::SeqCst)
+    }
+
+    fn cached_inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
+        match self.cache.get(&key(INODE, ino)) {
+            Some(v) => postcard::from_bytes(&v)
+                .map(Some)
+                .map_err(|_| corrupt("inode")),
+            None => Ok(None),
+        }
+    }
+
+    fn fill_inode(&self, epoch: u64, inode: &Inode) {
+        let Ok(bytes) = postcard::to_stdvec(inode) else {
+            return;
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(key(INODE, inode.ino), bytes);
+        self.cache.fill(epoch, inode.ino, batch);
+    }
+}
+
+impl MetaStore for CachedMeta {
+    fn engine(&self) -> &'static str {
+        self.inner.engine()
+    }
+
+    fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>> {
+        Ok(Box::new(CachedTxn {
+            inner: Some(self.inner.begin()?),
+            cache: &self.cache,
+            touched: Vec::new(),
+        }))
+    }
+
+    fn read(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
+        Ok(Box::new(CachedReader {
+            meta: self,
+            fallback: None,
+        }))
+    }
+
+    fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
+        if let Some(n) = self.cached_inode(ino)? {
+            return Ok(Some(n));
+        }
+        let epoch = self.cache.epoch.load(Ordering::SeqCst);
+        let n = self.inner.read_inode(ino)?;
+        if let Some(n) = &n {
+            self.fill_inode(epoch, n);
+        }
+        Ok(n)
+    }
+
+    fn allocate_ino(&self) -> MetaResult<Ino> {
+        self.inner.allocate_ino()
+    }
+    fn orphans(&self) -> MetaResult<Vec<Ino>> {
+        self.inner.orphans()
+    }
+    fn setting(&self, name: &str) -> MetaResult<Option<String>> {
+        self.inner.setting(name)
+    }
+    fn put_setting(&self, name: &str, value: &str) -> MetaResult<()> {
+        self.inner.put_setting(name, value)
+    }
+    fn kv_get(&self, key: &str) -> MetaResult<Option<Vec<u8>>> {
+        self.inner.kv_get(key)
+    }
+    fn kv_put(&self, key: &str, value: &[u8]) -> MetaResult<()> {
+        self.inner.kv_put(key, value)
+    }
+    fn kv_delete(&self, key: &str) -> MetaResult<()> {
+        self.inner.kv_delete(key)
+    }
+    fn kv_scan(&self, prefix: &str) -> MetaResult<Vec<(String, Vec<u8>)>> {
+        self.inner.kv_scan(prefix)
+    }
+    fn is_referenced(&self, key: &BlockKey) -> MetaResult<bool> {
+        self.inner.is_referenced(key)
+    }
+    fn referenced_blocks(&self) -> MetaResult<Vec<BlockKey>> {
+        self.inner.referenced_blocks()
+    }
+    fn usage(&self) -> MetaResult<Usage> {
+        self.inner.usage()
+    }
+    fn sync(&self) -> MetaResult<()> {
+        self.inner.sync()
+    }
+    fn begin_session(&self, info: &SessionInfo) -> MetaResult<()> {
+        self.inner.begin_session(info)
+    }
+    fn end_session(&self) {
+        self.inner.end_session()
+    }
+    fn shared(&self) -> Option<&dyn SharedVolume> {
+        self.inner.shared()
+    }
+
+    /// True unless the cached inode is the current one: only then may the kernel keep the
+    /// pages it cached (the cached copy was invalidated with them).
+    fn revalidate(&self, ino: Ino) -> MetaResult<bool> {
+        let epoch = self.cache.epoch.load(Ordering::SeqCst);
+        let cached = self.cached_inode(ino)?;
+        let fresh = self.inner.read_inode(ino)?;
+        if cached.is_some() && cached == fresh {
+            return Ok(false);
+        }
+        match &fresh {
+            Some(n) if cached.is_none() => self.fill_inode(epoch, n),
+            _ => self.cache.invalidate(&[ino]),
+        }
+        Ok(true)
+    }
+}
+
+/// A read-only view answered from the cache where it can be, else from the engine.
+struct CachedReader<'a> {
+    meta: &'a CachedMeta,
+    fallback: Option<Box<dyn MetaRead + 'a>>,
+}
+
+impl<'a> CachedReader<'a> {
+    fn engine(&mut self) -> MetaResult<&mut (dyn MetaRead + 'a)> {
+        if self.fallback.is_none() {
+            self.fallback = Some(self.meta.inner.read()?);
+        }
+        Ok(self.fallback.as_deref_mut().expect("just set"))
+    }
+
+    fn cache(&self) -> &'a LocalCache {
+        &self.meta.cache
+    }
+
+    fn epoch(&self) -> u64 {
+        self.meta.cache.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The whole directory, read from the engine and cached, when it is not too large.
+    fn fill_listing(&mut self, dir: Ino) -> MetaResult<Option<Vec<(Vec<u8>, DirEntry)>>> {
+        let epoch = self.epoch();
+        let mut all: Vec<(Vec<u8>, DirEntry)> = Vec::new();
+        loop {
+            let after = all.last().map(|(_, e)| e.cookie).unwrap_or(0);
+            let page = self.engine()?.list_dir(dir, after, PAGE)?;
+            let done = page.len() < PAGE;
+            all.extend(page);
+            if done {
+                break;
+            }
+            if all.len() > MAX_LISTING {
+                return Ok(None);
+            }
+        }
+        let mut batch = WriteBatch::default();
+        for (name, e) in &all {
+            batch.put(key2(DIRENT, dir, name), encode_dirent(e));
+            batch.put(
+                key2(BY_COOKIE, dir, &e.cookie.to_be_bytes()),
+                encode_listed(name, e),
+            );
+        }
+        batch.put(key(LISTED, dir), []);
+        self.cache().fill(epoch, dir, batch);
+        Ok(Some(all))
+    }
+
+    fn cached_listing(
+        &self,
+        dir: Ino,
+        after: u64,
+        limit: usize,
+    ) -> MetaResult<Option<Vec<(Vec<u8>, DirEntry)>>> {
+        let cache = self.cache();
+        if !cache.has(&key(LISTED, dir)) {
+            return Ok(None);
+        }
+        let from = key2(BY_COOKIE, dir, &(after.saturating_add(1)).to_be_bytes());
+        let end = key(BY_COOKIE, dir + 1);
+        let mut out = Vec::new();
+        for item in cache
+            .db
+            .iterator(IteratorMode::From(&from, Direction::Forward))
+        {
+            let (k, v) = item.map_err(cache_err)?;
+            if *k >= *end || out.len() >= limit {
+                break;
+            }
+            out.push(decode_listed(&v)?);
+        }
+        cache.hits.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(out))
+    }
+
+    fn all_extents(&mut self, ino: Ino) -> MetaResult<Vec<Extent>> {
+        if let Some(v) = self.cache().get(&key(EXTENTS, ino)) {
+            return decode_extents(&v);
+        }
+        let epoch = self.epoch();
+        let all = self.engine()?.extents(ino, 0..u64::MAX)?;
+        let mut batch = WriteBatch::default();
+        batch.put(key(EXTENTS, ino), encode_extents(&all));
+        self.cache().fill(epoch, ino, batch);
+        Ok(all)
+    }
+
+    fn all_xattrs(&mut self, ino: Ino) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        if let Some(v) = self.cache().get(&key(XATTRS, ino)) {
+            return decode_xattrs(&v);
+        }
+        let epoch = self.epoch();
+        let names = self.engine()?.xattr_names(ino)?;
+        let mut all = Vec::with_capacity(names.len());
+        for n in names {
+            if let Some(v) = self.engine()?.xattr(ino, &n)? {
+                all.push((n, v));
+            }
+        }
+        let mut batch = WriteBatch::default();
+        batch.put(key(XATTRS, ino), encode_xattrs(&all));
+        self.cache().fill(epoch, ino, batch);
+        Ok(all)
+    }
+}
+
+impl MetaRead for CachedReader<'_> {
+    fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
+        self.meta.read_inode(ino)
+    }
+
+    fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
+        if let Some(v) = self.cache().get(&key2(DIRENT, parent, name)) {
+            return decode_dirent(&v).map(Some);
+        }
+        if self.cache().has(&key(LISTED, parent)) {
+            return Ok(None); // the cached listing is complete: no such entry
+        }
+        let epoch = self.epoch();
+        let e = self.engine()?.dirent(parent, name)?;
+        if let Some(e) = &e {
+            let mut batch = WriteBatch::default();
+            batch.put(key2(DIRENT, parent, name), encode_dirent(e));
+            self.cache().fill(epoch, parent, batch);
+        }
+        Ok(e)
+    }
+
+    fn list_dir(
+        &mut self,
+        parent: Ino,
+        after: u64,
+        limit: usize,
+    ) -> MetaResult<Vec<(Vec<u8>, DirEntry)>> {
+        if let Some(page) = self.cached_listing(parent, after, limit)? {
+            return Ok(page);
+        }
+        if self.meta.is_live()
+            && after <= 2
+            && let Some(all) = self.fill_listing(parent)?
+        {
+            return Ok(all
+                .into_iter()
+                .filter(|(_, e)| e.cookie > after)
+                .take(limit)
+                .collect());
+        }
+        self.engine()?.list_dir(parent, after, limit)
+    }
+
+    fn dir_is_empty(&mut self, dir: Ino) -> MetaResult<bool> {
+        if let Some(page) = self.cached_listing(dir, 0, 1)? {
+            return Ok(page.is_empty());
+        }
+        self.engine()?.dir_is_empty(dir)
+    }
+
+    fn extents(&mut self, ino: Ino, range: Range<u64>) -> MetaResult<Vec<Extent>> {
+        if range.start >= range.end {
+            return Ok(Vec::new());
+        }
+        if !self.meta.is_live() {
+            return self.engine()?.extents(ino, range);
+        }
+        Ok(overlapping(self.all_extents(ino)?, &range))
+    }
+
+    fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+        if !self.meta.is_live() {
+            return self.engine()?.xattr(ino, name);
+        }
+        Ok(self
+            .all_xattrs(ino)?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v))
+    }
+
+    fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
+        if !self.meta.is_live() {
+            return self.engine()?.xattr_names(ino);
+        }
+        Ok(self.all_xattrs(ino)?.into_iter().map(|(n, _)| n).collect())
+    }
+
+    fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>> {
+        if let Some(v) = self.cache().get(&key(SYMLINK, ino)) {
+            return Ok(Some(v));
+        }
+        let epoch = self.epoch();
+        let t = self.engine()?.symlink_target(ino)?;
+        if let Some(t) = &t {
+            let mut batch = WriteBatch::default();
+            batch.put(key(SYMLINK, ino), t);
+            self.cache().fill(epoch, ino, batch);
+        }
+        Ok(t)
+    }
+}
+
+/// A transaction on the engine that drops the inodes it wrote from the cache once it ends.
+struct CachedTxn<'a> {
+    inner: Option<Box<dyn MetaTxn + 'a>>,
+    cache: &'a LocalCache,
+    touched: Vec<Ino>,
+}
+
+impl CachedTxn<'_> {
+    fn tx(&mut self) -> &mut (dyn MetaTxn + '_) {
+        self.inner.as_deref_mut().expect("open until commit")
+    }
+}
+
+impl MetaRead for CachedTxn<'_> {
+    fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
+        self.tx().inode(ino)
+    }
+    fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
+        self.tx().dirent(parent, name)
+    }
+    fn list_dir(
+        &mut self,
+        parent: Ino,
+        after: u64,
+        limit: usize,
+    ) -> MetaResult<Vec<(Vec<u8>, DirEntry)>> {
+        self.tx().list_dir(parent, after, limit)
+    }
+    fn dir_is_empty(&mut self, dir: Ino) -> MetaResult<bool> {
+        self.tx().dir_is_empty(dir)
+    }
+    fn extents(&mut self, ino: Ino, range: Range<u64>) -> MetaResult<Vec<Extent>> {
+        self.tx().extents(ino, range)
+    }
+    fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+        self.tx().xattr(ino, name)
+    }
+    fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
+        self.tx().xattr_names(ino)
+    }
+    fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>> {
+        self.tx().symlink_target(ino)
+    }
+}
+
+impl MetaTxn for CachedTxn<'_> {
+    fn put_inode(&mut self, inode: &Inode) -> MetaResult<()> {
+        self.touched.push(inode.ino);
+        self.tx().put_inode(inode)
+    }
+    fn delete_inode(&mut self, ino: Ino) -> MetaResult<()> {
+        self.touched.push(ino);
+        self.tx().delete_inode(ino)
+    }
+    fn put_dirent(&mut self, parent: Ino, name: &[u8], entry: &DirEntry) -> MetaResult<()> {
+        self.touched.push(parent);
+        self.tx().put_dirent(parent, name, entry)
+    }
+    fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()> {
+        self.touched.push(parent);
+        self.tx().delete_dirent(parent, name)
+    }
+    fn apply_splice(&mut self, ino: Ino, splice: &Splice) -> MetaResult<()> {
+        self.touched.push(ino);
+        self.tx().apply_splice(ino, splice)
+    }
+    fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()> {
+        self.touched.push(ino);
+        self.tx().put_xattr(ino, name, value)
+    }
+    fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
+        self.touched.push(ino);
+        self.tx().delete_xattr(ino, name)
+    }
+    fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()> {
+        self.touched.push(ino);
+        self.tx().put_symlink_target(ino, target)
+    }
+    fn add_orphan(&mut self, ino: Ino) -> MetaResult<()> {
+        self.touched.push(ino);
+        self.tx().add_orphan(ino)
+    }
+
+    fn commit(mut self: Box<Self>) -> MetaResult<()> {
+        let tx = self.inner.take().expect("open until commit");
+        let result = tx.commit();
+        // also when the commit failed: its outcome may be unknown (connection lost)
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        self.cache.invalidate(&self.touched);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_their_encodings() {
+        let key = BlockKey::for_data(crate::core::HashAlgo::Blake3, b"x");
+        let extents = vec![
+            Extent {
+                offset: 0,
+                key,
+                block_offset: 3,
+                len: 9,
+            },
+            Extent {
+                offset: 9,
+                key,
+                block_offset: 0,
+                len: 1 << 20,
+            },
+        ];
+        assert_eq!(decode_extents(&encode_extents(&extents)).unwrap(), extents);
+        let xattrs = vec![
+            (b"user.a".to_vec(), b"".to_vec()),
+            (b"user.b".to_vec(), vec![0, 1, 2]),
+        ];
+        assert_eq!(decode_xattrs(&encode_xattrs(&xattrs)).unwrap(), xattrs);
+        let e = DirEntry {
+            ino: 77,
+            kind: FileKind::Symlink,
+            cookie: 12,
+        };
+        assert_eq!(
+            decode_listed(&encode_listed(b"name", &e)).unwrap(),
+            (b"name".to_vec(), e)
+        );
+        assert!(
+            decode_extents(&[0u8; 5]).is_err(),
+            "a torn record is an error"
+        );
+    }
+}

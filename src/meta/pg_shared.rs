@@ -1,0 +1,648 @@
+//! Shared PostgreSQL volumes: mount sessions with a heartbeat, cleanup after dead sessions,
+//! global byte-range locks, and the change feed (LISTEN/NOTIFY plus the `changes` log).
+//!
+//! - A mount inserts a `sessions` row and refreshes it every third of its timeout. Every mount's
+//!   heartbeat also reaps sessions whose heartbeat is older than their timeout: their locks go
+//!   (waiters are woken) and the files they had unlinked while open are deleted.
+//! - Locks live in `locks`; one inode's lock changes are serialized by a transaction-scoped
+//!   advisory lock on the inode number. Releasing sends `NOTIFY graviton_locks, '<ino>'`; a
+//!   blocked waiter sleeps on that notification, with a 10 s re-check in case one was lost.
+//! - Every committing write transaction logs the inodes it wrote in `changes` and sends them on
+//!   `graviton_changes`; other mounts drop their cached copies (see `cached` and the FUSE
+//!   adapter's kernel invalidation).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPool};
+use sqlx::{Executor, Postgres, Row};
+use tokio::sync::Notify;
+
+use super::pg::PgMetaStore;
+use super::shared::{self, TO_EOF};
+use super::{
+    Change, ChangeSink, HeldLock, Ino, LockKind, LockRequest, MetaError, MetaResult, SessionInfo,
+    SessionRecord, SharedVolume,
+};
+
+const CHANGES_CHANNEL: &str = "graviton_changes";
+const LOCKS_CHANNEL: &str = "graviton_locks";
+/// Barriers: a mount notifies itself here and waits for its own token, by which time every
+/// notification committed before it has been handled.
+const SYNC_CHANNEL: &str = "graviton_sync";
+/// How long the change log keeps its rows; a local cache older than this starts empty.
+const CHANGE_LOG_KEEP: &str = "1 day";
+/// A NOTIFY payload must stay under 8,000 bytes; larger change sets say "everything".
+const MAX_PAYLOAD: usize = 7000;
+/// A blocked lock waiter re-checks this often even without a notification.
+const WAITER_RECHECK: Duration = Duration::from_secs(10);
+
+/// Per-store state of the shared-volume machinery.
+#[derive(Default)]
+pub(super) struct SharedState {
+    /// This mount's session id; 0 before `start_session`.
+    session: AtomicI64,
+    feed_up: AtomicBool,
+    sinks: Mutex<Vec<ChangeSink>>,
+    barriers: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
+    waiters: Mutex<HashMap<Ino, Arc<Notify>>>,
+    /// (inode, owner) pairs this mount has taken locks for: closing other files skips the
+    /// database.
+    lockers: Mutex<HashSet<(Ino, u64)>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl SharedState {
+    fn dispatch(&self, change: Change) {
+        let sinks = self.sinks.lock().expect("lock").clone();
+        for sink in sinks {
+            sink(&change);
+        }
+    }
+
+    fn waiter(&self, ino: Ino) -> Arc<Notify> {
+        self.waiters
+            .lock()
+            .expect("lock")
+            .entry(ino)
+            .or_default()
+            .clone()
+    }
+
+    fn wake(&self, ino: Ino) {
+        if let Some(n) = self.waiters.lock().expect("lock").get(&ino) {
+            n.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for n in self.waiters.lock().expect("lock").values() {
+            n.notify_waiters();
+        }
+    }
+
+    /// Handles one notification from the server.
+    fn on_notification(&self, channel: &str, payload: &str) {
+        if channel == SYNC_CHANNEL {
+            if let Some(done) = payload
+                .parse()
+                .ok()
+                .and_then(|t| self.barriers.lock().expect("lock").remove(&t))
+            {
+                let _ = done.send(());
+            }
+            return;
+        }
+        if channel == LOCKS_CHANNEL {
+            if let Ok(ino) = payload.parse() {
+                self.wake(ino);
+            }
+            return;
+        }
+        let Some((session, inos)) = payload.split_once(':') else {
+            return;
+        };
+        if session.parse::<i64>().ok() == Some(self.session.load(Ordering::SeqCst)) {
+            return; // this mount's own change: its caches are already up to date
+        }
+        if inos == "*" {
+            self.dispatch(Change::All);
+        } else {
+            self.dispatch(Change::Inodes(
+                inos.split(',').filter_map(|v| v.parse().ok()).collect(),
+            ));
+        }
+    }
+}
+
+fn backend(message: String) -> MetaError {
+    MetaError::Backend {
+        engine: "postgres",
+        message,
+    }
+}
+
+impl PgMetaStore {
+    /// This mount's session, if it has one (NULL in the database otherwise).
+    pub(super) fn session_id(&self) -> Option<i64> {
+        Some(self.shared.session.load(Ordering::SeqCst)).filter(|&s| s != 0)
+    }
+
+    /// What a committing transaction logs: (session, inodes, NOTIFY payload).
+    pub(super) fn change_record(&self, touched: &mut Vec<Ino>) -> (Option<i64>, Vec<i64>, String) {
+        touched.sort_unstable();
+        touched.dedup();
+        let session = self.session_id();
+        let mut payload = format!("{}:", session.unwrap_or(0));
+        let list = touched
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        if list.len() > MAX_PAYLOAD {
+            payload.push('*');
+        } else {
+            payload.push_str(&list);
+        }
+        (
+            session,
+            touched.iter().map(|&i| i as i64).collect(),
+            payload,
+        )
+    }
+
+    pub(super) fn start_session(&self, info: &SessionInfo) -> MetaResult<()> {
+        if self.session_id().is_some() {
+            return Ok(());
+        }
+        let timeout_ms = info.timeout.as_millis().clamp(1000, i32::MAX as u128) as i32;
+        let id: i64 = self.retrying(async || {
+            sqlx::query_scalar(
+                "INSERT INTO sessions (host, pid, mountpoint, timeout_ms) VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(&info.host)
+            .bind(info.pid as i32)
+            .bind(&info.mountpoint)
+            .bind(timeout_ms)
+            .fetch_one(&self.pool)
+            .await
+        })?;
+        self.shared.session.store(id, Ordering::SeqCst);
+        tracing::info!(session = id, "mount session started");
+        let period = (info.timeout / 3).max(Duration::from_millis(300));
+        let beat = self.rt.spawn(heartbeat(
+            self.pool.clone(),
+            self.shared_handle(),
+            info.clone(),
+            timeout_ms,
+            period,
+        ));
+        let feed = self.rt.spawn(feed(self.pool.clone(), self.shared_handle()));
+        self.shared.tasks.lock().expect("lock").extend([beat, feed]);
+        Ok(())
+    }
+
+    /// Ends the session: its locks are released (waiters elsewhere wake).
+    pub(super) fn finish_session(&self) {
+        for t in self.shared.tasks.lock().expect("lock").drain(..) {
+            t.abort();
+        }
+        let Some(id) = self.session_id() else { return };
+        let pool = self.pool.clone();
+        let ended = self.rt.block_on(async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "SELECT pg_notify('graviton_locks', ino::text) FROM \
+                 (SELECT DISTINCT ino FROM locks WHERE session = $1) held",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM sessions WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        });
+        match ended {
+            Ok(()) => tracing::info!(session = id, "mount session ended"),
+            Err(e) => tracing::warn!(
+                session = id,
+                "ending the mount session failed (it expires by itself): {e}"
+            ),
+        }
+        self.shared.session.store(0, Ordering::SeqCst);
+    }
+
+    /// Waits until the change feed has handled every notification committed before now
+    /// (notifications arrive in commit order). Skipped while the feed is down: caches are
+    /// bypassed then.
+    fn feed_barrier(&self) {
+        if !self.shared.feed_up.load(Ordering::SeqCst) {
+            return;
+        }
+        let token: u64 = rand::random();
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.shared
+            .barriers
+            .lock()
+            .expect("lock")
+            .insert(token, done);
+        let sent = self.rt.block_on(async {
+            sqlx::query("SELECT pg_notify('graviton_sync', $1)")
+                .bind(token.to_string())
+                .execute(&self.pool)
+                .await?;
+            let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+            Ok::<_, sqlx::Error>(())
+        });
+        self.shared.barriers.lock().expect("lock").remove(&token);
+        if let Err(e) = sent {
+            tracing::debug!("change feed barrier: {e}");
+        }
+    }
+
+    fn shared_handle(&self) -> Arc<SharedState> {
+        self.shared.clone()
+    }
+}
+
+/// Refreshes this mount's session, reaps dead ones and trims the change log.
+async fn heartbeat(
+    pool: PgPool,
+    st: Arc<SharedState>,
+    info: SessionInfo,
+    timeout_ms: i32,
+    period: Duration,
+) {
+    let mut beats: u64 = 0;
+    loop {
+        let id = st.session.load(Ordering::SeqCst);
+        match beat(&pool, id, &info, timeout_ms).await {
+            Ok(now) if st.feed_up.load(Ordering::SeqCst) => st.dispatch(Change::Alive(now)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("session heartbeat failed: {e}"),
+        }
+        if let Err(e) = reap(&pool).await {
+            tracing::warn!("cleaning up after expired sessions failed: {e}");
+        }
+        if beats.is_multiple_of(100)
+            && let Err(e) = trim_changes(&pool).await
+        {
+            tracing::warn!("trimming the change log failed: {e}");
+        }
+        beats += 1;
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// One heartbeat; returns the server's time in microseconds.
+async fn beat(
+    pool: &PgPool,
+    id: i64,
+    info: &SessionInfo,
+    timeout_ms: i32,
+) -> Result<i64, sqlx::Error> {
+    let now: Option<i64> = sqlx::query_scalar(
+        "UPDATE sessions SET heartbeat_at = clock_timestamp() WHERE id = $1 \
+         RETURNING (extract(epoch FROM heartbeat_at) * 1000000)::bigint",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(now) = now {
+        return Ok(now);
+    }
+    tracing::error!(
+        session = id,
+        "this mount's session had expired (the database was unreachable for longer than the \
+         session timeout): the locks it held were released; registering it again"
+    );
+    sqlx::query_scalar(
+        "INSERT INTO sessions (id, host, pid, mountpoint, timeout_ms) VALUES ($1, $2, $3, $4, $5) \
+         RETURNING (extract(epoch FROM heartbeat_at) * 1000000)::bigint",
+    )
+    .bind(id)
+    .bind(&info.host)
+    .bind(info.pid as i32)
+    .bind(&info.mountpoint)
+    .bind(timeout_ms)
+    .fetch_one(pool)
+    .await
+}
+
+/// Deletes expired sessions with their locks (waking waiters), and reclaims files unlinked
+/// while open by sessions that are gone.
+async fn reap(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let dead: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM sessions WHERE heartbeat_at < clock_timestamp() - timeout_ms * interval '1 millisecond' \
+         FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if !dead.is_empty() {
+        sqlx::query(
+            "SELECT pg_notify('graviton_locks', ino::text) FROM \
+             (SELECT DISTINCT ino FROM locks WHERE session = ANY($1)) held",
+        )
+        .bind(&dead)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM sessions WHERE id = ANY($1)")
+            .bind(&dead)
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(sessions = ?dead, "released the locks of expired mount sessions");
+    }
+    let orphans: Vec<i64> = sqlx::query_scalar(
+        "DELETE FROM orphans WHERE session IS NOT NULL \
+         AND NOT EXISTS (SELECT 1 FROM sessions WHERE id = orphans.session) RETURNING ino",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if !orphans.is_empty() {
+        for table in ["extents", "xattrs", "symlinks", "inodes"] {
+            tx.execute(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE ino = ANY($1)"
+                )))
+                .bind(&orphans),
+            )
+            .await?;
+        }
+        let list = orphans
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let payload = if list.len() > MAX_PAYLOAD {
+            "0:*".to_string()
+        } else {
+            format!("0:{list}")
+        };
+        sqlx::query(
+            "WITH logged AS (INSERT INTO changes (inos) VALUES ($1)) \
+             SELECT pg_notify('graviton_changes', $2)",
+        )
+        .bind(&orphans)
+        .bind(&payload)
+        .execute(&mut *tx)
+        .await?;
+        tracing::info!(
+            files = orphans.len(),
+            "reclaimed files unlinked while open by mounts that are gone"
+        );
+    }
+    tx.commit().await
+}
+
+async fn trim_changes(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO settings (name, value) VALUES ('changes_kept_since', \
+         ((extract(epoch FROM clock_timestamp() - interval '{CHANGE_LOG_KEEP}')) * 1000000)::bigint::text) \
+         ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM changes WHERE at < clock_timestamp() - interval '{CHANGE_LOG_KEEP}'"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Listens for changes and lock releases, reconnecting while the server is away.
+async fn feed(pool: PgPool, st: Arc<SharedState>) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let listening = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen_all([CHANGES_CHANNEL, LOCKS_CHANNEL, SYNC_CHANNEL])
+                .await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = match listening.await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!("change feed: connecting: {e}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        pause = Duration::from_millis(50);
+        st.feed_up.store(true, Ordering::SeqCst);
+        st.dispatch(Change::Resumed);
+        st.wake_all();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => st.on_notification(n.channel(), n.payload()),
+                Ok(None) => {
+                    // the connection was lost and re-established: catch up
+                    st.dispatch(Change::Lost);
+                    st.dispatch(Change::Resumed);
+                    st.wake_all();
+                }
+                Err(e) => {
+                    tracing::warn!("change feed lost: {e}");
+                    break;
+                }
+            }
+        }
+        st.feed_up.store(false, Ordering::SeqCst);
+        st.dispatch(Change::Lost);
+    }
+}
+
+fn lock_from(row: &sqlx::postgres::PgRow) -> HeldLock {
+    HeldLock {
+        session: row.get("session"),
+        owner: row.get::<i64, _>("owner") as u64,
+        exclusive: row.get("exclusive"),
+        start: row.get::<i64, _>("start_off") as u64,
+        end: row.get::<i64, _>("end_off") as u64,
+        pid: row.get::<i32, _>("pid") as u32,
+    }
+}
+
+async fn held_locks<'e, E: Executor<'e, Database = Postgres>>(
+    ex: E,
+    ino: Ino,
+) -> Result<Vec<HeldLock>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT session, owner, exclusive, start_off, end_off, pid FROM locks WHERE ino = $1",
+    )
+    .bind(ino as i64)
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.iter().map(lock_from).collect())
+}
+
+/// Applies `req` unless it conflicts; returns the conflicting lock if it does.
+async fn try_set(
+    pool: &PgPool,
+    ino: Ino,
+    me: i64,
+    req: &LockRequest,
+) -> Result<Option<HeldLock>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ino as i64)
+        .execute(&mut *tx)
+        .await?;
+    let held = held_locks(&mut *tx, ino).await?;
+    if let Some(c) = shared::conflict(&held, me, req) {
+        tx.rollback().await?;
+        return Ok(Some(c));
+    }
+    let mine: Vec<HeldLock> = held
+        .into_iter()
+        .filter(|h| (h.session, h.owner) == (me, req.owner))
+        .collect();
+    let after = shared::replace(&mine, me, req);
+    if after != mine {
+        sqlx::query("DELETE FROM locks WHERE ino = $1 AND session = $2 AND owner = $3")
+            .bind(ino as i64)
+            .bind(me)
+            .bind(req.owner as i64)
+            .execute(&mut *tx)
+            .await?;
+        if !after.is_empty() {
+            sqlx::query(
+                "INSERT INTO locks (ino, session, owner, exclusive, start_off, end_off, pid) \
+                 SELECT $1, $2, $3, * FROM UNNEST($4::boolean[], $5::bigint[], $6::bigint[], $7::integer[])",
+            )
+            .bind(ino as i64)
+            .bind(me)
+            .bind(req.owner as i64)
+            .bind(after.iter().map(|h| h.exclusive).collect::<Vec<_>>())
+            .bind(after.iter().map(|h| h.start as i64).collect::<Vec<_>>())
+            .bind(after.iter().map(|h| h.end as i64).collect::<Vec<_>>())
+            .bind(after.iter().map(|h| h.pid as i32).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !mine.is_empty() {
+            // something was released or downgraded: waiters re-check
+            sqlx::query("SELECT pg_notify('graviton_locks', $1)")
+                .bind(ino.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(None)
+}
+
+impl SharedVolume for PgMetaStore {
+    fn session(&self) -> Option<i64> {
+        self.session_id()
+    }
+
+    fn test_lock(&self, ino: Ino, req: &LockRequest) -> MetaResult<Option<HeldLock>> {
+        let held = self.retrying(async || held_locks(&self.pool, ino).await)?;
+        Ok(shared::conflict(&held, self.session_id().unwrap_or(0), req))
+    }
+
+    fn set_lock(&self, ino: Ino, req: &LockRequest, wait: bool) -> MetaResult<bool> {
+        let me = self
+            .session_id()
+            .ok_or_else(|| backend("locks need a mount session".into()))?;
+        loop {
+            let waiter = self.shared.waiter(ino);
+            {
+                let notified = waiter.notified();
+                tokio::pin!(notified);
+                // registered before the check, so a release between the two still wakes us
+                notified.as_mut().enable();
+                let conflict = self.retrying(async || try_set(&self.pool, ino, me, req).await)?;
+                if conflict.is_none() {
+                    if req.kind != LockKind::Unlock {
+                        // what other mounts committed before the lock was released is in our
+                        // caches before the holder proceeds
+                        self.feed_barrier();
+                    }
+                    let mut lockers = self.shared.lockers.lock().expect("lock");
+                    if req.kind == LockKind::Unlock && req.start == 0 && req.end >= TO_EOF {
+                        lockers.remove(&(ino, req.owner));
+                    } else {
+                        lockers.insert((ino, req.owner));
+                    }
+                    return Ok(true);
+                }
+                if !wait {
+                    return Ok(false);
+                }
+                self.rt.block_on(async {
+                    let _ = tokio::time::timeout(WAITER_RECHECK, notified).await;
+                });
+            }
+            drop(waiter);
+            self.shared
+                .waiters
+                .lock()
+                .expect("lock")
+                .retain(|_, n| Arc::strong_count(n) > 1);
+        }
+    }
+
+    fn release_locks(&self, ino: Ino, owner: u64) -> MetaResult<()> {
+        if !self
+            .shared
+            .lockers
+            .lock()
+            .expect("lock")
+            .contains(&(ino, owner))
+        {
+            return Ok(());
+        }
+        let req = LockRequest {
+            owner,
+            kind: LockKind::Unlock,
+            start: 0,
+            end: TO_EOF,
+            pid: 0,
+        };
+        self.set_lock(ino, &req, false).map(drop)
+    }
+
+    fn subscribe(&self, sink: ChangeSink) {
+        self.shared.sinks.lock().expect("lock").push(sink);
+    }
+
+    fn changes_since(&self, since: i64) -> MetaResult<(Option<Vec<Ino>>, i64)> {
+        let (now, kept_since, inos) = self.retrying(async || {
+            let mut tx = self.pool.begin().await?;
+            let now: i64 = sqlx::query_scalar(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let kept: Option<String> = sqlx::query_scalar(
+                "SELECT value FROM settings WHERE name = 'changes_kept_since'",
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let inos: Vec<i64> = sqlx::query_scalar(
+                "SELECT DISTINCT unnest(inos) FROM changes WHERE at >= to_timestamp($1::bigint / 1000000.0)",
+            )
+            .bind(since)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok((now, kept, inos))
+        })?;
+        let kept_since = kept_since.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        if since < kept_since {
+            return Ok((None, now));
+        }
+        Ok((Some(inos.into_iter().map(|i| i as u64).collect()), now))
+    }
+
+    fn sessions(&self) -> MetaResult<Vec<SessionRecord>> {
+        let rows = self.retrying(async || {
+            sqlx::query(
+                "SELECT id, host, pid, mountpoint, \
+                 extract(epoch FROM clock_timestamp() - heartbeat_at)::double precision AS age \
+                 FROM sessions ORDER BY id",
+            )
+            .fetch_all(&self.pool)
+            .await
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| SessionRecord {
+                id: r.get("id"),
+                host: r.get("host"),
+                pid: r.get::<i32, _>("pid") as u32,
+                mountpoint: r.get("mountpoint"),
+                heartbeat_age_secs: r.get("age"),
+            })
+            .collect())
+    }
+}

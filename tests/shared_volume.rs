@@ -1,0 +1,337 @@
+//! Several mounts of one PostgreSQL volume, each its own daemon: close-to-open consistency,
+//! global flock and fcntl locks, a crashed mount's locks released after its session expires,
+//! directory renames seen atomically, and other mounts' changes pushed promptly.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::mounted::Mounted;
+use common::random_bytes;
+
+/// Short sessions so a crashed mount is noticed within seconds.
+const OPTS: &str = "session_timeout=2";
+
+fn read(path: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut v))
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    v
+}
+
+#[test]
+fn a_file_closed_on_one_mount_opens_with_its_new_content_on_the_other() {
+    let a = Mounted::new_pg(OPTS);
+    let b = a.another_mount(OPTS);
+    let mut expected = random_bytes(1, 3 << 20);
+    std::fs::write(a.path("f"), &expected).unwrap();
+    assert_eq!(
+        read(&b.path("f")),
+        expected,
+        "first read on the other mount"
+    );
+    for round in 0..20u64 {
+        // small overwrite in the middle and an append, on alternating mounts
+        let (writer, reader) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let patch = random_bytes(100 + round, 4096);
+        let at = (round as usize * 77_777) % (expected.len() - 4096);
+        expected[at..at + 4096].copy_from_slice(&patch);
+        let tail = random_bytes(200 + round, 1000 + round as usize);
+        expected.extend_from_slice(&tail);
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .open(writer.path("f"))
+                .unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&patch, at as u64).unwrap();
+            f.write_all_at(&tail, expected.len() as u64 - tail.len() as u64)
+                .unwrap();
+            f.flush().unwrap();
+        } // closed: committed
+        // close-to-open: what an open on the other mount sees
+        let mut f = std::fs::File::open(reader.path("f")).unwrap();
+        let size = f.metadata().unwrap().len();
+        assert_eq!(
+            size,
+            expected.len() as u64,
+            "round {round}: size seen by the other mount"
+        );
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert!(
+            got == expected,
+            "round {round}: content seen by the other mount"
+        );
+    }
+}
+
+/// Appends a line to `data` `n` times, each under an exclusive lock taken with `lock`.
+fn append_locked(
+    lockfile: &Path,
+    data: &Path,
+    tag: &str,
+    n: usize,
+    lock: fn(&std::fs::File, bool),
+) {
+    for i in 0..n {
+        let l = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(lockfile)
+            .unwrap();
+        lock(&l, true);
+        let mut f = OpenOptions::new().append(true).open(data).unwrap();
+        f.write_all(format!("{tag} {i}\n").as_bytes()).unwrap();
+        drop(f);
+        lock(&l, false);
+    }
+}
+
+fn flock(f: &std::fs::File, on: bool) {
+    let op = if on { libc::LOCK_EX } else { libc::LOCK_UN };
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(f.as_raw_fd(), op) },
+        0,
+        "flock: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn fcntl_lock(f: &std::fs::File, on: bool) {
+    // SAFETY: a zeroed flock struct is valid; fcntl on a descriptor we own.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if on { libc::F_WRLCK } else { libc::F_UNLCK } as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLKW, &fl) };
+    assert_eq!(r, 0, "fcntl: {}", std::io::Error::last_os_error());
+}
+
+fn appends_from_two_mounts_lose_nothing(lock: fn(&std::fs::File, bool)) {
+    let a = Mounted::new_pg(OPTS);
+    let b = a.another_mount(OPTS);
+    std::fs::write(a.path("lock"), b"").unwrap();
+    std::fs::write(a.path("data"), b"").unwrap();
+    const N: usize = 150;
+    let start = Arc::new(Barrier::new(2));
+    let workers: Vec<_> = [(&a, "A"), (&b, "B")]
+        .into_iter()
+        .map(|(m, tag)| {
+            let (l, d, s) = (m.path("lock"), m.path("data"), start.clone());
+            std::thread::spawn(move || {
+                s.wait();
+                append_locked(&l, &d, tag, N, lock);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("appender");
+    }
+    for m in [&a, &b] {
+        let text = String::from_utf8(read(&m.path("data"))).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2 * N, "every append is there");
+        for tag in ["A", "B"] {
+            let mine: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.starts_with(tag))
+                .collect();
+            let want: Vec<String> = (0..N).map(|i| format!("{tag} {i}")).collect();
+            assert_eq!(mine, want, "mount {tag}'s appends, in order, none torn");
+        }
+    }
+}
+
+#[test]
+fn appends_under_flock_from_two_mounts_lose_nothing() {
+    appends_from_two_mounts_lose_nothing(flock);
+}
+
+#[test]
+fn appends_under_fcntl_locks_from_two_mounts_lose_nothing() {
+    appends_from_two_mounts_lose_nothing(fcntl_lock);
+}
+
+#[test]
+fn locks_conflict_across_mounts_and_a_killed_mount_releases_its_locks() {
+    let a = Mounted::new_pg(OPTS);
+    let b = a.another_mount(OPTS);
+    std::fs::write(a.path("f"), b"x").unwrap();
+    let held = OpenOptions::new().read(true).open(b.path("f")).unwrap();
+    // SAFETY: flock on descriptors we own.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let other = OpenOptions::new().read(true).open(a.path("f")).unwrap();
+    let r = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(r, -1, "the lock is held on the other mount");
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EWOULDBLOCK)
+    );
+    // a shared lock is also refused, and F_GETLK reports the holder as a write lock
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_RDLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    let rw = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a.path("f"))
+        .unwrap();
+    assert_eq!(
+        unsafe { libc::fcntl(rw.as_raw_fd(), libc::F_GETLK, &mut fl) },
+        0
+    );
+    assert_eq!(
+        fl.l_type,
+        libc::F_WRLCK as i16,
+        "F_GETLK sees the other mount's lock"
+    );
+    drop(rw);
+
+    // a blocked waiter on mount A wakes once B's daemon dies and its session expires
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        // SAFETY: flock on a descriptor this thread owns.
+        let r = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX) };
+        (r, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !waiter.is_finished(),
+        "the waiter blocks while the lock is held"
+    );
+    let killed = Instant::now();
+    b.kill_daemon();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiter.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the dead mount's lock was never released"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (r, _) = waiter.join().unwrap();
+    assert_eq!(r, 0, "the waiter got the lock");
+    let after = killed.elapsed();
+    eprintln!("lock of a killed mount released {after:?} after kill -9 (session timeout 2 s)");
+    assert!(
+        after < Duration::from_secs(2 + 5),
+        "released within the session timeout plus a heartbeat or two: {after:?}"
+    );
+    drop(held);
+}
+
+/// The other mount never finds the directory under neither name, nor with part of its
+/// content: it follows a chain of renames d0 → d1 → … → d40 while they happen.
+#[test]
+fn a_directory_rename_is_seen_atomically_from_the_other_mount() {
+    const RENAMES: usize = 40;
+    const FILES: usize = 20;
+    let a = Mounted::new_pg(OPTS);
+    let b = a.another_mount(OPTS);
+    std::fs::create_dir(a.path("top")).unwrap();
+    std::fs::create_dir(a.path("top/d0")).unwrap();
+    for i in 0..FILES {
+        std::fs::write(a.path(&format!("top/d0/f{i}")), format!("{i}")).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (top, stop) = (b.path("top"), stop.clone());
+        std::thread::spawn(move || {
+            let (mut at, mut checks) = (0usize, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                // names only move forward: the directory is at `at` or further along
+                let found = (at..=RENAMES).find(|&j| top.join(format!("d{j}")).exists());
+                let j = found.expect("the directory was under none of its names");
+                at = j;
+                match std::fs::read_dir(top.join(format!("d{j}"))) {
+                    Ok(entries) => {
+                        let n = entries.count();
+                        assert_eq!(n, FILES, "d{j} seen with part of its content");
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => panic!("listing d{j}: {e}"),
+                }
+                checks += 1;
+            }
+            (checks, at)
+        })
+    };
+    for i in 0..RENAMES {
+        std::fs::rename(
+            a.path(&format!("top/d{i}")),
+            a.path(&format!("top/d{}", i + 1)),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let (checks, last) = watcher
+        .join()
+        .expect("the other mount saw a half-done rename");
+    assert!(checks > 10, "the watcher ran ({checks} checks)");
+    assert_eq!(
+        last, RENAMES,
+        "the watcher followed the directory to its last name"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.path(&format!("top/d{RENAMES}/f7"))).unwrap(),
+        "7"
+    );
+}
+
+#[test]
+fn other_mounts_changes_reach_a_mount_promptly() {
+    let a = Mounted::new_pg(OPTS);
+    let b = a.another_mount(OPTS);
+    std::fs::write(a.path("f"), b"hello").unwrap();
+    assert_eq!(std::fs::metadata(b.path("f")).unwrap().len(), 5); // cached on B now
+    let mut worst = Duration::ZERO;
+    for mode in [0o600, 0o640, 0o604, 0o644] {
+        std::fs::set_permissions(a.path("f"), std::fs::Permissions::from_mode(mode)).unwrap();
+        let t = Instant::now();
+        loop {
+            let m = std::fs::metadata(b.path("f")).unwrap();
+            if m.permissions().mode() & 0o777 == mode {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "B never saw mode {mode:o}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        worst = worst.max(t.elapsed());
+    }
+    eprintln!("a chmod on one mount was visible on the other after at most {worst:?}");
+    // a new file and a removed one, both in a directory the other mount has listed
+    let listed: Vec<_> = std::fs::read_dir(b.mnt.clone()).unwrap().collect();
+    assert_eq!(listed.len(), 1);
+    std::fs::write(a.path("g"), b"g").unwrap();
+    std::fs::remove_file(a.path("f")).unwrap();
+    let t = Instant::now();
+    loop {
+        let names: Vec<String> = std::fs::read_dir(&b.mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        if names == ["g"] {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "B still lists {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
