@@ -86,16 +86,19 @@ impl Source {
     /// Where the mount daemon keeps its pid file, status socket and log: the volume folder,
     /// or for PostgreSQL `$XDG_STATE_HOME/graviton/<id>` (`~/.local/state/graviton/<id>`).
     pub fn state_dir(&self) -> PathBuf {
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        self.state_dir_in(&base)
+    }
+
+    /// `state_dir` with `base` standing for `$XDG_STATE_HOME`.
+    pub fn state_dir_in(&self, base: &Path) -> PathBuf {
         match self {
             Source::Dir(d) => d.clone(),
             Source::Postgres(url) => {
-                let base = std::env::var_os("XDG_STATE_HOME")
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-                    .or_else(|| {
-                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
-                    })
-                    .unwrap_or_else(|| PathBuf::from("/tmp"));
                 let id = blake3::hash(redact(url).as_bytes()).to_hex();
                 base.join("graviton").join(&id[..16])
             }
@@ -107,11 +110,20 @@ impl Source {
     /// Where a mount daemon keeps its state: for a shared (PostgreSQL) volume one folder per
     /// mountpoint, as several mounts of one volume may share a machine.
     pub fn mount_state_dir(&self, mountpoint: &Path) -> PathBuf {
+        self.for_mountpoint(self.state_dir(), mountpoint)
+    }
+
+    /// `mount_state_dir` with `base` standing for `$XDG_STATE_HOME`.
+    pub fn mount_state_dir_in(&self, base: &Path, mountpoint: &Path) -> PathBuf {
+        self.for_mountpoint(self.state_dir_in(base), mountpoint)
+    }
+
+    fn for_mountpoint(&self, state: PathBuf, mountpoint: &Path) -> PathBuf {
         match self {
-            Source::Dir(d) => d.clone(),
+            Source::Dir(_) => state,
             Source::Postgres(_) => {
                 let id = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
-                self.state_dir().join(&id[..12])
+                state.join(&id[..12])
             }
         }
     }

@@ -8,7 +8,7 @@
 //! - This mount's own writes drop their groups right after they commit.
 //! - Other mounts' writes arrive on the change feed within milliseconds.
 //! - While the feed is down the cache is bypassed; when it comes back (and after a remount)
-//!   the change log is replayed from the last time the feed was known up, minus a 5-minute
+//!   the change log is replayed from the last time the feed was known up, minus a one-minute
 //!   margin, or the cache is emptied if the log no longer reaches back that far.
 //! - A fill is checked against an epoch counter bumped by every invalidation: a value read
 //!   from the engine before an invalidation never outlives it.
@@ -40,11 +40,16 @@ const LISTED: u8 = b'L';
 const EXTENTS: u8 = b'e';
 const XATTRS: u8 = b'x';
 const SYMLINK: u8 = b's';
+/// A directory's entries are keyed under its current generation; bumping the generation drops
+/// them all with one write (range deletions pile up as tombstones that slow every read).
+const GENERATION: u8 = b'g';
 /// Bookkeeping keys sort after every data key.
 const SYNCED_AT: &[u8] = b"~synced_at";
 const VOLUME: &[u8] = b"~volume";
+/// Generations handed out by earlier opens stay below this.
+const GENERATION_FLOOR: &[u8] = b"~generation_floor";
 /// Margin for transactions that committed around the time the feed was last known up.
-const REPLAY_MARGIN_MICROS: i64 = 5 * 60 * 1_000_000;
+const REPLAY_MARGIN_MICROS: i64 = 60 * 1_000_000;
 /// Directories with more entries than this are not cached whole.
 const MAX_LISTING: usize = 100_000;
 const PAGE: usize = 4096;
@@ -56,8 +61,10 @@ fn key(tag: u8, ino: Ino) -> Vec<u8> {
     k
 }
 
-fn key2(tag: u8, ino: Ino, rest: &[u8]) -> Vec<u8> {
-    let mut k = key(tag, ino);
+/// Key of a directory entry (by name or by cookie) under the directory's generation.
+fn entry_key(tag: u8, dir: Ino, generation: u64, rest: &[u8]) -> Vec<u8> {
+    let mut k = key(tag, dir);
+    k.extend_from_slice(&generation.to_be_bytes());
     k.extend_from_slice(rest);
     k
 }
@@ -205,13 +212,14 @@ impl LocalCache {
         self.live.load(Ordering::SeqCst) && matches!(self.db.get_pinned(k), Ok(Some(_)))
     }
 
-    fn drop_group(batch: &mut WriteBatch, ino: Ino) {
-        for tag in [INODE, LISTED, EXTENTS, XATTRS, SYMLINK] {
-            batch.delete(key(tag, ino));
-        }
-        for tag in [DIRENT, BY_COOKIE] {
-            batch.delete_range(key(tag, ino), key(tag, ino + 1));
-        }
+    /// The generation a directory's cached entries are keyed under.
+    fn generation(&self, dir: Ino) -> u64 {
+        self.db
+            .get_pinned(key(GENERATION, dir))
+            .ok()
+            .flatten()
+            .and_then(|v| u64_at(&v, 0))
+            .unwrap_or(0)
     }
 
     /// Drops everything cached about these inodes.
@@ -219,10 +227,14 @@ impl LocalCache {
         if inos.is_empty() {
             return;
         }
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        // unique and increasing: a new generation for every directory among them
+        let generation = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let mut batch = WriteBatch::default();
         for &ino in inos {
-            Self::drop_group(&mut batch, ino);
+            for tag in [INODE, LISTED, EXTENTS, XATTRS, SYMLINK] {
+                batch.delete(key(tag, ino));
+            }
+            batch.put(key(GENERATION, ino), generation.to_be_bytes());
         }
         if let Err(e) = self.db.write(batch) {
             // cannot drop stale entries: stop serving from the cache at all
@@ -330,6 +342,40 @@ fn follow(engine: Weak<dyn MetaStore>, cache: Arc<LocalCache>, feed: Receiver<Ch
     }
 }
 
+/// Deletes directory entries left under old generations.
+fn sweep_stale_entries(db: &DB) -> MetaResult<()> {
+    let mut batch = WriteBatch::default();
+    let mut current: Option<(Ino, u64)> = None;
+    for tag in [DIRENT, BY_COOKIE] {
+        for item in db.iterator(IteratorMode::From(&[tag], Direction::Forward)) {
+            let (k, _) = item.map_err(cache_err)?;
+            if k.first() != Some(&tag) {
+                break;
+            }
+            let (Some(dir), Some(generation)) = (u64_at(&k, 1), u64_at(&k, 9)) else {
+                batch.delete(&k);
+                continue;
+            };
+            let live = match current {
+                Some((d, g)) if d == dir => g,
+                _ => {
+                    let g = db
+                        .get_pinned(key(GENERATION, dir))
+                        .map_err(cache_err)?
+                        .and_then(|v| u64_at(&v, 0))
+                        .unwrap_or(0);
+                    current = Some((dir, g));
+                    g
+                }
+            };
+            if generation != live {
+                batch.delete(&k);
+            }
+        }
+    }
+    db.write(batch).map_err(cache_err)
+}
+
 /// A metadata engine with a local cache in front.
 pub struct CachedMeta {
     inner: Arc<dyn MetaStore>,
@@ -344,9 +390,18 @@ impl CachedMeta {
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let db = DB::open(&opts, dir).map_err(cache_err)?;
+        // generations continue above every earlier open's
+        let floor = db
+            .get(GENERATION_FLOOR)
+            .map_err(cache_err)?
+            .and_then(|v| u64_at(&v, 0))
+            .unwrap_or(0);
+        db.put(GENERATION_FLOOR, (floor + (1 << 40)).to_be_bytes())
+            .map_err(cache_err)?;
+        sweep_stale_entries(&db)?;
         let cache = Arc::new(LocalCache {
             db,
-            epoch: AtomicU64::new(0),
+            epoch: AtomicU64::new(floor),
             live: AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -528,6 +583,7 @@ impl<'a> CachedReader<'a> {
     /// The whole directory, read from the engine and cached, when it is not too large.
     fn fill_listing(&mut self, dir: Ino) -> MetaResult<Option<Vec<(Vec<u8>, DirEntry)>>> {
         let epoch = self.epoch();
+        let generation = self.cache().generation(dir);
         let mut all: Vec<(Vec<u8>, DirEntry)> = Vec::new();
         loop {
             let after = all.last().map(|(_, e)| e.cookie).unwrap_or(0);
@@ -543,9 +599,9 @@ impl<'a> CachedReader<'a> {
         }
         let mut batch = WriteBatch::default();
         for (name, e) in &all {
-            batch.put(key2(DIRENT, dir, name), encode_dirent(e));
+            batch.put(entry_key(DIRENT, dir, generation, name), encode_dirent(e));
             batch.put(
-                key2(BY_COOKIE, dir, &e.cookie.to_be_bytes()),
+                entry_key(BY_COOKIE, dir, generation, &e.cookie.to_be_bytes()),
                 encode_listed(name, e),
             );
         }
@@ -564,8 +620,14 @@ impl<'a> CachedReader<'a> {
         if !cache.has(&key(LISTED, dir)) {
             return Ok(None);
         }
-        let from = key2(BY_COOKIE, dir, &(after.saturating_add(1)).to_be_bytes());
-        let end = key(BY_COOKIE, dir + 1);
+        let generation = cache.generation(dir);
+        let from = entry_key(
+            BY_COOKIE,
+            dir,
+            generation,
+            &after.saturating_add(1).to_be_bytes(),
+        );
+        let end = entry_key(BY_COOKIE, dir, generation + 1, &[]);
         let mut out = Vec::new();
         for item in cache
             .db
@@ -618,7 +680,8 @@ impl MetaRead for CachedReader<'_> {
     }
 
     fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
-        if let Some(v) = self.cache().get(&key2(DIRENT, parent, name)) {
+        let generation = self.cache().generation(parent);
+        if let Some(v) = self.cache().get(&entry_key(DIRENT, parent, generation, name)) {
             return decode_dirent(&v).map(Some);
         }
         if self.cache().has(&key(LISTED, parent)) {
@@ -628,7 +691,7 @@ impl MetaRead for CachedReader<'_> {
         let e = self.engine()?.dirent(parent, name)?;
         if let Some(e) = &e {
             let mut batch = WriteBatch::default();
-            batch.put(key2(DIRENT, parent, name), encode_dirent(e));
+            batch.put(entry_key(DIRENT, parent, generation, name), encode_dirent(e));
             self.cache().fill(epoch, parent, batch);
         }
         Ok(e)

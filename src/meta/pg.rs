@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use serde_json::json;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{
@@ -189,15 +190,14 @@ impl MetaStore for PgMetaStore {
 
     fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>> {
         let tx = self.retrying(async || {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-                .execute(&mut *tx)
-                .await?;
-            Ok(tx)
+            self.pool
+                .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                .await
         })?;
         Ok(Box::new(PgTxn {
             store: self,
             tx: Some(tx),
+            pending: Vec::new(),
             touched: Vec::new(),
         }))
     }
@@ -408,9 +408,13 @@ pub fn create_scratch_database(admin_url: &str) -> MetaResult<String> {
     Ok(format!("{base}/{name}"))
 }
 
+/// A transaction. Writes are queued and sent in one round trip (`graviton_apply`) at commit,
+/// or before the next read so the transaction reads what it wrote.
 struct PgTxn<'a> {
     store: &'a PgMetaStore,
     tx: Option<Transaction<'static, Postgres>>,
+    /// Writes not sent yet, in order.
+    pending: Vec<serde_json::Value>,
     /// Inodes this transaction wrote, announced to the other mounts when it commits.
     touched: Vec<Ino>,
 }
@@ -420,7 +424,38 @@ impl PgTxn<'_> {
         &mut self,
         f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
+        self.apply_pending(false)?;
         self.run(async |tx| f(&mut **tx).await)
+    }
+
+    fn write(&mut self, ino: Ino, op: &str, v: serde_json::Value) {
+        self.touched.push(ino);
+        self.pending.push(json!({ "op": op, "v": v }));
+    }
+
+    /// Sends the queued writes; at commit, also logs and announces the inodes written.
+    fn apply_pending(&mut self, committing: bool) -> MetaResult<()> {
+        let announce = committing && !self.touched.is_empty();
+        if self.pending.is_empty() && !announce {
+            return Ok(());
+        }
+        let ops = serde_json::Value::Array(std::mem::take(&mut self.pending));
+        let (session, inos, payload) = if announce {
+            let (s, inos, p) = self.store.change_record(&mut self.touched);
+            (s, Some(inos), Some(p))
+        } else {
+            (None, None, None)
+        };
+        self.run(async |tx| {
+            sqlx::query("SELECT graviton_apply($1, $2, $3, $4)")
+                .bind(&ops)
+                .bind(session)
+                .bind(&inos)
+                .bind(&payload)
+                .execute(&mut **tx)
+                .await
+        })
+        .map(drop)
     }
 
     fn run<T>(
@@ -575,165 +610,116 @@ impl PgReader<'_> {
     }
 }
 
+/// bytea as PostgreSQL's hex input format, for the JSON of `graviton_apply`.
+fn bytea(b: &[u8]) -> String {
+    format!("\\x{}", hex::encode(b))
+}
+
 impl MetaTxn for PgTxn<'_> {
     fn put_inode(&mut self, n: &Inode) -> MetaResult<()> {
-        self.touched.push(n.ino);
-        let q = sqlx::query(
-            "INSERT INTO inodes (ino, kind, perm, uid, gid, nlink, size, rdev, atime_s, atime_ns, mtime_s, mtime_ns, \
-             ctime_s, ctime_ns, crtime_s, crtime_ns, extent_count, data_version, next_cookie, parent) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
-             ON CONFLICT (ino) DO UPDATE SET kind = EXCLUDED.kind, perm = EXCLUDED.perm, uid = EXCLUDED.uid, \
-             gid = EXCLUDED.gid, nlink = EXCLUDED.nlink, size = EXCLUDED.size, rdev = EXCLUDED.rdev, \
-             atime_s = EXCLUDED.atime_s, atime_ns = EXCLUDED.atime_ns, mtime_s = EXCLUDED.mtime_s, \
-             mtime_ns = EXCLUDED.mtime_ns, ctime_s = EXCLUDED.ctime_s, ctime_ns = EXCLUDED.ctime_ns, \
-             crtime_s = EXCLUDED.crtime_s, crtime_ns = EXCLUDED.crtime_ns, extent_count = EXCLUDED.extent_count, \
-             data_version = EXCLUDED.data_version, next_cookie = EXCLUDED.next_cookie, parent = EXCLUDED.parent",
-        )
-        .bind(i(n.ino))
-        .bind(n.kind.tag() as i16)
-        .bind(n.perm as i32)
-        .bind(n.uid as i64)
-        .bind(n.gid as i64)
-        .bind(n.nlink as i64)
-        .bind(i(n.size))
-        .bind(n.rdev as i64)
-        .bind(n.atime.secs)
-        .bind(n.atime.nanos as i32)
-        .bind(n.mtime.secs)
-        .bind(n.mtime.nanos as i32)
-        .bind(n.ctime.secs)
-        .bind(n.ctime.nanos as i32)
-        .bind(n.crtime.secs)
-        .bind(n.crtime.nanos as i32)
-        .bind(i(n.extent_count))
-        .bind(i(n.data_version))
-        .bind(i(n.next_cookie))
-        .bind(i(n.parent));
-        self.run(async |tx| q.execute(&mut **tx).await).map(drop)
+        self.write(
+            n.ino,
+            "put_inode",
+            json!({
+                "ino": i(n.ino), "kind": n.kind.tag(), "perm": n.perm, "uid": n.uid,
+                "gid": n.gid, "nlink": n.nlink, "size": i(n.size), "rdev": n.rdev,
+                "atime_s": n.atime.secs, "atime_ns": n.atime.nanos,
+                "mtime_s": n.mtime.secs, "mtime_ns": n.mtime.nanos,
+                "ctime_s": n.ctime.secs, "ctime_ns": n.ctime.nanos,
+                "crtime_s": n.crtime.secs, "crtime_ns": n.crtime.nanos,
+                "extent_count": i(n.extent_count), "data_version": i(n.data_version),
+                "next_cookie": i(n.next_cookie), "parent": i(n.parent),
+            }),
+        );
+        Ok(())
     }
 
     fn delete_inode(&mut self, ino: Ino) -> MetaResult<()> {
-        self.touched.push(ino);
-        self.run(async |tx| {
-            for sql in [
-                "DELETE FROM extents WHERE ino = $1",
-                "DELETE FROM xattrs WHERE ino = $1",
-                "DELETE FROM symlinks WHERE ino = $1",
-                "DELETE FROM orphans WHERE ino = $1",
-                "DELETE FROM inodes WHERE ino = $1",
-            ] {
-                sqlx::query(sql).bind(i(ino)).execute(&mut **tx).await?;
-            }
-            Ok(())
-        })
+        self.write(ino, "delete_inode", json!({ "ino": i(ino) }));
+        Ok(())
     }
 
     fn put_dirent(&mut self, parent: Ino, name: &[u8], e: &DirEntry) -> MetaResult<()> {
-        self.touched.push(parent);
-        let q = sqlx::query(
-            "INSERT INTO dirents (parent, name, ino, kind, cookie) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (parent, name) DO UPDATE SET ino = EXCLUDED.ino, kind = EXCLUDED.kind, cookie = EXCLUDED.cookie",
-        )
-        .bind(i(parent))
-        .bind(name)
-        .bind(i(e.ino))
-        .bind(e.kind.tag() as i16)
-        .bind(i(e.cookie));
-        self.run(async |tx| q.execute(&mut **tx).await).map(drop)
+        self.write(
+            parent,
+            "put_dirent",
+            json!({
+                "parent": i(parent), "name": bytea(name), "ino": i(e.ino),
+                "kind": e.kind.tag(), "cookie": i(e.cookie),
+            }),
+        );
+        Ok(())
     }
 
     fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()> {
-        self.touched.push(parent);
-        let q = sqlx::query("DELETE FROM dirents WHERE parent = $1 AND name = $2")
-            .bind(i(parent))
-            .bind(name);
-        self.run(async |tx| q.execute(&mut **tx).await).map(drop)
+        self.write(
+            parent,
+            "delete_dirent",
+            json!({ "parent": i(parent), "name": bytea(name) }),
+        );
+        Ok(())
     }
 
     fn apply_splice(&mut self, ino: Ino, s: &Splice) -> MetaResult<()> {
-        self.touched.push(ino);
-        let removed: Vec<i64> = s.remove.iter().map(|e| i(e.offset)).collect();
-        let offsets: Vec<i64> = s.insert.iter().map(|e| i(e.offset)).collect();
-        let keys: Vec<Vec<u8>> = s.insert.iter().map(|e| e.key.to_bytes().to_vec()).collect();
-        let block_offsets: Vec<i32> = s.insert.iter().map(|e| e.block_offset as i32).collect();
-        let lens: Vec<i32> = s.insert.iter().map(|e| e.len as i32).collect();
-        self.run(async |tx| {
-            if !removed.is_empty() {
-                sqlx::query("DELETE FROM extents WHERE ino = $1 AND file_offset = ANY($2)")
-                    .bind(i(ino))
-                    .bind(&removed)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            if !offsets.is_empty() {
-                sqlx::query(
-                    "INSERT INTO extents (ino, file_offset, block_key, block_offset, len) \
-                     SELECT $1, * FROM UNNEST($2::bigint[], $3::bytea[], $4::integer[], $5::integer[]) \
-                     ON CONFLICT (ino, file_offset) DO UPDATE SET block_key = EXCLUDED.block_key, \
-                     block_offset = EXCLUDED.block_offset, len = EXCLUDED.len",
-                )
-                .bind(i(ino))
-                .bind(&offsets)
-                .bind(&keys)
-                .bind(&block_offsets)
-                .bind(&lens)
-                .execute(&mut **tx)
-                .await?;
-            }
-            Ok(())
-        })
+        let remove: Vec<i64> = s.remove.iter().map(|e| i(e.offset)).collect();
+        let insert: Vec<serde_json::Value> = s
+            .insert
+            .iter()
+            .map(|e| {
+                json!({
+                    "ino": i(ino), "file_offset": i(e.offset),
+                    "block_key": bytea(&e.key.to_bytes()),
+                    "block_offset": e.block_offset, "len": e.len,
+                })
+            })
+            .collect();
+        self.write(
+            ino,
+            "splice",
+            json!({ "ino": i(ino), "remove": remove, "insert": insert }),
+        );
+        Ok(())
     }
 
     fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()> {
-        self.touched.push(ino);
-        let q = sqlx::query("INSERT INTO xattrs VALUES ($1, $2, $3) ON CONFLICT (ino, name) DO UPDATE SET value = EXCLUDED.value")
-            .bind(i(ino))
-            .bind(name)
-            .bind(value);
-        self.run(async |tx| q.execute(&mut **tx).await).map(drop)
+        self.write(
+            ino,
+            "put_xattr",
+            json!({ "ino": i(ino), "name": bytea(name), "value": bytea(value) }),
+        );
+        Ok(())
     }
 
     fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
-        self.touched.push(ino);
-        let q = sqlx::query("DELETE FROM xattrs WHERE ino = $1 AND name = $2")
-            .bind(i(ino))
-            .bind(name);
-        self.run(async |tx| q.execute(&mut **tx).await).map(drop)
+        self.write(
+            ino,
+            "delete_xattr",
+            json!({ "ino": i(ino), "name": bytea(name) }),
+        );
+        Ok(())
     }
 
     fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()> {
-        self.touched.push(ino);
-        let q = sqlx::query("INSERT INTO symlinks VALUES ($1, $2) ON CONFLICT (ino) DO UPDATE SET target = EXCLUDED.target")
-            .bind(i(ino))
-            .bind(target);
-        self.run(async |tx| q.execute(&mut **tx).await).map(drop)
+        self.write(
+            ino,
+            "put_symlink",
+            json!({ "ino": i(ino), "target": bytea(target) }),
+        );
+        Ok(())
     }
 
     fn add_orphan(&mut self, ino: Ino) -> MetaResult<()> {
-        let q = sqlx::query(
-            "INSERT INTO orphans (ino, session) VALUES ($1, $2) \
-             ON CONFLICT (ino) DO UPDATE SET session = EXCLUDED.session",
-        )
-        .bind(i(ino))
-        .bind(self.store.session_id());
-        self.run(async |tx| q.execute(&mut **tx).await).map(drop)
+        let session = self.store.session_id();
+        self.write(
+            ino,
+            "add_orphan",
+            json!({ "ino": i(ino), "session": session }),
+        );
+        Ok(())
     }
 
     fn commit(mut self: Box<Self>) -> MetaResult<()> {
-        if !self.touched.is_empty() {
-            let (session, inos, payload) = self.store.change_record(&mut self.touched);
-            self.run(async |tx| {
-                sqlx::query(
-                    "WITH logged AS (INSERT INTO changes (session, inos) VALUES ($1, $2)) \
-                     SELECT pg_notify('graviton_changes', $3)",
-                )
-                .bind(session)
-                .bind(&inos)
-                .bind(&payload)
-                .execute(&mut **tx)
-                .await
-            })?;
-        }
+        self.apply_pending(true)?;
         let tx = self.tx.take().expect("transaction open until commit");
         self.store.rt.block_on(tx.commit()).map_err(pg_err)
     }

@@ -395,6 +395,11 @@ impl Fs {
                 .sum::<i64>();
             self.core.add_dirty(-dropped);
             drop(st);
+            // the common case, a file still linked, needs no transaction
+            let linked = matches!(self.core.meta.read()?.inode(h.ino)?, Some(i) if i.nlink > 0);
+            if linked {
+                return flushed;
+            }
             self.core.txn(|tx| {
                 if let Some(inode) = tx.inode(h.ino)?
                     && inode.nlink == 0

@@ -99,7 +99,7 @@ impl Mounted {
             "graviton format postgres",
         );
         let state = graviton::volume::Source::parse(&url)
-            .mount_state_dir(&mnt.canonicalize().expect("mountpoint"));
+            .mount_state_dir_in(&dir.path().join("state"), &mnt.canonicalize().expect("mountpoint"));
         let m = Mounted {
             dir,
             vol,
@@ -125,14 +125,28 @@ impl Mounted {
             "-o",
             &opts,
         ];
-        ok(run(BIN, &args, self.dir.path()), "graviton mount");
+        ok(self.graviton(&args), "graviton mount");
+    }
+
+    /// Runs the graviton binary (with a time limit) keeping its state (PostgreSQL volumes:
+    /// pid file, log, metadata cache) in this mount's temporary folder.
+    pub fn graviton(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .arg("-k5")
+            .arg("120")
+            .arg(BIN)
+            .args(args)
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            .current_dir(self.dir.path())
+            .output()
+            .expect("running graviton")
     }
 
     /// A second mount of the same PostgreSQL volume, on its own mountpoint.
     pub fn another_mount(&self, options: &str) -> Mounted {
         let (dir, vol, mnt) = scratch();
         let state = graviton::volume::Source::parse(&self.source)
-            .mount_state_dir(&mnt.canonicalize().expect("mountpoint"));
+            .mount_state_dir_in(&dir.path().join("state"), &mnt.canonicalize().expect("mountpoint"));
         let m = Mounted {
             dir,
             vol,
@@ -205,7 +219,7 @@ impl Mounted {
 
     pub fn status_json(&self) -> serde_json::Value {
         let out = ok(
-            run(BIN, &["status", "--json", &self.source], self.dir.path()),
+            self.graviton(&["status", "--json", &self.source]),
             "graviton status",
         );
         serde_json::from_str(&out).expect("status json")
