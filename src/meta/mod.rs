@@ -12,6 +12,7 @@
 pub mod cached;
 pub mod conformance;
 pub mod pg;
+mod pg_conn;
 mod pg_shared;
 pub mod rocks;
 mod shared;

@@ -14,6 +14,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use serde_json::json;
 use sqlx::{Postgres, Row, Transaction};
 
+use super::pg_conn::{LocalConn, LocalConns};
 use super::{
     DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn, Timestamp,
     Usage,
@@ -32,6 +33,8 @@ pub struct PgMetaStore {
     /// How long an operation waits for an unreachable server before it fails (EIO).
     retry_for: Duration,
     pub(super) rt: tokio::runtime::Runtime,
+    /// Connections owned by the calling threads (the fast path; see `pg_conn`).
+    local: Option<LocalConns>,
     /// This mount's session, heartbeat, change feed and lock waiters (see `pg_shared`).
     pub(super) shared: std::sync::Arc<super::pg_shared::SharedState>,
     /// (next inode to hand out, first inode not reserved)
@@ -155,6 +158,7 @@ impl PgMetaStore {
             pool,
             retry_for: wait,
             rt,
+            local: LocalConns::new(url),
             shared: Default::default(),
             ino_range: Mutex::new((0, 0)),
         })
@@ -164,6 +168,31 @@ impl PgMetaStore {
 impl PgMetaStore {
     /// Runs a statement outside any transaction, waiting (with backoff, up to `retry_for`)
     /// while the server cannot be reached. A lost connection is replaced by the pool.
+    /// Runs a read on this thread's own connection, or on the pool (waiting for an
+    /// unreachable server like `retrying`).
+    fn read_query<T>(
+        &self,
+        f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+    ) -> MetaResult<T> {
+        if let Some(mut c) = self.local.as_ref().and_then(|l| l.take()) {
+            match c.run(async |conn| f(conn).await) {
+                Ok(v) => {
+                    self.local.as_ref().expect("taken from it").give_back(c);
+                    return Ok(v);
+                }
+                Err(e) if !unavailable(&e) => {
+                    self.local.as_ref().expect("taken from it").give_back(c);
+                    return Err(pg_err(e));
+                }
+                Err(_) => {} // the connection is gone: the pool waits for the server
+            }
+        }
+        self.retrying(async || {
+            let mut conn = self.pool.acquire().await?;
+            f(&mut conn).await
+        })
+    }
+
     pub(super) fn retrying<T, F: AsyncFnMut() -> Result<T, sqlx::Error>>(
         &self,
         mut f: F,
@@ -189,14 +218,18 @@ impl MetaStore for PgMetaStore {
     }
 
     fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>> {
-        let tx = self.retrying(async || {
-            self.pool
-                .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
-                .await
-        })?;
+        let local = self.local.as_ref().and_then(|l| l.take()).and_then(|mut c| {
+            c.run(async |conn| sqlx::raw_sql(BEGIN).execute(conn).await)
+                .ok()
+                .map(|_| TxConn::Local(c))
+        });
+        let conn = match local {
+            Some(c) => c,
+            None => TxConn::Pool(self.retrying(async || self.pool.begin_with(BEGIN).await)?),
+        };
         Ok(Box::new(PgTxn {
             store: self,
-            tx: Some(tx),
+            tx: Some(conn),
             pending: Vec::new(),
             touched: Vec::new(),
         }))
@@ -207,13 +240,7 @@ impl MetaStore for PgMetaStore {
     }
 
     fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
-        let row = self.retrying(async || {
-            sqlx::query("SELECT * FROM inodes WHERE ino = $1")
-                .bind(i(ino))
-                .fetch_optional(&self.pool)
-                .await
-        })?;
-        row.as_ref().map(inode_from).transpose()
+        PgReader { store: self }.inode(ino)
     }
 
     fn allocate_ino(&self) -> MetaResult<Ino> {
@@ -408,11 +435,20 @@ pub fn create_scratch_database(admin_url: &str) -> MetaResult<String> {
     Ok(format!("{base}/{name}"))
 }
 
+const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+
+/// A transaction's connection: this thread's own, or one from the pool.
+enum TxConn {
+    Local(LocalConn),
+    Pool(Transaction<'static, Postgres>),
+}
+
 /// A transaction. Writes are queued and sent in one round trip (`graviton_apply`) at commit,
 /// or before the next read so the transaction reads what it wrote.
 struct PgTxn<'a> {
     store: &'a PgMetaStore,
-    tx: Option<Transaction<'static, Postgres>>,
+    /// None once committed, or after its connection was lost.
+    tx: Option<TxConn>,
     /// Writes not sent yet, in order.
     pending: Vec<serde_json::Value>,
     /// Inodes this transaction wrote, announced to the other mounts when it commits.
@@ -425,7 +461,7 @@ impl PgTxn<'_> {
         f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
         self.apply_pending(false)?;
-        self.run(async |tx| f(&mut **tx).await)
+        self.run(f)
     }
 
     fn write(&mut self, ino: Ino, op: &str, v: serde_json::Value) {
@@ -446,13 +482,13 @@ impl PgTxn<'_> {
         } else {
             (None, None, None)
         };
-        self.run(async |tx| {
+        self.run(async |c| {
             sqlx::query("SELECT graviton_apply($1, $2, $3, $4)")
                 .bind(&ops)
                 .bind(session)
                 .bind(&inos)
                 .bind(&payload)
-                .execute(&mut **tx)
+                .execute(c)
                 .await
         })
         .map(drop)
@@ -460,16 +496,21 @@ impl PgTxn<'_> {
 
     fn run<T>(
         &mut self,
-        f: impl AsyncFnOnce(&mut Transaction<'static, Postgres>) -> Result<T, sqlx::Error>,
+        f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
-        let tx = self.tx.as_mut().expect("transaction open until commit");
-        self.store.rt.block_on(f(tx)).map_err(|e| {
+        let result = match self.tx.as_mut() {
+            Some(TxConn::Local(c)) => c.run(f),
+            Some(TxConn::Pool(tx)) => self.store.rt.block_on(f(&mut **tx)),
+            None => return Err(MetaError::Conflict),
+        };
+        result.map_err(|e| {
             if unavailable(&e) {
                 // Nothing was committed: the core runs the whole operation again, and its
                 // `begin` waits for the server to come back.
                 tracing::warn!(
                     "metadata server lost mid-transaction, running the operation again: {e}"
                 );
+                self.tx = None;
                 MetaError::Conflict
             } else {
                 pg_err(e)
@@ -603,10 +644,7 @@ impl PgReader<'_> {
         &mut self,
         f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
-        self.store.retrying(async || {
-            let mut conn = self.store.pool.acquire().await?;
-            f(&mut conn).await
-        })
+        self.store.read_query(f)
     }
 }
 
@@ -720,16 +758,35 @@ impl MetaTxn for PgTxn<'_> {
 
     fn commit(mut self: Box<Self>) -> MetaResult<()> {
         self.apply_pending(true)?;
-        let tx = self.tx.take().expect("transaction open until commit");
-        self.store.rt.block_on(tx.commit()).map_err(pg_err)
+        match self.tx.take() {
+            Some(TxConn::Local(mut c)) => {
+                c.run(async |conn| sqlx::raw_sql("COMMIT").execute(conn).await)
+                    .map_err(pg_err)?;
+                if let Some(l) = &self.store.local {
+                    l.give_back(c);
+                }
+                Ok(())
+            }
+            Some(TxConn::Pool(tx)) => self.store.rt.block_on(tx.commit()).map_err(pg_err),
+            None => Err(MetaError::Conflict),
+        }
     }
 }
 
 impl Drop for PgTxn<'_> {
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
+        match self.tx.take() {
+            Some(TxConn::Local(mut c)) => {
+                let rolled_back = c.run(async |conn| sqlx::raw_sql("ROLLBACK").execute(conn).await);
+                if let (Ok(_), Some(l)) = (rolled_back, &self.store.local) {
+                    l.give_back(c);
+                }
+            }
             // roll back explicitly: dropping an open transaction outside the runtime cannot
-            let _ = self.store.rt.block_on(tx.rollback());
+            Some(TxConn::Pool(tx)) => {
+                let _ = self.store.rt.block_on(tx.rollback());
+            }
+            None => {}
         }
     }
 }
