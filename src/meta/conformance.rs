@@ -14,6 +14,7 @@ pub fn run_all(store: Arc<dyn MetaStore>) {
     extents_and_block_references(store.as_ref());
     xattrs_symlinks_orphans(store.as_ref());
     settings_and_kv(store.as_ref());
+    read_views_see_every_commit(store.as_ref());
     conflicting_writers_do_not_both_commit(store.as_ref());
     concurrent_increments_are_isolated(store.clone());
     inode_numbers_are_unique(store);
@@ -244,6 +245,93 @@ pub fn xattrs_symlinks_orphans(store: &dyn MetaStore) {
     let mut tx = store.begin().expect("begin");
     assert_eq!(tx.symlink_target(link.ino).expect("target"), None);
     assert!(tx.xattr_names(link.ino).expect("names").is_empty());
+}
+
+/// A read-only view (which an engine may answer from a local cache) sees each committed
+/// change as soon as the commit returns, record kind by record kind.
+pub fn read_views_see_every_commit(store: &dyn MetaStore) {
+    let mut dir = sample_inode(store, FileKind::Dir);
+    let mut file = sample_inode(store, FileKind::File);
+    let entry = |ino, cookie| DirEntry {
+        ino,
+        kind: FileKind::File,
+        cookie,
+    };
+    let ex = |n| Extent {
+        offset: 0,
+        key: key(n),
+        block_offset: 0,
+        len: 10,
+    };
+    let mut tx = store.begin().expect("begin");
+    tx.put_inode(&dir).expect("put");
+    tx.put_inode(&file).expect("put");
+    tx.put_dirent(dir.ino, b"a", &entry(file.ino, 3))
+        .expect("dirent");
+    tx.apply_splice(
+        file.ino,
+        &Splice {
+            remove: vec![],
+            insert: vec![ex(1)],
+        },
+    )
+    .expect("splice");
+    tx.put_xattr(file.ino, b"user.x", b"1").expect("xattr");
+    commit(tx);
+    for round in 0..3u8 {
+        let mut r = store.read().expect("read view");
+        assert_eq!(r.inode(file.ino).expect("inode"), Some(file.clone()));
+        assert_eq!(store.read_inode(dir.ino).expect("inode"), Some(dir.clone()));
+        let names: Vec<Vec<u8>> = r
+            .list_dir(dir.ino, 0, 100)
+            .expect("list")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let want: Vec<Vec<u8>> = (0..=round).map(|k| vec![b'a' + k]).collect();
+        assert_eq!(names, want, "round {round}: listing");
+        assert!(r.dirent(dir.ino, b"zz").expect("dirent").is_none());
+        assert_eq!(
+            r.dirent(dir.ino, b"a").expect("dirent"),
+            Some(entry(file.ino, 3))
+        );
+        assert_eq!(
+            r.extents(file.ino, 0..10).expect("extents"),
+            vec![ex(1 + round)]
+        );
+        assert_eq!(
+            r.xattr(file.ino, b"user.x").expect("xattr"),
+            Some(vec![b'1' + round])
+        );
+        assert!(!r.dir_is_empty(dir.ino).expect("empty"));
+        drop(r);
+        // change every record kind the view just read
+        let mut tx = store.begin().expect("begin");
+        file.size += 1;
+        dir.next_cookie += 1;
+        tx.put_inode(&file).expect("put");
+        tx.put_inode(&dir).expect("put");
+        let name = [b'a' + round + 1];
+        tx.put_dirent(dir.ino, &name, &entry(file.ino, 4 + round as u64))
+            .expect("dirent");
+        let s = extent::overwrite(&[ex(1 + round)], &[ex(2 + round)]);
+        tx.apply_splice(file.ino, &s).expect("splice");
+        tx.put_xattr(file.ino, b"user.x", &[b'2' + round])
+            .expect("xattr");
+        commit(tx);
+    }
+    let mut tx = store.begin().expect("begin");
+    for n in 0..4u8 {
+        tx.delete_dirent(dir.ino, &[b'a' + n]).expect("delete");
+    }
+    tx.put_inode(&dir).expect("put");
+    tx.delete_inode(file.ino).expect("delete");
+    commit(tx);
+    let mut r = store.read().expect("read view");
+    assert!(r.dir_is_empty(dir.ino).expect("empty"));
+    assert!(r.list_dir(dir.ino, 0, 100).expect("list").is_empty());
+    assert_eq!(r.inode(file.ino).expect("inode"), None);
+    assert!(r.extents(file.ino, 0..10).expect("extents").is_empty());
 }
 
 pub fn settings_and_kv(store: &dyn MetaStore) {

@@ -118,7 +118,8 @@ pub trait MetaStore: Send + Sync {
     fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>>;
     /// A fresh inode number, never handed out before on this volume.
     fn allocate_ino(&self) -> MetaResult<Ino>;
-    /// Inodes marked with [`MetaTxn::add_orphan`] and not yet deleted.
+    /// Inodes marked with [`MetaTxn::add_orphan`] and not yet deleted, except those another
+    /// live mount of a shared volume still has open.
     fn orphans(&self) -> MetaResult<Vec<Ino>>;
 
     /// Volume settings (hash, chunker, format version…), written at format time.

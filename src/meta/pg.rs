@@ -10,8 +10,8 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use serde_json::json;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::pg_conn::{LocalConn, LocalConns};
@@ -218,11 +218,15 @@ impl MetaStore for PgMetaStore {
     }
 
     fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>> {
-        let local = self.local.as_ref().and_then(|l| l.take()).and_then(|mut c| {
-            c.run(async |conn| sqlx::raw_sql(BEGIN).execute(conn).await)
-                .ok()
-                .map(|_| TxConn::Local(c))
-        });
+        let local = self
+            .local
+            .as_ref()
+            .and_then(|l| l.take())
+            .and_then(|mut c| {
+                c.run(async |conn| sqlx::raw_sql(BEGIN).execute(conn).await)
+                    .ok()
+                    .map(|_| TxConn::Local(c))
+            });
         let conn = match local {
             Some(c) => c,
             None => TxConn::Pool(self.retrying(async || self.pool.begin_with(BEGIN).await)?),
@@ -260,10 +264,12 @@ impl MetaStore for PgMetaStore {
 
     fn orphans(&self) -> MetaResult<Vec<Ino>> {
         let rows: Vec<i64> = self.retrying(async || {
+            // all but those another live mount has open
             sqlx::query_scalar(
-                "SELECT ino FROM orphans WHERE session IS NULL \
+                "SELECT ino FROM orphans WHERE session IS NULL OR session = $1 \
                  OR NOT EXISTS (SELECT 1 FROM sessions WHERE id = orphans.session) ORDER BY ino",
             )
+            .bind(self.session_id().unwrap_or(0))
             .fetch_all(&self.pool)
             .await
         })?;

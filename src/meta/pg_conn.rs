@@ -97,8 +97,11 @@ impl LocalConns {
             }
         };
         let connected = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(2), PgConnection::connect_with(&self.opts))
-                .await
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                PgConnection::connect_with(&self.opts),
+            )
+            .await
         });
         match connected {
             Ok(Ok(conn)) => Some(LocalConn {

@@ -646,3 +646,92 @@ impl SharedVolume for PgMetaStore {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{FileKind, Inode, MetaStore, Timestamp};
+    use std::time::Instant;
+
+    fn session(store: &PgMetaStore, secs: u64) {
+        store
+            .begin_session(&SessionInfo {
+                host: "test".into(),
+                pid: std::process::id(),
+                mountpoint: "/test".into(),
+                timeout: Duration::from_secs(secs),
+            })
+            .expect("session");
+    }
+
+    fn lock(owner: u64, kind: LockKind) -> LockRequest {
+        LockRequest {
+            owner,
+            kind,
+            start: 0,
+            end: TO_EOF,
+            pid: 1,
+        }
+    }
+
+    impl PgMetaStore {
+        /// As if the process died: no heartbeat, no goodbye.
+        fn vanish(&self) {
+            for t in self.shared.tasks.lock().expect("lock").drain(..) {
+                t.abort();
+            }
+            self.shared.session.store(0, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_expired_session_loses_its_locks_and_its_unlinked_open_files() {
+        let admin = std::env::var("GRAVITON_TEST_PG").expect("run through scripts/test.sh");
+        let url = super::super::pg::create_scratch_database(&admin).unwrap();
+        let a = PgMetaStore::connect(&url).unwrap();
+        let b = PgMetaStore::connect(&url).unwrap();
+        session(&a, 1);
+        session(&b, 1);
+        let z = a.allocate_ino().unwrap();
+        let mut gone = Inode::new(z, FileKind::File, 0o644, 0, 0, Timestamp::default());
+        gone.nlink = 0;
+        let mut tx = a.begin().unwrap();
+        tx.put_inode(&gone).unwrap();
+        tx.add_orphan(z).unwrap();
+        tx.commit().unwrap();
+        assert!(a.set_lock(z, &lock(7, LockKind::Exclusive), false).unwrap());
+        assert!(!b.set_lock(z, &lock(7, LockKind::Shared), false).unwrap());
+        assert_eq!(
+            b.test_lock(z, &lock(1, LockKind::Shared))
+                .unwrap()
+                .map(|h| h.exclusive),
+            Some(true)
+        );
+        assert!(
+            !b.orphans().unwrap().contains(&z),
+            "a live mount's open file stays"
+        );
+        assert_eq!(b.sessions().unwrap().len(), 2);
+
+        a.vanish();
+        let t = Instant::now();
+        assert!(b.set_lock(z, &lock(8, LockKind::Exclusive), true).unwrap());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "woken after {:?}",
+            t.elapsed()
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.read_inode(z).unwrap().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the dead mount's unlinked file was never reclaimed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(b.sessions().unwrap().len(), 1);
+        // and b's own lock goes with its close
+        b.release_locks(z, 8).unwrap();
+        assert_eq!(b.test_lock(z, &lock(1, LockKind::Exclusive)).unwrap(), None);
+    }
+}

@@ -98,8 +98,10 @@ impl Mounted {
             run(BIN, &["format", "--store", &store, &url], dir.path()),
             "graviton format postgres",
         );
-        let state = graviton::volume::Source::parse(&url)
-            .mount_state_dir_in(&dir.path().join("state"), &mnt.canonicalize().expect("mountpoint"));
+        let state = graviton::volume::Source::parse(&url).mount_state_dir_in(
+            &dir.path().join("state"),
+            &mnt.canonicalize().expect("mountpoint"),
+        );
         let m = Mounted {
             dir,
             vol,
@@ -145,8 +147,10 @@ impl Mounted {
     /// A second mount of the same PostgreSQL volume, on its own mountpoint.
     pub fn another_mount(&self, options: &str) -> Mounted {
         let (dir, vol, mnt) = scratch();
-        let state = graviton::volume::Source::parse(&self.source)
-            .mount_state_dir_in(&dir.path().join("state"), &mnt.canonicalize().expect("mountpoint"));
+        let state = graviton::volume::Source::parse(&self.source).mount_state_dir_in(
+            &dir.path().join("state"),
+            &mnt.canonicalize().expect("mountpoint"),
+        );
         let m = Mounted {
             dir,
             vol,
