@@ -47,7 +47,7 @@ else
 fi
 mount_fresh
 if [ "${ENGINE:-embedded}" = postgres ]; then
-  STATE=$(dirname "$(grep -l . "${XDG_STATE_HOME:-$HOME/.local/state}"/graviton/*/graviton.pid | head -1)")
+  STATE=$(dirname "$(grep -l . "${XDG_STATE_HOME:-$HOME/.local/state}"/graviton/*/*/graviton.pid | head -1)")
 fi
 
 fio_bw() { # dir name rw bs size-MB [extra…] → MiB/s (read or write side)

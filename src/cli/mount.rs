@@ -24,7 +24,8 @@ use crate::volume::{Source, Volume};
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// Mount options, comma-separated (allow_other, ro, noatime, attr_timeout=SECS, cache_mb=N,
-    /// dirty_mb=N, threads=N, and the usual fstab options).
+    /// dirty_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off, and the usual fstab
+    /// options).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay attached to the terminal instead of running in the background.

@@ -37,7 +37,9 @@ const INODE: u8 = b'i';
 const DIRENT: u8 = b'd';
 const BY_COOKIE: u8 = b'c';
 const LISTED: u8 = b'L';
-const EXTENTS: u8 = b'e';
+/// One key per extent (under the inode's generation), and a marker that the map is complete.
+const EXTENT: u8 = b'e';
+const MAPPED: u8 = b'E';
 const XATTRS: u8 = b'x';
 const SYMLINK: u8 = b's';
 /// A directory's entries are keyed under its current generation; bumping the generation drops
@@ -240,7 +242,7 @@ impl LocalCache {
         let generation = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let mut batch = WriteBatch::default();
         for &ino in inos {
-            for tag in [INODE, LISTED, EXTENTS, XATTRS, SYMLINK] {
+            for tag in [INODE, LISTED, MAPPED, XATTRS, SYMLINK] {
                 batch.delete(key(tag, ino));
             }
             batch.put(key(GENERATION, ino), generation.to_be_bytes());
@@ -310,7 +312,7 @@ impl LocalCache {
 
 /// Applies a change from the feed; runs in the feed's task, so it only touches RocksDB.
 /// Catching up (which reads the engine) is handed to the cache's thread.
-fn on_change(cache: &LocalCache, slow: &std::sync::Mutex<Sender<Change>>, change: &Change) {
+fn on_change(cache: &LocalCache, slow: &std::sync::Mutex<Sender<Option<Change>>>, change: &Change) {
     match change {
         Change::Inodes(inos) => cache.invalidate(inos),
         Change::All => cache.wipe(),
@@ -319,15 +321,16 @@ fn on_change(cache: &LocalCache, slow: &std::sync::Mutex<Sender<Change>>, change
             cache.epoch.fetch_add(1, Ordering::SeqCst);
         }
         Change::Resumed | Change::Alive(_) => {
-            let _ = slow.lock().expect("lock").send(change.clone());
+            let _ = slow.lock().expect("lock").send(Some(change.clone()));
         }
     }
 }
 
 /// Catches up after the feed (re)connects, and records when it was last known up; ends when
-/// the engine goes away.
-fn follow(engine: Weak<dyn MetaStore>, cache: Arc<LocalCache>, feed: Receiver<Change>) {
+/// told (None) or when the engine goes away.
+fn follow(engine: Weak<dyn MetaStore>, cache: Arc<LocalCache>, feed: Receiver<Option<Change>>) {
     for change in feed {
+        let Some(change) = change else { return };
         match change {
             Change::Resumed => {
                 for attempt in 0..10 {
@@ -357,7 +360,7 @@ fn follow(engine: Weak<dyn MetaStore>, cache: Arc<LocalCache>, feed: Receiver<Ch
 fn sweep_stale_entries(db: &DB) -> MetaResult<()> {
     let mut batch = WriteBatch::default();
     let mut current: Option<(Ino, u64)> = None;
-    for tag in [DIRENT, BY_COOKIE] {
+    for tag in [DIRENT, BY_COOKIE, EXTENT] {
         for item in db.iterator(IteratorMode::From(&[tag], Direction::Forward)) {
             let (k, _) = item.map_err(cache_err)?;
             if k.first() != Some(&tag) {
@@ -391,6 +394,18 @@ fn sweep_stale_entries(db: &DB) -> MetaResult<()> {
 pub struct CachedMeta {
     inner: Arc<dyn MetaStore>,
     cache: Arc<LocalCache>,
+    /// The catch-up thread, stopped and joined on drop: RocksDB must not be closing in another
+    /// thread while the process exits.
+    follower: Option<(Sender<Option<Change>>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for CachedMeta {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.follower.take() {
+            let _ = stop.send(None);
+            let _ = thread.join();
+        }
+    }
 }
 
 impl CachedMeta {
@@ -424,22 +439,29 @@ impl CachedMeta {
             cache.set_synced_at(0);
             cache.db.put(VOLUME, volume.as_bytes()).map_err(cache_err)?;
         }
+        let mut follower = None;
         if let Some(shared) = inner.shared() {
             let (slow, feed) = std::sync::mpsc::channel();
+            let stop = slow.clone();
             let (c, slow) = (cache.clone(), std::sync::Mutex::new(slow));
             shared.subscribe(Arc::new(move |change: &Change| {
                 on_change(&c, &slow, change)
             }));
             let (engine, c) = (Arc::downgrade(&inner), cache.clone());
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name("graviton-metacache".into())
                 .spawn(move || follow(engine, c, feed))
                 .map_err(|e| MetaError::Backend {
                     engine: "rocksdb cache",
                     message: e.to_string(),
                 })?;
+            follower = Some((stop, thread));
         }
-        Ok(CachedMeta { inner, cache })
+        Ok(CachedMeta {
+            inner,
+            cache,
+            follower,
+        })
     }
 
     /// (hits, misses) since the cache was opened.
@@ -654,16 +676,56 @@ impl<'a> CachedReader<'a> {
         Ok(Some(out))
     }
 
-    fn all_extents(&mut self, ino: Ino) -> MetaResult<Vec<Extent>> {
-        if let Some(v) = self.cache().get(&key(EXTENTS, ino)) {
-            return decode_extents(&v);
+    /// The extents overlapping `range`, from the cached map (one seek) or the engine's whole
+    /// map, which is then cached.
+    fn cached_extents(&mut self, ino: Ino, range: &Range<u64>) -> MetaResult<Vec<Extent>> {
+        let cache = self.cache();
+        if cache.has(&key(MAPPED, ino)) {
+            let generation = cache.generation(ino);
+            let prefix = entry_key(EXTENT, ino, generation, &[]);
+            let mut it = cache.db.raw_iterator();
+            // the extent starting at or before the range, else the first after its start
+            it.seek_for_prev(entry_key(
+                EXTENT,
+                ino,
+                generation,
+                &range.start.to_be_bytes(),
+            ));
+            if !it.key().is_some_and(|k| k.starts_with(&prefix)) {
+                it.seek(&prefix);
+            }
+            let mut out = Vec::new();
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let mut one = decode_extents(v)?;
+                let e = one.pop().ok_or_else(|| corrupt("extent"))?;
+                if e.offset >= range.end {
+                    break;
+                }
+                if e.end() > range.start {
+                    out.push(e);
+                }
+                it.next();
+            }
+            it.status().map_err(cache_err)?;
+            cache.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(out);
         }
         let epoch = self.epoch();
+        let generation = cache.generation(ino);
         let all = self.engine()?.extents(ino, 0..u64::MAX)?;
         let mut batch = WriteBatch::default();
-        batch.put(key(EXTENTS, ino), encode_extents(&all));
+        for e in &all {
+            batch.put(
+                entry_key(EXTENT, ino, generation, &e.offset.to_be_bytes()),
+                encode_extents(std::slice::from_ref(e)),
+            );
+        }
+        batch.put(key(MAPPED, ino), []);
         self.cache().fill(epoch, ino, batch);
-        Ok(all)
+        Ok(overlapping(all, range))
     }
 
     fn all_xattrs(&mut self, ino: Ino) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -750,7 +812,7 @@ impl MetaRead for CachedReader<'_> {
         if !self.meta.is_live() {
             return self.engine()?.extents(ino, range);
         }
-        Ok(overlapping(self.all_extents(ino)?, &range))
+        self.cached_extents(ino, &range)
     }
 
     fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
