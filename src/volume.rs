@@ -185,7 +185,13 @@ pub fn open_store(
     Ok((Arc::new(LocalBlockStore::open(&root)?), root))
 }
 
-fn open_meta(source: &Source) -> Result<Arc<dyn MetaStore>, VolumeError> {
+/// How long PostgreSQL operations wait for an unreachable server before they fail with EIO.
+pub const DEFAULT_PG_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn open_meta(
+    source: &Source,
+    pg_wait: std::time::Duration,
+) -> Result<Arc<dyn MetaStore>, VolumeError> {
     match source {
         Source::Dir(dir) => match RocksMetaStore::open(dir.join("meta")) {
             Ok(m) => Ok(Arc::new(m)),
@@ -194,7 +200,7 @@ fn open_meta(source: &Source) -> Result<Arc<dyn MetaStore>, VolumeError> {
             }
             Err(e) => Err(e.into()),
         },
-        Source::Postgres(url) => Ok(Arc::new(PgMetaStore::connect(url)?)),
+        Source::Postgres(url) => Ok(Arc::new(PgMetaStore::connect_within(url, pg_wait)?)),
     }
 }
 
@@ -232,7 +238,7 @@ impl Volume {
                 source,
             })?;
         }
-        let meta = open_meta(source)?;
+        let meta = open_meta(source, DEFAULT_PG_WAIT)?;
         if meta.setting("format_version")?.is_some() {
             return Err(VolumeError::AlreadyFormatted(source.display()));
         }
@@ -248,12 +254,20 @@ impl Volume {
     }
 
     pub fn open(source: &Source) -> Result<Volume, VolumeError> {
+        Self::open_waiting(source, DEFAULT_PG_WAIT)
+    }
+
+    /// `open`, with PostgreSQL operations waiting up to `pg_wait` for an unreachable server.
+    pub fn open_waiting(
+        source: &Source,
+        pg_wait: std::time::Duration,
+    ) -> Result<Volume, VolumeError> {
         if let Source::Dir(d) = source
             && !Self::is_formatted(d)
         {
             return Err(VolumeError::NotFormatted(source.display()));
         }
-        let meta = open_meta(source)?;
+        let meta = open_meta(source, pg_wait)?;
         let invalid = |message: String| VolumeError::Invalid {
             path: source.display(),
             message,

@@ -227,7 +227,7 @@ fn serve(
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let mut vol = Volume::open(source)?;
+    let mut vol = Volume::open_waiting(source, opts.pg_wait)?;
     if let Source::Postgres(_) = source {
         vol.state_dir = source.mount_state_dir(mountpoint);
         std::fs::create_dir_all(&vol.state_dir)

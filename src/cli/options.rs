@@ -22,6 +22,8 @@ pub struct MountOptions {
     pub session_timeout: Duration,
     /// Shared volumes: keep a local RocksDB cache of the metadata.
     pub meta_cache: bool,
+    /// PostgreSQL volumes: how long operations wait for an unreachable server (then EIO).
+    pub pg_wait: Duration,
 }
 
 impl Default for MountOptions {
@@ -39,6 +41,7 @@ impl Default for MountOptions {
             threads: 4,
             session_timeout: Duration::from_secs(30),
             meta_cache: true,
+            pg_wait: crate::volume::DEFAULT_PG_WAIT,
         }
     }
 }
@@ -129,6 +132,17 @@ impl MountOptions {
                         });
                     }
                     self.threads = t;
+                }
+                "pg_wait" => {
+                    let secs: u64 = number(name, need()?, "whole seconds")?;
+                    if !(1..=86_400).contains(&secs) {
+                        return Err(OptionError::BadValue {
+                            name: name.into(),
+                            value: secs.to_string(),
+                            why: "1 to 86400 seconds",
+                        });
+                    }
+                    self.pg_wait = Duration::from_secs(secs);
                 }
                 "session_timeout" => {
                     let secs: u64 = number(name, need()?, "whole seconds")?;

@@ -54,6 +54,9 @@ const GENERATION_FLOOR: &[u8] = b"~generation_floor";
 const REPLAY_MARGIN_MICROS: i64 = 60 * 1_000_000;
 /// Directories with more entries than this are not cached whole.
 const MAX_LISTING: usize = 100_000;
+/// Extent maps with more extents than this are not cached (a fragmented file waiting for
+/// coalescing would be fetched whole after every commit).
+const MAX_MAP: usize = 20_000;
 const PAGE: usize = 4096;
 
 fn key(tag: u8, ino: Ino) -> Vec<u8> {
@@ -715,6 +718,13 @@ impl<'a> CachedReader<'a> {
         }
         let epoch = self.epoch();
         let generation = cache.generation(ino);
+        let fragmented = self
+            .meta
+            .read_inode(ino)?
+            .is_some_and(|n| n.extent_count > MAX_MAP as u64);
+        if fragmented {
+            return self.engine()?.extents(ino, range.clone());
+        }
         let all = self.engine()?.extents(ino, 0..u64::MAX)?;
         let mut batch = WriteBatch::default();
         for e in &all {

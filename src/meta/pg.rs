@@ -516,6 +516,8 @@ impl PgTxn<'_> {
                 tracing::warn!(
                     "metadata server lost mid-transaction, running the operation again: {e}"
                 );
+                // (a pooled connection must go back inside the runtime)
+                let _in_runtime = self.store.rt.enter();
                 self.tx = None;
                 MetaError::Conflict
             } else {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::read::read_committed;
+use super::read::assemble;
 use super::{Core, Fs, FsError, FsResult};
 use crate::core::extent::{self, Extent};
 use crate::core::{BlockKey, RangeSet};
@@ -145,7 +145,10 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
         let mut pos = run.start;
         while pos < run.end {
             let end = (pos + WINDOW).min(run.end);
-            let data = read_committed(core, ino, pos..end)?;
+            // the snapshot's own extents: the swap below only happens if they are unchanged
+            let from = old.partition_point(|e| e.end() <= pos);
+            let to = old.partition_point(|e| e.offset < end);
+            let data = assemble(core, ino, &old[from..to], pos..end)?;
             let cuts = chunker.cut(pos, &data);
             let last_window = end == run.end;
             let usable = if last_window || cuts.len() == 1 {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Core, Fs, FsResult};
+use crate::core::Extent;
 use crate::meta::Ino;
 
 /// Per-handle read-ahead state.
@@ -100,8 +101,18 @@ impl Fs {
 
 /// Committed bytes of `range` (holes as zeros).
 pub(crate) fn read_committed(core: &Core, ino: Ino, range: Range<u64>) -> FsResult<Vec<u8>> {
-    let mut buf = vec![0u8; (range.end - range.start) as usize];
     let extents = core.meta.read()?.extents(ino, range.clone())?;
+    assemble(core, ino, &extents, range)
+}
+
+/// The bytes of `range` that `extents` (sorted, overlapping the range) map; holes as zeros.
+pub(crate) fn assemble(
+    core: &Core,
+    ino: Ino,
+    extents: &[Extent],
+    range: Range<u64>,
+) -> FsResult<Vec<u8>> {
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
     for e in extents {
         let c = e.clip(&range);
         let block = core.cache.fetch(core.store.as_ref(), &c.key)?;
