@@ -571,7 +571,11 @@ impl MetaStore for CachedMeta {
         self.inner.begin_session(info)
     }
     fn end_session(&self) {
-        self.inner.end_session()
+        self.inner.end_session();
+        // the cache's writes skip the log: write them out so the next mount finds them
+        if let Err(e) = self.cache.db.flush() {
+            tracing::warn!("writing out the local metadata cache: {e}");
+        }
     }
     fn shared(&self) -> Option<&dyn SharedVolume> {
         self.inner.shared()
