@@ -68,6 +68,21 @@ fn pg_err(e: sqlx::Error) -> MetaError {
     }
 }
 
+/// A failed COMMIT. When the server answered with an error, nothing was committed: a server
+/// shutting down or a lost serialization race is run again. When the connection died without an
+/// answer the outcome is unknown, and the operation fails (EIO).
+fn commit_err(e: sqlx::Error) -> MetaError {
+    let answered_unavailable = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"));
+    if answered_unavailable {
+        tracing::warn!("the server refused the commit while going away, running the operation again: {e}");
+        return MetaError::Conflict;
+    }
+    pg_err(e)
+}
+
 fn corrupt(what: &str) -> MetaError {
     MetaError::Corrupt(format!("postgres {what}"))
 }
@@ -769,13 +784,13 @@ impl MetaTxn for PgTxn<'_> {
         match self.tx.take() {
             Some(TxConn::Local(mut c)) => {
                 c.run(async |conn| sqlx::raw_sql("COMMIT").execute(conn).await)
-                    .map_err(pg_err)?;
+                    .map_err(commit_err)?;
                 if let Some(l) = &self.store.local {
                     l.give_back(c);
                 }
                 Ok(())
             }
-            Some(TxConn::Pool(tx)) => self.store.rt.block_on(tx.commit()).map_err(pg_err),
+            Some(TxConn::Pool(tx)) => self.store.rt.block_on(tx.commit()).map_err(commit_err),
             None => Err(MetaError::Conflict),
         }
     }
