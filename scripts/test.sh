@@ -11,12 +11,18 @@ source scripts/env.sh
 if ! command -v pjdfstest >/dev/null; then
   CARGO_TARGET_DIR="$CARGO_TARGET_DIR/../pjdfstest-target" cargo install --quiet --locked pjdfstest --version 0.2.2
 fi
+# s3s-fs (an S3-compatible server for the S3 block store's tests), pinned
+if ! command -v s3s-fs >/dev/null; then
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/../s3s-target" cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary
+fi
 # the users pjdfstest switches to
 id nobody >/dev/null 2>&1 || useradd -r -s /usr/sbin/nologin nobody
 id tests >/dev/null 2>&1 || echo 'tests:x:::pjdfstest dummy user:/:/usr/sbin/nologin' | newusers
 
 # a PostgreSQL server on loopback for the PostgreSQL engine's tests (sets GRAVITON_TEST_PG)
 source scripts/pg.sh
+# an S3-compatible server on loopback (sets GRAVITON_TEST_S3 and test credentials)
+source scripts/s3.sh
 
 # whatever happens, leave no test mount behind
 cleanup() {

@@ -77,7 +77,9 @@ fn commit_err(e: sqlx::Error) -> MetaError {
         .and_then(|d| d.code())
         .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"));
     if answered_unavailable {
-        tracing::warn!("the server refused the commit while going away, running the operation again: {e}");
+        tracing::warn!(
+            "the server refused the commit while going away, running the operation again: {e}"
+        );
         return MetaError::Conflict;
     }
     pg_err(e)

@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod local;
 pub mod memory;
 pub mod pg;
+pub mod s3;
 
 use std::ops::Range;
 
@@ -16,6 +17,7 @@ use crate::core::BlockKey;
 pub use local::LocalBlockStore;
 pub use memory::MemoryBlockStore;
 pub use pg::PgBlockStore;
+pub use s3::S3BlockStore;
 
 /// Whether `put` wrote new content or found it already stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,670 @@
+//! Blocks in S3 or any S3-compatible server (`aws-sdk-s3`).
+//!
+//! URL: `s3://BUCKET[/PREFIX]?endpoint=URL&region=NAME&path_style=true|false&sse=s3|kms|c&kms_key_id=ID`.
+//! Credentials come from the standard AWS chain (environment, `~/.aws/credentials`, instance
+//! roles) and never appear in logs or messages. SSE-C's key comes from the environment
+//! (`GRAVITON_S3_SSE_C_KEY`, base64 of 32 bytes), never from the URL.
+//!
+//! Objects are named `PREFIX/ALGO/XX/HEX-SIZE`, like the local store's files. Blocks are
+//! immutable and named by their content, so `put` is put-if-absent: a HEAD first, then the
+//! upload only when the block is missing (an existing block is never uploaded again). Reads fetch
+//! whole blocks, because only a whole block can be checked against its key before any byte is
+//! served; a 4 KiB read of a cold 1 MiB block therefore costs a 1 MiB GET (the block cache keeps
+//! it for the next reads).
+//!
+//! Failures are classified. Throttling (503 SlowDown, 429), other 5xx, timeouts and network
+//! errors are transient: retried with exponential backoff and jitter until `retry_for` runs out
+//! (so a server that is away for a while only delays writers). Refusals (403, 404 on the bucket,
+//! 400…) are permanent and fail at once.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ServerSideEncryption;
+
+use super::{BlockStore, PutOutcome, StoreError};
+use crate::core::{BlockKey, HashAlgo};
+
+const BACKEND: &str = "s3";
+
+/// Environment variable holding the SSE-C customer key (base64 of 32 bytes).
+pub const SSE_C_KEY_ENV: &str = "GRAVITON_S3_SSE_C_KEY";
+
+/// Server-side encryption requested on every upload (and, for SSE-C, on every read).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Sse {
+    None,
+    /// SSE-S3 (AES256, keys managed by the server).
+    S3,
+    /// SSE-KMS, with the bucket's default key or this key id.
+    Kms(Option<String>),
+    /// SSE-C: the customer's key (base64) and its MD5 (base64).
+    Customer {
+        key: String,
+        key_md5: String,
+    },
+}
+
+impl std::fmt::Debug for Sse {
+    // the customer key never shows
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sse::None => write!(f, "none"),
+            Sse::S3 => write!(f, "sse-s3"),
+            Sse::Kms(id) => write!(f, "sse-kms({})", id.as_deref().unwrap_or("default key")),
+            Sse::Customer { .. } => write!(f, "sse-c"),
+        }
+    }
+}
+
+/// A parsed `s3://` store URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Url {
+    pub bucket: String,
+    /// Empty, or ending in '/'.
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub path_style: bool,
+    pub sse: Sse,
+}
+
+impl S3Url {
+    /// Parses a store URL; `sse_c_key` is the SSE-C key from the environment, if any.
+    pub fn parse(url: &str, sse_c_key: Option<&str>) -> Result<S3Url, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| "an S3 store URL starts with s3://".to_string())?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        if bucket.is_empty() {
+            return Err("the URL names no bucket (s3://BUCKET/PREFIX)".into());
+        }
+        let prefix = prefix.trim_matches('/');
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let mut u = S3Url {
+            bucket: bucket.to_string(),
+            prefix,
+            endpoint: None,
+            region: "us-east-1".into(),
+            path_style: false,
+            sse: Sse::None,
+        };
+        let (mut path_style, mut sse, mut kms_key) = (None, None, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if v.is_empty() {
+                return Err(format!("store URL parameter {k:?} needs a value"));
+            }
+            match k {
+                "endpoint" => u.endpoint = Some(v.to_string()),
+                "region" => u.region = v.to_string(),
+                "path_style" => {
+                    path_style = Some(match v {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(format!("path_style must be true or false, not {v:?}")),
+                    })
+                }
+                "sse" => sse = Some(v.to_string()),
+                "kms_key_id" => kms_key = Some(v.to_string()),
+                _ => return Err(format!("unknown store URL parameter {k:?}")),
+            }
+        }
+        // S3-compatible servers on an explicit endpoint usually want path-style requests
+        u.path_style = path_style.unwrap_or(u.endpoint.is_some());
+        u.sse = match (sse.as_deref(), kms_key) {
+            (None, None) => Sse::None,
+            (Some("s3"), None) => Sse::S3,
+            (Some("kms"), id) => Sse::Kms(id),
+            (Some("c"), None) => {
+                let key = sse_c_key.ok_or_else(|| {
+                    format!("sse=c needs the customer key in {SSE_C_KEY_ENV} (base64 of 32 bytes)")
+                })?;
+                let raw = base64_decode(key)
+                    .filter(|k| k.len() == 32)
+                    .ok_or_else(|| format!("{SSE_C_KEY_ENV} is not base64 of 32 bytes"))?;
+                Sse::Customer {
+                    key: key.to_string(),
+                    key_md5: base64_encode(&md5_digest(&raw)),
+                }
+            }
+            (None, Some(_)) | (Some("s3" | "c"), Some(_)) => {
+                return Err("kms_key_id goes with sse=kms".into());
+            }
+            (Some(other), _) => {
+                return Err(format!("sse must be s3, kms or c, not {other:?}"));
+            }
+        };
+        Ok(u)
+    }
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+fn md5_digest(b: &[u8]) -> [u8; 16] {
+    md5::compute(b).0
+}
+
+/// What kind of failure an S3 call had: decides retrying, and names it in logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// 503 SlowDown, 429: back off and retry.
+    Throttled,
+    /// 5xx, timeouts, connection failures: retry.
+    Transient,
+    /// 4xx and anything else: retrying will not help.
+    Permanent,
+}
+
+fn classify<E: ProvideErrorMetadata>(
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Failure {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => Failure::Transient,
+        SdkError::ResponseError(_) => Failure::Transient,
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            let code = s.err().code().unwrap_or_default();
+            if status == 429
+                || code == "SlowDown"
+                || code == "Throttling"
+                || code == "RequestLimitExceeded"
+            {
+                Failure::Throttled
+            } else if status >= 500 {
+                Failure::Transient
+            } else {
+                Failure::Permanent
+            }
+        }
+        _ => Failure::Permanent,
+    }
+}
+
+/// A short description of the failure (status and code, never credentials or signatures).
+fn describe<E: ProvideErrorMetadata + std::fmt::Debug>(
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> String {
+    match e {
+        SdkError::ServiceError(s) => format!(
+            "HTTP {} {}{}",
+            s.raw().status().as_u16(),
+            s.err().code().unwrap_or("error"),
+            s.err()
+                .message()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ),
+        SdkError::TimeoutError(_) => "timed out".into(),
+        SdkError::DispatchFailure(d) => {
+            if d.is_io() {
+                "connection failed".into()
+            } else if d.is_timeout() {
+                "timed out connecting".into()
+            } else {
+                "request could not be sent".into()
+            }
+        }
+        SdkError::ResponseError(_) => "unreadable response".into(),
+        _ => "request could not be built".into(),
+    }
+}
+
+pub struct S3BlockStore {
+    client: aws_sdk_s3::Client,
+    url: S3Url,
+    /// How long transient failures are retried before the call fails.
+    retry_for: Duration,
+    rt: tokio::runtime::Runtime,
+}
+
+impl S3BlockStore {
+    /// Connects to the store `url` names (no request is made yet).
+    pub fn open(url: &str) -> Result<S3BlockStore, StoreError> {
+        Self::open_with(url, Duration::from_secs(60))
+    }
+
+    /// As `open`, retrying transient failures for up to `retry_for`.
+    pub fn open_with(url: &str, retry_for: Duration) -> Result<S3BlockStore, StoreError> {
+        let sse_c = std::env::var(SSE_C_KEY_ENV).ok();
+        let url = S3Url::parse(url, sse_c.as_deref())
+            .map_err(|m| StoreError::io(BACKEND, "store URL", std::io::Error::other(m)))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("graviton-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::io(BACKEND, "starting its runtime", e))?;
+        let shared = rt.block_on(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new(url.region.clone()))
+                .load(),
+        );
+        let mut conf = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(url.path_style)
+            // every block is checked against its BLAKE3/SHA-256 key after the GET; a response
+            // checksum failing first would look like a network error and be retried
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
+            // our own loop retries, with its own deadline and classification
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(ep) = &url.endpoint {
+            conf = conf.endpoint_url(ep);
+        }
+        Ok(S3BlockStore {
+            client: aws_sdk_s3::Client::from_conf(conf.build()),
+            url,
+            retry_for,
+            rt,
+        })
+    }
+
+    fn object(&self, key: &BlockKey) -> String {
+        let hex = key.hex();
+        format!(
+            "{}{}/{}/{hex}-{}",
+            self.url.prefix,
+            key.algo.name(),
+            &hex[..2],
+            key.size
+        )
+    }
+
+    fn key_of(&self, object: &str) -> Option<BlockKey> {
+        let rest = object.strip_prefix(&self.url.prefix)?;
+        let mut parts = rest.split('/');
+        let (algo, _, file) = (parts.next()?, parts.next()?, parts.next()?);
+        let algo: HashAlgo = algo.parse().ok()?;
+        let (hex, size) = file.split_once('-')?;
+        format!("{algo}:{hex}:{size}").parse().ok()
+    }
+
+    /// Runs one S3 call, retrying transient failures with backoff and jitter until the
+    /// deadline. `Ok(None)` is a 404 where `missing_ok`.
+    fn call<T, E, F, Fut>(
+        &self,
+        what: &str,
+        key: Option<&BlockKey>,
+        mut f: F,
+    ) -> Result<T, StoreError>
+    where
+        E: ProvideErrorMetadata + std::fmt::Debug,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<
+                Output = Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+            >,
+    {
+        let deadline = Instant::now() + self.retry_for;
+        let mut pause = Duration::from_millis(100);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let e = match self.rt.block_on(f()) {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let class = classify(&e);
+            let detail = describe(&e);
+            let target = key
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| self.url.bucket.clone());
+            if class == Failure::Permanent || Instant::now() >= deadline {
+                tracing::error!(backend = BACKEND, class = ?class, attempt, "{what} {target}: {detail}");
+                return Err(StoreError::io(
+                    BACKEND,
+                    format!("{what} {target}"),
+                    std::io::Error::other(format!(
+                        "{detail} ({class:?}, after {attempt} attempts)"
+                    )),
+                ));
+            }
+            tracing::warn!(backend = BACKEND, class = ?class, attempt, "{what} {target}: {detail}; retrying");
+            let jitter = rand::random::<u64>() % (pause.as_millis() as u64 + 1);
+            std::thread::sleep(pause / 2 + Duration::from_millis(jitter / 2));
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn sse_put(
+        &self,
+        mut req: aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        match &self.url.sse {
+            Sse::None => {}
+            Sse::S3 => req = req.server_side_encryption(ServerSideEncryption::Aes256),
+            Sse::Kms(id) => {
+                req = req.server_side_encryption(ServerSideEncryption::AwsKms);
+                if let Some(id) = id {
+                    req = req.ssekms_key_id(id);
+                }
+            }
+            Sse::Customer { key, key_md5 } => {
+                req = req
+                    .sse_customer_algorithm("AES256")
+                    .sse_customer_key(key)
+                    .sse_customer_key_md5(key_md5);
+            }
+        }
+        req
+    }
+
+    /// Whether the object exists (HEAD); a 404 is `false`.
+    fn head(&self, key: &BlockKey) -> Result<bool, StoreError> {
+        let object = self.object(key);
+        let r = self.call("checking", Some(key), || {
+            let mut req = self
+                .client
+                .head_object()
+                .bucket(&self.url.bucket)
+                .key(&object);
+            if let Sse::Customer { key, key_md5 } = &self.url.sse {
+                req = req
+                    .sse_customer_algorithm("AES256")
+                    .sse_customer_key(key)
+                    .sse_customer_key_md5(key_md5);
+            }
+            async move {
+                match req.send().await {
+                    Ok(_) => Ok(true),
+                    Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        })?;
+        Ok(r)
+    }
+
+    /// The URL this store was opened with, parsed (no secrets in it).
+    pub fn url(&self) -> &S3Url {
+        &self.url
+    }
+}
+
+impl BlockStore for S3BlockStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        if self.head(key)? {
+            return Ok(PutOutcome::Duplicate);
+        }
+        let object = self.object(key);
+        let body = bytes::Bytes::copy_from_slice(data);
+        self.call("uploading", Some(key), || {
+            let req = self
+                .client
+                .put_object()
+                .bucket(&self.url.bucket)
+                .key(&object)
+                .content_length(body.len() as i64)
+                .body(ByteStream::from(body.clone()));
+            let req = self.sse_put(req);
+            async move { req.send().await }
+        })?;
+        Ok(PutOutcome::Fresh)
+    }
+
+    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+        let object = self.object(key);
+        let got = self.call("reading", Some(key), || {
+            let mut req = self
+                .client
+                .get_object()
+                .bucket(&self.url.bucket)
+                .key(&object);
+            if let Sse::Customer { key, key_md5 } = &self.url.sse {
+                req = req
+                    .sse_customer_algorithm("AES256")
+                    .sse_customer_key(key)
+                    .sse_customer_key_md5(key_md5);
+            }
+            async move {
+                match req.send().await {
+                    Ok(out) => match out.body.collect().await {
+                        Ok(b) => Ok(Some(b.into_bytes().to_vec())),
+                        // a body cut off mid-way: read it again
+                        Err(e) => Err(SdkError::response_error(
+                            e,
+                            aws_sdk_s3::config::http::HttpResponse::new(
+                                500.try_into().expect("status"),
+                                aws_sdk_s3::primitives::SdkBody::empty(),
+                            ),
+                        )),
+                    },
+                    Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        })?;
+        got.ok_or(StoreError::NotFound(*key, BACKEND))
+    }
+
+    fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
+        self.head(key)
+    }
+
+    fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {
+        let object = self.object(key);
+        self.call("deleting", Some(key), || {
+            let req = self
+                .client
+                .delete_object()
+                .bucket(&self.url.bucket)
+                .key(&object);
+            async move { req.send().await }
+        })?;
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.call("listing", None, || {
+                let mut req = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.url.bucket)
+                    .prefix(&self.url.prefix);
+                if let Some(t) = &token {
+                    req = req.continuation_token(t);
+                }
+                async move { req.send().await }
+            })?;
+            for o in page.contents() {
+                if let Some(k) = o.key().and_then(|k| self.key_of(k)) {
+                    out.push(k);
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// A successful PUT is already durable on S3.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_bad_ones_say_why() {
+        let u = S3Url::parse(
+            "s3://bkt/some/prefix/?endpoint=http://127.0.0.1:9000&region=eu-west-1",
+            None,
+        )
+        .unwrap();
+        assert_eq!(u.bucket, "bkt");
+        assert_eq!(u.prefix, "some/prefix/");
+        assert_eq!(u.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(u.region, "eu-west-1");
+        assert!(u.path_style, "an explicit endpoint defaults to path-style");
+        assert_eq!(S3Url::parse("s3://b", None).unwrap().prefix, "");
+        assert!(!S3Url::parse("s3://b", None).unwrap().path_style);
+        assert_eq!(
+            S3Url::parse("s3://b?sse=kms&kms_key_id=k1", None)
+                .unwrap()
+                .sse,
+            Sse::Kms(Some("k1".into()))
+        );
+        assert_eq!(S3Url::parse("s3://b?sse=s3", None).unwrap().sse, Sse::S3);
+        for (bad, says) in [
+            ("s3://", "bucket"),
+            ("s3://b?colour=red", "colour"),
+            ("s3://b?region=", "needs a value"),
+            ("s3://b?sse=rot13", "sse"),
+            ("s3://b?sse=c", SSE_C_KEY_ENV),
+            ("s3://b?path_style=maybe", "path_style"),
+            ("http://b", "s3://"),
+        ] {
+            let err = S3Url::parse(bad, None).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        use aws_sdk_s3::config::http::HttpResponse;
+        use aws_sdk_s3::error::ErrorMetadata;
+        use aws_sdk_s3::operation::put_object::PutObjectError;
+        use aws_sdk_s3::primitives::SdkBody;
+        let err = |status: u16, code: &str| {
+            let e = PutObjectError::generic(ErrorMetadata::builder().code(code).build());
+            let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+            SdkError::service_error(e, raw)
+        };
+        assert_eq!(classify(&err(503, "SlowDown")), Failure::Throttled);
+        assert_eq!(classify(&err(429, "TooManyRequests")), Failure::Throttled);
+        assert_eq!(classify(&err(500, "InternalError")), Failure::Transient);
+        assert_eq!(classify(&err(403, "AccessDenied")), Failure::Permanent);
+        assert_eq!(classify(&err(404, "NoSuchBucket")), Failure::Permanent);
+        assert_eq!(describe(&err(403, "AccessDenied")), "HTTP 403 AccessDenied");
+    }
+
+    #[test]
+    fn the_customer_key_never_shows() {
+        let key = base64_encode(&[7u8; 32]);
+        let u = S3Url::parse("s3://b?sse=c", Some(&key)).unwrap();
+        let Sse::Customer { key_md5, .. } = &u.sse else {
+            panic!("sse-c expected")
+        };
+        assert_eq!(key_md5, &base64_encode(&md5_digest(&[7u8; 32])));
+        assert!(
+            !format!("{u:?}").contains(&key),
+            "the key leaked into Debug"
+        );
+        assert!(
+            S3Url::parse("s3://b?sse=c", Some("c2hvcnQ=")).is_err(),
+            "a short key is refused"
+        );
+    }
+}
+
+/// Against the S3-compatible server `scripts/test.sh` starts on loopback.
+#[cfg(test)]
+mod server_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// The test server's URL with a prefix of this test's own.
+    fn scratch_url() -> String {
+        let base = std::env::var("GRAVITON_TEST_S3")
+            .expect("GRAVITON_TEST_S3 is not set: run the tests through scripts/test.sh");
+        let (head, query) = base.split_once('?').unwrap_or((&base, ""));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        format!("{head}/t{}-{nanos}?{query}", std::process::id())
+    }
+
+    #[test]
+    fn conformance() {
+        let url = scratch_url();
+        let store = Arc::new(S3BlockStore::open(&url).unwrap());
+        crate::store::conformance::run_all(store.as_ref());
+        crate::store::conformance::concurrent_puts_are_safe(store.clone());
+        let root = std::path::PathBuf::from(
+            std::env::var("GRAVITON_TEST_S3_ROOT").expect("GRAVITON_TEST_S3_ROOT"),
+        );
+        let s = store.clone();
+        crate::store::conformance::corruption_is_detected(store.as_ref(), &move |k| {
+            // flip a byte of the object's file on the server, keeping its length
+            let path = root.join(&s.url().bucket).join(s.object(k));
+            let mut bytes = std::fs::read(&path).expect("the object's file");
+            bytes[0] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+        });
+    }
+
+    #[test]
+    fn an_unreachable_server_fails_after_its_retry_time_without_secrets() {
+        let store = S3BlockStore::open_with(
+            "s3://b?endpoint=http://127.0.0.1:1",
+            Duration::from_millis(800),
+        )
+        .unwrap();
+        let key = BlockKey::for_data(HashAlgo::Blake3, b"x");
+        let t = Instant::now();
+        let err = store.put(&key, b"x").unwrap_err().to_string();
+        assert!(
+            t.elapsed() >= Duration::from_millis(800),
+            "retried until the deadline"
+        );
+        assert!(err.contains("connection failed"), "{err}");
+        let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default();
+        assert!(
+            secret.is_empty() || !err.contains(&secret),
+            "the secret key leaked: {err}"
+        );
+    }
+
+    #[test]
+    fn wrong_credentials_are_a_permanent_refusal_not_retried() {
+        // this test runs in a process of its own (nextest): its credentials are its own
+        // SAFETY: no other thread of this process reads the environment meanwhile.
+        unsafe { std::env::set_var("AWS_SECRET_ACCESS_KEY", "not-the-secret") };
+        let store = S3BlockStore::open_with(&scratch_url(), Duration::from_secs(30)).unwrap();
+        let key = BlockKey::for_data(HashAlgo::Blake3, b"y");
+        let t = Instant::now();
+        let err = store.put(&key, b"y").unwrap_err().to_string();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "failed at once: {err}"
+        );
+        assert!(
+            err.contains("HTTP 403") && err.contains("Permanent"),
+            "{err}"
+        );
+        assert!(!err.contains("not-the-secret"), "the secret leaked: {err}");
+    }
+}
