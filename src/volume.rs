@@ -27,7 +27,7 @@ pub enum VolumeError {
     #[error("volume {path}: {message}")]
     Invalid { path: String, message: String },
     #[error(
-        "unsupported block store URL {0:?} (expected file:///absolute/path, or postgres for a PostgreSQL volume)"
+        "unsupported block store URL {0:?} (expected file:///absolute/path, s3://bucket/prefix?endpoint=…&region=…, or postgres for a PostgreSQL volume)"
     )]
     BadStoreUrl(String),
     #[error(
@@ -172,6 +172,10 @@ pub fn open_store(
         };
         return Ok((Arc::new(PgBlockStore::connect(db)?), source.state_dir()));
     }
+    if url.starts_with("s3://") {
+        let store = crate::store::S3BlockStore::open(url)?;
+        return Ok((Arc::new(store), source.state_dir()));
+    }
     let root = if url.is_empty() {
         volume_dir.ok_or(VolumeError::StoreRequired)?.join("blocks")
     } else if let Some(path) = url.strip_prefix("file://") {
@@ -229,8 +233,19 @@ impl Volume {
             return Err(VolumeError::StoreRequired);
         }
         let postgres_store = store_url == POSTGRES_STORE && matches!(source, Source::Postgres(_));
-        if !store_url.is_empty() && !store_url.starts_with("file:///") && !postgres_store {
+        let known = store_url.starts_with("file:///") || store_url.starts_with("s3://");
+        if !store_url.is_empty() && !known && !postgres_store {
             return Err(VolumeError::BadStoreUrl(store_url.to_string()));
+        }
+        if store_url.starts_with("s3://") {
+            // a bad S3 URL is refused before anything is written
+            let sse_c = std::env::var(crate::store::s3::SSE_C_KEY_ENV).ok();
+            crate::store::s3::S3Url::parse(store_url, sse_c.as_deref()).map_err(|m| {
+                VolumeError::Invalid {
+                    path: store_url.to_string(),
+                    message: m,
+                }
+            })?;
         }
         if let Some(d) = dir {
             std::fs::create_dir_all(d).map_err(|source| VolumeError::Io {

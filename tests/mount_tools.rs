@@ -492,6 +492,12 @@ fn postgres_volume_with_postgres_blocks_works() {
     postgres_volume_with(Some("postgres"));
 }
 
+/// And with the block content in S3 (the loopback test server).
+#[test]
+fn postgres_volume_with_s3_blocks_works() {
+    postgres_volume_with(Some(&common::mounted::s3_scratch_url()));
+}
+
 fn postgres_volume_with(store: Option<&str>) {
     let m = Mounted::new_pg_with_store("", store);
     let src = untar_sample(&m);

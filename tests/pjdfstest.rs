@@ -64,3 +64,10 @@ fn run_suite(m: &Mounted) {
 fn pjdfstest_on_postgres_has_no_failures() {
     run_suite(&Mounted::new_pg(""));
 }
+
+/// And with the blocks in S3 (the loopback test server).
+#[test]
+fn pjdfstest_on_postgres_and_s3_has_no_failures() {
+    let store = common::mounted::s3_scratch_url();
+    run_suite(&Mounted::new_pg_with_store("", Some(&store)));
+}
