@@ -5,6 +5,7 @@ pub mod cli;
 pub mod core;
 pub mod fuse;
 pub mod meta;
+pub mod metrics;
 pub mod store;
 pub mod vfs;
 pub mod volume;

@@ -311,6 +311,7 @@ impl Volume {
             .parse()
             .map_err(|e| invalid(format!("{e}")))?;
         let (store, capacity_path) = open_store(&settings.block_store, source)?;
+        let store: Arc<dyn BlockStore> = Arc::new(crate::store::metered::Metered::new(store));
         Ok(Volume {
             state_dir: source.state_dir(),
             source: source.clone(),

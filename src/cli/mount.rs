@@ -28,6 +28,9 @@ pub struct MountArgs {
     /// options).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
+    /// Serve Prometheus metrics on this address (same as `-o metrics=ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Stay attached to the terminal instead of running in the background.
     #[arg(long, short = 'f')]
     pub foreground: bool,
@@ -50,7 +53,11 @@ pub fn status_socket(volume: &Path) -> PathBuf {
 
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let mut opts = MountOptions::default();
-    for o in &args.options {
+    let mut options = args.options.clone();
+    if let Some(addr) = &args.metrics {
+        options.push(format!("metrics={addr}"));
+    }
+    for o in &options {
         opts.apply(o)?;
     }
     let (source, mountpoint) = match args.paths.as_slice() {
@@ -100,7 +107,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     if args.foreground {
         serve(&source, &mountpoint, &opts, args.notify_ready)
     } else {
-        launch_daemon(&args.options, &source, &mountpoint)
+        launch_daemon(&options, &source, &mountpoint)
     }
 }
 
@@ -226,6 +233,9 @@ fn serve(
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    if let Some(addr) = opts.metrics {
+        crate::metrics::serve_prometheus(addr)?;
     }
     let mut vol = Volume::open_waiting(source, opts.pg_wait)?;
     if let Source::Postgres(_) = source {

@@ -24,6 +24,8 @@ pub struct MountOptions {
     pub meta_cache: bool,
     /// PostgreSQL volumes: how long operations wait for an unreachable server (then EIO).
     pub pg_wait: Duration,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for MountOptions {
@@ -42,6 +44,7 @@ impl Default for MountOptions {
             session_timeout: Duration::from_secs(30),
             meta_cache: true,
             pg_wait: crate::volume::DEFAULT_PG_WAIT,
+            metrics: None,
         }
     }
 }
@@ -132,6 +135,9 @@ impl MountOptions {
                         });
                     }
                     self.threads = t;
+                }
+                "metrics" => {
+                    self.metrics = Some(number(name, need()?, "an address like 127.0.0.1:9100")?)
                 }
                 "pg_wait" => {
                     let secs: u64 = number(name, need()?, "whole seconds")?;

@@ -7,6 +7,7 @@
 pub mod conformance;
 pub mod local;
 pub mod memory;
+pub mod metered;
 pub mod pg;
 pub mod s3;
 

@@ -326,6 +326,13 @@ impl S3BlockStore {
             };
             let class = classify(&e);
             let detail = describe(&e);
+            let label = match class {
+                Failure::Throttled => "throttled",
+                Failure::Transient => "transient",
+                Failure::Permanent => "permanent",
+            };
+            metrics::counter!(crate::metrics::BACKEND_FAILURES, "backend" => BACKEND, "class" => label)
+                .increment(1);
             let target = key
                 .map(|k| k.to_string())
                 .unwrap_or_else(|| self.url.bucket.clone());

@@ -91,6 +91,7 @@ impl BlockCache {
     ) -> Result<Arc<Vec<u8>>, StoreError> {
         if let Some(data) = self.get(key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::metrics::BLOCK_CACHE, "result" => "hit").increment(1);
             return Ok(data);
         }
         let gate = self
@@ -107,6 +108,12 @@ impl BlockCache {
             return Ok(data);
         }
         on_fetch.fetch_add(1, Ordering::Relaxed);
+        let result = if std::ptr::eq(on_fetch, &self.prefetched) {
+            "prefetch"
+        } else {
+            "miss"
+        };
+        metrics::counter!(crate::metrics::BLOCK_CACHE, "result" => result).increment(1);
         let result = store.get(key).map(Arc::new);
         if let Ok(data) = &result {
             self.insert(*key, data.clone());

@@ -121,6 +121,7 @@ impl Core {
                 Err(e) => return Err(e),
             };
             debug_assert!(conflict);
+            metrics::counter!(crate::metrics::META_RETRIES).increment(1);
             if attempt > 2 {
                 // back off with jitter so contending writers stop colliding
                 let micros = 50u64 << attempt.min(8);

@@ -1,0 +1,69 @@
+//! The data path on S3, measured through the mount's own Prometheus metrics.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::TcpStream;
+
+use common::mounted::{Mounted, s3_scratch_url};
+use common::random_bytes;
+
+/// `graviton_bytes_ingested{backend="s3"}` from the daemon's /metrics.
+fn bytes_ingested(port: u16) -> u64 {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("graviton_bytes_ingested{backend=\"s3\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no graviton_bytes_ingested for s3 in:\n{text}"))
+}
+
+#[test]
+fn a_4k_overwrite_in_a_1_gib_file_uploads_under_1_mib() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let m = Mounted::new_pg_with_store(
+        &format!("metrics=127.0.0.1:{port}"),
+        Some(&s3_scratch_url()),
+    );
+    let path = m.path("big");
+    {
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 30);
+    let before = bytes_ingested(port);
+    let patch = random_bytes(9, 4096);
+    let at = 700u64 << 20;
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&patch).unwrap();
+        f.sync_all().unwrap();
+    }
+    let uploaded = bytes_ingested(port) - before;
+    eprintln!("a 4 KiB overwrite in a 1 GiB file uploaded {uploaded} bytes to S3");
+    assert!(uploaded >= 4096, "the new bytes were uploaded ({uploaded})");
+    assert!(uploaded < 1 << 20, "less than 1 MiB uploaded: {uploaded}");
+    m.unmount();
+    m.mount();
+    let mut f = std::fs::File::open(&path).unwrap();
+    f.seek(SeekFrom::Start(at - 10)).unwrap();
+    let mut got = vec![0u8; 4116];
+    f.read_exact(&mut got).unwrap();
+    assert_eq!(&got[..10], &[0u8; 10]);
+    assert_eq!(&got[10..4106], &patch[..]);
+    assert_eq!(&got[4106..], &[0u8; 10]);
+}
