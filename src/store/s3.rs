@@ -240,6 +240,14 @@ impl S3BlockStore {
 
     /// As `open`, retrying transient failures for up to `retry_for`.
     pub fn open_with(url: &str, retry_for: Duration) -> Result<S3BlockStore, StoreError> {
+        Self::build(url, retry_for, None)
+    }
+
+    fn build(
+        url: &str,
+        retry_for: Duration,
+        interceptor: Option<aws_sdk_s3::config::SharedInterceptor>,
+    ) -> Result<S3BlockStore, StoreError> {
         let sse_c = std::env::var(SSE_C_KEY_ENV).ok();
         let url = S3Url::parse(url, sse_c.as_deref())
             .map_err(|m| StoreError::io(BACKEND, "store URL", std::io::Error::other(m)))?;
@@ -271,6 +279,9 @@ impl S3BlockStore {
             );
         if let Some(ep) = &url.endpoint {
             conf = conf.endpoint_url(ep);
+        }
+        if let Some(i) = interceptor {
+            conf = conf.interceptor(i);
         }
         Ok(S3BlockStore {
             client: aws_sdk_s3::Client::from_conf(conf.build()),
@@ -653,6 +664,122 @@ mod server_tests {
             secret.is_empty() || !err.contains(&secret),
             "the secret key leaked: {err}"
         );
+    }
+
+    /// Records the SSE headers of every request the store sends.
+    #[derive(Debug, Default)]
+    struct SseHeaders(std::sync::Mutex<Vec<(String, Vec<(String, String)>)>>);
+
+    impl aws_sdk_s3::config::Intercept for SseHeaders {
+        fn name(&self) -> &'static str {
+            "sse-headers"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+            _: &aws_sdk_s3::config::RuntimeComponents,
+            _: &mut aws_sdk_s3::config::ConfigBag,
+        ) -> Result<(), aws_sdk_s3::error::BoxError> {
+            let req = context.request();
+            let headers = req
+                .headers()
+                .iter()
+                .filter(|(k, _)| k.starts_with("x-amz-server-side-encryption"))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            self.0
+                .lock()
+                .unwrap()
+                .push((req.method().to_string(), headers));
+            Ok(())
+        }
+    }
+
+    /// What a put and a get send, for one SSE setting (the loopback server may not implement
+    /// SSE, so only the requests are checked).
+    fn sse_requests(query: &str) -> Vec<(String, Vec<(String, String)>)> {
+        let url = format!("{}&{query}", scratch_url());
+        let log = std::sync::Arc::new(SseHeaders::default());
+        let shared = aws_sdk_s3::config::SharedInterceptor::new(LogRef(log.clone()));
+        let store = S3BlockStore::build(&url, Duration::from_millis(300), Some(shared)).unwrap();
+        let key = BlockKey::for_data(HashAlgo::Blake3, query.as_bytes());
+        let _ = store.put(&key, query.as_bytes());
+        let _ = store.get(&key);
+        let got = log.0.lock().unwrap().clone();
+        got
+    }
+
+    #[derive(Debug)]
+    struct LogRef(std::sync::Arc<SseHeaders>);
+
+    impl aws_sdk_s3::config::Intercept for LogRef {
+        fn name(&self) -> &'static str {
+            "sse-headers"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+            rc: &aws_sdk_s3::config::RuntimeComponents,
+            cfg: &mut aws_sdk_s3::config::ConfigBag,
+        ) -> Result<(), aws_sdk_s3::error::BoxError> {
+            self.0.read_before_transmit(context, rc, cfg)
+        }
+    }
+
+    fn header<'a>(sent: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        sent.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn uploads_carry_the_requested_encryption_headers() {
+        let put = |q: &str| {
+            sse_requests(q)
+                .into_iter()
+                .find(|(m, _)| m == "PUT")
+                .map(|(_, h)| h)
+                .expect("a PUT was sent")
+        };
+        let s3 = put("sse=s3");
+        assert_eq!(header(&s3, "x-amz-server-side-encryption"), Some("AES256"));
+        let kms = put("sse=kms&kms_key_id=key-1");
+        assert_eq!(
+            header(&kms, "x-amz-server-side-encryption"),
+            Some("aws:kms")
+        );
+        assert_eq!(
+            header(&kms, "x-amz-server-side-encryption-aws-kms-key-id"),
+            Some("key-1")
+        );
+        assert!(put("region=us-east-1").is_empty(), "no SSE unless asked");
+    }
+
+    #[test]
+    fn sse_c_sends_the_customer_key_on_every_request() {
+        let key = base64_encode(&[3u8; 32]);
+        // this test runs in a process of its own (nextest)
+        // SAFETY: no other thread of this process reads the environment meanwhile.
+        unsafe { std::env::set_var(SSE_C_KEY_ENV, &key) };
+        let sent = sse_requests("sse=c");
+        assert!(sent.len() >= 3, "HEAD, PUT and GET: {sent:?}");
+        for (method, h) in &sent {
+            assert_eq!(
+                header(h, "x-amz-server-side-encryption-customer-algorithm"),
+                Some("AES256"),
+                "{method}"
+            );
+            assert_eq!(
+                header(h, "x-amz-server-side-encryption-customer-key"),
+                Some(key.as_str())
+            );
+            assert_eq!(
+                header(h, "x-amz-server-side-encryption-customer-key-md5"),
+                Some(base64_encode(&md5_digest(&[3u8; 32])).as_str())
+            );
+        }
     }
 
     #[test]
