@@ -14,6 +14,9 @@ use crate::core::BlockKey;
 use crate::core::extent::{self, Extent};
 use crate::meta::Inode;
 
+/// Blocks of one flush stored in parallel.
+const UPLOADS_AT_ONCE: usize = 8;
+
 /// Dirty spans shorter than this are packed together into shared blocks (each keeps its own
 /// extent pointing into the pack) instead of becoming one tiny block each: 10,000 random 4 KiB
 /// writes become a few blocks, not 10,000 files. Coalescing later re-chunks them.
@@ -144,6 +147,30 @@ impl Core {
         Ok(key)
     }
 
+    /// Hashes and stores blocks, up to `UPLOADS_AT_ONCE` at a time (a remote store's latency
+    /// is paid once per window, not once per block); keys in the chunks' order.
+    fn put_blocks(&self, chunks: &[(u64, &[u8])]) -> FsResult<Vec<BlockKey>> {
+        if chunks.len() < 2 {
+            return chunks.iter().map(|(_, c)| self.put_block(c)).collect();
+        }
+        let mut keys = Vec::with_capacity(chunks.len());
+        for window in chunks.chunks(UPLOADS_AT_ONCE) {
+            let stored: Vec<FsResult<BlockKey>> = std::thread::scope(|scope| {
+                let jobs: Vec<_> = window
+                    .iter()
+                    .map(|&(_, c)| scope.spawn(move || self.put_block(c)))
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| j.join().expect("block upload thread"))
+                    .collect()
+            });
+            for k in stored {
+                keys.push(k?);
+            }
+        }
+        Ok(keys)
+    }
+
     /// Flushes while the caller holds the file's flush lock *and* its state lock, so no write
     /// can slip in between (truncate and fallocate need that).
     pub(crate) fn flush_locked(
@@ -244,18 +271,22 @@ impl Core {
                 kept.push((off + start as u64, data[start..].to_vec()));
             }
             let mut pos = 0usize;
-            let mut group = Vec::with_capacity(n);
+            let mut chunks = Vec::with_capacity(n);
             for &len in &cuts[..n] {
-                let chunk = &data[pos..pos + len];
-                let key = self.put_block(chunk)?;
-                group.push(Extent {
-                    offset: off + pos as u64,
-                    key,
-                    block_offset: 0,
-                    len: len as u32,
-                });
+                chunks.push((off + pos as u64, &data[pos..pos + len]));
                 pos += len;
             }
+            let keys = self.put_blocks(&chunks)?;
+            let group: Vec<Extent> = chunks
+                .iter()
+                .zip(keys)
+                .map(|(&(offset, chunk), key)| Extent {
+                    offset,
+                    key,
+                    block_offset: 0,
+                    len: chunk.len() as u32,
+                })
+                .collect();
             if !group.is_empty() {
                 groups.push(group);
             }
