@@ -150,11 +150,45 @@ pub struct Volume {
     pub state_dir: PathBuf,
     pub meta: Arc<dyn MetaStore>,
     pub store: Arc<dyn BlockStore>,
+    /// Each block store with its URL: the primary first, then the replicas (`graviton scrub`
+    /// checks them one by one).
+    pub replicas: Vec<(String, Arc<dyn BlockStore>)>,
     pub settings: VolumeSettings,
     pub hash: HashAlgo,
     pub chunker: Chunker,
     /// Where capacity for statfs comes from.
     pub capacity_path: PathBuf,
+}
+
+/// The ReplicaIndex: what is known to be wrong with which replica's copy of a block, in the
+/// volume's key-value store under `replica/<n>/<block key>` (an entry is a problem to repair;
+/// `graviton scrub` removes it once the copy is good).
+pub struct MetaReplicaIndex(pub Arc<dyn MetaStore>);
+
+impl MetaReplicaIndex {
+    pub fn key(replica: usize, block: &crate::core::BlockKey) -> String {
+        format!("replica/{replica}/{block}")
+    }
+}
+
+impl crate::store::replicated::ReplicaIndex for MetaReplicaIndex {
+    fn record(
+        &self,
+        replica: usize,
+        key: &crate::core::BlockKey,
+        status: crate::store::replicated::ReplicaStatus,
+    ) {
+        use crate::store::replicated::ReplicaStatus;
+        let k = Self::key(replica, key);
+        let r = match status {
+            ReplicaStatus::Ok => self.0.kv_delete(&k),
+            ReplicaStatus::Missing => self.0.kv_put(&k, b"missing"),
+            ReplicaStatus::Corrupt => self.0.kv_put(&k, b"corrupt"),
+        };
+        if let Err(e) = r {
+            tracing::warn!("recording a replica's state: {e}");
+        }
+    }
 }
 
 /// Opens a block store from its URL; an empty URL is `<volume dir>/blocks`.
@@ -220,6 +254,23 @@ impl Volume {
         chunker: Chunker,
         store_url: Option<&str>,
     ) -> Result<Volume, VolumeError> {
+        Self::format_replicated(source, hash, chunker, store_url, &[])
+    }
+
+    /// `format`, with blocks also kept in each of `replicas` (block store URLs).
+    pub fn format_replicated(
+        source: &Source,
+        hash: HashAlgo,
+        chunker: Chunker,
+        store_url: Option<&str>,
+        replicas: &[String],
+    ) -> Result<Volume, VolumeError> {
+        for r in replicas {
+            let ok = r.starts_with("file:///") || r.starts_with("s3://");
+            if !ok || r.contains(',') {
+                return Err(VolumeError::BadStoreUrl(r.clone()));
+            }
+        }
         let store_url = store_url.unwrap_or("");
         let dir = match source {
             Source::Dir(d) => Some(d.as_path()),
@@ -260,6 +311,7 @@ impl Volume {
         meta.put_setting("hash", hash.name())?;
         meta.put_setting("chunker", &chunker.to_string())?;
         meta.put_setting("block_store", store_url)?;
+        meta.put_setting("replicas", &replicas.join(","))?;
         // tells a volume from another later created behind the same URL (local caches)
         meta.put_setting("volume_id", &format!("{:032x}", rand::random::<u128>()))?;
         // Written last: a volume whose format was interrupted is not mistaken for a good one.
@@ -310,13 +362,27 @@ impl Volume {
             .chunker
             .parse()
             .map_err(|e| invalid(format!("{e}")))?;
-        let (store, capacity_path) = open_store(&settings.block_store, source)?;
+        let (primary, capacity_path) = open_store(&settings.block_store, source)?;
+        let mut replicas = vec![(settings.block_store.clone(), primary.clone())];
+        for url in meta.setting("replicas")?.unwrap_or_default().split(',') {
+            if !url.is_empty() {
+                replicas.push((url.to_string(), open_store(url, source)?.0));
+            }
+        }
+        let store: Arc<dyn BlockStore> = if replicas.len() > 1 {
+            let index = Arc::new(MetaReplicaIndex(meta.clone()));
+            let all = replicas.iter().map(|(_, s)| s.clone()).collect();
+            Arc::new(crate::store::replicated::Replicated::new(all, index))
+        } else {
+            primary
+        };
         let store: Arc<dyn BlockStore> = Arc::new(crate::store::metered::Metered::new(store));
         Ok(Volume {
             state_dir: source.state_dir(),
             source: source.clone(),
             meta,
             store,
+            replicas,
             settings,
             hash,
             chunker,

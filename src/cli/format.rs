@@ -17,17 +17,22 @@ pub struct FormatArgs {
     /// <SOURCE>/blocks. Required for PostgreSQL volumes.
     #[arg(long)]
     pub store: Option<String>,
+    /// Another block store (file:///path or s3://…) that keeps a copy of every block; repeat
+    /// for more. Writes go to every store; reads use the first good copy.
+    #[arg(long = "replica", value_name = "URL")]
+    pub replicas: Vec<String>,
     /// A directory for an embedded volume, or a postgres:// URL (password from the URL or
     /// PGPASSWORD-style settings of the URL; never printed).
     pub source: String,
 }
 
 pub fn run(args: FormatArgs) -> anyhow::Result<()> {
-    let vol = Volume::format(
+    let vol = Volume::format_replicated(
         &Source::parse(&args.source),
         args.hash,
         args.chunker,
         args.store.as_deref(),
+        &args.replicas,
     )?;
     println!(
         "formatted {} (hash {}, chunker {}, blocks in {})",

@@ -3,6 +3,7 @@
 mod format;
 mod mount;
 pub mod options;
+mod scrub;
 mod status;
 
 use std::path::PathBuf;
@@ -28,6 +29,9 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Show what a volume holds: files, bytes, blocks, dedup ratio.
     Status(status::StatusArgs),
+    /// Check every block in every block store against its key; repair bad copies from good
+    /// ones.
+    Scrub(scrub::ScrubArgs),
 }
 
 /// `$XDG_DATA_HOME/graviton/default`, or `~/.local/share/graviton/default`.
@@ -46,5 +50,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Format(args) => format::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Status(args) => status::run(args),
+        Command::Scrub(args) => scrub::run(args),
     }
 }

@@ -9,6 +9,7 @@ pub mod local;
 pub mod memory;
 pub mod metered;
 pub mod pg;
+pub mod replicated;
 pub mod s3;
 
 use std::ops::Range;
