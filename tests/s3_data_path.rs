@@ -8,6 +8,50 @@ use std::net::TcpStream;
 use common::mounted::{Mounted, s3_scratch_url};
 use common::random_bytes;
 
+/// A counter from the daemon's /metrics (0 while nothing has counted it).
+fn metric(port: u16, series: &str) -> u64 {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn the_disk_cache_serves_blocks_after_a_remount() {
+    let port = free_port();
+    let cache = tempfile::tempdir_in("/var/tmp").unwrap();
+    let opts = format!(
+        "metrics=127.0.0.1:{port},cache_dir={}",
+        cache.path().display()
+    );
+    let m = Mounted::new_pg_with_store(&opts, Some(&s3_scratch_url()));
+    let data = random_bytes(77, 8 << 20);
+    std::fs::write(m.path("f"), &data).unwrap();
+    m.unmount();
+    m.mount();
+    assert!(std::fs::read(m.path("f")).unwrap() == data);
+    let fetched = metric(port, "graviton_bytes_fetched{backend=\"s3\"}");
+    let hits = metric(port, "graviton_block_cache_total{result=\"disk_hit\"}");
+    eprintln!("after a remount: {fetched} bytes fetched from S3, {hits} disk cache hits");
+    assert_eq!(fetched, 0, "every block came from the disk cache");
+    assert!(hits >= 8, "the 8 blocks were disk cache hits ({hits})");
+}
+
 /// `graviton_bytes_ingested{backend="s3"}` from the daemon's /metrics.
 fn bytes_ingested(port: u16) -> u64 {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");

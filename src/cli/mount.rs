@@ -31,6 +31,9 @@ pub struct MountArgs {
     /// Serve Prometheus metrics on this address (same as `-o metrics=ADDR`).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Keep an on-disk block cache here (same as `-o cache_dir=PATH`).
+    #[arg(long, value_name = "PATH")]
+    pub cache_dir: Option<String>,
     /// Stay attached to the terminal instead of running in the background.
     #[arg(long, short = 'f')]
     pub foreground: bool,
@@ -56,6 +59,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let mut options = args.options.clone();
     if let Some(addr) = &args.metrics {
         options.push(format!("metrics={addr}"));
+    }
+    if let Some(dir) = &args.cache_dir {
+        options.push(format!("cache_dir={dir}"));
     }
     for o in &options {
         opts.apply(o)?;
@@ -249,6 +255,16 @@ fn serve(
                     .with_context(|| format!("opening the metadata cache in {}", dir.display()))?,
             );
         }
+    }
+    if let Some(dir) = &opts.cache_dir {
+        vol.store = Arc::new(
+            crate::store::disk_cache::DiskCache::open(
+                vol.store.clone(),
+                dir,
+                opts.cache_dir_mb << 20,
+            )
+            .with_context(|| format!("opening the block cache in {}", dir.display()))?,
+        );
     }
     vol.meta.begin_session(&SessionInfo {
         host: nix::unistd::gethostname()

@@ -26,6 +26,9 @@ pub struct MountOptions {
     pub pg_wait: Duration,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// An on-disk block cache (for remote block stores), and its size.
+    pub cache_dir: Option<std::path::PathBuf>,
+    pub cache_dir_mb: u64,
 }
 
 impl Default for MountOptions {
@@ -45,6 +48,8 @@ impl Default for MountOptions {
             meta_cache: true,
             pg_wait: crate::volume::DEFAULT_PG_WAIT,
             metrics: None,
+            cache_dir: None,
+            cache_dir_mb: 10240,
         }
     }
 }
@@ -136,6 +141,18 @@ impl MountOptions {
                     }
                     self.threads = t;
                 }
+                "cache_dir" | "cache-dir" => {
+                    let dir = std::path::PathBuf::from(need()?);
+                    if !dir.is_absolute() {
+                        return Err(OptionError::BadValue {
+                            name: name.into(),
+                            value: dir.display().to_string(),
+                            why: "an absolute path",
+                        });
+                    }
+                    self.cache_dir = Some(dir);
+                }
+                "cache_dir_mb" => self.cache_dir_mb = number(name, need()?, "megabytes")?,
                 "metrics" => {
                     self.metrics = Some(number(name, need()?, "an address like 127.0.0.1:9100")?)
                 }

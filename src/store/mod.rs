@@ -5,6 +5,7 @@
 //! (an I/O error to applications, and an error log), never wrong bytes.
 
 pub mod conformance;
+pub mod disk_cache;
 pub mod local;
 pub mod memory;
 pub mod metered;

@@ -1,0 +1,220 @@
+//! An on-disk block cache in front of a remote store (`-o cache_dir=PATH`): blocks read or
+//! written are kept as files, least recently used first out past the size budget, and reused
+//! after a remount. A cached copy is checked against its key on every read; a bad one is
+//! dropped and the block fetched again, never served.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{BlockStore, PutOutcome, StoreError};
+use crate::core::BlockKey;
+
+pub struct DiskCache {
+    inner: Arc<dyn BlockStore>,
+    dir: PathBuf,
+    budget: u64,
+    state: Mutex<Lru>,
+}
+
+/// Cached blocks by recency: a counter stamps each use.
+#[derive(Default)]
+struct Lru {
+    used: HashMap<BlockKey, u64>,
+    clock: u64,
+    bytes: u64,
+}
+
+fn io(context: String, e: std::io::Error) -> StoreError {
+    StoreError::io("disk cache", context, e)
+}
+
+impl DiskCache {
+    /// Opens (or creates) the cache in `dir`, keeping what an earlier mount left there.
+    pub fn open(
+        inner: Arc<dyn BlockStore>,
+        dir: &Path,
+        budget: u64,
+    ) -> Result<DiskCache, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(format!("creating {}", dir.display()), e))?;
+        let mut found: Vec<(std::time::SystemTime, BlockKey, u64)> = Vec::new();
+        for entry in
+            std::fs::read_dir(dir).map_err(|e| io(format!("listing {}", dir.display()), e))?
+        {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let key = name.replace('_', ":").parse::<BlockKey>().ok();
+            let (Some(key), Ok(meta)) = (key, entry.metadata()) else {
+                let _ = std::fs::remove_file(entry.path()); // leftovers of an interrupted write
+                continue;
+            };
+            found.push((
+                meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                key,
+                meta.len(),
+            ));
+        }
+        found.sort_by_key(|(t, ..)| *t);
+        let mut lru = Lru::default();
+        for (_, key, len) in found {
+            lru.clock += 1;
+            lru.used.insert(key, lru.clock);
+            lru.bytes += len;
+        }
+        let cache = DiskCache {
+            inner,
+            dir: dir.to_path_buf(),
+            budget,
+            state: Mutex::new(lru),
+        };
+        cache.evict();
+        Ok(cache)
+    }
+
+    fn path(&self, key: &BlockKey) -> PathBuf {
+        // algo:hex:size, with ':' kept out of file names
+        self.dir.join(key.to_string().replace(':', "_"))
+    }
+
+    fn touch(&self, key: &BlockKey) {
+        let mut s = self.state.lock().expect("lock");
+        s.clock += 1;
+        let c = s.clock;
+        s.used.insert(*key, c);
+    }
+
+    fn keep(&self, key: &BlockKey, data: &[u8]) {
+        let path = self.path(key);
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, data)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+            return; // a cache that cannot write just caches less
+        }
+        let mut s = self.state.lock().expect("lock");
+        s.clock += 1;
+        let c = s.clock;
+        if s.used.insert(*key, c).is_none() {
+            s.bytes += data.len() as u64;
+        }
+        drop(s);
+        self.evict();
+    }
+
+    fn forget(&self, key: &BlockKey) {
+        let _ = std::fs::remove_file(self.path(key));
+        let mut s = self.state.lock().expect("lock");
+        if s.used.remove(key).is_some() {
+            s.bytes = s.bytes.saturating_sub(key.size as u64);
+        }
+    }
+
+    /// Drops the least recently used blocks past the budget.
+    fn evict(&self) {
+        let mut s = self.state.lock().expect("lock");
+        while s.bytes > self.budget && !s.used.is_empty() {
+            let (&oldest, _) = s.used.iter().min_by_key(|(_, t)| **t).expect("not empty");
+            s.used.remove(&oldest);
+            s.bytes = s.bytes.saturating_sub(oldest.size as u64);
+            let _ = std::fs::remove_file(self.path(&oldest));
+        }
+    }
+
+    /// Cached blocks and their bytes.
+    pub fn usage(&self) -> (usize, u64) {
+        let s = self.state.lock().expect("lock");
+        (s.used.len(), s.bytes)
+    }
+}
+
+impl BlockStore for DiskCache {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        let r = self.inner.put(key, data)?;
+        self.keep(key, data);
+        Ok(r)
+    }
+
+    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+        self.get(key)
+    }
+
+    fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+        if let Ok(data) = std::fs::read(self.path(key)) {
+            if key.matches(&data) {
+                self.touch(key);
+                metrics::counter!(crate::metrics::BLOCK_CACHE, "result" => "disk_hit").increment(1);
+                return Ok(data);
+            }
+            tracing::warn!(block = %key, "disk cache copy does not match its key; fetching again");
+            self.forget(key);
+        }
+        let data = self.inner.get(key)?;
+        self.keep(key, &data);
+        Ok(data)
+    }
+
+    fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
+        self.inner.exists(key)
+    }
+
+    fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {
+        self.forget(key);
+        self.inner.delete(key)
+    }
+
+    fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
+        self.inner.list()
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::HashAlgo;
+    use crate::store::MemoryBlockStore;
+
+    fn block(n: u8) -> (BlockKey, Vec<u8>) {
+        let data = vec![n; 1000];
+        (BlockKey::for_data(HashAlgo::Blake3, &data), data)
+    }
+
+    #[test]
+    fn conformance_budget_reuse_and_bad_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Arc::new(MemoryBlockStore::new());
+        let cache = DiskCache::open(inner.clone(), dir.path(), 2500).unwrap();
+        crate::store::conformance::run_all(&cache);
+        let (k1, d1) = block(1);
+        let (k2, d2) = block(2);
+        let (k3, d3) = block(3);
+        for (k, d) in [(&k1, &d1), (&k2, &d2), (&k3, &d3)] {
+            cache.put(k, d).unwrap();
+        }
+        assert!(
+            cache.usage().1 <= 2500,
+            "the budget holds: {:?}",
+            cache.usage()
+        );
+        assert!(!cache.path(&k1).exists(), "the oldest went first");
+        drop(cache);
+        // reopened: what was cached is still there, and is served without the inner store
+        let cache = DiskCache::open(inner.clone(), dir.path(), 2500).unwrap();
+        inner.tamper(&k3, |d| d[0] ^= 1);
+        assert_eq!(cache.get(&k3).unwrap(), d3, "served from the disk copy");
+        // a damaged disk copy is never served
+        let mut bytes = std::fs::read(cache.path(&k2)).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(cache.path(&k2), bytes).unwrap();
+        assert_eq!(cache.get(&k2).unwrap(), d2, "fetched again from the store");
+    }
+}
