@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Graviton (PostgreSQL metadata + S3 blocks) against s3fs and `rclone mount --vfs-cache-mode
+# writes`, all on the same loopback S3 server (s3s-fs, scripts/s3.sh), side by side in one run;
+# prints a Markdown table. Needs root (apt, mounts, drop_caches).
+# usage: scripts/bench-s3.sh [WORKDIR]    sizes: SEQ_MB=256 RAND_MB=64 FILES=2000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq s3fs rclone >/dev/null
+source scripts/env.sh
+cargo build --release --locked --bin graviton >/dev/null
+source scripts/pg.sh
+source scripts/s3.sh
+WORK="${1:-/var/tmp/graviton-bench-s3}"
+SEQ_MB="${SEQ_MB:-256}" RAND_MB="${RAND_MB:-64}" FILES="${FILES:-2000}"
+G="$GRAVITON_BIN"
+ENDPOINT="http://127.0.0.1:$S3_PORT"
+export XDG_STATE_HOME="$WORK/state"
+
+unmount_all() {
+  for t in graviton s3fs rclone; do fusermount3 -uz "$WORK/$t" 2>/dev/null || true; done
+  sleep 1
+}
+trap unmount_all EXIT
+unmount_all
+rm -rf "$WORK" && mkdir -p "$WORK"/{graviton,s3fs,rclone,local}
+for b in bench-s3fs bench-rclone; do rm -rf "${S3_DIR:?}/data/$b"; mkdir -p "$S3_DIR/data/$b"; done
+
+DB="graviton_bench_s3_$$"
+runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
+VOL="${GRAVITON_TEST_PG%/*}/$DB"
+"$G" format --store "s3://graviton-test/bench-$$?endpoint=$ENDPOINT&region=us-east-1" "$VOL" >/dev/null
+
+mount_target() {
+  case $1 in
+    graviton) "$G" mount "$VOL" "$WORK/graviton" -o allow_other ;;
+    s3fs)
+      echo "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" > "$WORK/passwd" && chmod 600 "$WORK/passwd"
+      s3fs bench-s3fs "$WORK/s3fs" -o "url=$ENDPOINT,use_path_request_style,passwd_file=$WORK/passwd,allow_other" ;;
+    rclone)
+      rclone mount ":s3:bench-rclone" "$WORK/rclone" --daemon --allow-other \
+        --s3-provider Other --s3-endpoint "$ENDPOINT" --s3-region us-east-1 \
+        --s3-access-key-id "$AWS_ACCESS_KEY_ID" --s3-secret-access-key "$AWS_SECRET_ACCESS_KEY" \
+        --vfs-cache-mode writes --cache-dir "$WORK/rclone-cache"
+      for _ in $(seq 50); do mountpoint -q "$WORK/rclone" && break; sleep 0.2; done ;;
+    local) ;;
+  esac
+}
+remount() { # drop every cache between writing and reading
+  [ "$1" = local ] || { fusermount3 -u "$WORK/$1" 2>/dev/null || fusermount3 -uz "$WORK/$1"; sleep 1; }
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  mount_target "$1"
+}
+fio_bw() { # dir name rw bs size-MB [extra…] → MiB/s
+  local dir=$1 name=$2 rw=$3 bs=$4 size=$5; shift 5
+  timeout 300 fio --name="$name" --directory="$dir" --filename="$name.dat" --rw="$rw" --bs="$bs" \
+      --size="${size}M" --ioengine=psync --output-format=json "$@" 2>/dev/null |
+    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("%.1f" % ((j["read"]["bw_bytes"]+j["write"]["bw_bytes"])/1048576))' ||
+    echo "failed"
+}
+
+TARBALL="$WORK/src.tar"
+SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/librocksdb-sys-*/ 2>/dev/null | head -1)
+tar cf "$TARBALL" -C "$SRC" .
+
+declare -A R
+for t in local graviton s3fs rclone; do
+  mount_target $t
+  D="$WORK/$t"
+  R[$t.seqw]=$(fio_bw "$D" seq write 1M "$SEQ_MB" --end_fsync=1)
+  remount $t
+  R[$t.seqr]=$(fio_bw "$D" seq read 1M "$SEQ_MB")
+  R[$t.randw]=$(fio_bw "$D" rand randwrite 4k "$RAND_MB" --end_fsync=1 --runtime=30)
+  remount $t
+  R[$t.randr]=$(fio_bw "$D" rand randread 4k "$RAND_MB" --runtime=30)
+  rm -f "$D"/*.dat
+  read -r c s rd < <(timeout 900 python3 - "$D/meta" "$FILES" <<'PY' || echo "failed failed failed"
+import os, sys, time
+d, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(d, exist_ok=True)
+t = time.perf_counter()
+for i in range(n):
+    os.close(os.open(f"{d}/f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+c = n / (time.perf_counter() - t)
+t = time.perf_counter()
+for i in range(n):
+    os.stat(f"{d}/f{i}")
+s = n / (time.perf_counter() - t)
+t = time.perf_counter()
+names = os.listdir(d)
+rd = (time.perf_counter() - t) * 1000
+assert len(names) == n
+print(f"{c:.0f} {s:.0f} {rd:.1f}")
+PY
+)
+  R[$t.create]=$c R[$t.stat]=$s R[$t.readdir]=$rd
+  mkdir -p "$D/untar"
+  t0=$(date +%s.%N)
+  if timeout 900 tar xf "$TARBALL" -C "$D/untar" && sync -f "$D/untar"; then
+    t1=$(date +%s.%N); R[$t.untar]=$(python3 -c "print('%.2f' % ($t1 - $t0))")
+  else
+    R[$t.untar]=failed
+  fi
+  [ $t = local ] || { fusermount3 -u "$D" 2>/dev/null || fusermount3 -uz "$D"; sleep 1; }
+done
+if [ -n "$(pgrep -f "graviton mount.*$DB" || true)" ]; then sleep 2; fi
+runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB" || true
+
+echo "| measure | local dir | graviton (PostgreSQL + S3) | s3fs | rclone mount (vfs-cache writes) |"
+echo "|---|---|---|---|---|"
+row() { echo "| $1 | ${R[local.$2]} | ${R[graviton.$2]} | ${R[s3fs.$2]} | ${R[rclone.$2]} |"; }
+row "fio sequential write 1 MiB, ${SEQ_MB} MiB, end fsync (MiB/s)" seqw
+row "fio sequential read 1 MiB, remounted, caches dropped (MiB/s)" seqr
+row "fio random write 4 KiB, ${RAND_MB} MiB, end fsync, 30 s cap (MiB/s)" randw
+row "fio random read 4 KiB, remounted, 30 s cap (MiB/s)" randr
+row "create (files/s, ${FILES} files)" create
+row "stat (files/s)" stat
+row "readdir of ${FILES} entries (ms)" readdir
+row "untar of RocksDB's source tree (s)" untar
