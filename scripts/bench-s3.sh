@@ -74,7 +74,7 @@ for t in local graviton s3fs rclone; do
   remount $t
   R[$t.randr]=$(fio_bw "$D" rand randread 4k "$RAND_MB" --runtime=30)
   rm -f "$D"/*.dat
-  read -r c s rd < <(timeout 900 python3 - "$D/meta" "$FILES" <<'PY' || echo "failed failed failed"
+  read -r c s rd < <(timeout 300 python3 - "$D/meta" "$FILES" <<'PY' || echo "failed failed failed"
 import os, sys, time
 d, n = sys.argv[1], int(sys.argv[2])
 os.makedirs(d, exist_ok=True)
@@ -94,9 +94,9 @@ print(f"{c:.0f} {s:.0f} {rd:.1f}")
 PY
 )
   R[$t.create]=$c R[$t.stat]=$s R[$t.readdir]=$rd
-  mkdir -p "$D/untar"
+  echo "$t: seqw ${R[$t.seqw]} seqr ${R[$t.seqr]} randw ${R[$t.randw]} randr ${R[$t.randr]} create $c stat $s readdir $rd" >&2
   t0=$(date +%s.%N)
-  if timeout 900 tar xf "$TARBALL" -C "$D/untar" && sync -f "$D/untar"; then
+  if timeout 60 mkdir -p "$D/untar" && timeout 600 tar xf "$TARBALL" -C "$D/untar" && sync -f "$D/untar"; then
     t1=$(date +%s.%N); R[$t.untar]=$(python3 -c "print('%.2f' % ($t1 - $t0))")
   else
     R[$t.untar]=failed
