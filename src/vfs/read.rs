@@ -1,6 +1,6 @@
 //! The read path: extent lookup (binary search in the metadata engine's ordered keys), verified
 //! blocks through the block cache, pending writes laid on top, and sequential read-ahead that
-//! starts after two sequential reads and doubles its window up to a bound.
+//! starts once 512 KiB were read back to back and doubles its window up to a bound.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ pub(crate) struct ReadAhead {
     last_end: u64,
     /// Consecutive reads that continued the previous one (the first read at 0 counts).
     sequential: u32,
+    /// Where the current run of back-to-back reads began.
+    run_start: u64,
     window: u64,
     /// Read-ahead already requested up to here.
     requested_until: u64,
@@ -67,9 +69,13 @@ impl Fs {
         } else {
             *ra = ReadAhead::default();
             ra.sequential = 1;
+            ra.run_start = offset;
         }
         ra.last_end = end;
-        if ra.sequential < 2 {
+        // A random read arrives with the kernel's own read-ahead behind it (up to 128 KiB in
+        // a row): only a longer run is sequential access. (Fetching blocks ahead for random
+        // reads cost a 4 MiB GET per 4 KiB read from S3.)
+        if ra.sequential < 2 || end - ra.run_start < SEQUENTIAL_AFTER {
             return;
         }
         if ra.window == 0 {
@@ -130,6 +136,9 @@ pub(crate) fn assemble(
 
 /// Blocks fetched at once by one read-ahead request.
 const PREFETCH_PARALLEL: usize = 4;
+
+/// Bytes read back to back before reads count as sequential.
+const SEQUENTIAL_AFTER: u64 = 512 << 10;
 
 fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>) {
     let extents = match core.meta.read().and_then(|mut tx| tx.extents(ino, range)) {
