@@ -36,8 +36,10 @@ BEGIN
             DELETE FROM dirents
             WHERE parent = (v->>'parent')::bigint AND name = (v->>'name')::bytea;
         WHEN 'splice' THEN
-            DELETE FROM extents WHERE ino = (v->>'ino')::bigint AND file_offset IN
-                (SELECT jsonb_array_elements_text(v->'remove')::bigint);
+            -- ANY(ARRAY(...)) so the deletes are index lookups by (ino, offset): an IN
+            -- (subquery) scanned every extent of the file per splice
+            DELETE FROM extents WHERE ino = (v->>'ino')::bigint AND file_offset = ANY
+                (ARRAY(SELECT jsonb_array_elements_text(v->'remove')::bigint));
             INSERT INTO extents SELECT * FROM jsonb_populate_recordset(NULL::extents, v->'insert')
             ON CONFLICT (ino, file_offset) DO UPDATE SET block_key = EXCLUDED.block_key,
                 block_offset = EXCLUDED.block_offset, len = EXCLUDED.len;

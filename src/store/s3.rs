@@ -224,6 +224,20 @@ fn describe<E: ProvideErrorMetadata + std::fmt::Debug>(
     }
 }
 
+/// Adds SSE-C's key headers to a request builder (HEAD, GET and PUT builders are distinct
+/// types) when the store uses SSE-C.
+macro_rules! with_customer_key {
+    ($req:expr, $sse:expr) => {
+        match $sse {
+            Sse::Customer { key, key_md5 } => $req
+                .sse_customer_algorithm("AES256")
+                .sse_customer_key(key)
+                .sse_customer_key_md5(key_md5),
+            _ => $req,
+        }
+    };
+}
+
 pub struct S3BlockStore {
     client: aws_sdk_s3::Client,
     url: S3Url,
@@ -377,12 +391,7 @@ impl S3BlockStore {
                     req = req.ssekms_key_id(id);
                 }
             }
-            Sse::Customer { key, key_md5 } => {
-                req = req
-                    .sse_customer_algorithm("AES256")
-                    .sse_customer_key(key)
-                    .sse_customer_key_md5(key_md5);
-            }
+            Sse::Customer { .. } => req = with_customer_key!(req, &self.url.sse),
         }
         req
     }
@@ -391,17 +400,12 @@ impl S3BlockStore {
     fn head(&self, key: &BlockKey) -> Result<bool, StoreError> {
         let object = self.object(key);
         let r = self.call("checking", Some(key), || {
-            let mut req = self
+            let req = self
                 .client
                 .head_object()
                 .bucket(&self.url.bucket)
                 .key(&object);
-            if let Sse::Customer { key, key_md5 } = &self.url.sse {
-                req = req
-                    .sse_customer_algorithm("AES256")
-                    .sse_customer_key(key)
-                    .sse_customer_key_md5(key_md5);
-            }
+            let req = with_customer_key!(req, &self.url.sse);
             async move {
                 match req.send().await {
                     Ok(_) => Ok(true),
@@ -447,17 +451,12 @@ impl BlockStore for S3BlockStore {
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
         let object = self.object(key);
         let got = self.call("reading", Some(key), || {
-            let mut req = self
+            let req = self
                 .client
                 .get_object()
                 .bucket(&self.url.bucket)
                 .key(&object);
-            if let Sse::Customer { key, key_md5 } = &self.url.sse {
-                req = req
-                    .sse_customer_algorithm("AES256")
-                    .sse_customer_key(key)
-                    .sse_customer_key_md5(key_md5);
-            }
+            let req = with_customer_key!(req, &self.url.sse);
             async move {
                 match req.send().await {
                     Ok(out) => match out.body.collect().await {

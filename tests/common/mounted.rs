@@ -98,6 +98,17 @@ impl Mounted {
             run(BIN, &["format", "--store", &store, &url], dir.path()),
             "graviton format postgres",
         );
+        Self::mount_pg(dir, vol, mnt, url, options)
+    }
+
+    /// Mounts the PostgreSQL volume `url` on `mnt`, keeping the daemon's state in `dir`.
+    fn mount_pg(
+        dir: tempfile::TempDir,
+        vol: PathBuf,
+        mnt: PathBuf,
+        url: String,
+        options: &str,
+    ) -> Mounted {
         let state = graviton::volume::Source::parse(&url).mount_state_dir_in(
             &dir.path().join("state"),
             &mnt.canonicalize().expect("mountpoint"),
@@ -147,20 +158,7 @@ impl Mounted {
     /// A second mount of the same PostgreSQL volume, on its own mountpoint.
     pub fn another_mount(&self, options: &str) -> Mounted {
         let (dir, vol, mnt) = scratch();
-        let state = graviton::volume::Source::parse(&self.source).mount_state_dir_in(
-            &dir.path().join("state"),
-            &mnt.canonicalize().expect("mountpoint"),
-        );
-        let m = Mounted {
-            dir,
-            vol,
-            mnt,
-            options: options.to_string(),
-            source: self.source.clone(),
-            state,
-        };
-        m.mount();
-        m
+        Self::mount_pg(dir, vol, mnt, self.source.clone(), options)
     }
 
     pub fn daemon_pid(&self) -> Option<i32> {
