@@ -340,3 +340,50 @@ fn o_append_writes_at_the_end() {
     assert_eq!(fs.read(fh, 0, 100).unwrap(), b"hello world");
     let _ = CTX;
 }
+
+/// Every 4 KiB page of a 16 MiB file written once, in random order, with flushes every 1 MiB
+/// (fio's random-write pattern): once closed, the file is stored as chunker-sized blocks, not
+/// as thousands of page-sized objects (one S3 GET each), and the rewrites that got it there
+/// stored little more than the file's own size again.
+#[test]
+fn random_page_writes_end_in_chunk_sized_blocks() {
+    let mut cfg = FsConfig::new(HashAlgo::Blake3, DEFAULT_CHUNKER);
+    cfg.file_flush_threshold = 1 << 20;
+    cfg.coalesce_interval = std::time::Duration::from_millis(100);
+    let vol = DiskVolume::new(cfg, true);
+    let (fs, store) = vol.mount();
+    const SIZE: usize = 16 << 20;
+    const PAGES: usize = SIZE / 4096;
+    let mut order: Vec<usize> = (0..PAGES).collect();
+    let mut rng = 99u64;
+    for i in (1..PAGES).rev() {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        order.swap(i, (rng >> 33) as usize % (i + 1));
+    }
+    let data = random_bytes(5, SIZE);
+    let (ino, fh) = create(&fs, "rand.dat");
+    for (n, &page) in order.iter().enumerate() {
+        let at = page * 4096;
+        fs.write(fh, at as u64, &data[at..at + 4096]).unwrap();
+        if n % 512 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    fs.release(fh).unwrap();
+    fs.wait_background();
+    let extents = fs.getattr(ino).unwrap().extent_count;
+    let stored = DiskVolume::stored_bytes(store.as_ref());
+    eprintln!(
+        "16 MiB written as 4096 random pages: {extents} extents, {:.1} MiB stored",
+        stored as f64 / (1 << 20) as f64
+    );
+    assert!(extents <= 16, "one extent per 1 MiB block: {extents}");
+    assert!(
+        stored <= 4 * SIZE as u64,
+        "rewrites stored {stored} bytes for a {SIZE}-byte file"
+    );
+    let fh = fs.open(ino, OpenFlags::READ).unwrap();
+    assert!(read_all(&fs, fh, 0, SIZE as u64) == data, "bytes unchanged");
+}

@@ -105,6 +105,18 @@ pub fn apply(map: &mut std::collections::BTreeMap<u64, Extent>, s: &Splice) {
     }
 }
 
+/// The extents of `map` that overlap `r`, in order.
+pub fn overlapping(map: &std::collections::BTreeMap<u64, Extent>, r: &Range<u64>) -> Vec<Extent> {
+    let mut v: Vec<Extent> = map
+        .range(..r.end)
+        .rev()
+        .take_while(|(_, e)| e.end() > r.start)
+        .map(|(_, e)| *e)
+        .collect();
+    v.reverse();
+    v
+}
+
 /// Index of the extent containing `offset` in a sorted slice, by binary search.
 pub fn find(extents: &[Extent], offset: u64) -> Option<usize> {
     let i = extents.partition_point(|e| e.offset <= offset);

@@ -207,6 +207,9 @@ struct LocalCache {
     misses: AtomicU64,
 }
 
+/// A directory's entries, name and entry.
+type Listing = Vec<(Vec<u8>, DirEntry)>;
+
 impl LocalCache {
     fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
         if !self.live.load(Ordering::SeqCst) {
@@ -621,7 +624,7 @@ impl<'a> CachedReader<'a> {
     }
 
     /// The whole directory, read from the engine and cached, when it is not too large.
-    fn fill_listing(&mut self, dir: Ino) -> MetaResult<Option<Vec<(Vec<u8>, DirEntry)>>> {
+    fn fill_listing(&mut self, dir: Ino) -> MetaResult<Option<Listing>> {
         let epoch = self.epoch();
         let generation = self.cache().generation(dir);
         let mut all: Vec<(Vec<u8>, DirEntry)> = Vec::new();
@@ -650,12 +653,7 @@ impl<'a> CachedReader<'a> {
         Ok(Some(all))
     }
 
-    fn cached_listing(
-        &self,
-        dir: Ino,
-        after: u64,
-        limit: usize,
-    ) -> MetaResult<Option<Vec<(Vec<u8>, DirEntry)>>> {
+    fn cached_listing(&self, dir: Ino, after: u64, limit: usize) -> MetaResult<Option<Listing>> {
         let cache = self.cache();
         if !cache.has(&key(LISTED, dir)) {
             return Ok(None);

@@ -665,9 +665,12 @@ mod server_tests {
         );
     }
 
+    /// A request's method and its SSE headers.
+    type SentHeaders = (String, Vec<(String, String)>);
+
     /// Records the SSE headers of every request the store sends.
     #[derive(Debug, Default)]
-    struct SseHeaders(std::sync::Mutex<Vec<(String, Vec<(String, String)>)>>);
+    struct SseHeaders(std::sync::Mutex<Vec<SentHeaders>>);
 
     impl aws_sdk_s3::config::Intercept for SseHeaders {
         fn name(&self) -> &'static str {
@@ -697,7 +700,7 @@ mod server_tests {
 
     /// What a put and a get send, for one SSE setting (the loopback server may not implement
     /// SSE, so only the requests are checked).
-    fn sse_requests(query: &str) -> Vec<(String, Vec<(String, String)>)> {
+    fn sse_requests(query: &str) -> Vec<SentHeaders> {
         let url = format!("{}&{query}", scratch_url());
         let log = std::sync::Arc::new(SseHeaders::default());
         let shared = aws_sdk_s3::config::SharedInterceptor::new(LogRef(log.clone()));
@@ -705,8 +708,7 @@ mod server_tests {
         let key = BlockKey::for_data(HashAlgo::Blake3, query.as_bytes());
         let _ = store.put(&key, query.as_bytes());
         let _ = store.get(&key);
-        let got = log.0.lock().unwrap().clone();
-        got
+        log.0.lock().unwrap().clone()
     }
 
     #[derive(Debug)]

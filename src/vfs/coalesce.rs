@@ -1,27 +1,38 @@
 //! Background rewrite of fragmented extent maps. Many small overwrites leave a file with many
-//! small extents; this re-chunks the file's bytes with the volume's chunker and swaps the new
-//! extents in, without changing a byte.
+//! small extents; this re-chunks the fragmented stretches with the volume's chunker (short
+//! stretches are packed together, as a flush does) and swaps the new extents in, without changing
+//! a byte. Stretches already made of whole, chunker-sized blocks are neither read nor rewritten,
+//! and a rewrite waits until the file has been quiet for a while, so a file under a storm of
+//! random writes is not uploaded again after every flush. (A sparse file stays "fragmented",
+//! one extent per written stretch; passes over it only rewrite stretches that changed.)
 //!
 //! The swap is safe against concurrent writers without holding the file: a new block replaces
 //! only the parts of its range still mapped exactly as when they were read (identical extents
 //! name identical bytes); parts written meanwhile keep their newer extents.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::pack::{PACK_BELOW, Pack};
 use super::read::assemble;
 use super::{Core, Fs, FsError, FsResult};
+use crate::core::RangeSet;
 use crate::core::extent::{self, Extent};
-use crate::core::{BlockKey, RangeSet};
 use crate::meta::{Ino, Inode};
 
 /// Bytes re-chunked at a time, so memory stays bounded for large files.
 const WINDOW: u64 = 64 << 20;
 
+/// A rewrite waits for the file to go without flushes for `coalesce_interval`, but never longer
+/// than this many intervals after it was first asked for.
+const MAX_DEFER: u32 = 8;
+
 pub(crate) struct Slot {
     running: bool,
-    last_finished: Option<Instant>,
+    /// When a flush last asked for a rewrite.
+    touched: Instant,
 }
 
 /// What one rewrite did.
@@ -31,6 +42,8 @@ pub struct CoalesceReport {
     pub extents_after: u64,
     /// Ranges left alone because they changed while being rewritten.
     pub skipped: u64,
+    /// Bytes read and stored again.
+    pub rewritten: u64,
 }
 
 /// Whether the file's extent map is fragmented enough to rewrite.
@@ -44,8 +57,8 @@ pub(crate) fn fragmented(core: &Core, inode: &Inode) -> bool {
 }
 
 impl Core {
-    /// Schedules a background rewrite when the file is fragmented (at most one at a time per
-    /// file, and not more often than `coalesce_interval`).
+    /// Schedules a background rewrite when the file is fragmented: at most one per file at a
+    /// time, started once the file has been quiet for `coalesce_interval` (or closed).
     pub(crate) fn maybe_coalesce(self: &Arc<Self>, inode: &Inode) {
         if !self.cfg.coalesce || !fragmented(self, inode) {
             return;
@@ -55,31 +68,58 @@ impl Core {
             let mut slots = self.coalesce_state.lock().expect("lock");
             let slot = slots.entry(ino).or_insert(Slot {
                 running: false,
-                last_finished: None,
+                touched: Instant::now(),
             });
-            let too_soon = slot
-                .last_finished
-                .is_some_and(|t| t.elapsed() < self.cfg.coalesce_interval);
-            if slot.running || too_soon {
+            slot.touched = Instant::now();
+            if slot.running {
                 return;
             }
             slot.running = true;
         }
         let core = self.clone();
         self.runtime.spawn_blocking(move || {
-            match coalesce_file(&core, ino) {
-                Ok(r) => tracing::debug!(ino, ?r, "coalesced extent map"),
-                Err(e) => tracing::warn!(ino, "coalescing failed (the file is unchanged): {e}"),
+            while core.wait_until_quiet(ino) {
+                let started = Instant::now();
+                match coalesce_file(&core, ino) {
+                    Ok(r) => tracing::debug!(ino, ?r, "coalesced extent map"),
+                    Err(e) => tracing::warn!(ino, "coalescing failed (the file is unchanged): {e}"),
+                }
+                // again if flushes asked while this one ran (and the file is still fragmented)
+                let asked = core
+                    .coalesce_state
+                    .lock()
+                    .expect("lock")
+                    .get(&ino)
+                    .is_some_and(|s| s.touched > started);
+                if !asked || !core.inode(ino).is_ok_and(|i| fragmented(&core, &i)) {
+                    break;
+                }
             }
-            let mut slots = core.coalesce_state.lock().expect("lock");
-            slots.insert(
-                ino,
-                Slot {
-                    running: false,
-                    last_finished: Some(Instant::now()),
-                },
-            );
+            if let Some(s) = core.coalesce_state.lock().expect("lock").get_mut(&ino) {
+                s.running = false;
+            }
         });
+    }
+
+    /// Sleeps until the file has had no flush for `coalesce_interval`, is closed, or has waited
+    /// `MAX_DEFER` intervals; false when the volume is shutting down (the rewrite is skipped).
+    fn wait_until_quiet(&self, ino: Ino) -> bool {
+        let interval = self.cfg.coalesce_interval;
+        let first = Instant::now();
+        loop {
+            if self.closing.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            let quiet_for = match self.coalesce_state.lock().expect("lock").get(&ino) {
+                Some(s) => s.touched.elapsed(),
+                None => return false,
+            };
+            let open = self.files.lock().expect("lock").contains_key(&ino);
+            if !open || quiet_for >= interval || first.elapsed() >= interval * MAX_DEFER {
+                return true;
+            }
+            std::thread::sleep((interval - quiet_for).min(Duration::from_millis(50)));
+        }
     }
 }
 
@@ -108,16 +148,34 @@ impl Fs {
     }
 }
 
-/// Extents of `map` overlapping `r`, in order.
-fn overlapping(map: &BTreeMap<u64, Extent>, r: &std::ops::Range<u64>) -> Vec<Extent> {
-    let mut v: Vec<Extent> = map
-        .range(..r.end)
-        .rev()
-        .take_while(|(_, e)| e.end() > r.start)
-        .map(|(_, e)| *e)
-        .collect();
-    v.reverse();
-    v
+/// Whether an extent already is what a rewrite would make of it: a whole block, not a small one.
+fn settled(e: &Extent) -> bool {
+    e.block_offset == 0 && e.len == e.key.size && e.len as usize >= PACK_BELOW
+}
+
+/// The stretches worth rewriting: runs of at least two back-to-back extents that are not
+/// settled (holes and settled extents end a stretch).
+fn stretches(extents: &[Extent]) -> Vec<Range<u64>> {
+    let mut out: Vec<(Range<u64>, usize)> = Vec::new();
+    let mut open = false;
+    for e in extents {
+        if settled(e) {
+            open = false;
+            continue;
+        }
+        match out.last_mut() {
+            Some((r, n)) if open && r.end == e.offset => {
+                r.end = e.end();
+                *n += 1;
+            }
+            _ => out.push((e.range(), 1)),
+        }
+        open = true;
+    }
+    out.into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(r, _)| r)
+        .collect()
 }
 
 pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceReport> {
@@ -131,46 +189,54 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
         extents_before: inode.extent_count,
         ..Default::default()
     };
-    // Runs of back-to-back extents; holes between runs stay holes.
-    let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
-    for e in &old {
-        match runs.last_mut() {
-            Some(r) if r.end == e.offset => r.end = e.end(),
-            _ => runs.push(e.range()),
-        }
-    }
     let chunker = core.cfg.chunker;
     let mut new: Vec<Extent> = Vec::new();
-    for run in runs {
-        let mut pos = run.start;
-        while pos < run.end {
-            let end = (pos + WINDOW).min(run.end);
+    let mut pack = Pack::default();
+    for stretch in stretches(&old) {
+        let mut pos = stretch.start;
+        while pos < stretch.end {
+            let end = (pos + WINDOW).min(stretch.end);
             // the snapshot's own extents: the swap below only happens if they are unchanged
             let from = old.partition_point(|e| e.end() <= pos);
             let to = old.partition_point(|e| e.offset < end);
             let data = assemble(core, ino, &old[from..to], pos..end)?;
             let cuts = chunker.cut(pos, &data);
-            let last_window = end == run.end;
-            let usable = if last_window || cuts.len() == 1 {
+            let usable = if end == stretch.end || cuts.len() == 1 {
                 cuts.len()
             } else {
                 cuts.len() - 1
             };
             let mut at = 0usize;
+            let mut chunks = Vec::new();
             for &len in &cuts[..usable] {
                 let chunk = &data[at..at + len];
-                let key = BlockKey::for_data(core.cfg.hash, chunk);
-                core.store.put(&key, chunk)?;
-                new.push(Extent {
-                    offset: pos + at as u64,
-                    key,
-                    block_offset: 0,
-                    len: len as u32,
-                });
+                if len < PACK_BELOW {
+                    pack.add(core, pos + at as u64, chunk, &mut new)?;
+                } else {
+                    chunks.push((pos + at as u64, chunk));
+                }
                 at += len;
             }
+            let keys = core.put_blocks(&chunks)?;
+            new.extend(
+                chunks
+                    .iter()
+                    .zip(keys)
+                    .map(|(&(offset, chunk), key)| Extent {
+                        offset,
+                        key,
+                        block_offset: 0,
+                        len: chunk.len() as u32,
+                    }),
+            );
+            report.rewritten += at as u64;
             pos += at as u64;
         }
+    }
+    pack.seal(core, &mut new)?;
+    if new.is_empty() {
+        report.extents_after = inode.extent_count;
+        return Ok(report);
     }
     let old_map: BTreeMap<u64, Extent> = old.iter().map(|e| (e.offset, *e)).collect();
     // Hold off this mount's flushes of the file for the (short) swap, so a stream of small
@@ -184,16 +250,22 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
             Some(i) => i,
             None => return Ok((0, 0)),
         };
+        // the whole map in one read; splices are applied to it as they are queued
+        let mut map: BTreeMap<u64, Extent> = tx
+            .extents(ino, 0..u64::MAX)?
+            .into_iter()
+            .map(|e| (e.offset, e))
+            .collect();
         let mut expected = old_map.clone();
         let mut delta = 0i64;
         let mut skipped = 0u64;
         for ne in &new {
             let r = ne.range();
-            let cur = tx.extents(ino, r.clone())?;
+            let cur = extent::overlapping(&map, &r);
             if cur.len() == 1 && cur[0] == *ne {
                 continue; // already this block
             }
-            let exp = overlapping(&expected, &r);
+            let exp = extent::overlapping(&expected, &r);
             // Parts of the range still mapped exactly as when read hold the same bytes as the
             // new block there; parts written meanwhile are left alone.
             let mut stable = RangeSet::new();
@@ -205,14 +277,11 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
             }
             for s in stable.iter() {
                 let piece = ne.clip(&s);
-                let here: Vec<Extent> = cur
-                    .iter()
-                    .filter(|e| e.end() > s.start && e.offset < s.end)
-                    .copied()
-                    .collect();
+                let here = extent::overlapping(&map, &s);
                 let splice = extent::overwrite(&here, &[piece]);
                 tx.apply_splice(ino, &splice)?;
                 extent::apply(&mut expected, &splice);
+                extent::apply(&mut map, &splice);
                 delta += splice.count_delta();
             }
         }

@@ -5,67 +5,20 @@
 //! blocks (garbage a collector removes), never an extent pointing at missing data. With
 //! `durable`, the block store is synced before the commit and the metadata after it.
 
+use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::file::{FileState, OpenFile};
+use super::pack::{PACK_BELOW, Pack};
 use super::{Core, FsError, FsResult};
 use crate::core::BlockKey;
 use crate::core::extent::{self, Extent};
-use crate::meta::Inode;
+use crate::meta::{Inode, MetaTxn};
 
 /// Blocks of one flush stored in parallel.
 const UPLOADS_AT_ONCE: usize = 8;
-
-/// Dirty spans shorter than this are packed together into shared blocks (each keeps its own
-/// extent pointing into the pack) instead of becoming one tiny block each: 10,000 random 4 KiB
-/// writes become a few blocks, not 10,000 files. Coalescing later re-chunks them.
-const PACK_BELOW: usize = 64 << 10;
-
-/// Small spans gathered into one block.
-#[derive(Default)]
-struct Pack {
-    buf: Vec<u8>,
-    /// (file offset, offset in `buf`, length)
-    pieces: Vec<(u64, usize, usize)>,
-}
-
-impl Pack {
-    fn add(
-        &mut self,
-        offset: u64,
-        data: &[u8],
-        target: usize,
-        fs: &Core,
-        groups: &mut Vec<Vec<Extent>>,
-    ) -> FsResult<()> {
-        self.pieces.push((offset, self.buf.len(), data.len()));
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= target {
-            self.seal(fs, groups)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Stores the pack as one block; each piece becomes a one-extent group.
-    fn seal(&mut self, fs: &Core, groups: &mut Vec<Vec<Extent>>) -> FsResult<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let key = fs.put_block(&self.buf)?;
-        for (offset, at, len) in self.pieces.drain(..) {
-            groups.push(vec![Extent {
-                offset,
-                key,
-                block_offset: at as u32,
-                len: len as u32,
-            }]);
-        }
-        self.buf.clear();
-        Ok(())
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FlushMode {
@@ -141,7 +94,7 @@ impl Core {
         }
     }
 
-    fn put_block(&self, data: &[u8]) -> FsResult<BlockKey> {
+    pub(super) fn put_block(&self, data: &[u8]) -> FsResult<BlockKey> {
         let key = BlockKey::for_data(self.cfg.hash, data);
         self.store.put(&key, data)?;
         Ok(key)
@@ -149,7 +102,7 @@ impl Core {
 
     /// Hashes and stores blocks, up to `UPLOADS_AT_ONCE` at a time (a remote store's latency
     /// is paid once per window, not once per block); keys in the chunks' order.
-    fn put_blocks(&self, chunks: &[(u64, &[u8])]) -> FsResult<Vec<BlockKey>> {
+    pub(super) fn put_blocks(&self, chunks: &[(u64, &[u8])]) -> FsResult<Vec<BlockKey>> {
         if chunks.len() < 2 {
             return chunks.iter().map(|(_, c)| self.put_block(c)).collect();
         }
@@ -242,6 +195,7 @@ impl Core {
         let cfg = &self.cfg;
         let mut groups: Vec<Vec<Extent>> = Vec::new();
         let mut pack = Pack::default();
+        let mut packed: Vec<Extent> = Vec::new();
         for (off, data) in spans {
             let end = off + data.len() as u64;
             // Only the span being extended by the latest write keeps its unfinished tail back.
@@ -250,13 +204,7 @@ impl Core {
                 if at_frontier {
                     kept.push((*off, data.clone()));
                 } else {
-                    pack.add(
-                        *off,
-                        data,
-                        cfg.chunker.target_block() as usize,
-                        self,
-                        &mut groups,
-                    )?;
+                    pack.add(self, *off, data, &mut packed)?;
                 }
                 continue;
             }
@@ -291,7 +239,8 @@ impl Core {
                 groups.push(group);
             }
         }
-        pack.seal(self, &mut groups)?;
+        pack.seal(self, &mut packed)?;
+        groups.extend(packed.into_iter().map(|e| vec![e]));
         if durable {
             self.store.sync()?;
         }
@@ -309,11 +258,13 @@ impl Core {
             .unwrap_or(0);
         let inode = self.txn(|tx| {
             let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+            let ranges = groups.iter().map(|g| g[0].offset..g[g.len() - 1].end());
+            let mut map = mapped(tx, ino, ranges)?;
             for g in &groups {
-                let range = g[0].offset..g[g.len() - 1].end();
-                let cur = tx.extents(ino, range)?;
+                let cur = extent::overlapping(&map, &(g[0].offset..g[g.len() - 1].end()));
                 let s = extent::overwrite(&cur, g);
                 tx.apply_splice(ino, &s)?;
+                extent::apply(&mut map, &s);
                 inode.extent_count = (inode.extent_count as i64 + s.count_delta()) as u64;
             }
             if !groups.is_empty() {
@@ -332,4 +283,30 @@ impl Core {
         }
         Ok(Some(inode))
     }
+}
+
+/// The extents overlapping `ranges` (disjoint), read in as few statements as is sensible: one
+/// per range for a few ranges, else one over the range that covers them all (a flush of 2,000
+/// scattered 4 KiB writes is one read, not 2,000 round trips to PostgreSQL).
+fn mapped(
+    tx: &mut dyn MetaTxn,
+    ino: u64,
+    ranges: impl Iterator<Item = Range<u64>> + Clone,
+) -> FsResult<BTreeMap<u64, Extent>> {
+    const ONE_READ_FROM: usize = 3;
+    let mut map = BTreeMap::new();
+    if ranges.clone().count() < ONE_READ_FROM {
+        for r in ranges {
+            map.extend(tx.extents(ino, r)?.into_iter().map(|e| (e.offset, e)));
+        }
+    } else {
+        let start = ranges.clone().map(|r| r.start).min().unwrap_or(0);
+        let end = ranges.map(|r| r.end).max().unwrap_or(0);
+        map.extend(
+            tx.extents(ino, start..end)?
+                .into_iter()
+                .map(|e| (e.offset, e)),
+        );
+    }
+    Ok(map)
 }

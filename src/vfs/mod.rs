@@ -9,6 +9,7 @@ mod error;
 mod file;
 mod flush;
 mod namespace;
+mod pack;
 mod read;
 mod xattr;
 
@@ -98,6 +99,8 @@ pub(crate) struct Core {
     /// Dirty bytes across all open files.
     pub dirty_bytes: AtomicU64,
     pub coalesce_state: Mutex<HashMap<Ino, coalesce::Slot>>,
+    /// Set by `shutdown`: background rewrites that have not started are skipped.
+    pub closing: std::sync::atomic::AtomicBool,
     /// Inodes with at least one open handle.
     pub files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
     /// Where background work (flushes, read-ahead, coalescing) runs.
@@ -175,6 +178,7 @@ impl Fs {
             cfg,
             dirty_bytes: AtomicU64::new(0),
             coalesce_state: Mutex::new(HashMap::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
             files: Mutex::new(HashMap::new()),
             runtime: runtime.handle().clone(),
         });
@@ -233,6 +237,7 @@ impl Fs {
     /// Commits every open file's dirty data and makes all of it durable; background work is
     /// waited for. Called before unmount.
     pub fn shutdown(&self) -> FsResult<()> {
+        self.core.closing.store(true, Ordering::Relaxed);
         let files: Vec<Ino> = self
             .core
             .files
