@@ -39,7 +39,10 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
         vol.source.display(),
         vol.settings.hash,
         vol.settings.chunker,
-        vol.capacity_path.display()
+        match vol.settings.block_store.as_str() {
+            "" => format!("{}/blocks", vol.source.display()),
+            url => crate::volume::redact(url),
+        }
     );
     Ok(())
 }
