@@ -1,35 +1,53 @@
 #!/usr/bin/env bash
 # Graviton (PostgreSQL metadata + S3 blocks) against s3fs and `rclone mount --vfs-cache-mode
-# writes`, all on the same loopback S3 server (s3s-fs, scripts/s3.sh), side by side in one run;
-# prints a Markdown table. Needs root (apt, mounts, drop_caches).
+# writes`, all on the same loopback S3-compatible server, side by side in one run; prints a
+# Markdown table. Needs root (apt, npm, mounts, drop_caches).
+#
+# The server is s3rver (npm, pinned below), not the tests' s3s-fs: s3s-fs mirrors keys onto a
+# file tree, so it cannot hold both `d` and `d/`, and s3fs's mkdir (a `d/` marker, then HEAD `d`)
+# gets a 500 from it and hangs in retries.
 # usage: scripts/bench-s3.sh [WORKDIR]    sizes: SEQ_MB=256 RAND_MB=64 FILES=2000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq s3fs rclone >/dev/null
+command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 source scripts/env.sh
 cargo build --release --locked --bin graviton >/dev/null
 source scripts/pg.sh
-source scripts/s3.sh
 WORK="${1:-/var/tmp/graviton-bench-s3}"
 SEQ_MB="${SEQ_MB:-256}" RAND_MB="${RAND_MB:-64}" FILES="${FILES:-2000}"
 G="$GRAVITON_BIN"
-ENDPOINT="http://127.0.0.1:$S3_PORT"
 export XDG_STATE_HOME="$WORK/state"
+
+S3RVER_VERSION=3.7.1
+S3RVER_HOME=/var/cache/graviton/s3rver
+if [ ! -x "$S3RVER_HOME/node_modules/.bin/s3rver" ]; then
+  mkdir -p "$S3RVER_HOME"
+  (cd "$S3RVER_HOME" && npm install --no-audit --no-fund --silent "s3rver@$S3RVER_VERSION")
+fi
+S3_PORT=54331
+ENDPOINT="http://127.0.0.1:$S3_PORT"
+export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
 
 unmount_all() {
   for t in graviton s3fs rclone; do fusermount3 -uz "$WORK/$t" 2>/dev/null || true; done
   sleep 1
+  [ -z "${S3RVER_PID:-}" ] || kill "$S3RVER_PID" 2>/dev/null || true
 }
 trap unmount_all EXIT
 unmount_all
-rm -rf "$WORK" && mkdir -p "$WORK"/{graviton,s3fs,rclone,local}
-for b in bench-s3fs bench-rclone; do rm -rf "${S3_DIR:?}/data/$b"; mkdir -p "$S3_DIR/data/$b"; done
+rm -rf "$WORK" && mkdir -p "$WORK"/{graviton,s3fs,rclone,local,s3}
+"$S3RVER_HOME/node_modules/.bin/s3rver" -d "$WORK/s3" -a 127.0.0.1 -p "$S3_PORT" -s \
+  --no-vhost-buckets --configure-bucket bench-graviton --configure-bucket bench-s3fs \
+  --configure-bucket bench-rclone >"$WORK/s3rver.log" 2>&1 &
+S3RVER_PID=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break; sleep 0.1; done
 
 DB="graviton_bench_s3_$$"
 runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
 VOL="${GRAVITON_TEST_PG%/*}/$DB"
-"$G" format --store "s3://graviton-test/bench-$$?endpoint=$ENDPOINT&region=us-east-1" "$VOL" >/dev/null
+"$G" format --store "s3://bench-graviton?endpoint=$ENDPOINT&region=us-east-1" "$VOL" >/dev/null
 
 mount_target() {
   case $1 in
@@ -38,7 +56,8 @@ mount_target() {
       echo "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" > "$WORK/passwd" && chmod 600 "$WORK/passwd"
       s3fs bench-s3fs "$WORK/s3fs" -o "url=$ENDPOINT,use_path_request_style,passwd_file=$WORK/passwd,allow_other" ;;
     rclone)
-      rclone mount ":s3:bench-rclone" "$WORK/rclone" --daemon --allow-other \
+      # rclone's S3 client refuses a custom CA bundle with its own transport
+      env -u AWS_CA_BUNDLE rclone mount ":s3:bench-rclone" "$WORK/rclone" --daemon --allow-other \
         --s3-provider Other --s3-endpoint "$ENDPOINT" --s3-region us-east-1 \
         --s3-access-key-id "$AWS_ACCESS_KEY_ID" --s3-secret-access-key "$AWS_SECRET_ACCESS_KEY" \
         --vfs-cache-mode writes --cache-dir "$WORK/rclone-cache"
@@ -46,8 +65,28 @@ mount_target() {
     local) ;;
   esac
 }
+daemon_pid() {
+  case $1 in
+    graviton) pgrep -f "graviton mount $VOL" | head -1 ;;
+    s3fs) pgrep -x s3fs | head -1 ;;
+    rclone) pgrep -f "rclone mount :s3:bench-rclone" | head -1 ;;
+  esac
+}
+declare -A PEAK
+note_peak() { # the mount daemon's peak resident memory so far, in MiB
+  local pid kb
+  pid=$(daemon_pid "$1") || return 0
+  [ -n "$pid" ] || return 0
+  kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+  (( kb / 1024 > ${PEAK[$1]:-0} )) && PEAK[$1]=$((kb / 1024)) || true
+}
+unmount_target() {
+  note_peak "$1"
+  fusermount3 -u "$WORK/$1" 2>/dev/null || fusermount3 -uz "$WORK/$1"
+  sleep 1
+}
 remount() { # drop every cache between writing and reading
-  [ "$1" = local ] || { fusermount3 -u "$WORK/$1" 2>/dev/null || fusermount3 -uz "$WORK/$1"; sleep 1; }
+  [ "$1" = local ] || unmount_target "$1"
   sync; echo 3 > /proc/sys/vm/drop_caches
   mount_target "$1"
 }
@@ -101,7 +140,8 @@ PY
   else
     R[$t.untar]=failed
   fi
-  [ $t = local ] || { fusermount3 -u "$D" 2>/dev/null || fusermount3 -uz "$D"; sleep 1; }
+  [ $t = local ] || unmount_target $t
+  R[$t.rss]=${PEAK[$t]:-n/a}
 done
 if [ -n "$(pgrep -f "graviton mount.*$DB" || true)" ]; then sleep 2; fi
 runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB" || true
@@ -117,3 +157,4 @@ row "create (files/s, ${FILES} files)" create
 row "stat (files/s)" stat
 row "readdir of ${FILES} entries (ms)" readdir
 row "untar of RocksDB's source tree (s)" untar
+row "peak RSS of the mount daemon (MiB)" rss
