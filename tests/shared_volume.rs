@@ -335,3 +335,43 @@ fn other_mounts_changes_reach_a_mount_promptly() {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// With a kernel TTL of a minute on the watching mount, entries and attributes it cached still
+/// follow the other mount's renames, removals and chmods within moments: the change feed drops
+/// them from the kernel, and the TTL is only the bound when the feed is down.
+#[test]
+fn kernel_cached_entries_follow_the_other_mount() {
+    let a = Mounted::new_pg(OPTS);
+    let b = a.another_mount(&format!("{OPTS},attr_timeout=60"));
+    std::fs::create_dir(a.path("d")).unwrap();
+    std::fs::write(a.path("d/f"), b"one").unwrap();
+    // B caches the entry, its attributes and the directory's listing
+    assert_eq!(std::fs::metadata(b.path("d/f")).unwrap().len(), 3);
+    assert_eq!(std::fs::read_dir(b.path("d")).unwrap().count(), 1);
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !done() {
+            assert!(t.elapsed() < Duration::from_secs(5), "B never saw {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        t.elapsed()
+    };
+    std::fs::rename(a.path("d/f"), a.path("d/g")).unwrap();
+    let renamed = until("the rename", &|| {
+        !b.path("d/f").exists() && b.path("d/g").exists()
+    });
+    std::fs::set_permissions(a.path("d/g"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let chmodded = until("the chmod", &|| {
+        std::fs::metadata(b.path("d/g")).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o600)
+    });
+    std::fs::write(a.path("d/g"), b"longer content").unwrap();
+    let rewritten = until("the new content", &|| {
+        std::fs::read(b.path("d/g")).is_ok_and(|c| c == b"longer content")
+    });
+    std::fs::remove_file(a.path("d/g")).unwrap();
+    let removed = until("the removal", &|| !b.path("d/g").exists());
+    eprintln!(
+        "with a 60 s TTL the other mount saw a rename after {renamed:?}, a chmod after \
+         {chmodded:?}, new content after {rewritten:?}, a removal after {removed:?}"
+    );
+}

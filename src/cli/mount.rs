@@ -288,9 +288,15 @@ fn serve(
     }
     let fs = Arc::new(vol.filesystem(cfg)?);
     let shared = vol.meta.shared().is_some();
-    let default_ttl = Duration::from_secs(if shared { 0 } else { 1 });
-    let ttl = opts.ttl.unwrap_or(default_ttl);
-    let adapter = GravitonFuse::new(fs.clone(), ttl, Some(vol.capacity_path.clone()));
+    let ttl = opts.ttl.unwrap_or(Duration::from_secs(1));
+    // other mounts' changes reach the kernel's caches through the change feed
+    let kernel = shared.then(|| crate::fuse::KernelCache::new(ttl));
+    let adapter = GravitonFuse::new(
+        fs.clone(),
+        ttl,
+        Some(vol.capacity_path.clone()),
+        kernel.clone(),
+    );
 
     let fsname = source.display();
     let fsname = if fsname.contains([',', ' ']) {
@@ -326,8 +332,8 @@ fn serve(
     let mut session = Session::new(adapter, mountpoint, &config)
         .with_context(|| format!("mounting on {}", mountpoint.display()))?;
 
-    if let Some(shared) = vol.meta.shared() {
-        crate::fuse::follow_changes(session.notifier(), shared)?;
+    if let (Some(shared), Some(kernel)) = (vol.meta.shared(), kernel) {
+        crate::fuse::follow_changes(session.notifier(), shared, kernel)?;
     }
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();

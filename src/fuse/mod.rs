@@ -18,9 +18,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::meta::{
-    Change, FileKind, Inode, LockKind, LockRequest, SharedVolume, TO_EOF, Timestamp,
-};
+use crate::meta::{FileKind, Inode, LockKind, LockRequest, TO_EOF, Timestamp};
 use crate::vfs::{
     Ctx, FallocateMode, Fs, FsError, OpenFlags, RenameFlags, SetAttr, TimeSet, Whence, XattrSet,
 };
@@ -28,18 +26,37 @@ use crate::vfs::{
 /// Entries fetched per readdir call.
 const READDIR_BATCH: usize = 256;
 
+mod invalidate;
+
+pub use invalidate::{KernelCache, follow_changes};
+
 pub struct GravitonFuse {
     fs: Arc<Fs>,
     ttl: Duration,
     capacity_path: Option<std::path::PathBuf>,
+    /// On a shared volume: the entries handed to the kernel, for invalidation.
+    kernel: Option<Arc<KernelCache>>,
 }
 
 impl GravitonFuse {
-    pub fn new(fs: Arc<Fs>, ttl: Duration, capacity_path: Option<std::path::PathBuf>) -> Self {
+    pub fn new(
+        fs: Arc<Fs>,
+        ttl: Duration,
+        capacity_path: Option<std::path::PathBuf>,
+        kernel: Option<Arc<KernelCache>>,
+    ) -> Self {
         GravitonFuse {
             fs,
             ttl,
             capacity_path,
+            kernel,
+        }
+    }
+
+    /// Notes that the kernel will cache `parent/name` (shared volumes).
+    fn handed_out(&self, parent: INodeNo, name: &[u8], ino: u64) {
+        if let Some(k) = &self.kernel {
+            k.handed_out(parent.0, name, ino);
         }
     }
 }
@@ -127,34 +144,13 @@ fn release_locks(fs: &Fs, ino: INodeNo, owner: LockOwner) -> Result<(), FsError>
     }
 }
 
-/// Drops the kernel's cached attributes and pages of inodes other mounts changed, for as long
-/// as the change feed runs. (Entries need no push: shared volumes mount with entry and
-/// attribute timeouts of 0, so the kernel asks for them, and the metadata cache answers.)
-pub fn follow_changes(notifier: fuser::Notifier, shared: &dyn SharedVolume) -> std::io::Result<()> {
-    let (tx, feed) = std::sync::mpsc::channel::<Vec<u64>>();
-    let tx = std::sync::Mutex::new(tx);
-    shared.subscribe(Arc::new(move |change: &Change| {
-        if let Change::Inodes(inos) = change {
-            let _ = tx.lock().expect("lock").send(inos.clone());
-        }
-    }));
-    std::thread::Builder::new()
-        .name("graviton-inval".into())
-        .spawn(move || {
-            for inos in feed {
-                for ino in inos {
-                    // ENOENT: the kernel does not know the inode, so it caches nothing of it
-                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
-                }
-            }
-        })?;
-    Ok(())
-}
-
 impl GravitonFuse {
-    fn entry(&self, reply: ReplyEntry, r: Result<Inode, FsError>) {
+    fn entry(&self, reply: ReplyEntry, parent: INodeNo, n: &OsStr, r: Result<Inode, FsError>) {
         match r {
-            Ok(i) => reply.entry(&self.ttl, &attr(&i), Generation(0)),
+            Ok(i) => {
+                self.handed_out(parent, name(n), i.ino);
+                reply.entry(&self.ttl, &attr(&i), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -224,7 +220,7 @@ impl Filesystem for GravitonFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.fs.lookup(parent.0, name(n)));
+        self.entry(reply, parent, n, self.fs.lookup(parent.0, name(n)));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -289,6 +285,8 @@ impl Filesystem for GravitonFuse {
     ) {
         self.entry(
             reply,
+            parent,
+            n,
             self.fs.mknod(ctx(req), parent.0, name(n), mode, rdev),
         );
     }
@@ -302,7 +300,12 @@ impl Filesystem for GravitonFuse {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, self.fs.mkdir(ctx(req), parent.0, name(n), mode));
+        self.entry(
+            reply,
+            parent,
+            n,
+            self.fs.mkdir(ctx(req), parent.0, name(n), mode),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
@@ -316,6 +319,8 @@ impl Filesystem for GravitonFuse {
     fn symlink(&self, req: &Request, parent: INodeNo, n: &OsStr, target: &Path, reply: ReplyEntry) {
         self.entry(
             reply,
+            parent,
+            n,
             self.fs
                 .symlink(ctx(req), parent.0, name(n), target.as_os_str().as_bytes()),
         );
@@ -354,7 +359,12 @@ impl Filesystem for GravitonFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, self.fs.link(ino.0, newparent.0, name(newname)));
+        self.entry(
+            reply,
+            newparent,
+            newname,
+            self.fs.link(ino.0, newparent.0, name(newname)),
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
@@ -496,12 +506,19 @@ impl Filesystem for GravitonFuse {
         let Some(req) = lock_request(lock_owner, start, end, typ, pid) else {
             return reply.error(Errno::EINVAL);
         };
+        let kernel = self.kernel.clone();
         self.background(move |fs| {
             let Some(shared) = fs.meta().shared() else {
                 return reply.error(Errno::ENOSYS);
             };
             match shared.set_lock(ino.0, &req, sleep) {
-                Ok(true) => reply.ok(),
+                Ok(true) => {
+                    // what the lock's last holder committed is out of the kernel's caches too
+                    if let Some(k) = kernel {
+                        k.wait_drained(Duration::from_secs(1));
+                    }
+                    reply.ok()
+                }
                 Ok(false) => reply.error(Errno::EAGAIN),
                 Err(e) => reply.error(errno(&e.into())),
             }
@@ -563,6 +580,9 @@ impl Filesystem for GravitonFuse {
                 Err(FsError::NotFound) => continue, // removed since it was listed
                 Err(err) => return reply.error(errno(&err)),
             };
+            if e.name != b"." && e.name != b".." {
+                self.handed_out(ino, &e.name, e.ino);
+            }
             if reply.add(
                 INodeNo(e.ino),
                 e.cookie,
@@ -662,13 +682,16 @@ impl Filesystem for GravitonFuse {
             mode,
             OpenFlags::from_libc(flags),
         ) {
-            Ok((i, fh)) => reply.created(
-                &self.ttl,
-                &attr(&i),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((i, fh)) => {
+                self.handed_out(parent, name(n), i.ino);
+                reply.created(
+                    &self.ttl,
+                    &attr(&i),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

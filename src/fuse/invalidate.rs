@@ -1,0 +1,143 @@
+//! Kernel cache coherence on shared volumes. The kernel keeps entries and attributes for the
+//! mount's TTL; when another mount changes an inode, the change feed names it and this module
+//! tells the kernel to drop what it holds: the inode's attributes and pages, and, for a
+//! directory, every entry under it that was handed to the kernel within the TTL (the feed names
+//! inodes, not entries, so the names handed out are remembered here).
+//!
+//! A lock grant waits until the invalidations queued before it are done (`wait_drained`), so a
+//! process that takes a lock sees everything committed before the lock was released, as it does
+//! with a TTL of 0.
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fuser::INodeNo;
+
+use crate::meta::{Change, Ino, SharedVolume};
+
+/// Names remembered before old ones (past the TTL) are swept.
+const SWEEP_EVERY: usize = 100_000;
+
+pub struct KernelCache {
+    ttl: Duration,
+    /// directory → name → (inode, when the kernel was given it)
+    names: Mutex<HashMap<Ino, HashMap<Vec<u8>, (Ino, Instant)>>>,
+    inserted: AtomicU64,
+    queued: AtomicU64,
+    done: AtomicU64,
+}
+
+impl KernelCache {
+    pub fn new(ttl: Duration) -> Arc<KernelCache> {
+        Arc::new(KernelCache {
+            ttl,
+            names: Mutex::new(HashMap::new()),
+            inserted: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        })
+    }
+
+    /// Records that the kernel now caches `parent/name` → `ino`.
+    pub fn handed_out(&self, parent: Ino, name: &[u8], ino: Ino) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut names = self.names.lock().expect("lock");
+        names
+            .entry(parent)
+            .or_default()
+            .insert(name.to_vec(), (ino, now));
+        if self.inserted.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY as u64 == 0 {
+            let ttl = self.ttl;
+            names.retain(|_, dir| {
+                dir.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+                !dir.is_empty()
+            });
+        }
+    }
+
+    /// Waits (at most `limit`) until every invalidation queued so far has reached the kernel.
+    pub fn wait_drained(&self, limit: Duration) {
+        let target = self.queued.load(Ordering::SeqCst);
+        let start = Instant::now();
+        while self.done.load(Ordering::SeqCst) < target && start.elapsed() < limit {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Entries under `dir` the kernel may still hold.
+    fn take_dir(&self, dir: Ino) -> Vec<(Vec<u8>, Ino)> {
+        let fresh = |(name, (ino, at)): (Vec<u8>, (Ino, Instant))| {
+            (at.elapsed() < self.ttl).then_some((name, ino))
+        };
+        match self.names.lock().expect("lock").remove(&dir) {
+            Some(names) => names.into_iter().filter_map(fresh).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every entry the kernel may still hold, by directory.
+    fn take_all(&self) -> Vec<(Ino, Vec<(Vec<u8>, Ino)>)> {
+        let dirs: Vec<Ino> = self.names.lock().expect("lock").keys().copied().collect();
+        dirs.into_iter().map(|d| (d, self.take_dir(d))).collect()
+    }
+}
+
+enum Work {
+    Inodes(Vec<Ino>),
+    Everything,
+}
+
+/// Applies other mounts' changes to the kernel's caches for as long as the change feed runs.
+pub fn follow_changes(
+    notifier: fuser::Notifier,
+    shared: &dyn SharedVolume,
+    cache: Arc<KernelCache>,
+) -> std::io::Result<()> {
+    let (tx, feed) = std::sync::mpsc::channel::<Work>();
+    let tx = Mutex::new(tx);
+    let queued = cache.clone();
+    shared.subscribe(Arc::new(move |change: &Change| {
+        let work = match change {
+            Change::Inodes(inos) => Work::Inodes(inos.clone()),
+            Change::All | Change::Resumed => Work::Everything,
+            Change::Lost | Change::Alive(_) => return,
+        };
+        queued.queued.fetch_add(1, Ordering::SeqCst);
+        let _ = tx.lock().expect("lock").send(work);
+    }));
+    std::thread::Builder::new()
+        .name("graviton-inval".into())
+        .spawn(move || {
+            // ENOENT answers mean the kernel holds nothing of that inode or entry
+            let forget_entries = |dir: Ino, names: Vec<(Vec<u8>, Ino)>| {
+                for (name, ino) in names {
+                    let _ = notifier.inval_entry(INodeNo(dir), std::ffi::OsStr::from_bytes(&name));
+                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+                }
+            };
+            for work in feed {
+                match work {
+                    Work::Inodes(inos) => {
+                        for ino in inos {
+                            let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+                            forget_entries(ino, cache.take_dir(ino));
+                        }
+                    }
+                    Work::Everything => {
+                        for (dir, names) in cache.take_all() {
+                            let _ = notifier.inval_inode(INodeNo(dir), 0, 0);
+                            forget_entries(dir, names);
+                        }
+                    }
+                }
+                cache.done.fetch_add(1, Ordering::SeqCst);
+            }
+        })?;
+    Ok(())
+}
