@@ -21,10 +21,13 @@ use crate::meta::{Change, Ino, SharedVolume};
 /// Names remembered before old ones (past the TTL) are swept.
 const SWEEP_EVERY: usize = 100_000;
 
+/// Entries of one directory the kernel was given: name → (inode, when).
+type Handed = HashMap<Vec<u8>, (Ino, Instant)>;
+
 pub struct KernelCache {
     ttl: Duration,
     /// directory → name → (inode, when the kernel was given it)
-    names: Mutex<HashMap<Ino, HashMap<Vec<u8>, (Ino, Instant)>>>,
+    names: Mutex<HashMap<Ino, Handed>>,
     inserted: AtomicU64,
     queued: AtomicU64,
     done: AtomicU64,
@@ -52,7 +55,11 @@ impl KernelCache {
             .entry(parent)
             .or_default()
             .insert(name.to_vec(), (ino, now));
-        if self.inserted.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY as u64 == 0 {
+        if self
+            .inserted
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY as u64)
+        {
             let ttl = self.ttl;
             names.retain(|_, dir| {
                 dir.retain(|_, (_, at)| now.duration_since(*at) < ttl);
@@ -81,10 +88,9 @@ impl KernelCache {
         }
     }
 
-    /// Every entry the kernel may still hold, by directory.
-    fn take_all(&self) -> Vec<(Ino, Vec<(Vec<u8>, Ino)>)> {
-        let dirs: Vec<Ino> = self.names.lock().expect("lock").keys().copied().collect();
-        dirs.into_iter().map(|d| (d, self.take_dir(d))).collect()
+    /// Directories under which the kernel may still hold entries.
+    fn dirs(&self) -> Vec<Ino> {
+        self.names.lock().expect("lock").keys().copied().collect()
     }
 }
 
@@ -130,9 +136,9 @@ pub fn follow_changes(
                         }
                     }
                     Work::Everything => {
-                        for (dir, names) in cache.take_all() {
+                        for dir in cache.dirs() {
                             let _ = notifier.inval_inode(INodeNo(dir), 0, 0);
-                            forget_entries(dir, names);
+                            forget_entries(dir, cache.take_dir(dir));
                         }
                     }
                 }
