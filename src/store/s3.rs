@@ -185,7 +185,8 @@ fn classify<E: ProvideErrorMetadata>(
                 || code == "RequestLimitExceeded"
             {
                 Failure::Throttled
-            } else if status >= 500 {
+            } else if status >= 500 || (status == 409 && code == "ConditionalRequestConflict") {
+                // (409: a concurrent conditional PUT of the same object; the next try settles it)
                 Failure::Transient
             } else {
                 Failure::Permanent
@@ -244,6 +245,8 @@ pub struct S3BlockStore {
     /// How long transient failures are retried before the call fails.
     retry_for: Duration,
     rt: tokio::runtime::Runtime,
+    /// Whether the server honours `If-None-Match: *` on PUT; learnt at the first upload.
+    conditional_put: std::sync::OnceLock<bool>,
 }
 
 impl S3BlockStore {
@@ -302,6 +305,7 @@ impl S3BlockStore {
             url,
             retry_for,
             rt,
+            conditional_put: std::sync::OnceLock::new(),
         })
     }
 
@@ -396,6 +400,91 @@ impl S3BlockStore {
         req
     }
 
+    /// Stores `object`; with `if_absent`, only if it does not exist (`Ok(false)` when it did).
+    fn put_object(
+        &self,
+        object: &str,
+        key: Option<&BlockKey>,
+        body: bytes::Bytes,
+        if_absent: bool,
+    ) -> Result<bool, StoreError> {
+        self.call("uploading", key, || {
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.url.bucket)
+                .key(object)
+                .content_length(body.len() as i64)
+                .body(ByteStream::from(body.clone()));
+            if if_absent {
+                req = req.if_none_match("*");
+            }
+            let req = self.sse_put(req);
+            async move {
+                match req.send().await {
+                    Ok(_) => Ok(true),
+                    Err(SdkError::ServiceError(s))
+                        if if_absent && s.raw().status().as_u16() == 412 =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        })
+    }
+
+    /// Whether conditional PUTs work here: a probe object is written twice with
+    /// `If-None-Match: *`, and the second must be refused with 412. Servers that ignore the
+    /// header or reject it get HEAD-then-PUT. Until the server has answered, HEAD-then-PUT.
+    fn conditional_put(&self) -> bool {
+        if let Some(&known) = self.conditional_put.get() {
+            return known;
+        }
+        let probe = format!("{}graviton-conditional-put-probe", self.url.prefix);
+        // one attempt each: Some(true) created, Some(false) refused with 412, None otherwise
+        let attempt = || -> Result<Option<bool>, ()> {
+            let req = self
+                .client
+                .put_object()
+                .bucket(&self.url.bucket)
+                .key(&probe)
+                .if_none_match("*")
+                .body(ByteStream::from_static(b"graviton"));
+            match self.rt.block_on(self.sse_put(req).send()) {
+                Ok(_) => Ok(Some(true)),
+                Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 412 => {
+                    Ok(Some(false))
+                }
+                Err(SdkError::ServiceError(_)) => Ok(None),
+                Err(_) => Err(()), // not reached the server: ask again next time
+            }
+        };
+        let supported = match attempt() {
+            Ok(Some(false)) => true,
+            Ok(Some(true)) => matches!(attempt(), Ok(Some(false))),
+            Ok(None) => false,
+            Err(()) => return false,
+        };
+        let delete = self
+            .client
+            .delete_object()
+            .bucket(&self.url.bucket)
+            .key(&probe);
+        let _ = self.rt.block_on(delete.send());
+        tracing::info!(
+            bucket = self.url.bucket,
+            "conditional PUTs {}",
+            if supported {
+                "work: one request per new block"
+            } else {
+                "are not supported here: HEAD before each PUT"
+            }
+        );
+        let _ = self.conditional_put.set(supported);
+        supported
+    }
+
     /// Whether the object exists (HEAD); a 404 is `false`.
     fn head(&self, key: &BlockKey) -> Result<bool, StoreError> {
         let object = self.object(key);
@@ -428,24 +517,20 @@ impl BlockStore for S3BlockStore {
         BACKEND
     }
 
+    /// Put-if-absent: one conditional PUT where the server supports it (a 412 means the block
+    /// is there already), else HEAD, then PUT if it is missing.
     fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        if self.head(key)? {
+        let conditional = self.conditional_put();
+        if !conditional && self.head(key)? {
             return Ok(PutOutcome::Duplicate);
         }
-        let object = self.object(key);
         let body = bytes::Bytes::copy_from_slice(data);
-        self.call("uploading", Some(key), || {
-            let req = self
-                .client
-                .put_object()
-                .bucket(&self.url.bucket)
-                .key(&object)
-                .content_length(body.len() as i64)
-                .body(ByteStream::from(body.clone()));
-            let req = self.sse_put(req);
-            async move { req.send().await }
-        })?;
-        Ok(PutOutcome::Fresh)
+        let created = self.put_object(&self.object(key), Some(key), body, conditional)?;
+        Ok(if created {
+            PutOutcome::Fresh
+        } else {
+            PutOutcome::Duplicate
+        })
     }
 
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
@@ -765,8 +850,12 @@ mod server_tests {
         // SAFETY: no other thread of this process reads the environment meanwhile.
         unsafe { std::env::set_var(SSE_C_KEY_ENV, &key) };
         let sent = sse_requests("sse=c");
-        assert!(sent.len() >= 3, "HEAD, PUT and GET: {sent:?}");
-        for (method, h) in &sent {
+        assert!(
+            sent.len() >= 3,
+            "HEAD or a conditional PUT probe, PUT and GET: {sent:?}"
+        );
+        // (a DELETE, of the conditional-PUT probe, takes no key in S3's API)
+        for (method, h) in sent.iter().filter(|(m, _)| m != "DELETE") {
             assert_eq!(
                 header(h, "x-amz-server-side-encryption-customer-algorithm"),
                 Some("AES256"),
