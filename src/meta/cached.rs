@@ -561,6 +561,9 @@ impl MetaStore for CachedMeta {
     fn is_referenced(&self, key: &BlockKey) -> MetaResult<bool> {
         self.inner.is_referenced(key)
     }
+    fn referenced_among(&self, keys: &[BlockKey]) -> MetaResult<Vec<BlockKey>> {
+        self.inner.referenced_among(keys)
+    }
     fn referenced_blocks(&self) -> MetaResult<Vec<BlockKey>> {
         self.inner.referenced_blocks()
     }

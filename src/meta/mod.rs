@@ -134,6 +134,16 @@ pub trait MetaStore: Send + Sync {
 
     /// Whether any extent of any inode references the block.
     fn is_referenced(&self, key: &BlockKey) -> MetaResult<bool>;
+    /// Those of `keys` some extent references (one query where the engine allows).
+    fn referenced_among(&self, keys: &[BlockKey]) -> MetaResult<Vec<BlockKey>> {
+        let mut found = Vec::new();
+        for k in keys {
+            if self.is_referenced(k)? {
+                found.push(*k);
+            }
+        }
+        Ok(found)
+    }
     /// Every distinct block referenced by some extent, sorted.
     fn referenced_blocks(&self) -> MetaResult<Vec<BlockKey>>;
     /// Counts of inodes and file bytes, for status reports.

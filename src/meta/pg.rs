@@ -361,6 +361,19 @@ impl MetaStore for PgMetaStore {
         self.rt.block_on(q.fetch_one(&self.pool)).map_err(pg_err)
     }
 
+    fn referenced_among(&self, keys: &[BlockKey]) -> MetaResult<Vec<BlockKey>> {
+        let wanted: Vec<Vec<u8>> = keys.iter().map(|k| k.to_bytes().to_vec()).collect();
+        let q = sqlx::query_scalar(
+            "SELECT k FROM unnest($1::bytea[]) AS k \
+             WHERE EXISTS (SELECT 1 FROM extents WHERE block_key = k)",
+        )
+        .bind(wanted);
+        let rows: Vec<Vec<u8>> = self.rt.block_on(q.fetch_all(&self.pool)).map_err(pg_err)?;
+        rows.iter()
+            .map(|k| BlockKey::from_bytes(k).ok_or_else(|| corrupt("block key")))
+            .collect()
+    }
+
     fn referenced_blocks(&self) -> MetaResult<Vec<BlockKey>> {
         let rows: Vec<Vec<u8>> = self
             .rt

@@ -140,6 +140,12 @@ impl BlockStore for DiskCache {
         Ok(r)
     }
 
+    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        let r = self.inner.put_new(key, data)?;
+        self.keep(key, data);
+        Ok(r)
+    }
+
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
         self.get(key)
     }

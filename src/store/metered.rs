@@ -30,17 +30,16 @@ impl Metered {
         counter!(m::BACKEND_FAILURES, "backend" => self.inner.backend(), "class" => class)
             .increment(1);
     }
-}
 
-impl BlockStore for Metered {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-
-    fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+    /// Runs one upload, recording its time and what it ingested.
+    fn timed_put(
+        &self,
+        data: &[u8],
+        put: impl FnOnce() -> Result<PutOutcome, StoreError>,
+    ) -> Result<PutOutcome, StoreError> {
         let backend = self.inner.backend();
         let t = Instant::now();
-        let r = self.inner.put(key, data);
+        let r = put();
         histogram!(m::UPLOAD_DURATION, "backend" => backend).record(t.elapsed().as_secs_f64());
         match &r {
             Ok(PutOutcome::Fresh) => {
@@ -53,6 +52,20 @@ impl BlockStore for Metered {
             Err(e) => self.failed(e),
         }
         r
+    }
+}
+
+impl BlockStore for Metered {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.timed_put(data, || self.inner.put(key, data))
+    }
+
+    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.timed_put(data, || self.inner.put_new(key, data))
     }
 
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {

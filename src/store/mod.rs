@@ -62,6 +62,13 @@ pub trait BlockStore: Send + Sync {
     /// one copy and reports [`PutOutcome::Duplicate`] when the adapter can tell.
     fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError>;
 
+    /// Stores a block the caller knows the volume references no copy of, without checking
+    /// the store for one first (the S3 store skips its HEAD). Storing a block that is there
+    /// after all is harmless: same key, same bytes.
+    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.put(key, data)
+    }
+
     /// The stored bytes, unverified. Callers use [`BlockStore::get`].
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError>;
 

@@ -45,19 +45,20 @@ impl Replicated {
             _ => ReplicaStatus::Missing,
         }
     }
-}
 
-impl BlockStore for Replicated {
-    fn backend(&self) -> &'static str {
-        "replicated"
-    }
-
-    fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+    /// Stores the block in every replica at once with `put`; it is stored once one replica
+    /// has it, and the replicas that missed it are recorded for scrub.
+    fn put_each(
+        &self,
+        key: &BlockKey,
+        put: impl Fn(&Arc<dyn BlockStore>) -> Result<PutOutcome, StoreError> + Sync,
+    ) -> Result<PutOutcome, StoreError> {
+        let put = &put;
         let results: Vec<Result<PutOutcome, StoreError>> = std::thread::scope(|scope| {
             let jobs: Vec<_> = self
                 .replicas
                 .iter()
-                .map(|r| scope.spawn(move || r.put(key, data)))
+                .map(|r| scope.spawn(move || put(r)))
                 .collect();
             jobs.into_iter()
                 .map(|j| j.join().expect("replica upload thread"))
@@ -78,6 +79,20 @@ impl BlockStore for Replicated {
             }
         }
         Ok(outcome)
+    }
+}
+
+impl BlockStore for Replicated {
+    fn backend(&self) -> &'static str {
+        "replicated"
+    }
+
+    fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.put_each(key, |r| r.put(key, data))
+    }
+
+    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.put_each(key, |r| r.put_new(key, data))
     }
 
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {

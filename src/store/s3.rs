@@ -434,6 +434,21 @@ impl S3BlockStore {
         })
     }
 
+    fn upload(
+        &self,
+        key: &BlockKey,
+        data: &[u8],
+        if_absent: bool,
+    ) -> Result<PutOutcome, StoreError> {
+        let body = bytes::Bytes::copy_from_slice(data);
+        Ok(
+            match self.put_object(&self.object(key), Some(key), body, if_absent)? {
+                true => PutOutcome::Fresh,
+                false => PutOutcome::Duplicate,
+            },
+        )
+    }
+
     /// Whether conditional PUTs work here: a probe object is written twice with
     /// `If-None-Match: *`, and the second must be refused with 412. Servers that ignore the
     /// header or reject it get HEAD-then-PUT. Until the server has answered, HEAD-then-PUT.
@@ -524,13 +539,12 @@ impl BlockStore for S3BlockStore {
         if !conditional && self.head(key)? {
             return Ok(PutOutcome::Duplicate);
         }
-        let body = bytes::Bytes::copy_from_slice(data);
-        let created = self.put_object(&self.object(key), Some(key), body, conditional)?;
-        Ok(if created {
-            PutOutcome::Fresh
-        } else {
-            PutOutcome::Duplicate
-        })
+        self.upload(key, data, conditional)
+    }
+
+    /// No HEAD: the volume references no copy, so the block is almost surely new.
+    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.upload(key, data, self.conditional_put())
     }
 
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {

@@ -94,32 +94,58 @@ impl Core {
         }
     }
 
-    pub(super) fn put_block(&self, data: &[u8]) -> FsResult<BlockKey> {
+    /// Stores one block (see [`Core::put_blocks`]).
+    pub(crate) fn put_block(&self, data: &[u8]) -> FsResult<BlockKey> {
         let key = BlockKey::for_data(self.cfg.hash, data);
-        self.store.put(&key, data)?;
+        if self.meta.referenced_among(&[key])?.is_empty() {
+            self.store.put_new(&key, data)?;
+        } else {
+            metrics::counter!(crate::metrics::BLOCKS_DEDUPLICATED, "backend" => "index")
+                .increment(1);
+        }
         Ok(key)
     }
 
     /// Hashes and stores blocks, up to `UPLOADS_AT_ONCE` at a time (a remote store's latency
-    /// is paid once per window, not once per block); keys in the chunks' order.
+    /// is paid once per window, not once per block); keys in the chunks' order. A block some
+    /// extent already references is not sent: blocks are stored before the extents that name
+    /// them, so its copy is there. One that is not referenced goes out without a check for a
+    /// copy (on S3, no HEAD).
     pub(super) fn put_blocks(&self, chunks: &[(u64, &[u8])]) -> FsResult<Vec<BlockKey>> {
         if chunks.len() < 2 {
             return chunks.iter().map(|(_, c)| self.put_block(c)).collect();
         }
         let mut keys = Vec::with_capacity(chunks.len());
         for window in chunks.chunks(UPLOADS_AT_ONCE) {
-            let stored: Vec<FsResult<BlockKey>> = std::thread::scope(|scope| {
+            let hashed: Vec<BlockKey> = std::thread::scope(|scope| {
                 let jobs: Vec<_> = window
                     .iter()
-                    .map(|&(_, c)| scope.spawn(move || self.put_block(c)))
+                    .map(|&(_, c)| scope.spawn(move || BlockKey::for_data(self.cfg.hash, c)))
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| j.join().expect("hashing thread"))
+                    .collect()
+            });
+            let known = self.meta.referenced_among(&hashed)?;
+            if !known.is_empty() {
+                metrics::counter!(crate::metrics::BLOCKS_DEDUPLICATED, "backend" => "index")
+                    .increment(known.len() as u64);
+            }
+            let stored: Vec<Result<(), crate::store::StoreError>> = std::thread::scope(|scope| {
+                let jobs: Vec<_> = window
+                    .iter()
+                    .zip(&hashed)
+                    .filter(|(_, k)| !known.contains(k))
+                    .map(|(&(_, c), k)| scope.spawn(move || self.store.put_new(k, c).map(|_| ())))
                     .collect();
                 jobs.into_iter()
                     .map(|j| j.join().expect("block upload thread"))
                     .collect()
             });
-            for k in stored {
-                keys.push(k?);
+            for r in stored {
+                r?;
             }
+            keys.extend(hashed);
         }
         Ok(keys)
     }

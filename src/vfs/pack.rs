@@ -3,7 +3,6 @@
 //! instead of 10,000 tiny objects (one PUT and one GET each on S3).
 
 use super::{Core, FsResult};
-use crate::core::BlockKey;
 use crate::core::extent::Extent;
 
 /// Pieces shorter than this are packed rather than stored as blocks of their own.
@@ -40,8 +39,7 @@ impl Pack {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let key = BlockKey::for_data(core.cfg.hash, &self.buf);
-        core.store.put(&key, &self.buf)?;
+        let key = core.put_block(&self.buf)?;
         out.extend(self.pieces.drain(..).map(|(offset, at, len)| Extent {
             offset,
             key,
