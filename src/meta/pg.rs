@@ -6,6 +6,7 @@
 //! The core is synchronous; this adapter owns a small tokio runtime and blocks on sqlx futures
 //! (callers are FUSE reader threads or the core's blocking pool, never async tasks).
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -252,6 +253,7 @@ impl MetaStore for PgMetaStore {
             store: self,
             tx: Some(conn),
             pending: Vec::new(),
+            splices: None,
             touched: Vec::new(),
         }))
     }
@@ -363,12 +365,16 @@ impl MetaStore for PgMetaStore {
 
     fn referenced_among(&self, keys: &[BlockKey]) -> MetaResult<Vec<BlockKey>> {
         let wanted: Vec<Vec<u8>> = keys.iter().map(|k| k.to_bytes().to_vec()).collect();
-        let q = sqlx::query_scalar(
-            "SELECT k FROM unnest($1::bytea[]) AS k \
-             WHERE EXISTS (SELECT 1 FROM extents WHERE block_key = k)",
-        )
-        .bind(wanted);
-        let rows: Vec<Vec<u8>> = self.rt.block_on(q.fetch_all(&self.pool)).map_err(pg_err)?;
+        // on the write path: waits out a server restart like a transaction does
+        let rows: Vec<Vec<u8>> = self.retrying(async || {
+            sqlx::query_scalar(
+                "SELECT k FROM unnest($1::bytea[]) AS k \
+                 WHERE EXISTS (SELECT 1 FROM extents WHERE block_key = k)",
+            )
+            .bind(&wanted)
+            .fetch_all(&self.pool)
+            .await
+        })?;
         rows.iter()
             .map(|k| BlockKey::from_bytes(k).ok_or_else(|| corrupt("block key")))
             .collect()
@@ -487,6 +493,10 @@ struct PgTxn<'a> {
     tx: Option<TxConn>,
     /// Writes not sent yet, in order.
     pending: Vec<serde_json::Value>,
+    /// Consecutive splices of one inode, netted per extent key (offset → the extent it ends
+    /// up as, or None for removed) and queued as one: a flush of 2,000 scattered writes is one
+    /// DELETE and one INSERT on the server, not 2,000 of each.
+    splices: Option<(Ino, BTreeMap<u64, Option<Extent>>)>,
     /// Inodes this transaction wrote, announced to the other mounts when it commits.
     touched: Vec<Ino>,
 }
@@ -501,12 +511,37 @@ impl PgTxn<'_> {
     }
 
     fn write(&mut self, ino: Ino, op: &str, v: serde_json::Value) {
+        self.queue_splices();
         self.touched.push(ino);
         self.pending.push(json!({ "op": op, "v": v }));
     }
 
+    /// Queues the netted splices as one `splice` operation.
+    fn queue_splices(&mut self) {
+        let Some((ino, net)) = self.splices.take() else {
+            return;
+        };
+        let mut remove: Vec<i64> = Vec::new();
+        let mut insert: Vec<serde_json::Value> = Vec::new();
+        for (offset, e) in net {
+            match e {
+                None => remove.push(i(offset)),
+                Some(e) => insert.push(json!({
+                    "ino": i(ino), "file_offset": i(e.offset),
+                    "block_key": bytea(&e.key.to_bytes()),
+                    "block_offset": e.block_offset, "len": e.len,
+                })),
+            }
+        }
+        self.pending.push(json!({
+            "op": "splice",
+            "v": { "ino": i(ino), "remove": remove, "insert": insert },
+        }));
+    }
+
     /// Sends the queued writes; at commit, also logs and announces the inodes written.
     fn apply_pending(&mut self, committing: bool) -> MetaResult<()> {
+        self.queue_splices();
         let announce = committing && !self.touched.is_empty();
         if self.pending.is_empty() && !announce {
             return Ok(());
@@ -737,23 +772,18 @@ impl MetaTxn for PgTxn<'_> {
     }
 
     fn apply_splice(&mut self, ino: Ino, s: &Splice) -> MetaResult<()> {
-        let remove: Vec<i64> = s.remove.iter().map(|e| i(e.offset)).collect();
-        let insert: Vec<serde_json::Value> = s
-            .insert
-            .iter()
-            .map(|e| {
-                json!({
-                    "ino": i(ino), "file_offset": i(e.offset),
-                    "block_key": bytea(&e.key.to_bytes()),
-                    "block_offset": e.block_offset, "len": e.len,
-                })
-            })
-            .collect();
-        self.write(
-            ino,
-            "splice",
-            json!({ "ino": i(ino), "remove": remove, "insert": insert }),
-        );
+        if self.splices.as_ref().is_some_and(|(at, _)| *at != ino) {
+            self.queue_splices();
+        }
+        self.touched.push(ino);
+        let (_, net) = self.splices.get_or_insert_with(|| (ino, BTreeMap::new()));
+        // the extent keyed at an offset ends as the last splice left it
+        for e in &s.remove {
+            net.insert(e.offset, None);
+        }
+        for e in &s.insert {
+            net.insert(e.offset, Some(*e));
+        }
         Ok(())
     }
 

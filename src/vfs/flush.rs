@@ -219,6 +219,7 @@ impl Core {
         kept: &mut Vec<(u64, Vec<u8>)>,
     ) -> FsResult<Option<Inode>> {
         let cfg = &self.cfg;
+        let started = std::time::Instant::now();
         let mut groups: Vec<Vec<Extent>> = Vec::new();
         let mut pack = Pack::default();
         let mut packed: Vec<Extent> = Vec::new();
@@ -276,6 +277,7 @@ impl Core {
             }
             return Ok(None);
         }
+        let stored = started.elapsed();
         let data_end = groups
             .iter()
             .filter_map(|g| g.last())
@@ -307,6 +309,14 @@ impl Core {
         if durable {
             self.meta.sync()?;
         }
+        tracing::debug!(
+            ino,
+            spans = spans.len(),
+            extents = groups.len(),
+            ?stored,
+            committed = ?(started.elapsed() - stored),
+            "flushed"
+        );
         Ok(Some(inode))
     }
 }
