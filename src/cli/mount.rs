@@ -279,6 +279,10 @@ fn serve(
     if let Some(mb) = opts.cache_mb {
         cfg.block_cache_bytes = mb << 20;
     }
+    let store = &vol.settings.block_store;
+    if !(store.is_empty() || store.starts_with("file://")) {
+        cfg.whole_file_prefetch_max = cfg.block_cache_bytes / 4;
+    }
     if let Some(mb) = opts.dirty_mb {
         cfg.dirty_limit = mb << 20;
         cfg.file_flush_threshold = cfg

@@ -52,6 +52,10 @@ pub struct FsConfig {
     pub block_cache_bytes: u64,
     /// Largest read-ahead window.
     pub readahead_max: u64,
+    /// Random reads of a file no larger than this fetch the whole file in the background
+    /// (0: never). Mounts on a remote store set it: there, a miss costs a round trip per
+    /// block, and a file read at random is usually read more.
+    pub whole_file_prefetch_max: u64,
     /// Rewrite fragmented extent maps in the background.
     pub coalesce: bool,
     /// A file with more extents than this (and more than twice its ideal count) is fragmented.
@@ -71,6 +75,7 @@ impl FsConfig {
             file_flush_threshold: 8 << 20,
             block_cache_bytes: 256 << 20,
             readahead_max: 32 << 20,
+            whole_file_prefetch_max: 0,
             coalesce: true,
             coalesce_max_extents: 1024,
             coalesce_min_avg_extent: 256 << 10,

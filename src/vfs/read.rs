@@ -22,6 +22,8 @@ pub(crate) struct ReadAhead {
     window: u64,
     /// Read-ahead already requested up to here.
     requested_until: u64,
+    /// The whole file was requested (random reads of a small file on a remote store).
+    whole_file: bool,
 }
 
 impl Fs {
@@ -67,11 +69,27 @@ impl Fs {
         if offset == ra.last_end {
             ra.sequential += 1;
         } else {
-            *ra = ReadAhead::default();
+            *ra = ReadAhead {
+                whole_file: ra.whole_file,
+                ..ReadAhead::default()
+            };
             ra.sequential = 1;
             ra.run_start = offset;
         }
         ra.last_end = end;
+        if !ra.whole_file
+            && ra.sequential == 1
+            && offset > 0
+            && file_size <= self.core.cfg.whole_file_prefetch_max
+        {
+            // a read away from the start of a small file: fetch all of it, a few blocks at once
+            ra.whole_file = true;
+            let core = self.core.clone();
+            self.core
+                .runtime
+                .spawn_blocking(move || prefetch(&core, ino, 0..file_size));
+            return;
+        }
         // A random read arrives with the kernel's own read-ahead behind it (up to 128 KiB in
         // a row): only a longer run is sequential access. (Fetching blocks ahead for random
         // reads cost a 4 MiB GET per 4 KiB read from S3.)
@@ -135,7 +153,7 @@ pub(crate) fn assemble(
 }
 
 /// Blocks fetched at once by one read-ahead request.
-const PREFETCH_PARALLEL: usize = 4;
+const PREFETCH_PARALLEL: usize = 8;
 
 /// Bytes read back to back before reads count as sequential.
 const SEQUENTIAL_AFTER: u64 = 512 << 10;
