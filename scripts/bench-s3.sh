@@ -67,7 +67,7 @@ mount_target() {
 }
 daemon_pid() {
   case $1 in
-    graviton) pgrep -f "graviton mount $VOL" | head -1 ;;
+    graviton) pgrep -f "graviton mount.* $WORK/graviton" | head -1 ;;
     s3fs) pgrep -x s3fs | head -1 ;;
     rclone) pgrep -f "rclone mount :s3:bench-rclone" | head -1 ;;
   esac

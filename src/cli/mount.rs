@@ -292,7 +292,10 @@ fn serve(
     }
     let fs = Arc::new(vol.filesystem(cfg)?);
     let shared = vol.meta.shared().is_some();
-    let ttl = opts.ttl.unwrap_or(Duration::from_secs(1));
+    // The kernel sees every change this mount makes, and on a shared volume the change feed
+    // drops other mounts' changes from its caches: the TTL only bounds staleness while the
+    // feed is down. (pjdfstest passes with it on both engines.)
+    let ttl = opts.ttl.unwrap_or(Duration::from_secs(10));
     // other mounts' changes reach the kernel's caches through the change feed
     let kernel = shared.then(|| crate::fuse::KernelCache::new(ttl));
     let adapter = GravitonFuse::new(

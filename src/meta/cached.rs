@@ -216,13 +216,19 @@ impl LocalCache {
             return None;
         }
         let v = self.db.get(k).ok().flatten();
-        let counter = if v.is_some() {
-            &self.hits
+        self.count(v.is_some());
+        v
+    }
+
+    /// Counts a lookup (also exported as `graviton_meta_cache_total`).
+    fn count(&self, hit: bool) {
+        let (counter, result) = if hit {
+            (&self.hits, "hit")
         } else {
-            &self.misses
+            (&self.misses, "miss")
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        v
+        metrics::counter!(crate::metrics::META_CACHE, "result" => result).increment(1);
     }
 
     fn has(&self, k: &[u8]) -> bool {
@@ -680,7 +686,7 @@ impl<'a> CachedReader<'a> {
             }
             out.push(decode_listed(&v)?);
         }
-        cache.hits.fetch_add(1, Ordering::Relaxed);
+        cache.count(true);
         Ok(Some(out))
     }
 
@@ -718,7 +724,7 @@ impl<'a> CachedReader<'a> {
                 it.next();
             }
             it.status().map_err(cache_err)?;
-            cache.hits.fetch_add(1, Ordering::Relaxed);
+            cache.count(true);
             return Ok(out);
         }
         let epoch = self.epoch();

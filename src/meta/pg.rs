@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -54,6 +54,19 @@ fn unavailable(e: &sqlx::Error) -> bool {
             .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
         _ => false,
     }
+}
+
+/// Runs one round trip to the server, recording its duration under `kind` (see
+/// [`crate::metrics::META_QUERY_DURATION`]).
+fn round_trip<T>(kind: &'static str, f: impl FnOnce() -> T) -> T {
+    let start = crate::metrics::enabled().then(Instant::now);
+    let r = f();
+    if let Some(start) = start {
+        let h = crate::metrics::META_QUERY_DURATION;
+        metrics::histogram!(h, "engine" => "postgres", "kind" => kind)
+            .record(start.elapsed().as_secs_f64());
+    }
+    r
 }
 
 fn pg_err(e: sqlx::Error) -> MetaError {
@@ -184,8 +197,6 @@ impl PgMetaStore {
 }
 
 impl PgMetaStore {
-    /// Runs a statement outside any transaction, waiting (with backoff, up to `retry_for`)
-    /// while the server cannot be reached. A lost connection is replaced by the pool.
     /// Runs a read on this thread's own connection, or on the pool (waiting for an
     /// unreachable server like `retrying`).
     fn read_query<T>(
@@ -193,7 +204,7 @@ impl PgMetaStore {
         f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
         if let Some(mut c) = self.local.as_ref().and_then(|l| l.take()) {
-            match c.run(async |conn| f(conn).await) {
+            match round_trip("read", || c.run(async |conn| f(conn).await)) {
                 Ok(v) => {
                     self.local.as_ref().expect("taken from it").give_back(c);
                     return Ok(v);
@@ -205,22 +216,36 @@ impl PgMetaStore {
                 Err(_) => {} // the connection is gone: the pool waits for the server
             }
         }
-        self.retrying(async || {
+        self.retrying_as("read", async || {
             let mut conn = self.pool.acquire().await?;
             f(&mut conn).await
         })
     }
 
+    /// `retrying_as` for statements outside a file operation's transaction.
     pub(super) fn retrying<T, F: AsyncFnMut() -> Result<T, sqlx::Error>>(
         &self,
+        f: F,
+    ) -> MetaResult<T> {
+        self.retrying_as("other", f)
+    }
+
+    /// Runs a statement outside any transaction, waiting (with backoff, up to `retry_for`)
+    /// while the server cannot be reached. A lost connection is replaced by the pool. Each
+    /// attempt is timed as a round trip of `kind`.
+    fn retrying_as<T, F: AsyncFnMut() -> Result<T, sqlx::Error>>(
+        &self,
+        kind: &'static str,
         mut f: F,
     ) -> MetaResult<T> {
-        let deadline = std::time::Instant::now() + self.retry_for;
+        let deadline = Instant::now() + self.retry_for;
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.rt.block_on(f()) {
-                Err(e) if unavailable(&e) && std::time::Instant::now() < deadline => {
+            match round_trip(kind, || self.rt.block_on(f())) {
+                Err(e) if unavailable(&e) && Instant::now() < deadline => {
                     tracing::warn!("metadata server unreachable, retrying: {e}");
+                    metrics::counter!(crate::metrics::META_QUERY_RETRIES, "engine" => "postgres")
+                        .increment(1);
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
@@ -241,13 +266,17 @@ impl MetaStore for PgMetaStore {
             .as_ref()
             .and_then(|l| l.take())
             .and_then(|mut c| {
-                c.run(async |conn| sqlx::raw_sql(BEGIN).execute(conn).await)
-                    .ok()
-                    .map(|_| TxConn::Local(c))
+                round_trip("begin", || {
+                    c.run(async |conn| sqlx::raw_sql(BEGIN).execute(conn).await)
+                })
+                .ok()
+                .map(|_| TxConn::Local(c))
             });
         let conn = match local {
             Some(c) => c,
-            None => TxConn::Pool(self.retrying(async || self.pool.begin_with(BEGIN).await)?),
+            None => {
+                TxConn::Pool(self.retrying_as("begin", async || self.pool.begin_with(BEGIN).await)?)
+            }
         };
         Ok(Box::new(PgTxn {
             store: self,
@@ -507,7 +536,7 @@ impl PgTxn<'_> {
         f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
         self.apply_pending(false)?;
-        self.run(f)
+        self.run("read", f)
     }
 
     fn write(&mut self, ino: Ino, op: &str, v: serde_json::Value) {
@@ -553,7 +582,7 @@ impl PgTxn<'_> {
         } else {
             (None, None, None)
         };
-        self.run(async |c| {
+        self.run("write", async |c| {
             sqlx::query("SELECT graviton_apply($1, $2, $3, $4)")
                 .bind(&ops)
                 .bind(session)
@@ -565,13 +594,16 @@ impl PgTxn<'_> {
         .map(drop)
     }
 
+    /// Runs `f` on the transaction's connection (a round trip of `kind`).
     fn run<T>(
         &mut self,
+        kind: &'static str,
         f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
+        let store = self.store;
         let result = match self.tx.as_mut() {
-            Some(TxConn::Local(c)) => c.run(f),
-            Some(TxConn::Pool(tx)) => self.store.rt.block_on(f(&mut **tx)),
+            Some(TxConn::Local(c)) => round_trip(kind, || c.run(f)),
+            Some(TxConn::Pool(tx)) => round_trip(kind, || store.rt.block_on(f(&mut **tx))),
             None => return Err(MetaError::Conflict),
         };
         result.map_err(|e| {
@@ -828,14 +860,18 @@ impl MetaTxn for PgTxn<'_> {
         self.apply_pending(true)?;
         match self.tx.take() {
             Some(TxConn::Local(mut c)) => {
-                c.run(async |conn| sqlx::raw_sql("COMMIT").execute(conn).await)
-                    .map_err(commit_err)?;
+                round_trip("commit", || {
+                    c.run(async |conn| sqlx::raw_sql("COMMIT").execute(conn).await)
+                })
+                .map_err(commit_err)?;
                 if let Some(l) = &self.store.local {
                     l.give_back(c);
                 }
                 Ok(())
             }
-            Some(TxConn::Pool(tx)) => self.store.rt.block_on(tx.commit()).map_err(commit_err),
+            Some(TxConn::Pool(tx)) => {
+                round_trip("commit", || self.store.rt.block_on(tx.commit())).map_err(commit_err)
+            }
             None => Err(MetaError::Conflict),
         }
     }
@@ -845,14 +881,16 @@ impl Drop for PgTxn<'_> {
     fn drop(&mut self) {
         match self.tx.take() {
             Some(TxConn::Local(mut c)) => {
-                let rolled_back = c.run(async |conn| sqlx::raw_sql("ROLLBACK").execute(conn).await);
+                let rolled_back = round_trip("rollback", || {
+                    c.run(async |conn| sqlx::raw_sql("ROLLBACK").execute(conn).await)
+                });
                 if let (Ok(_), Some(l)) = (rolled_back, &self.store.local) {
                     l.give_back(c);
                 }
             }
             // roll back explicitly: dropping an open transaction outside the runtime cannot
             Some(TxConn::Pool(tx)) => {
-                let _ = self.store.rt.block_on(tx.rollback());
+                let _ = round_trip("rollback", || self.store.rt.block_on(tx.rollback()));
             }
             None => {}
         }

@@ -14,7 +14,8 @@
 
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, ErrorKind, OptimisticTransactionDB, Options, Transaction,
@@ -42,11 +43,30 @@ const CFS: [&str; 10] = [
 ];
 const NEXT_INO: &str = "next_ino";
 const INO_BATCH: u64 = 1024;
+/// Properties exported as `graviton_rocksdb_property`: the database's own...
+const DB_PROPERTIES: [&str; 3] = [
+    "rocksdb.num-running-compactions",
+    "rocksdb.num-running-flushes",
+    "rocksdb.background-errors",
+];
+/// ...and column families' ones, summed over the column families.
+const CF_PROPERTIES: [&str; 7] = [
+    "rocksdb.compaction-pending",
+    "rocksdb.estimate-pending-compaction-bytes",
+    "rocksdb.mem-table-flush-pending",
+    "rocksdb.cur-size-all-mem-tables",
+    "rocksdb.total-sst-files-size",
+    "rocksdb.estimate-num-keys",
+    "rocksdb.num-files-at-level0",
+];
+/// How often the exported properties are read again.
+const PROPERTIES_EVERY: Duration = Duration::from_secs(10);
 
 type Db = OptimisticTransactionDB;
 
 pub struct RocksMetaStore {
-    db: Db,
+    /// Shared (weakly) only with the thread exporting its properties.
+    db: Arc<Db>,
     /// (next inode to hand out, first inode not yet reserved in the database)
     ino_range: Mutex<(Ino, Ino)>,
 }
@@ -133,7 +153,10 @@ impl RocksMetaStore {
         let cfs = CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
-        let db = Db::open_cf_descriptors(&opts, path, cfs).map_err(backend)?;
+        let db = Arc::new(Db::open_cf_descriptors(&opts, path, cfs).map_err(backend)?);
+        if crate::metrics::enabled() {
+            export_properties(Arc::downgrade(&db));
+        }
         let store = RocksMetaStore {
             db,
             ino_range: Mutex::new((0, 0)),
@@ -167,6 +190,44 @@ impl RocksMetaStore {
             it.next();
         }
         it.status().map_err(backend)
+    }
+}
+
+/// Sets the property gauges now and every `PROPERTIES_EVERY` while the database is open.
+fn export_properties(db: Weak<Db>) {
+    let refresh = move || {
+        let Some(db) = db.upgrade() else {
+            return false;
+        };
+        let set = |p: &'static str, v: u64| {
+            metrics::gauge!(crate::metrics::ROCKSDB_PROPERTY, "property" => p).set(v as f64)
+        };
+        for p in DB_PROPERTIES {
+            set(p, db.property_int_value(p).ok().flatten().unwrap_or(0));
+        }
+        for p in CF_PROPERTIES {
+            let cfs = CFS.iter().filter_map(|cf| db.cf_handle(cf));
+            set(
+                p,
+                cfs.filter_map(|cf| db.property_int_value_cf(cf, p).ok()?)
+                    .sum(),
+            );
+        }
+        true
+    };
+    refresh();
+    let spawned = std::thread::Builder::new()
+        .name("graviton-rocksdb-stats".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(PROPERTIES_EVERY);
+                if !refresh() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("not exporting RocksDB properties: {e}");
     }
 }
 
