@@ -203,6 +203,8 @@ struct LocalCache {
     epoch: AtomicU64,
     /// Whether the change feed is up and caught up.
     live: AtomicBool,
+    /// Held by invalidations and write-throughs, so one never lands in the middle of the other.
+    writing: std::sync::Mutex<()>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -250,6 +252,11 @@ impl LocalCache {
         if inos.is_empty() {
             return;
         }
+        let _one_writer = self.writing.lock().expect("lock");
+        self.invalidate_locked(inos);
+    }
+
+    fn invalidate_locked(&self, inos: &[Ino]) {
         // unique and increasing: a new generation for every directory among them
         let generation = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let mut batch = WriteBatch::default();
@@ -264,6 +271,74 @@ impl LocalCache {
             tracing::error!("local metadata cache: {e}; bypassing it");
             self.live.store(false, Ordering::SeqCst);
         }
+    }
+
+    /// After this mount's own commit: stores what the transaction wrote (`w`) instead of
+    /// dropping it, so the next lookup in a directory this mount just created a file in is
+    /// still answered here. Falls back to dropping the inodes when any invalidation came in
+    /// since `epoch` was sampled (before the commit), since then the cache may be behind.
+    fn write_through(&self, epoch: u64, w: &Written) {
+        let _one_writer = self.writing.lock().expect("lock");
+        if !self.live.load(Ordering::SeqCst) || self.epoch.load(Ordering::SeqCst) != epoch {
+            self.invalidate_locked(&w.touched);
+            return;
+        }
+        // fills that read the engine before this commit are undone when they land
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let mut drop = w.opaque.clone();
+        let mut batch = WriteBatch::default();
+        let mut seen: Vec<(Ino, &[u8])> = Vec::new();
+        for (dir, name, entry) in &w.entries {
+            if seen.contains(&(*dir, name.as_slice())) {
+                drop.push(*dir); // changed twice: not worth replaying
+                continue;
+            }
+            seen.push((*dir, name));
+            let generation = self.generation(*dir);
+            let by_name = entry_key(DIRENT, *dir, generation, name);
+            let listed = self.has(&key(LISTED, *dir));
+            let old = match self.db.get(&by_name) {
+                Ok(old) => old,
+                Err(_) => {
+                    drop.push(*dir);
+                    continue;
+                }
+            };
+            if let Some(old) = old {
+                match decode_dirent(&old) {
+                    Ok(old) => batch.delete(entry_key(
+                        BY_COOKIE,
+                        *dir,
+                        generation,
+                        &old.cookie.to_be_bytes(),
+                    )),
+                    Err(_) => drop.push(*dir),
+                }
+            }
+            match entry {
+                Some(e) => {
+                    batch.put(&by_name, encode_dirent(e));
+                    if listed {
+                        let by_cookie =
+                            entry_key(BY_COOKIE, *dir, generation, &e.cookie.to_be_bytes());
+                        batch.put(by_cookie, encode_listed(name, e));
+                    }
+                }
+                None => batch.delete(&by_name),
+            }
+        }
+        for inode in w.inodes.values() {
+            match postcard::to_stdvec(inode) {
+                Ok(v) => batch.put(key(INODE, inode.ino), v),
+                Err(_) => drop.push(inode.ino),
+            }
+        }
+        if self.db.write_opt(batch, &no_wal()).is_err() {
+            drop.extend_from_slice(&w.touched);
+        }
+        drop.sort_unstable();
+        drop.dedup();
+        self.invalidate_locked(&drop);
     }
 
     fn wipe(&self) {
@@ -441,6 +516,7 @@ impl CachedMeta {
             db,
             epoch: AtomicU64::new(floor),
             live: AtomicBool::new(false),
+            writing: std::sync::Mutex::new(()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         });
@@ -517,7 +593,7 @@ impl MetaStore for CachedMeta {
         Ok(Box::new(CachedTxn {
             inner: Some(self.inner.begin()?),
             cache: &self.cache,
-            touched: Vec::new(),
+            written: Written::default(),
         }))
     }
 
@@ -869,11 +945,26 @@ impl MetaRead for CachedReader<'_> {
     }
 }
 
-/// A transaction on the engine that drops the inodes it wrote from the cache once it ends.
+/// A transaction on the engine. Once it commits, what it wrote is written through to the
+/// cache where that is simple (inode records, directory entries) and dropped otherwise.
 struct CachedTxn<'a> {
     inner: Option<Box<dyn MetaTxn + 'a>>,
     cache: &'a LocalCache,
+    written: Written,
+}
+
+/// What a transaction wrote, as far as the cache is concerned.
+#[derive(Default)]
+struct Written {
+    /// Every inode written.
     touched: Vec<Ino>,
+    /// Final inode records.
+    inodes: std::collections::HashMap<Ino, Inode>,
+    /// Directory entries set (Some) or removed (None), in order.
+    entries: Vec<(Ino, Vec<u8>, Option<DirEntry>)>,
+    /// Inodes written in ways the cache does not replay (extents, xattrs, symlink targets,
+    /// deletion, orphans): dropped.
+    opaque: Vec<Ino>,
 }
 
 impl CachedTxn<'_> {
@@ -914,51 +1005,69 @@ impl MetaRead for CachedTxn<'_> {
     }
 }
 
+impl CachedTxn<'_> {
+    /// Notes an inode written in a way the cache does not replay.
+    fn opaque(&mut self, ino: Ino) {
+        self.written.touched.push(ino);
+        self.written.opaque.push(ino);
+    }
+}
+
 impl MetaTxn for CachedTxn<'_> {
     fn put_inode(&mut self, inode: &Inode) -> MetaResult<()> {
-        self.touched.push(inode.ino);
+        self.written.touched.push(inode.ino);
+        self.written.inodes.insert(inode.ino, inode.clone());
         self.tx().put_inode(inode)
     }
     fn delete_inode(&mut self, ino: Ino) -> MetaResult<()> {
-        self.touched.push(ino);
+        self.opaque(ino);
         self.tx().delete_inode(ino)
     }
     fn put_dirent(&mut self, parent: Ino, name: &[u8], entry: &DirEntry) -> MetaResult<()> {
-        self.touched.push(parent);
+        self.written.touched.push(parent);
+        self.written
+            .entries
+            .push((parent, name.to_vec(), Some(*entry)));
         self.tx().put_dirent(parent, name, entry)
     }
     fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()> {
-        self.touched.push(parent);
+        self.written.touched.push(parent);
+        self.written.entries.push((parent, name.to_vec(), None));
         self.tx().delete_dirent(parent, name)
     }
     fn apply_splice(&mut self, ino: Ino, splice: &Splice) -> MetaResult<()> {
-        self.touched.push(ino);
+        self.opaque(ino);
         self.tx().apply_splice(ino, splice)
     }
     fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()> {
-        self.touched.push(ino);
+        self.opaque(ino);
         self.tx().put_xattr(ino, name, value)
     }
     fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
-        self.touched.push(ino);
+        self.opaque(ino);
         self.tx().delete_xattr(ino, name)
     }
     fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()> {
-        self.touched.push(ino);
+        self.opaque(ino);
         self.tx().put_symlink_target(ino, target)
     }
     fn add_orphan(&mut self, ino: Ino) -> MetaResult<()> {
-        self.touched.push(ino);
+        self.opaque(ino);
         self.tx().add_orphan(ino)
     }
 
     fn commit(mut self: Box<Self>) -> MetaResult<()> {
         let tx = self.inner.take().expect("open until commit");
+        let epoch = self.cache.epoch.load(Ordering::SeqCst);
         let result = tx.commit();
-        // also when the commit failed: its outcome may be unknown (connection lost)
-        self.touched.sort_unstable();
-        self.touched.dedup();
-        self.cache.invalidate(&self.touched);
+        let w = &mut self.written;
+        w.touched.sort_unstable();
+        w.touched.dedup();
+        match result {
+            Ok(()) => self.cache.write_through(epoch, w),
+            // also when the commit failed: its outcome may be unknown (connection lost)
+            Err(_) => self.cache.invalidate(&w.touched),
+        }
         result
     }
 }
@@ -1125,6 +1234,69 @@ mod pg_tests {
             !a.revalidate(x).unwrap(),
             "unchanged: the kernel keeps its pages"
         );
+    }
+
+    /// This mount's own creates, renames and removals in a directory it has listed are written
+    /// through: the listing and negative lookups keep being answered by the cache (no miss),
+    /// and they match the engine.
+    #[test]
+    fn own_commits_are_written_through() {
+        let url = fresh_database();
+        let dir = tempfile::tempdir().unwrap();
+        let a = cached(&url, dir.path());
+        let d = a.allocate_ino().unwrap();
+        let mut parent = Inode::new(d, FileKind::Dir, 0o755, 0, 0, Timestamp::default());
+        let mut tx = a.begin().unwrap();
+        tx.put_inode(&parent).unwrap();
+        tx.commit().unwrap();
+        assert!(a.read().unwrap().list_dir(d, 0, 10).unwrap().is_empty());
+        let entry = |ino, cookie| DirEntry {
+            ino,
+            kind: FileKind::File,
+            cookie,
+        };
+        for (i, name) in [b"a", b"b", b"c"].iter().enumerate() {
+            let x = a.allocate_ino().unwrap();
+            assert!(a.read().unwrap().dirent(d, *name).unwrap().is_none());
+            let mut tx = a.begin().unwrap();
+            parent.next_cookie += 1;
+            parent.size += 1;
+            tx.put_inode(&parent).unwrap();
+            tx.put_inode(&file(x, i as u64)).unwrap();
+            tx.put_dirent(d, *name, &entry(x, 3 + i as u64)).unwrap();
+            tx.commit().unwrap();
+        }
+        // rename b -> z, remove c
+        let b = a.read().unwrap().dirent(d, b"b").unwrap().unwrap();
+        let mut tx = a.begin().unwrap();
+        tx.delete_dirent(d, b"b").unwrap();
+        tx.put_dirent(d, b"z", &entry(b.ino, 6)).unwrap();
+        tx.delete_dirent(d, b"c").unwrap();
+        parent.size -= 1;
+        tx.put_inode(&parent).unwrap();
+        tx.commit().unwrap();
+        let names = |r: &mut dyn MetaRead| -> Vec<Vec<u8>> {
+            r.list_dir(d, 0, 10)
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()
+        };
+        let mut view = a.read().unwrap();
+        assert_eq!(names(view.as_mut()), [b"a".to_vec(), b"z".to_vec()]);
+        assert!(view.dirent(d, b"c").unwrap().is_none());
+        assert!(view.dirent(d, b"b").unwrap().is_none());
+        assert_eq!(view.dirent(d, b"z").unwrap().map(|e| e.ino), Some(b.ino));
+        assert_eq!(a.read_inode(d).unwrap(), Some(parent.clone()));
+        drop(view);
+        assert!(
+            a.cache.has(&key(LISTED, d)) && a.cache.has(&key(INODE, d)),
+            "the listing and the directory's record stayed cached through this mount's commits"
+        );
+        // and the engine agrees
+        let engine = PgMetaStore::connect(&url).unwrap();
+        let mut r = engine.read().unwrap();
+        assert_eq!(names(r.as_mut()), [b"a".to_vec(), b"z".to_vec()]);
     }
 
     #[test]
