@@ -332,6 +332,13 @@ impl LocalCache {
                 Ok(v) => batch.put(key(INODE, inode.ino), v),
                 Err(_) => drop.push(inode.ino),
             }
+            if inode.kind == FileKind::Dir
+                && inode.next_cookie == super::types::FIRST_COOKIE
+                && !w.entries.iter().any(|(dir, _, _)| *dir == inode.ino)
+            {
+                // never had an entry (a new directory): its listing is known, and empty
+                batch.put(key(LISTED, inode.ino), []);
+            }
         }
         if self.db.write_opt(batch, &no_wal()).is_err() {
             drop.extend_from_slice(&w.touched);
@@ -1249,6 +1256,10 @@ mod pg_tests {
         let mut tx = a.begin().unwrap();
         tx.put_inode(&parent).unwrap();
         tx.commit().unwrap();
+        assert!(
+            a.cache.has(&key(LISTED, d)),
+            "a new directory's (empty) listing is known without asking the engine"
+        );
         assert!(a.read().unwrap().list_dir(d, 0, 10).unwrap().is_empty());
         let entry = |ino, cookie| DirEntry {
             ino,

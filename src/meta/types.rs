@@ -122,6 +122,9 @@ impl From<Timestamp> for SystemTime {
     }
 }
 
+/// A directory's `next_cookie` before its first entry (cookies 1 and 2 are `.` and `..`).
+pub const FIRST_COOKIE: u64 = 3;
+
 /// An inode's attributes and bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inode {
@@ -142,7 +145,9 @@ pub struct Inode {
     pub extent_count: u64,
     /// Bumped by every change of the extent map; lets a background rewrite detect races.
     pub data_version: u64,
-    /// Next readdir cookie to hand out (directories). Cookies 1 and 2 are `.` and `..`.
+    /// Next readdir cookie to hand out (directories). Cookies 1 and 2 are `.` and `..`. Bumped
+    /// for every entry added, so a directory still at [`FIRST_COOKIE`] never had one (the
+    /// local metadata cache relies on it).
     pub next_cookie: u64,
     /// The directory holding this one (directories only; the root is its own parent).
     pub parent: Ino,
@@ -165,7 +170,7 @@ impl Inode {
             crtime: now,
             extent_count: 0,
             data_version: 0,
-            next_cookie: 3,
+            next_cookie: FIRST_COOKIE,
             parent: 0,
         }
     }
