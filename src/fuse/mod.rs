@@ -25,8 +25,9 @@ use crate::vfs::{
     Ctx, FallocateMode, Fs, FsError, OpenFlags, RenameFlags, SetAttr, TimeSet, Whence, XattrSet,
 };
 
-/// Entries fetched per readdir call.
-const READDIR_BATCH: usize = 256;
+/// Entries fetched at a time while a readdir reply fills: the reply's size decides how many
+/// steps a call takes, and at most one step's entries are read in vain.
+const READDIR_STEP: usize = 32;
 
 mod invalidate;
 mod op;
@@ -54,6 +55,29 @@ impl GravitonFuse {
             ttl,
             capacity_path,
             kernel,
+        }
+    }
+
+    /// Feeds the directory's entries after `offset` to `add` until it reports the reply full
+    /// (true) or the directory ends.
+    fn fill_dir(
+        &self,
+        ino: INodeNo,
+        mut offset: u64,
+        mut add: impl FnMut(&crate::vfs::DirListing) -> Result<bool, FsError>,
+    ) -> Result<(), FsError> {
+        loop {
+            let entries = self.fs.readdir(ino.0, offset, READDIR_STEP)?;
+            let n = entries.len();
+            for e in &entries {
+                if add(e)? {
+                    return Ok(());
+                }
+                offset = e.cookie;
+            }
+            if n < READDIR_STEP {
+                return Ok(());
+            }
         }
     }
 
@@ -570,20 +594,16 @@ impl Filesystem for GravitonFuse {
         mut reply: ReplyDirectory,
     ) {
         let _op = op("readdir");
-        match self.fs.readdir(ino.0, offset, READDIR_BATCH) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(
-                        INodeNo(e.ino),
-                        e.cookie,
-                        file_type(e.kind),
-                        OsStr::from_bytes(&e.name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let filled = self.fill_dir(ino, offset, |e| {
+            Ok(reply.add(
+                INodeNo(e.ino),
+                e.cookie,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            ))
+        });
+        match filled {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -597,31 +617,29 @@ impl Filesystem for GravitonFuse {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _op = op("readdirplus");
-        let entries = match self.fs.readdir(ino.0, offset, READDIR_BATCH) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        for e in entries {
+        let filled = self.fill_dir(ino, offset, |e| {
             let inode = match self.fs.getattr(e.ino) {
                 Ok(i) => i,
-                Err(FsError::NotFound) => continue, // removed since it was listed
-                Err(err) => return reply.error(errno(&err)),
+                Err(FsError::NotFound) => return Ok(false), // removed since it was listed
+                Err(err) => return Err(err),
             };
-            if e.name != b"." && e.name != b".." {
-                self.handed_out(ino, &e.name, e.ino);
-            }
-            if reply.add(
+            let full = reply.add(
                 INodeNo(e.ino),
                 e.cookie,
                 OsStr::from_bytes(&e.name),
                 &self.ttl,
                 &attr(&inode),
                 Generation(0),
-            ) {
-                break;
+            );
+            if !full && e.name != b"." && e.name != b".." {
+                self.handed_out(ino, &e.name, e.ino);
             }
+            Ok(full)
+        });
+        match filled {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn fsyncdir(
