@@ -49,7 +49,11 @@ fn the_disk_cache_serves_blocks_after_a_remount() {
     let hits = metric(port, "graviton_block_cache_total{result=\"disk_hit\"}");
     eprintln!("after a remount: {fetched} bytes fetched from S3, {hits} disk cache hits");
     assert_eq!(fetched, 0, "every block came from the disk cache");
-    assert!(hits >= 8, "the 8 blocks were disk cache hits ({hits})");
+    // 8 MiB is two blocks of S3 volumes' default 4 MiB
+    assert!(
+        hits >= 2,
+        "the file's 2 blocks were disk cache hits ({hits})"
+    );
 }
 
 /// `graviton_bytes_ingested{backend="s3"}` from the daemon's /metrics.

@@ -10,9 +10,10 @@ pub struct FormatArgs {
     /// Hash naming the blocks: blake3 or sha-256.
     #[arg(long, default_value = "blake3")]
     pub hash: HashAlgo,
-    /// Chunker: fixed-<n> or fastcdc-<min>-<avg>-<max> (sizes like 4096, 256k, 1m).
-    #[arg(long, default_value_t = DEFAULT_CHUNKER)]
-    pub chunker: Chunker,
+    /// Chunker: fixed-<n> or fastcdc-<min>-<avg>-<max> (sizes like 4096, 256k, 1m). Default:
+    /// fixed-1m, or fixed-4m for blocks in S3 (a quarter of the requests).
+    #[arg(long)]
+    pub chunker: Option<Chunker>,
     /// Block store: file:///path, or postgres (blocks in the volume's database); default:
     /// <SOURCE>/blocks. Required for PostgreSQL volumes.
     #[arg(long)]
@@ -26,11 +27,23 @@ pub struct FormatArgs {
     pub source: String,
 }
 
+/// Blocks kept in S3: each GET and PUT has a cost and a latency of its own, so blocks are
+/// larger (as JuiceFS's 4 MiB). Measured on PostgreSQL + S3 (s3rver): sequential reads 254-310
+/// -> 321-329 MB/s, sequential writes 145 -> 186 MiB/s, 4 KiB random reads and writes unchanged.
+const S3_CHUNKER: Chunker = Chunker::Fixed(4 << 20);
+
 pub fn run(args: FormatArgs) -> anyhow::Result<()> {
+    let on_s3 = args
+        .store
+        .as_deref()
+        .is_some_and(|s| s.starts_with("s3://"));
+    let chunker = args
+        .chunker
+        .unwrap_or(if on_s3 { S3_CHUNKER } else { DEFAULT_CHUNKER });
     let vol = Volume::format_replicated(
         &Source::parse(&args.source),
         args.hash,
-        args.chunker,
+        chunker,
         args.store.as_deref(),
         &args.replicas,
     )?;

@@ -558,17 +558,27 @@ impl BlockStore for S3BlockStore {
             let req = with_customer_key!(req, &self.url.sse);
             async move {
                 match req.send().await {
-                    Ok(out) => match out.body.collect().await {
-                        Ok(b) => Ok(Some(b.into_bytes().to_vec())),
-                        // a body cut off mid-way: read it again
-                        Err(e) => Err(SdkError::response_error(
-                            e,
-                            aws_sdk_s3::config::http::HttpResponse::new(
-                                500.try_into().expect("status"),
-                                aws_sdk_s3::primitives::SdkBody::empty(),
-                            ),
-                        )),
-                    },
+                    // one copy, into a buffer of the announced size
+                    Ok(mut out) => {
+                        let len = out.content_length.unwrap_or(0).max(0) as usize;
+                        let mut data = Vec::with_capacity(len);
+                        loop {
+                            match out.body.try_next().await {
+                                Ok(Some(chunk)) => data.extend_from_slice(&chunk),
+                                Ok(None) => break Ok(Some(data)),
+                                // a body cut off mid-way: read it again
+                                Err(e) => {
+                                    break Err(SdkError::response_error(
+                                        e,
+                                        aws_sdk_s3::config::http::HttpResponse::new(
+                                            500.try_into().expect("status"),
+                                            aws_sdk_s3::primitives::SdkBody::empty(),
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
+                    }
                     Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => Ok(None),
                     Err(e) => Err(e),
                 }

@@ -136,9 +136,14 @@ pub(crate) fn assemble(
     extents: &[Extent],
     range: Range<u64>,
 ) -> FsResult<Vec<u8>> {
-    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    // filled front to back: mapped bytes are copied once, only holes are zeroed
+    let len = (range.end - range.start) as usize;
+    let mut buf = Vec::with_capacity(len);
     for e in extents {
         let c = e.clip(&range);
+        if c.len == 0 {
+            continue;
+        }
         let block = core.cache.fetch(core.store.as_ref(), &c.key)?;
         let rel = (c.offset - range.start) as usize;
         let src = block.get(c.block_range()).ok_or_else(|| {
@@ -147,8 +152,17 @@ pub(crate) fn assemble(
                 c.key
             ))
         })?;
-        buf[rel..rel + c.len as usize].copy_from_slice(src);
+        if rel < buf.len() {
+            return Err(crate::meta::MetaError::Corrupt(format!(
+                "extents of inode {ino} overlap at offset {}",
+                c.offset
+            ))
+            .into());
+        }
+        buf.resize(rel, 0);
+        buf.extend_from_slice(src);
     }
+    buf.resize(len, 0);
     Ok(buf)
 }
 
