@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -13,47 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::mounted::Mounted;
 use common::random_bytes;
+use common::scrape::{free_port, sample, scrape};
 
 /// How long a test's file operations and scrapes may take before it fails.
 const LIMIT: Duration = Duration::from_secs(90);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The daemon's /metrics page (HTTP/1.0: the server closes the connection after it).
-fn scrape(port: u16) -> String {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    conn.set_write_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).expect("reading /metrics");
-    text
-}
-
-/// The sum of the samples of `name` whose labels include every one of `labels`
-/// (`op="lookup"`); None if there is no such sample.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let rest = series.strip_prefix(name)?;
-            let matches = (rest.is_empty() || rest.starts_with('{'))
-                && labels.iter().all(|want| rest.contains(want));
-            matches.then(|| value.parse::<f64>().ok())?
-        })
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
 
 /// Runs `body` (the file operations: they would block on a stuck daemon) in a thread and
 /// fails the test if it takes longer than `LIMIT`. The caller still owns the mount, whose

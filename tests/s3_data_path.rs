@@ -3,33 +3,10 @@
 mod common;
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::TcpStream;
 
 use common::mounted::{Mounted, s3_scratch_url};
 use common::random_bytes;
-
-/// A counter from the daemon's /metrics (0 while nothing has counted it).
-fn metric(port: u16, series: &str) -> u64 {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::scrape::{counter, free_port};
 
 #[test]
 fn the_disk_cache_serves_blocks_after_a_remount() {
@@ -45,8 +22,8 @@ fn the_disk_cache_serves_blocks_after_a_remount() {
     m.unmount();
     m.mount();
     assert!(std::fs::read(m.path("f")).unwrap() == data);
-    let fetched = metric(port, "graviton_bytes_fetched{backend=\"s3\"}");
-    let hits = metric(port, "graviton_block_cache_total{result=\"disk_hit\"}");
+    let fetched = counter(port, "graviton_bytes_fetched", &["backend=\"s3\""]);
+    let hits = counter(port, "graviton_block_cache_total", &["result=\"disk_hit\""]);
     eprintln!("after a remount: {fetched} bytes fetched from S3, {hits} disk cache hits");
     assert_eq!(fetched, 0, "every block came from the disk cache");
     // 8 MiB is two blocks of S3 volumes' default 4 MiB
@@ -56,28 +33,9 @@ fn the_disk_cache_serves_blocks_after_a_remount() {
     );
 }
 
-/// `graviton_bytes_ingested{backend="s3"}` from the daemon's /metrics.
-fn bytes_ingested(port: u16) -> u64 {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find(|l| l.starts_with("graviton_bytes_ingested{backend=\"s3\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("no graviton_bytes_ingested for s3 in:\n{text}"))
-}
-
 #[test]
 fn a_4k_overwrite_in_a_1_gib_file_uploads_under_1_mib() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let m = Mounted::new_pg_with_store(
         &format!("metrics=127.0.0.1:{port}"),
         Some(&s3_scratch_url()),
@@ -92,7 +50,7 @@ fn a_4k_overwrite_in_a_1_gib_file_uploads_under_1_mib() {
         f.sync_all().unwrap();
     }
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 30);
-    let before = bytes_ingested(port);
+    let before = counter(port, "graviton_bytes_ingested", &["backend=\"s3\""]);
     let patch = random_bytes(9, 4096);
     let at = 700u64 << 20;
     {
@@ -101,7 +59,7 @@ fn a_4k_overwrite_in_a_1_gib_file_uploads_under_1_mib() {
         f.write_all(&patch).unwrap();
         f.sync_all().unwrap();
     }
-    let uploaded = bytes_ingested(port) - before;
+    let uploaded = counter(port, "graviton_bytes_ingested", &["backend=\"s3\""]) - before;
     eprintln!("a 4 KiB overwrite in a 1 GiB file uploaded {uploaded} bytes to S3");
     assert!(uploaded >= 4096, "the new bytes were uploaded ({uploaded})");
     assert!(uploaded < 1 << 20, "less than 1 MiB uploaded: {uploaded}");

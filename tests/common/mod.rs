@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod mounted;
+pub mod scrape;
 
 use std::path::Path;
 use std::sync::Arc;
