@@ -19,6 +19,9 @@ fi
 id nobody >/dev/null 2>&1 || useradd -r -s /usr/sbin/nologin nobody
 id tests >/dev/null 2>&1 || echo 'tests:x:::pjdfstest dummy user:/:/usr/sbin/nologin' | newusers
 
+# mount(8)/umount(8) helpers for fstab mounts (tests/fstab.rs)
+sh mount-helpers/install.sh
+
 # a PostgreSQL server on loopback for the PostgreSQL engine's tests (sets GRAVITON_TEST_PG)
 source scripts/pg.sh
 # an S3-compatible server on loopback (sets GRAVITON_TEST_S3 and test credentials)

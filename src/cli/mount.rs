@@ -313,7 +313,9 @@ fn serve(
     };
     let mut mount_options = vec![
         MountOption::FSName(fsname),
-        MountOption::Subtype("graviton".into()),
+        // as a kernel option, so /proc/mounts says fuse.graviton (fuser hands its Subtype only
+        // to fusermount) and umount(8) runs umount.fuse.graviton, which waits for the daemon
+        MountOption::CUSTOM("subtype=graviton".into()),
         MountOption::DefaultPermissions,
     ];
     for (on, opt) in [

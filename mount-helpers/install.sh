@@ -1,0 +1,9 @@
+#!/bin/sh
+# Puts the mount helpers where mount(8) and umount(8) look: /sbin/mount.graviton,
+# /sbin/umount.graviton and /sbin/umount.fuse.graviton (a Graviton mount shows as
+# fuse.graviton in /proc/mounts). Run as root.
+set -eu
+here=$(dirname "$0")
+install -m 0755 "$here/mount.graviton" /sbin/mount.graviton
+install -m 0755 "$here/umount.graviton" /sbin/umount.graviton
+install -m 0755 "$here/umount.graviton" /sbin/umount.fuse.graviton

@@ -1,0 +1,103 @@
+//! Mounts from /etc/fstab lines through mount(8) and umount(8), with the helpers in
+//! `mount-helpers/` (scripts/test.sh installs them with `mount-helpers/install.sh`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::mounted::{BIN, Mounted, exited};
+use common::random_bytes;
+
+/// mount(8) or umount(8) with a time limit, finding this build's graviton and keeping the
+/// daemon's state where the test's `Mounted` looks for it.
+fn util(m: &Mounted, tool: &str, args: &[&str]) -> Output {
+    for helper in ["/sbin/mount.graviton", "/sbin/umount.fuse.graviton"] {
+        assert!(
+            Path::new(helper).exists(),
+            "{helper} is missing: run the tests through scripts/test.sh (mount-helpers/install.sh)"
+        );
+    }
+    Command::new("timeout")
+        .args(["-k5", "300", tool])
+        .args(args)
+        .env("GRAVITON_BIN", BIN)
+        .env("XDG_STATE_HOME", m.dir.path().join("state"))
+        .output()
+        .expect("running mount(8)")
+}
+
+/// An fstab file with one line for `m`'s volume and mountpoint.
+fn fstab(m: &Mounted, options: &str) -> String {
+    let path = m.dir.path().join("fstab");
+    let line = format!("{} {} graviton {options} 0 0\n", m.source, m.mnt.display());
+    std::fs::write(&path, line).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn mounted_type(mnt: &Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(1) == Some(&mnt.to_str().unwrap())).then(|| f[2].to_string())
+    })
+}
+
+/// Writes 200 MiB through an fstab mount, unmounts with umount(8), and checks that umount
+/// returned only once the daemon had committed everything and exited.
+fn fstab_round_trip(m: Mounted, options: &str) {
+    m.unmount();
+    let table = fstab(&m, options);
+    let mnt = m.mnt.to_str().unwrap();
+    let out = util(&m, "mount", &["-T", &table, mnt]);
+    assert!(out.status.success(), "mount -T: {out:?}");
+    assert_eq!(mounted_type(&m.mnt).as_deref(), Some("fuse.graviton"));
+    let pid = m.daemon_pid().expect("the daemon wrote its pid");
+    let data = random_bytes(9, 200 << 20);
+    std::fs::write(m.path("big"), &data).unwrap();
+    let out = util(&m, "umount", &[mnt]);
+    assert!(out.status.success(), "umount: {out:?}");
+    assert!(
+        exited(pid),
+        "the daemon had exited when umount returned (it had everything committed)"
+    );
+    assert_eq!(mounted_type(&m.mnt), None);
+    m.mount();
+    assert!(
+        std::fs::read(m.path("big")).unwrap() == data,
+        "a fresh mount reads back all 200 MiB"
+    );
+}
+
+#[test]
+fn an_embedded_volume_mounts_from_fstab_and_umount_waits_for_the_daemon() {
+    fstab_round_trip(
+        Mounted::new(&[], ""),
+        "allow_other,_netdev,nofail,noatime,x-systemd.automount,attr-timeout=2",
+    );
+}
+
+#[test]
+fn a_postgresql_volume_mounts_from_fstab_and_umount_waits_for_the_daemon() {
+    let m = Mounted::new_pg("");
+    let cache = m.dir.path().join("cache");
+    fstab_round_trip(
+        m,
+        &format!("_netdev,allow_other,cache-dir={},defaults", cache.display()),
+    );
+}
+
+#[test]
+fn a_bad_fstab_option_fails_naming_it() {
+    let m = Mounted::new(&[], "");
+    m.unmount();
+    let mnt = m.mnt.to_str().unwrap().to_string();
+    for (options, name) in [("allow_other,bogus", "bogus"), ("cache_mb", "cache_mb")] {
+        let table = fstab(&m, options);
+        let out = util(&m, "mount", &["-T", &table, &mnt]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{options} was accepted");
+        assert!(err.contains(name), "the error names {name}: {err}");
+        assert_eq!(mounted_type(&m.mnt), None, "nothing was mounted");
+    }
+}
