@@ -570,17 +570,14 @@ impl PgTxn<'_> {
 
     /// Sends the queued writes; at commit, also logs and announces the inodes written.
     fn apply_pending(&mut self, committing: bool) -> MetaResult<()> {
-        self.queue_splices();
-        let announce = committing && !self.touched.is_empty();
-        if self.pending.is_empty() && !announce {
+        let Some(Apply {
+            ops,
+            session,
+            inos,
+            payload,
+        }) = self.take_pending(committing)
+        else {
             return Ok(());
-        }
-        let ops = serde_json::Value::Array(std::mem::take(&mut self.pending));
-        let (session, inos, payload) = if announce {
-            let (s, inos, p) = self.store.change_record(&mut self.touched);
-            (s, Some(inos), Some(p))
-        } else {
-            (None, None, None)
         };
         self.run("write", async |c| {
             sqlx::query("SELECT graviton_apply($1, $2, $3, $4)")
@@ -592,6 +589,29 @@ impl PgTxn<'_> {
                 .await
         })
         .map(drop)
+    }
+
+    /// The queued writes as one `graviton_apply` call (None when there is nothing to send); at
+    /// commit it also logs and announces the inodes written.
+    fn take_pending(&mut self, committing: bool) -> Option<Apply> {
+        self.queue_splices();
+        let announce = committing && !self.touched.is_empty();
+        if self.pending.is_empty() && !announce {
+            return None;
+        }
+        let ops = serde_json::Value::Array(std::mem::take(&mut self.pending));
+        let (session, inos, payload) = if announce {
+            let (s, inos, p) = self.store.change_record(&mut self.touched);
+            (s, Some(inos), Some(p))
+        } else {
+            (None, None, None)
+        };
+        Some(Apply {
+            ops,
+            session,
+            inos,
+            payload,
+        })
     }
 
     /// Runs `f` on the transaction's connection (a round trip of `kind`).
@@ -857,11 +877,18 @@ impl MetaTxn for PgTxn<'_> {
     }
 
     fn commit(mut self: Box<Self>) -> MetaResult<()> {
-        self.apply_pending(true)?;
+        if !matches!(self.tx, Some(TxConn::Local(_))) {
+            self.apply_pending(true)?;
+        }
         match self.tx.take() {
             Some(TxConn::Local(mut c)) => {
+                // the writes and the COMMIT in one round trip (one simple-protocol message)
+                let sql = match self.take_pending(true) {
+                    Some(apply) => format!("{}; COMMIT", apply.to_sql()),
+                    None => "COMMIT".to_string(),
+                };
                 round_trip("commit", || {
-                    c.run(async |conn| sqlx::raw_sql("COMMIT").execute(conn).await)
+                    c.run(async |conn| sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await)
                 })
                 .map_err(commit_err)?;
                 if let Some(l) = &self.store.local {
@@ -874,6 +901,42 @@ impl MetaTxn for PgTxn<'_> {
             }
             None => Err(MetaError::Conflict),
         }
+    }
+}
+
+/// One `graviton_apply` call's arguments.
+struct Apply {
+    ops: serde_json::Value,
+    session: Option<i64>,
+    inos: Option<Vec<i64>>,
+    payload: Option<String>,
+}
+
+impl Apply {
+    /// The call as SQL text, for a message that also carries the COMMIT. Text values are
+    /// dollar-quoted with a tag they do not contain; numbers are formatted from integers.
+    fn to_sql(&self) -> String {
+        let text = |v: &str| {
+            let mut tag = String::from("$g$");
+            while v.contains(&tag) {
+                tag = format!("$g{:x}$", rand::random::<u64>());
+            }
+            format!("{tag}{v}{tag}")
+        };
+        let ops = text(&self.ops.to_string());
+        let session = self.session.map_or("NULL".into(), |s| s.to_string());
+        let inos = match &self.inos {
+            Some(list) => format!(
+                "ARRAY[{}]::bigint[]",
+                list.iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            None => "NULL".into(),
+        };
+        let payload = self.payload.as_deref().map_or("NULL".into(), text);
+        format!("SELECT graviton_apply({ops}::jsonb, {session}::bigint, {inos}, {payload}::text)")
     }
 }
 
