@@ -1,6 +1,7 @@
 //! The `graviton` command line: one file per subcommand.
 
 mod format;
+mod fsck;
 mod mount;
 pub mod options;
 mod scrub;
@@ -32,6 +33,9 @@ pub enum Command {
     /// Check every block in every block store against its key; repair bad copies from good
     /// ones.
     Scrub(scrub::ScrubArgs),
+    /// Check the directory tree, link counts and that every referenced block is stored
+    /// (`--verify-data`: and matches its key). Read-only; non-zero exit on problems.
+    Fsck(fsck::FsckArgs),
 }
 
 /// `$XDG_DATA_HOME/graviton/default`, or `~/.local/share/graviton/default`.
@@ -51,5 +55,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => mount::run(args),
         Command::Status(args) => status::run(args),
         Command::Scrub(args) => scrub::run(args),
+        Command::Fsck(args) => fsck::run(args),
     }
 }

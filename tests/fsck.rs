@@ -1,0 +1,89 @@
+//! `graviton fsck` on a volume with planted damage: a deleted block, a corrupted block (found
+//! with `--verify-data`) and an entry naming no inode, each reported with its path.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::mounted::{Mounted, ok};
+use common::random_bytes;
+use graviton::meta::{DirEntry, FileKind, ROOT_INO};
+use graviton::volume::{Source, Volume};
+
+/// The block files under an embedded volume's store, in a stable order.
+fn block_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n != "tmp") {
+                    todo.push(p);
+                }
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn fsck_finds_a_missing_block_a_corrupt_block_and_a_dangling_entry() {
+    let m = Mounted::new(&[], "");
+    std::fs::create_dir(m.path("d")).unwrap();
+    std::fs::write(m.path("d/a"), random_bytes(1, 100_000)).unwrap();
+    std::fs::write(m.path("b"), random_bytes(2, 100_000)).unwrap();
+    std::fs::hard_link(m.path("b"), m.path("d/b2")).unwrap();
+    m.unmount();
+    let clean = ok(
+        m.graviton(&["fsck", "--verify-data", &m.source]),
+        "fsck of a clean volume",
+    );
+    assert!(clean.contains(": 0 problems"), "{clean}");
+
+    // damage: one block gone, one flipped byte, one entry naming no inode
+    let blocks = block_files(&m.vol.join("blocks"));
+    assert_eq!(blocks.len(), 2, "one block per file: {blocks:?}");
+    std::fs::remove_file(&blocks[0]).unwrap();
+    let mut bytes = std::fs::read(&blocks[1]).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&blocks[1], bytes).unwrap();
+    {
+        let vol = Volume::open(&Source::parse(&m.source)).unwrap();
+        let mut tx = vol.meta.begin().unwrap();
+        let ghost = DirEntry {
+            ino: 999_999,
+            kind: FileKind::File,
+            cookie: 1_000_000,
+        };
+        tx.put_dirent(ROOT_INO, b"ghost", &ghost).unwrap();
+        tx.commit().unwrap();
+    }
+
+    let quick = m.graviton(&["fsck", &m.source]);
+    let text = String::from_utf8_lossy(&quick.stdout).into_owned();
+    assert!(!quick.status.success(), "problems make fsck fail: {text}");
+    assert!(
+        text.contains("/ghost: entry names inode 999999 which does not exist"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("is missing from the block store").count(),
+        1,
+        "the deleted block, with the file using it: {text}"
+    );
+    assert!(
+        !text.contains("does not match"),
+        "without --verify-data: {text}"
+    );
+
+    let full = m.graviton(&["fsck", "--verify-data", &m.source]);
+    let text = String::from_utf8_lossy(&full.stdout).into_owned();
+    assert!(!full.status.success());
+    assert_eq!(text.matches("does not match its key").count(), 1, "{text}");
+    assert!(text.contains(": 3 problems"), "{text}");
+    eprintln!("{text}");
+}
