@@ -86,4 +86,28 @@ fn fsck_finds_a_missing_block_a_corrupt_block_and_a_dangling_entry() {
     assert_eq!(text.matches("does not match its key").count(), 1, "{text}");
     assert!(text.contains(": 3 problems"), "{text}");
     eprintln!("{text}");
+
+    // --repair drops the dangling entry and a wrong link count; blocks are scrub's to repair
+    {
+        let vol = Volume::open(&Source::parse(&m.source)).unwrap();
+        let mut tx = vol.meta.begin().unwrap();
+        let d = tx.dirent(ROOT_INO, b"d").unwrap().unwrap().ino;
+        let mut dir = tx.inode(d).unwrap().unwrap();
+        dir.nlink = 7;
+        tx.put_inode(&dir).unwrap();
+        tx.commit().unwrap();
+    }
+    let repaired = m.graviton(&["fsck", "--repair", &m.source]);
+    let text = String::from_utf8_lossy(&repaired.stdout).into_owned();
+    assert!(
+        text.contains("/d: link count 7 where the tree has 2"),
+        "{text}"
+    );
+    assert!(text.contains("repaired 2 problems"), "{text}");
+    let after = m.graviton(&["fsck", &m.source]);
+    let text = String::from_utf8_lossy(&after.stdout).into_owned();
+    assert!(
+        !text.contains("ghost") && !text.contains("link count") && text.contains(": 1 problems"),
+        "only the missing block is left: {text}"
+    );
 }

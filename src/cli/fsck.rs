@@ -1,8 +1,10 @@
 //! `graviton fsck`: walks a volume's directory tree from the root and checks that every entry
 //! names an existing inode of the kind it says, that link counts match the entries naming each
 //! inode, and that every block a file's extents reference is in the block store (and, with
-//! `--verify-data`, still matches its key). Read-only: it reports, with paths, and exits non-zero
-//! when anything is wrong. On a PostgreSQL volume it may run while mounted (a change made
+//! `--verify-data`, still matches its key). It reports, with paths, and exits non-zero when
+//! anything is wrong. `--repair` fixes what is safe to fix: it removes entries that name no
+//! inode and sets link counts to what the tree has; missing or corrupt blocks are for
+//! `graviton scrub` (from a replica), since fsck has no good copy. On a PostgreSQL volume it may run while mounted (a change made
 //! during the walk can show as a problem: run it again to confirm).
 
 use std::collections::{HashMap, HashSet};
@@ -19,6 +21,9 @@ pub struct FsckArgs {
     /// Also read every block and check it against its key (slow: reads all data).
     #[arg(long)]
     pub verify_data: bool,
+    /// Remove entries naming no inode and correct link counts (then report what remains).
+    #[arg(long)]
+    pub repair: bool,
     /// Volume directory or postgres:// URL (default: the default volume). An embedded volume
     /// must not be mounted.
     pub source: Option<String>,
@@ -32,6 +37,17 @@ pub struct FsckReport {
     pub blocks: u64,
     /// One line per problem, naming the path.
     pub problems: Vec<String>,
+    /// What `--repair` would fix, in order.
+    pub fixes: Vec<Fix>,
+}
+
+/// A repair fsck can make safely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fix {
+    /// Remove the entry `name` from `dir` (it names no inode).
+    DropEntry { dir: Ino, name: Vec<u8> },
+    /// Set the inode's link count.
+    SetLinks { ino: Ino, nlink: u32 },
 }
 
 pub fn run(args: FsckArgs) -> anyhow::Result<()> {
@@ -40,7 +56,17 @@ pub fn run(args: FsckArgs) -> anyhow::Result<()> {
         None => Source::Dir(super::default_volume()?),
     };
     let vol = Volume::open(&source)?;
-    let r = fsck(&vol, args.verify_data)?;
+    let mut r = fsck(&vol, args.verify_data)?;
+    if args.repair && !r.fixes.is_empty() {
+        for p in &r.problems {
+            println!("{p}");
+        }
+        for fix in &r.fixes {
+            apply(&vol, fix)?;
+        }
+        println!("repaired {} problems; checking again", r.fixes.len());
+        r = fsck(&vol, args.verify_data)?;
+    }
     for p in &r.problems {
         println!("{p}");
     }
@@ -88,6 +114,10 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
                         "{child}: entry names inode {} which does not exist",
                         entry.ino
                     ));
+                    report.fixes.push(Fix::DropEntry {
+                        dir,
+                        name: name.clone(),
+                    });
                     continue;
                 };
                 if inode.kind != entry.kind {
@@ -145,6 +175,7 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
                 "{path}: link count {} where the tree has {want}",
                 inode.nlink
             ));
+            report.fixes.push(Fix::SetLinks { ino, nlink: want });
         }
     }
     if let Some(root) = tx.inode(ROOT_INO)? {
@@ -154,6 +185,10 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
                 "/: link count {} where the tree has {want}",
                 root.nlink
             ));
+            report.fixes.push(Fix::SetLinks {
+                ino: ROOT_INO,
+                nlink: want,
+            });
         }
     } else {
         report.problems.push("/: the root inode is missing".into());
@@ -181,4 +216,20 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
     }
     report.problems.sort();
     Ok(report)
+}
+
+/// Makes one repair in a transaction of its own.
+fn apply(vol: &Volume, fix: &Fix) -> anyhow::Result<()> {
+    let mut tx = vol.meta.begin()?;
+    match fix {
+        Fix::DropEntry { dir, name } => tx.delete_dirent(*dir, name)?,
+        Fix::SetLinks { ino, nlink } => {
+            if let Some(mut inode) = tx.inode(*ino)? {
+                inode.nlink = *nlink;
+                tx.put_inode(&inode)?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
