@@ -716,22 +716,24 @@ mod tests {
 }
 
 /// Against the S3-compatible server `scripts/test.sh` starts on loopback.
+/// For tests: the test S3 server's URL (`GRAVITON_TEST_S3`, set by `scripts/s3.sh`) with a
+/// prefix of the caller's own, so tests never see each other's blocks.
+pub fn scratch_url() -> String {
+    let base = std::env::var("GRAVITON_TEST_S3").expect(
+        "GRAVITON_TEST_S3 is not set: run the tests through scripts/test.sh, which starts an S3 server",
+    );
+    let (head, query) = base.split_once('?').unwrap_or((&base, ""));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{head}/t{}-{nanos}?{query}", std::process::id())
+}
+
 #[cfg(test)]
 mod server_tests {
     use super::*;
     use std::sync::Arc;
-
-    /// The test server's URL with a prefix of this test's own.
-    fn scratch_url() -> String {
-        let base = std::env::var("GRAVITON_TEST_S3")
-            .expect("GRAVITON_TEST_S3 is not set: run the tests through scripts/test.sh");
-        let (head, query) = base.split_once('?').unwrap_or((&base, ""));
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        format!("{head}/t{}-{nanos}?{query}", std::process::id())
-    }
 
     #[test]
     fn conformance() {

@@ -217,18 +217,7 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
                 }
                 at += len;
             }
-            let keys = core.put_blocks(&chunks)?;
-            new.extend(
-                chunks
-                    .iter()
-                    .zip(keys)
-                    .map(|(&(offset, chunk), key)| Extent {
-                        offset,
-                        key,
-                        block_offset: 0,
-                        len: chunk.len() as u32,
-                    }),
-            );
+            new.extend(core.put_blocks(&chunks)?);
             report.rewritten += at as u64;
             pos += at as u64;
         }

@@ -107,11 +107,25 @@ impl Core {
     }
 
     /// Hashes and stores blocks, up to `UPLOADS_AT_ONCE` at a time (a remote store's latency
-    /// is paid once per window, not once per block); keys in the chunks' order. A block some
-    /// extent already references is not sent: blocks are stored before the extents that name
-    /// them, so its copy is there. One that is not referenced goes out without a check for a
-    /// copy (on S3, no HEAD).
-    pub(super) fn put_blocks(&self, chunks: &[(u64, &[u8])]) -> FsResult<Vec<BlockKey>> {
+    /// is paid once per window, not once per block); returns each chunk's whole-block extent,
+    /// in the chunks' order. A block some extent already references is not sent: blocks are
+    /// stored before the extents that name them, so its copy is there. One that is not
+    /// referenced goes out without a check for a copy (on S3, no HEAD).
+    pub(super) fn put_blocks(&self, chunks: &[(u64, &[u8])]) -> FsResult<Vec<Extent>> {
+        let keys = self.store_chunks(chunks)?;
+        Ok(chunks
+            .iter()
+            .zip(keys)
+            .map(|(&(offset, chunk), key)| Extent {
+                offset,
+                key,
+                block_offset: 0,
+                len: chunk.len() as u32,
+            })
+            .collect())
+    }
+
+    fn store_chunks(&self, chunks: &[(u64, &[u8])]) -> FsResult<Vec<BlockKey>> {
         if chunks.len() < 2 {
             return chunks.iter().map(|(_, c)| self.put_block(c)).collect();
         }
@@ -251,17 +265,7 @@ impl Core {
                 chunks.push((off + pos as u64, &data[pos..pos + len]));
                 pos += len;
             }
-            let keys = self.put_blocks(&chunks)?;
-            let group: Vec<Extent> = chunks
-                .iter()
-                .zip(keys)
-                .map(|(&(offset, chunk), key)| Extent {
-                    offset,
-                    key,
-                    block_offset: 0,
-                    len: chunk.len() as u32,
-                })
-                .collect();
+            let group = self.put_blocks(&chunks)?;
             if !group.is_empty() {
                 groups.push(group);
             }

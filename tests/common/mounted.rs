@@ -230,14 +230,7 @@ impl Mounted {
 
 /// The test S3 server's URL (`scripts/s3.sh`) with a prefix of the caller's own.
 pub fn s3_scratch_url() -> String {
-    let base = std::env::var("GRAVITON_TEST_S3")
-        .expect("GRAVITON_TEST_S3 is not set: run the tests through scripts/test.sh, which starts an S3 server");
-    let (head, query) = base.split_once('?').unwrap_or((&base, ""));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{head}/t{}-{nanos}?{query}", std::process::id())
+    graviton::store::s3::scratch_url()
 }
 
 /// Whether a process has finished exiting: gone, or a zombie whose threads have all exited.
