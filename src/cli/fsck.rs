@@ -14,7 +14,7 @@ use clap::Args;
 use crate::core::BlockKey;
 use crate::meta::{FileKind, Ino, MetaRead, ROOT_INO};
 use crate::store::StoreError;
-use crate::volume::{Source, Volume};
+use crate::volume::Volume;
 
 #[derive(Args, Debug)]
 pub struct FsckArgs {
@@ -51,10 +51,7 @@ pub enum Fix {
 }
 
 pub fn run(args: FsckArgs) -> anyhow::Result<()> {
-    let source = match args.source {
-        Some(s) => Source::parse(&s),
-        None => Source::Dir(super::default_volume()?),
-    };
+    let source = super::source_or_default(args.source)?;
     let vol = Volume::open(&source)?;
     let mut r = fsck(&vol, args.verify_data)?;
     if args.repair && !r.fixes.is_empty() {
@@ -101,7 +98,10 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
     let mut blocks: HashMap<BlockKey, Option<String>> = HashMap::new();
     let mut seen_dirs: HashSet<Ino> = HashSet::from([ROOT_INO]);
     let mut todo = vec![(ROOT_INO, String::new())];
+    let walk = super::progress::spinner("directories");
+    walk.set_prefix("fsck: tree");
     while let Some((dir, path)) = todo.pop() {
+        walk.inc(1);
         report.dirs += 1;
         let mut after = 2;
         loop {
@@ -194,7 +194,11 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
         report.problems.push("/: the root inode is missing".into());
     }
     drop(view);
+    walk.finish_and_clear();
+    let bar = super::progress::bar(blocks.len() as u64, "blocks");
+    bar.set_prefix("fsck: blocks");
     for (key, path) in blocks {
+        bar.inc(1);
         report.blocks += 1;
         let path = path.unwrap_or_default();
         let problem = if verify_data {
@@ -214,6 +218,7 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
             report.problems.push(format!("{path}: block {key} {what}"));
         }
     }
+    bar.finish_and_clear();
     report.problems.sort();
     Ok(report)
 }

@@ -1,15 +1,21 @@
 //! The `graviton` command line: one file per subcommand.
 
+mod dump;
 mod format;
 mod fsck;
+mod gc;
+mod load;
 mod mount;
 pub mod options;
+mod progress;
 mod scrub;
 mod status;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::volume::Source;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +42,15 @@ pub enum Command {
     /// Check the directory tree, link counts and that every referenced block is stored
     /// (`--verify-data`: and matches its key). Read-only; non-zero exit on problems.
     Fsck(fsck::FsckArgs),
+    /// Delete blocks no file references, once they have been unreferenced for a grace period
+    /// (`--dry-run`: report them and their bytes).
+    Gc(gc::GcArgs),
+    /// Write a volume's metadata (settings, inodes, entries, extent maps, xattrs) as JSON
+    /// lines, for backup or to move the volume to another engine with `load`.
+    Dump(dump::DumpArgs),
+    /// Restore a dump into a freshly formatted volume of either engine whose block store
+    /// holds the dump's blocks.
+    Load(load::LoadArgs),
 }
 
 /// `$XDG_DATA_HOME/graviton/default`, or `~/.local/share/graviton/default`.
@@ -49,6 +64,14 @@ pub fn default_volume() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/graviton/default"))
 }
 
+/// The volume a command names, or the default volume.
+pub fn source_or_default(source: Option<String>) -> anyhow::Result<Source> {
+    Ok(match source {
+        Some(s) => Source::parse(&s),
+        None => Source::Dir(default_volume()?),
+    })
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Format(args) => format::run(args),
@@ -56,5 +79,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args),
         Command::Scrub(args) => scrub::run(args),
         Command::Fsck(args) => fsck::run(args),
+        Command::Gc(args) => gc::run(args),
+        Command::Dump(args) => dump::run(args),
+        Command::Load(args) => load::run(args),
     }
 }

@@ -6,7 +6,7 @@ use clap::Args;
 
 use crate::store::StoreError;
 use crate::store::replicated::{ReplicaIndex, ReplicaStatus};
-use crate::volume::{MetaReplicaIndex, Source, Volume};
+use crate::volume::{MetaReplicaIndex, Volume};
 
 #[derive(Args, Debug)]
 pub struct ScrubArgs {
@@ -28,10 +28,7 @@ pub struct ScrubReport {
 }
 
 pub fn run(args: ScrubArgs) -> anyhow::Result<()> {
-    let source = match args.source {
-        Some(s) => Source::parse(&s),
-        None => Source::Dir(super::default_volume()?),
-    };
+    let source = super::source_or_default(args.source)?;
     let vol = Volume::open(&source)?;
     let r = scrub(&vol, !args.dry_run)?;
     println!(
@@ -51,7 +48,11 @@ pub fn run(args: ScrubArgs) -> anyhow::Result<()> {
 pub fn scrub(vol: &Volume, repair: bool) -> anyhow::Result<ScrubReport> {
     let index = MetaReplicaIndex(vol.meta.clone());
     let mut report = ScrubReport::default();
-    for key in vol.meta.referenced_blocks()? {
+    let keys = vol.meta.referenced_blocks()?;
+    let bar = super::progress::bar(keys.len() as u64, "blocks");
+    bar.set_prefix("scrub");
+    for key in keys {
+        bar.inc(1);
         report.blocks += 1;
         let mut good = None;
         let mut bad = Vec::new();
@@ -76,7 +77,7 @@ pub fn scrub(vol: &Volume, repair: bool) -> anyhow::Result<ScrubReport> {
         report.bad_copies += bad.len() as u64;
         let Some(data) = good else {
             report.lost += 1;
-            eprintln!("block {key}: no good copy in any store");
+            bar.suspend(|| eprintln!("block {key}: no good copy in any store"));
             continue;
         };
         if !repair {
@@ -94,6 +95,7 @@ pub fn scrub(vol: &Volume, repair: bool) -> anyhow::Result<ScrubReport> {
             report.repaired += 1;
         }
     }
+    bar.finish_and_clear();
     for (_, store) in &vol.replicas {
         store.sync()?;
     }

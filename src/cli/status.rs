@@ -95,10 +95,7 @@ fn ask_daemon(dir: &Path) -> Option<anyhow::Result<Status>> {
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let source = match args.source {
-        Some(s) => Source::parse(&s),
-        None => Source::Dir(super::default_volume()?),
-    };
+    let source = super::source_or_default(args.source)?;
     // an embedded volume is locked by its mount, which answers; PostgreSQL is read directly
     let daemon = match source {
         Source::Dir(_) => ask_daemon(&source.state_dir()),

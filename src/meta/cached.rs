@@ -626,6 +626,9 @@ impl MetaStore for CachedMeta {
     fn allocate_ino(&self) -> MetaResult<Ino> {
         self.inner.allocate_ino()
     }
+    fn reserve_inos_through(&self, last: Ino) -> MetaResult<()> {
+        self.inner.reserve_inos_through(last)
+    }
     fn orphans(&self) -> MetaResult<Vec<Ino>> {
         self.inner.orphans()
     }

@@ -17,7 +17,8 @@ pub fn run_all(store: Arc<dyn MetaStore>) {
     read_views_see_every_commit(store.as_ref());
     conflicting_writers_do_not_both_commit(store.as_ref());
     concurrent_increments_are_isolated(store.clone());
-    inode_numbers_are_unique(store);
+    inode_numbers_are_unique(store.clone());
+    reserved_inode_numbers_are_not_handed_out(store.as_ref());
 }
 
 fn commit(tx: Box<dyn MetaTxn + '_>) {
@@ -448,6 +449,19 @@ pub fn inode_numbers_are_unique(store: Arc<dyn MetaStore>) {
             assert!(seen.insert(ino), "inode {ino} handed out twice");
         }
     }
+}
+
+pub fn reserved_inode_numbers_are_not_handed_out(store: &dyn MetaStore) {
+    let last = store.allocate_ino().expect("allocate") + 100_000;
+    store.reserve_inos_through(last).expect("reserve");
+    let next = store.allocate_ino().expect("allocate");
+    assert!(
+        next > last,
+        "{next} handed out after reserving through {last}"
+    );
+    // reserving below what was handed out changes nothing
+    store.reserve_inos_through(5).expect("reserve");
+    assert!(store.allocate_ino().expect("allocate") > next);
 }
 
 /// Writes records that [`check_sample`] expects after the engine is reopened.

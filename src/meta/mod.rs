@@ -118,6 +118,9 @@ pub trait MetaStore: Send + Sync {
     fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>>;
     /// A fresh inode number, never handed out before on this volume.
     fn allocate_ino(&self) -> MetaResult<Ino>;
+    /// Makes sure `allocate_ino` never hands out a number up to `last` (a restore brings
+    /// inodes with their numbers).
+    fn reserve_inos_through(&self, last: Ino) -> MetaResult<()>;
     /// Inodes marked with [`MetaTxn::add_orphan`] and not yet deleted, except those another
     /// live mount of a shared volume still has open.
     fn orphans(&self) -> MetaResult<Vec<Ino>>;

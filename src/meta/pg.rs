@@ -310,6 +310,21 @@ impl MetaStore for PgMetaStore {
         Ok(ino)
     }
 
+    fn reserve_inos_through(&self, last: Ino) -> MetaResult<()> {
+        let mut range = self.ino_range.lock().expect("lock");
+        // the sequence hands out batch starts: the next one is at least last + 1
+        let q = sqlx::query(
+            "SELECT setval('inode_numbers', $1, false) FROM inode_numbers \
+             WHERE (CASE WHEN is_called THEN last_value + 1024 ELSE last_value END) < $1",
+        )
+        .bind((last + 1) as i64);
+        self.rt.block_on(q.execute(&self.pool)).map_err(pg_err)?;
+        if range.0 <= last {
+            *range = (0, 0);
+        }
+        Ok(())
+    }
+
     fn orphans(&self) -> MetaResult<Vec<Ino>> {
         let rows: Vec<i64> = self.retrying(async || {
             // all but those another live mount has open

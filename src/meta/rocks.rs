@@ -261,16 +261,24 @@ impl MetaStore for RocksMetaStore {
         if range.0 >= range.1 {
             // Reserve a batch durably before handing any of it out, so numbers are never reused.
             let limit = range.0 + INO_BATCH;
-            let mut wo = WriteOptions::default();
-            wo.set_sync(true);
-            self.db
-                .put_cf_opt(self.cf("settings"), NEXT_INO, limit.to_string(), &wo)
-                .map_err(backend)?;
+            self.put_setting(NEXT_INO, &limit.to_string())?;
             range.1 = limit;
         }
         let ino = range.0;
         range.0 += 1;
         Ok(ino)
+    }
+
+    fn reserve_inos_through(&self, last: Ino) -> MetaResult<()> {
+        let mut range = self.ino_range.lock().expect("lock");
+        let start = range.0.max(last + 1);
+        if start > range.1 {
+            // beyond the reserved batch: the next batch starts there
+            self.put_setting(NEXT_INO, &start.to_string())?;
+            range.1 = start;
+        }
+        range.0 = start;
+        Ok(())
     }
 
     fn orphans(&self) -> MetaResult<Vec<Ino>> {

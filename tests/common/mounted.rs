@@ -101,6 +101,25 @@ impl Mounted {
         Self::mount_pg(dir, vol, mnt, url, options)
     }
 
+    /// Mounts a volume formatted elsewhere (a folder or a postgres:// URL) on a mountpoint of
+    /// its own.
+    pub fn existing(source: &str, options: &str) -> Mounted {
+        let (dir, vol, mnt) = scratch();
+        if source.starts_with("postgres") {
+            return Self::mount_pg(dir, vol, mnt, source.to_string(), options);
+        }
+        let m = Mounted {
+            dir,
+            vol: PathBuf::from(source),
+            state: PathBuf::from(source),
+            mnt,
+            options: options.to_string(),
+            source: source.to_string(),
+        };
+        m.mount();
+        m
+    }
+
     /// Mounts the PostgreSQL volume `url` on `mnt`, keeping the daemon's state in `dir`.
     fn mount_pg(
         dir: tempfile::TempDir,

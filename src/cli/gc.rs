@@ -1,0 +1,192 @@
+//! `graviton gc`: deletes blocks that no file references.
+//!
+//! Why a grace period. A writer uploads a block before it commits the extent naming it, and it
+//! skips the upload of a block the volume already references (see `vfs::flush`). So a block
+//! seen unreferenced may be one a mount is committing right now, and a block that just lost its
+//! last reference may be one a writer counted on a moment ago. gc therefore works in two steps:
+//!
+//! 1. a stored block no extent references is recorded as a candidate, with the time it was
+//!    first seen so (`gc/candidate/<key>` in the volume's key-value store);
+//! 2. a later run deletes a candidate once it has been unreferenced for the whole grace period,
+//!    after a re-check, right before the deletion, that still finds no extent naming it. A
+//!    candidate that is referenced again meanwhile loses its mark.
+//!
+//! A writer's flush (upload, then commit) must take less than the grace period (default one
+//! hour; flushes take seconds). What is left: a writer that stores a copy of a candidate
+//! block in the milliseconds between the re-check and the deletion; the block index tells it
+//! the block is unreferenced, it finds the old copy, and its commit then names a deleted block
+//! (`graviton fsck` reports it). Run gc when the grace period has made such a writer unlikely,
+//! not with `--grace 0` on a volume in use.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+
+use crate::core::BlockKey;
+use crate::volume::Volume;
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// How long a block must have been seen unreferenced before it is deleted (e.g. 1h, 30m,
+    /// 0s). Longer than any flush of a mount of this volume.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Report what would be deleted, and how many bytes, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Volume directory or postgres:// URL (default: the default volume). An embedded volume
+    /// must not be mounted.
+    pub source: Option<String>,
+}
+
+/// What a gc run did (or, with `dry_run`, would do).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub stored_blocks: u64,
+    pub referenced_blocks: u64,
+    /// Unreferenced blocks seen for the first time: marked now, deleted by a later run.
+    pub marked: u64,
+    /// Candidates still inside their grace period.
+    pub waiting: u64,
+    pub deleted_blocks: u64,
+    pub deleted_bytes: u64,
+    /// Candidates referenced again (or gone from the store): mark dropped, block kept.
+    pub unmarked: u64,
+    /// When the next waiting candidate becomes due, in seconds from now.
+    pub next_due_secs: Option<u64>,
+}
+
+const MARK_PREFIX: &str = "gc/candidate/";
+/// Candidates re-checked and deleted together: keeps the re-check close to the deletions.
+const BATCH: usize = 64;
+
+pub fn run(args: GcArgs) -> anyhow::Result<()> {
+    let vol = Volume::open(&super::source_or_default(args.source)?)?;
+    let r = gc(&vol, args.grace, args.dry_run)?;
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    println!(
+        "{} stored blocks, {} referenced: {verb} {} blocks ({} bytes); {} newly unreferenced{}; {} waiting out the grace period{}",
+        r.stored_blocks,
+        r.referenced_blocks,
+        r.deleted_blocks,
+        r.deleted_bytes,
+        r.marked,
+        if args.dry_run {
+            " (not marked: dry run)"
+        } else {
+            " (marked)"
+        },
+        r.waiting,
+        match r.next_due_secs {
+            Some(s) => format!(" (next due in {s} s)"),
+            None => String::new(),
+        }
+    );
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcReport> {
+    let mut report = GcReport::default();
+    let now = now_secs();
+    // listed before the references are read: a block uploaded after the listing is not seen,
+    // and one committed before the reading counts as referenced
+    let stored = vol.store.list()?;
+    let referenced: HashSet<BlockKey> = vol.meta.referenced_blocks()?.into_iter().collect();
+    report.stored_blocks = stored.len() as u64;
+    report.referenced_blocks = referenced.len() as u64;
+    let mut marks: HashMap<BlockKey, u64> = HashMap::new();
+    for (k, v) in vol.meta.kv_scan(MARK_PREFIX)? {
+        let key = k[MARK_PREFIX.len()..].parse::<BlockKey>();
+        let since = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok());
+        match (key, since) {
+            (Ok(key), Some(since)) => {
+                marks.insert(key, since);
+            }
+            // unreadable marks are dropped: the block is marked afresh if still unreferenced
+            _ if !dry_run => vol.meta.kv_delete(&k)?,
+            _ => {}
+        }
+    }
+
+    let bar = super::progress::bar(stored.len() as u64, "blocks");
+    bar.set_prefix("gc");
+    let mut due = Vec::new();
+    let stored_set: HashSet<BlockKey> = stored.iter().copied().collect();
+    for key in stored {
+        bar.inc(1);
+        if referenced.contains(&key) {
+            continue;
+        }
+        match marks.get(&key) {
+            None => {
+                report.marked += 1;
+                if !dry_run {
+                    vol.meta
+                        .kv_put(&mark_key(&key), now.to_string().as_bytes())?;
+                }
+            }
+            Some(&since) if now.saturating_sub(since) >= grace.as_secs() => due.push(key),
+            Some(&since) => {
+                report.waiting += 1;
+                let left = since + grace.as_secs() - now;
+                report.next_due_secs = Some(report.next_due_secs.map_or(left, |s| s.min(left)));
+            }
+        }
+    }
+    // marks of blocks referenced again or no longer stored
+    for key in marks.keys() {
+        if referenced.contains(key) || !stored_set.contains(key) {
+            report.unmarked += 1;
+            if !dry_run {
+                vol.meta.kv_delete(&mark_key(key))?;
+            }
+        }
+    }
+    // a block first seen now is due now only with no grace period at all
+    if grace.is_zero() {
+        for key in stored_set.iter().filter(|k| !referenced.contains(k)) {
+            if !marks.contains_key(key) {
+                due.push(*key);
+                report.marked -= 1;
+            }
+        }
+    }
+
+    for batch in due.chunks(BATCH) {
+        let again: HashSet<BlockKey> = vol.meta.referenced_among(batch)?.into_iter().collect();
+        for key in batch {
+            if again.contains(key) {
+                report.unmarked += 1;
+                if !dry_run {
+                    vol.meta.kv_delete(&mark_key(key))?;
+                }
+                continue;
+            }
+            if !dry_run {
+                vol.store.delete(key)?;
+                vol.meta.kv_delete(&mark_key(key))?;
+                tracing::info!(block = %key, "gc deleted an unreferenced block");
+            }
+            report.deleted_blocks += 1;
+            report.deleted_bytes += key.size as u64;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+fn mark_key(key: &BlockKey) -> String {
+    format!("{MARK_PREFIX}{key}")
+}

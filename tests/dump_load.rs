@@ -1,0 +1,273 @@
+//! `graviton dump` and `graviton load`: a volume moved from RocksDB to PostgreSQL and back reads
+//! identically (content, names, modes, owners, times, inode numbers, hard links, symlinks,
+//! xattrs, holes, special files), and takes new files afterwards.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::mounted::{Mounted, ok, run};
+use common::random_bytes;
+
+/// Everything a user sees of a tree, per path (atime left out: reading changes it).
+fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, String> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let what = if m.file_type().is_symlink() {
+                format!("-> {:?}", std::fs::read_link(&p).unwrap())
+            } else if m.is_file() {
+                blake3::hash(&std::fs::read(&p).unwrap())
+                    .to_hex()
+                    .to_string()
+            } else {
+                if m.is_dir() {
+                    todo.push(p.clone());
+                }
+                String::new()
+            };
+            let xattrs = xattrs(&p);
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            out.insert(
+                rel,
+                format!(
+                    "ino {} mode {:o} uid {} gid {} nlink {} size {} mtime {}.{} ctime {}.{} {what} {xattrs:?}",
+                    m.ino(),
+                    m.mode(),
+                    m.uid(),
+                    m.gid(),
+                    m.nlink(),
+                    m.size(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec()
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// The user xattrs of a path (not following symlinks), sorted.
+fn xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut names = vec![0u8; 4096];
+    // SAFETY: the buffer is as long as we say; the path is NUL-terminated.
+    let n = unsafe { libc::llistxattr(c(p).as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(n >= 0, "llistxattr {}", p.display());
+    let mut out = Vec::new();
+    for name in names[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+    {
+        let cname = CString::new(name).unwrap();
+        let mut value = vec![0u8; 4096];
+        // SAFETY: as above.
+        let v = unsafe {
+            libc::lgetxattr(
+                c(p).as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        assert!(v >= 0);
+        value.truncate(v as usize);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    out
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    let cname = CString::new(name).unwrap();
+    // SAFETY: pointers and lengths describe live buffers.
+    let r = unsafe {
+        libc::lsetxattr(
+            c(p).as_ptr(),
+            cname.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {name} on {}", p.display());
+}
+
+/// A tree with every kind of thing a dump must carry.
+fn fill(m: &Mounted) {
+    std::fs::create_dir_all(m.path("src/deep/er")).unwrap();
+    std::fs::write(m.path("src/big"), random_bytes(1, 3 * (1 << 20) + 123)).unwrap();
+    std::fs::write(m.path("src/deep/small"), b"hello").unwrap();
+    std::fs::write(m.path("empty"), b"").unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            m.path(&format!("src/deep/er/f{i}")),
+            random_bytes(10 + i, 5000),
+        )
+        .unwrap();
+    }
+    // a hole between two written stretches
+    let f = std::fs::File::create(m.path("sparse")).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"start", 0).unwrap();
+    f.write_all_at(b"end", 10 << 20).unwrap();
+    drop(f);
+    std::fs::hard_link(m.path("src/big"), m.path("big-link")).unwrap();
+    std::os::unix::fs::symlink("src/deep/small", m.path("link")).unwrap();
+    let odd = m
+        .mnt
+        .join(std::ffi::OsStr::from_bytes(b"not-utf8-\xff\xfe"));
+    std::fs::write(&odd, b"odd name").unwrap();
+    set_xattr(&m.path("src/big"), "user.origin", b"camera");
+    set_xattr(&odd, "user.bin", &[0, 159, 146, 150]);
+    let fifo = c(&m.path("pipe"));
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::fs::set_permissions(m.path("src/deep"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(m.path("src/deep/small"), Some(1234), Some(5678)).unwrap();
+}
+
+#[test]
+fn a_volume_moves_from_rocksdb_to_postgres_and_back() {
+    let admin = std::env::var("GRAVITON_TEST_PG").expect("GRAVITON_TEST_PG (scripts/test.sh)");
+    let rocks = Mounted::new(&[], "");
+    fill(&rocks);
+    let before = snapshot(&rocks.mnt);
+    assert!(before.len() > 45, "{}", before.len());
+    rocks.unmount();
+    let blocks = format!("file://{}", rocks.vol.join("blocks").display());
+    let work = rocks.dir.path();
+
+    // RocksDB -> PostgreSQL
+    let dump1 = work.join("one.jsonl");
+    let out = rocks.graviton(&["dump", "-o", dump1.to_str().unwrap(), &rocks.source]);
+    ok(out, "dump");
+    let pg = graviton::meta::pg::create_scratch_database(&admin).unwrap();
+    ok(
+        rocks.graviton(&["format", "--store", &blocks, &pg]),
+        "format pg",
+    );
+    let loaded = ok(
+        rocks.graviton(&["load", dump1.to_str().unwrap(), &pg]),
+        "load into pg",
+    );
+    assert!(loaded.contains("loaded"), "{loaded}");
+    // a second load finds the volume in use
+    let again = rocks.graviton(&["load", dump1.to_str().unwrap(), &pg]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    {
+        let m = Mounted::existing(&pg, "");
+        assert_eq!(snapshot(&m.mnt), before, "PostgreSQL copy differs");
+        // new inodes do not collide with loaded ones
+        for i in 0..30 {
+            std::fs::write(m.path(&format!("new{i}")), format!("new {i}")).unwrap();
+        }
+        std::fs::write(m.path("src/deep/small"), b"changed").unwrap();
+        let fsck = ok(m.graviton(&["fsck", "--verify-data", &pg]), "fsck pg");
+        assert!(fsck.contains(": 0 problems"), "{fsck}");
+        m.unmount();
+    }
+    let pg_tree = {
+        let m = Mounted::existing(&pg, "");
+        let t = snapshot(&m.mnt);
+        assert_eq!(t.len(), before.len() + 30);
+        m.unmount();
+        t
+    };
+
+    // PostgreSQL -> RocksDB, through standard output and input
+    let dump2 = work.join("two.jsonl");
+    let out = rocks.graviton(&["dump", "-o", "-", &pg]);
+    assert!(out.status.success());
+    std::fs::write(&dump2, &out.stdout).unwrap();
+    let back = work.join("back");
+    ok(
+        rocks.graviton(&["format", "--store", &blocks, back.to_str().unwrap()]),
+        "format embedded",
+    );
+    let piped = run(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "{} load - {} < {}",
+                common::mounted::BIN,
+                back.display(),
+                dump2.display()
+            ),
+        ],
+        work,
+    );
+    ok(piped, "load from stdin");
+    let m = Mounted::existing(back.to_str().unwrap(), "");
+    assert_eq!(snapshot(&m.mnt), pg_tree, "RocksDB copy differs");
+    assert_eq!(std::fs::read(m.path("src/deep/small")).unwrap(), b"changed");
+}
+
+#[test]
+fn a_cut_short_or_foreign_dump_changes_nothing() {
+    let m = Mounted::new(&[], "");
+    std::fs::write(m.path("a"), b"content").unwrap();
+    m.unmount();
+    let work = m.dir.path();
+    let dump = work.join("d.jsonl");
+    ok(
+        m.graviton(&["dump", "-o", dump.to_str().unwrap(), &m.source]),
+        "dump",
+    );
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.last().unwrap().contains("\"end\""), "{text}");
+
+    let target = work.join("target");
+    ok(m.graviton(&["format", target.to_str().unwrap()]), "format");
+    let short = work.join("short.jsonl");
+    std::fs::write(&short, lines[..lines.len() - 1].join("\n")).unwrap();
+    let out = m.graviton(&["load", short.to_str().unwrap(), target.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("incomplete"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = work.join("other.jsonl");
+    std::fs::write(&other, "{\"hello\": 1}\n").unwrap();
+    let out = m.graviton(&["load", other.to_str().unwrap(), target.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dump line 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // nothing was loaded: the target is still empty and takes a good dump; its blocks are in
+    // the first volume's store, so a load into its own empty store names them missing
+    let out = m.graviton(&["load", dump.to_str().unwrap(), target.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not in the target's block store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

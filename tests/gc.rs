@@ -1,0 +1,155 @@
+//! `graviton gc`: deletes exactly the blocks no file references, only once they have been
+//! unreferenced for the grace period, and none a concurrent writer is committing.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::mounted::{Mounted, ok};
+use common::random_bytes;
+use graviton::core::BlockKey;
+use graviton::volume::{Source, Volume};
+
+const MIB: usize = 1 << 20;
+
+/// (blocks stored, blocks referenced) of a volume, read outside any mount.
+fn blocks(source: &str) -> (BTreeSet<BlockKey>, BTreeSet<BlockKey>) {
+    let vol = Volume::open(&Source::parse(source)).unwrap();
+    let stored = vol.store.list().unwrap().into_iter().collect();
+    let referenced = vol.meta.referenced_blocks().unwrap().into_iter().collect();
+    (stored, referenced)
+}
+
+#[test]
+fn gc_waits_out_the_grace_period_and_spares_blocks_being_committed() {
+    let m = Mounted::new_pg("");
+    let kept = random_bytes(1, MIB);
+    std::fs::write(m.path("kept"), &kept).unwrap();
+    std::fs::write(m.path("gone"), random_bytes(2, MIB)).unwrap();
+    std::fs::remove_file(m.path("gone")).unwrap();
+    // a writer between its upload and its commit: the block is stored, no extent names it yet
+    let late = random_bytes(3, MIB);
+    let late_key = {
+        let vol = Volume::open(&Source::parse(&m.source)).unwrap();
+        let key = BlockKey::for_data(vol.hash, &late);
+        vol.store.put(&key, &late).unwrap();
+        key
+    };
+    let (stored, referenced) = blocks(&m.source);
+    let garbage: BTreeSet<_> = stored.difference(&referenced).copied().collect();
+    assert_eq!(
+        garbage.len(),
+        2,
+        "the deleted file's block and the uncommitted one"
+    );
+    assert!(garbage.contains(&late_key));
+
+    let first = ok(m.graviton(&["gc", "--grace", "3s", &m.source]), "gc");
+    assert!(
+        first.contains("deleted 0 blocks") && first.contains("2 newly unreferenced"),
+        "{first}"
+    );
+    assert_eq!(
+        blocks(&m.source).0,
+        stored,
+        "nothing deleted inside the grace period"
+    );
+
+    // the writer commits: a file with the same content names the uploaded block
+    std::fs::write(m.path("late"), &late).unwrap();
+    std::thread::sleep(Duration::from_millis(3100));
+
+    // another writer keeps uploading and committing while gc runs
+    let writer = {
+        let dir = m.mnt.clone();
+        std::thread::spawn(move || {
+            for i in 0..20u64 {
+                std::fs::write(dir.join(format!("w{i}")), random_bytes(100 + i, 300_000)).unwrap();
+            }
+        })
+    };
+    let dry = ok(
+        m.graviton(&["gc", "--grace", "3s", "--dry-run", &m.source]),
+        "gc --dry-run",
+    );
+    assert!(
+        dry.contains(&format!("would delete 1 blocks ({MIB} bytes)")),
+        "{dry}"
+    );
+    let second = ok(m.graviton(&["gc", "--grace", "3s", &m.source]), "gc");
+    writer.join().unwrap();
+    assert!(
+        second.contains(&format!("deleted 1 blocks ({MIB} bytes)")),
+        "{second}"
+    );
+
+    let (after, referenced) = blocks(&m.source);
+    assert!(
+        referenced.is_subset(&after),
+        "every referenced block is still stored"
+    );
+    assert!(after.contains(&late_key), "the committed block was kept");
+    assert_eq!(
+        after.len(),
+        stored.len() - 1 + 20,
+        "exactly the deleted file's block went: {second}"
+    );
+    assert_eq!(std::fs::read(m.path("kept")).unwrap(), kept);
+    assert_eq!(std::fs::read(m.path("late")).unwrap(), late);
+    for i in 0..20u64 {
+        assert_eq!(
+            std::fs::read(m.path(&format!("w{i}"))).unwrap(),
+            random_bytes(100 + i, 300_000)
+        );
+    }
+    let check = ok(m.graviton(&["fsck", &m.source]), "fsck after gc");
+    assert!(check.contains(": 0 problems"), "{check}");
+}
+
+#[test]
+fn gc_of_an_unmounted_embedded_volume_deletes_exactly_the_unreferenced_blocks() {
+    let m = Mounted::new(&[], "");
+    for i in 0..4u64 {
+        std::fs::write(m.path(&format!("f{i}")), random_bytes(i, 2 * MIB + 5)).unwrap();
+    }
+    std::fs::remove_file(m.path("f1")).unwrap();
+    std::fs::remove_file(m.path("f3")).unwrap();
+    let busy = m.graviton(&["gc", &m.source]);
+    assert!(
+        !busy.status.success(),
+        "gc of a mounted embedded volume must refuse"
+    );
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    m.unmount();
+
+    let (stored, referenced) = blocks(&m.source);
+    let garbage: u64 = stored.difference(&referenced).map(|k| k.size as u64).sum();
+    assert_eq!(
+        garbage,
+        2 * (2 * MIB as u64 + 5),
+        "two files' blocks are garbage"
+    );
+    let out = ok(m.graviton(&["gc", "--grace", "0s", &m.source]), "gc");
+    assert!(
+        out.contains(&format!("deleted 6 blocks ({garbage} bytes)")),
+        "{out}"
+    );
+    let (after, referenced) = blocks(&m.source);
+    assert_eq!(
+        after, referenced,
+        "stored blocks are exactly the referenced ones"
+    );
+
+    m.mount();
+    for i in [0u64, 2] {
+        assert_eq!(
+            std::fs::read(m.path(&format!("f{i}"))).unwrap(),
+            random_bytes(i, 2 * MIB + 5)
+        );
+    }
+}
