@@ -18,11 +18,11 @@ pub const DOWNLOAD_DURATION: &str = "graviton_download_duration_seconds";
 /// Bytes fetched from a block store (counter; label `backend`).
 pub const BYTES_FETCHED: &str = "graviton_bytes_fetched";
 /// Failed block store calls (counter; labels `backend`, `class`: throttled, transient,
-/// permanent, corrupt, error). A retried S3 call counts each failed attempt.
+/// permanent, not_found, corrupt, error). A retried S3 call counts each failed attempt.
 pub const BACKEND_FAILURES: &str = "graviton_backend_failures_total";
 /// Metadata transactions run again after a conflict or a lost connection (counter).
 pub const META_RETRIES: &str = "graviton_meta_retries_total";
-/// Block cache lookups (counter; label `result`: hit, miss, prefetch).
+/// Block cache lookups (counter; label `result`: hit, disk_hit, miss, prefetch).
 pub const BLOCK_CACHE: &str = "graviton_block_cache_total";
 /// Time from a FUSE request's arrival to its reply, including time queued for the blocking
 /// pool (histogram, seconds; label `op`: the callback's name, e.g. lookup, write, fsync).

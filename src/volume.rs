@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::core::{Chunker, HashAlgo};
-use crate::meta::{MetaError, MetaStore, PgMetaStore, RocksMetaStore};
+use crate::meta::{Inode, MetaError, MetaStore, PgMetaStore, ROOT_INO, RocksMetaStore, Timestamp};
 use crate::store::{BlockStore, LocalBlockStore, PgBlockStore, StoreError};
 
 /// Block store URL meaning "in the volume's PostgreSQL database".
@@ -129,19 +129,41 @@ impl Source {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+/// `postgres://user:secret@host/db?password=x` → `postgres://user:***@host/db?password=***`:
+/// a password in the user part or in a query parameter (`password`, `sslpassword`) is hidden.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some(parts) => parts,
-        None => return url.to_string(),
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    let mut out = format!("{scheme}://");
+    match rest.rsplit_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => out.push_str(&format!("{user}:***@{host}")),
+            None => out.push_str(rest),
+        },
+        None => out.push_str(rest),
     }
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("password")
+                        || k.eq_ignore_ascii_case("sslpassword") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 pub struct Volume {
@@ -314,6 +336,11 @@ impl Volume {
         meta.put_setting("replicas", &replicas.join(","))?;
         // tells a volume from another later created behind the same URL (local caches)
         meta.put_setting("volume_id", &format!("{:032x}", rand::random::<u128>()))?;
+        let mut tx = meta.begin()?;
+        if tx.inode(ROOT_INO)?.is_none() {
+            tx.put_inode(&Inode::root(Timestamp::now()))?;
+        }
+        tx.commit()?;
         // Written last: a volume whose format was interrupted is not mistaken for a good one.
         meta.put_setting("format_version", FORMAT_VERSION)?;
         drop(meta);
@@ -411,6 +438,12 @@ mod tests {
         assert_eq!(s.display(), "postgres://graviton:***@db.example:5432/vol");
         assert!(!s.state_dir().to_string_lossy().contains("hunter2"));
         assert_eq!(redact("postgres://db/vol"), "postgres://db/vol");
+        let q = Source::parse("postgres://u@db/vol?sslmode=disable&password=hunter2&sslpassword=x");
+        assert_eq!(
+            q.display(),
+            "postgres://u@db/vol?sslmode=disable&password=***&sslpassword=***"
+        );
+        assert!(!q.state_dir().to_string_lossy().contains("hunter2"));
         assert_eq!(Source::parse("/srv/vol"), Source::Dir("/srv/vol".into()));
     }
 }

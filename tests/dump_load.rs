@@ -243,6 +243,12 @@ fn a_cut_short_or_foreign_dump_changes_nothing() {
 
     let target = work.join("target");
     ok(m.graviton(&["format", target.to_str().unwrap()]), "format");
+    // a volume formatted and never mounted is whole: its root is made at format time
+    let fresh = ok(
+        m.graviton(&["fsck", target.to_str().unwrap()]),
+        "fsck of a new volume",
+    );
+    assert!(fresh.contains(": 0 problems"), "{fresh}");
     let short = work.join("short.jsonl");
     std::fs::write(&short, lines[..lines.len() - 1].join("\n")).unwrap();
     let out = m.graviton(&["load", short.to_str().unwrap(), target.to_str().unwrap()]);

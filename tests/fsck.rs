@@ -111,3 +111,52 @@ fn fsck_finds_a_missing_block_a_corrupt_block_and_a_dangling_entry() {
         "only the missing block is left: {text}"
     );
 }
+
+#[test]
+fn a_mounted_embedded_volume_is_checked_dumped_and_scrubbed_through_its_daemon() {
+    let m = Mounted::new(&[], "");
+    std::fs::create_dir(m.path("d")).unwrap();
+    std::fs::write(m.path("d/a"), random_bytes(1, 300_000)).unwrap();
+    std::fs::write(m.path("b"), random_bytes(2, 100_000)).unwrap();
+    let fsck = ok(
+        m.graviton(&["fsck", "--verify-data", &m.source]),
+        "fsck while mounted",
+    );
+    assert!(
+        fsck.contains(
+            "checked 2 directories, 2 other inodes, 2 blocks (data verified): 0 problems"
+        ),
+        "{fsck}"
+    );
+    let dump = ok(
+        m.graviton(&["dump", "-o", "-", &m.source]),
+        "dump while mounted",
+    );
+    assert!(
+        dump.lines()
+            .last()
+            .unwrap()
+            .contains(r#""end":{"inodes":4,"entries":3}"#),
+        "{dump}"
+    );
+    let scrub = ok(m.graviton(&["scrub", &m.source]), "scrub while mounted");
+    assert!(
+        scrub.contains("scrubbed 2 blocks in 1 stores: 0 bad copies"),
+        "{scrub}"
+    );
+    let status = m.status_json();
+    assert_eq!(status["usage"]["files"], 2, "{status}");
+    assert_eq!(status["stores"].as_array().unwrap().len(), 1, "{status}");
+
+    // a problem found through the daemon is an error exit with its path
+    let blocks = block_files(&m.vol.join("blocks"));
+    std::fs::remove_file(&blocks[0]).unwrap();
+    let out = m.graviton(&["fsck", &m.source]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("is missing from the block store") && text.contains(": 1 problems"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 problems found"));
+}

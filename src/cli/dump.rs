@@ -19,13 +19,15 @@ use crate::core::Extent;
 use crate::meta::{FileKind, Ino, Inode, MetaRead, ROOT_INO};
 use crate::volume::Volume;
 
+use super::control::Request;
+
 #[derive(Args, Debug)]
 pub struct DumpArgs {
     /// Where to write the dump (`-`: standard output).
     #[arg(long, short)]
     pub output: PathBuf,
-    /// Volume directory or postgres:// URL (default: the default volume). An embedded volume
-    /// must not be mounted.
+    /// Volume directory or postgres:// URL (default: the default volume). A mounted embedded
+    /// volume is handled by its mount daemon.
     pub source: Option<String>,
 }
 
@@ -127,22 +129,40 @@ pub enum Record {
 }
 
 pub fn run(args: DumpArgs) -> anyhow::Result<()> {
-    let vol = Volume::open(&super::source_or_default(args.source)?)?;
-    let (inodes, entries) = if args.output.as_os_str() == "-" {
-        dump(&vol, &mut std::io::stdout().lock())?
-    } else {
-        // written beside, renamed when complete: a failed dump never replaces a good one
-        let tmp = args.output.with_extension("partial");
-        let file =
-            std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-        let mut out = std::io::BufWriter::new(file);
-        let counts = dump(&vol, &mut out)?;
-        out.into_inner()?.sync_all()?;
-        std::fs::rename(&tmp, &args.output)?;
-        counts
-    };
-    eprintln!("dumped {inodes} inodes and {entries} entries");
+    let source = super::source_or_default(args.source)?;
+    if args.output.as_os_str() == "-" {
+        return super::control::run(&source, &Request::Dump, &mut std::io::stdout().lock());
+    }
+    // written beside, renamed when complete: a failed dump never replaces a good one
+    let tmp = args.output.with_extension("partial");
+    let file =
+        std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    if let Err(e) = super::control::run(&source, &Request::Dump, &mut out) {
+        drop(out);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    out.into_inner()?.sync_all()?;
+    std::fs::rename(&tmp, &args.output)?;
+    if let Some(Record::End { inodes, entries }) = last_record(&args.output) {
+        println!(
+            "dumped {inodes} inodes and {entries} entries to {}",
+            args.output.display()
+        );
+    }
     Ok(())
+}
+
+/// The last line of a dump file.
+fn last_record(path: &std::path::Path) -> Option<Record> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(256))).ok()?;
+    let mut tail = String::new();
+    f.read_to_string(&mut tail).ok()?;
+    serde_json::from_str(tail.lines().last()?).ok()
 }
 
 /// Entries read per directory page.

@@ -14,8 +14,8 @@ pub struct FormatArgs {
     /// fixed-1m, or fixed-4m for blocks in S3 (a quarter of the requests).
     #[arg(long)]
     pub chunker: Option<Chunker>,
-    /// Block store: file:///path, or postgres (blocks in the volume's database); default:
-    /// <SOURCE>/blocks. Required for PostgreSQL volumes.
+    /// Block store: file:///path, s3://bucket/prefix?endpoint=…&region=…, or postgres (blocks
+    /// in the volume's database); default: <SOURCE>/blocks. Required for PostgreSQL volumes.
     #[arg(long)]
     pub store: Option<String>,
     /// Another block store (file:///path or s3://…) that keeps a copy of every block; repeat

@@ -9,7 +9,11 @@
 
 use std::collections::{HashMap, HashSet};
 
+use std::io::Write;
+
 use clap::Args;
+
+use super::control::Request;
 
 use crate::core::BlockKey;
 use crate::meta::{FileKind, Ino, MetaRead, ROOT_INO};
@@ -24,8 +28,8 @@ pub struct FsckArgs {
     /// Remove entries naming no inode and correct link counts (then report what remains).
     #[arg(long)]
     pub repair: bool,
-    /// Volume directory or postgres:// URL (default: the default volume). An embedded volume
-    /// must not be mounted.
+    /// Volume directory or postgres:// URL (default: the default volume). A mounted embedded
+    /// volume is handled by its mount daemon.
     pub source: Option<String>,
 }
 
@@ -51,34 +55,45 @@ pub enum Fix {
 }
 
 pub fn run(args: FsckArgs) -> anyhow::Result<()> {
+    let req = Request::Fsck {
+        verify_data: args.verify_data,
+        repair: args.repair,
+    };
     let source = super::source_or_default(args.source)?;
-    let vol = Volume::open(&source)?;
-    let mut r = fsck(&vol, args.verify_data)?;
-    if args.repair && !r.fixes.is_empty() {
+    super::control::run(&source, &req, &mut std::io::stdout().lock())
+}
+
+/// Checks the volume (and with `repair`, fixes and checks again), writing the problems and a
+/// summary; an error when problems remain.
+pub fn check(
+    vol: &Volume,
+    verify_data: bool,
+    repair: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut r = fsck(vol, verify_data)?;
+    if repair && !r.fixes.is_empty() {
         for p in &r.problems {
-            println!("{p}");
+            writeln!(out, "{p}")?;
         }
         for fix in &r.fixes {
-            apply(&vol, fix)?;
+            apply(vol, fix)?;
         }
-        println!("repaired {} problems; checking again", r.fixes.len());
-        r = fsck(&vol, args.verify_data)?;
+        writeln!(out, "repaired {} problems; checking again", r.fixes.len())?;
+        r = fsck(vol, verify_data)?;
     }
     for p in &r.problems {
-        println!("{p}");
+        writeln!(out, "{p}")?;
     }
-    println!(
+    writeln!(
+        out,
         "checked {} directories, {} other inodes, {} blocks{}: {} problems",
         r.dirs,
         r.files,
         r.blocks,
-        if args.verify_data {
-            " (data verified)"
-        } else {
-            ""
-        },
+        if verify_data { " (data verified)" } else { "" },
         r.problems.len()
-    );
+    )?;
     if !r.problems.is_empty() {
         anyhow::bail!("{} problems found", r.problems.len());
     }

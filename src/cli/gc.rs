@@ -19,9 +19,12 @@
 //! not with `--grace 0` on a volume in use.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
+
+use super::control::Request;
 
 use crate::core::BlockKey;
 use crate::volume::Volume;
@@ -35,8 +38,8 @@ pub struct GcArgs {
     /// Report what would be deleted, and how many bytes, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Volume directory or postgres:// URL (default: the default volume). An embedded volume
-    /// must not be mounted.
+    /// Volume directory or postgres:// URL (default: the default volume). A mounted embedded
+    /// volume is handled by its mount daemon.
     pub source: Option<String>,
 }
 
@@ -62,21 +65,32 @@ const MARK_PREFIX: &str = "gc/candidate/";
 const BATCH: usize = 64;
 
 pub fn run(args: GcArgs) -> anyhow::Result<()> {
-    let vol = Volume::open(&super::source_or_default(args.source)?)?;
-    let r = gc(&vol, args.grace, args.dry_run)?;
-    let verb = if args.dry_run {
-        "would delete"
-    } else {
-        "deleted"
+    let req = Request::Gc {
+        grace_secs: args.grace.as_secs(),
+        dry_run: args.dry_run,
     };
-    println!(
+    let source = super::source_or_default(args.source)?;
+    super::control::run(&source, &req, &mut std::io::stdout().lock())
+}
+
+/// Runs gc and writes its summary.
+pub fn collect(
+    vol: &Volume,
+    grace: Duration,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let r = gc(vol, grace, dry_run)?;
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    writeln!(
+        out,
         "{} stored blocks, {} referenced: {verb} {} blocks ({} bytes); {} newly unreferenced{}; {} waiting out the grace period{}",
         r.stored_blocks,
         r.referenced_blocks,
         r.deleted_blocks,
         r.deleted_bytes,
         r.marked,
-        if args.dry_run {
+        if dry_run {
             " (not marked: dry run)"
         } else {
             " (marked)"
@@ -86,7 +100,7 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
             Some(s) => format!(" (next due in {s} s)"),
             None => String::new(),
         }
-    );
+    )?;
     Ok(())
 }
 
@@ -185,6 +199,11 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
     }
     bar.finish_and_clear();
     Ok(report)
+}
+
+/// How many blocks are marked as candidates.
+pub fn candidates(vol: &Volume) -> anyhow::Result<u64> {
+    Ok(vol.meta.kv_scan(MARK_PREFIX)?.len() as u64)
 }
 
 fn mark_key(key: &BlockKey) -> String {

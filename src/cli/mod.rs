@@ -1,5 +1,6 @@
 //! The `graviton` command line: one file per subcommand.
 
+mod control;
 mod dump;
 mod format;
 mod fsck;
@@ -40,7 +41,8 @@ pub enum Command {
     /// ones.
     Scrub(scrub::ScrubArgs),
     /// Check the directory tree, link counts and that every referenced block is stored
-    /// (`--verify-data`: and matches its key). Read-only; non-zero exit on problems.
+    /// (`--verify-data`: and matches its key); `--repair` fixes what is safe. Non-zero exit on
+    /// problems.
     Fsck(fsck::FsckArgs),
     /// Delete blocks no file references, once they have been unreferenced for a grace period
     /// (`--dry-run`: report them and their bytes).

@@ -49,11 +49,6 @@ pub struct MountArgs {
 /// Environment variable that hands a PostgreSQL source to the daemon.
 const SOURCE_ENV: &str = "GRAVITON_SOURCE";
 
-/// Where the daemon listens for `graviton status` while mounted.
-pub fn status_socket(volume: &Path) -> PathBuf {
-    volume.join("graviton.sock")
-}
-
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let mut opts = MountOptions::default();
     let mut options = args.options.clone();
@@ -367,13 +362,13 @@ fn serve(
                 // Files are still open (EBUSY): detach the mount and exit; everything written
                 // before the signal is committed, later calls on open files fail.
                 let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
-                let _ = std::fs::remove_file(status_socket(&src));
+                let _ = std::fs::remove_file(super::control::socket(&src));
                 let _ = std::fs::remove_file(src.join("graviton.pid"));
                 tracing::info!("detached {} with files still open", mp.display());
                 std::process::exit(0);
             }
         })?;
-    serve_status(vol.clone())?;
+    super::control::serve(vol.clone())?;
     let pid_file = state.join("graviton.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
         .context("writing the pid file")?;
@@ -389,29 +384,9 @@ fn serve(
     fs.shutdown()?;
     fs.meta().end_session();
     drop(fs);
-    let _ = std::fs::remove_file(status_socket(&state));
+    let _ = std::fs::remove_file(super::control::socket(&state));
     let _ = std::fs::remove_file(pid_file);
     tracing::info!("unmounted {}", mountpoint.display());
-    Ok(())
-}
-
-/// Answers `graviton status` from the running daemon (the metadata is locked while mounted).
-fn serve_status(vol: Arc<Volume>) -> anyhow::Result<()> {
-    let path = status_socket(&vol.state_dir);
-    let _ = std::fs::remove_file(&path);
-    let listener = std::os::unix::net::UnixListener::bind(&path)
-        .with_context(|| format!("binding {}", path.display()))?;
-    std::thread::Builder::new()
-        .name("graviton-status".into())
-        .spawn(move || {
-            for mut conn in listener.incoming().flatten() {
-                let reply = match super::status::collect(&vol) {
-                    Ok(s) => serde_json::to_string(&s).unwrap_or_default(),
-                    Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
-                };
-                let _ = conn.write_all(reply.as_bytes());
-            }
-        })?;
     Ok(())
 }
 

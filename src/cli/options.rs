@@ -11,8 +11,8 @@ pub struct MountOptions {
     pub nodev: bool,
     pub nosuid: bool,
     pub noexec: bool,
-    /// Kernel attribute and entry cache lifetime; by default 1 s, and 0 on shared volumes,
-    /// where the local metadata cache answers instead and other mounts' changes reach it.
+    /// Kernel attribute and entry cache lifetime; by default 10 s on every volume (on a shared
+    /// volume other mounts' changes are dropped from the kernel's caches as they arrive).
     pub ttl: Option<Duration>,
     pub cache_mb: Option<u64>,
     pub dirty_mb: Option<u64>,

@@ -4,6 +4,8 @@
 
 use clap::Args;
 
+use super::control::Request;
+
 use crate::store::StoreError;
 use crate::store::replicated::{ReplicaIndex, ReplicaStatus};
 use crate::volume::{MetaReplicaIndex, Volume};
@@ -13,8 +15,8 @@ pub struct ScrubArgs {
     /// Only report; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Volume directory or postgres:// URL (default: the default volume). An embedded volume
-    /// must not be mounted.
+    /// Volume directory or postgres:// URL (default: the default volume). A mounted embedded
+    /// volume is handled by its mount daemon.
     pub source: Option<String>,
 }
 
@@ -28,17 +30,26 @@ pub struct ScrubReport {
 }
 
 pub fn run(args: ScrubArgs) -> anyhow::Result<()> {
+    let req = Request::Scrub {
+        dry_run: args.dry_run,
+    };
     let source = super::source_or_default(args.source)?;
-    let vol = Volume::open(&source)?;
-    let r = scrub(&vol, !args.dry_run)?;
-    println!(
+    super::control::run(&source, &req, &mut std::io::stdout().lock())
+}
+
+/// Scrubs (and with `repair`, repairs) and writes a summary; an error when a block has no good
+/// copy left.
+pub fn check(vol: &Volume, repair: bool, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let r = scrub(vol, repair)?;
+    writeln!(
+        out,
         "scrubbed {} blocks in {} stores: {} bad copies, {} repaired, {} lost",
         r.blocks,
         vol.replicas.len(),
         r.bad_copies,
         r.repaired,
         r.lost
-    );
+    )?;
     if r.lost > 0 {
         anyhow::bail!("{} blocks have no good copy in any store", r.lost);
     }

@@ -1,13 +1,14 @@
 //! `graviton status`: what a volume holds.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{SessionRecord, Usage};
-use crate::volume::{Source, Volume, VolumeSettings};
+use crate::volume::{Volume, VolumeSettings};
+
+use super::control::Request;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -23,6 +24,9 @@ pub struct Status {
     pub volume: String,
     pub engine: String,
     pub block_store: String,
+    /// Every block store holding a copy of each block (the primary first), by URL.
+    #[serde(default)]
+    pub stores: Vec<String>,
     pub settings: VolumeSettings,
     pub usage: Usage,
     pub stored_blocks: u64,
@@ -31,6 +35,9 @@ pub struct Status {
     pub referenced_bytes: u64,
     pub unreferenced_blocks: u64,
     pub unreferenced_bytes: u64,
+    /// Unreferenced blocks `graviton gc` has marked and will delete after the grace period.
+    #[serde(default)]
+    pub gc_candidates: u64,
     /// Logical bytes of files per byte of referenced block content.
     pub dedup_ratio: f64,
     /// Mounts of a shared volume (host, pid, mountpoint, seconds since their heartbeat).
@@ -56,6 +63,14 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
         volume: vol.source.display(),
         engine: vol.meta.engine().to_string(),
         block_store: format!("{} ({})", vol.store.backend(), vol.capacity_path.display()),
+        stores: vol
+            .replicas
+            .iter()
+            .map(|(url, store)| match url.as_str() {
+                "" => format!("{} ({})", store.backend(), vol.capacity_path.display()),
+                url => crate::volume::redact(url),
+            })
+            .collect(),
         settings: vol.settings.clone(),
         usage,
         stored_blocks: stored.len() as u64,
@@ -64,6 +79,7 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
         referenced_bytes: rbytes,
         unreferenced_blocks: ub,
         unreferenced_bytes: ubytes,
+        gc_candidates: super::gc::candidates(vol)?,
         dedup_ratio: if rbytes == 0 {
             1.0
         } else {
@@ -76,41 +92,20 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
     })
 }
 
-/// The running daemon's answer, when the volume is mounted.
-fn ask_daemon(dir: &Path) -> Option<anyhow::Result<Status>> {
-    use std::io::Read;
-    let mut conn =
-        std::os::unix::net::UnixStream::connect(super::mount::status_socket(dir)).ok()?;
-    let mut text = String::new();
-    if let Err(e) = conn.read_to_string(&mut text) {
-        return Some(Err(e.into()));
-    }
-    Some(serde_json::from_str::<Status>(&text).map_err(|_| {
-        let msg = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or(text);
-        anyhow::anyhow!("the mount daemon could not report status: {msg}")
-    }))
-}
-
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let source = super::source_or_default(args.source)?;
-    // an embedded volume is locked by its mount, which answers; PostgreSQL is read directly
-    let daemon = match source {
-        Source::Dir(_) => ask_daemon(&source.state_dir()),
-        Source::Postgres(_) => None,
-    };
-    let s = match daemon {
-        Some(s) => s?,
-        None => collect(&Volume::open(&source)?)?,
-    };
+    let mut text = Vec::new();
+    super::control::run(&source, &Request::Status, &mut text)?;
+    let s: Status = serde_json::from_slice(&text)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
         println!("volume:        {}", s.volume);
         println!("engine:        {}", s.engine);
         println!("block store:   {}", s.block_store);
+        for (i, url) in s.stores.iter().enumerate().skip(1) {
+            println!("replica {i}:     {url}");
+        }
         println!(
             "hash/chunker:  {} / {}",
             s.settings.hash, s.settings.chunker
@@ -131,6 +126,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!(
             "unreferenced:  {} blocks, {} bytes",
             s.unreferenced_blocks, s.unreferenced_bytes
+        );
+        println!(
+            "gc candidates: {} (deleted by `graviton gc` after the grace period)",
+            s.gc_candidates
         );
         println!("dedup ratio:   {:.2}", s.dedup_ratio);
         for m in &s.sessions {

@@ -175,6 +175,13 @@ impl Inode {
         }
     }
 
+    /// The root directory of a new volume: its own parent, owned by root, mode 0755.
+    pub fn root(now: Timestamp) -> Inode {
+        let mut root = Inode::new(ROOT_INO, FileKind::Dir, 0o755, 0, 0, now);
+        root.parent = ROOT_INO;
+        root
+    }
+
     /// Full `st_mode`: type bits and permission bits.
     pub fn mode(&self) -> u32 {
         self.kind.mode_bits() | self.perm as u32

@@ -6,8 +6,10 @@
 //! (`GRAVITON_S3_SSE_C_KEY`, base64 of 32 bytes), never from the URL.
 //!
 //! Objects are named `PREFIX/ALGO/XX/HEX-SIZE`, like the local store's files. Blocks are
-//! immutable and named by their content, so `put` is put-if-absent: a HEAD first, then the
-//! upload only when the block is missing (an existing block is never uploaded again). Reads fetch
+//! immutable and named by their content, so `put` is put-if-absent: a conditional PUT
+//! (`If-None-Match: *`) where the server honours it (probed at the first upload), else a HEAD
+//! first and the upload only when the block is missing (an existing block is never uploaded
+//! again). Reads fetch
 //! whole blocks, because only a whole block can be checked against its key before any byte is
 //! served; a 4 KiB read of a cold 1 MiB block therefore costs a 1 MiB GET (the block cache keeps
 //! it for the next reads).

@@ -90,12 +90,11 @@ fn take_cookie(dir: &mut Inode) -> u64 {
 }
 
 impl Fs {
+    /// Volumes formatted before `format` made the root get it at their first mount.
     pub(super) fn ensure_root(&self) -> FsResult<()> {
         self.core.txn(|tx| {
             if tx.inode(ROOT_INO)?.is_none() {
-                let mut root = Inode::new(ROOT_INO, FileKind::Dir, 0o755, 0, 0, Timestamp::now());
-                root.parent = ROOT_INO;
-                tx.put_inode(&root)?;
+                tx.put_inode(&Inode::root(Timestamp::now()))?;
             }
             Ok(())
         })

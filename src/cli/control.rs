@@ -1,0 +1,144 @@
+//! The mount daemon's control socket (`graviton.sock` in its state folder). RocksDB lets one
+//! process open an embedded volume, so while it is mounted `status`, `fsck`, `scrub`, `gc` and `dump`
+//! ask the daemon to run them on its open volume instead.
+//!
+//! Protocol: the client writes one JSON [`Request`] line; the daemon streams the command's
+//! output, then a last line `\x01graviton: ok` or `\x01graviton: error <message>`, and closes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::volume::{Source, Volume};
+
+/// What a client asks the daemon to run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    /// `graviton status --json` output.
+    Status,
+    Fsck {
+        verify_data: bool,
+        repair: bool,
+    },
+    Gc {
+        grace_secs: u64,
+        dry_run: bool,
+    },
+    Scrub {
+        dry_run: bool,
+    },
+    Dump,
+}
+
+const TRAILER: &[u8] = b"\x01graviton: ";
+
+pub fn socket(state_dir: &Path) -> PathBuf {
+    state_dir.join("graviton.sock")
+}
+
+/// Runs a request on an open volume, writing its output.
+pub fn execute(vol: &Volume, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
+    match req {
+        Request::Status => {
+            serde_json::to_writer(&mut *out, &super::status::collect(vol)?)?;
+            writeln!(out)?;
+            Ok(())
+        }
+        Request::Fsck {
+            verify_data,
+            repair,
+        } => super::fsck::check(vol, *verify_data, *repair, out),
+        Request::Gc {
+            grace_secs,
+            dry_run,
+        } => super::gc::collect(
+            vol,
+            std::time::Duration::from_secs(*grace_secs),
+            *dry_run,
+            out,
+        ),
+        Request::Scrub { dry_run } => super::scrub::check(vol, !dry_run, out),
+        Request::Dump => super::dump::dump(vol, out).map(drop),
+    }
+}
+
+/// Runs `req` on the volume: through its mount daemon when an embedded volume is mounted,
+/// else on the volume opened here.
+pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Source::Dir(_) = source {
+        if let Ok(conn) = UnixStream::connect(socket(&source.state_dir())) {
+            return ask(conn, req, out);
+        }
+    }
+    execute(&Volume::open(source)?, req, out)
+}
+
+fn ask(mut conn: UnixStream, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut conn, req)?;
+    conn.write_all(b"\n")?;
+    let mut reader = BufReader::new(conn);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            anyhow::bail!("the mount daemon closed the connection before it finished");
+        }
+        if let Some(end) = line.strip_prefix(TRAILER) {
+            let end = String::from_utf8_lossy(end);
+            let end = end.trim_end();
+            return match end.strip_prefix("error ") {
+                Some(msg) => Err(anyhow::anyhow!("{msg}")),
+                None => Ok(()),
+            };
+        }
+        out.write_all(&line)?;
+    }
+}
+
+/// Serves requests on the daemon's socket, each connection on a thread of its own (a long
+/// fsck does not hold up a status).
+pub fn serve(vol: Arc<Volume>) -> anyhow::Result<()> {
+    let path = socket(&vol.state_dir);
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("graviton-control".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let vol = vol.clone();
+                let _ = std::thread::Builder::new()
+                    .name("graviton-control".into())
+                    .spawn(move || answer(&vol, conn));
+            }
+        })?;
+    Ok(())
+}
+
+fn answer(vol: &Volume, conn: UnixStream) {
+    let mut line = String::new();
+    let Ok(read) = conn.try_clone() else { return };
+    if BufReader::new(read).read_line(&mut line).is_err() {
+        return;
+    }
+    let mut out = std::io::BufWriter::new(conn);
+    let result = serde_json::from_str::<Request>(&line)
+        .map_err(|e| anyhow::anyhow!("bad request: {e}"))
+        .and_then(|req| {
+            tracing::info!(?req, "control request");
+            execute(vol, &req, &mut out)
+        });
+    let end = match result {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("error {}", format!("{e:#}").replace('\n', " ")),
+    };
+    let _ = out.write_all(TRAILER);
+    let _ = out.write_all(end.as_bytes());
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
