@@ -70,10 +70,10 @@ pub fn execute(vol: &Volume, req: &Request, out: &mut dyn Write) -> anyhow::Resu
 /// Runs `req` on the volume: through its mount daemon when an embedded volume is mounted,
 /// else on the volume opened here.
 pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
-    if let Source::Dir(_) = source {
-        if let Ok(conn) = UnixStream::connect(socket(&source.state_dir())) {
-            return ask(conn, req, out);
-        }
+    if let Source::Dir(_) = source
+        && let Ok(conn) = UnixStream::connect(socket(&source.state_dir()))
+    {
+        return ask(conn, req, out);
     }
     execute(&Volume::open(source)?, req, out)
 }
