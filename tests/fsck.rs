@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use common::mounted::{Mounted, ok};
@@ -37,6 +38,8 @@ fn fsck_finds_a_missing_block_a_corrupt_block_and_a_dangling_entry() {
     std::fs::write(m.path("d/a"), random_bytes(1, 100_000)).unwrap();
     std::fs::write(m.path("b"), random_bytes(2, 100_000)).unwrap();
     std::fs::hard_link(m.path("b"), m.path("d/b2")).unwrap();
+    std::fs::create_dir(m.path("d/sub")).unwrap();
+    std::fs::write(m.path("d/sub/x"), b"").unwrap();
     m.unmount();
     let clean = ok(
         m.graviton(&["fsck", "--verify-data", &m.source]),
@@ -87,29 +90,44 @@ fn fsck_finds_a_missing_block_a_corrupt_block_and_a_dangling_entry() {
     assert!(text.contains(": 3 problems"), "{text}");
     eprintln!("{text}");
 
-    // --repair drops the dangling entry and a wrong link count; blocks are scrub's to repair
-    {
+    // --repair drops the dangling entry, sets a wrong link count and gives a directory that
+    // lost its entry a name in /lost+found; blocks are scrub's to repair
+    let sub = {
         let vol = Volume::open(&Source::parse(&m.source)).unwrap();
         let mut tx = vol.meta.begin().unwrap();
         let d = tx.dirent(ROOT_INO, b"d").unwrap().unwrap().ino;
+        let sub = tx.dirent(d, b"sub").unwrap().unwrap().ino;
+        tx.delete_dirent(d, b"sub").unwrap();
         let mut dir = tx.inode(d).unwrap().unwrap();
         dir.nlink = 7;
         tx.put_inode(&dir).unwrap();
         tx.commit().unwrap();
-    }
+        sub
+    };
     let repaired = m.graviton(&["fsck", "--repair", &m.source]);
     let text = String::from_utf8_lossy(&repaired.stdout).into_owned();
     assert!(
         text.contains("/d: link count 7 where the tree has 2"),
         "{text}"
     );
-    assert!(text.contains("repaired 2 problems"), "{text}");
+    assert!(
+        text.contains(&format!("inode {sub} (Dir, 0 bytes) is named by no entry")),
+        "{text}"
+    );
+    assert!(text.contains("repaired 3 problems"), "{text}");
     let after = m.graviton(&["fsck", &m.source]);
     let text = String::from_utf8_lossy(&after.stdout).into_owned();
     assert!(
         !text.contains("ghost") && !text.contains("link count") && text.contains(": 1 problems"),
         "only the missing block is left: {text}"
     );
+    m.mount();
+    let found = m.path(&format!("lost+found/#{sub}"));
+    assert!(
+        found.join("x").is_file(),
+        "the lost directory and its file are back"
+    );
+    assert_eq!(std::fs::metadata(m.path("lost+found")).unwrap().nlink(), 3);
 }
 
 #[test]
@@ -143,6 +161,13 @@ fn a_mounted_embedded_volume_is_checked_dumped_and_scrubbed_through_its_daemon()
     assert!(
         scrub.contains("scrubbed 2 blocks in 1 stores: 0 bad copies"),
         "{scrub}"
+    );
+    let refused = m.graviton(&["fsck", "--repair", &m.source]);
+    assert!(!refused.status.success(), "no repairs under a live mount");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is mounted"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
     let status = m.status_json();
     assert_eq!(status["usage"]["files"], 2, "{status}");

@@ -42,7 +42,13 @@ pub fn socket(state_dir: &Path) -> PathBuf {
 }
 
 /// Runs a request on an open volume, writing its output.
-pub fn execute(vol: &Volume, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
+/// `in_daemon`: run by a mount daemon on its mounted volume.
+pub fn execute(
+    vol: &Volume,
+    req: &Request,
+    in_daemon: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     match req {
         Request::Status => {
             serde_json::to_writer(&mut *out, &super::status::collect(vol)?)?;
@@ -52,7 +58,7 @@ pub fn execute(vol: &Volume, req: &Request, out: &mut dyn Write) -> anyhow::Resu
         Request::Fsck {
             verify_data,
             repair,
-        } => super::fsck::check(vol, *verify_data, *repair, out),
+        } => super::fsck::check(vol, *verify_data, *repair, in_daemon, out),
         Request::Gc {
             grace_secs,
             dry_run,
@@ -75,7 +81,7 @@ pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Resul
     {
         return ask(conn, req, out);
     }
-    execute(&Volume::open(source)?, req, out)
+    execute(&Volume::open(source)?, req, false, out)
 }
 
 fn ask(mut conn: UnixStream, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -131,7 +137,7 @@ fn answer(vol: &Volume, conn: UnixStream) {
         .map_err(|e| anyhow::anyhow!("bad request: {e}"))
         .and_then(|req| {
             tracing::info!(?req, "control request");
-            execute(vol, &req, &mut out)
+            execute(vol, &req, true, &mut out)
         });
     let end = match result {
         Ok(()) => "ok".to_string(),

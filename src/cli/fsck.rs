@@ -4,8 +4,11 @@
 //! `--verify-data`, still matches its key). It reports, with paths, and exits non-zero when
 //! anything is wrong. `--repair` fixes what is safe to fix: it removes entries that name no
 //! inode and sets link counts to what the tree has; missing or corrupt blocks are for
-//! `graviton scrub` (from a replica), since fsck has no good copy. On a PostgreSQL volume it may run while mounted (a change made
-//! during the walk can show as a problem: run it again to confirm).
+//! `graviton scrub` (from a replica), since fsck has no good copy. An inode no entry names
+//! (and not an orphan still open somewhere) is reported and, repaired, gets a name in
+//! `/lost+found`. A mounted volume is checked (a shared one in one snapshot; an embedded one by
+//! its daemon, where a change made during the walk can show as a problem: run it again to
+//! confirm) but not repaired: a repair racing a mount's changes could undo them.
 
 use std::collections::{HashMap, HashSet};
 
@@ -16,7 +19,7 @@ use clap::Args;
 use super::control::Request;
 
 use crate::core::BlockKey;
-use crate::meta::{FileKind, Ino, MetaRead, ROOT_INO};
+use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaRead, MetaTxn, ROOT_INO, Timestamp};
 use crate::store::StoreError;
 use crate::volume::Volume;
 
@@ -52,6 +55,8 @@ pub enum Fix {
     DropEntry { dir: Ino, name: Vec<u8> },
     /// Set the inode's link count.
     SetLinks { ino: Ino, nlink: u32 },
+    /// Give an inode no entry names a name in `/lost+found` (`#<ino>`), as e2fsck does.
+    LinkLost { ino: Ino },
 }
 
 pub fn run(args: FsckArgs) -> anyhow::Result<()> {
@@ -64,13 +69,26 @@ pub fn run(args: FsckArgs) -> anyhow::Result<()> {
 }
 
 /// Checks the volume (and with `repair`, fixes and checks again), writing the problems and a
-/// summary; an error when problems remain.
+/// summary; an error when problems remain. `in_use`: run by the daemon mounting the volume.
+/// Repairs are refused on a volume in use (a mount of a shared volume counts too).
 pub fn check(
     vol: &Volume,
     verify_data: bool,
     repair: bool,
+    in_use: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    let in_use = in_use
+        || match vol.meta.shared() {
+            Some(shared) => !shared.sessions()?.is_empty(),
+            None => false,
+        };
+    if repair && in_use {
+        anyhow::bail!(
+            "{} is mounted: unmount every mount to repair it (a repair racing a mount's changes could undo them); fsck without --repair checks it while mounted",
+            vol.source.display()
+        );
+    }
     let mut r = fsck(vol, verify_data)?;
     if repair && !r.fixes.is_empty() {
         for p in &r.problems {
@@ -105,8 +123,14 @@ const PAGE: usize = 1024;
 
 pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
     let mut report = FsckReport::default();
-    let mut view = vol.meta.read()?;
+    // a shared volume is read in one transaction: a consistent snapshot while mounts run
+    let mut view: Box<dyn MetaRead> = match vol.meta.shared() {
+        Some(_) => vol.meta.begin()?,
+        None => vol.meta.read()?,
+    };
     let tx: &mut dyn MetaRead = view.as_mut();
+    // listed before the walk: an inode created during it is not suspected
+    let numbers = tx.inode_numbers()?;
     // entries naming each inode, and the path of the first
     let mut named: HashMap<Ino, (u32, String)> = HashMap::new();
     let mut subdirs: HashMap<Ino, u32> = HashMap::new();
@@ -208,6 +232,45 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
     } else {
         report.problems.push("/: the root inode is missing".into());
     }
+    let mut lost = Vec::new();
+    for (ino, orphan) in numbers {
+        if ino == ROOT_INO || orphan || named.contains_key(&ino) {
+            continue;
+        }
+        // gone since the listing: deleted, not lost
+        if let Some(inode) = tx.inode(ino)? {
+            lost.push(inode);
+        }
+    }
+    // what a lost directory holds comes back with it: only the tops of lost trees are named
+    let mut inside: HashSet<Ino> = HashSet::new();
+    let mut todo: Vec<Ino> = lost
+        .iter()
+        .filter(|n| n.kind == FileKind::Dir)
+        .map(|n| n.ino)
+        .collect();
+    while let Some(dir) = todo.pop() {
+        let mut after = 2;
+        loop {
+            let page = tx.list_dir(dir, after, PAGE)?;
+            for (_, e) in &page {
+                after = e.cookie;
+                if inside.insert(e.ino) && e.kind == FileKind::Dir {
+                    todo.push(e.ino);
+                }
+            }
+            if page.len() < PAGE {
+                break;
+            }
+        }
+    }
+    for inode in lost.iter().filter(|n| !inside.contains(&n.ino)) {
+        report.problems.push(format!(
+            "inode {} ({:?}, {} bytes) is named by no entry",
+            inode.ino, inode.kind, inode.size
+        ));
+        report.fixes.push(Fix::LinkLost { ino: inode.ino });
+    }
     drop(view);
     walk.finish_and_clear();
     let bar = super::progress::bar(blocks.len() as u64, "blocks");
@@ -238,10 +301,71 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
     Ok(report)
 }
 
+const LOST_FOUND: &[u8] = b"lost+found";
+
+/// `/lost+found`, made when missing.
+fn lost_found(tx: &mut dyn MetaTxn, vol: &Volume) -> anyhow::Result<Ino> {
+    if let Some(e) = tx.dirent(ROOT_INO, LOST_FOUND)? {
+        anyhow::ensure!(
+            e.kind == FileKind::Dir,
+            "/lost+found is not a directory: move it away to repair"
+        );
+        return Ok(e.ino);
+    }
+    let mut root = tx
+        .inode(ROOT_INO)?
+        .ok_or_else(|| anyhow::anyhow!("the root inode is missing"))?;
+    let now = Timestamp::now();
+    let mut dir = Inode::new(vol.meta.allocate_ino()?, FileKind::Dir, 0o700, 0, 0, now);
+    dir.parent = ROOT_INO;
+    tx.put_inode(&dir)?;
+    let cookie = root.next_cookie;
+    root.next_cookie += 1;
+    root.nlink += 1;
+    root.mtime = now;
+    root.ctime = now;
+    tx.put_inode(&root)?;
+    tx.put_dirent(
+        ROOT_INO,
+        LOST_FOUND,
+        &DirEntry {
+            ino: dir.ino,
+            kind: FileKind::Dir,
+            cookie,
+        },
+    )?;
+    Ok(dir.ino)
+}
+
 /// Makes one repair in a transaction of its own.
 fn apply(vol: &Volume, fix: &Fix) -> anyhow::Result<()> {
     let mut tx = vol.meta.begin()?;
     match fix {
+        Fix::LinkLost { ino } => {
+            let lf = lost_found(tx.as_mut(), vol)?;
+            let (Some(mut inode), Some(mut dir)) = (tx.inode(*ino)?, tx.inode(lf)?) else {
+                return Ok(());
+            };
+            let cookie = dir.next_cookie;
+            dir.next_cookie += 1;
+            if inode.kind == FileKind::Dir {
+                inode.parent = lf;
+                dir.nlink += 1;
+            } else {
+                inode.nlink = 1;
+            }
+            tx.put_inode(&inode)?;
+            tx.put_inode(&dir)?;
+            tx.put_dirent(
+                lf,
+                format!("#{ino}").as_bytes(),
+                &DirEntry {
+                    ino: *ino,
+                    kind: inode.kind,
+                    cookie,
+                },
+            )?;
+        }
         Fix::DropEntry { dir, name } => tx.delete_dirent(*dir, name)?,
         Fix::SetLinks { ino, nlink } => {
             if let Some(mut inode) = tx.inode(*ino)? {

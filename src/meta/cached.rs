@@ -933,6 +933,10 @@ impl MetaRead for CachedReader<'_> {
             .map(|(_, v)| v))
     }
 
+    fn inode_numbers(&mut self) -> MetaResult<Vec<(Ino, bool)>> {
+        self.engine()?.inode_numbers()
+    }
+
     fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
         if !self.meta.is_live() {
             return self.engine()?.xattr_names(ino);
@@ -1009,6 +1013,9 @@ impl MetaRead for CachedTxn<'_> {
     }
     fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
         self.tx().xattr_names(ino)
+    }
+    fn inode_numbers(&mut self) -> MetaResult<Vec<(Ino, bool)>> {
+        self.tx().inode_numbers()
     }
     fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>> {
         self.tx().symlink_target(ino)

@@ -225,6 +225,12 @@ pub fn xattrs_symlinks_orphans(store: &dyn MetaStore) {
     commit(tx);
     assert!(store.orphans().expect("orphans").contains(&link.ino));
     let mut tx = store.begin().expect("begin");
+    let numbers = tx.inode_numbers().expect("inode numbers");
+    assert!(numbers.contains(&(link.ino, true)), "listed as an orphan");
+    assert!(
+        numbers.windows(2).all(|w| w[0].0 < w[1].0),
+        "in number order"
+    );
     assert_eq!(
         tx.symlink_target(link.ino).expect("target").as_deref(),
         Some(&b"/some/where"[..])
@@ -244,6 +250,12 @@ pub fn xattrs_symlinks_orphans(store: &dyn MetaStore) {
     commit(tx);
     assert!(!store.orphans().expect("orphans").contains(&link.ino));
     let mut tx = store.begin().expect("begin");
+    assert!(
+        !tx.inode_numbers()
+            .expect("inode numbers")
+            .iter()
+            .any(|(n, _)| *n == link.ino)
+    );
     assert_eq!(tx.symlink_target(link.ino).expect("target"), None);
     assert!(tx.xattr_names(link.ino).expect("names").is_empty());
 }

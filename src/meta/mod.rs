@@ -75,6 +75,9 @@ pub trait MetaRead {
     fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>>;
     fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>>;
     fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>>;
+    /// Every inode's number, with whether it is marked orphan, in number order (for fsck,
+    /// which looks for inodes no entry names).
+    fn inode_numbers(&mut self) -> MetaResult<Vec<(Ino, bool)>>;
 }
 
 /// One atomic, isolated metadata transaction. Dropping it without `commit` discards it.

@@ -759,6 +759,18 @@ macro_rules! pg_reads {
                 })
             }
 
+            fn inode_numbers(&mut self) -> MetaResult<Vec<(Ino, bool)>> {
+                let rows: Vec<(i64, bool)> = self.query(async |c| {
+                    sqlx::query_as(
+                        "SELECT i.ino, o.ino IS NOT NULL FROM inodes i \
+                         LEFT JOIN orphans o ON o.ino = i.ino ORDER BY i.ino",
+                    )
+                    .fetch_all(c)
+                    .await
+                })?;
+                Ok(rows.into_iter().map(|(n, o)| (n as Ino, o)).collect())
+            }
+
             fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>> {
                 self.query(async |c| {
                     sqlx::query_scalar("SELECT target FROM symlinks WHERE ino = $1")

@@ -558,6 +558,21 @@ impl MetaRead for RocksTxn<'_> {
     fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>> {
         self.get("symlinks", &be(ino))
     }
+
+    fn inode_numbers(&mut self) -> MetaResult<Vec<(Ino, bool)>> {
+        let mut orphans = std::collections::HashSet::new();
+        self.scan("orphans", &[], &[], |k, _| {
+            orphans.extend(u64_at(k, 0));
+            Ok(true)
+        })?;
+        let mut out = Vec::new();
+        self.scan("inodes", &[], &[], |k, _| {
+            let ino = u64_at(k, 0).ok_or_else(|| corrupt("inode key"))?;
+            out.push((ino, orphans.contains(&ino)));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
 }
 
 impl MetaTxn for RocksTxn<'_> {
