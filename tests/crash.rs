@@ -71,3 +71,28 @@ fn fsynced_data_survives_kill_9_twenty_times() {
         );
     }
 }
+
+/// close(2) returns with the data stored and the file's map committed: a file closed without
+/// fsync survives the daemon's SIGKILL right after (not a power loss, which needs fsync).
+#[test]
+fn closed_files_survive_kill_9_without_fsync() {
+    for m in [Mounted::new(&[], ""), Mounted::new_pg("")] {
+        let files: Vec<(String, Vec<u8>)> = (0..8)
+            .map(|i| {
+                (
+                    format!("closed{i}"),
+                    common::random_bytes(500 + i, 3_000 + i as usize * 700_000),
+                )
+            })
+            .collect();
+        for (name, data) in &files {
+            std::fs::write(m.path(name), data).unwrap();
+        }
+        m.kill_daemon();
+        m.mount();
+        for (name, data) in &files {
+            let got = std::fs::read(m.path(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(got == *data, "{name} differs after kill -9 following close");
+        }
+    }
+}
