@@ -7,6 +7,7 @@
 # file tree, so it cannot hold both `d` and `d/`, and s3fs's mkdir (a `d/` marker, then HEAD `d`)
 # gets a 500 from it and hangs in retries.
 # usage: scripts/bench-s3.sh [WORKDIR]    sizes: SEQ_MB=256 RAND_MB=64 FILES=2000
+#        TOOLS="local graviton" scripts/bench-s3.sh    (a subset of the columns)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -51,7 +52,7 @@ VOL="${GRAVITON_TEST_PG%/*}/$DB"
 
 mount_target() {
   case $1 in
-    graviton) "$G" mount "$VOL" "$WORK/graviton" -o allow_other ;;
+    graviton) "$G" mount "$VOL" "$WORK/graviton" -o "allow_other${GRAVITON_OPTS:+,$GRAVITON_OPTS}" ;;
     s3fs)
       echo "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" > "$WORK/passwd" && chmod 600 "$WORK/passwd"
       s3fs bench-s3fs "$WORK/s3fs" -o "url=$ENDPOINT,use_path_request_style,passwd_file=$WORK/passwd,allow_other" ;;
@@ -103,7 +104,7 @@ SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/librocksdb-sys-*/ 2>/de
 tar cf "$TARBALL" -C "$SRC" .
 
 declare -A R
-for t in local graviton s3fs rclone; do
+for t in ${TOOLS:-local graviton s3fs rclone}; do
   mount_target $t
   D="$WORK/$t"
   R[$t.seqw]=$(fio_bw "$D" seq write 1M "$SEQ_MB" --end_fsync=1)
@@ -148,7 +149,7 @@ runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DAT
 
 echo "| measure | local dir | graviton (PostgreSQL + S3) | s3fs | rclone mount (vfs-cache writes) |"
 echo "|---|---|---|---|---|"
-row() { echo "| $1 | ${R[local.$2]} | ${R[graviton.$2]} | ${R[s3fs.$2]} | ${R[rclone.$2]} |"; }
+row() { echo "| $1 | ${R[local.$2]:-} | ${R[graviton.$2]:-} | ${R[s3fs.$2]:-} | ${R[rclone.$2]:-} |"; }
 row "fio sequential write 1 MiB, ${SEQ_MB} MiB, end fsync (MiB/s)" seqw
 row "fio sequential read 1 MiB, remounted, caches dropped (MiB/s)" seqr
 row "fio random write 4 KiB, ${RAND_MB} MiB, end fsync, 30 s cap (MiB/s)" randw

@@ -515,3 +515,52 @@ fn concurrent_creates_renames_and_links_keep_counts_consistent() {
         "only target and hot remain as regular files"
     );
 }
+
+/// chmod, chown and utimes of a file with pending writes (what tar and cp -a do before close)
+/// show at once on this mount and are committed with the data, in one transaction, at close;
+/// a write after utimes moves mtime again.
+#[test]
+fn attribute_changes_of_a_file_being_written_commit_with_its_data() {
+    let vol = common::PgVolume::new(small_cfg());
+    let (fs, other) = (vol.mount(), vol.mount());
+    let (ino, fh) = create(&fs, "f");
+    write_all(&fs, fh, 0, &random_bytes(2, 10_000), 4096);
+    let t = graviton::meta::Timestamp {
+        secs: 1_000_000,
+        nanos: 7,
+    };
+    let set = SetAttr {
+        mode: Some(0o640),
+        uid: Some(4321),
+        gid: Some(8765),
+        mtime: Some(TimeSet::At(t)),
+        ..Default::default()
+    };
+    let a = fs.setattr(ino, set).unwrap();
+    assert_eq!(
+        (a.perm, a.uid, a.gid, a.mtime, a.size),
+        (0o640, 4321, 8765, t, 10_000)
+    );
+    let seen = other.getattr(ino).unwrap();
+    assert_eq!(
+        (seen.perm, seen.size),
+        (0o644, 0),
+        "nothing committed before close"
+    );
+    fs.flush(fh).unwrap();
+    let c = other.getattr(ino).unwrap();
+    assert_eq!(
+        (c.perm, c.uid, c.gid, c.mtime, c.size),
+        (0o640, 4321, 8765, t, 10_000),
+        "committed together at close"
+    );
+    assert!(c.ctime > t, "ctime is when the change was made");
+    fs.write(fh, 10_000, b"x").unwrap();
+    assert!(
+        fs.getattr(ino).unwrap().mtime > t,
+        "a later write moves mtime"
+    );
+    fs.release(fh).unwrap();
+    let d = other.getattr(ino).unwrap();
+    assert!(d.mtime > t && d.size == 10_001 && d.perm == 0o640, "{d:?}");
+}

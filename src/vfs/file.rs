@@ -97,6 +97,49 @@ pub(crate) struct FileState {
     /// A background flush has been asked for and has not finished.
     pub flush_scheduled: bool,
     pub handles: u32,
+    /// chmod, chown and utimes of a file with pending writes: committed with those writes
+    /// (tar, cp -a and rsync set attributes before close; one transaction instead of a flush
+    /// plus one per call). Explicit mtimes go to `mtime`.
+    pub attrs: Option<AttrChange>,
+}
+
+/// Attribute changes not yet committed; unset fields stay as committed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct AttrChange {
+    pub perm: Option<u16>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<Timestamp>,
+    pub ctime: Timestamp,
+}
+
+impl AttrChange {
+    /// `later` on top of `self`.
+    pub fn then(self, later: AttrChange) -> AttrChange {
+        AttrChange {
+            perm: later.perm.or(self.perm),
+            uid: later.uid.or(self.uid),
+            gid: later.gid.or(self.gid),
+            atime: later.atime.or(self.atime),
+            ctime: later.ctime.max(self.ctime),
+        }
+    }
+
+    pub fn apply(&self, inode: &mut Inode) {
+        if let Some(p) = self.perm {
+            inode.perm = p;
+        }
+        if let Some(u) = self.uid {
+            inode.uid = u;
+        }
+        if let Some(g) = self.gid {
+            inode.gid = g;
+        }
+        if let Some(a) = self.atime {
+            inode.atime = a;
+        }
+        inode.ctime = inode.ctime.max(self.ctime);
+    }
 }
 
 impl FileState {
@@ -126,6 +169,11 @@ impl FileState {
     pub fn pending_end(&self) -> u64 {
         self.dirty.end().max(self.inflight_end())
     }
+
+    /// Whether a flush has anything to commit.
+    pub fn has_pending(&self) -> bool {
+        !self.dirty.is_empty() || self.mtime.is_some() || self.attrs.is_some()
+    }
 }
 
 pub(crate) struct Handle {
@@ -151,15 +199,15 @@ impl Fs {
             .ok_or(FsError::BadHandle)
     }
 
-    fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+    pub(super) fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
         self.core.files.lock().expect("lock").get(&ino).cloned()
     }
 
-    /// End and time of the inode's uncommitted writes, if it is open.
-    fn pending_of(&self, ino: Ino) -> Option<(u64, Option<Timestamp>)> {
+    /// End, time and attribute changes of the inode's uncommitted writes, if it is open.
+    fn pending_of(&self, ino: Ino) -> Option<(u64, Option<Timestamp>, Option<AttrChange>)> {
         self.open_file(ino).map(|file| {
             let st = file.lock();
-            (st.pending_end(), st.mtime)
+            (st.pending_end(), st.mtime, st.attrs)
         })
     }
 
@@ -171,11 +219,14 @@ impl Fs {
     pub(super) fn attributes(&self, ino: Ino) -> FsResult<Inode> {
         let pending = self.pending_of(ino);
         let mut inode = self.core.inode(ino)?;
-        if let Some((end, mtime)) = pending {
+        if let Some((end, mtime, attrs)) = pending {
             inode.size = inode.size.max(end);
             if let Some(m) = mtime {
                 inode.mtime = m;
                 inode.ctime = inode.ctime.max(m);
+            }
+            if let Some(a) = attrs {
+                a.apply(&mut inode);
             }
         }
         Ok(inode)
@@ -185,7 +236,7 @@ impl Fs {
     pub fn has_pending_writes(&self, ino: Ino) -> bool {
         self.open_file(ino).is_some_and(|f| {
             let st = f.lock();
-            !st.dirty.is_empty() || st.mtime.is_some() || st.inflight.is_some()
+            st.has_pending() || st.inflight.is_some()
         })
     }
 
@@ -207,6 +258,7 @@ impl Fs {
                             inflight: None,
                             flush_scheduled: false,
                             handles: 0,
+                            attrs: None,
                         }),
                     })
                 })

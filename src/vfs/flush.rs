@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::file::{FileState, OpenFile};
+use super::file::{AttrChange, FileState, OpenFile};
 use super::pack::{PACK_BELOW, Pack};
 use super::{Core, FsError, FsResult};
 use crate::core::BlockKey;
@@ -49,9 +49,9 @@ impl Core {
         durable: bool,
     ) -> FsResult<()> {
         let _one_at_a_time = file.flush_lock.lock().expect("flush lock");
-        let (work, mtime, frontier) = {
+        let (work, mtime, attrs, frontier) = {
             let mut st = file.lock();
-            if st.dirty.is_empty() && st.mtime.is_none() {
+            if !st.has_pending() {
                 drop(st);
                 if durable {
                     self.store.sync()?;
@@ -61,12 +61,13 @@ impl Core {
             }
             let work = Arc::new(st.dirty.take());
             st.inflight = Some(work.clone());
-            (work, st.mtime, st.last_write_end)
+            (work, st.mtime, st.attrs, st.last_write_end)
         };
         let taken: u64 = work.iter().map(|(_, d)| d.len() as u64).sum();
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
-        let result =
-            self.store_and_commit(file.ino, &work, mode, frontier, mtime, durable, &mut kept);
+        let result = self.store_and_commit(
+            file.ino, &work, mode, frontier, mtime, attrs, durable, &mut kept,
+        );
         let mut st = file.lock();
         st.inflight = None;
         let before = st.dirty.bytes();
@@ -78,8 +79,12 @@ impl Core {
         self.add_dirty(st.dirty.bytes() as i64 - before as i64 - taken as i64);
         match result {
             Ok(inode) => {
-                if st.mtime == mtime {
+                // what changed meanwhile stays pending; nothing committed, nothing cleared
+                if inode.is_some() && st.mtime == mtime {
                     st.mtime = None;
+                }
+                if inode.is_some() && st.attrs == attrs {
+                    st.attrs = None;
                 }
                 drop(st);
                 if let Some(inode) = inode {
@@ -174,7 +179,7 @@ impl Core {
         durable: bool,
     ) -> FsResult<()> {
         let ino = file.ino;
-        if st.dirty.is_empty() && st.mtime.is_none() {
+        if !st.has_pending() {
             if durable {
                 self.store.sync()?;
                 self.meta.sync()?;
@@ -190,6 +195,7 @@ impl Core {
             mode,
             st.last_write_end,
             st.mtime,
+            st.attrs,
             durable,
             &mut kept,
         );
@@ -199,8 +205,11 @@ impl Core {
                 for (off, data) in kept {
                     st.dirty.restore(off, data);
                 }
-                if st.dirty.is_empty() {
-                    st.mtime = None;
+                if inode.is_some() {
+                    st.attrs = None;
+                    if st.dirty.is_empty() {
+                        st.mtime = None;
+                    }
                 }
                 self.add_dirty(-((taken - kept_bytes) as i64));
                 if let Some(inode) = inode {
@@ -229,6 +238,7 @@ impl Core {
         mode: FlushMode,
         frontier: u64,
         mtime: Option<crate::meta::Timestamp>,
+        attrs: Option<AttrChange>,
         durable: bool,
         kept: &mut Vec<(u64, Vec<u8>)>,
     ) -> FsResult<Option<Inode>> {
@@ -275,7 +285,9 @@ impl Core {
         if durable {
             self.store.sync()?;
         }
-        if groups.is_empty() && (mtime.is_none() || mode == FlushMode::Completed) {
+        if groups.is_empty()
+            && ((mtime.is_none() && attrs.is_none()) || mode == FlushMode::Completed)
+        {
             if durable {
                 self.meta.sync()?;
             }
@@ -306,6 +318,9 @@ impl Core {
             if let Some(m) = mtime {
                 inode.mtime = m;
                 inode.ctime = inode.ctime.max(m);
+            }
+            if let Some(a) = attrs {
+                a.apply(&mut inode);
             }
             tx.put_inode(&inode)?;
             Ok(inode)

@@ -1,6 +1,7 @@
 //! Namespace operations: lookup, attributes, create/mkdir/mknod/symlink, link, unlink, rmdir,
 //! rename (with no-replace and exchange) and readdir. Each is one metadata transaction.
 
+use super::file::AttrChange;
 use super::{Ctx, Fs, FsError, FsResult, NAME_MAX, PATH_MAX};
 use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaRead, MetaTxn, ROOT_INO, Timestamp};
 
@@ -500,6 +501,9 @@ impl Fs {
 
     /// Changes attributes; a size change truncates or extends the file.
     pub fn setattr(&self, ino: Ino, attr: SetAttr) -> FsResult<Inode> {
+        if attr.size.is_none() && self.defer_attributes(ino, &attr) {
+            return self.getattr(ino);
+        }
         // Pending writes commit first, so their mtime cannot override one set here.
         self.flush_inode(ino, false)?;
         if let Some(size) = attr.size {
@@ -540,6 +544,37 @@ impl Fs {
             })?;
         }
         self.getattr(ino)
+    }
+
+    /// A file with writes not yet committed takes mode, owner and time changes into its
+    /// pending state; its next flush (at the latest, close) commits them with the data. True
+    /// when deferred.
+    fn defer_attributes(&self, ino: Ino, attr: &SetAttr) -> bool {
+        let Some(file) = self.open_file(ino) else {
+            return false;
+        };
+        let mut st = file.lock();
+        if !st.has_pending() {
+            return false;
+        }
+        let now = Timestamp::now();
+        let resolve = |t: TimeSet| match t {
+            TimeSet::Now => now,
+            TimeSet::At(t) => t,
+        };
+        let change = AttrChange {
+            perm: attr.mode.map(|m| (m & 0o7777) as u16),
+            uid: attr.uid,
+            gid: attr.gid,
+            atime: attr.atime.map(resolve),
+            ctime: attr.ctime.unwrap_or(now),
+        };
+        st.attrs = Some(st.attrs.unwrap_or_default().then(change));
+        if let Some(t) = attr.mtime {
+            // later writes move it again, as they would a committed one
+            st.mtime = Some(resolve(t));
+        }
+        true
     }
 
     /// Capacity as the filesystem holding the block store reports it, when it is local.
