@@ -15,6 +15,8 @@ pub const POSTGRES_STORE: &str = "postgres";
 use crate::vfs::{Fs, FsConfig, FsError};
 
 pub const FORMAT_VERSION: &str = "1";
+/// Setting: blocks shorter than this many bytes are kept in the PostgreSQL database (0: none).
+pub const SMALL_BLOCKS: &str = "small_blocks";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -55,6 +57,9 @@ pub struct VolumeSettings {
     pub chunker: String,
     /// Block store URL; empty means `<volume>/blocks`.
     pub block_store: String,
+    /// Blocks shorter than this many bytes are kept in the PostgreSQL database (0: none).
+    #[serde(default)]
+    pub small_blocks: u32,
 }
 
 /// Where a volume's metadata lives, as named on the command line.
@@ -276,17 +281,27 @@ impl Volume {
         chunker: Chunker,
         store_url: Option<&str>,
     ) -> Result<Volume, VolumeError> {
-        Self::format_replicated(source, hash, chunker, store_url, &[])
+        Self::format_replicated(source, hash, chunker, store_url, &[], 0)
     }
 
-    /// `format`, with blocks also kept in each of `replicas` (block store URLs).
+    /// `format`, with blocks also kept in each of `replicas` (block store URLs), and blocks
+    /// shorter than `small_blocks` bytes in the volume's PostgreSQL database (0: none).
     pub fn format_replicated(
         source: &Source,
         hash: HashAlgo,
         chunker: Chunker,
         store_url: Option<&str>,
         replicas: &[String],
+        small_blocks: u32,
     ) -> Result<Volume, VolumeError> {
+        if small_blocks > 0
+            && (!matches!(source, Source::Postgres(_)) || store_url == Some(POSTGRES_STORE))
+        {
+            return Err(VolumeError::Invalid {
+                path: source.display(),
+                message: "--small-blocks keeps small blocks in the volume's PostgreSQL database: it needs a PostgreSQL volume whose blocks are elsewhere".into(),
+            });
+        }
         for r in replicas {
             let ok = r.starts_with("file:///") || r.starts_with("s3://");
             if !ok || r.contains(',') {
@@ -334,6 +349,7 @@ impl Volume {
         meta.put_setting("chunker", &chunker.to_string())?;
         meta.put_setting("block_store", store_url)?;
         meta.put_setting("replicas", &replicas.join(","))?;
+        meta.put_setting(SMALL_BLOCKS, &small_blocks.to_string())?;
         // tells a volume from another later created behind the same URL (local caches)
         meta.put_setting("volume_id", &format!("{:032x}", rand::random::<u128>()))?;
         let mut tx = meta.begin()?;
@@ -383,17 +399,36 @@ impl Volume {
             hash: setting("hash")?,
             chunker: setting("chunker")?,
             block_store: setting("block_store")?,
+            small_blocks: match meta.setting(SMALL_BLOCKS)? {
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| invalid(format!("setting {SMALL_BLOCKS} is not a size: {v:?}")))?,
+                None => 0,
+            },
         };
         let hash: HashAlgo = settings.hash.parse().map_err(|e| invalid(format!("{e}")))?;
         let chunker: Chunker = settings
             .chunker
             .parse()
             .map_err(|e| invalid(format!("{e}")))?;
+        // each store is metered on its own: metrics carry the real backend (s3, postgres, local)
+        let metered = |s: Arc<dyn BlockStore>| -> Arc<dyn BlockStore> {
+            Arc::new(crate::store::metered::Metered::new(s))
+        };
         let (primary, capacity_path) = open_store(&settings.block_store, source)?;
+        let mut primary = metered(primary);
+        if settings.small_blocks > 0 {
+            let (db, _) = open_store(POSTGRES_STORE, source)?;
+            primary = Arc::new(crate::store::tiered::Tiered::new(
+                metered(db),
+                primary,
+                settings.small_blocks,
+            ));
+        }
         let mut replicas = vec![(settings.block_store.clone(), primary.clone())];
         for url in meta.setting("replicas")?.unwrap_or_default().split(',') {
             if !url.is_empty() {
-                replicas.push((url.to_string(), open_store(url, source)?.0));
+                replicas.push((url.to_string(), metered(open_store(url, source)?.0)));
             }
         }
         let store: Arc<dyn BlockStore> = if replicas.len() > 1 {
@@ -403,7 +438,6 @@ impl Volume {
         } else {
             primary
         };
-        let store: Arc<dyn BlockStore> = Arc::new(crate::store::metered::Metered::new(store));
         Ok(Volume {
             state_dir: source.state_dir(),
             source: source.clone(),

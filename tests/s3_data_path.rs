@@ -50,7 +50,12 @@ fn a_4k_overwrite_in_a_1_gib_file_uploads_under_1_mib() {
         f.sync_all().unwrap();
     }
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 30);
-    let before = counter(port, "graviton_bytes_ingested", &["backend=\"s3\""]);
+    // the 4 KiB piece is a small block, kept in the database: count both stores
+    let stored = || {
+        counter(port, "graviton_bytes_ingested", &["backend=\"s3\""])
+            + counter(port, "graviton_bytes_ingested", &["backend=\"postgres\""])
+    };
+    let before = stored();
     let patch = random_bytes(9, 4096);
     let at = 700u64 << 20;
     {
@@ -59,8 +64,8 @@ fn a_4k_overwrite_in_a_1_gib_file_uploads_under_1_mib() {
         f.write_all(&patch).unwrap();
         f.sync_all().unwrap();
     }
-    let uploaded = counter(port, "graviton_bytes_ingested", &["backend=\"s3\""]) - before;
-    eprintln!("a 4 KiB overwrite in a 1 GiB file uploaded {uploaded} bytes to S3");
+    let uploaded = stored() - before;
+    eprintln!("a 4 KiB overwrite in a 1 GiB file stored {uploaded} bytes");
     assert!(uploaded >= 4096, "the new bytes were uploaded ({uploaded})");
     assert!(uploaded < 1 << 20, "less than 1 MiB uploaded: {uploaded}");
     m.unmount();
@@ -72,4 +77,51 @@ fn a_4k_overwrite_in_a_1_gib_file_uploads_under_1_mib() {
     assert_eq!(&got[..10], &[0u8; 10]);
     assert_eq!(&got[10..4106], &patch[..]);
     assert_eq!(&got[4106..], &[0u8; 10]);
+}
+
+/// A PostgreSQL volume with blocks in S3 keeps blocks under 64 KiB in its database: a small
+/// file's close is an INSERT, not an upload. Reads, fsck, gc and status see both stores.
+#[test]
+fn small_blocks_live_in_the_database_and_large_ones_in_s3() {
+    let port = free_port();
+    let m = Mounted::new_pg_with_store(
+        &format!("metrics=127.0.0.1:{port}"),
+        Some(&s3_scratch_url()),
+    );
+    let status = m.status_json();
+    assert_eq!(status["settings"]["small_blocks"], 65536, "{status}");
+    let (small, large) = (random_bytes(1, 10_000), random_bytes(2, 300_000));
+    std::fs::write(m.path("small"), &small).unwrap();
+    std::fs::write(m.path("large"), &large).unwrap();
+    let to_s3 = counter(port, "graviton_blocks_ingested", &["backend=\"s3\""]);
+    let to_db = counter(port, "graviton_blocks_ingested", &["backend=\"postgres\""]);
+    assert_eq!(
+        (to_s3, to_db),
+        (1, 1),
+        "the large block went to S3, the small one to the database"
+    );
+    m.unmount();
+    m.mount();
+    assert!(std::fs::read(m.path("small")).unwrap() == small);
+    assert!(std::fs::read(m.path("large")).unwrap() == large);
+    let fsck = common::mounted::ok(m.graviton(&["fsck", "--verify-data", &m.source]), "fsck");
+    assert!(
+        fsck.contains("2 blocks (data verified): 0 problems"),
+        "{fsck}"
+    );
+    std::fs::remove_file(m.path("small")).unwrap();
+    let gc = common::mounted::ok(m.graviton(&["gc", "--grace", "0s", &m.source]), "gc");
+    assert!(gc.contains("deleted 1 blocks (10000 bytes)"), "{gc}");
+    assert_eq!(m.status_json()["stored_blocks"], 1);
+
+    // only where the database is the volume's own and the blocks are elsewhere
+    let dir = tempfile::tempdir().unwrap();
+    let v = dir.path().join("v");
+    let out = m.graviton(&["format", "--small-blocks", "64k", v.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs a PostgreSQL volume"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -22,6 +22,11 @@ pub struct FormatArgs {
     /// for more. Writes go to every store; reads use the first good copy.
     #[arg(long = "replica", value_name = "URL")]
     pub replicas: Vec<String>,
+    /// PostgreSQL volumes: blocks shorter than SIZE (e.g. 64k) are kept in the database
+    /// instead of the block store, so closing a small file costs an INSERT, not an upload.
+    /// Default: 64k when the blocks are in S3, else 0 (off).
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub small_blocks: Option<u32>,
     /// A directory for an embedded volume, or a postgres:// URL (password from the URL or
     /// PGPASSWORD-style settings of the URL; never printed).
     pub source: String,
@@ -32,6 +37,16 @@ pub struct FormatArgs {
 /// -> 321-329 MB/s, sequential writes 145 -> 186 MiB/s, 4 KiB random reads and writes unchanged.
 const S3_CHUNKER: Chunker = Chunker::Fixed(4 << 20);
 
+/// Blocks kept in the database of a PostgreSQL volume with blocks in S3: the size below which
+/// the write path packs pieces (`vfs::pack`), i.e. small files and tails. Measured on untar of
+/// RocksDB's source tree into PostgreSQL + S3 (s3rver): see docs/benchmarks.md.
+const SMALL_BLOCKS_ON_S3: u32 = 64 << 10;
+
+fn size(s: &str) -> Result<u32, String> {
+    crate::core::chunker::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size (e.g. 65536, 64k, 1m)"))
+}
+
 pub fn run(args: FormatArgs) -> anyhow::Result<()> {
     let on_s3 = args
         .store
@@ -40,21 +55,32 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
     let chunker = args
         .chunker
         .unwrap_or(if on_s3 { S3_CHUNKER } else { DEFAULT_CHUNKER });
+    let source = Source::parse(&args.source);
+    let small_blocks = match args.small_blocks {
+        Some(n) => n,
+        None if on_s3 && matches!(source, Source::Postgres(_)) => SMALL_BLOCKS_ON_S3,
+        None => 0,
+    };
     let vol = Volume::format_replicated(
-        &Source::parse(&args.source),
+        &source,
         args.hash,
         chunker,
         args.store.as_deref(),
         &args.replicas,
+        small_blocks,
     )?;
     println!(
-        "formatted {} (hash {}, chunker {}, blocks in {})",
+        "formatted {} (hash {}, chunker {}, blocks in {}{})",
         vol.source.display(),
         vol.settings.hash,
         vol.settings.chunker,
         match vol.settings.block_store.as_str() {
             "" => format!("{}/blocks", vol.source.display()),
             url => crate::volume::redact(url),
+        },
+        match vol.settings.small_blocks {
+            0 => String::new(),
+            n => format!(", blocks under {n} bytes in the database"),
         }
     );
     Ok(())

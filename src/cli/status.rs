@@ -103,6 +103,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("volume:        {}", s.volume);
         println!("engine:        {}", s.engine);
         println!("block store:   {}", s.block_store);
+        if s.settings.small_blocks > 0 {
+            println!(
+                "small blocks:  under {} bytes, in the PostgreSQL database",
+                s.settings.small_blocks
+            );
+        }
         for (i, url) in s.stores.iter().enumerate().skip(1) {
             println!("replica {i}:     {url}");
         }

@@ -32,7 +32,8 @@ pub enum ChunkerError {
     Limits { spec: String, why: String },
 }
 
-fn parse_size(s: &str) -> Option<u32> {
+/// `65536`, `64k`, `1m` as bytes.
+pub fn parse_size(s: &str) -> Option<u32> {
     let (num, mult) = match s.as_bytes().last()? {
         b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
         b'm' | b'M' => (&s[..s.len() - 1], 1u64 << 20),

@@ -146,6 +146,10 @@ impl BlockStore for DiskCache {
         Ok(r)
     }
 
+    fn cheap_put(&self, key: &BlockKey) -> bool {
+        self.inner.cheap_put(key)
+    }
+
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
         self.get(key)
     }

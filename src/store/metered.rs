@@ -68,6 +68,10 @@ impl BlockStore for Metered {
         self.timed_put(data, || self.inner.put_new(key, data))
     }
 
+    fn cheap_put(&self, key: &BlockKey) -> bool {
+        self.inner.cheap_put(key)
+    }
+
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
         self.inner.get_unverified(key)
     }

@@ -12,6 +12,7 @@ pub mod metered;
 pub mod pg;
 pub mod replicated;
 pub mod s3;
+pub mod tiered;
 
 use std::ops::Range;
 
@@ -67,6 +68,13 @@ pub trait BlockStore: Send + Sync {
     /// after all is harmless: same key, same bytes.
     fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
         self.put(key, data)
+    }
+
+    /// Whether storing the block costs no more than asking the volume's block index whether
+    /// some file references it (a single-statement insert into the metadata database): the
+    /// write path then stores it without asking.
+    fn cheap_put(&self, _key: &BlockKey) -> bool {
+        false
     }
 
     /// The stored bytes, unverified. Callers use [`BlockStore::get`].
