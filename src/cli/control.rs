@@ -73,6 +73,12 @@ pub fn execute(
     }
 }
 
+/// `run` on the volume a command line names (or the default volume), output to stdout.
+pub fn run_named(source: Option<String>, req: &Request) -> anyhow::Result<()> {
+    let source = super::source_or_default(source)?;
+    run(&source, req, &mut std::io::stdout().lock())
+}
+
 /// Runs `req` on the volume: through its mount daemon when an embedded volume is mounted,
 /// else on the volume opened here.
 pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {

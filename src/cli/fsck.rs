@@ -64,8 +64,7 @@ pub fn run(args: FsckArgs) -> anyhow::Result<()> {
         verify_data: args.verify_data,
         repair: args.repair,
     };
-    let source = super::source_or_default(args.source)?;
-    super::control::run(&source, &req, &mut std::io::stdout().lock())
+    super::control::run_named(args.source, &req)
 }
 
 /// Checks the volume (and with `repair`, fixes and checks again), writing the problems and a

@@ -69,8 +69,7 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
         grace_secs: args.grace.as_secs(),
         dry_run: args.dry_run,
     };
-    let source = super::source_or_default(args.source)?;
-    super::control::run(&source, &req, &mut std::io::stdout().lock())
+    super::control::run_named(args.source, &req)
 }
 
 /// Runs gc and writes its summary.

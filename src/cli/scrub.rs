@@ -33,8 +33,7 @@ pub fn run(args: ScrubArgs) -> anyhow::Result<()> {
     let req = Request::Scrub {
         dry_run: args.dry_run,
     };
-    let source = super::source_or_default(args.source)?;
-    super::control::run(&source, &req, &mut std::io::stdout().lock())
+    super::control::run_named(args.source, &req)
 }
 
 /// Scrubs (and with `repair`, repairs) and writes a summary; an error when a block has no good

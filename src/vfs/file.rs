@@ -84,6 +84,9 @@ pub(crate) struct OpenFile {
     /// Held by whoever flushes (or rewrites) the file, so commits land in write order. Taken
     /// before `state`, never while holding it.
     pub flush_lock: Mutex<()>,
+    /// The committed extent map as of the inode's `data_version`, for reads (every change of
+    /// the map bumps the version, so a stale copy is never used).
+    pub map: Mutex<Option<(u64, Arc<Vec<extent::Extent>>)>>,
 }
 
 pub(crate) struct FileState {
@@ -251,6 +254,7 @@ impl Fs {
                     Arc::new(OpenFile {
                         ino,
                         flush_lock: Mutex::new(()),
+                        map: Mutex::new(None),
                         state: Mutex::new(FileState {
                             dirty: DirtyData::default(),
                             mtime: None,

@@ -6,9 +6,10 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::file::OpenFile;
 use super::{Core, Fs, FsResult};
 use crate::core::Extent;
-use crate::meta::Ino;
+use crate::meta::{Ino, Inode};
 
 /// Per-handle read-ahead state.
 #[derive(Debug, Default)]
@@ -30,10 +31,10 @@ impl Fs {
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let h = self.handle(fh)?;
-        let (file_size, pending) = {
+        let (inode, file_size, pending) = {
             let st = h.file.lock();
-            let committed = self.core.inode(h.ino)?.size;
-            let file_size = committed.max(st.dirty.end());
+            let inode = self.core.inode(h.ino)?;
+            let file_size = inode.size.max(st.dirty.end());
             let file_size = file_size.max(st.inflight_end());
             let end = offset.saturating_add(size as u64).min(file_size);
             let mut pending = Vec::new();
@@ -42,13 +43,14 @@ impl Fs {
                 pending.extend(st.inflight_slices(offset..end));
                 pending.extend(st.dirty.slices(offset..end));
             }
-            (file_size, pending)
+            (inode, file_size, pending)
         };
         if offset >= file_size {
             return Ok(Vec::new());
         }
         let end = offset.saturating_add(size as u64).min(file_size);
-        let mut buf = read_committed(&self.core, h.ino, offset..end)?;
+        let extents = mapped_for_read(&self.core, &h.file, &inode, offset..end)?;
+        let mut buf = assemble(&self.core, h.ino, &extents, offset..end)?;
         for (at, data) in pending {
             let rel = (at - offset) as usize;
             buf[rel..rel + data.len()].copy_from_slice(&data);
@@ -123,10 +125,40 @@ impl Fs {
     }
 }
 
-/// Committed bytes of `range` (holes as zeros).
-pub(crate) fn read_committed(core: &Core, ino: Ino, range: Range<u64>) -> FsResult<Vec<u8>> {
-    let extents = core.meta.read()?.extents(ino, range.clone())?;
-    assemble(core, ino, &extents, range)
+/// Files with more extents than this are not kept whole in memory: their reads ask the
+/// metadata engine for the range each time.
+const MAP_KEPT_UP_TO: u64 = 4096;
+
+/// The committed extents overlapping `range`, from the open file's copy of its map while the
+/// inode's `data_version` matches (a cached 4 KiB read skips a metadata lookup).
+fn mapped_for_read(
+    core: &Core,
+    file: &OpenFile,
+    inode: &Inode,
+    range: Range<u64>,
+) -> FsResult<Vec<Extent>> {
+    if inode.extent_count > MAP_KEPT_UP_TO {
+        return Ok(core.meta.read()?.extents(inode.ino, range)?);
+    }
+    let map = {
+        let mut kept = file.map.lock().expect("map lock");
+        match kept.as_ref() {
+            Some((version, map)) if *version == inode.data_version => map.clone(),
+            _ => {
+                // read after the inode: the map is at least as new as the version it is kept
+                // under, and a newer version loads it again
+                let map = Arc::new(core.meta.read()?.extents(inode.ino, 0..u64::MAX)?);
+                *kept = Some((inode.data_version, map.clone()));
+                map
+            }
+        }
+    };
+    let first = map.partition_point(|e| e.end() <= range.start);
+    Ok(map[first..]
+        .iter()
+        .take_while(|e| e.offset < range.end)
+        .copied()
+        .collect())
 }
 
 /// The bytes of `range` that `extents` (sorted, overlapping the range) map; holes as zeros.
