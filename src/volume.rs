@@ -140,17 +140,22 @@ pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
+    // the user part first (a password may hold any character but '@'), then the query
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((auth, host)) => (Some(auth), host),
+        None => (None, rest),
+    };
+    let (host, query) = match host.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (host, None),
     };
     let mut out = format!("{scheme}://");
-    match rest.rsplit_once('@') {
-        Some((auth, host)) => match auth.split_once(':') {
+    match auth {
+        Some(auth) => match auth.split_once(':') {
             Some((user, _)) => out.push_str(&format!("{user}:***@{host}")),
-            None => out.push_str(rest),
+            None => out.push_str(&format!("{auth}@{host}")),
         },
-        None => out.push_str(rest),
+        None => out.push_str(host),
     }
     if let Some(q) = query {
         let params: Vec<String> = q
@@ -478,6 +483,7 @@ mod tests {
             "postgres://u@db/vol?sslmode=disable&password=***&sslpassword=***"
         );
         assert!(!q.state_dir().to_string_lossy().contains("hunter2"));
+        assert_eq!(redact("postgres://u:pa?ss@db/v"), "postgres://u:***@db/v");
         assert_eq!(Source::parse("/srv/vol"), Source::Dir("/srv/vol".into()));
     }
 }

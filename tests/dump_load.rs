@@ -277,3 +277,66 @@ fn a_cut_short_or_foreign_dump_changes_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Blocks a PostgreSQL volume kept in its database travel in the dump (the database does not
+/// move with it); a load whose target would look for small blocks in its own database, where
+/// the dumped volume never put them, says how to format it.
+#[test]
+fn small_blocks_kept_in_the_database_travel_in_the_dump() {
+    let admin = std::env::var("GRAVITON_TEST_PG").expect("GRAVITON_TEST_PG (scripts/test.sh)");
+    let s3 = common::mounted::s3_scratch_url();
+    let m = Mounted::new_pg_with_store("", Some(&s3));
+    let (small, large) = (random_bytes(5, 5_000), random_bytes(6, 300_000));
+    std::fs::write(m.path("small"), &small).unwrap();
+    std::fs::write(m.path("large"), &large).unwrap();
+    m.unmount();
+    let work = m.dir.path();
+    let dump = work.join("d.jsonl");
+    ok(
+        m.graviton(&["dump", "-o", dump.to_str().unwrap(), &m.source]),
+        "dump",
+    );
+    let text = std::fs::read_to_string(&dump).unwrap();
+    assert_eq!(
+        text.matches("{\"block\":").count(),
+        1,
+        "the small block: {text}"
+    );
+
+    // into an embedded volume on the same S3 prefix
+    let target = work.join("target");
+    ok(
+        m.graviton(&["format", "--store", &s3, target.to_str().unwrap()]),
+        "format",
+    );
+    ok(
+        m.graviton(&["load", dump.to_str().unwrap(), target.to_str().unwrap()]),
+        "load",
+    );
+    let t = Mounted::existing(target.to_str().unwrap(), "");
+    assert!(std::fs::read(t.path("small")).unwrap() == small);
+    assert!(std::fs::read(t.path("large")).unwrap() == large);
+    t.unmount();
+
+    // that volume's blocks are all in S3: a PostgreSQL target keeping small blocks in its
+    // database would not find them there
+    let dump2 = work.join("e.jsonl");
+    ok(
+        m.graviton(&[
+            "dump",
+            "-o",
+            dump2.to_str().unwrap(),
+            target.to_str().unwrap(),
+        ]),
+        "dump",
+    );
+    let pg = graviton::meta::pg::create_scratch_database(&admin).unwrap();
+    ok(m.graviton(&["format", "--store", &s3, &pg]), "format pg");
+    let out = m.graviton(&["load", dump2.to_str().unwrap(), &pg]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--small-blocks 0"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -56,8 +56,21 @@ fn gc_waits_out_the_grace_period_and_spares_blocks_being_committed() {
         "nothing deleted inside the grace period"
     );
 
-    // the writer commits: a file with the same content names the uploaded block
+    // the writer commits: a file with the same content names the uploaded block; finding
+    // the copy there, it took away the gc mark (gc would otherwise count its grace period
+    // from when the block was first seen unreferenced)
+    let mark = graviton::meta::gc_candidate_key(&late_key);
+    let vol = Volume::open(&Source::parse(&m.source)).unwrap();
+    assert!(
+        vol.meta.kv_get(&mark).unwrap().is_some(),
+        "marked by the first run"
+    );
     std::fs::write(m.path("late"), &late).unwrap();
+    assert!(
+        vol.meta.kv_get(&mark).unwrap().is_none(),
+        "the writer that found the copy removed the mark"
+    );
+    drop(vol);
     std::thread::sleep(Duration::from_millis(3100));
 
     // another writer keeps uploading and committing while gc runs

@@ -132,13 +132,35 @@ pub fn serve(vol: Arc<Volume>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Command output with the trailer's marker byte replaced: a file name holding it cannot end
+/// the answer early (fsck prints names).
+struct Unmarked<W: Write>(W);
+
+impl<W: Write> Write for Unmarked<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !buf.contains(&TRAILER[0]) {
+            return self.0.write(buf);
+        }
+        let clean: Vec<u8> = buf
+            .iter()
+            .map(|&b| if b == TRAILER[0] { b'?' } else { b })
+            .collect();
+        self.0.write_all(&clean)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 fn answer(vol: &Volume, conn: UnixStream) {
     let mut line = String::new();
     let Ok(read) = conn.try_clone() else { return };
     if BufReader::new(read).read_line(&mut line).is_err() {
         return;
     }
-    let mut out = std::io::BufWriter::new(conn);
+    let mut out = Unmarked(std::io::BufWriter::new(conn));
     let result = serde_json::from_str::<Request>(&line)
         .map_err(|e| anyhow::anyhow!("bad request: {e}"))
         .and_then(|req| {
@@ -149,6 +171,7 @@ fn answer(vol: &Volume, conn: UnixStream) {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("error {}", format!("{e:#}").replace('\n', " ")),
     };
+    let mut out = out.0;
     let _ = out.write_all(TRAILER);
     let _ = out.write_all(end.as_bytes());
     let _ = out.write_all(b"\n");

@@ -99,6 +99,10 @@ pub enum Record {
         chunker: String,
         /// Where the blocks were (for the reader; `load` does not use it).
         block_store: String,
+        /// Blocks shorter than this were kept in the volume's database: they travel in the
+        /// dump as `block` records, since the database does not move with it.
+        #[serde(default)]
+        small_blocks: u32,
     },
     Inode(Inode),
     Entry {
@@ -121,10 +125,17 @@ pub enum Record {
         ino: Ino,
         target: Bytes,
     },
+    /// A block that lived in the dumped volume's database (hex).
+    Block {
+        key: String,
+        data: String,
+    },
     /// The last line: a dump without it was cut short.
     End {
         inodes: u64,
         entries: u64,
+        #[serde(default)]
+        blocks: u64,
     },
 }
 
@@ -145,7 +156,10 @@ pub fn run(args: DumpArgs) -> anyhow::Result<()> {
     }
     out.into_inner()?.sync_all()?;
     std::fs::rename(&tmp, &args.output)?;
-    if let Some(Record::End { inodes, entries }) = last_record(&args.output) {
+    if let Some(Record::End {
+        inodes, entries, ..
+    }) = last_record(&args.output)
+    {
         println!(
             "dumped {inodes} inodes and {entries} entries to {}",
             args.output.display()
@@ -180,7 +194,9 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
         hash: vol.settings.hash.clone(),
         chunker: vol.settings.chunker.clone(),
         block_store: crate::volume::redact(&vol.settings.block_store),
+        small_blocks: vol.settings.small_blocks,
     })?;
+    let mut in_db: std::collections::BTreeSet<crate::core::BlockKey> = Default::default();
     let mut tx = vol.meta.begin()?;
     let tx: &mut dyn MetaRead = tx.as_mut();
     let bar = super::progress::spinner("inodes");
@@ -210,6 +226,12 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
         match inode.kind {
             FileKind::File => {
                 let extents = tx.extents(ino, 0..u64::MAX)?;
+                in_db.extend(
+                    extents
+                        .iter()
+                        .map(|e| e.key)
+                        .filter(|k| k.size < vol.settings.small_blocks),
+                );
                 if !extents.is_empty() {
                     let extents = extents.iter().map(MappedSpan::new).collect();
                     line(&Record::Extents { ino, extents })?;
@@ -247,7 +269,21 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
             _ => {}
         }
     }
-    line(&Record::End { inodes, entries })?;
+    bar.finish_and_clear();
+    let bar = super::progress::bar(in_db.len() as u64, "blocks");
+    bar.set_prefix("dump: blocks kept in the database");
+    for key in &in_db {
+        line(&Record::Block {
+            key: key.to_string(),
+            data: hex::encode(vol.store.get(key)?),
+        })?;
+        bar.inc(1);
+    }
+    line(&Record::End {
+        inodes,
+        entries,
+        blocks: in_db.len() as u64,
+    })?;
     bar.finish_and_clear();
     out.flush()?;
     Ok((inodes, entries))

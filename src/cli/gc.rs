@@ -11,12 +11,13 @@
 //!    after a re-check, right before the deletion, that still finds no extent naming it. A
 //!    candidate that is referenced again meanwhile loses its mark.
 //!
-//! A writer's flush (upload, then commit) must take less than the grace period (default one
-//! hour; flushes take seconds). What is left: a writer that stores a copy of a candidate
-//! block in the milliseconds between the re-check and the deletion; the block index tells it
-//! the block is unreferenced, it finds the old copy, and its commit then names a deleted block
-//! (`graviton fsck` reports it). Run gc when the grace period has made such a writer unlikely,
-//! not with `--grace 0` on a volume in use.
+//! A writer that skipped an upload because the block was referenced must commit within the
+//! grace period (default one hour; flushes take seconds). A writer that stores a block and
+//! finds a copy already there removes the block's mark (`vfs::flush`), and gc checks the mark
+//! again right before deleting each block: a candidate some writer is about to reference again
+//! is spared, and its grace period starts over. What is left is a writer whose store lands in
+//! the moment between that check and the deletion (`graviton fsck` would report its file). Do
+//! not run `--grace 0` on a volume in use.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -60,7 +61,6 @@ pub struct GcReport {
     pub next_due_secs: Option<u64>,
 }
 
-const MARK_PREFIX: &str = "gc/candidate/";
 /// Candidates re-checked and deleted together: keeps the re-check close to the deletions.
 const BATCH: usize = 64;
 
@@ -120,8 +120,8 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
     report.stored_blocks = stored.len() as u64;
     report.referenced_blocks = referenced.len() as u64;
     let mut marks: HashMap<BlockKey, u64> = HashMap::new();
-    for (k, v) in vol.meta.kv_scan(MARK_PREFIX)? {
-        let key = k[MARK_PREFIX.len()..].parse::<BlockKey>();
+    for (k, v) in vol.meta.kv_scan(crate::meta::GC_CANDIDATE_PREFIX)? {
+        let key = k[crate::meta::GC_CANDIDATE_PREFIX.len()..].parse::<BlockKey>();
         let since = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok());
         match (key, since) {
             (Ok(key), Some(since)) => {
@@ -187,6 +187,12 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
                 }
                 continue;
             }
+            // a writer that stored a copy since the listing took the mark away: it is about
+            // to reference the block
+            if !dry_run && vol.meta.kv_get(&mark_key(key))?.is_none() {
+                report.unmarked += 1;
+                continue;
+            }
             if !dry_run {
                 vol.store.delete(key)?;
                 vol.meta.kv_delete(&mark_key(key))?;
@@ -202,9 +208,9 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
 
 /// How many blocks are marked as candidates.
 pub fn candidates(vol: &Volume) -> anyhow::Result<u64> {
-    Ok(vol.meta.kv_scan(MARK_PREFIX)?.len() as u64)
+    Ok(vol.meta.kv_scan(crate::meta::GC_CANDIDATE_PREFIX)?.len() as u64)
 }
 
 fn mark_key(key: &BlockKey) -> String {
-    format!("{MARK_PREFIX}{key}")
+    crate::meta::gc_candidate_key(key)
 }

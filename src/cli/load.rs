@@ -52,6 +52,13 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         r.entries,
         vol.source.display()
     );
+    if r.missing_small > 0 {
+        anyhow::bail!(
+            "{} blocks under {} bytes the files name are not in the target's database, where this volume keeps small blocks: the dumped volume kept them in its block store, so format the target with --small-blocks 0",
+            r.missing_small,
+            vol.settings.small_blocks
+        );
+    }
     if r.missing_blocks > 0 {
         anyhow::bail!(
             "{} blocks the files name are not in the target's block store ({}): format the target with --store naming the dumped volume's block store, or copy its blocks",
@@ -66,7 +73,11 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
 pub struct LoadReport {
     pub inodes: u64,
     pub entries: u64,
+    /// Blocks the dump carried (those its volume kept in its database).
+    pub blocks: u64,
     pub missing_blocks: u64,
+    /// Of those, small blocks the target would read from its database.
+    pub missing_small: u64,
 }
 
 fn parse(line: std::io::Result<String>, n: usize) -> anyhow::Result<Record> {
@@ -87,6 +98,14 @@ fn check(input: Box<dyn BufRead>) -> anyhow::Result<()> {
 }
 
 pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport> {
+    if let Some(shared) = vol.meta.shared()
+        && !shared.sessions()?.is_empty()
+    {
+        anyhow::bail!(
+            "{} is mounted: load restores into a volume nothing uses",
+            vol.source.display()
+        );
+    }
     let mut probe = vol.meta.read()?;
     if !probe.list_dir(ROOT_INO, 2, 1)?.is_empty() || vol.meta.usage()?.inodes > 1 {
         anyhow::bail!(
@@ -167,12 +186,28 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
                 tx.put_xattr(ino, &name.to_vec()?, &value.to_vec()?)?
             }
             Record::Symlink { ino, target } => tx.put_symlink_target(ino, &target.to_vec()?)?,
-            Record::End { inodes, entries } => {
+            Record::Block { key, data } => {
+                let key: BlockKey = key.parse()?;
+                let data = hex::decode(&data)?;
                 anyhow::ensure!(
-                    (inodes, entries) == (report.inodes, report.entries),
-                    "the dump's end record counts {inodes} inodes and {entries} entries, its lines {} and {}",
+                    key.matches(&data),
+                    "dump line {}: block {key} does not match its key",
+                    n + 1
+                );
+                vol.store.put(&key, &data)?;
+                report.blocks += 1;
+            }
+            Record::End {
+                inodes,
+                entries,
+                blocks,
+            } => {
+                anyhow::ensure!(
+                    (inodes, entries, blocks) == (report.inodes, report.entries, report.blocks),
+                    "the dump's end record counts {inodes} inodes, {entries} entries and {blocks} blocks, its lines {}, {} and {}",
                     report.inodes,
-                    report.entries
+                    report.entries,
+                    report.blocks
                 );
                 ended = true;
             }
@@ -195,11 +230,16 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
     vol.meta.sync()?;
 
     let stored: HashSet<BlockKey> = vol.store.list()?.into_iter().collect();
-    report.missing_blocks = vol
+    let missing: Vec<BlockKey> = vol
         .meta
         .referenced_blocks()?
-        .iter()
+        .into_iter()
         .filter(|k| !stored.contains(k))
+        .collect();
+    report.missing_blocks = missing.len() as u64;
+    report.missing_small = missing
+        .iter()
+        .filter(|k| k.size < vol.settings.small_blocks)
         .count() as u64;
     Ok(report)
 }

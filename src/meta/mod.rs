@@ -47,6 +47,16 @@ pub enum MetaError {
 
 pub type MetaResult<T> = Result<T, MetaError>;
 
+/// Key-value prefix of `graviton gc`'s candidates: blocks seen unreferenced, with the time.
+pub const GC_CANDIDATE_PREFIX: &str = "gc/candidate/";
+
+/// The key-value key marking `block` as a gc candidate. A writer that stores a block and
+/// finds a copy already there removes it: the copy is about to be referenced again, and the
+/// grace period starts over.
+pub fn gc_candidate_key(block: &BlockKey) -> String {
+    format!("{GC_CANDIDATE_PREFIX}{block}")
+}
+
 /// What a volume holds, as `graviton status` reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {

@@ -75,9 +75,22 @@ impl BlockStore for Tiered {
         self.tier(key).delete(key)
     }
 
+    /// The blocks stored where reads look for them: a copy in the other tier (a small block
+    /// in the large store, say, from before the volume kept small blocks apart) is not read,
+    /// so it does not count.
     fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
-        let mut all = self.small.list()?;
-        all.extend(self.large.list()?);
+        let mut all: Vec<BlockKey> = self
+            .small
+            .list()?
+            .into_iter()
+            .filter(|k| k.size < self.below)
+            .collect();
+        all.extend(
+            self.large
+                .list()?
+                .into_iter()
+                .filter(|k| k.size >= self.below),
+        );
         Ok(all)
     }
 

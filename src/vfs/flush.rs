@@ -103,12 +103,22 @@ impl Core {
     pub(crate) fn put_block(&self, data: &[u8]) -> FsResult<BlockKey> {
         let key = BlockKey::for_data(self.cfg.hash, data);
         if self.store.cheap_put(&key) || self.meta.referenced_among(&[key])?.is_empty() {
-            self.store.put_new(&key, data)?;
+            let outcome = self.store.put_new(&key, data)?;
+            self.reclaim_copy(&key, outcome)?;
         } else {
             metrics::counter!(crate::metrics::BLOCKS_DEDUPLICATED, "backend" => "index")
                 .increment(1);
         }
         Ok(key)
+    }
+
+    /// A block found already stored may be a gc candidate (garbage this flush is about to
+    /// reference again): its mark goes, so gc waits a whole grace period from scratch.
+    fn reclaim_copy(&self, key: &BlockKey, outcome: crate::store::PutOutcome) -> FsResult<()> {
+        if outcome == crate::store::PutOutcome::Duplicate {
+            self.meta.kv_delete(&crate::meta::gc_candidate_key(key))?;
+        }
+        Ok(())
     }
 
     /// Hashes and stores blocks, up to `UPLOADS_AT_ONCE` at a time (a remote store's latency
@@ -163,7 +173,18 @@ impl Core {
                     .iter()
                     .zip(&hashed)
                     .filter(|(_, k)| !known.contains(k))
-                    .map(|(&(_, c), k)| scope.spawn(move || self.store.put_new(k, c).map(|_| ())))
+                    .map(|(&(_, c), k)| {
+                        scope.spawn(move || {
+                            let outcome = self.store.put_new(k, c)?;
+                            self.reclaim_copy(k, outcome).map_err(|e| {
+                                crate::store::StoreError::io(
+                                    "gc",
+                                    "unmarking a gc candidate",
+                                    std::io::Error::other(e.to_string()),
+                                )
+                            })
+                        })
+                    })
                     .collect();
                 jobs.into_iter()
                     .map(|j| j.join().expect("block upload thread"))
