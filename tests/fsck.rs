@@ -154,7 +154,7 @@ fn a_mounted_embedded_volume_is_checked_dumped_and_scrubbed_through_its_daemon()
         dump.lines()
             .last()
             .unwrap()
-            .contains(r#""end":{"inodes":4,"entries":3}"#),
+            .contains(r#""end":{"inodes":4,"entries":3,"blocks":0}"#),
         "{dump}"
     );
     let scrub = ok(m.graviton(&["scrub", &m.source]), "scrub while mounted");

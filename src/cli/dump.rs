@@ -197,7 +197,7 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
         small_blocks: vol.settings.small_blocks,
     })?;
     let mut in_db: std::collections::BTreeSet<crate::core::BlockKey> = Default::default();
-    let mut tx = vol.meta.begin()?;
+    let mut tx = vol.meta.snapshot()?;
     let tx: &mut dyn MetaRead = tx.as_mut();
     let bar = super::progress::spinner("inodes");
     bar.set_prefix("dump");

@@ -122,11 +122,8 @@ const PAGE: usize = 1024;
 
 pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
     let mut report = FsckReport::default();
-    // a shared volume is read in one transaction: a consistent snapshot while mounts run
-    let mut view: Box<dyn MetaRead> = match vol.meta.shared() {
-        Some(_) => vol.meta.begin()?,
-        None => vol.meta.read()?,
-    };
+    // one moment of the volume, also while mounts change it
+    let mut view = vol.meta.snapshot()?;
     let tx: &mut dyn MetaRead = view.as_mut();
     // listed before the walk: an inode created during it is not suspected
     let numbers = tx.inode_numbers()?;

@@ -623,6 +623,9 @@ impl MetaStore for CachedMeta {
         Ok(n)
     }
 
+    fn snapshot(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
+        self.inner.snapshot()
+    }
     fn allocate_ino(&self) -> MetaResult<Ino> {
         self.inner.allocate_ino()
     }

@@ -19,6 +19,7 @@ pub fn run_all(store: Arc<dyn MetaStore>) {
     concurrent_increments_are_isolated(store.clone());
     inode_numbers_are_unique(store.clone());
     reserved_inode_numbers_are_not_handed_out(store.as_ref());
+    snapshots_do_not_see_later_commits(store.as_ref());
 }
 
 fn commit(tx: Box<dyn MetaTxn + '_>) {
@@ -461,6 +462,37 @@ pub fn inode_numbers_are_unique(store: Arc<dyn MetaStore>) {
             assert!(seen.insert(ino), "inode {ino} handed out twice");
         }
     }
+}
+
+/// What dump and fsck of a mounted volume rely on: a snapshot view reads one moment, whatever
+/// commits meanwhile.
+pub fn snapshots_do_not_see_later_commits(store: &dyn MetaStore) {
+    let mut dir = sample_inode(store, FileKind::Dir);
+    let file = sample_inode(store, FileKind::File);
+    let mut tx = store.begin().expect("begin");
+    tx.put_inode(&dir).expect("put");
+    tx.put_inode(&file).expect("put");
+    commit(tx);
+    let mut view = store.snapshot().expect("snapshot");
+    // read something first: an engine may take its snapshot at the first read
+    assert!(view.inode(dir.ino).expect("inode").is_some());
+    let mut tx = store.begin().expect("begin");
+    dir.size = 4242;
+    tx.put_inode(&dir).expect("put");
+    let entry = DirEntry {
+        ino: file.ino,
+        kind: FileKind::File,
+        cookie: 3,
+    };
+    tx.put_dirent(dir.ino, b"late", &entry).expect("dirent");
+    commit(tx);
+    assert_eq!(view.inode(dir.ino).expect("inode").expect("dir").size, 0);
+    assert!(view.list_dir(dir.ino, 0, 10).expect("list").is_empty());
+    assert!(view.dirent(dir.ino, b"late").expect("dirent").is_none());
+    drop(view);
+    let mut now = store.snapshot().expect("snapshot");
+    assert_eq!(now.inode(dir.ino).expect("inode").expect("dir").size, 4242);
+    assert_eq!(now.list_dir(dir.ino, 0, 10).expect("list").len(), 1);
 }
 
 pub fn reserved_inode_numbers_are_not_handed_out(store: &dyn MetaStore) {

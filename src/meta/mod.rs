@@ -126,6 +126,11 @@ pub trait MetaStore: Send + Sync {
     fn read(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
         Ok(self.begin()?)
     }
+    /// A read-only view in which every read sees the same moment, however long it is used
+    /// (dump, fsck of a mounted volume).
+    fn snapshot(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
+        Ok(self.begin()?)
+    }
     /// An inode's latest committed record, read outside any transaction (the fast path for
     /// getattr and reads).
     fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>>;

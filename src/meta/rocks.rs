@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, ErrorKind, OptimisticTransactionDB, Options, Transaction,
-    WriteOptions,
+    ColumnFamily, ColumnFamilyDescriptor, ErrorKind, OptimisticTransactionDB,
+    OptimisticTransactionOptions, Options, ReadOptions, Transaction, WriteOptions,
 };
 
 use super::{
@@ -240,6 +240,17 @@ impl MetaStore for RocksMetaStore {
         Ok(Box::new(RocksTxn {
             store: self,
             txn: self.db.transaction(),
+            consistent: false,
+        }))
+    }
+
+    fn snapshot(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
+        let mut opts = OptimisticTransactionOptions::default();
+        opts.set_snapshot(true);
+        Ok(Box::new(RocksTxn {
+            store: self,
+            txn: self.db.transaction_opt(&WriteOptions::default(), &opts),
+            consistent: true,
         }))
     }
 
@@ -395,6 +406,9 @@ impl MetaStore for RocksMetaStore {
 struct RocksTxn<'a> {
     store: &'a RocksMetaStore,
     txn: Transaction<'a, Db>,
+    /// Every read sees the transaction's snapshot (a read-only view for dump and fsck; the
+    /// file operations' transactions read the latest data and rely on conflict checks).
+    consistent: bool,
 }
 
 impl RocksTxn<'_> {
@@ -404,6 +418,15 @@ impl RocksTxn<'_> {
 
     /// A read that registers a conflict if the key changes before commit.
     fn get(&self, cf: &str, key: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+        if self.consistent {
+            let snapshot = self.txn.snapshot();
+            let mut ro = ReadOptions::default();
+            ro.set_snapshot(&snapshot);
+            return self
+                .txn
+                .get_cf_opt(self.cf(cf), key, &ro)
+                .map_err(backend);
+        }
         self.txn
             .get_for_update_cf(self.cf(cf), key, true)
             .map_err(backend)
@@ -425,7 +448,12 @@ impl RocksTxn<'_> {
         start: &[u8],
         mut f: impl FnMut(&[u8], &[u8]) -> MetaResult<bool>,
     ) -> MetaResult<()> {
-        let mut it = self.txn.raw_iterator_cf(self.cf(cf));
+        let snapshot = self.txn.snapshot();
+        let mut ro = ReadOptions::default();
+        if self.consistent {
+            ro.set_snapshot(&snapshot);
+        }
+        let mut it = self.txn.raw_iterator_cf_opt(self.cf(cf), ro);
         it.seek(start);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if !k.starts_with(prefix) || !f(k, v)? {
