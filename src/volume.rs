@@ -15,6 +15,9 @@ pub const POSTGRES_STORE: &str = "postgres";
 use crate::vfs::{Fs, FsConfig, FsError};
 
 pub const FORMAT_VERSION: &str = "1";
+/// The format of a volume that keeps small blocks in its database: a build that predates
+/// `small_blocks` would not look for them there, so it must refuse the volume.
+pub const SMALL_BLOCKS_FORMAT_VERSION: &str = "2";
 /// Setting: blocks shorter than this many bytes are kept in the PostgreSQL database (0: none).
 pub const SMALL_BLOCKS: &str = "small_blocks";
 
@@ -363,7 +366,13 @@ impl Volume {
         }
         tx.commit()?;
         // Written last: a volume whose format was interrupted is not mistaken for a good one.
-        meta.put_setting("format_version", FORMAT_VERSION)?;
+        meta.put_setting(
+            "format_version",
+            match small_blocks {
+                0 => FORMAT_VERSION,
+                _ => SMALL_BLOCKS_FORMAT_VERSION,
+            },
+        )?;
         drop(meta);
         Self::open(source)
     }
@@ -394,7 +403,7 @@ impl Volume {
         let version = meta
             .setting("format_version")?
             .ok_or_else(|| VolumeError::NotFormatted(source.display()))?;
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != SMALL_BLOCKS_FORMAT_VERSION {
             return Err(invalid(format!(
                 "format version {version} is not supported by this build"
             )));
