@@ -997,6 +997,13 @@ impl MetaRead for CachedTxn<'_> {
     fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
         self.tx().dirent(parent, name)
     }
+    fn inode_and_dirent(
+        &mut self,
+        dir: Ino,
+        name: &[u8],
+    ) -> MetaResult<(Option<Inode>, Option<DirEntry>)> {
+        self.tx().inode_and_dirent(dir, name)
+    }
     fn list_dir(
         &mut self,
         parent: Ino,

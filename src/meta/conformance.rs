@@ -139,6 +139,20 @@ pub fn directory_entries_list_in_cookie_order(store: &dyn MetaStore) {
         ]
     );
     assert_eq!(tx.dirent(dir.ino, b"zeta").expect("get"), None);
+    // the directory and one entry in one read
+    let (d, e) = tx.inode_and_dirent(dir.ino, b"mid").expect("both");
+    assert_eq!(d.as_ref(), Some(&dir));
+    assert_eq!(
+        e.map(|e| (e.ino, e.kind, e.cookie)),
+        Some((555, FileKind::Dir, 20))
+    );
+    let (d, e) = tx.inode_and_dirent(dir.ino, b"zeta").expect("both");
+    assert_eq!((d.is_some(), e), (true, None));
+    assert_eq!(
+        tx.inode_and_dirent(dir.ino + 1_000_000, b"mid")
+            .expect("both"),
+        (None, None)
+    );
     assert!(
         tx.list_dir(dir.ino + 1_000_000, 0, 10)
             .expect("other dir")

@@ -72,6 +72,18 @@ pub struct Usage {
 pub trait MetaRead {
     fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>>;
     fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>>;
+    /// A directory's inode and its entry `name` (what create, unlink and rmdir read first), in
+    /// one round trip where the engine allows; the entry is None when the inode is.
+    fn inode_and_dirent(
+        &mut self,
+        dir: Ino,
+        name: &[u8],
+    ) -> MetaResult<(Option<Inode>, Option<DirEntry>)> {
+        match self.inode(dir)? {
+            Some(inode) => Ok((Some(inode), self.dirent(dir, name)?)),
+            None => Ok((None, None)),
+        }
+    }
     /// Up to `limit` entries with cookies greater than `after`, in cookie order.
     fn list_dir(
         &mut self,

@@ -685,6 +685,37 @@ macro_rules! pg_reads {
                 row.as_ref().map(dirent_from).transpose()
             }
 
+            fn inode_and_dirent(
+                &mut self,
+                dir: Ino,
+                name: &[u8],
+            ) -> MetaResult<(Option<Inode>, Option<DirEntry>)> {
+                let row = self.query(async |c| {
+                    sqlx::query(
+                        "SELECT i.*, d.ino AS entry_ino, d.kind AS entry_kind, \
+                         d.cookie AS entry_cookie FROM inodes i LEFT JOIN dirents d \
+                         ON d.parent = i.ino AND d.name = $2 WHERE i.ino = $1",
+                    )
+                    .bind(i(dir))
+                    .bind(name)
+                    .fetch_optional(c)
+                    .await
+                })?;
+                let Some(row) = row else {
+                    return Ok((None, None));
+                };
+                let entry = match row.get::<Option<i64>, _>("entry_ino") {
+                    None => None,
+                    Some(ino) => Some(DirEntry {
+                        ino: ino as u64,
+                        kind: FileKind::from_tag(row.get::<i16, _>("entry_kind") as u8)
+                            .ok_or_else(|| corrupt("file kind"))?,
+                        cookie: row.get::<i64, _>("entry_cookie") as u64,
+                    }),
+                };
+                Ok((Some(inode_from(&row)?), entry))
+            }
+
             fn list_dir(
                 &mut self,
                 parent: Ino,

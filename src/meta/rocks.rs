@@ -422,10 +422,7 @@ impl RocksTxn<'_> {
             let snapshot = self.txn.snapshot();
             let mut ro = ReadOptions::default();
             ro.set_snapshot(&snapshot);
-            return self
-                .txn
-                .get_cf_opt(self.cf(cf), key, &ro)
-                .map_err(backend);
+            return self.txn.get_cf_opt(self.cf(cf), key, &ro).map_err(backend);
         }
         self.txn
             .get_for_update_cf(self.cf(cf), key, true)

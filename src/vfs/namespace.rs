@@ -79,6 +79,20 @@ fn dir_inode(tx: &mut dyn MetaRead, ino: Ino) -> FsResult<Inode> {
     Ok(inode)
 }
 
+/// A directory's inode (as `dir_inode`) and its entry `name`, read together.
+fn dir_and_entry(
+    tx: &mut dyn MetaRead,
+    dir: Ino,
+    name: &[u8],
+) -> FsResult<(Inode, Option<DirEntry>)> {
+    let (inode, entry) = tx.inode_and_dirent(dir, name)?;
+    let inode = inode.ok_or(FsError::NotFound)?;
+    if inode.kind != FileKind::Dir {
+        return Err(FsError::NotDir);
+    }
+    Ok((inode, entry))
+}
+
 fn touch_dir(dir: &mut Inode, now: Timestamp) {
     dir.mtime = now;
     dir.ctime = now;
@@ -169,11 +183,11 @@ impl Fs {
         let ino = self.core.meta.allocate_ino()?;
         self.core.txn(|tx| {
             let now = Timestamp::now();
-            let mut dir = dir_inode(tx, parent)?;
+            let (mut dir, existing) = dir_and_entry(tx, parent, name)?;
             if dir.nlink == 0 {
                 return Err(FsError::NotFound); // removed directory
             }
-            if tx.dirent(parent, name)?.is_some() {
+            if existing.is_some() {
                 return Err(FsError::Exists);
             }
             let mut inode = Inode::new(ino, kind, (mode & 0o7777) as u16, ctx.uid, ctx.gid, now);
@@ -240,8 +254,8 @@ impl Fs {
         let files = self.core.files.lock().expect("lock");
         self.core.txn(|tx| {
             let now = Timestamp::now();
-            let mut dir = dir_inode(tx, parent)?;
-            let entry = tx.dirent(parent, name)?.ok_or(FsError::NotFound)?;
+            let (mut dir, entry) = dir_and_entry(tx, parent, name)?;
+            let entry = entry.ok_or(FsError::NotFound)?;
             if entry.kind == FileKind::Dir {
                 return Err(FsError::IsDir);
             }
@@ -263,8 +277,8 @@ impl Fs {
         check_name(name)?;
         self.core.txn(|tx| {
             let now = Timestamp::now();
-            let mut dir = dir_inode(tx, parent)?;
-            let entry = tx.dirent(parent, name)?.ok_or(FsError::NotFound)?;
+            let (mut dir, entry) = dir_and_entry(tx, parent, name)?;
+            let entry = entry.ok_or(FsError::NotFound)?;
             if entry.kind != FileKind::Dir {
                 return Err(FsError::NotDir);
             }
