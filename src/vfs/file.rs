@@ -87,6 +87,9 @@ pub(crate) struct OpenFile {
     /// The committed extent map as of the inode's `data_version`, for reads (every change of
     /// the map bumps the version, so a stale copy is never used).
     pub map: Mutex<Option<(u64, Arc<Vec<extent::Extent>>)>>,
+    /// This mount took the inode's last link while it was open (it is an orphan): the last
+    /// release deletes it. Another mount's unlink deletes the inode itself.
+    pub unlinked: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct FileState {
@@ -255,6 +258,7 @@ impl Fs {
                         ino,
                         flush_lock: Mutex::new(()),
                         map: Mutex::new(None),
+                        unlinked: Default::default(),
                         state: Mutex::new(FileState {
                             dirty: DirtyData::default(),
                             mtime: None,
@@ -451,9 +455,8 @@ impl Fs {
                 .sum::<i64>();
             self.core.add_dirty(-dropped);
             drop(st);
-            // the common case, a file still linked, needs no transaction
-            let linked = matches!(self.core.meta.read()?.inode(h.ino)?, Some(i) if i.nlink > 0);
-            if linked {
+            // the common case, a file this mount did not unlink, needs no lookup at all
+            if !h.file.unlinked.load(Ordering::Relaxed) {
                 return flushed;
             }
             self.core.txn(|tx| {

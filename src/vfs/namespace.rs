@@ -233,15 +233,18 @@ impl Fs {
         tx: &mut dyn MetaTxn,
         inode: &mut Inode,
         now: Timestamp,
-        open: bool,
+        open: Option<&std::sync::Arc<super::file::OpenFile>>,
     ) -> FsResult<()> {
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime = now;
         if inode.nlink > 0 {
             tx.put_inode(inode)?;
-        } else if open {
+        } else if let Some(file) = open {
             tx.put_inode(inode)?;
             tx.add_orphan(inode.ino)?;
+            // its last release deletes it (set before the commit: that release checks again)
+            file.unlinked
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         } else {
             tx.delete_inode(inode.ino)?;
         }
@@ -263,7 +266,7 @@ impl Fs {
             tx.delete_dirent(parent, name)?;
             touch_dir(&mut dir, now);
             tx.put_inode(&dir)?;
-            self.drop_link(tx, &mut inode, now, files.contains_key(&entry.ino))
+            self.drop_link(tx, &mut inode, now, files.get(&entry.ino))
         })
     }
 
@@ -441,7 +444,7 @@ impl Fs {
                                 target_dir.nlink -= 1;
                             }
                             (false, false) => {
-                                self.drop_link(tx, &mut di, now, files.contains_key(&d.ino))?
+                                self.drop_link(tx, &mut di, now, files.get(&d.ino))?
                             }
                         }
                         d.cookie
