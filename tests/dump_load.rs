@@ -61,6 +61,23 @@ fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, String> {
     out
 }
 
+/// The command failed, saying `what` on stderr.
+fn fails_with(out: std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(what), "{err}");
+}
+
+/// Dumps `source` into `name` in the mount's folder; the path and the text.
+fn dump_to(m: &Mounted, source: &str, name: &str) -> (std::path::PathBuf, String) {
+    let path = m.dir.path().join(name);
+    ok(
+        m.graviton(&["dump", "-o", path.to_str().unwrap(), source]),
+        "dump",
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    (path, text)
+}
+
 fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
@@ -171,12 +188,7 @@ fn a_volume_moves_from_rocksdb_to_postgres_and_back() {
     assert!(loaded.contains("loaded"), "{loaded}");
     // a second load finds the volume in use
     let again = rocks.graviton(&["load", dump1.to_str().unwrap(), &pg]);
-    assert!(!again.status.success());
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("not empty"),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    fails_with(again, "not empty");
     {
         let m = Mounted::existing(&pg, "");
         assert_eq!(snapshot(&m.mnt), before, "PostgreSQL copy differs");
@@ -232,12 +244,7 @@ fn a_cut_short_or_foreign_dump_changes_nothing() {
     std::fs::write(m.path("a"), b"content").unwrap();
     m.unmount();
     let work = m.dir.path();
-    let dump = work.join("d.jsonl");
-    ok(
-        m.graviton(&["dump", "-o", dump.to_str().unwrap(), &m.source]),
-        "dump",
-    );
-    let text = std::fs::read_to_string(&dump).unwrap();
+    let (dump, text) = dump_to(&m, &m.source, "d.jsonl");
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.last().unwrap().contains("\"end\""), "{text}");
 
@@ -252,30 +259,15 @@ fn a_cut_short_or_foreign_dump_changes_nothing() {
     let short = work.join("short.jsonl");
     std::fs::write(&short, lines[..lines.len() - 1].join("\n")).unwrap();
     let out = m.graviton(&["load", short.to_str().unwrap(), target.to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("incomplete"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fails_with(out, "incomplete");
     let other = work.join("other.jsonl");
     std::fs::write(&other, "{\"hello\": 1}\n").unwrap();
     let out = m.graviton(&["load", other.to_str().unwrap(), target.to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("dump line 1"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fails_with(out, "dump line 1");
     // nothing was loaded: the target is still empty and takes a good dump; its blocks are in
     // the first volume's store, so a load into its own empty store names them missing
     let out = m.graviton(&["load", dump.to_str().unwrap(), target.to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not in the target's block store"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fails_with(out, "not in the target's block store");
 }
 
 /// Blocks a PostgreSQL volume kept in its database travel in the dump (the database does not
@@ -291,12 +283,7 @@ fn small_blocks_kept_in_the_database_travel_in_the_dump() {
     std::fs::write(m.path("large"), &large).unwrap();
     m.unmount();
     let work = m.dir.path();
-    let dump = work.join("d.jsonl");
-    ok(
-        m.graviton(&["dump", "-o", dump.to_str().unwrap(), &m.source]),
-        "dump",
-    );
-    let text = std::fs::read_to_string(&dump).unwrap();
+    let (dump, text) = dump_to(&m, &m.source, "d.jsonl");
     assert_eq!(
         text.matches("{\"block\":").count(),
         1,
@@ -320,23 +307,9 @@ fn small_blocks_kept_in_the_database_travel_in_the_dump() {
 
     // that volume's blocks are all in S3: a PostgreSQL target keeping small blocks in its
     // database would not find them there
-    let dump2 = work.join("e.jsonl");
-    ok(
-        m.graviton(&[
-            "dump",
-            "-o",
-            dump2.to_str().unwrap(),
-            target.to_str().unwrap(),
-        ]),
-        "dump",
-    );
+    let (dump2, _) = dump_to(&m, target.to_str().unwrap(), "e.jsonl");
     let pg = graviton::meta::pg::create_scratch_database(&admin).unwrap();
     ok(m.graviton(&["format", "--store", &s3, &pg]), "format pg");
     let out = m.graviton(&["load", dump2.to_str().unwrap(), &pg]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--small-blocks 0"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fails_with(out, "--small-blocks 0");
 }
