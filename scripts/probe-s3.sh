@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# One workload on a fresh Graviton volume (PostgreSQL metadata, blocks in a loopback s3rver),
+# then where its time went: the mount's own metrics (`-o metrics`), summed per name, largest
+# first. For A/B comparisons of one change; the side-by-side table is scripts/bench-s3.sh.
+# usage: scripts/probe-s3.sh untar|create|seqr|randr
+#   FORMAT_OPTS="--small-blocks 0" and MOUNT_OPTS="cache_mb=512" pass options through.
+# Needs root, and what scripts/bench-s3.sh installs (s3rver under /var/cache/graviton/s3rver).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKLOAD="${1:?usage: scripts/probe-s3.sh untar|create|seqr|randr}"
+source scripts/env.sh
+cargo build --release --locked --bin graviton >/dev/null
+source scripts/pg.sh >/dev/null
+G="$GRAVITON_BIN"
+W=/var/tmp/graviton-probe
+S3RVER=/var/cache/graviton/s3rver/node_modules/.bin/s3rver
+[ -x "$S3RVER" ] || { echo "s3rver is missing: run scripts/bench-s3.sh once" >&2; exit 1; }
+rm -rf "$W" && mkdir -p "$W"/{m,s3,state}
+export XDG_STATE_HOME="$W/state" AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER
+export AWS_REGION=us-east-1
+S3_PORT=54341 METRICS=127.0.0.1:54342
+"$S3RVER" -d "$W/s3" -a 127.0.0.1 -p "$S3_PORT" -s --no-vhost-buckets --configure-bucket b \
+  >"$W/s3rver.log" 2>&1 &
+SP=$!
+DB="graviton_probe_$$"
+cleanup() {
+  fusermount3 -uz "$W/m" 2>/dev/null || true
+  kill "$SP" 2>/dev/null || true
+  wait "$SP" 2>/dev/null || true
+  runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB" || true
+}
+trap cleanup EXIT
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break; sleep 0.1; done
+runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
+VOL="${GRAVITON_TEST_PG%/*}/$DB"
+# shellcheck disable=SC2086
+"$G" format ${FORMAT_OPTS:-} --store "s3://b?endpoint=http://127.0.0.1:$S3_PORT&region=us-east-1" "$VOL" >/dev/null
+mount_it() { "$G" mount "$VOL" "$W/m" -o "allow_other,metrics=$METRICS${MOUNT_OPTS:+,$MOUNT_OPTS}"; }
+remount() { fusermount3 -u "$W/m"; sleep 1; sync; echo 3 > /proc/sys/vm/drop_caches; mount_it; }
+mount_it
+mkdir "$W/m/u"
+now() { date +%s.%N; }
+case "$WORKLOAD" in
+  untar)
+    SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/librocksdb-sys-*/ | head -1)
+    tar cf "$W/src.tar" -C "$SRC" .
+    t0=$(now); tar xf "$W/src.tar" -C "$W/m/u"; sync -f "$W/m/u"; t1=$(now)
+    python3 -c "print('untar of RocksDB\'s source tree: %.2f s' % ($t1 - $t0))" ;;
+  create)
+    python3 - "$W/m/u" <<'PY'
+import os, sys, time
+d = sys.argv[1]
+t = time.perf_counter()
+for i in range(2000):
+    os.close(os.open(f"{d}/f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+print("create: %.0f files/s" % (2000 / (time.perf_counter() - t)))
+PY
+    ;;
+  seqr)
+    dd if=/dev/urandom of="$W/m/u/big" bs=1M count=256 status=none
+    remount
+    t0=$(now); cat "$W/m/u/big" >/dev/null; t1=$(now)
+    python3 -c "print('sequential read of 256 MiB: %.0f MiB/s' % (256 / ($t1 - $t0)))" ;;
+  randr)
+    dd if=/dev/urandom of="$W/m/u/big" bs=1M count=64 status=none
+    remount
+    fio --name=r --filename="$W/m/u/big" --rw=randread --bs=4k --size=64M --ioengine=psync \
+        --runtime=30 --output-format=json 2>/dev/null |
+      python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("4 KiB random reads: %.1f MiB/s" % (j["read"]["bw_bytes"]/1048576))' ;;
+  *) echo "unknown workload $WORKLOAD" >&2; exit 2 ;;
+esac
+curl -s "http://$METRICS/metrics" | python3 -c '
+import re, sys
+sums, counts = {}, {}
+for line in sys.stdin:
+    m = re.match(r"(\w+)_(sum|count)\{(.*)\} (\S+)", line)
+    if m:
+        name, kind, labels, v = m.groups()
+        (sums if kind == "sum" else counts)[name + "{" + labels + "}"] = float(v)
+for k in sorted(sums, key=lambda k: -sums[k])[:20]:
+    print(f"{sums[k]:8.3f} s {int(counts.get(k, 0)):7d}  {k}")
+'
