@@ -527,3 +527,73 @@ fn postgres_volume_with(store: Option<&str>) {
     assert_eq!(s["engine"], "postgres");
     assert!(!s["volume"].as_str().unwrap().is_empty());
 }
+
+/// Writes, truncates and chowns drop setuid (and setgid on a group-executable file) as on
+/// ext4; the filesystem does it itself (FUSE_HANDLE_KILLPRIV_V2), so the kernel does not ask
+/// for security.capability before every write.
+#[test]
+fn writes_truncates_and_chowns_drop_setuid_and_setgid() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = Mounted::new(&[], "");
+    let f = m.path("prog");
+    std::fs::write(&f, b"#!/bin/sh\n").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let set = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let as_nobody = |script: &str| {
+        ok(
+            run(
+                "runuser",
+                &["-u", "nobody", "--", "sh", "-c", script],
+                Path::new("/"),
+            ),
+            script,
+        )
+    };
+    let path = f.to_str().unwrap().to_string();
+
+    set(&f, 0o6777);
+    as_nobody(&format!("printf x >> {path}"));
+    assert_eq!(mode(&f), 0o777, "an unprivileged write drops both bits");
+
+    set(&f, 0o6777);
+    as_nobody(&format!("truncate -s 1 {path}"));
+    assert_eq!(mode(&f), 0o777, "an unprivileged truncate drops both bits");
+
+    set(&f, 0o6757);
+    as_nobody(&format!("printf y >> {path}"));
+    // as on ext4 (Linux 6.x): the writer is not in the file's group, so setgid goes too
+    assert_eq!(mode(&f), 0o757, "a writer outside the group drops setgid too");
+
+    set(&f, 0o4755);
+    std::os::unix::fs::chown(&f, Some(1234), None).unwrap();
+    assert_eq!(mode(&f), 0o755, "chown drops setuid");
+
+    set(&f, 0o4777);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"z")
+        .unwrap();
+    assert_eq!(
+        mode(&f),
+        0o4777,
+        "root (CAP_FSETID) keeps setuid when writing"
+    );
+
+    let d = m.path("shared");
+    std::fs::create_dir(&d).unwrap();
+    set(&d, 0o2775);
+    std::os::unix::fs::chown(&d, Some(1234), Some(1234)).unwrap();
+    assert_eq!(mode(&d), 0o2775, "a directory keeps setgid across chown");
+    m.unmount();
+    m.mount();
+    assert_eq!(mode(&f), 0o4777);
+    assert_eq!(
+        std::fs::read(&f).unwrap(),
+        b"#yz",
+        "the writes themselves landed"
+    );
+}

@@ -79,6 +79,20 @@ fn dir_inode(tx: &mut dyn MetaRead, ino: Ino) -> FsResult<Inode> {
     Ok(inode)
 }
 
+/// The permission bits left once setuid/setgid are dropped (regular files and the like;
+/// directories keep theirs).
+fn without_privileges(inode: &Inode) -> u16 {
+    let mut perm = inode.perm;
+    if inode.kind == FileKind::Dir {
+        return perm;
+    }
+    perm &= !(libc::S_ISUID as u16);
+    if perm & libc::S_IXGRP as u16 != 0 {
+        perm &= !(libc::S_ISGID as u16);
+    }
+    perm
+}
+
 /// A directory's inode (as `dir_inode`) and its entry `name`, read together.
 fn dir_and_entry(
     tx: &mut dyn MetaRead,
@@ -561,6 +575,36 @@ impl Fs {
             })?;
         }
         self.getattr(ino)
+    }
+
+    /// Clears setuid, and setgid when group-executable (setgid without it marks mandatory
+    /// locking), as a write by an unprivileged caller must. Directories keep theirs.
+    pub fn drop_privileges(&self, ino: Ino) -> FsResult<()> {
+        let inode = self.getattr(ino)?;
+        let kept = without_privileges(&inode);
+        if kept != inode.perm {
+            self.setattr(
+                ino,
+                SetAttr {
+                    mode: Some(kept as u32),
+                    ..Default::default()
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `set` with setuid/setgid cleared as a chown or truncate clears them, unless it sets
+    /// the mode itself.
+    pub fn without_privileges(&self, ino: Ino, mut set: SetAttr) -> FsResult<SetAttr> {
+        if set.mode.is_none() {
+            let inode = self.getattr(ino)?;
+            let kept = without_privileges(&inode);
+            if kept != inode.perm {
+                set.mode = Some(kept as u32);
+            }
+        }
+        Ok(set)
     }
 
     /// A file with writes not yet committed takes mode, owner and time changes into its
