@@ -564,7 +564,11 @@ fn writes_truncates_and_chowns_drop_setuid_and_setgid() {
     set(&f, 0o6757);
     as_nobody(&format!("printf y >> {path}"));
     // as on ext4 (Linux 6.x): the writer is not in the file's group, so setgid goes too
-    assert_eq!(mode(&f), 0o757, "a writer outside the group drops setgid too");
+    assert_eq!(
+        mode(&f),
+        0o757,
+        "a writer outside the group drops setgid too"
+    );
 
     set(&f, 0o4755);
     std::os::unix::fs::chown(&f, Some(1234), None).unwrap();
