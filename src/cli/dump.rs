@@ -179,9 +179,6 @@ fn last_record(path: &std::path::Path) -> Option<Record> {
     serde_json::from_str(tail.lines().last()?).ok()
 }
 
-/// Entries read per directory page.
-const PAGE: usize = 1024;
-
 /// Writes the dump; returns the numbers of inodes and entries written.
 pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
     let mut line = |r: &Record| -> anyhow::Result<()> {
@@ -246,11 +243,8 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
                 }
             }
             FileKind::Dir => {
-                let mut after = 2;
-                loop {
-                    let page = tx.list_dir(ino, after, PAGE)?;
-                    for (name, e) in &page {
-                        after = e.cookie;
+                super::each_entry_page(tx, ino, |_, page| {
+                    for (name, e) in page {
                         line(&Record::Entry {
                             parent: ino,
                             name: Bytes::new(name),
@@ -261,10 +255,8 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
                         entries += 1;
                         todo.push(e.ino);
                     }
-                    if page.len() < PAGE {
-                        break;
-                    }
-                }
+                    Ok(())
+                })?;
             }
             _ => {}
         }

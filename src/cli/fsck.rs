@@ -117,9 +117,6 @@ pub fn check(
     Ok(())
 }
 
-/// Entries read per directory page.
-const PAGE: usize = 1024;
-
 pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
     let mut report = FsckReport::default();
     // one moment of the volume, also while mounts change it
@@ -138,11 +135,8 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
     while let Some((dir, path)) = todo.pop() {
         walk.inc(1);
         report.dirs += 1;
-        let mut after = 2;
-        loop {
-            let page = tx.list_dir(dir, after, PAGE)?;
-            for (name, entry) in &page {
-                after = entry.cookie;
+        super::each_entry_page(tx, dir, |tx, page| {
+            for (name, entry) in page {
                 let child = format!("{path}/{}", String::from_utf8_lossy(name));
                 let Some(inode) = tx.inode(entry.ino)? else {
                     report.problems.push(format!(
@@ -191,10 +185,8 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
                     _ => {}
                 }
             }
-            if page.len() < PAGE {
-                break;
-            }
-        }
+            Ok(())
+        })?;
     }
     // link counts: a file's names; a directory's 2 + its subdirectories
     for (&ino, (names, path)) in &named {
@@ -246,19 +238,14 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
         .map(|n| n.ino)
         .collect();
     while let Some(dir) = todo.pop() {
-        let mut after = 2;
-        loop {
-            let page = tx.list_dir(dir, after, PAGE)?;
-            for (_, e) in &page {
-                after = e.cookie;
+        super::each_entry_page(tx, dir, |_, page| {
+            for (_, e) in page {
                 if inside.insert(e.ino) && e.kind == FileKind::Dir {
                     todo.push(e.ino);
                 }
             }
-            if page.len() < PAGE {
-                break;
-            }
-        }
+            Ok(())
+        })?;
     }
     for inode in lost.iter().filter(|n| !inside.contains(&n.ino)) {
         report.problems.push(format!(

@@ -144,10 +144,16 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
         }
         match marks.get(&key) {
             None => {
-                report.marked += 1;
                 if !dry_run {
-                    vol.meta
-                        .kv_put(&mark_key(&key), now.to_string().as_bytes())?;
+                    vol.meta.kv_put(
+                        &crate::meta::gc_candidate_key(&key),
+                        now.to_string().as_bytes(),
+                    )?;
+                }
+                // first seen now: due now only with no grace period at all
+                match grace.is_zero() {
+                    true => due.push(key),
+                    false => report.marked += 1,
                 }
             }
             Some(&since) if now.saturating_sub(since) >= grace.as_secs() => due.push(key),
@@ -163,16 +169,7 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
         if referenced.contains(key) || !stored_set.contains(key) {
             report.unmarked += 1;
             if !dry_run {
-                vol.meta.kv_delete(&mark_key(key))?;
-            }
-        }
-    }
-    // a block first seen now is due now only with no grace period at all
-    if grace.is_zero() {
-        for key in stored_set.iter().filter(|k| !referenced.contains(k)) {
-            if !marks.contains_key(key) {
-                due.push(*key);
-                report.marked -= 1;
+                vol.meta.kv_delete(&crate::meta::gc_candidate_key(key))?;
             }
         }
     }
@@ -183,19 +180,24 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
             if again.contains(key) {
                 report.unmarked += 1;
                 if !dry_run {
-                    vol.meta.kv_delete(&mark_key(key))?;
+                    vol.meta.kv_delete(&crate::meta::gc_candidate_key(key))?;
                 }
                 continue;
             }
             // a writer that stored a copy since the listing took the mark away: it is about
             // to reference the block
-            if !dry_run && vol.meta.kv_get(&mark_key(key))?.is_none() {
+            if !dry_run
+                && vol
+                    .meta
+                    .kv_get(&crate::meta::gc_candidate_key(key))?
+                    .is_none()
+            {
                 report.unmarked += 1;
                 continue;
             }
             if !dry_run {
                 vol.store.delete(key)?;
-                vol.meta.kv_delete(&mark_key(key))?;
+                vol.meta.kv_delete(&crate::meta::gc_candidate_key(key))?;
                 tracing::info!(block = %key, "gc deleted an unreferenced block");
             }
             report.deleted_blocks += 1;
@@ -209,8 +211,4 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
 /// How many blocks are marked as candidates.
 pub fn candidates(vol: &Volume) -> anyhow::Result<u64> {
     Ok(vol.meta.kv_scan(crate::meta::GC_CANDIDATE_PREFIX)?.len() as u64)
-}
-
-fn mark_key(key: &BlockKey) -> String {
-    crate::meta::gc_candidate_key(key)
 }

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::meta::{DirEntry, Ino, MetaRead};
 use crate::volume::Source;
 
 #[derive(Parser, Debug)]
@@ -64,6 +65,29 @@ pub fn default_volume() -> anyhow::Result<PathBuf> {
         anyhow::anyhow!("neither XDG_DATA_HOME nor HOME is set: cannot place the default volume; name a SOURCE")
     })?;
     Ok(PathBuf::from(home).join(".local/share/graviton/default"))
+}
+
+/// Entries read per directory page by the tree walks (fsck, dump).
+const PAGE: usize = 1024;
+
+/// Visits a directory's entries in cookie order, a page at a time; `f` gets the reader back
+/// for lookups of its own.
+fn each_entry_page(
+    tx: &mut dyn MetaRead,
+    dir: Ino,
+    mut f: impl FnMut(&mut dyn MetaRead, &[(Vec<u8>, DirEntry)]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut after = 2;
+    loop {
+        let page = tx.list_dir(dir, after, PAGE)?;
+        if let Some((_, last)) = page.last() {
+            after = last.cookie;
+        }
+        f(tx, &page)?;
+        if page.len() < PAGE {
+            return Ok(());
+        }
+    }
 }
 
 /// The volume a command names, or the default volume.

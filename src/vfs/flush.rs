@@ -103,8 +103,7 @@ impl Core {
     pub(crate) fn put_block(&self, data: &[u8]) -> FsResult<BlockKey> {
         let key = BlockKey::for_data(self.cfg.hash, data);
         if self.store.cheap_put(&key) || self.meta.referenced_among(&[key])?.is_empty() {
-            let outcome = self.store.put_new(&key, data)?;
-            self.reclaim_copy(&key, outcome)?;
+            self.store_new(&key, data)?;
         } else {
             metrics::counter!(crate::metrics::BLOCKS_DEDUPLICATED, "backend" => "index")
                 .increment(1);
@@ -112,10 +111,11 @@ impl Core {
         Ok(key)
     }
 
-    /// A block found already stored may be a gc candidate (garbage this flush is about to
-    /// reference again): its mark goes, so gc waits a whole grace period from scratch.
-    fn reclaim_copy(&self, key: &BlockKey, outcome: crate::store::PutOutcome) -> FsResult<()> {
-        if outcome == crate::store::PutOutcome::Duplicate {
+    /// Stores a block no extent references (no check for a copy first). A copy found already
+    /// stored may be a gc candidate (garbage this flush is about to reference again): its mark
+    /// goes, so gc waits a whole grace period from scratch.
+    fn store_new(&self, key: &BlockKey, data: &[u8]) -> FsResult<()> {
+        if self.store.put_new(key, data)? == crate::store::PutOutcome::Duplicate {
             self.meta.kv_delete(&crate::meta::gc_candidate_key(key))?;
         }
         Ok(())
@@ -168,23 +168,12 @@ impl Core {
                 metrics::counter!(crate::metrics::BLOCKS_DEDUPLICATED, "backend" => "index")
                     .increment(known.len() as u64);
             }
-            let stored: Vec<Result<(), crate::store::StoreError>> = std::thread::scope(|scope| {
+            let stored: Vec<FsResult<()>> = std::thread::scope(|scope| {
                 let jobs: Vec<_> = window
                     .iter()
                     .zip(&hashed)
                     .filter(|(_, k)| !known.contains(k))
-                    .map(|(&(_, c), k)| {
-                        scope.spawn(move || {
-                            let outcome = self.store.put_new(k, c)?;
-                            self.reclaim_copy(k, outcome).map_err(|e| {
-                                crate::store::StoreError::io(
-                                    "gc",
-                                    "unmarking a gc candidate",
-                                    std::io::Error::other(e.to_string()),
-                                )
-                            })
-                        })
-                    })
+                    .map(|(&(_, c), k)| scope.spawn(move || self.store_new(k, c)))
                     .collect();
                 jobs.into_iter()
                     .map(|j| j.join().expect("block upload thread"))

@@ -580,16 +580,9 @@ impl Fs {
     /// Clears setuid, and setgid when group-executable (setgid without it marks mandatory
     /// locking), as a write by an unprivileged caller must. Directories keep theirs.
     pub fn drop_privileges(&self, ino: Ino) -> FsResult<()> {
-        let inode = self.getattr(ino)?;
-        let kept = without_privileges(&inode);
-        if kept != inode.perm {
-            self.setattr(
-                ino,
-                SetAttr {
-                    mode: Some(kept as u32),
-                    ..Default::default()
-                },
-            )?;
+        let set = self.without_privileges(ino, SetAttr::default())?;
+        if set.mode.is_some() {
+            self.setattr(ino, set)?;
         }
         Ok(())
     }
