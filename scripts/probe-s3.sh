@@ -39,14 +39,24 @@ mount_it() { "$G" mount "$VOL" "$W/m" -o "allow_other,metrics=$METRICS${MOUNT_OP
 remount() { fusermount3 -u "$W/m"; sleep 1; sync; echo 3 > /proc/sys/vm/drop_caches; mount_it; }
 mount_it
 mkdir "$W/m/u"
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+declare -A CPU0
+# marks the start of the timed part: CPU time of the daemon (G) and s3rver (S) from here on
+mark() { CPU0[G]=$(cpu_s "$(pgrep -f "graviton mount.* $W/m" | head -1)") CPU0[S]=$(cpu_s "$SP"); }
 now() { date +%s.%N; }
+cpu_used() {
+  local pid=$SP
+  [ "$1" = S ] || pid=$(pgrep -f "graviton mount.* $W/m" | head -1)
+  python3 -c "print('%.2f' % ($(cpu_s "$pid") - ${CPU0[$1]}))"
+}
 case "$WORKLOAD" in
   untar)
     SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/librocksdb-sys-*/ | head -1)
     tar cf "$W/src.tar" -C "$SRC" .
-    t0=$(now); tar xf "$W/src.tar" -C "$W/m/u"; sync -f "$W/m/u"; t1=$(now)
+    mark; t0=$(now); tar xf "$W/src.tar" -C "$W/m/u"; sync -f "$W/m/u"; t1=$(now)
     python3 -c "print('untar of RocksDB\'s source tree: %.2f s' % ($t1 - $t0))" ;;
   create)
+    mark
     python3 - "$W/m/u" <<'PY'
 import os, sys, time
 d = sys.argv[1]
@@ -59,16 +69,18 @@ PY
   seqr)
     dd if=/dev/urandom of="$W/m/u/big" bs=1M count=256 status=none
     remount
-    t0=$(now); cat "$W/m/u/big" >/dev/null; t1=$(now)
+    mark; t0=$(now); cat "$W/m/u/big" >/dev/null; t1=$(now)
     python3 -c "print('sequential read of 256 MiB: %.0f MiB/s' % (256 / ($t1 - $t0)))" ;;
   randr)
     dd if=/dev/urandom of="$W/m/u/big" bs=1M count=64 status=none
     remount
+    mark
     fio --name=r --filename="$W/m/u/big" --rw=randread --bs=4k --size=64M --ioengine=psync \
         --runtime=30 --output-format=json 2>/dev/null |
       python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("4 KiB random reads: %.1f MiB/s" % (j["read"]["bw_bytes"]/1048576))' ;;
   *) echo "unknown workload $WORKLOAD" >&2; exit 2 ;;
 esac
+echo "CPU seconds in the workload's timed part: graviton daemon $(cpu_used G), s3rver $(cpu_used S)"
 curl -s "http://$METRICS/metrics" | python3 -c '
 import re, sys
 sums, counts = {}, {}

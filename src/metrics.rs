@@ -24,6 +24,9 @@ pub const BACKEND_FAILURES: &str = "graviton_backend_failures_total";
 pub const META_RETRIES: &str = "graviton_meta_retries_total";
 /// Block cache lookups (counter; label `result`: hit, disk_hit, miss, prefetch).
 pub const BLOCK_CACHE: &str = "graviton_block_cache_total";
+/// Blocks' bytes offered to the kernel's page cache after a read fetched them (counter; label
+/// `result`: stored, skipped (the file changed or has a writer), dropped (queue full), failed).
+pub const PAGE_FILL: &str = "graviton_page_fill_total";
 /// Time from a FUSE request's arrival to its reply, including time queued for the blocking
 /// pool (histogram, seconds; label `op`: the callback's name, e.g. lookup, write, fsync).
 pub const FUSE_OP_DURATION: &str = "graviton_fuse_op_duration_seconds";

@@ -24,7 +24,7 @@ use crate::volume::{Source, Volume};
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// Mount options, comma-separated (allow_other, ro, noatime, attr_timeout=SECS, cache_mb=N,
-    /// dirty_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off, and the usual fstab
+    /// dirty_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off, page_fill=on|off, and the usual fstab
     /// options).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -338,6 +338,9 @@ fn serve(
 
     if let (Some(shared), Some(kernel)) = (vol.meta.shared(), kernel) {
         crate::fuse::follow_changes(session.notifier(), shared, kernel)?;
+    }
+    if opts.page_fill {
+        fs.enable_page_fill(Box::new(crate::fuse::NotifierPages(session.notifier())))?;
     }
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();

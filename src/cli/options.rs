@@ -22,6 +22,8 @@ pub struct MountOptions {
     pub session_timeout: Duration,
     /// Shared volumes: keep a local RocksDB cache of the metadata.
     pub meta_cache: bool,
+    /// Hand fetched blocks' other bytes to the kernel's page cache.
+    pub page_fill: bool,
     /// PostgreSQL volumes: how long operations wait for an unreachable server (then EIO).
     pub pg_wait: Duration,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
@@ -46,6 +48,7 @@ impl Default for MountOptions {
             threads: 4,
             session_timeout: Duration::from_secs(30),
             meta_cache: true,
+            page_fill: true,
             pg_wait: crate::volume::DEFAULT_PG_WAIT,
             metrics: None,
             cache_dir: None,
@@ -178,8 +181,8 @@ impl MountOptions {
                     }
                     self.session_timeout = Duration::from_secs(secs);
                 }
-                "meta_cache" => {
-                    self.meta_cache = match need()? {
+                "meta_cache" | "page_fill" => {
+                    let on = match need()? {
                         "on" => true,
                         "off" => false,
                         _ => {
@@ -189,6 +192,10 @@ impl MountOptions {
                                 why: "on or off",
                             });
                         }
+                    };
+                    match name {
+                        "meta_cache" => self.meta_cache = on,
+                        _ => self.page_fill = on,
                     }
                 }
                 _ => return Err(OptionError::Unknown(opt.to_string())),

@@ -31,9 +31,11 @@ const READDIR_STEP: usize = 32;
 
 mod invalidate;
 mod op;
+mod pages;
 
 pub use invalidate::{KernelCache, follow_changes};
 use op::{Op, failed, op};
+pub use pages::NotifierPages;
 
 pub struct GravitonFuse {
     fs: Arc<Fs>,
@@ -423,17 +425,25 @@ impl Filesystem for GravitonFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
-        let _op = op("open");
-        // Close-to-open: on a shared volume the kernel keeps its cached pages only when the
-        // inode is known unchanged since it cached them.
-        let keep = match self.fs.meta().revalidate(ino.0) {
-            Ok(stale) => !stale,
-            Err(e) => return reply.error(errno(&e.into())),
+        let op = op("open");
+        let flags = OpenFlags::from_libc(flags.0);
+        // a writer may wait for a page fill, and a fill for a read these threads answer
+        let open = move |fs: &Fs| {
+            // Close-to-open: on a shared volume the kernel keeps its cached pages only when
+            // the inode is known unchanged since it cached them.
+            let keep = match fs.meta().revalidate(ino.0) {
+                Ok(stale) => !stale,
+                Err(e) => return reply.error(errno(&e.into())),
+            };
+            match fs.open(ino.0, flags) {
+                Ok(fh) if keep => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
         };
-        match self.fs.open(ino.0, OpenFlags::from_libc(flags.0)) {
-            Ok(fh) if keep => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
+        match self.fs.open_may_wait(ino.0, flags) {
+            true => self.background(op, open),
+            false => open(&self.fs),
         }
     }
 

@@ -52,6 +52,11 @@ impl BlockCache {
         self.inner.lock().expect("lock").lru.get(key).cloned()
     }
 
+    /// The block if it is cached (not counted as a hit: for the page fill).
+    pub fn cached(&self, key: &BlockKey) -> Option<Arc<Vec<u8>>> {
+        self.inner.lock().expect("lock").lru.peek(key).cloned()
+    }
+
     fn insert(&self, key: BlockKey, data: Arc<Vec<u8>>) {
         if data.len() as u64 > self.capacity {
             return;

@@ -103,6 +103,8 @@ pub(crate) struct FileState {
     /// A background flush has been asked for and has not finished.
     pub flush_scheduled: bool,
     pub handles: u32,
+    /// Handles that may write (the kernel's page cache is then not filled: `vfs::fill`).
+    pub writers: u32,
     /// chmod, chown and utimes of a file with pending writes: committed with those writes
     /// (tar, cp -a and rsync set attributes before close; one transaction instead of a flush
     /// plus one per call). Explicit mtimes go to `mtime`.
@@ -248,6 +250,22 @@ impl Fs {
 
     /// Opens a regular file and returns a handle number.
     pub fn open(&self, ino: Ino, flags: OpenFlags) -> FsResult<u64> {
+        // A writer waits for a page fill of the file in progress, and none starts after it.
+        let gate = flags.write.then(|| self.core.fill.exclude(ino));
+        self.open_registered(ino, flags, gate)
+    }
+
+    /// Whether opening `ino` with `flags` may wait for a page fill (see `vfs::fill`).
+    pub fn open_may_wait(&self, ino: Ino, flags: OpenFlags) -> bool {
+        flags.write && self.core.fill.busy(ino)
+    }
+
+    fn open_registered(
+        &self,
+        ino: Ino,
+        flags: OpenFlags,
+        gate: Option<std::sync::RwLockWriteGuard<'_, ()>>,
+    ) -> FsResult<u64> {
         // Register first: an unlink racing with this open then sees the file as open.
         let file = {
             let mut files = self.core.files.lock().expect("lock");
@@ -266,14 +284,19 @@ impl Fs {
                             inflight: None,
                             flush_scheduled: false,
                             handles: 0,
+                            writers: 0,
                             attrs: None,
                         }),
                     })
                 })
                 .clone();
-            file.lock().handles += 1;
+            let mut st = file.lock();
+            st.handles += 1;
+            st.writers += flags.write as u32;
+            drop(st);
             file
         };
+        drop(gate);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(Handle {
             ino,
@@ -311,13 +334,12 @@ impl Fs {
         flags: OpenFlags,
     ) -> FsResult<(Inode, u64)> {
         let inode = self.create_inode(ctx, parent, name, FileKind::File, mode, 0, None)?;
-        let fh = self.open(
-            inode.ino,
-            OpenFlags {
-                truncate: false,
-                ..flags
-            },
-        )?;
+        // a new inode has no cached pages to fill: no gate
+        let flags = OpenFlags {
+            truncate: false,
+            ..flags
+        };
+        let fh = self.open_registered(inode.ino, flags, None)?;
         Ok((inode, fh))
     }
 
@@ -444,6 +466,7 @@ impl Fs {
         let mut files = self.core.files.lock().expect("lock");
         let mut st = h.file.lock();
         st.handles -= 1;
+        st.writers -= h.flags.write as u32;
         if st.handles == 0 {
             files.remove(&h.ino);
             // If the flush failed, the data cannot be reported anywhere any more: drop it.
@@ -490,6 +513,7 @@ impl Fs {
         if size > MAX_FILE_SIZE {
             return Err(FsError::FileTooLarge);
         }
+        let _no_fill = self.core.fill.exclude(ino);
         self.with_flushed(ino, || {
             self.core.txn(|tx| {
                 let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;

@@ -7,6 +7,7 @@ mod coalesce;
 mod dirty;
 mod error;
 mod file;
+mod fill;
 mod flush;
 mod namespace;
 mod pack;
@@ -26,6 +27,7 @@ pub use coalesce::CoalesceReport;
 pub use dirty::DirtyData;
 pub use error::{FsError, FsResult};
 pub use file::{FallocateMode, OpenFlags, Whence};
+pub use fill::KernelPages;
 pub use namespace::{DirListing, FsStats, RenameFlags, SetAttr, TimeSet};
 pub use xattr::XattrSet;
 
@@ -110,6 +112,8 @@ pub(crate) struct Core {
     pub files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
     /// Where background work (flushes, read-ahead, coalescing) runs.
     pub runtime: tokio::runtime::Handle,
+    /// Hands fetched blocks' other bytes to the kernel's page cache, once a mount enables it.
+    pub fill: fill::PageFill,
 }
 
 impl Core {
@@ -142,6 +146,15 @@ impl Core {
 
     pub fn inode(&self, ino: Ino) -> FsResult<Inode> {
         self.meta.read_inode(ino)?.ok_or(FsError::NotFound)
+    }
+
+    /// No handle of this mount may write `ino`, and it has no uncommitted bytes.
+    pub fn nothing_pending(&self, ino: Ino) -> bool {
+        let file = self.files.lock().expect("lock").get(&ino).cloned();
+        file.is_none_or(|file| {
+            let st = file.lock();
+            st.writers == 0 && st.dirty.is_empty() && st.inflight.is_none()
+        })
     }
 }
 
@@ -186,6 +199,7 @@ impl Fs {
             closing: std::sync::atomic::AtomicBool::new(false),
             files: Mutex::new(HashMap::new()),
             runtime: runtime.handle().clone(),
+            fill: fill::PageFill::new(),
         });
         let fs = Fs {
             core,
@@ -197,6 +211,12 @@ impl Fs {
         fs.ensure_root()?;
         fs.reclaim_orphans()?;
         Ok(fs)
+    }
+
+    /// From now on, blocks fetched for reads also fill the kernel's page cache (see
+    /// `vfs::fill`).
+    pub fn enable_page_fill(&self, pages: Box<dyn KernelPages>) -> std::io::Result<()> {
+        fill::PageFill::start(&self.core, pages)
     }
 
     pub fn config(&self) -> &FsConfig {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::file::OpenFile;
+use super::fill::Fill;
 use super::{Core, Fs, FsResult};
 use crate::core::Extent;
 use crate::meta::{Ino, Inode};
@@ -50,7 +51,22 @@ impl Fs {
         }
         let end = offset.saturating_add(size as u64).min(file_size);
         let extents = mapped_for_read(&self.core, &h.file, &inode, offset..end)?;
+        // blocks this read fetches: the kernel may have the rest of their bytes too
+        let fetched: Vec<Extent> = match self.core.fill.enabled() && pending.is_empty() {
+            true => extents
+                .iter()
+                .filter(|e| !self.core.cache.contains(&e.key))
+                .copied()
+                .collect(),
+            false => Vec::new(),
+        };
         let mut buf = assemble(&self.core, h.ino, &extents, offset..end)?;
+        for e in fetched
+            .iter()
+            .filter(|e| !(offset <= e.offset && e.end() <= end))
+        {
+            offer_fill(&self.core, &inode, e);
+        }
         for (at, data) in pending {
             let rel = (at - offset) as usize;
             buf[rel..rel + data.len()].copy_from_slice(&data);
@@ -122,6 +138,22 @@ impl Fs {
             c.misses.load(Ordering::Relaxed),
             c.prefetched.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Offers the bytes `e` maps to the kernel's page cache, if its block is cached.
+fn offer_fill(core: &Core, inode: &Inode, e: &Extent) {
+    if !core.fill.enabled() {
+        return;
+    }
+    if let Some(block) = core.cache.cached(&e.key) {
+        core.fill.offer(Fill {
+            ino: inode.ino,
+            version: inode.data_version,
+            offset: e.offset,
+            block,
+            range: e.block_range(),
+        });
     }
 }
 
@@ -205,8 +237,13 @@ const PREFETCH_PARALLEL: usize = 8;
 const SEQUENTIAL_AFTER: u64 = 512 << 10;
 
 fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>) {
-    let extents = match core.meta.read().and_then(|mut tx| tx.extents(ino, range)) {
-        Ok(e) => e,
+    // the inode before its map: the map is at least as new as the version fills are offered under
+    let listed = core.inode(ino).and_then(|inode| {
+        let extents = core.meta.read()?.extents(ino, range)?;
+        Ok((inode, extents))
+    });
+    let (inode, extents) = match listed {
+        Ok(found) => found,
         Err(e) => {
             tracing::debug!(ino, "read-ahead skipped: {e}");
             return;
@@ -219,7 +256,8 @@ fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>) {
         .collect();
     keys.dedup();
     // Fetch (and verify) several blocks at once: a remote store's latency overlaps, and
-    // hashing uses every core.
+    // hashing uses every core. Each block's bytes then go to the kernel's page cache too, so
+    // the reads they were fetched for need no round trip to the daemon.
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..PREFETCH_PARALLEL.min(keys.len()) {
@@ -229,6 +267,9 @@ fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>) {
                     if let Err(err) = core.cache.prefetch(core.store.as_ref(), key) {
                         tracing::debug!(ino, "read-ahead fetch failed: {err}");
                         return;
+                    }
+                    for e in extents.iter().filter(|e| e.key == *key) {
+                        offer_fill(core, &inode, e);
                     }
                 }
             });
