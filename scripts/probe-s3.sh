@@ -2,12 +2,12 @@
 # One workload on a fresh Graviton volume (PostgreSQL metadata, blocks in a loopback s3rver),
 # then where its time went: the mount's own metrics (`-o metrics`), summed per name, largest
 # first. For A/B comparisons of one change; the side-by-side table is scripts/bench-s3.sh.
-# usage: scripts/probe-s3.sh untar|create|seqr|randr
+# usage: scripts/probe-s3.sh untar|create|seqw|seqr|randw|randr
 #   FORMAT_OPTS="--small-blocks 0" and MOUNT_OPTS="cache_mb=512" pass options through.
 # Needs root, and what scripts/bench-s3.sh installs (s3rver under /var/cache/graviton/s3rver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORKLOAD="${1:?usage: scripts/probe-s3.sh untar|create|seqr|randr}"
+WORKLOAD="${1:?usage: scripts/probe-s3.sh untar|create|seqw|seqr|randw|randr}"
 source scripts/env.sh
 cargo build --release --locked --bin graviton >/dev/null
 source scripts/pg.sh >/dev/null
@@ -71,6 +71,16 @@ PY
     remount
     mark; t0=$(now); cat "$W/m/u/big" >/dev/null; t1=$(now)
     python3 -c "print('sequential read of 256 MiB: %.0f MiB/s' % (256 / ($t1 - $t0)))" ;;
+  seqw)
+    mark
+    fio --name=s --filename="$W/m/u/big" --rw=write --bs=1M --size=256M --ioengine=psync \
+        --end_fsync=1 --output-format=json 2>/dev/null |
+      python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("sequential writes: %.1f MiB/s" % (j["write"]["bw_bytes"]/1048576))' ;;
+  randw)
+    mark
+    fio --name=w --filename="$W/m/u/big" --rw=randwrite --bs=4k --size=64M --ioengine=psync \
+        --end_fsync=1 --runtime=30 --output-format=json 2>/dev/null |
+      python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("4 KiB random writes: %.1f MiB/s" % (j["write"]["bw_bytes"]/1048576))' ;;
   randr)
     dd if=/dev/urandom of="$W/m/u/big" bs=1M count=64 status=none
     remount

@@ -51,8 +51,12 @@ impl Fs {
         }
         let end = offset.saturating_add(size as u64).min(file_size);
         let extents = mapped_for_read(&self.core, &h.file, &inode, offset..end)?;
-        // blocks this read fetches: the kernel may have the rest of their bytes too
-        let fetched: Vec<Extent> = match self.core.fill.enabled() && pending.is_empty() {
+        // Blocks a random read fetches: the kernel may have the rest of their bytes too. (Not
+        // for sequential reads: the kernel's read-ahead asks for those bytes next anyway, and
+        // a second copy of them cost a quarter of the throughput.)
+        let random = offset != h.readahead.lock().expect("lock").last_end;
+        let fill = random && self.core.fill.enabled() && pending.is_empty();
+        let fetched: Vec<Extent> = match fill {
             true => extents
                 .iter()
                 .filter(|e| !self.core.cache.contains(&e.key))
@@ -105,7 +109,7 @@ impl Fs {
             let core = self.core.clone();
             self.core
                 .runtime
-                .spawn_blocking(move || prefetch(&core, ino, 0..file_size));
+                .spawn_blocking(move || prefetch(&core, ino, 0..file_size, true));
             return;
         }
         // A random read arrives with the kernel's own read-ahead behind it (up to 128 KiB in
@@ -127,7 +131,7 @@ impl Fs {
         let core = self.core.clone();
         self.core
             .runtime
-            .spawn_blocking(move || prefetch(&core, ino, from..to));
+            .spawn_blocking(move || prefetch(&core, ino, from..to, false));
     }
 
     /// Block cache counters: (hits, misses, blocks fetched by read-ahead).
@@ -236,7 +240,9 @@ const PREFETCH_PARALLEL: usize = 8;
 /// Bytes read back to back before reads count as sequential.
 const SEQUENTIAL_AFTER: u64 = 512 << 10;
 
-fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>) {
+/// Fetches the blocks of `range` into the cache; with `fill` (random reads of a small file) also
+/// into the kernel's page cache.
+fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>, fill: bool) {
     // the inode before its map: the map is at least as new as the version fills are offered under
     let listed = core.inode(ino).and_then(|inode| {
         let extents = core.meta.read()?.extents(ino, range)?;
@@ -256,8 +262,8 @@ fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>) {
         .collect();
     keys.dedup();
     // Fetch (and verify) several blocks at once: a remote store's latency overlaps, and
-    // hashing uses every core. Each block's bytes then go to the kernel's page cache too, so
-    // the reads they were fetched for need no round trip to the daemon.
+    // hashing uses every core. For random reads, each block's bytes then go to the kernel's
+    // page cache too, so the reads they were fetched for need no round trip to the daemon.
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..PREFETCH_PARALLEL.min(keys.len()) {
@@ -268,7 +274,7 @@ fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>) {
                         tracing::debug!(ino, "read-ahead fetch failed: {err}");
                         return;
                     }
-                    for e in extents.iter().filter(|e| e.key == *key) {
+                    for e in extents.iter().filter(|e| fill && e.key == *key) {
                         offer_fill(core, &inode, e);
                     }
                 }
