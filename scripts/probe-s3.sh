@@ -24,7 +24,11 @@ S3_PORT=54341 METRICS=127.0.0.1:54342
 SP=$!
 DB="graviton_probe_$$"
 cleanup() {
-  fusermount3 -uz "$W/m" 2>/dev/null || true
+  # the daemon may still upload (writeback): wait for it before stopping the server
+  local gp
+  gp=$(pgrep -f "graviton mount.* $W/m" | head -1 || true)
+  fusermount3 -u "$W/m" 2>/dev/null || fusermount3 -uz "$W/m" 2>/dev/null || true
+  [ -z "$gp" ] || timeout 150 tail --pid="$gp" -f /dev/null || true
   kill "$SP" 2>/dev/null || true
   wait "$SP" 2>/dev/null || true
   runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB" || true
@@ -36,7 +40,10 @@ VOL="${GRAVITON_TEST_PG%/*}/$DB"
 # shellcheck disable=SC2086
 "$G" format ${FORMAT_OPTS:-} --store "s3://b?endpoint=http://127.0.0.1:$S3_PORT&region=us-east-1" "$VOL" >/dev/null
 mount_it() { "$G" mount "$VOL" "$W/m" -o "allow_other,metrics=$METRICS${MOUNT_OPTS:+,$MOUNT_OPTS}"; }
-remount() { fusermount3 -u "$W/m"; sleep 1; sync; echo 3 > /proc/sys/vm/drop_caches; mount_it; }
+remount() {
+  local gp
+  gp=$(pgrep -f "graviton mount.* $W/m" | head -1)
+  fusermount3 -u "$W/m"; timeout 150 tail --pid="$gp" -f /dev/null; sync; echo 3 > /proc/sys/vm/drop_caches; mount_it; }
 mount_it
 mkdir "$W/m/u"
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }

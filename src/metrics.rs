@@ -27,6 +27,8 @@ pub const BLOCK_CACHE: &str = "graviton_block_cache_total";
 /// Blocks' bytes offered to the kernel's page cache after a read fetched them (counter; label
 /// `result`: stored, skipped (the file changed or has a writer), dropped (queue full), failed).
 pub const PAGE_FILL: &str = "graviton_page_fill_total";
+/// Blocks staged by a write-back mount (`-o writeback`) and not uploaded yet (gauge).
+pub const WRITEBACK_STAGED: &str = "graviton_writeback_staged_blocks";
 /// Time from a FUSE request's arrival to its reply, including time queued for the blocking
 /// pool (histogram, seconds; label `op`: the callback's name, e.g. lookup, write, fsync).
 pub const FUSE_OP_DURATION: &str = "graviton_fuse_op_duration_seconds";

@@ -166,3 +166,47 @@ fn a_write_loop_rides_out_twenty_seconds_without_s3() {
         assert!(got == *body, "f{i} reads back intact after the outage");
     }
 }
+
+/// With `-o writeback`, close and fsync wait for the local disk only: files written while the
+/// server is away are complete and read back at once. A daemon killed with blocks still staged
+/// uploads them at its next mount, and once that mount is unmounted a mount that reads S3 alone
+/// (another machine: no staging folder) reads every byte.
+#[test]
+fn writeback_writes_complete_without_s3_and_reach_it_later() {
+    let server = Server::new();
+    let m = Mounted::new_pg_with_store("writeback", Some(&server.url()));
+    let dir: PathBuf = m.path("wb");
+    std::fs::create_dir(&dir).unwrap();
+    server.stop();
+    let written: Vec<Vec<u8>> = (0..10)
+        .map(|i| {
+            let body = random_bytes(100 + i as u64, 300_000 + i * 70_000);
+            let mut f = std::fs::File::create(dir.join(format!("f{i}"))).unwrap();
+            f.write_all(&body)
+                .unwrap_or_else(|e| panic!("write f{i}: {e}"));
+            f.sync_all()
+                .unwrap_or_else(|e| panic!("fsync f{i} with S3 away: {e}"));
+            body
+        })
+        .collect();
+    for (i, body) in written.iter().enumerate() {
+        let got = std::fs::read(dir.join(format!("f{i}"))).unwrap();
+        assert!(
+            got == *body,
+            "f{i} reads back from this machine while S3 is away"
+        );
+    }
+    // gone before a single upload could happen
+    m.kill_daemon();
+    server.start();
+    m.mount();
+    m.unmount(); // waits for the staged blocks to go up
+    let elsewhere = Mounted::existing(&m.source, "");
+    for (i, body) in written.iter().enumerate() {
+        let got = std::fs::read(elsewhere.path(&format!("wb/f{i}"))).unwrap();
+        assert!(got == *body, "f{i} reads back from S3 alone");
+    }
+    let fsck = elsewhere.graviton(&["fsck", "--verify-data", &m.source]);
+    let report = common::mounted::ok(fsck, "graviton fsck");
+    assert!(report.contains("0 problems"), "{report}");
+}

@@ -24,7 +24,7 @@ use crate::volume::{Source, Volume};
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// Mount options, comma-separated (allow_other, ro, noatime, attr_timeout=SECS, cache_mb=N,
-    /// dirty_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off, page_fill=on|off, and the usual fstab
+    /// dirty_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off, page_fill=on|off, writeback, and the usual fstab
     /// options).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -269,6 +269,9 @@ fn serve(
         mountpoint: mountpoint.display().to_string(),
         timeout: opts.session_timeout,
     })?;
+    if opts.writeback {
+        vol.store = writeback_store(&vol, source)?;
+    }
     let vol = Arc::new(vol);
     let mut cfg = vol.fs_config();
     if let Some(mb) = opts.cache_mb {
@@ -360,6 +363,9 @@ fn serve(
             if let Err(e) = fs2.shutdown() {
                 tracing::error!("committing pending writes: {e}");
             }
+            if let Err(e) = fs2.store().drain(WRITEBACK_DRAIN) {
+                tracing::error!("uploading staged blocks: {e}");
+            }
             fs2.meta().end_session();
             if unmounter.unmount().is_err() {
                 // Files are still open (EBUSY): detach the mount and exit; everything written
@@ -385,12 +391,41 @@ fn serve(
     session.run().context("serving the mount")?;
     // The session dropped the adapter; commit whatever is still pending before exiting.
     fs.shutdown()?;
+    fs.store().drain(WRITEBACK_DRAIN)?;
     fs.meta().end_session();
     drop(fs);
     let _ = std::fs::remove_file(super::control::socket(&state));
     let _ = std::fs::remove_file(pid_file);
     tracing::info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// How long an unmount waits for a write-back mount's uploads; the rest waits for the next
+/// mount in the staging folder.
+const WRITEBACK_DRAIN: Duration = Duration::from_secs(120);
+
+/// The volume's store behind a local staging folder (`-o writeback`), kept per volume (not per
+/// mountpoint) so that the next mount, wherever it is, uploads what is left.
+fn writeback_store(
+    vol: &Volume,
+    source: &Source,
+) -> anyhow::Result<Arc<dyn crate::store::BlockStore>> {
+    let store = &vol.settings.block_store;
+    if store.is_empty() || store.starts_with("file://") {
+        anyhow::bail!(
+            "writeback applies to remote block stores (S3, PostgreSQL); this volume's blocks are local"
+        );
+    }
+    let dir = source.state_dir().join("writeback");
+    let meta = vol.meta.clone();
+    let unmark = Box::new(move |key: &crate::core::BlockKey| {
+        if let Err(e) = meta.kv_delete(&crate::meta::gc_candidate_key(key)) {
+            tracing::warn!(block = %key, "clearing a gc mark: {e}");
+        }
+    });
+    let staged = crate::store::writeback::WriteBack::open(vol.store.clone(), &dir, unmark)
+        .with_context(|| format!("opening the write-back folder {}", dir.display()))?;
+    Ok(Arc::new(staged))
 }
 
 /// After the launcher has its answer, the daemon's output goes to a log file in the volume.

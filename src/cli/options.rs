@@ -24,6 +24,8 @@ pub struct MountOptions {
     pub meta_cache: bool,
     /// Hand fetched blocks' other bytes to the kernel's page cache.
     pub page_fill: bool,
+    /// Stage blocks locally and upload them in the background (`store::writeback`).
+    pub writeback: bool,
     /// PostgreSQL volumes: how long operations wait for an unreachable server (then EIO).
     pub pg_wait: Duration,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
@@ -49,6 +51,7 @@ impl Default for MountOptions {
             session_timeout: Duration::from_secs(30),
             meta_cache: true,
             page_fill: true,
+            writeback: false,
             pg_wait: crate::volume::DEFAULT_PG_WAIT,
             metrics: None,
             cache_dir: None,
@@ -98,6 +101,7 @@ impl MountOptions {
             };
             match name {
                 "allow_other" => self.allow_other = true,
+                "writeback" => self.writeback = true,
                 "ro" => self.read_only = true,
                 "rw" => self.read_only = false,
                 "noatime" | "relatime" | "strictatime" => self.noatime = name == "noatime",

@@ -13,6 +13,7 @@ pub mod pg;
 pub mod replicated;
 pub mod s3;
 pub mod tiered;
+pub mod writeback;
 
 use std::ops::Range;
 
@@ -91,6 +92,12 @@ pub trait BlockStore: Send + Sync {
 
     /// Makes every block `put` so far durable (survives power loss).
     fn sync(&self) -> Result<(), StoreError>;
+
+    /// Waits (at most `limit`) until blocks accepted for a later upload have reached the
+    /// backend: only a write-back store ([`writeback::WriteBack`]) has any.
+    fn drain(&self, _limit: std::time::Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The block's bytes, verified against its key.
     fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
