@@ -8,6 +8,9 @@
 # gets a 500 from it and hangs in retries.
 # usage: scripts/bench-s3.sh [WORKDIR]    sizes: SEQ_MB=256 RAND_MB=64 FILES=2000
 #        TOOLS="local graviton" scripts/bench-s3.sh    (a subset of the columns)
+# Columns: local dir, graviton (default: close and fsync wait for S3), graviton-wb (`-o
+# writeback`: they wait for the local disk, as rclone's), s3fs, rclone. Every unmount waits for
+# its daemon to exit (uploads of write-back data included) before the next step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -32,15 +35,16 @@ ENDPOINT="http://127.0.0.1:$S3_PORT"
 export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
 
 unmount_all() {
-  for t in graviton s3fs rclone; do fusermount3 -uz "$WORK/$t" 2>/dev/null || true; done
+  for t in graviton graviton-wb s3fs rclone; do fusermount3 -uz "$WORK/$t" 2>/dev/null || true; done
   sleep 1
   [ -z "${S3RVER_PID:-}" ] || kill "$S3RVER_PID" 2>/dev/null || true
 }
 trap unmount_all EXIT
 unmount_all
-rm -rf "$WORK" && mkdir -p "$WORK"/{graviton,s3fs,rclone,local,s3}
+rm -rf "$WORK" && mkdir -p "$WORK"/{graviton,graviton-wb,s3fs,rclone,local,s3}
 "$S3RVER_HOME/node_modules/.bin/s3rver" -d "$WORK/s3" -a 127.0.0.1 -p "$S3_PORT" -s \
-  --no-vhost-buckets --configure-bucket bench-graviton --configure-bucket bench-s3fs \
+  --no-vhost-buckets --configure-bucket bench-graviton --configure-bucket bench-graviton-wb \
+  --configure-bucket bench-s3fs \
   --configure-bucket bench-rclone >"$WORK/s3rver.log" 2>&1 &
 S3RVER_PID=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break; sleep 0.1; done
@@ -49,10 +53,14 @@ DB="graviton_bench_s3_$$"
 runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
 VOL="${GRAVITON_TEST_PG%/*}/$DB"
 "$G" format --store "s3://bench-graviton?endpoint=$ENDPOINT&region=us-east-1" "$VOL" >/dev/null
+runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE ${DB}_wb"
+VOL_WB="${VOL}_wb"
+"$G" format --store "s3://bench-graviton-wb?endpoint=$ENDPOINT&region=us-east-1" "$VOL_WB" >/dev/null
 
 mount_target() {
   case $1 in
     graviton) "$G" mount "$VOL" "$WORK/graviton" -o "allow_other${GRAVITON_OPTS:+,$GRAVITON_OPTS}" ;;
+    graviton-wb) "$G" mount "$VOL_WB" "$WORK/graviton-wb" -o "allow_other,writeback" ;;
     s3fs)
       echo "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" > "$WORK/passwd" && chmod 600 "$WORK/passwd"
       s3fs bench-s3fs "$WORK/s3fs" -o "url=$ENDPOINT,use_path_request_style,passwd_file=$WORK/passwd,allow_other" ;;
@@ -68,7 +76,7 @@ mount_target() {
 }
 daemon_pid() {
   case $1 in
-    graviton) pgrep -f "graviton mount.* $WORK/graviton" | head -1 ;;
+    graviton|graviton-wb) pgrep -f "graviton mount.* $WORK/$1\$" | head -1 ;;
     s3fs) pgrep -x s3fs | head -1 ;;
     rclone) pgrep -f "rclone mount :s3:bench-rclone" | head -1 ;;
   esac
@@ -82,8 +90,11 @@ note_peak() { # the mount daemon's peak resident memory so far, in MiB
   (( kb / 1024 > ${PEAK[$1]:-0} )) && PEAK[$1]=$((kb / 1024)) || true
 }
 unmount_target() {
+  local pid
   note_peak "$1"
+  pid=$(daemon_pid "$1")
   fusermount3 -u "$WORK/$1" 2>/dev/null || fusermount3 -uz "$WORK/$1"
+  [ -z "$pid" ] || timeout 300 tail --pid="$pid" -f /dev/null || true
   sleep 1
 }
 remount() { # drop every cache between writing and reading
@@ -104,7 +115,7 @@ SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/librocksdb-sys-*/ 2>/de
 tar cf "$TARBALL" -C "$SRC" .
 
 declare -A R
-for t in ${TOOLS:-local graviton s3fs rclone}; do
+for t in ${TOOLS:-local graviton graviton-wb s3fs rclone}; do
   mount_target $t
   D="$WORK/$t"
   R[$t.seqw]=$(fio_bw "$D" seq write 1M "$SEQ_MB" --end_fsync=1)
@@ -145,11 +156,13 @@ PY
   R[$t.rss]=${PEAK[$t]:-n/a}
 done
 if [ -n "$(pgrep -f "graviton mount.*$DB" || true)" ]; then sleep 2; fi
-runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB" || true
+for d in "$DB" "${DB}_wb"; do
+  runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $d" || true
+done
 
-echo "| measure | local dir | graviton (PostgreSQL + S3) | s3fs | rclone mount (vfs-cache writes) |"
-echo "|---|---|---|---|---|"
-row() { echo "| $1 | ${R[local.$2]:-} | ${R[graviton.$2]:-} | ${R[s3fs.$2]:-} | ${R[rclone.$2]:-} |"; }
+echo "| measure | local dir | graviton (PostgreSQL + S3) | graviton -o writeback | s3fs | rclone mount (vfs-cache writes) |"
+echo "|---|---|---|---|---|---|"
+row() { echo "| $1 | ${R[local.$2]:-} | ${R[graviton.$2]:-} | ${R[graviton-wb.$2]:-} | ${R[s3fs.$2]:-} | ${R[rclone.$2]:-} |"; }
 row "fio sequential write 1 MiB, ${SEQ_MB} MiB, end fsync (MiB/s)" seqw
 row "fio sequential read 1 MiB, remounted, caches dropped (MiB/s)" seqr
 row "fio random write 4 KiB, ${RAND_MB} MiB, end fsync, 30 s cap (MiB/s)" randw
