@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::{BlockStore, PutOutcome, StoreError};
+use super::{BlockStore, PutOutcome, StoreError, block_files};
 use crate::core::BlockKey;
 
 pub struct DiskCache {
@@ -25,10 +25,6 @@ struct Lru {
     bytes: u64,
 }
 
-fn io(context: String, e: std::io::Error) -> StoreError {
-    StoreError::io("disk cache", context, e)
-}
-
 impl DiskCache {
     /// Opens (or creates) the cache in `dir`, keeping what an earlier mount left there.
     pub fn open(
@@ -36,24 +32,14 @@ impl DiskCache {
         dir: &Path,
         budget: u64,
     ) -> Result<DiskCache, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io(format!("creating {}", dir.display()), e))?;
-        let mut found: Vec<(std::time::SystemTime, BlockKey, u64)> = Vec::new();
-        for entry in
-            std::fs::read_dir(dir).map_err(|e| io(format!("listing {}", dir.display()), e))?
-        {
-            let Ok(entry) = entry else { continue };
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let key = name.replace('_', ":").parse::<BlockKey>().ok();
-            let (Some(key), Ok(meta)) = (key, entry.metadata()) else {
-                let _ = std::fs::remove_file(entry.path()); // leftovers of an interrupted write
-                continue;
-            };
-            found.push((
-                meta.modified().unwrap_or(std::time::UNIX_EPOCH),
-                key,
-                meta.len(),
-            ));
-        }
+        let mut found: Vec<(std::time::SystemTime, BlockKey, u64)> =
+            block_files::scan(dir, "disk cache")?
+                .into_iter()
+                .map(|(key, meta)| {
+                    let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                    (used, key, meta.len())
+                })
+                .collect();
         found.sort_by_key(|(t, ..)| *t);
         let mut lru = Lru::default();
         for (_, key, len) in found {
@@ -72,8 +58,7 @@ impl DiskCache {
     }
 
     fn path(&self, key: &BlockKey) -> PathBuf {
-        // algo:hex:size, with ':' kept out of file names
-        self.dir.join(key.to_string().replace(':', "_"))
+        block_files::path(&self.dir, key)
     }
 
     fn touch(&self, key: &BlockKey) {

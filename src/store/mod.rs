@@ -4,6 +4,7 @@
 //! a block, and it verifies the bytes against the key. A mismatch is [`StoreError::Corrupt`]
 //! (an I/O error to applications, and an error log), never wrong bytes.
 
+mod block_files;
 pub mod conformance;
 pub mod disk_cache;
 pub mod local;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{BlockStore, PutOutcome, StoreError};
+use super::{BlockStore, PutOutcome, StoreError, block_files};
 use crate::core::BlockKey;
 
 /// Blocks uploaded at once.
@@ -71,21 +71,11 @@ impl WriteBack {
         dir: &Path,
         on_duplicate: OnDuplicate,
     ) -> Result<WriteBack, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io(format!("creating {}", dir.display()), e))?;
         let mut state = State::default();
-        for entry in
-            std::fs::read_dir(dir).map_err(|e| io(format!("listing {}", dir.display()), e))?
-        {
-            let Ok(entry) = entry else { continue };
-            let name = entry.file_name().to_string_lossy().into_owned();
-            match name.replace('_', ":").parse::<BlockKey>() {
-                Ok(key) => {
-                    state.staged.insert(key);
-                    state.queue.push_back((key, Instant::now()));
-                }
-                // a put interrupted before its rename: that put never returned
-                Err(_) => drop(std::fs::remove_file(entry.path())),
-            }
+        // (a put interrupted before its rename never returned: its file goes)
+        for (key, _) in block_files::scan(dir, "write-back")? {
+            state.staged.insert(key);
+            state.queue.push_back((key, Instant::now()));
         }
         if !state.queue.is_empty() {
             tracing::info!(
@@ -125,7 +115,7 @@ impl Shared {
     }
 
     fn path(&self, key: &BlockKey) -> PathBuf {
-        self.dir.join(key.to_string().replace(':', "_"))
+        block_files::path(&self.dir, key)
     }
 
     fn report(&self) {

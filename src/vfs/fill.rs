@@ -18,13 +18,13 @@
 //! - Another mount's change (shared volumes) reaches the kernel as an invalidation; a fill that
 //!   overlapped one is taken back ([`KernelPages::forget`]), so it cannot outlive it.
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock, RwLock, RwLockWriteGuard, Weak};
 
 use super::Core;
-use crate::meta::Ino;
+use crate::core::Extent;
+use crate::meta::{Ino, Inode};
 
 /// The kernel's page cache of a mount, as the FUSE adapter exposes it.
 pub trait KernelPages: Send + Sync {
@@ -39,15 +39,18 @@ const GATES: usize = 64;
 /// Fills waiting for the thread; more are dropped (the kernel then asks as usual).
 const QUEUE: usize = 64;
 
-/// One block's bytes, offered for the file range they back.
+/// Files with more extents than this fill only the extent read, not every stretch of the
+/// file its block backs (which takes reading the whole map).
+const WHOLE_MAP_MAX: u64 = 65_536;
+
+/// One block's bytes, offered for the file ranges they back.
 pub(crate) struct Fill {
     pub ino: Ino,
     /// The inode's `data_version` the bytes were read under.
     pub version: u64,
-    /// File offset of `block[range.start]`.
-    pub offset: u64,
+    /// The extent that was read; its block is `block`.
+    pub extent: Extent,
     pub block: Arc<Vec<u8>>,
-    pub range: Range<usize>,
 }
 
 pub(crate) struct PageFill {
@@ -148,17 +151,53 @@ fn fill_one(core: &Core, fill: &Fill, pages: &dyn KernelPages) -> std::io::Resul
     if inode.data_version != fill.version || !core.nothing_pending(fill.ino) {
         return Ok(false);
     }
-    let end = (fill.offset + fill.range.len() as u64).min(inode.size);
-    if end <= fill.offset {
-        return Ok(false);
+    let mut stored = Vec::new();
+    for (offset, range) in stretches(core, &inode, fill) {
+        let end = (offset + range.len() as u64).min(inode.size);
+        if end <= offset {
+            continue;
+        }
+        let len = end - offset;
+        let bytes = &fill.block[range.start..range.start + len as usize];
+        pages.store(fill.ino, offset, bytes)?;
+        stored.push((offset, len));
     }
-    let len = end - fill.offset;
-    let bytes = &fill.block[fill.range.start..fill.range.start + len as usize];
-    pages.store(fill.ino, fill.offset, bytes)?;
     if core.fill.remote.load(Ordering::SeqCst) != remote_before {
         // another mount's change may have been applied to the kernel before these pages
-        pages.forget(fill.ino, fill.offset, len)?;
+        for (offset, len) in stored {
+            pages.forget(fill.ino, offset, len)?;
+        }
         return Ok(false);
     }
-    Ok(true)
+    Ok(!stored.is_empty())
+}
+
+/// The stretches of the file the fill's block backs, as (file offset, bytes of the block),
+/// back-to-back ones merged. A flush packs small writes into one block, so a randomly written
+/// file's block backs many: all of them come from one fetch.
+fn stretches(core: &Core, inode: &Inode, fill: &Fill) -> Vec<(u64, std::ops::Range<usize>)> {
+    let read = |e: &Extent| (e.offset, e.block_range());
+    if inode.extent_count > WHOLE_MAP_MAX {
+        return vec![read(&fill.extent)];
+    }
+    let map = match core
+        .meta
+        .read()
+        .and_then(|mut r| r.extents(inode.ino, 0..u64::MAX))
+    {
+        Ok(map) => map,
+        Err(_) => return vec![read(&fill.extent)],
+    };
+    let mut out: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
+    for e in map.iter().filter(|e| e.key == fill.extent.key) {
+        match out.last_mut() {
+            Some((at, r))
+                if *at + r.len() as u64 == e.offset && r.end == e.block_offset as usize =>
+            {
+                r.end += e.len as usize;
+            }
+            _ => out.push(read(e)),
+        }
+    }
+    out
 }

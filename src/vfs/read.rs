@@ -65,11 +65,13 @@ impl Fs {
             false => Vec::new(),
         };
         let mut buf = assemble(&self.core, h.ino, &extents, offset..end)?;
-        for e in fetched
-            .iter()
-            .filter(|e| !(offset <= e.offset && e.end() <= end))
-        {
-            offer_fill(&self.core, &inode, e);
+        let mut offered = Vec::new();
+        for e in &fetched {
+            // one offer per block: the fill finds every stretch of the file the block backs
+            if !offered.contains(&e.key) {
+                offered.push(e.key);
+                offer_fill(&self.core, &inode, e);
+            }
         }
         for (at, data) in pending {
             let rel = (at - offset) as usize;
@@ -154,9 +156,8 @@ fn offer_fill(core: &Core, inode: &Inode, e: &Extent) {
         core.fill.offer(Fill {
             ino: inode.ino,
             version: inode.data_version,
-            offset: e.offset,
+            extent: *e,
             block,
-            range: e.block_range(),
         });
     }
 }
@@ -274,7 +275,8 @@ fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>, fill: bool) {
                         tracing::debug!(ino, "read-ahead fetch failed: {err}");
                         return;
                     }
-                    for e in extents.iter().filter(|e| fill && e.key == *key) {
+                    // one offer per block: the fill finds every stretch the block backs
+                    if let Some(e) = extents.iter().find(|e| fill && e.key == *key) {
                         offer_fill(core, &inode, e);
                     }
                 }

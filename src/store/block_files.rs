@@ -1,0 +1,33 @@
+//! Blocks kept as files in a folder, named by their key (`algo_hex_size`: no `:` in file
+//! names), as the disk cache and the write-back staging folder keep them.
+
+use std::path::{Path, PathBuf};
+
+use super::StoreError;
+use crate::core::BlockKey;
+
+/// Where `key`'s file is in `dir`.
+pub fn path(dir: &Path, key: &BlockKey) -> PathBuf {
+    dir.join(key.to_string().replace(':', "_"))
+}
+
+/// Creates `dir` if needed and lists the blocks in it, with their metadata. Any other file (the
+/// leftover of a write that was interrupted before its rename) is deleted.
+pub fn scan(
+    dir: &Path,
+    backend: &'static str,
+) -> Result<Vec<(BlockKey, std::fs::Metadata)>, StoreError> {
+    let io = |what: &str, e| StoreError::io(backend, format!("{what} {}", dir.display()), e);
+    std::fs::create_dir_all(dir).map_err(|e| io("creating", e))?;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io("listing", e))? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let key = name.replace('_', ":").parse::<BlockKey>().ok();
+        match (key, entry.metadata()) {
+            (Some(key), Ok(meta)) => found.push((key, meta)),
+            _ => drop(std::fs::remove_file(entry.path())),
+        }
+    }
+    Ok(found)
+}
