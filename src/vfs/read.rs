@@ -54,24 +54,22 @@ impl Fs {
         // Blocks a random read fetches: the kernel may have the rest of their bytes too. (Not
         // for sequential reads: the kernel's read-ahead asks for those bytes next anyway, and
         // a second copy of them cost a quarter of the throughput.)
-        let random = offset != h.readahead.lock().expect("lock").last_end;
-        let fill = random && self.core.fill.enabled() && pending.is_empty();
-        let fetched: Vec<Extent> = match fill {
-            true => extents
-                .iter()
-                .filter(|e| !self.core.cache.contains(&e.key))
-                .copied()
-                .collect(),
-            false => Vec::new(),
-        };
-        let mut buf = assemble(&self.core, h.ino, &extents, offset..end)?;
-        let mut offered = Vec::new();
-        for e in &fetched {
-            // one offer per block: the fill finds every stretch of the file the block backs
-            if !offered.contains(&e.key) {
-                offered.push(e.key);
-                offer_fill(&self.core, &inode, e);
+        // Blocks a random read fetches go to the kernel's page cache too. (Not for sequential
+        // reads: the kernel's read-ahead asks for those bytes next anyway, and a second copy of
+        // them cost a quarter of the throughput.)
+        let fill = self.core.fill.enabled()
+            && pending.is_empty()
+            && offset != h.readahead.lock().expect("lock").last_end;
+        // one offer per block: the fill finds every stretch of the file the block backs
+        let mut fetched: Vec<Extent> = Vec::new();
+        for e in extents.iter().filter(|_| fill) {
+            if !self.core.cache.contains(&e.key) && !fetched.iter().any(|f| f.key == e.key) {
+                fetched.push(*e);
             }
+        }
+        let mut buf = assemble(&self.core, h.ino, &extents, offset..end)?;
+        for e in &fetched {
+            offer_fill(&self.core, &inode, e);
         }
         for (at, data) in pending {
             let rel = (at - offset) as usize;
