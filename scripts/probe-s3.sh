@@ -3,7 +3,8 @@
 # then where its time went: the mount's own metrics (`-o metrics`), summed per name, largest
 # first. For A/B comparisons of one change; the side-by-side table is scripts/bench-s3.sh.
 # usage: scripts/probe-s3.sh untar|create|seqw|seqr|randw|randr
-#   FORMAT_OPTS="--small-blocks 0" and MOUNT_OPTS="cache_mb=512" pass options through.
+#   FORMAT_OPTS="--small-blocks 0" and MOUNT_OPTS="cache_mb=512" pass options through;
+#   PERF=1 records the daemon's profile of the timed part in /var/tmp/graviton-probe/perf.data.
 # Needs root, and what scripts/bench-s3.sh installs (s3rver under /var/cache/graviton/s3rver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,14 @@ mkdir "$W/m/u"
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 declare -A CPU0
 # marks the start of the timed part: CPU time of the daemon (G) and s3rver (S) from here on
-mark() { CPU0[G]=$(cpu_s "$(pgrep -f "graviton mount.* $W/m" | head -1)") CPU0[S]=$(cpu_s "$SP"); }
+mark() {
+  CPU0[G]=$(cpu_s "$(pgrep -f "graviton mount.* $W/m" | head -1)") CPU0[S]=$(cpu_s "$SP")
+  if [ -n "${PERF:-}" ]; then
+    perf record -q -g -o "$W/perf.data" -p "$(pgrep -f "graviton mount.* $W/m" | head -1)" 2>/dev/null &
+    PERF_PID=$!
+    sleep 0.5
+  fi
+}
 now() { date +%s.%N; }
 cpu_used() {
   local pid=$SP
@@ -97,6 +105,7 @@ PY
       python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("4 KiB random reads: %.1f MiB/s" % (j["read"]["bw_bytes"]/1048576))' ;;
   *) echo "unknown workload $WORKLOAD" >&2; exit 2 ;;
 esac
+[ -z "${PERF_PID:-}" ] || { kill -INT "$PERF_PID"; sleep 1; }
 echo "CPU seconds in the workload's timed part: graviton daemon $(cpu_used G), s3rver $(cpu_used S)"
 curl -s "http://$METRICS/metrics" | python3 -c '
 import re, sys

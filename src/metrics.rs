@@ -29,6 +29,9 @@ pub const BLOCK_CACHE: &str = "graviton_block_cache_total";
 pub const PAGE_FILL: &str = "graviton_page_fill_total";
 /// Blocks staged by a write-back mount (`-o writeback`) and not uploaded yet (gauge).
 pub const WRITEBACK_STAGED: &str = "graviton_writeback_staged_blocks";
+/// Metadata transactions a write-back mount committed to its journal and not yet sent to
+/// PostgreSQL (gauge).
+pub const WRITEBACK_META_QUEUED: &str = "graviton_writeback_meta_queued_transactions";
 /// Time from a FUSE request's arrival to its reply, including time queued for the blocking
 /// pool (histogram, seconds; label `op`: the callback's name, e.g. lookup, write, fsync).
 pub const FUSE_OP_DURATION: &str = "graviton_fuse_op_duration_seconds";

@@ -71,3 +71,11 @@ fn pjdfstest_on_postgres_and_s3_has_no_failures() {
     let store = common::mounted::s3_scratch_url();
     run_suite(&Mounted::new_pg_with_store("", Some(&store)));
 }
+
+/// `-o writeback`: blocks staged on the local disk, metadata committed to a local journal and
+/// sent to PostgreSQL in the background; every answer must be the same.
+#[test]
+fn pjdfstest_on_postgres_and_s3_with_writeback_has_no_failures() {
+    let store = common::mounted::s3_scratch_url();
+    run_suite(&Mounted::new_pg_with_store("writeback", Some(&store)));
+}

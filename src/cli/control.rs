@@ -87,7 +87,12 @@ pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Resul
     {
         return ask(conn, req, out);
     }
-    execute(&Volume::open(source)?, req, false, out)
+    let vol = Volume::open(source)?;
+    if let Request::Gc { .. } = req {
+        // blocks only a write-back mount's journal references look unreferenced here
+        crate::meta::write_behind::check_unclaimed(vol.meta.as_ref(), None)?;
+    }
+    execute(&vol, req, false, out)
 }
 
 fn ask(mut conn: UnixStream, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -19,6 +19,7 @@ use crate::core::{DEFAULT_CHUNKER, HashAlgo};
 use crate::fuse::GravitonFuse;
 use crate::meta::SessionInfo;
 use crate::meta::cached::CachedMeta;
+use crate::meta::write_behind::WriteBehind;
 use crate::volume::{Source, Volume};
 
 #[derive(Args, Debug)]
@@ -261,14 +262,21 @@ fn serve(
             .with_context(|| format!("opening the block cache in {}", dir.display()))?,
         );
     }
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
     vol.meta.begin_session(&SessionInfo {
-        host: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        host: host.clone(),
         pid: std::process::id(),
         mountpoint: mountpoint.display().to_string(),
         timeout: opts.session_timeout,
     })?;
+    if vol.meta.shared().is_some()
+        && let Err(e) = write_behind_meta(&mut vol, source, &host, opts.writeback)
+    {
+        vol.meta.end_session();
+        return Err(e);
+    }
     if opts.writeback {
         vol.store = writeback_store(&vol, source)?;
     }
@@ -397,6 +405,37 @@ fn serve(
     let _ = std::fs::remove_file(super::control::socket(&state));
     let _ = std::fs::remove_file(pid_file);
     tracing::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+/// On a shared (PostgreSQL) volume: with `-o writeback`, metadata commits go to a journal in
+/// the volume's state folder first (`meta::write_behind`). Without it, a journal an earlier
+/// write-back mount on this host left is sent on first; another host's claim is refused.
+fn write_behind_meta(
+    vol: &mut Volume,
+    source: &Source,
+    host: &str,
+    writeback: bool,
+) -> anyhow::Result<()> {
+    let dir = source.state_dir().join("meta-journal");
+    let me = format!("{host}:{}", dir.display());
+    crate::meta::write_behind::check_unclaimed(vol.meta.as_ref(), Some(&me))?;
+    let claimed = vol
+        .meta
+        .kv_get(crate::meta::write_behind::CLAIM_KEY)?
+        .is_some();
+    if !writeback && !claimed {
+        return Ok(());
+    }
+    let wb = WriteBehind::open(vol.meta.clone(), &dir, &me)?;
+    if writeback {
+        vol.meta = Arc::new(wb);
+    } else if !wb.finish() {
+        anyhow::bail!(
+            "the metadata changes an earlier -o writeback mount left in {} could not be sent",
+            dir.display()
+        );
+    }
     Ok(())
 }
 

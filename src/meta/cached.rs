@@ -287,33 +287,32 @@ impl LocalCache {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let mut drop = w.opaque.clone();
         let mut batch = WriteBatch::default();
-        let mut seen: Vec<(Ino, &[u8])> = Vec::new();
+        // entries of one name may change several times (a write-behind batch): each change
+        // undoes the one before it, read from here rather than from the cache
+        let mut latest: std::collections::HashMap<(Ino, &[u8]), Option<DirEntry>> =
+            std::collections::HashMap::new();
         for (dir, name, entry) in &w.entries {
-            if seen.contains(&(*dir, name.as_slice())) {
-                drop.push(*dir); // changed twice: not worth replaying
-                continue;
-            }
-            seen.push((*dir, name));
             let generation = self.generation(*dir);
             let by_name = entry_key(DIRENT, *dir, generation, name);
-            let listed = self.has(&key(LISTED, *dir));
-            let old = match self.db.get(&by_name) {
-                Ok(old) => old,
-                Err(_) => {
-                    drop.push(*dir);
-                    continue;
-                }
+            let listed = w.fresh_dirs.contains(dir) || self.has(&key(LISTED, *dir));
+            let old = match latest.get(&(*dir, name.as_slice())) {
+                Some(prev) => *prev,
+                None => match self.db.get(&by_name).map(|v| v.map(|v| decode_dirent(&v))) {
+                    Ok(None) => None,
+                    Ok(Some(Ok(old))) => Some(old),
+                    Ok(Some(Err(_))) | Err(_) => {
+                        drop.push(*dir);
+                        continue;
+                    }
+                },
             };
             if let Some(old) = old {
-                match decode_dirent(&old) {
-                    Ok(old) => batch.delete(entry_key(
-                        BY_COOKIE,
-                        *dir,
-                        generation,
-                        &old.cookie.to_be_bytes(),
-                    )),
-                    Err(_) => drop.push(*dir),
-                }
+                batch.delete(entry_key(
+                    BY_COOKIE,
+                    *dir,
+                    generation,
+                    &old.cookie.to_be_bytes(),
+                ));
             }
             match entry {
                 Some(e) => {
@@ -326,19 +325,18 @@ impl LocalCache {
                 }
                 None => batch.delete(&by_name),
             }
+            latest.insert((*dir, name.as_slice()), *entry);
         }
         for inode in w.inodes.values() {
             match postcard::to_stdvec(inode) {
                 Ok(v) => batch.put(key(INODE, inode.ino), v),
                 Err(_) => drop.push(inode.ino),
             }
-            if inode.kind == FileKind::Dir
-                && inode.next_cookie == super::types::FIRST_COOKIE
-                && !w.entries.iter().any(|(dir, _, _)| *dir == inode.ino)
-            {
-                // never had an entry (a new directory): its listing is known, and empty
-                batch.put(key(LISTED, inode.ino), []);
-            }
+        }
+        for dir in &w.fresh_dirs {
+            // had no entry when this transaction first wrote it: its listing is known, and
+            // holds exactly the entries written above
+            batch.put(key(LISTED, *dir), []);
         }
         if self.db.write_opt(batch, &no_wal()).is_err() {
             drop.extend_from_slice(&w.touched);
@@ -979,6 +977,8 @@ struct Written {
     inodes: std::collections::HashMap<Ino, Inode>,
     /// Directory entries set (Some) or removed (None), in order.
     entries: Vec<(Ino, Vec<u8>, Option<DirEntry>)>,
+    /// Directories that had never had an entry when this transaction first wrote them.
+    fresh_dirs: Vec<Ino>,
     /// Inodes written in ways the cache does not replay (extents, xattrs, symlink targets,
     /// deletion, orphans): dropped.
     opaque: Vec<Ino>,
@@ -1043,6 +1043,12 @@ impl CachedTxn<'_> {
 impl MetaTxn for CachedTxn<'_> {
     fn put_inode(&mut self, inode: &Inode) -> MetaResult<()> {
         self.written.touched.push(inode.ino);
+        if inode.kind == FileKind::Dir
+            && inode.next_cookie == super::types::FIRST_COOKIE
+            && !self.written.inodes.contains_key(&inode.ino)
+        {
+            self.written.fresh_dirs.push(inode.ino);
+        }
         self.written.inodes.insert(inode.ino, inode.clone());
         self.tx().put_inode(inode)
     }

@@ -11,12 +11,15 @@
 
 pub mod cached;
 pub mod conformance;
+mod journal;
+mod overlay;
 pub mod pg;
 mod pg_conn;
 mod pg_shared;
 pub mod rocks;
 mod shared;
 mod types;
+pub mod write_behind;
 
 use std::ops::Range;
 

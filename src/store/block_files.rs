@@ -22,6 +22,9 @@ pub fn scan(
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io("listing", e))? {
         let Ok(entry) = entry else { continue };
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
         let name = entry.file_name().to_string_lossy().into_owned();
         let key = name.replace('_', ":").parse::<BlockKey>().ok();
         match (key, entry.metadata()) {

@@ -1,0 +1,411 @@
+//! The write-behind journal: committed metadata transactions not yet sent to the shared engine,
+//! appended to files in the volume's state folder (see `write_behind`).
+//!
+//! A record is `[length u32][checksum u32][postcard bytes]`, the checksum being the first four
+//! bytes of the payload's BLAKE3 hash. Records go to the kernel at each commit (a killed daemon
+//! loses none) and to the disk at `sync` (fsync). Reading stops at the first torn or corrupt
+//! record: only a record written after the last `sync` can be torn by a power loss.
+//!
+//! Files are segments named by the sequence number of their first record; a segment whose
+//! records are all applied is deleted. Replaying a suffix of records that were already applied
+//! is harmless: every operation is a blind write (a record's final value does not depend on
+//! the state it is applied to), so applying records k..n over the state after record m ≥ k
+//! gives the state after n.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{DirEntry, FileKind, Ino, Inode, MetaError, MetaResult, MetaTxn};
+use crate::core::extent::Splice;
+use crate::core::{BlockKey, Extent};
+
+/// A new segment is started once the current one is this big.
+const SEGMENT_BYTES: u64 = 16 << 20;
+const HEADER: usize = 8;
+
+/// One write of a transaction, as [`MetaTxn`] names them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Op {
+    PutInode(Inode),
+    DeleteInode(Ino),
+    PutDirent {
+        parent: Ino,
+        name: Vec<u8>,
+        ino: Ino,
+        kind: u8,
+        cookie: u64,
+    },
+    DeleteDirent {
+        parent: Ino,
+        name: Vec<u8>,
+    },
+    Splice {
+        ino: Ino,
+        remove: Vec<JournalExtent>,
+        insert: Vec<JournalExtent>,
+    },
+    PutXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+    },
+    DeleteXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
+    PutSymlink {
+        ino: Ino,
+        target: Vec<u8>,
+    },
+    AddOrphan(Ino),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JournalExtent {
+    offset: u64,
+    key: Vec<u8>,
+    block_offset: u32,
+    len: u32,
+}
+
+impl From<&Extent> for JournalExtent {
+    fn from(e: &Extent) -> Self {
+        JournalExtent {
+            offset: e.offset,
+            key: e.key.to_bytes().to_vec(),
+            block_offset: e.block_offset,
+            len: e.len,
+        }
+    }
+}
+
+impl JournalExtent {
+    fn extent(&self) -> MetaResult<Extent> {
+        Ok(Extent {
+            offset: self.offset,
+            key: BlockKey::from_bytes(&self.key).ok_or_else(|| corrupt("block key"))?,
+            block_offset: self.block_offset,
+            len: self.len,
+        })
+    }
+}
+
+fn corrupt(what: &str) -> MetaError {
+    MetaError::Corrupt(format!("write-behind journal: {what}"))
+}
+
+fn io_err(what: &str, e: std::io::Error) -> MetaError {
+    MetaError::Backend {
+        engine: "write-behind journal",
+        message: format!("{what}: {e}"),
+    }
+}
+
+impl Op {
+    pub fn dirent(parent: Ino, name: &[u8], e: &DirEntry) -> Op {
+        Op::PutDirent {
+            parent,
+            name: name.to_vec(),
+            ino: e.ino,
+            kind: e.kind.tag(),
+            cookie: e.cookie,
+        }
+    }
+
+    pub fn splice(ino: Ino, s: &Splice) -> Op {
+        Op::Splice {
+            ino,
+            remove: s.remove.iter().map(Into::into).collect(),
+            insert: s.insert.iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The splice's extents, decoded.
+    pub fn decode_splice(remove: &[JournalExtent], insert: &[JournalExtent]) -> MetaResult<Splice> {
+        Ok(Splice {
+            remove: remove
+                .iter()
+                .map(|e| e.extent())
+                .collect::<MetaResult<_>>()?,
+            insert: insert
+                .iter()
+                .map(|e| e.extent())
+                .collect::<MetaResult<_>>()?,
+        })
+    }
+
+    pub fn decode_dirent(ino: Ino, kind: u8, cookie: u64) -> MetaResult<DirEntry> {
+        Ok(DirEntry {
+            ino,
+            kind: FileKind::from_tag(kind).ok_or_else(|| corrupt("entry kind"))?,
+            cookie,
+        })
+    }
+
+    /// Performs the write in `tx`.
+    pub fn apply(&self, tx: &mut dyn MetaTxn) -> MetaResult<()> {
+        match self {
+            Op::PutInode(n) => tx.put_inode(n),
+            Op::DeleteInode(ino) => tx.delete_inode(*ino),
+            Op::PutDirent {
+                parent,
+                name,
+                ino,
+                kind,
+                cookie,
+            } => tx.put_dirent(*parent, name, &Op::decode_dirent(*ino, *kind, *cookie)?),
+            Op::DeleteDirent { parent, name } => tx.delete_dirent(*parent, name),
+            Op::Splice {
+                ino,
+                remove,
+                insert,
+            } => tx.apply_splice(*ino, &Op::decode_splice(remove, insert)?),
+            Op::PutXattr { ino, name, value } => tx.put_xattr(*ino, name, value),
+            Op::DeleteXattr { ino, name } => tx.delete_xattr(*ino, name),
+            Op::PutSymlink { ino, target } => tx.put_symlink_target(*ino, target),
+            Op::AddOrphan(ino) => tx.add_orphan(*ino),
+        }
+    }
+}
+
+/// One committed transaction.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    pub ops: Vec<Op>,
+}
+
+impl AsRef<Record> for Record {
+    fn as_ref(&self) -> &Record {
+        self
+    }
+}
+
+/// The journal's folder and the segment being appended to.
+pub struct Journal {
+    dir: PathBuf,
+    /// (first sequence number, last sequence number) of each segment, oldest first; the last
+    /// one is `current`.
+    segments: Vec<(u64, u64)>,
+    current: Option<File>,
+    current_bytes: u64,
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.journal")
+}
+
+fn checksum(payload: &[u8]) -> [u8; 4] {
+    let h = blake3::hash(payload);
+    h.as_bytes()[..4].try_into().expect("four bytes")
+}
+
+impl Journal {
+    /// Opens the journal in `dir` (creating it) and returns the records it holds, in order.
+    pub fn open(dir: &Path) -> MetaResult<(Journal, Vec<Record>)> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(&dir.display().to_string(), e))?;
+        let mut names: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+            .map_err(|e| io_err(&dir.display().to_string(), e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let first = name.strip_suffix(".journal")?.parse().ok()?;
+                Some((first, e.path()))
+            })
+            .collect();
+        names.sort();
+        let mut records = Vec::new();
+        for (_, path) in &names {
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| io_err(&path.display().to_string(), e))?;
+            let mut at = 0;
+            while let Some(header) = bytes.get(at..at + HEADER) {
+                let len = u32::from_le_bytes(header[..4].try_into().expect("4")) as usize;
+                let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
+                    break;
+                };
+                if header[4..] != checksum(payload) {
+                    break;
+                }
+                let Ok(record) = postcard::from_bytes::<Record>(payload) else {
+                    break;
+                };
+                records.push(record);
+                at += HEADER + len;
+            }
+            if at < bytes.len() {
+                tracing::warn!(
+                    "write-behind journal {}: {} bytes after the last whole record ignored (torn by a crash)",
+                    path.display(),
+                    bytes.len() - at
+                );
+            }
+        }
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            segments: Vec::new(),
+            current: None,
+            current_bytes: 0,
+        };
+        // the old segments are deleted once their records are applied (see `reset`)
+        Ok((journal, records))
+    }
+
+    /// Appends a record; it reaches the kernel before this returns.
+    pub fn append(&mut self, record: &Record) -> MetaResult<()> {
+        let payload =
+            postcard::to_stdvec(record).map_err(|e| corrupt(&format!("encoding: {e}")))?;
+        if self.current.is_none() || self.current_bytes >= SEGMENT_BYTES {
+            let path = self.dir.join(segment_name(record.seq));
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err(&path.display().to_string(), e))?;
+            if let Some(old) = self.current.replace(f) {
+                // records in a finished segment are made durable before a new one starts
+                old.sync_data().map_err(|e| io_err("journal sync", e))?;
+            }
+            self.segments.push((record.seq, record.seq));
+            self.current_bytes = 0;
+        }
+        let mut buf = Vec::with_capacity(HEADER + payload.len());
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&checksum(&payload));
+        buf.extend_from_slice(&payload);
+        let f = self.current.as_mut().expect("a segment is open");
+        f.write_all(&buf)
+            .map_err(|e| io_err("appending to the journal", e))?;
+        self.current_bytes += buf.len() as u64;
+        if let Some(last) = self.segments.last_mut() {
+            last.1 = record.seq;
+        }
+        Ok(())
+    }
+
+    /// Makes every appended record durable.
+    pub fn sync(&self) -> MetaResult<()> {
+        match &self.current {
+            Some(f) => f.sync_data().map_err(|e| io_err("journal sync", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes segments whose records are all applied (up to `applied`); with `everything`
+    /// (nothing is pending) the current segment goes too.
+    pub fn forget_applied(&mut self, applied: u64, everything: bool) {
+        let keep_current = !everything;
+        let n = self.segments.len();
+        let mut kept = Vec::new();
+        for (i, &(first, last)) in self.segments.iter().enumerate() {
+            let is_current = i + 1 == n;
+            if last <= applied && (!is_current || !keep_current) {
+                let _ = std::fs::remove_file(self.dir.join(segment_name(first)));
+                if is_current {
+                    self.current = None;
+                    self.current_bytes = 0;
+                }
+            } else {
+                kept.push((first, last));
+            }
+        }
+        self.segments = kept;
+    }
+
+    /// Deletes every segment, including those left by an earlier run (all applied).
+    pub fn clear(&mut self) -> MetaResult<()> {
+        self.current = None;
+        self.current_bytes = 0;
+        self.segments.clear();
+        for e in std::fs::read_dir(&self.dir)
+            .map_err(|e| io_err(&self.dir.display().to_string(), e))?
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().ends_with(".journal") {
+                std::fs::remove_file(e.path()).map_err(|e| io_err("clearing the journal", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether no record is on disk.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64) -> Record {
+        Record {
+            seq,
+            ops: vec![
+                Op::AddOrphan(seq),
+                Op::DeleteDirent {
+                    parent: 1,
+                    name: format!("n{seq}").into_bytes(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen_and_a_torn_tail_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, old) = Journal::open(dir.path()).unwrap();
+        assert!(old.is_empty());
+        for s in 1..=3 {
+            j.append(&record(s)).unwrap();
+        }
+        drop(j);
+        // a torn last record: half of a header and payload
+        let seg = dir.path().join(segment_name(1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[40, 0, 0, 0, 1, 2]).unwrap();
+        let (_, got) = Journal::open(dir.path()).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_corrupt_record_ends_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        for s in 1..=3 {
+            j.append(&record(s)).unwrap();
+        }
+        drop(j);
+        let seg = dir.path().join(segment_name(1));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let n = bytes.len();
+        bytes[n - 2] ^= 0xff;
+        std::fs::write(&seg, bytes).unwrap();
+        let (_, got) = Journal::open(dir.path()).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn applied_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.append(&record(1)).unwrap();
+        j.forget_applied(1, false);
+        assert!(
+            !j.is_empty(),
+            "the current segment stays while records may follow"
+        );
+        j.forget_applied(1, true);
+        assert!(j.is_empty());
+        j.append(&record(2)).unwrap();
+        let (_, got) = Journal::open(dir.path()).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [2]);
+    }
+}

@@ -1,0 +1,241 @@
+//! Records written but not yet in the engine below (see `write_behind`): one layer per
+//! transaction (its own writes) and one for the mount (committed, waiting to be applied).
+//!
+//! A lookup answers [`Known`] when the layer decides the record (present or deleted), or None
+//! when the layer does not know and the next layer down must be asked. Each record carries the
+//! sequence number of the commit that wrote it, so the applier can drop exactly those it sent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use super::{DirEntry, Ino, Inode};
+use crate::core::Extent;
+use crate::core::extent::Splice;
+
+/// What a layer knows of a record: `Some(value)` or `None` for "deleted".
+pub type Known<T> = Option<T>;
+
+#[derive(Clone, Debug)]
+struct Slot<T> {
+    seq: u64,
+    value: T,
+}
+
+fn slot<T>(seq: u64, value: T) -> Slot<T> {
+    Slot { seq, value }
+}
+
+#[derive(Default)]
+pub struct Overlay {
+    inodes: HashMap<Ino, Slot<Option<Inode>>>,
+    dirents: HashMap<Ino, BTreeMap<Vec<u8>, Slot<Option<DirEntry>>>>,
+    /// Whole extent maps of files with pending splices.
+    maps: HashMap<Ino, Slot<BTreeMap<u64, Extent>>>,
+    xattrs: HashMap<Ino, BTreeMap<Vec<u8>, Slot<Option<Vec<u8>>>>>,
+    symlinks: HashMap<Ino, Slot<Option<Vec<u8>>>>,
+    orphans: HashMap<Ino, Slot<bool>>,
+    /// Inodes deleted here: below this layer, their extents, xattrs and target are gone.
+    wiped: HashMap<Ino, u64>,
+}
+
+impl Overlay {
+    pub fn inode(&self, ino: Ino) -> Option<Known<Inode>> {
+        self.inodes.get(&ino).map(|s| s.value.clone())
+    }
+
+    pub fn dirent(&self, parent: Ino, name: &[u8]) -> Option<Known<DirEntry>> {
+        self.dirents.get(&parent)?.get(name).map(|s| s.value)
+    }
+
+    /// Every entry of `dir` this layer knows (deleted ones as None).
+    pub fn dir_entries(&self, dir: Ino) -> impl Iterator<Item = (&[u8], Option<DirEntry>)> {
+        self.dirents
+            .get(&dir)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(n, s)| (n.as_slice(), s.value)))
+    }
+
+    pub fn wiped(&self, ino: Ino) -> bool {
+        self.wiped.contains_key(&ino)
+    }
+
+    /// The whole extent map, when this layer has it.
+    pub fn map(&self, ino: Ino) -> Option<&BTreeMap<u64, Extent>> {
+        self.maps.get(&ino).map(|s| &s.value)
+    }
+
+    /// Extents of a known map that overlap `range`, sorted.
+    pub fn extents_in(map: &BTreeMap<u64, Extent>, range: &Range<u64>) -> Vec<Extent> {
+        // an extent starting before range.start may reach into it: start from the last one
+        let from = map
+            .range(..=range.start)
+            .next_back()
+            .map_or(range.start, |(o, _)| *o);
+        map.range(from..range.end)
+            .map(|(_, e)| *e)
+            .filter(|e| e.end() > range.start)
+            .collect()
+    }
+
+    pub fn xattr(&self, ino: Ino, name: &[u8]) -> Option<Known<Vec<u8>>> {
+        if let Some(s) = self.xattrs.get(&ino).and_then(|m| m.get(name)) {
+            return Some(s.value.clone());
+        }
+        self.wiped(ino).then_some(None)
+    }
+
+    pub fn xattrs(&self, ino: Ino) -> impl Iterator<Item = (&[u8], bool)> {
+        self.xattrs
+            .get(&ino)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(n, s)| (n.as_slice(), s.value.is_some())))
+    }
+
+    pub fn symlink(&self, ino: Ino) -> Option<Known<Vec<u8>>> {
+        if let Some(s) = self.symlinks.get(&ino) {
+            return Some(s.value.clone());
+        }
+        self.wiped(ino).then_some(None)
+    }
+
+    pub fn orphan_marks(&self) -> impl Iterator<Item = (Ino, bool)> + '_ {
+        self.orphans.iter().map(|(i, s)| (*i, s.value))
+    }
+
+    pub fn inode_records(&self) -> impl Iterator<Item = (Ino, bool)> + '_ {
+        self.inodes.iter().map(|(i, s)| (*i, s.value.is_some()))
+    }
+
+    /// Whether a map this layer holds references `key`.
+    pub fn references(&self, key: &crate::core::BlockKey) -> bool {
+        self.maps
+            .values()
+            .any(|m| m.value.values().any(|e| e.key == *key))
+    }
+
+    /// Every block the maps this layer holds reference.
+    pub fn referenced_keys(&self) -> impl Iterator<Item = crate::core::BlockKey> + '_ {
+        self.maps
+            .values()
+            .flat_map(|m| m.value.values().map(|e| e.key))
+    }
+
+    pub fn put_inode(&mut self, seq: u64, n: &Inode) {
+        self.inodes.insert(n.ino, slot(seq, Some(n.clone())));
+    }
+
+    /// An inode this mount just allocated: nothing below has records of it.
+    pub fn mark_new(&mut self, ino: Ino) {
+        self.wiped.entry(ino).or_insert(0);
+    }
+
+    pub fn delete_inode(&mut self, seq: u64, ino: Ino) {
+        self.inodes.insert(ino, slot(seq, None));
+        self.maps.insert(ino, slot(seq, BTreeMap::new()));
+        self.xattrs.remove(&ino);
+        self.symlinks.remove(&ino);
+        self.orphans.insert(ino, slot(seq, false));
+        self.wiped.insert(ino, seq);
+    }
+
+    pub fn put_dirent(&mut self, seq: u64, parent: Ino, name: &[u8], e: Option<DirEntry>) {
+        self.dirents
+            .entry(parent)
+            .or_default()
+            .insert(name.to_vec(), slot(seq, e));
+    }
+
+    /// Installs a whole map (read from below) for a splice to edit.
+    pub fn set_map(&mut self, seq: u64, ino: Ino, map: BTreeMap<u64, Extent>) {
+        self.maps.insert(ino, slot(seq, map));
+    }
+
+    /// Applies a splice to the map `set_map` installed.
+    pub fn splice(&mut self, seq: u64, ino: Ino, s: &Splice) {
+        let m = self
+            .maps
+            .entry(ino)
+            .or_insert_with(|| slot(seq, BTreeMap::new()));
+        m.seq = seq;
+        for e in &s.remove {
+            m.value.remove(&e.offset);
+        }
+        for e in &s.insert {
+            m.value.insert(e.offset, *e);
+        }
+    }
+
+    pub fn put_xattr(&mut self, seq: u64, ino: Ino, name: &[u8], value: Option<&[u8]>) {
+        self.xattrs
+            .entry(ino)
+            .or_default()
+            .insert(name.to_vec(), slot(seq, value.map(<[u8]>::to_vec)));
+    }
+
+    pub fn put_symlink(&mut self, seq: u64, ino: Ino, target: &[u8]) {
+        self.symlinks.insert(ino, slot(seq, Some(target.to_vec())));
+    }
+
+    pub fn add_orphan(&mut self, seq: u64, ino: Ino) {
+        self.orphans.insert(ino, slot(seq, true));
+    }
+
+    /// Moves everything in `txn` (a transaction's layer) into this one under `seq`.
+    pub fn absorb(&mut self, txn: Overlay, seq: u64) {
+        fn restamp<T>(s: Slot<T>, seq: u64) -> Slot<T> {
+            Slot {
+                seq,
+                value: s.value,
+            }
+        }
+        for (ino, at) in txn.wiped {
+            let _ = at;
+            // what this layer held of the inode's records is gone with it
+            self.xattrs.remove(&ino);
+            self.symlinks.remove(&ino);
+            self.wiped.insert(ino, seq);
+        }
+        for (k, s) in txn.inodes {
+            self.inodes.insert(k, restamp(s, seq));
+        }
+        for (dir, entries) in txn.dirents {
+            let mine = self.dirents.entry(dir).or_default();
+            for (n, s) in entries {
+                mine.insert(n, restamp(s, seq));
+            }
+        }
+        for (k, s) in txn.maps {
+            self.maps.insert(k, restamp(s, seq));
+        }
+        for (ino, names) in txn.xattrs {
+            let mine = self.xattrs.entry(ino).or_default();
+            for (n, s) in names {
+                mine.insert(n, restamp(s, seq));
+            }
+        }
+        for (k, s) in txn.symlinks {
+            self.symlinks.insert(k, restamp(s, seq));
+        }
+        for (k, s) in txn.orphans {
+            self.orphans.insert(k, restamp(s, seq));
+        }
+    }
+
+    /// Drops every record written by a commit up to `applied`: the engine below has them.
+    pub fn forget_applied(&mut self, applied: u64) {
+        let keep = |seq: u64| seq > applied;
+        self.inodes.retain(|_, s| keep(s.seq));
+        self.dirents.retain(|_, m| {
+            m.retain(|_, s| keep(s.seq));
+            !m.is_empty()
+        });
+        self.maps.retain(|_, s| keep(s.seq));
+        self.xattrs.retain(|_, m| {
+            m.retain(|_, s| keep(s.seq));
+            !m.is_empty()
+        });
+        self.symlinks.retain(|_, s| keep(s.seq));
+        self.orphans.retain(|_, s| keep(s.seq));
+        self.wiped.retain(|_, s| keep(*s));
+    }
+}

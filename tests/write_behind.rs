@@ -1,0 +1,75 @@
+//! `-o writeback` on a PostgreSQL volume: metadata commits go to a journal on the local disk
+//! first and reach PostgreSQL in the background (`meta::write_behind`). Such a mount has the
+//! volume to itself, and what a killed daemon left in its journal reaches PostgreSQL at the
+//! next mount on the same machine.
+
+mod common;
+
+use std::process::Command;
+
+use common::mounted::{BIN, Mounted, s3_scratch_url};
+use common::random_bytes;
+
+/// `graviton mount` from another machine (another state folder); returns its stderr, or None
+/// when it mounted (and is unmounted again).
+fn mount_elsewhere(source: &str) -> Option<String> {
+    let other = tempfile::tempdir().unwrap();
+    let mnt = other.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = Command::new("timeout")
+        .args(["-k5", "60", BIN, "mount", source, mnt.to_str().unwrap()])
+        .args(["-o", "allow_other"])
+        .env("XDG_STATE_HOME", other.path().join("state"))
+        .output()
+        .unwrap();
+    if out.status.success() {
+        let _ = Command::new("fusermount3").arg("-uz").arg(&mnt).status();
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_writeback_mount_has_the_volume_to_itself_and_its_journal_survives_a_kill() {
+    let m = Mounted::new_pg_with_store("writeback", Some(&s3_scratch_url()));
+    let dir = m.path("d");
+    std::fs::create_dir(&dir).unwrap();
+    let bodies: Vec<Vec<u8>> = (0..60)
+        .map(|i| random_bytes(i, 1000 + i as usize * 3_001))
+        .collect();
+    for (i, body) in bodies.iter().enumerate() {
+        std::fs::write(dir.join(format!("f{i}")), body).unwrap();
+    }
+    std::fs::rename(dir.join("f0"), dir.join("renamed")).unwrap();
+    std::fs::remove_file(dir.join("f1")).unwrap();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::os::unix::fs::symlink("renamed", dir.join("sub/link")).unwrap();
+
+    let refused = mount_elsewhere(&m.source).expect("another machine may not mount it now");
+    assert!(refused.contains("-o writeback"), "{refused}");
+
+    // what the journal holds (anything not applied yet) must survive this
+    m.kill_daemon();
+    let refused = mount_elsewhere(&m.source).expect("nor after the daemon died");
+    assert!(
+        refused.contains("mount the volume there again"),
+        "{refused}"
+    );
+    m.mount();
+    m.unmount();
+
+    // released: any machine mounts it, and finds every change
+    let elsewhere = m.another_mount("");
+    let d = elsewhere.path("d");
+    assert_eq!(std::fs::read(d.join("renamed")).unwrap(), bodies[0]);
+    assert!(!d.join("f0").exists() && !d.join("f1").exists());
+    for (i, body) in bodies.iter().enumerate().skip(2) {
+        let got = std::fs::read(d.join(format!("f{i}"))).unwrap();
+        assert!(got == *body, "f{i} reads back from another machine");
+    }
+    assert_eq!(
+        std::fs::read_link(d.join("sub/link")).unwrap().to_str(),
+        Some("renamed")
+    );
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 60);
+}
