@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use super::{DirEntry, Ino, Inode};
+use super::journal::Op;
+use super::{DirEntry, Ino, Inode, MetaResult};
 use crate::core::Extent;
 use crate::core::extent::Splice;
 
@@ -178,6 +179,35 @@ impl Overlay {
 
     pub fn add_orphan(&mut self, seq: u64, ino: Ino) {
         self.orphans.insert(ino, slot(seq, true));
+    }
+
+    /// Applies one journal operation (a splice edits the map `set_map` installed).
+    pub fn record(&mut self, seq: u64, op: &Op) -> MetaResult<()> {
+        match op {
+            Op::PutInode(n) => self.put_inode(seq, n),
+            Op::DeleteInode(ino) => self.delete_inode(seq, *ino),
+            Op::PutDirent {
+                parent,
+                name,
+                ino,
+                kind,
+                cookie,
+            } => {
+                let e = Op::decode_dirent(*ino, *kind, *cookie)?;
+                self.put_dirent(seq, *parent, name, Some(e));
+            }
+            Op::DeleteDirent { parent, name } => self.put_dirent(seq, *parent, name, None),
+            Op::Splice {
+                ino,
+                remove,
+                insert,
+            } => self.splice(seq, *ino, &Op::decode_splice(remove, insert)?),
+            Op::PutXattr { ino, name, value } => self.put_xattr(seq, *ino, name, Some(value)),
+            Op::DeleteXattr { ino, name } => self.put_xattr(seq, *ino, name, None),
+            Op::PutSymlink { ino, target } => self.put_symlink(seq, *ino, target),
+            Op::AddOrphan(ino) => self.add_orphan(seq, *ino),
+        }
+        Ok(())
     }
 
     /// Moves everything in `txn` (a transaction's layer) into this one under `seq`.

@@ -487,10 +487,18 @@ impl MetaRead for Layers<'_> {
         let (known, gone) = self.known_entries(parent);
         let mut out: Vec<(Vec<u8>, DirEntry)> = Vec::new();
         if !gone {
-            // each known name hides at most one entry below: ask for that many more
-            for (n, e) in self.below()?.list_dir(parent, after, limit + known.len())? {
-                if !known.contains_key(&n) {
-                    out.push((n, e));
+            // pages from below until `limit` entries the layers do not hide (usually one page:
+            // pending entries are mostly new names)
+            let mut cursor = after;
+            loop {
+                let page = self.below()?.list_dir(parent, cursor, limit)?;
+                let full = page.len() == limit;
+                if let Some((_, last)) = page.last() {
+                    cursor = last.cookie;
+                }
+                out.extend(page.into_iter().filter(|(n, _)| !known.contains_key(n)));
+                if !full || out.len() >= limit {
+                    break;
                 }
             }
         }
@@ -634,9 +642,13 @@ fn release(p: &mut Pending, began: u64) {
 }
 
 impl WbTxn<'_> {
-    fn mark(&mut self, ino: Ino) {
+    /// Records a write of `ino`'s records: in this transaction's layer and its operations.
+    fn write(&mut self, ino: Ino, op: Op) -> MetaResult<()> {
         self.touched.push(ino);
         self.wrote.push(ino);
+        self.layers.local.record(0, &op)?;
+        self.ops.push(op);
+        Ok(())
     }
 }
 
@@ -678,88 +690,52 @@ impl MetaRead for WbTxn<'_> {
 
 impl MetaTxn for WbTxn<'_> {
     fn put_inode(&mut self, inode: &Inode) -> MetaResult<()> {
-        self.mark(inode.ino);
         if !self.layers.local.wiped(inode.ino)
             && self.layers.state.lock().fresh.contains(&inode.ino)
         {
             self.layers.local.mark_new(inode.ino);
         }
-        self.layers.local.put_inode(0, inode);
-        self.ops.push(Op::PutInode(inode.clone()));
-        Ok(())
+        self.write(inode.ino, Op::PutInode(inode.clone()))
     }
 
     fn delete_inode(&mut self, ino: Ino) -> MetaResult<()> {
-        self.mark(ino);
-        self.layers.local.delete_inode(0, ino);
-        self.ops.push(Op::DeleteInode(ino));
-        Ok(())
+        self.write(ino, Op::DeleteInode(ino))
     }
 
     fn put_dirent(&mut self, parent: Ino, name: &[u8], entry: &DirEntry) -> MetaResult<()> {
-        self.mark(parent);
-        self.layers.local.put_dirent(0, parent, name, Some(*entry));
-        self.ops.push(Op::dirent(parent, name, entry));
-        Ok(())
+        self.write(parent, Op::dirent(parent, name, entry))
     }
 
     fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()> {
-        self.mark(parent);
-        self.layers.local.put_dirent(0, parent, name, None);
-        self.ops.push(Op::DeleteDirent {
-            parent,
-            name: name.to_vec(),
-        });
-        Ok(())
+        let name = name.to_vec();
+        self.write(parent, Op::DeleteDirent { parent, name })
     }
 
     fn apply_splice(&mut self, ino: Ino, splice: &Splice) -> MetaResult<()> {
-        self.mark(ino);
         if self.layers.local.map(ino).is_none() {
             let map = self.layers.whole_map(ino)?;
             self.layers.local.set_map(0, ino, map);
         }
-        self.layers.local.splice(0, ino, splice);
-        self.ops.push(Op::splice(ino, splice));
-        Ok(())
+        self.write(ino, Op::splice(ino, splice))
     }
 
     fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()> {
-        self.mark(ino);
-        self.layers.local.put_xattr(0, ino, name, Some(value));
-        self.ops.push(Op::PutXattr {
-            ino,
-            name: name.to_vec(),
-            value: value.to_vec(),
-        });
-        Ok(())
+        let (name, value) = (name.to_vec(), value.to_vec());
+        self.write(ino, Op::PutXattr { ino, name, value })
     }
 
     fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
-        self.mark(ino);
-        self.layers.local.put_xattr(0, ino, name, None);
-        self.ops.push(Op::DeleteXattr {
-            ino,
-            name: name.to_vec(),
-        });
-        Ok(())
+        let name = name.to_vec();
+        self.write(ino, Op::DeleteXattr { ino, name })
     }
 
     fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()> {
-        self.mark(ino);
-        self.layers.local.put_symlink(0, ino, target);
-        self.ops.push(Op::PutSymlink {
-            ino,
-            target: target.to_vec(),
-        });
-        Ok(())
+        let target = target.to_vec();
+        self.write(ino, Op::PutSymlink { ino, target })
     }
 
     fn add_orphan(&mut self, ino: Ino) -> MetaResult<()> {
-        self.mark(ino);
-        self.layers.local.add_orphan(0, ino);
-        self.ops.push(Op::AddOrphan(ino));
-        Ok(())
+        self.write(ino, Op::AddOrphan(ino))
     }
 
     fn commit(mut self: Box<Self>) -> MetaResult<()> {
