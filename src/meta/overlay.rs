@@ -218,8 +218,7 @@ impl Overlay {
                 value: s.value,
             }
         }
-        for (ino, at) in txn.wiped {
-            let _ = at;
+        for ino in txn.wiped.into_keys() {
             // what this layer held of the inode's records is gone with it
             self.xattrs.remove(&ino);
             self.symlinks.remove(&ino);

@@ -118,7 +118,6 @@ struct State {
 pub struct WriteBehind {
     state: Arc<State>,
     applier: Mutex<Option<JoinHandle<()>>>,
-    identity: String,
 }
 
 impl State {
@@ -355,7 +354,6 @@ impl WriteBehind {
         Ok(WriteBehind {
             state,
             applier: Mutex::new(Some(handle)),
-            identity: identity.to_string(),
         })
     }
 
@@ -445,6 +443,36 @@ impl<'a> Layers<'a> {
         (out, gone)
     }
 
+    /// Which of `entries` (read below) the layers hide: they know the name, set or deleted.
+    fn hidden(&self, dir: Ino, entries: &[(Vec<u8>, DirEntry)]) -> Vec<bool> {
+        let p = self.state.lock();
+        entries
+            .iter()
+            .map(|(n, _)| self.local.dirent(dir, n).is_some() || p.overlay.dirent(dir, n).is_some())
+            .collect()
+    }
+
+    /// The layers' entries of `dir` with cookies after `after`: the first `limit` by cookie,
+    /// copied (a listing pages through many pending entries).
+    fn pending_entries(&self, dir: Ino, after: u64, limit: usize) -> Vec<(Vec<u8>, DirEntry)> {
+        let p = self.state.lock();
+        let below_local = p
+            .overlay
+            .dir_entries(dir)
+            .filter(|(n, _)| self.local.dirent(dir, n).is_none());
+        let mut found: Vec<(&[u8], DirEntry)> = self
+            .local
+            .dir_entries(dir)
+            .chain(below_local)
+            .filter_map(|(n, e)| e.filter(|e| e.cookie > after).map(|e| (n, e)))
+            .collect();
+        if found.len() > limit {
+            found.select_nth_unstable_by_key(limit, |(_, e)| e.cookie);
+            found.truncate(limit);
+        }
+        found.into_iter().map(|(n, e)| (n.to_vec(), e)).collect()
+    }
+
     /// The whole extent map of `ino` as the layers see it.
     fn whole_map(&mut self, ino: Ino) -> MetaResult<BTreeMap<u64, Extent>> {
         if let Some(m) = self.state.lock().overlay.map(ino) {
@@ -484,9 +512,8 @@ impl MetaRead for Layers<'_> {
         after: u64,
         limit: usize,
     ) -> MetaResult<Vec<(Vec<u8>, DirEntry)>> {
-        let (known, gone) = self.known_entries(parent);
         let mut out: Vec<(Vec<u8>, DirEntry)> = Vec::new();
-        if !gone {
+        if !self.wiped(parent) {
             // pages from below until `limit` entries the layers do not hide (usually one page:
             // pending entries are mostly new names)
             let mut cursor = after;
@@ -496,17 +523,19 @@ impl MetaRead for Layers<'_> {
                 if let Some((_, last)) = page.last() {
                     cursor = last.cookie;
                 }
-                out.extend(page.into_iter().filter(|(n, _)| !known.contains_key(n)));
+                let hidden = self.hidden(parent, &page);
+                out.extend(
+                    page.into_iter()
+                        .zip(hidden)
+                        .filter(|(_, h)| !h)
+                        .map(|(e, _)| e),
+                );
                 if !full || out.len() >= limit {
                     break;
                 }
             }
         }
-        out.extend(
-            known
-                .into_iter()
-                .filter_map(|(n, e)| e.filter(|e| e.cookie > after).map(|e| (n, e))),
-        );
+        out.extend(self.pending_entries(parent, after, limit));
         out.sort_by_key(|(_, e)| e.cookie);
         out.truncate(limit);
         Ok(out)
@@ -933,14 +962,6 @@ impl MetaStore for WriteBehind {
 
     fn revalidate(&self, ino: Ino) -> MetaResult<bool> {
         self.state.inner.revalidate(ino)
-    }
-}
-
-impl std::fmt::Debug for WriteBehind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteBehind")
-            .field("identity", &self.identity)
-            .finish()
     }
 }
 
