@@ -2,13 +2,13 @@
 # One workload on a fresh Graviton volume (PostgreSQL metadata, blocks in a loopback s3rver),
 # then where its time went: the mount's own metrics (`-o metrics`), summed per name, largest
 # first. For A/B comparisons of one change; the side-by-side table is scripts/bench-s3.sh.
-# usage: scripts/probe-s3.sh untar|create|seqw|seqr|randw|randr
+# usage: scripts/probe-s3.sh untar|create|readdir|seqw|seqr|randw|randr
 #   FORMAT_OPTS="--small-blocks 0" and MOUNT_OPTS="cache_mb=512" pass options through;
 #   PERF=1 records the daemon's profile of the timed part in /var/tmp/graviton-probe/perf.data.
 # Needs root, and what scripts/bench-s3.sh installs (s3rver under /var/cache/graviton/s3rver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORKLOAD="${1:?usage: scripts/probe-s3.sh untar|create|seqw|seqr|randw|randr}"
+WORKLOAD="${1:?usage: scripts/probe-s3.sh untar|create|readdir|seqw|seqr|randw|randr}"
 source scripts/env.sh
 cargo build --release --locked --bin graviton >/dev/null
 source scripts/pg.sh >/dev/null
@@ -53,7 +53,7 @@ declare -A CPU0
 mark() {
   CPU0[G]=$(cpu_s "$(pgrep -f "graviton mount.* $W/m" | head -1)") CPU0[S]=$(cpu_s "$SP")
   if [ -n "${PERF:-}" ]; then
-    perf record -q -g -o "$W/perf.data" -p "$(pgrep -f "graviton mount.* $W/m" | head -1)" 2>/dev/null &
+    perf record -q ${PERF_CG:--g} -o "$W/perf.data" -p "$(pgrep -f "graviton mount.* $W/m" | head -1)" 2>/dev/null &
     PERF_PID=$!
     sleep 0.5
   fi
@@ -79,6 +79,29 @@ t = time.perf_counter()
 for i in range(2000):
     os.close(os.open(f"{d}/f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
 print("create: %.0f files/s" % (2000 / (time.perf_counter() - t)))
+PY
+    ;;
+  readdir)
+    # as scripts/bench-s3.sh: 2000 creates and stats, then one timed listing; DIRS=N does
+    # that in N directories (more samples for PERF), REPEAT=N lists each N times
+    python3 - "$W/m/u" "${DIRS:-1}" <<'PY'
+import os, sys
+for d in range(int(sys.argv[2])):
+    d = f"{sys.argv[1]}/d{d}"
+    os.mkdir(d)
+    for i in range(2000):
+        os.close(os.open(f"{d}/f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+    for i in range(2000):
+        os.stat(f"{d}/f{i}")
+PY
+    mark
+    python3 - "$W/m/u" "${DIRS:-1}" <<'PY'
+import os, sys, time
+for d in range(int(sys.argv[2])):
+    for r in range(int(os.environ.get("REPEAT", "1"))):
+        t = time.perf_counter()
+        n = len(os.listdir(f"{sys.argv[1]}/d{d}"))
+        print("readdir of %d entries%s: %.2f ms" % (n, " (again)" if r else "", (time.perf_counter() - t) * 1000))
 PY
     ;;
   seqr)

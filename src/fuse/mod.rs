@@ -25,9 +25,12 @@ use crate::vfs::{
     Ctx, FallocateMode, Fs, FsError, OpenFlags, RenameFlags, SetAttr, TimeSet, Whence, XattrSet,
 };
 
-/// Entries fetched at a time while a readdir reply fills: the reply's size decides how many
-/// steps a call takes, and at most one step's entries are read in vain.
+/// Entries fetched by a readdir reply's first step; each further step fetches twice as many,
+/// up to `READDIR_MAX_STEP`. The reply's size decides how many steps a call takes; at most the
+/// last step's entries are read in vain. A 32 KiB `getdents` buffer holds about 1000 short
+/// names, so a large listing takes a few steps per call, not 30.
 const READDIR_STEP: usize = 32;
+const READDIR_MAX_STEP: usize = 512;
 
 mod invalidate;
 mod op;
@@ -68,8 +71,9 @@ impl GravitonFuse {
         mut offset: u64,
         mut add: impl FnMut(&crate::vfs::DirListing) -> Result<bool, FsError>,
     ) -> Result<(), FsError> {
+        let mut step = READDIR_STEP;
         loop {
-            let entries = self.fs.readdir(ino.0, offset, READDIR_STEP)?;
+            let entries = self.fs.readdir(ino.0, offset, step)?;
             let n = entries.len();
             for e in &entries {
                 if add(e)? {
@@ -77,9 +81,10 @@ impl GravitonFuse {
                 }
                 offset = e.cookie;
             }
-            if n < READDIR_STEP {
+            if n < step {
                 return Ok(());
             }
+            step = (step * 2).min(READDIR_MAX_STEP);
         }
     }
 

@@ -762,17 +762,20 @@ impl<'a> CachedReader<'a> {
             &after.saturating_add(1).to_be_bytes(),
         );
         let end = entry_key(BY_COOKIE, dir, generation + 1, &[]);
+        // the bound lets RocksDB stop at the listing's end instead of merging past it
+        let mut bounded = rocksdb::ReadOptions::default();
+        bounded.set_iterate_upper_bound(end);
+        let mut it = cache.db.raw_iterator_opt(bounded);
+        it.seek(&from);
         let mut out = Vec::new();
-        for item in cache
-            .db
-            .iterator(IteratorMode::From(&from, Direction::Forward))
-        {
-            let (k, v) = item.map_err(cache_err)?;
-            if *k >= *end || out.len() >= limit {
+        while let Some(v) = it.value() {
+            if out.len() >= limit {
                 break;
             }
-            out.push(decode_listed(&v)?);
+            out.push(decode_listed(v)?);
+            it.next();
         }
+        it.status().map_err(cache_err)?;
         cache.count(true);
         Ok(Some(out))
     }

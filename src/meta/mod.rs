@@ -15,6 +15,7 @@ mod journal;
 mod overlay;
 pub mod pg;
 mod pg_conn;
+mod pg_ops;
 mod pg_shared;
 pub mod rocks;
 mod shared;

@@ -11,11 +11,11 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::pg_conn::{LocalConn, LocalConns};
+use super::pg_ops::{Ops, i};
 use super::{
     DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn, Timestamp,
     Usage,
@@ -101,10 +101,6 @@ fn commit_err(e: sqlx::Error) -> MetaError {
 
 fn corrupt(what: &str) -> MetaError {
     MetaError::Corrupt(format!("postgres {what}"))
-}
-
-fn i(v: u64) -> i64 {
-    v.min(i64::MAX as u64) as i64
 }
 
 fn ts(row: &PgRow, s: &str, ns: &str) -> Timestamp {
@@ -281,7 +277,7 @@ impl MetaStore for PgMetaStore {
         Ok(Box::new(PgTxn {
             store: self,
             tx: Some(conn),
-            pending: Vec::new(),
+            pending: Ops::default(),
             splices: None,
             touched: Vec::new(),
         }))
@@ -536,7 +532,7 @@ struct PgTxn<'a> {
     /// None once committed, or after its connection was lost.
     tx: Option<TxConn>,
     /// Writes not sent yet, in order.
-    pending: Vec<serde_json::Value>,
+    pending: Ops,
     /// Consecutive splices of one inode, netted per extent key (offset → the extent it ends
     /// up as, or None for removed) and queued as one: a flush of 2,000 scattered writes is one
     /// DELETE and one INSERT on the server, not 2,000 of each.
@@ -554,10 +550,11 @@ impl PgTxn<'_> {
         self.run("read", f)
     }
 
-    fn write(&mut self, ino: Ino, op: &str, v: serde_json::Value) {
+    /// Queues one write to `ino`'s records.
+    fn write(&mut self, ino: Ino, op: impl FnOnce(&mut Ops)) {
         self.queue_splices();
         self.touched.push(ino);
-        self.pending.push(json!({ "op": op, "v": v }));
+        op(&mut self.pending);
     }
 
     /// Queues the netted splices as one `splice` operation.
@@ -565,22 +562,15 @@ impl PgTxn<'_> {
         let Some((ino, net)) = self.splices.take() else {
             return;
         };
-        let mut remove: Vec<i64> = Vec::new();
-        let mut insert: Vec<serde_json::Value> = Vec::new();
+        let mut remove = Vec::new();
+        let mut insert = Vec::new();
         for (offset, e) in net {
             match e {
-                None => remove.push(i(offset)),
-                Some(e) => insert.push(json!({
-                    "ino": i(ino), "file_offset": i(e.offset),
-                    "block_key": bytea(&e.key.to_bytes()),
-                    "block_offset": e.block_offset, "len": e.len,
-                })),
+                None => remove.push(offset),
+                Some(e) => insert.push(e),
             }
         }
-        self.pending.push(json!({
-            "op": "splice",
-            "v": { "ino": i(ino), "remove": remove, "insert": insert },
-        }));
+        self.pending.splice(ino, remove, &insert);
     }
 
     /// Sends the queued writes; at commit, also logs and announces the inodes written.
@@ -595,7 +585,7 @@ impl PgTxn<'_> {
             return Ok(());
         };
         self.run("write", async |c| {
-            sqlx::query("SELECT graviton_apply($1, $2, $3, $4)")
+            sqlx::query("SELECT graviton_apply($1::jsonb, $2, $3, $4)")
                 .bind(&ops)
                 .bind(session)
                 .bind(&inos)
@@ -614,7 +604,7 @@ impl PgTxn<'_> {
         if self.pending.is_empty() && !announce {
             return None;
         }
-        let ops = serde_json::Value::Array(std::mem::take(&mut self.pending));
+        let ops = self.pending.take();
         let (session, inos, payload) = if announce {
             let (s, inos, p) = self.store.change_record(&mut self.touched);
             (s, Some(inos), Some(p))
@@ -831,53 +821,24 @@ impl PgReader<'_> {
     }
 }
 
-/// bytea as PostgreSQL's hex input format, for the JSON of `graviton_apply`.
-fn bytea(b: &[u8]) -> String {
-    format!("\\x{}", hex::encode(b))
-}
-
 impl MetaTxn for PgTxn<'_> {
     fn put_inode(&mut self, n: &Inode) -> MetaResult<()> {
-        self.write(
-            n.ino,
-            "put_inode",
-            json!({
-                "ino": i(n.ino), "kind": n.kind.tag(), "perm": n.perm, "uid": n.uid,
-                "gid": n.gid, "nlink": n.nlink, "size": i(n.size), "rdev": n.rdev,
-                "atime_s": n.atime.secs, "atime_ns": n.atime.nanos,
-                "mtime_s": n.mtime.secs, "mtime_ns": n.mtime.nanos,
-                "ctime_s": n.ctime.secs, "ctime_ns": n.ctime.nanos,
-                "crtime_s": n.crtime.secs, "crtime_ns": n.crtime.nanos,
-                "extent_count": i(n.extent_count), "data_version": i(n.data_version),
-                "next_cookie": i(n.next_cookie), "parent": i(n.parent),
-            }),
-        );
+        self.write(n.ino, |ops| ops.put_inode(n));
         Ok(())
     }
 
     fn delete_inode(&mut self, ino: Ino) -> MetaResult<()> {
-        self.write(ino, "delete_inode", json!({ "ino": i(ino) }));
+        self.write(ino, |ops| ops.delete_inode(ino));
         Ok(())
     }
 
     fn put_dirent(&mut self, parent: Ino, name: &[u8], e: &DirEntry) -> MetaResult<()> {
-        self.write(
-            parent,
-            "put_dirent",
-            json!({
-                "parent": i(parent), "name": bytea(name), "ino": i(e.ino),
-                "kind": e.kind.tag(), "cookie": i(e.cookie),
-            }),
-        );
+        self.write(parent, |ops| ops.put_dirent(parent, name, e));
         Ok(())
     }
 
     fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()> {
-        self.write(
-            parent,
-            "delete_dirent",
-            json!({ "parent": i(parent), "name": bytea(name) }),
-        );
+        self.write(parent, |ops| ops.delete_dirent(parent, name));
         Ok(())
     }
 
@@ -898,39 +859,23 @@ impl MetaTxn for PgTxn<'_> {
     }
 
     fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()> {
-        self.write(
-            ino,
-            "put_xattr",
-            json!({ "ino": i(ino), "name": bytea(name), "value": bytea(value) }),
-        );
+        self.write(ino, |ops| ops.put_xattr(ino, name, value));
         Ok(())
     }
 
     fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
-        self.write(
-            ino,
-            "delete_xattr",
-            json!({ "ino": i(ino), "name": bytea(name) }),
-        );
+        self.write(ino, |ops| ops.delete_xattr(ino, name));
         Ok(())
     }
 
     fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()> {
-        self.write(
-            ino,
-            "put_symlink",
-            json!({ "ino": i(ino), "target": bytea(target) }),
-        );
+        self.write(ino, |ops| ops.put_symlink(ino, target));
         Ok(())
     }
 
     fn add_orphan(&mut self, ino: Ino) -> MetaResult<()> {
         let session = self.store.session_id();
-        self.write(
-            ino,
-            "add_orphan",
-            json!({ "ino": i(ino), "session": session }),
-        );
+        self.write(ino, |ops| ops.add_orphan(ino, session));
         Ok(())
     }
 
@@ -964,7 +909,8 @@ impl MetaTxn for PgTxn<'_> {
 
 /// One `graviton_apply` call's arguments.
 struct Apply {
-    ops: serde_json::Value,
+    /// JSON text
+    ops: String,
     session: Option<i64>,
     inos: Option<Vec<i64>>,
     payload: Option<String>,
@@ -981,7 +927,7 @@ impl Apply {
             }
             format!("{tag}{v}{tag}")
         };
-        let ops = text(&self.ops.to_string());
+        let ops = text(&self.ops);
         let session = self.session.map_or("NULL".into(), |s| s.to_string());
         let inos = match &self.inos {
             Some(list) => format!(

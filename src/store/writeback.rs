@@ -234,6 +234,23 @@ impl Shared {
     }
 }
 
+/// Writes `data` as the whole content of `path`. An existing (spare) file is written over in
+/// place, not truncated first: ext4 then reuses its allocated blocks instead of freeing them
+/// and allocating them again.
+fn overwrite(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    f.write_all(data)?;
+    if f.metadata()?.len() > data.len() as u64 {
+        f.set_len(data.len() as u64)?;
+    }
+    Ok(())
+}
+
 impl BlockStore for WriteBack {
     fn backend(&self) -> &'static str {
         self.shared.inner.backend()
@@ -250,7 +267,7 @@ impl BlockStore for WriteBack {
         if let Some(spare) = s.lock().spares.pop() {
             let _ = std::fs::rename(spare, &tmp);
         }
-        std::fs::write(&tmp, data)
+        overwrite(&tmp, data)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| io(format!("staging {}", path.display()), e))?;
         let mut st = s.lock();
