@@ -13,6 +13,7 @@ pub mod metered;
 pub mod pg;
 pub mod replicated;
 pub mod s3;
+mod staging;
 pub mod tiered;
 pub mod writeback;
 

@@ -1,5 +1,6 @@
-//! Write-back of blocks (`-o writeback`): a put lands in a local staging folder and returns; a
-//! few uploader threads then send each block to the volume's store and drop the staged copy.
+//! Write-back of blocks (`-o writeback`): a put lands in a local staging folder (appended to a
+//! segment file, see `staging`) and returns; a few uploader threads then send each block to
+//! the volume's store and release the staged copy.
 //! Close and fsync no longer wait for the remote store (S3, the database), only for the local
 //! disk: fsync makes staged blocks durable there (`sync`).
 //!
@@ -9,12 +10,13 @@
 //! crash of the daemon: the next mount uploads what the folder holds. An unmount waits for the
 //! uploads (`drain`), up to a limit, then leaves the rest to the next mount.
 
-use std::collections::{HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{BlockStore, PutOutcome, StoreError, block_files};
+use super::staging::{Loc, Staging};
+use super::{BlockStore, PutOutcome, StoreError};
 use crate::core::BlockKey;
 
 /// Blocks uploaded at once.
@@ -36,7 +38,7 @@ pub struct WriteBack {
 
 struct Shared {
     inner: Arc<dyn BlockStore>,
-    dir: PathBuf,
+    staging: Staging,
     state: Mutex<State>,
     /// Signalled when a block is queued or the store is closing.
     work: Condvar,
@@ -47,28 +49,14 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// Blocks in the staging folder.
-    staged: HashSet<BlockKey>,
+    /// Blocks in the staging folder, and where.
+    staged: HashMap<BlockKey, Loc>,
     /// Staged blocks waiting for an uploader, with when they may go.
     queue: VecDeque<(BlockKey, Instant)>,
     /// An unmount is waiting: no more delay.
     hurry: bool,
     uploading: usize,
-    /// Staged files written since the last `sync`.
-    unsynced: Vec<BlockKey>,
     closing: bool,
-    /// Files of uploaded blocks kept for reuse (in `spare/`), and the next spare's number.
-    spares: Vec<PathBuf>,
-    next_spare: u64,
-}
-
-/// Uploaded blocks' files are kept for reuse up to this many. Creating and deleting a file
-/// per block made ext4 (without a journal) scan for recently deleted inodes at each create:
-/// a third of the daemon's CPU time in an untar.
-const MAX_SPARES: usize = 1024;
-
-fn io(context: String, e: std::io::Error) -> StoreError {
-    StoreError::io("write-back", context, e)
 }
 
 impl WriteBack {
@@ -80,23 +68,9 @@ impl WriteBack {
         on_duplicate: OnDuplicate,
     ) -> Result<WriteBack, StoreError> {
         let mut state = State::default();
-        let spare_dir = dir.join("spare");
-        std::fs::create_dir_all(&spare_dir)
-            .map_err(|e| io(format!("creating {}", spare_dir.display()), e))?;
-        for e in std::fs::read_dir(&spare_dir)
-            .map_err(|e| io(format!("listing {}", spare_dir.display()), e))?
-            .flatten()
-        {
-            if state.spares.len() < MAX_SPARES {
-                state.spares.push(e.path());
-            } else {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        state.next_spare = state.spares.len() as u64;
-        // (a put interrupted before its rename never returned: its file goes)
-        for (key, _) in block_files::scan(dir, "write-back")? {
-            state.staged.insert(key);
+        let (staging, found) = Staging::open(dir)?;
+        for (key, loc) in found {
+            state.staged.insert(key, loc);
             state.queue.push_back((key, Instant::now()));
         }
         if !state.queue.is_empty() {
@@ -108,7 +82,7 @@ impl WriteBack {
         }
         let shared = Arc::new(Shared {
             inner,
-            dir: dir.to_path_buf(),
+            staging,
             state: Mutex::new(state),
             work: Condvar::new(),
             done: Condvar::new(),
@@ -119,7 +93,7 @@ impl WriteBack {
             std::thread::Builder::new()
                 .name(format!("graviton-upload-{n}"))
                 .spawn(move || shared.upload_loop())
-                .map_err(|e| io("starting uploader threads".into(), e))?;
+                .map_err(|e| StoreError::io("write-back", "starting uploader threads", e))?;
         }
         shared.report();
         Ok(WriteBack { shared })
@@ -134,10 +108,6 @@ impl WriteBack {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("write-back state")
-    }
-
-    fn path(&self, key: &BlockKey) -> PathBuf {
-        block_files::path(&self.dir, key)
     }
 
     fn report(&self) {
@@ -175,7 +145,9 @@ impl Shared {
             st.uploading -= 1;
             match result {
                 Ok(()) => {
-                    st.staged.remove(&key);
+                    if let Some(loc) = st.staged.remove(&key) {
+                        self.staging.release(loc);
+                    }
                     backoff = RETRY_FIRST;
                 }
                 Err(e) => {
@@ -184,7 +156,7 @@ impl Shared {
                     st.queue.push_back((key, Instant::now()));
                 }
             }
-            let failed = st.staged.contains(&key);
+            let failed = st.staged.contains_key(&key);
             drop(st);
             self.done.notify_all();
             self.report();
@@ -196,59 +168,25 @@ impl Shared {
     }
 
     fn upload(&self, key: &BlockKey) -> Result<(), StoreError> {
-        let path = self.path(key);
-        let data = match std::fs::read(&path) {
-            Ok(d) => d,
-            // deleted meanwhile (`delete`)
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io(format!("reading {}", path.display()), e)),
+        let Some(loc) = self.lock().staged.get(key).copied() else {
+            return Ok(()); // deleted meanwhile (`delete`)
+        };
+        let Some(data) = self.staging.read(loc)? else {
+            return Ok(());
         };
         if !key.matches(&data) {
             // the staged copy was damaged on this disk: nothing good to upload
             tracing::error!(block = %key, "staged block does not match its key; dropped");
-            let _ = std::fs::remove_file(&path);
+            if let Some(loc) = self.lock().staged.remove(key) {
+                self.staging.release(loc);
+            }
             return Err(StoreError::Corrupt(*key, "write-back"));
         }
         if self.inner.put_new(key, &data)? == PutOutcome::Duplicate {
             (self.on_duplicate)(key);
         }
-        self.retire(&path)
+        Ok(())
     }
-
-    /// Keeps an uploaded block's file as a spare, or deletes it when there are enough.
-    fn retire(&self, path: &Path) -> Result<(), StoreError> {
-        let spare = {
-            let mut st = self.lock();
-            (st.spares.len() < MAX_SPARES).then(|| {
-                st.next_spare += 1;
-                self.dir.join("spare").join(st.next_spare.to_string())
-            })
-        };
-        if let Some(spare) = spare
-            && std::fs::rename(path, &spare).is_ok()
-        {
-            self.lock().spares.push(spare);
-            return Ok(());
-        }
-        std::fs::remove_file(path).map_err(|e| io(format!("removing {}", path.display()), e))
-    }
-}
-
-/// Writes `data` as the whole content of `path`. An existing (spare) file is written over in
-/// place, not truncated first: ext4 then reuses its allocated blocks instead of freeing them
-/// and allocating them again.
-fn overwrite(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    f.write_all(data)?;
-    if f.metadata()?.len() > data.len() as u64 {
-        f.set_len(data.len() as u64)?;
-    }
-    Ok(())
 }
 
 impl BlockStore for WriteBack {
@@ -258,23 +196,18 @@ impl BlockStore for WriteBack {
 
     fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
         let s = &self.shared;
-        if s.lock().staged.contains(key) {
+        if s.lock().staged.contains_key(key) {
             return Ok(PutOutcome::Duplicate);
         }
-        let path = s.path(key);
-        let tmp = path.with_extension("part");
-        // a spare file is overwritten rather than a new one created
-        if let Some(spare) = s.lock().spares.pop() {
-            let _ = std::fs::rename(spare, &tmp);
-        }
-        overwrite(&tmp, data)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| io(format!("staging {}", path.display()), e))?;
+        let loc = s.staging.append(key, data)?;
         let mut st = s.lock();
-        if st.staged.insert(*key) {
-            st.queue.push_back((*key, Instant::now() + UPLOAD_DELAY));
-            st.unsynced.push(*key);
+        if st.staged.contains_key(key) {
+            // staged by another put meanwhile
+            s.staging.release(loc);
+            return Ok(PutOutcome::Duplicate);
         }
+        st.staged.insert(*key, loc);
+        st.queue.push_back((*key, Instant::now() + UPLOAD_DELAY));
         drop(st);
         s.work.notify_one();
         s.report();
@@ -287,19 +220,18 @@ impl BlockStore for WriteBack {
 
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
         let s = &self.shared;
-        if s.lock().staged.contains(key) {
-            match std::fs::read(s.path(key)) {
-                Ok(data) => return Ok(data),
-                // uploaded and removed since the check
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(format!("reading staged block {key}"), e)),
-            }
+        let staged = s.lock().staged.get(key).copied();
+        if let Some(loc) = staged
+            && let Some(data) = s.staging.read(loc)?
+        {
+            return Ok(data);
         }
+        // (uploaded since the check)
         s.inner.get_unverified(key)
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
-        if self.shared.lock().staged.contains(key) {
+        if self.shared.lock().staged.contains_key(key) {
             return Ok(true);
         }
         self.shared.inner.exists(key)
@@ -307,20 +239,19 @@ impl BlockStore for WriteBack {
 
     fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {
         let s = &self.shared;
-        let staged = {
+        {
             let mut st = s.lock();
             st.queue.retain(|(k, _)| k != key);
-            st.staged.remove(key)
-        };
-        if staged {
-            let _ = std::fs::remove_file(s.path(key));
+            if let Some(loc) = st.staged.remove(key) {
+                s.staging.release(loc);
+            }
         }
         s.inner.delete(key)
     }
 
     fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
         let mut all = self.shared.inner.list()?;
-        all.extend(self.shared.lock().staged.iter().copied());
+        all.extend(self.shared.lock().staged.keys().copied());
         all.sort();
         all.dedup();
         Ok(all)
@@ -328,22 +259,8 @@ impl BlockStore for WriteBack {
 
     /// Makes every staged block durable on the local disk (not uploaded: see `drain`).
     fn sync(&self) -> Result<(), StoreError> {
-        let s = &self.shared;
-        let written = std::mem::take(&mut s.lock().unsynced);
-        for key in &written {
-            match std::fs::File::open(s.path(key)).and_then(|f| f.sync_all()) {
-                Ok(()) => {}
-                // uploaded and removed meanwhile
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(format!("syncing staged block {key}"), e)),
-            }
-        }
-        if !written.is_empty() {
-            std::fs::File::open(&s.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io(format!("syncing {}", s.dir.display()), e))?;
-        }
-        s.inner.sync()
+        self.shared.staging.sync()?;
+        self.shared.inner.sync()
     }
 
     fn drain(&self, limit: Duration) -> Result<(), StoreError> {
@@ -366,7 +283,7 @@ impl BlockStore for WriteBack {
             tracing::warn!(
                 blocks = left,
                 "blocks not uploaded yet stay in {}; the next mount uploads them",
-                s.dir.display()
+                s.staging.dir().display()
             );
         }
         Ok(())
