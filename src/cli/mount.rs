@@ -309,7 +309,8 @@ fn serve(
         ttl,
         Some(vol.capacity_path.clone()),
         kernel.clone(),
-    );
+    )
+    .with_write_cache(opts.writeback);
 
     let fsname = source.display();
     let fsname = if fsname.contains([',', ' ']) {

@@ -46,6 +46,8 @@ pub struct GravitonFuse {
     capacity_path: Option<std::path::PathBuf>,
     /// On a shared volume: the entries handed to the kernel, for invalidation.
     kernel: Option<Arc<KernelCache>>,
+    /// The kernel buffers writes in its page cache (FUSE_WRITEBACK_CACHE); see `with_write_cache`.
+    write_cache: bool,
 }
 
 impl GravitonFuse {
@@ -60,7 +62,17 @@ impl GravitonFuse {
             ttl,
             capacity_path,
             kernel,
+            write_cache: false,
         }
+    }
+
+    /// Lets the kernel buffer writes in its page cache and send them in large batches (at
+    /// the latest at fsync or close), instead of one round trip per `write(2)`. Only for a
+    /// mount that has its volume to itself (`-o writeback`): the kernel then trusts its own
+    /// cached size and times, which another mount's changes would not update.
+    pub fn with_write_cache(mut self, on: bool) -> Self {
+        self.write_cache = on;
+        self
     }
 
     /// Feeds the directory's entries after `offset` to `add` until it reports the reply full
@@ -243,6 +255,11 @@ impl Filesystem for GravitonFuse {
         // (`Fs::drop_privileges`): otherwise the kernel asks for security.capability before
         // every write, a FUSE round trip that halved 4 KiB random write throughput.
         let wanted = wanted | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        let wanted = if self.write_cache {
+            wanted | InitFlags::FUSE_WRITEBACK_CACHE
+        } else {
+            wanted
+        };
         // On a shared volume locks must hold across mounts: the kernel hands them to us. On an
         // embedded volume the kernel's own lock table is exact (one mount), so it keeps them.
         let wanted = if self.fs.meta().shared().is_some() {
