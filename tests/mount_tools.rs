@@ -321,7 +321,7 @@ fn cli_errors_name_the_problem() {
         d.to_str().unwrap(),
     );
     ok(run(BIN, &["format", v], d), "format");
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["mount", "/nonexistent-volume", "/tmp"],
             "not a Graviton volume",
@@ -330,6 +330,7 @@ fn cli_errors_name_the_problem() {
         (&["mount", v, "/no/such/mountpoint"], "does not exist"),
         (&["mount", v, here, "-o", "bogus_opt"], "bogus_opt"),
         (&["mount", v, here, "-o", "cache_mb"], "cache_mb"),
+        (&["mount", v, here, "-o", "write_cache"], "needs writeback"),
         (&["format", "--chunker", "fixed-7", w], "block size"),
         (
             &["format", "--store", "ftp://x", w],
@@ -610,12 +611,22 @@ fn writes_truncates_and_chowns_drop_setuid_and_setgid() {
     );
 }
 
-/// `-o writeback` on PostgreSQL + S3, where the kernel also buffers writes in its page cache
-/// (FUSE_WRITEBACK_CACHE): tar, sqlite, mmap and scattered writes, read back after a remount
-/// and by an ordinary mount once the write-back mount is gone.
+/// `-o writeback,write_cache` on PostgreSQL + S3, where the kernel also buffers writes in its
+/// page cache (FUSE_WRITEBACK_CACHE): tar, sqlite, mmap and scattered writes, read back after a
+/// remount and by an ordinary mount once the write-back mount is gone.
 #[test]
 fn writeback_mount_with_the_kernels_write_cache_keeps_every_byte() {
-    let m = Mounted::new_pg_with_store("writeback", Some(&common::mounted::s3_scratch_url()));
+    let m = Mounted::new_pg_with_store(
+        "writeback,write_cache",
+        Some(&common::mounted::s3_scratch_url()),
+    );
+    // the kernel writes back the times of a written file after its unlink: syncfs succeeds
+    std::fs::write(m.path("doomed"), b"x").unwrap();
+    std::fs::remove_file(m.path("doomed")).unwrap();
+    ok(
+        run("sync", &["-f", m.path("").to_str().unwrap()], m.dir.path()),
+        "sync -f",
+    );
     let src = untar_sample(&m);
     sqlite_wal_check(&m);
     mmap_check(&m);

@@ -79,3 +79,13 @@ fn pjdfstest_on_postgres_and_s3_with_writeback_has_no_failures() {
     let store = common::mounted::s3_scratch_url();
     run_suite(&Mounted::new_pg_with_store("writeback", Some(&store)));
 }
+
+/// `-o writeback,write_cache`: also the kernel's page cache buffers writes.
+#[test]
+fn pjdfstest_on_postgres_and_s3_with_the_write_cache_has_no_failures() {
+    let store = common::mounted::s3_scratch_url();
+    run_suite(&Mounted::new_pg_with_store(
+        "writeback,write_cache",
+        Some(&store),
+    ));
+}

@@ -25,7 +25,7 @@ use crate::volume::{Source, Volume};
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// Mount options, comma-separated (allow_other, ro, noatime, attr_timeout=SECS, cache_mb=N,
-    /// dirty_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off, page_fill=on|off, writeback, and the usual fstab
+    /// dirty_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off, page_fill=on|off, writeback, write_cache, and the usual fstab
     /// options).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -61,6 +61,11 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     }
     for o in &options {
         opts.apply(o)?;
+    }
+    if opts.write_cache && !opts.writeback {
+        bail!(
+            "mount option write_cache needs writeback: the kernel may keep writes only on a mount that has its volume to itself"
+        );
     }
     let (source, mountpoint) = match args.paths.as_slice() {
         [mp] => (None, PathBuf::from(mp)),
@@ -310,7 +315,7 @@ fn serve(
         Some(vol.capacity_path.clone()),
         kernel.clone(),
     )
-    .with_write_cache(opts.writeback);
+    .with_write_cache(opts.write_cache);
 
     let fsname = source.display();
     let fsname = if fsname.contains([',', ' ']) {

@@ -26,6 +26,8 @@ pub struct MountOptions {
     pub page_fill: bool,
     /// Stage blocks locally and upload them in the background (`store::writeback`).
     pub writeback: bool,
+    /// With `writeback`: the kernel buffers writes in its page cache (FUSE_WRITEBACK_CACHE).
+    pub write_cache: bool,
     /// PostgreSQL volumes: how long operations wait for an unreachable server (then EIO).
     pub pg_wait: Duration,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
@@ -52,6 +54,7 @@ impl Default for MountOptions {
             meta_cache: true,
             page_fill: true,
             writeback: false,
+            write_cache: false,
             pg_wait: crate::volume::DEFAULT_PG_WAIT,
             metrics: None,
             cache_dir: None,
@@ -102,6 +105,7 @@ impl MountOptions {
             match name {
                 "allow_other" => self.allow_other = true,
                 "writeback" => self.writeback = true,
+                "write_cache" => self.write_cache = true,
                 "ro" => self.read_only = true,
                 "rw" => self.read_only = false,
                 "noatime" | "relatime" | "strictatime" => self.noatime = name == "noatime",

@@ -325,6 +325,9 @@ impl Filesystem for GravitonFuse {
         // FUSE_HANDLE_KILLPRIV_V2: a truncate by a caller without CAP_FSETID (taken as
         // non-root) and a chown clear setuid/setgid here (the kernel no longer sends the mode)
         let kill = (set.size.is_some() && req.uid() != 0) || set.uid.is_some() || set.gid.is_some();
+        let times_only =
+            set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.size.is_none();
+        let write_cache = self.write_cache;
         self.inline_unless_pending(op, ino, set.size.is_some(), move |fs| {
             let set = match kill {
                 true => fs.without_privileges(ino.0, set),
@@ -332,6 +335,14 @@ impl Filesystem for GravitonFuse {
             };
             match set.and_then(|set| fs.setattr(ino.0, set)) {
                 Ok(i) => reply.attr(&ttl, &attr(&i)),
+                // With the write cache, the kernel writes back the times of a file it still
+                // holds, also after the file was unlinked and closed (syncfs does): nothing is
+                // left to update.
+                Err(FsError::NotFound) if write_cache && times_only => {
+                    let mut gone = Inode::new(ino.0, FileKind::File, 0, 0, 0, Timestamp::now());
+                    gone.nlink = 0;
+                    reply.attr(&Duration::ZERO, &attr(&gone))
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
