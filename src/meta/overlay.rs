@@ -26,13 +26,16 @@ fn slot<T>(seq: u64, value: T) -> Slot<T> {
     Slot { seq, value }
 }
 
+/// Pending values by name (entries of a directory, xattrs of an inode); None: deleted.
+type ByName<T> = BTreeMap<Vec<u8>, Slot<Option<T>>>;
+
 #[derive(Default)]
 pub struct Overlay {
     inodes: HashMap<Ino, Slot<Option<Inode>>>,
-    dirents: HashMap<Ino, BTreeMap<Vec<u8>, Slot<Option<DirEntry>>>>,
+    dirents: HashMap<Ino, ByName<DirEntry>>,
     /// Whole extent maps of files with pending splices.
     maps: HashMap<Ino, Slot<BTreeMap<u64, Extent>>>,
-    xattrs: HashMap<Ino, BTreeMap<Vec<u8>, Slot<Option<Vec<u8>>>>>,
+    xattrs: HashMap<Ino, ByName<Vec<u8>>>,
     symlinks: HashMap<Ino, Slot<Option<Vec<u8>>>>,
     orphans: HashMap<Ino, Slot<bool>>,
     /// Inodes deleted here: below this layer, their extents, xattrs and target are gone.
