@@ -23,6 +23,8 @@ use crate::core::key::KEY_BYTES;
 /// A segment stops taking records past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
 const MAGIC: [u8; 4] = *b"GBK1";
+/// Written over a released record's magic, so the next open does not stage it again.
+const RELEASED: [u8; 4] = *b"GBK0";
 const HEADER: usize = MAGIC.len() + KEY_BYTES + 4;
 
 /// Where a staged block's bytes are.
@@ -252,15 +254,27 @@ impl Staging {
         Ok(Some(data))
     }
 
-    /// The record at `loc` is no longer needed; its segment goes with its last record.
+    /// The record at `loc` is no longer needed; its segment goes with its last record (an
+    /// idle open segment too). Otherwise the record is marked released in place (not synced:
+    /// after a crash it may be uploaded once more, which is harmless).
     pub fn release(&self, loc: Loc) {
         let mut st = self.lock();
         let Some(seg) = st.all.get_mut(&loc.segment) else {
             return;
         };
         seg.live -= 1;
-        if seg.live == 0 && !seg.open {
+        let idle = st.idle.iter().position(|&id| id == loc.segment);
+        let seg = &st.all[&loc.segment];
+        if seg.live == 0 && (!seg.open || idle.is_some()) {
+            if let Some(i) = idle {
+                st.idle.swap_remove(i);
+            }
             self.remove(&mut st, loc.segment);
+        } else if let Err(e) = seg.file.write_all_at(&RELEASED, loc.offset) {
+            tracing::warn!(
+                "marking a staged record released in segment {}: {e}",
+                loc.segment
+            );
         }
     }
 
@@ -301,13 +315,21 @@ fn scan(file: &File) -> std::io::Result<Vec<(BlockKey, u64, u32)>> {
     let mut h = [0u8; HEADER];
     let mut data = Vec::new();
     loop {
-        if r.read_exact(&mut h).is_err() || h[..MAGIC.len()] != MAGIC {
+        if r.read_exact(&mut h).is_err() {
+            return Ok(out);
+        }
+        let len = u32::from_le_bytes(h[MAGIC.len() + KEY_BYTES..].try_into().expect("4 bytes"));
+        if h[..MAGIC.len()] == RELEASED {
+            r.seek_relative(len as i64)?;
+            offset += HEADER as u64 + len as u64;
+            continue;
+        }
+        if h[..MAGIC.len()] != MAGIC {
             return Ok(out);
         }
         let Some(key) = BlockKey::from_bytes(&h[MAGIC.len()..MAGIC.len() + KEY_BYTES]) else {
             return Ok(out);
         };
-        let len = u32::from_le_bytes(h[MAGIC.len() + KEY_BYTES..].try_into().expect("4 bytes"));
         data.resize(len as usize, 0);
         if r.read_exact(&mut data).is_err() || !key.matches(&data) {
             return Ok(out);
@@ -359,6 +381,34 @@ mod tests {
             "the reopened segment went with its last record"
         );
         assert_eq!(s.read(lb).unwrap(), None);
+    }
+
+    #[test]
+    fn released_records_of_an_open_segment_do_not_come_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, c) = (block(1, 100), block(2, 200), block(3, 300));
+        let (s, _) = Staging::open(tmp.path()).unwrap();
+        let la = s.append(&a.0, &a.1).unwrap();
+        let lb = s.append(&b.0, &b.1).unwrap();
+        s.release(la);
+        assert_eq!(segment_files(tmp.path()), 1);
+        drop(s);
+        let (s, found) = Staging::open(tmp.path()).unwrap();
+        assert_eq!(found, vec![(b.0, lb)], "the released record stays released");
+        drop(s);
+        // an idle open segment goes with its last record
+        let (s, found) = Staging::open(tmp.path()).unwrap();
+        s.release(found[0].1);
+        assert_eq!(segment_files(tmp.path()), 0);
+        let lc = s.append(&c.0, &c.1).unwrap();
+        s.release(lc);
+        assert_eq!(
+            segment_files(tmp.path()),
+            0,
+            "nothing left to upload, nothing on disk"
+        );
+        drop(s);
+        assert!(Staging::open(tmp.path()).unwrap().1.is_empty());
     }
 
     #[test]
