@@ -1,6 +1,7 @@
 //! Graviton: a FUSE filesystem whose file content lives in immutable, content-addressed blocks
 //! and whose metadata lives in a transactional store. See `docs/architecture.md`.
 
+pub mod background;
 pub mod cli;
 pub mod core;
 pub mod fuse;

@@ -33,6 +33,9 @@ type ByName<T> = BTreeMap<Vec<u8>, Slot<Option<T>>>;
 pub struct Overlay {
     inodes: HashMap<Ino, Slot<Option<Inode>>>,
     dirents: HashMap<Ino, ByName<DirEntry>>,
+    /// The names of the live entries in `dirents`, by cookie: a listing pages through them
+    /// without scanning every pending entry of the directory.
+    by_cookie: HashMap<Ino, BTreeMap<u64, Vec<u8>>>,
     /// Whole extent maps of files with pending splices.
     maps: HashMap<Ino, Slot<BTreeMap<u64, Extent>>>,
     xattrs: HashMap<Ino, ByName<Vec<u8>>>,
@@ -49,6 +52,41 @@ impl Overlay {
 
     pub fn dirent(&self, parent: Ino, name: &[u8]) -> Option<Known<DirEntry>> {
         self.dirents.get(&parent)?.get(name).map(|s| s.value)
+    }
+
+    /// The live entries of `dir` with cookies after `after`, by cookie.
+    pub fn entries_after(
+        &self,
+        dir: Ino,
+        after: u64,
+    ) -> impl Iterator<Item = (&[u8], DirEntry)> + '_ {
+        let names = self.dirents.get(&dir);
+        self.by_cookie
+            .get(&dir)
+            .into_iter()
+            .flat_map(move |m| m.range(after.saturating_add(1)..))
+            .filter_map(move |(_, n)| {
+                let e = names?.get(n)?.value?;
+                Some((n.as_slice(), e))
+            })
+    }
+
+    /// Sets `dir`'s entry `name`, keeping the cookie index in step.
+    fn set_dirent(&mut self, dir: Ino, name: Vec<u8>, s: Slot<Option<DirEntry>>) {
+        let index = self.by_cookie.entry(dir).or_default();
+        let new = s.value;
+        if let Some(e) = new {
+            index.insert(e.cookie, name.clone());
+        }
+        let old = self.dirents.entry(dir).or_default().insert(name, s);
+        if let Some(old) = old.and_then(|o| o.value)
+            && new.is_none_or(|e| e.cookie != old.cookie)
+        {
+            index.remove(&old.cookie);
+        }
+        if index.is_empty() {
+            self.by_cookie.remove(&dir);
+        }
     }
 
     /// Every entry of `dir` this layer knows (deleted ones as None).
@@ -143,10 +181,7 @@ impl Overlay {
     }
 
     pub fn put_dirent(&mut self, seq: u64, parent: Ino, name: &[u8], e: Option<DirEntry>) {
-        self.dirents
-            .entry(parent)
-            .or_default()
-            .insert(name.to_vec(), slot(seq, e));
+        self.set_dirent(parent, name.to_vec(), slot(seq, e));
     }
 
     /// Installs a whole map (read from below) for a splice to edit.
@@ -231,9 +266,8 @@ impl Overlay {
             self.inodes.insert(k, restamp(s, seq));
         }
         for (dir, entries) in txn.dirents {
-            let mine = self.dirents.entry(dir).or_default();
             for (n, s) in entries {
-                mine.insert(n, restamp(s, seq));
+                self.set_dirent(dir, n, restamp(s, seq));
             }
         }
         for (k, s) in txn.maps {
@@ -257,8 +291,21 @@ impl Overlay {
     pub fn forget_applied(&mut self, applied: u64) {
         let keep = |seq: u64| seq > applied;
         self.inodes.retain(|_, s| keep(s.seq));
-        self.dirents.retain(|_, m| {
-            m.retain(|_, s| keep(s.seq));
+        let by_cookie = &mut self.by_cookie;
+        self.dirents.retain(|dir, m| {
+            m.retain(|_, s| {
+                let kept = keep(s.seq);
+                if !kept && let Some(e) = s.value {
+                    let index = by_cookie.get_mut(dir);
+                    if let Some(index) = index {
+                        index.remove(&e.cookie);
+                        if index.is_empty() {
+                            by_cookie.remove(dir);
+                        }
+                    }
+                }
+                kept
+            });
             !m.is_empty()
         });
         self.maps.retain(|_, s| keep(s.seq));
@@ -269,5 +316,54 @@ impl Overlay {
         self.symlinks.retain(|_, s| keep(s.seq));
         self.orphans.retain(|_, s| keep(s.seq));
         self.wiped.retain(|_, s| keep(*s));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::FileKind;
+
+    fn entry(ino: Ino, cookie: u64) -> Option<DirEntry> {
+        Some(DirEntry {
+            ino,
+            kind: FileKind::File,
+            cookie,
+        })
+    }
+
+    fn listed(o: &Overlay, after: u64) -> Vec<(Vec<u8>, u64)> {
+        o.entries_after(1, after)
+            .map(|(n, e)| (n.to_vec(), e.cookie))
+            .collect()
+    }
+
+    #[test]
+    fn entries_after_follow_puts_replacements_deletes_and_applied_commits() {
+        let mut o = Overlay::default();
+        o.put_dirent(1, 1, b"a", entry(10, 3));
+        o.put_dirent(1, 1, b"b", entry(11, 4));
+        o.put_dirent(2, 1, b"c", entry(12, 5));
+        assert_eq!(
+            listed(&o, 0),
+            [(b"a".to_vec(), 3), (b"b".to_vec(), 4), (b"c".to_vec(), 5)]
+        );
+        assert_eq!(listed(&o, 3), [(b"b".to_vec(), 4), (b"c".to_vec(), 5)]);
+        // a name set again under a new cookie moves; a deleted one is not listed
+        o.put_dirent(3, 1, b"a", entry(10, 6));
+        o.put_dirent(3, 1, b"b", None);
+        assert_eq!(listed(&o, 0), [(b"c".to_vec(), 5), (b"a".to_vec(), 6)]);
+        // a transaction's layer absorbed: its entries join the index
+        let mut txn = Overlay::default();
+        txn.put_dirent(0, 1, b"d", entry(13, 7));
+        txn.put_dirent(0, 1, b"c", None);
+        o.absorb(txn, 4);
+        assert_eq!(listed(&o, 0), [(b"a".to_vec(), 6), (b"d".to_vec(), 7)]);
+        // applied commits leave the layer and the index
+        o.forget_applied(3);
+        assert_eq!(listed(&o, 0), [(b"d".to_vec(), 7)]);
+        o.forget_applied(4);
+        assert!(listed(&o, 0).is_empty());
+        assert!(o.by_cookie.is_empty() && o.dirents.is_empty());
     }
 }

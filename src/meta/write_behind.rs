@@ -346,7 +346,10 @@ impl WriteBehind {
         let s = state.clone();
         let handle = std::thread::Builder::new()
             .name("graviton-meta-apply".into())
-            .spawn(move || s.run_applier())
+            .spawn(move || {
+                crate::background::lower_this_threads_priority();
+                s.run_applier()
+            })
             .map_err(|e| MetaError::Backend {
                 engine: "write-behind",
                 message: format!("starting the applier: {e}"),
@@ -453,23 +456,22 @@ impl<'a> Layers<'a> {
     }
 
     /// The layers' entries of `dir` with cookies after `after`: the first `limit` by cookie,
-    /// copied (a listing pages through many pending entries).
+    /// copied (each layer indexes its entries by cookie, so a page reads only its own).
     fn pending_entries(&self, dir: Ino, after: u64, limit: usize) -> Vec<(Vec<u8>, DirEntry)> {
         let p = self.state.lock();
         let below_local = p
             .overlay
-            .dir_entries(dir)
-            .filter(|(n, _)| self.local.dirent(dir, n).is_none());
+            .entries_after(dir, after)
+            .filter(|(n, _)| self.local.dirent(dir, n).is_none())
+            .take(limit);
         let mut found: Vec<(&[u8], DirEntry)> = self
             .local
-            .dir_entries(dir)
+            .entries_after(dir, after)
+            .take(limit)
             .chain(below_local)
-            .filter_map(|(n, e)| e.filter(|e| e.cookie > after).map(|e| (n, e)))
             .collect();
-        if found.len() > limit {
-            found.select_nth_unstable_by_key(limit, |(_, e)| e.cookie);
-            found.truncate(limit);
-        }
+        found.sort_unstable_by_key(|(_, e)| e.cookie);
+        found.truncate(limit);
         found.into_iter().map(|(n, e)| (n.to_vec(), e)).collect()
     }
 

@@ -92,7 +92,10 @@ impl WriteBack {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("graviton-upload-{n}"))
-                .spawn(move || shared.upload_loop())
+                .spawn(move || {
+                    crate::background::lower_this_threads_priority();
+                    shared.upload_loop()
+                })
                 .map_err(|e| StoreError::io("write-back", "starting uploader threads", e))?;
         }
         shared.report();
