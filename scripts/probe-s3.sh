@@ -4,6 +4,7 @@
 # first. For A/B comparisons of one change; the side-by-side table is scripts/bench-s3.sh.
 # usage: scripts/probe-s3.sh untar|create|readdir|seqw|seqr|randw|randr
 #   FORMAT_OPTS="--small-blocks 0" and MOUNT_OPTS="cache_mb=512" pass options through;
+#   STRACE=1 (readdir) shows the listing's getdents64 calls;
 #   PERF=1 records the daemon's profile of the timed part in /var/tmp/graviton-probe/perf.data.
 # Needs root, and what scripts/bench-s3.sh installs (s3rver under /var/cache/graviton/s3rver).
 set -euo pipefail
@@ -95,7 +96,8 @@ for d in range(int(sys.argv[2])):
         os.stat(f"{d}/f{i}")
 PY
     mark
-    python3 - "$W/m/u" "${DIRS:-1}" <<'PY'
+    # STRACE=1 shows each getdents64 call of the listing with its time
+    ${STRACE:+strace -T -e trace=getdents64} python3 - "$W/m/u" "${DIRS:-1}" <<'PY'
 import os, sys, time
 for d in range(int(sys.argv[2])):
     for r in range(int(os.environ.get("REPEAT", "1"))):

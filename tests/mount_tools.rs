@@ -669,3 +669,87 @@ fn writeback_mount_with_the_kernels_write_cache_keeps_every_byte() {
     );
     tree_matches(&src, &plain.path("untar"));
 }
+
+/// The names `readdir` returns from `dir` until the end, with the position after each.
+///
+/// # Safety
+/// `dir` is an open directory stream.
+unsafe fn read_names(dir: *mut libc::DIR) -> Vec<(String, libc::c_long)> {
+    let mut out = Vec::new();
+    loop {
+        let e = unsafe { libc::readdir(dir) };
+        if e.is_null() {
+            return out;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+        let pos = unsafe { libc::telldir(dir) };
+        out.push((name.to_string_lossy().into_owned(), pos));
+    }
+}
+
+#[test]
+fn long_listings_seekdir_and_rewinddir_through_the_mount() {
+    // more names than a directory handle reads at once (4096), so a listing spans chunks
+    let m = Mounted::new(&[], "");
+    let d = m.path("many");
+    std::fs::create_dir(&d).unwrap();
+    let n = 5000;
+    for i in 0..n {
+        std::fs::write(d.join(format!("file-{i:05}")), b"").unwrap();
+    }
+    let c = std::ffi::CString::new(d.to_str().unwrap()).unwrap();
+    let dir = unsafe { libc::opendir(c.as_ptr()) };
+    assert!(!dir.is_null(), "opendir");
+    let first = unsafe { read_names(dir) };
+    let mut names: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    let mut expected: Vec<String> = (0..n).map(|i| format!("file-{i:05}")).collect();
+    expected.extend([".".to_string(), "..".to_string()]);
+    expected.sort_unstable();
+    assert_eq!(names, expected, "every name exactly once");
+
+    // seekdir back into the second chunk replays the same names in the same order
+    let at = 4500;
+    unsafe { libc::seekdir(dir, first[at].1) };
+    let replay = unsafe { read_names(dir) };
+    assert_eq!(replay, first[at + 1..], "seekdir to a telldir position");
+
+    // a name created while the stream is open shows up after rewinddir
+    std::fs::write(d.join("late"), b"").unwrap();
+    unsafe { libc::rewinddir(dir) };
+    let again = unsafe { read_names(dir) };
+    assert_eq!(again.len(), n + 3);
+    assert!(
+        again.iter().any(|(n, _)| n == "late"),
+        "rewinddir reads afresh"
+    );
+
+    // names removed while the stream is open are never returned twice, and the rest stay
+    unsafe { libc::rewinddir(dir) };
+    let head: Vec<_> = (0..10)
+        .map(|_| unsafe { std::ffi::CStr::from_ptr((*libc::readdir(dir)).d_name.as_ptr()) })
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    for i in (0..n).step_by(2) {
+        std::fs::remove_file(d.join(format!("file-{i:05}"))).unwrap();
+    }
+    let rest = unsafe { read_names(dir) };
+    let mut seen: Vec<&str> = head
+        .iter()
+        .map(String::as_str)
+        .chain(rest.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    seen.sort_unstable();
+    let before = seen.len();
+    seen.dedup();
+    assert_eq!(seen.len(), before, "no name twice");
+    for i in (1..n).step_by(2) {
+        let kept = format!("file-{i:05}");
+        assert!(seen.binary_search(&kept.as_str()).is_ok(), "{kept} kept");
+    }
+    assert_eq!(unsafe { libc::closedir(dir) }, 0);
+
+    // a fresh listing sees exactly what is left
+    let left = std::fs::read_dir(&d).unwrap().count();
+    assert_eq!(left, n / 2 + 1);
+}

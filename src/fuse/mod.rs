@@ -25,18 +25,13 @@ use crate::vfs::{
     Ctx, FallocateMode, Fs, FsError, OpenFlags, RenameFlags, SetAttr, TimeSet, Whence, XattrSet,
 };
 
-/// Entries fetched by a readdir reply's first step; each further step fetches twice as many,
-/// up to `READDIR_MAX_STEP`. The reply's size decides how many steps a call takes; at most the
-/// last step's entries are read in vain. A 32 KiB `getdents` buffer holds about 1000 short
-/// names, so a large listing takes a few steps per call, not 30.
-const READDIR_STEP: usize = 32;
-const READDIR_MAX_STEP: usize = 512;
-
 mod invalidate;
+mod listing;
 mod op;
 mod pages;
 
 pub use invalidate::{KernelCache, follow_changes};
+use listing::DirHandles;
 use op::{Op, failed, op};
 pub use pages::NotifierPages;
 
@@ -48,6 +43,7 @@ pub struct GravitonFuse {
     kernel: Option<Arc<KernelCache>>,
     /// The kernel buffers writes in its page cache (FUSE_WRITEBACK_CACHE); see `with_write_cache`.
     write_cache: bool,
+    dirs: DirHandles,
 }
 
 impl GravitonFuse {
@@ -63,6 +59,7 @@ impl GravitonFuse {
             capacity_path,
             kernel,
             write_cache: false,
+            dirs: DirHandles::default(),
         }
     }
 
@@ -77,29 +74,6 @@ impl GravitonFuse {
 
     /// Feeds the directory's entries after `offset` to `add` until it reports the reply full
     /// (true) or the directory ends.
-    fn fill_dir(
-        &self,
-        ino: INodeNo,
-        mut offset: u64,
-        mut add: impl FnMut(&crate::vfs::DirListing) -> Result<bool, FsError>,
-    ) -> Result<(), FsError> {
-        let mut step = READDIR_STEP;
-        loop {
-            let entries = self.fs.readdir(ino.0, offset, step)?;
-            let n = entries.len();
-            for e in &entries {
-                if add(e)? {
-                    return Ok(());
-                }
-                offset = e.cookie;
-            }
-            if n < step {
-                return Ok(());
-            }
-            step = (step * 2).min(READDIR_MAX_STEP);
-        }
-    }
-
     /// Notes that the kernel will cache `parent/name` (shared volumes).
     fn handed_out(&self, parent: INodeNo, name: &[u8], ino: u64) {
         if let Some(k) = &self.kernel {
@@ -646,16 +620,32 @@ impl Filesystem for GravitonFuse {
         self.background(op("fsync"), move |fs| Self::empty(reply, fs.fsync(fh.0)));
     }
 
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(self.dirs.open()), FopenFlags::empty());
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: FuseOpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.release(fh.0);
+        reply.ok();
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let _op = op("readdir");
-        let filled = self.fill_dir(ino, offset, |e| {
+        let filled = self.dirs.fill(&self.fs, fh.0, ino.0, offset, |e| {
             Ok(reply.add(
                 INodeNo(e.ino),
                 e.cookie,
@@ -673,12 +663,12 @@ impl Filesystem for GravitonFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let _op = op("readdirplus");
-        let filled = self.fill_dir(ino, offset, |e| {
+        let filled = self.dirs.fill(&self.fs, fh.0, ino.0, offset, |e| {
             let inode = match self.fs.getattr(e.ino) {
                 Ok(i) => i,
                 Err(FsError::NotFound) => return Ok(false), // removed since it was listed

@@ -54,6 +54,13 @@ impl Overlay {
         self.dirents.get(&parent)?.get(name).map(|s| s.value)
     }
 
+    /// Whether this layer knows a name of `dir` (set or deleted); None when it knows none, so
+    /// checking a page of names costs one lookup of the directory, not one per name.
+    pub fn knows_names(&self, dir: Ino) -> Option<impl Fn(&[u8]) -> bool + '_> {
+        let names = self.dirents.get(&dir).filter(|m| !m.is_empty())?;
+        Some(move |n: &[u8]| names.contains_key(n))
+    }
+
     /// The live entries of `dir` with cookies after `after`, by cookie.
     pub fn entries_after(
         &self,

@@ -449,9 +449,16 @@ impl<'a> Layers<'a> {
     /// Which of `entries` (read below) the layers hide: they know the name, set or deleted.
     fn hidden(&self, dir: Ino, entries: &[(Vec<u8>, DirEntry)]) -> Vec<bool> {
         let p = self.state.lock();
+        let (local, pending) = (self.local.knows_names(dir), p.overlay.knows_names(dir));
+        if local.is_none() && pending.is_none() {
+            return vec![false; entries.len()];
+        }
+        fn knows(layer: &Option<impl Fn(&[u8]) -> bool>, name: &[u8]) -> bool {
+            layer.as_ref().is_some_and(|f| f(name))
+        }
         entries
             .iter()
-            .map(|(n, _)| self.local.dirent(dir, n).is_some() || p.overlay.dirent(dir, n).is_some())
+            .map(|(n, _)| knows(&local, n) || knows(&pending, n))
             .collect()
     }
 

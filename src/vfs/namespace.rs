@@ -500,7 +500,7 @@ impl Fs {
     pub fn readdir(&self, ino: Ino, offset: u64, limit: usize) -> FsResult<Vec<DirListing>> {
         let mut tx = self.core.meta.read()?;
         let dir = dir_inode(tx.as_mut(), ino)?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(limit.min(4096));
         if offset < 1 {
             out.push(DirListing {
                 cookie: 1,
