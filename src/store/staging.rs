@@ -218,6 +218,9 @@ impl Staging {
         let written = file
             .write_all_at(&header(key, len), offset)
             .and_then(|()| file.write_all_at(data, offset + HEADER as u64));
+        if written.is_ok() {
+            start_writeback(&file, offset, HEADER as u64 + data.len() as u64);
+        }
         let mut st = self.lock();
         let seg = st.all.get_mut(&id).expect("segment being written");
         if written.is_ok() {
@@ -303,6 +306,29 @@ impl Staging {
                 .map_err(|e| io(format!("syncing {}", self.dir.display()), e))?;
         }
         Ok(())
+    }
+}
+
+/// Starts writing a record to the disk without waiting, so an fsync after a long stream of
+/// writes waits for the last blocks only rather than for everything staged since the last one
+/// (fio's 256 MiB sequential write: its final fsync took 0.13 s of 0.42). Failure is harmless:
+/// `sync` still writes whatever this did not.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the life of `file`; the call reads no memory of ours.
+    let rc = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "starting the write of a staged record: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
