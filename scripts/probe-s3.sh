@@ -52,6 +52,7 @@ cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/p
 declare -A CPU0
 # marks the start of the timed part: CPU time of the daemon (G) and s3rver (S) from here on
 mark() {
+  echo "daemon RSS before the timed part: $(awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$(pgrep -f "graviton mount.* $W/m" | head -1)/status") MiB"
   CPU0[G]=$(cpu_s "$(pgrep -f "graviton mount.* $W/m" | head -1)") CPU0[S]=$(cpu_s "$SP")
   if [ -n "${PERF:-}" ]; then
     perf record -q ${PERF_CG:--g} -o "$W/perf.data" -p "$(pgrep -f "graviton mount.* $W/m" | head -1)" 2>/dev/null &
@@ -143,3 +144,6 @@ for line in sys.stdin:
 for k in sorted(sums, key=lambda k: -sums[k])[:20]:
     print(f"{sums[k]:8.3f} s {int(counts.get(k, 0)):7d}  {k}")
 '
+# block cache outcomes and bytes fetched (counters since the mount)
+curl -s "http://$METRICS/metrics" | grep -E "^graviton_(block_cache_total|bytes_fetched)" || true
+echo "daemon peak RSS: $(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(pgrep -f "graviton mount.* $W/m" | head -1)/status") MiB"

@@ -74,6 +74,14 @@ impl BlockCache {
         }
     }
 
+    /// Drops a block from the cache (a hint: a later read fetches it again).
+    pub fn forget(&self, key: &BlockKey) {
+        let mut inner = self.inner.lock().expect("lock");
+        if let Some(old) = inner.lru.pop(key) {
+            inner.bytes -= old.len() as u64;
+        }
+    }
+
     /// The block from the cache, or fetched (and verified) from the store and cached.
     pub fn fetch(
         &self,
