@@ -468,7 +468,7 @@ impl Filesystem for GravitonFuse {
         let _op = op("read");
         // In this thread: the embedded store answers from local disk, and a hop to another
         // thread cost more than a cached 4 KiB read.
-        match self.fs.read(fh.0, offset, size) {
+        match self.fs.read_bytes(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
         }

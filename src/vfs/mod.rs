@@ -12,6 +12,7 @@ mod flush;
 mod namespace;
 mod pack;
 mod read;
+pub use read::ReadBytes;
 mod xattr;
 
 use std::collections::HashMap;

@@ -69,6 +69,15 @@ impl ReadAhead {
 impl Fs {
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.read_bytes(fh, offset, size).map(|b| match b {
+            ReadBytes::Owned(v) => v,
+            shared => shared.to_vec(),
+        })
+    }
+
+    /// As `read`, but a read inside one cached block shares the block's bytes instead of
+    /// copying them (the FUSE reply copies them anyway).
+    pub fn read_bytes(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadBytes> {
         let h = self.handle(fh)?;
         let (inode, file_size, pending) = {
             let st = h.file.lock();
@@ -85,7 +94,7 @@ impl Fs {
             (inode, file_size, pending)
         };
         if offset >= file_size {
-            return Ok(Vec::new());
+            return Ok(ReadBytes::Owned(Vec::new()));
         }
         let end = offset.saturating_add(size as u64).min(file_size);
         let extents = mapped_for_read(&self.core, &h.file, &inode, offset..end)?;
@@ -102,7 +111,24 @@ impl Fs {
                 fetched.push(*e);
             }
         }
-        let mut buf = assemble(&self.core, h.ino, &extents, offset..end)?;
+        let buf = match extents.as_slice() {
+            [e] if pending.is_empty() && e.offset <= offset && e.end() >= end => {
+                let c = e.clip(&(offset..end));
+                let block = self.core.cache.fetch(self.core.store.as_ref(), &c.key)?;
+                if block.len() < c.block_range().end {
+                    return Err(past_block(h.ino, &c).into());
+                }
+                ReadBytes::Block(block, c.block_range())
+            }
+            _ => {
+                let mut buf = assemble(&self.core, h.ino, &extents, offset..end)?;
+                for (at, data) in pending {
+                    let rel = (at - offset) as usize;
+                    buf[rel..rel + data.len()].copy_from_slice(&data);
+                }
+                ReadBytes::Owned(buf)
+            }
+        };
         forget_streamed(
             &self.core,
             &mut h.readahead.lock().expect("lock"),
@@ -111,10 +137,6 @@ impl Fs {
         );
         for e in &fetched {
             offer_fill(&self.core, &inode, e);
-        }
-        for (at, data) in pending {
-            let rel = (at - offset) as usize;
-            buf[rel..rel + data.len()].copy_from_slice(&data);
         }
         self.read_ahead(&h.readahead, h.ino, offset, end, file_size);
         Ok(buf)
@@ -270,12 +292,9 @@ pub(crate) fn assemble(
         }
         let block = core.cache.fetch(core.store.as_ref(), &c.key)?;
         let rel = (c.offset - range.start) as usize;
-        let src = block.get(c.block_range()).ok_or_else(|| {
-            crate::meta::MetaError::Corrupt(format!(
-                "extent of inode {ino} reaches past its block {}",
-                c.key
-            ))
-        })?;
+        let src = block
+            .get(c.block_range())
+            .ok_or_else(|| past_block(ino, &c))?;
         if rel < buf.len() {
             return Err(crate::meta::MetaError::Corrupt(format!(
                 "extents of inode {ino} overlap at offset {}",
@@ -288,6 +307,29 @@ pub(crate) fn assemble(
     }
     buf.resize(len, 0);
     Ok(buf)
+}
+
+fn past_block(ino: Ino, e: &Extent) -> crate::meta::MetaError {
+    crate::meta::MetaError::Corrupt(format!(
+        "extent of inode {ino} reaches past its block {}",
+        e.key
+    ))
+}
+
+/// The bytes a read returns: its own buffer, or a range of one cached block.
+pub enum ReadBytes {
+    Owned(Vec<u8>),
+    Block(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl std::ops::Deref for ReadBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadBytes::Owned(v) => v,
+            ReadBytes::Block(b, r) => &b[r.clone()],
+        }
+    }
 }
 
 /// Blocks fetched at once by one read-ahead request.
