@@ -116,6 +116,9 @@ tar cf "$TARBALL" -C "$SRC" .
 
 declare -A R
 for t in ${TOOLS:-local graviton graviton-wb s3fs rclone}; do
+  # every column starts on an idle disk: the previous one's data (s3rver's objects) is written
+  # out first, not while this column's writes are timed
+  sync
   mount_target $t
   D="$WORK/$t"
   R[$t.seqw]=$(fio_bw "$D" seq write 1M "$SEQ_MB" --end_fsync=1)
