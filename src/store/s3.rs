@@ -589,9 +589,10 @@ impl BlockStore for S3BlockStore {
                 }
             };
             async move {
-                tokio::spawn(get)
-                    .await
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+                match tokio::spawn(get).await {
+                    Ok(got) => got,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                }
             }
         })?;
         got.ok_or(StoreError::NotFound(*key, BACKEND))
