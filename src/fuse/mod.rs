@@ -72,8 +72,6 @@ impl GravitonFuse {
         self
     }
 
-    /// Feeds the directory's entries after `offset` to `add` until it reports the reply full
-    /// (true) or the directory ends.
     /// Notes that the kernel will cache `parent/name` (shared volumes).
     fn handed_out(&self, parent: INodeNo, name: &[u8], ino: u64) {
         if let Some(k) = &self.kernel {
