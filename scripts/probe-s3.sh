@@ -13,7 +13,7 @@ WORKLOAD="${1:?usage: scripts/probe-s3.sh untar|create|readdir|seqw|seqr|randw|r
 source scripts/env.sh
 cargo build --release --locked --bin graviton >/dev/null
 source scripts/pg.sh >/dev/null
-G="$GRAVITON_BIN"
+G="${PROBE_BIN:-$GRAVITON_BIN}"  # PROBE_BIN=path compares another build
 W=/var/tmp/graviton-probe
 S3RVER=/var/cache/graviton/s3rver/node_modules/.bin/s3rver
 [ -x "$S3RVER" ] || { echo "s3rver is missing: run scripts/bench-s3.sh once" >&2; exit 1; }
