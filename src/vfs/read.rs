@@ -129,16 +129,10 @@ impl Fs {
                 ReadBytes::Owned(buf)
             }
         };
-        forget_streamed(
-            &self.core,
-            &mut h.readahead.lock().expect("lock"),
-            &extents,
-            offset..end,
-        );
         for e in &fetched {
             offer_fill(&self.core, &inode, e);
         }
-        self.read_ahead(&h.readahead, h.ino, offset, end, file_size);
+        self.read_ahead(&h.readahead, h.ino, &extents, offset, end, file_size);
         Ok(buf)
     }
 
@@ -146,11 +140,13 @@ impl Fs {
         &self,
         state: &std::sync::Mutex<ReadAhead>,
         ino: Ino,
+        extents: &[Extent],
         offset: u64,
         end: u64,
         file_size: u64,
     ) {
         let mut ra = state.lock().expect("lock");
+        forget_streamed(&self.core, &mut ra, extents, offset..end);
         ra.note(offset, end);
         if !ra.whole_file
             && ra.sequential == 1
