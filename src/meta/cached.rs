@@ -239,12 +239,7 @@ impl LocalCache {
 
     /// The generation a directory's cached entries are keyed under.
     fn generation(&self, dir: Ino) -> u64 {
-        self.db
-            .get_pinned(key(GENERATION, dir))
-            .ok()
-            .flatten()
-            .and_then(|v| u64_at(&v, 0))
-            .unwrap_or(0)
+        generation_of(self.db.get_pinned(key(GENERATION, dir)))
     }
 
     /// Drops everything cached about these inodes.
@@ -697,6 +692,15 @@ impl MetaStore for CachedMeta {
     }
 }
 
+/// A directory's generation from its stored record (0 when it has none).
+fn generation_of(found: Result<Option<rocksdb::DBPinnableSlice<'_>>, rocksdb::Error>) -> u64 {
+    found
+        .ok()
+        .flatten()
+        .and_then(|v| u64_at(&v, 0))
+        .unwrap_or(0)
+}
+
 /// A read-only view answered from the cache where it can be, else from the engine.
 struct CachedReader<'a> {
     meta: &'a CachedMeta,
@@ -751,10 +755,17 @@ impl<'a> CachedReader<'a> {
 
     fn cached_listing(&self, dir: Ino, after: u64, limit: usize) -> MetaResult<Option<Listing>> {
         let cache = self.cache();
-        if !cache.has(&key(LISTED, dir)) {
+        if !cache.live.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let generation = cache.generation(dir);
+        // One snapshot for the flag, the generation and the entries: read one by one, an
+        // invalidation from another mount could land between the flag and the generation, and
+        // the listing came back empty (the new generation has no entries yet).
+        let snap = cache.db.snapshot();
+        if !matches!(snap.get_pinned(key(LISTED, dir)), Ok(Some(_))) {
+            return Ok(None);
+        }
+        let generation = generation_of(snap.get_pinned(key(GENERATION, dir)));
         let from = entry_key(
             BY_COOKIE,
             dir,
@@ -765,7 +776,7 @@ impl<'a> CachedReader<'a> {
         // the bound lets RocksDB stop at the listing's end instead of merging past it
         let mut bounded = rocksdb::ReadOptions::default();
         bounded.set_iterate_upper_bound(end);
-        let mut it = cache.db.raw_iterator_opt(bounded);
+        let mut it = snap.raw_iterator_opt(bounded);
         it.seek(&from);
         let mut out = Vec::new();
         while let Some(v) = it.value() {
