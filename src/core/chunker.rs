@@ -141,6 +141,16 @@ impl Chunker {
         out
     }
 
+    /// For a run of bytes ending at file offset `end` that more bytes may extend: where its
+    /// final cuts end, when that is known without reading the bytes (the last block boundary
+    /// for fixed blocks; FastCDC's cut points depend on the content).
+    pub fn settled_end(&self, end: u64) -> Option<u64> {
+        match *self {
+            Chunker::Fixed(n) => Some(end - end % n as u64),
+            Chunker::FastCdc { .. } => None,
+        }
+    }
+
     /// Whether a chunk that ends at file offset `end` (the last of a cut) ends on a cut point
     /// that more data would not move.
     pub fn is_natural_end(&self, end: u64, chunk_len: usize) -> bool {
@@ -198,6 +208,8 @@ mod tests {
         assert_eq!(c.cut(4000, &[0u8; 10000]), vec![96, 4096, 4096, 1712]);
         assert!(c.is_natural_end(8192, 4096));
         assert!(!c.is_natural_end(8000, 10));
+        assert_eq!(c.settled_end(8000), Some(4096));
+        assert_eq!(c.settled_end(8192), Some(8192));
     }
 
     proptest! {

@@ -133,6 +133,27 @@ impl DirtyData {
         std::mem::take(&mut self.spans).into_iter().collect()
     }
 
+    /// Removes and returns every span, except that the span ending at `end` keeps its bytes
+    /// from `from` on (all of them when fewer than `min_head` would go): the unfinished block
+    /// a sequential writer is extending stays where its next write lands, uncopied.
+    pub fn take_holding_back(&mut self, from: u64, end: u64, min_head: usize) -> Spans {
+        let mut spans = self.take();
+        let Some(i) = spans.iter().position(|(s, v)| s + v.len() as u64 == end) else {
+            return spans;
+        };
+        let start = spans[i].0;
+        let tail = if from <= start || ((from - start) as usize) < min_head {
+            spans.remove(i)
+        } else if from < end {
+            (from, spans[i].1.split_off((from - start) as usize))
+        } else {
+            return spans;
+        };
+        self.bytes = tail.1.len() as u64;
+        self.spans.insert(tail.0, tail.1);
+        spans
+    }
+
     /// Puts back bytes taken earlier only where nothing newer was written since.
     pub fn fill_gaps(&mut self, offset: u64, data: &[u8]) {
         let end = offset + data.len() as u64;
@@ -179,6 +200,43 @@ mod tests {
                 prop_assert_eq!(d.bytes(), model.iter().filter(|m| m.is_some()).count() as u64);
                 let r = d.ranges();
                 prop_assert_eq!(r.span_count(), d.spans.len(), "spans stay normalized");
+            }
+        }
+
+        #[test]
+        fn holding_back_keeps_exactly_the_unfinished_tail(
+            ops in proptest::collection::vec((0u64..300, 1usize..60), 1..12),
+            from in 0u64..400,
+            min_head in 0usize..40,
+        ) {
+            let mut d = DirtyData::default();
+            for (off, len) in &ops {
+                d.write(*off, &vec![(*off % 251) as u8; *len]);
+            }
+            let mut before = vec![0xEEu8; 400];
+            d.overlay(0, &mut before);
+            let ends: Vec<u64> = d.spans.iter().map(|(s, v)| s + v.len() as u64).collect();
+            let end = ends[ends.len() / 2];
+            let taken = d.take_holding_back(from, end, min_head);
+            // taken and held back are disjoint and together give back every byte
+            let mut after = vec![0xEEu8; 400];
+            d.overlay(0, &mut after);
+            for (s, v) in &taken {
+                for (i, b) in v.iter().enumerate() {
+                    let at = *s as usize + i;
+                    prop_assert_eq!(after[at], 0xEE, "byte {} both taken and held", at);
+                    after[at] = *b;
+                }
+            }
+            prop_assert_eq!(&after, &before);
+            prop_assert_eq!(d.bytes(), d.spans.values().map(|v| v.len() as u64).sum::<u64>());
+            // only the span ending at `end` keeps anything, and only what lies at or after `from`
+            // unless its head would be shorter than `min_head`
+            for (s, v) in &d.spans {
+                prop_assert_eq!(s + v.len() as u64, end);
+                if *s < from {
+                    prop_assert!(((from - s) as usize) < min_head);
+                }
             }
         }
     }

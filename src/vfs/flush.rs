@@ -59,7 +59,16 @@ impl Core {
                 }
                 return Ok(());
             }
-            let work = Arc::new(st.dirty.take());
+            // A background flush leaves the unfinished block at the write frontier in place
+            // (when the chunker can tell where it starts), so the writer extends it there.
+            let frontier = st.last_write_end;
+            let work = match self.cfg.chunker.settled_end(frontier) {
+                Some(from) if mode == FlushMode::Completed => {
+                    st.dirty.take_holding_back(from, frontier, PACK_BELOW)
+                }
+                _ => st.dirty.take(),
+            };
+            let work = Arc::new(work);
             st.inflight = Some(work.clone());
             (work, st.mtime, st.attrs, st.last_write_end)
         };
@@ -146,10 +155,20 @@ impl Core {
         }
         let mut keys = Vec::with_capacity(chunks.len());
         for window in chunks.chunks(UPLOADS_AT_ONCE) {
-            let hashed: Vec<BlockKey> = std::thread::scope(|scope| {
+            // A block the store takes cheaply is stored by the thread that hashed it, while
+            // its bytes are still in that core's cache; the others wait for one batched
+            // "already referenced?" question.
+            let hashed: Vec<(BlockKey, Option<FsResult<()>>)> = std::thread::scope(|scope| {
                 let jobs: Vec<_> = window
                     .iter()
-                    .map(|&(_, c)| scope.spawn(move || BlockKey::for_data(self.cfg.hash, c)))
+                    .map(|&(_, c)| {
+                        scope.spawn(move || {
+                            let key = BlockKey::for_data(self.cfg.hash, c);
+                            let stored =
+                                self.store.cheap_put(&key).then(|| self.store_new(&key, c));
+                            (key, stored)
+                        })
+                    })
                     .collect();
                 jobs.into_iter()
                     .map(|j| j.join().expect("hashing thread"))
@@ -157,8 +176,8 @@ impl Core {
             });
             let ask: Vec<BlockKey> = hashed
                 .iter()
-                .filter(|k| !self.store.cheap_put(k))
-                .copied()
+                .filter(|(_, stored)| stored.is_none())
+                .map(|(k, _)| *k)
                 .collect();
             let known = match ask.is_empty() {
                 true => Vec::new(),
@@ -172,8 +191,8 @@ impl Core {
                 let jobs: Vec<_> = window
                     .iter()
                     .zip(&hashed)
-                    .filter(|(_, k)| !known.contains(k))
-                    .map(|(&(_, c), k)| scope.spawn(move || self.store_new(k, c)))
+                    .filter(|(_, (k, stored))| stored.is_none() && !known.contains(k))
+                    .map(|(&(_, c), (k, _))| scope.spawn(move || self.store_new(k, c)))
                     .collect();
                 jobs.into_iter()
                     .map(|j| j.join().expect("block upload thread"))
@@ -182,7 +201,10 @@ impl Core {
             for r in stored {
                 r?;
             }
-            keys.extend(hashed);
+            for (key, stored) in hashed {
+                stored.transpose()?;
+                keys.push(key);
+            }
         }
         Ok(keys)
     }
