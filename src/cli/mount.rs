@@ -402,6 +402,7 @@ fn serve(
         redirect_output(&state.join("graviton.log"));
     }
     tracing::info!("mounted {} on {}", source.display(), mountpoint.display());
+    crate::fuse::readahead::widen(mountpoint);
     session.run().context("serving the mount")?;
     // The session dropped the adapter; commit whatever is still pending before exiting.
     fs.shutdown()?;

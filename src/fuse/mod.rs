@@ -29,6 +29,7 @@ mod invalidate;
 mod listing;
 mod op;
 mod pages;
+pub mod readahead;
 
 pub use invalidate::{KernelCache, follow_changes};
 use listing::DirHandles;
@@ -211,7 +212,7 @@ impl GravitonFuse {
 impl Filesystem for GravitonFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_readahead(readahead::MAX_READAHEAD);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         // Not FUSE_ATOMIC_O_TRUNC: with it the kernel drops its page cache and size for
