@@ -309,6 +309,29 @@ fn status_works_while_mounted_and_counts_dedup() {
     assert!((ratio - 2.0).abs() < 0.01, "dedup ratio {ratio}");
 }
 
+/// Sequential reads reach the daemon as 1 MiB requests, not the 256 KiB a FUSE mount's default
+/// 128 KiB kernel read-ahead gives.
+#[test]
+fn the_mount_reads_ahead_a_mebibyte() {
+    use std::os::unix::fs::MetadataExt;
+    let m = Mounted::new(&[], "");
+    let dev = std::fs::metadata(&m.mnt).unwrap().dev();
+    let setting = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let kb = std::fs::read_to_string(&setting).unwrap();
+        if kb.trim() == "1024" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{setting}: {kb}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn cli_errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
