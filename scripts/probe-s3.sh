@@ -142,7 +142,7 @@ for line in sys.stdin:
         name, kind, labels, v = m.groups()
         (sums if kind == "sum" else counts)[name + "{" + labels + "}"] = float(v)
 for k in sorted(sums, key=lambda k: -sums[k])[:20]:
-    print(f"{sums[k]:8.3f} s {int(counts.get(k, 0)):7d}  {k}")
+    print(f"{sums[k]:10.6f} s {int(counts.get(k, 0)):7d}  {k}")
 '
 # block cache outcomes and bytes fetched (counters since the mount)
 curl -s "http://$METRICS/metrics" | grep -E "^graviton_(block_cache_total|bytes_fetched)" || true

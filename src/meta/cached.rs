@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch};
 
+use super::mirror::{EntryChange, Mirror, Token};
+use super::types::FIRST_COOKIE;
 use super::{
     Change, DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn,
     SessionInfo, SharedVolume, Usage,
@@ -207,6 +209,8 @@ struct LocalCache {
     writing: std::sync::Mutex<()>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// In-memory copies of the inodes and listings most used, kept in step with RocksDB.
+    mirror: Mirror,
 }
 
 /// A directory's entries, name and entry.
@@ -266,6 +270,8 @@ impl LocalCache {
             tracing::error!("local metadata cache: {e}; bypassing it");
             self.live.store(false, Ordering::SeqCst);
         }
+        // after RocksDB: a copy read from it before this point is refused by the mirror
+        self.mirror.forget(inos);
     }
 
     /// After this mount's own commit: stores what the transaction wrote (`w`) instead of
@@ -286,6 +292,7 @@ impl LocalCache {
         // undoes the one before it, read from here rather than from the cache
         let mut latest: std::collections::HashMap<(Ino, &[u8]), Option<DirEntry>> =
             std::collections::HashMap::new();
+        let mut changes = Vec::with_capacity(w.entries.len());
         for (dir, name, entry) in &w.entries {
             let generation = self.generation(*dir);
             let by_name = entry_key(DIRENT, *dir, generation, name);
@@ -320,6 +327,11 @@ impl LocalCache {
                 }
                 None => batch.delete(&by_name),
             }
+            changes.push(EntryChange {
+                dir: *dir,
+                old: old.map(|o| o.cookie),
+                new: entry.map(|e| (name.as_slice(), e)),
+            });
             latest.insert((*dir, name.as_slice()), *entry);
         }
         for inode in w.inodes.values() {
@@ -333,8 +345,12 @@ impl LocalCache {
             // holds exactly the entries written above
             batch.put(key(LISTED, *dir), []);
         }
-        if self.db.write_opt(batch, &no_wal()).is_err() {
-            drop.extend_from_slice(&w.touched);
+        match self.db.write_opt(batch, &no_wal()) {
+            Ok(()) => {
+                self.mirror
+                    .committed(w.fresh_dirs.iter().copied(), &changes, w.inodes.values())
+            }
+            Err(_) => drop.extend_from_slice(&w.touched),
         }
         drop.sort_unstable();
         drop.dedup();
@@ -349,6 +365,7 @@ impl LocalCache {
             tracing::error!("local metadata cache: {e}; bypassing it");
             self.live.store(false, Ordering::SeqCst);
         }
+        self.mirror.clear();
     }
 
     /// Stores what was read from the engine since `epoch` was sampled, unless an invalidation
@@ -519,6 +536,7 @@ impl CachedMeta {
             writing: std::sync::Mutex::new(()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            mirror: Mirror::default(),
         });
         // a cache left by another volume behind the same URL is emptied
         let volume = inner.setting("volume_id")?.unwrap_or_default();
@@ -566,21 +584,33 @@ impl CachedMeta {
     }
 
     fn cached_inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
-        match self.cache.get(&key(INODE, ino)) {
-            Some(v) => postcard::from_bytes(&v)
-                .map(Some)
-                .map_err(|_| corrupt("inode")),
+        let cache = &self.cache;
+        if !cache.live.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        if let Some(n) = cache.mirror.inode(ino) {
+            cache.count(true);
+            return Ok(Some(n));
+        }
+        let token = cache.mirror.token();
+        match cache.get(&key(INODE, ino)) {
+            Some(v) => {
+                let n: Inode = postcard::from_bytes(&v).map_err(|_| corrupt("inode"))?;
+                cache.mirror.put_inode(token, &n);
+                Ok(Some(n))
+            }
             None => Ok(None),
         }
     }
 
-    fn fill_inode(&self, epoch: u64, inode: &Inode) {
+    fn fill_inode(&self, epoch: u64, token: Token, inode: &Inode) {
         let Ok(bytes) = postcard::to_stdvec(inode) else {
             return;
         };
         let mut batch = WriteBatch::default();
         batch.put(key(INODE, inode.ino), bytes);
         self.cache.fill(epoch, inode.ino, batch);
+        self.cache.mirror.put_inode(token, inode);
     }
 }
 
@@ -608,10 +638,13 @@ impl MetaStore for CachedMeta {
         if let Some(n) = self.cached_inode(ino)? {
             return Ok(Some(n));
         }
-        let epoch = self.cache.epoch.load(Ordering::SeqCst);
+        let (epoch, token) = (
+            self.cache.epoch.load(Ordering::SeqCst),
+            self.cache.mirror.token(),
+        );
         let n = self.inner.read_inode(ino)?;
         if let Some(n) = &n {
-            self.fill_inode(epoch, n);
+            self.fill_inode(epoch, token, n);
         }
         Ok(n)
     }
@@ -678,14 +711,17 @@ impl MetaStore for CachedMeta {
     /// True unless the cached inode is the current one: only then may the kernel keep the
     /// pages it cached (the cached copy was invalidated with them).
     fn revalidate(&self, ino: Ino) -> MetaResult<bool> {
-        let epoch = self.cache.epoch.load(Ordering::SeqCst);
+        let (epoch, token) = (
+            self.cache.epoch.load(Ordering::SeqCst),
+            self.cache.mirror.token(),
+        );
         let cached = self.cached_inode(ino)?;
         let fresh = self.inner.read_inode(ino)?;
         if cached.is_some() && cached == fresh {
             return Ok(false);
         }
         match &fresh {
-            Some(n) if cached.is_none() => self.fill_inode(epoch, n),
+            Some(n) if cached.is_none() => self.fill_inode(epoch, token, n),
             _ => self.cache.invalidate(&[ino]),
         }
         Ok(true)
@@ -726,6 +762,7 @@ impl<'a> CachedReader<'a> {
     /// The whole directory, read from the engine and cached, when it is not too large.
     fn fill_listing(&mut self, dir: Ino) -> MetaResult<Option<Listing>> {
         let epoch = self.epoch();
+        let token = self.cache().mirror.token();
         let generation = self.cache().generation(dir);
         let mut all: Vec<(Vec<u8>, DirEntry)> = Vec::new();
         loop {
@@ -750,6 +787,7 @@ impl<'a> CachedReader<'a> {
         }
         batch.put(key(LISTED, dir), []);
         self.cache().fill(epoch, dir, batch);
+        self.cache().mirror.put_listing(token, dir, &all);
         Ok(Some(all))
     }
 
@@ -758,6 +796,11 @@ impl<'a> CachedReader<'a> {
         if !cache.live.load(Ordering::SeqCst) {
             return Ok(None);
         }
+        if let Some(out) = cache.mirror.listing(dir, after, limit) {
+            cache.count(true);
+            return Ok(Some(out));
+        }
+        let token = cache.mirror.token();
         // One snapshot for the flag, the generation and the entries: read one by one, an
         // invalidation from another mount could land between the flag and the generation, and
         // the listing came back empty (the new generation has no entries yet).
@@ -788,6 +831,10 @@ impl<'a> CachedReader<'a> {
         }
         it.status().map_err(cache_err)?;
         cache.count(true);
+        if after < FIRST_COOKIE && out.len() < limit {
+            // the whole listing
+            cache.mirror.put_listing(token, dir, &out);
+        }
         Ok(Some(out))
     }
 

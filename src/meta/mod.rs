@@ -12,6 +12,7 @@
 pub mod cached;
 pub mod conformance;
 mod journal;
+mod mirror;
 mod overlay;
 pub mod pg;
 mod pg_conn;
