@@ -173,11 +173,30 @@ fn detach_dead_mount(mp: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// glibc reads its tunables when a process starts, so the daemon gets them from its launcher.
+const MALLOC_TUNABLES: &str = "GLIBC_TUNABLES";
+
+/// The daemon's glibc tunables: the caller's, plus transparent huge pages for malloc's heap
+/// (`glibc.malloc.hugetlb=1`) unless the caller chose otherwise. Blocks and dirty spans are
+/// megabytes each, and faulting their memory in 4 KiB pages cost a tenth of a sequential
+/// read's CPU: with huge pages, 0.40-0.42 -> 0.34-0.36 s for 256 MiB.
+fn malloc_tunables(inherited: Option<String>) -> String {
+    match inherited {
+        Some(t) if t.contains("glibc.malloc.hugetlb") => t,
+        Some(t) if !t.is_empty() => format!("{t}:glibc.malloc.hugetlb=1"),
+        _ => "glibc.malloc.hugetlb=1".into(),
+    }
+}
+
 /// Starts the daemon and returns once it reports the mount ready (or its error).
 fn launch_daemon(options: &[String], source: &Source, mountpoint: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the graviton executable")?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount").arg("--foreground").arg("--notify-ready");
+    cmd.env(
+        MALLOC_TUNABLES,
+        malloc_tunables(std::env::var(MALLOC_TUNABLES).ok()),
+    );
     for o in options {
         cmd.arg("-o").arg(o);
     }
@@ -487,5 +506,27 @@ fn redirect_output(log: &Path) {
             libc::dup2(f.as_raw_fd(), 1);
             libc::dup2(f.as_raw_fd(), 2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemon_asks_for_huge_pages_unless_told_otherwise() {
+        assert_eq!(malloc_tunables(None), "glibc.malloc.hugetlb=1");
+        assert_eq!(
+            malloc_tunables(Some(String::new())),
+            "glibc.malloc.hugetlb=1"
+        );
+        assert_eq!(
+            malloc_tunables(Some("glibc.malloc.arena_max=4".into())),
+            "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
+        );
+        assert_eq!(
+            malloc_tunables(Some("glibc.malloc.hugetlb=0".into())),
+            "glibc.malloc.hugetlb=0"
+        );
     }
 }
