@@ -73,3 +73,46 @@ fn a_writeback_mount_has_the_volume_to_itself_and_its_journal_survives_a_kill() 
     );
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 60);
 }
+
+/// `fsck` and `dump` of a PostgreSQL volume with a write-back mount on this machine run in that
+/// mount's daemon, so they see the commits its journal has not sent to PostgreSQL yet (run on
+/// PostgreSQL right after the writes, dump missed them and fsck judged an older tree).
+#[test]
+fn fsck_and_dump_run_in_the_writeback_mount_and_see_its_journal() {
+    // the daemon logs the requests it runs (nextest gives each test a process of its own)
+    // SAFETY: no other thread of this test process reads the environment yet
+    unsafe { std::env::set_var("GRAVITON_LOG", "graviton::cli::control=info") };
+    let m = Mounted::new_pg_with_store("writeback", Some(&s3_scratch_url()));
+    let dir = m.path("fresh");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..20 {
+        std::fs::write(dir.join(format!("f{i}")), random_bytes(i, 5000)).unwrap();
+    }
+    let cli = |args: &[&str]| {
+        let out = Command::new("timeout")
+            .args(["-k5", "120", BIN])
+            .args(args)
+            .arg(&m.source)
+            .env("XDG_STATE_HOME", m.dir.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "graviton {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dump = cli(&["dump", "--output", "-"]);
+    for i in 0..20 {
+        assert!(dump.contains(&format!("\"f{i}\"")), "dump lists fresh/f{i}");
+    }
+    let fsck = cli(&["fsck"]);
+    assert!(fsck.contains(": 0 problems"), "{fsck}");
+    let log = std::fs::read_to_string(m.state.join("graviton.log")).unwrap();
+    assert_eq!(
+        log.matches("control request").count(),
+        2,
+        "both ran in the daemon"
+    );
+}

@@ -1,6 +1,8 @@
 //! The mount daemon's control socket (`graviton.sock` in its state folder). RocksDB lets one
 //! process open an embedded volume, so while it is mounted `status`, `fsck`, `scrub`, `gc` and `dump`
-//! ask the daemon to run them on its open volume instead.
+//! ask the daemon to run them on its open volume instead. For a PostgreSQL volume mounted on
+//! this machine, `status`, `fsck` and `dump` do too: a `-o writeback` mount holds commits
+//! PostgreSQL does not have yet.
 //!
 //! Protocol: the client writes one JSON [`Request`] line; the daemon streams the command's
 //! output, then a last line `\x01graviton: ok` or `\x01graviton: error <message>`, and closes.
@@ -79,12 +81,18 @@ pub fn run_named(source: Option<String>, req: &Request) -> anyhow::Result<()> {
     run(&source, req, &mut std::io::stdout().lock())
 }
 
-/// Runs `req` on the volume: through its mount daemon when an embedded volume is mounted,
+/// Runs `req` on the volume: through a mount daemon of it on this machine when there is one,
 /// else on the volume opened here.
 pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
-    if let Source::Dir(_) = source
-        && let Ok(conn) = UnixStream::connect(socket(&source.state_dir()))
-    {
+    // On a PostgreSQL volume only the views go to a mount: gc is refused while a write-back
+    // mount holds the volume (below), and scrub checks the block stores themselves, where a
+    // write-back mount's blocks may not have arrived yet.
+    let to_a_mount = match (source, req) {
+        (Source::Dir(_), _) => true,
+        (_, Request::Status | Request::Fsck { .. } | Request::Dump) => true,
+        (_, Request::Gc { .. } | Request::Scrub { .. }) => false,
+    };
+    if to_a_mount && let Some(conn) = live_daemon(source) {
         return ask(conn, req, out);
     }
     let vol = Volume::open(source)?;
@@ -93,6 +101,23 @@ pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Resul
         crate::meta::write_behind::check_unclaimed(vol.meta.as_ref(), None)?;
     }
     execute(&vol, req, false, out)
+}
+
+/// A mount daemon of `source` on this machine that answers on its control socket. An embedded
+/// volume has at most one (RocksDB is locked while mounted). A PostgreSQL volume may have one
+/// per mountpoint, each with a state folder of its own under the volume's; a `-o writeback`
+/// mount among them has the volume to itself, and only it sees the commits its journal has
+/// not sent to PostgreSQL yet, so status, fsck and dump run there rather than on a PostgreSQL
+/// that is behind.
+fn live_daemon(source: &Source) -> Option<UnixStream> {
+    let state = source.state_dir();
+    match source {
+        Source::Dir(_) => UnixStream::connect(socket(&state)).ok(),
+        Source::Postgres(_) => std::fs::read_dir(&state)
+            .ok()?
+            .flatten()
+            .find_map(|mount| UnixStream::connect(socket(&mount.path())).ok()),
+    }
 }
 
 fn ask(mut conn: UnixStream, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
