@@ -593,6 +593,30 @@ fn writes_truncates_and_chowns_drop_setuid_and_setgid() {
     as_nobody(&format!("truncate -s 1 {path}"));
     assert_eq!(mode(&f), 0o777, "an unprivileged truncate drops both bits");
 
+    // fallocate too, in every mode (as on ext4), and the kernel shows it at once
+    let g = m.path("alloc");
+    std::fs::write(&g, b"data").unwrap();
+    let gpath = g.to_str().unwrap();
+    for how in ["-l 1M", "-n -l 2M", "-p -o 0 -l 4096"] {
+        set(&g, 0o6777);
+        as_nobody(&format!("fallocate {how} {gpath}"));
+        assert_eq!(
+            mode(&g),
+            0o777,
+            "an unprivileged fallocate {how} drops both bits"
+        );
+    }
+    set(&g, 0o6777);
+    ok(
+        run("fallocate", &["-l", "3M", gpath], Path::new("/")),
+        "fallocate",
+    );
+    assert_eq!(
+        mode(&g),
+        0o6777,
+        "root (CAP_FSETID) keeps them when fallocating"
+    );
+
     set(&f, 0o6757);
     as_nobody(&format!("printf y >> {path}"));
     // as on ext4 (Linux 6.x): the writer is not in the file's group, so setgid goes too

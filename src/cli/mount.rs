@@ -335,6 +335,7 @@ fn serve(
         kernel.clone(),
     )
     .with_write_cache(opts.write_cache);
+    let notifier = adapter.notifier_slot();
 
     let fsname = source.display();
     let fsname = if fsname.contains([',', ' ']) {
@@ -371,6 +372,7 @@ fn serve(
     config.clone_fd = true;
     let mut session = Session::new(adapter, mountpoint, &config)
         .with_context(|| format!("mounting on {}", mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
 
     if let (Some(shared), Some(kernel)) = (vol.meta.shared(), kernel) {
         crate::fuse::follow_changes(session.notifier(), shared, kernel)?;

@@ -45,6 +45,8 @@ pub struct GravitonFuse {
     /// The kernel buffers writes in its page cache (FUSE_WRITEBACK_CACHE); see `with_write_cache`.
     write_cache: bool,
     dirs: DirHandles,
+    /// The session's channel for notifications to the kernel, once the session exists.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl GravitonFuse {
@@ -61,7 +63,14 @@ impl GravitonFuse {
             kernel,
             write_cache: false,
             dirs: DirHandles::default(),
+            notifier: Arc::default(),
         }
+    }
+
+    /// Where the session's notifier goes once the session is created (the adapter is moved
+    /// into it first).
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     /// Lets the kernel buffer writes in its page cache and send them in large batches (at
@@ -800,7 +809,7 @@ impl Filesystem for GravitonFuse {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -808,9 +817,22 @@ impl Filesystem for GravitonFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        // As a write does (ext4 too, in every mode): an unprivileged caller's fallocate drops
+        // setuid/setgid. FUSE does not say whether the caller has CAP_FSETID; root is taken to.
+        // The reply carries no attributes: the kernel's cached mode is dropped instead
+        // (attributes only, no pages, so no lock the fallocate holds is needed).
+        let unprivileged = req.uid() != 0;
+        let notifier = self.notifier.clone();
         self.background(op("fallocate"), move |fs| {
-            let r =
-                FallocateMode::from_libc(mode).and_then(|m| fs.fallocate(ino.0, offset, length, m));
+            let r = FallocateMode::from_libc(mode)
+                .and_then(|m| fs.fallocate(ino.0, offset, length, m))
+                .and_then(|()| match unprivileged {
+                    true => fs.drop_privileges(ino.0),
+                    false => Ok(()),
+                });
+            if unprivileged && let Some(n) = notifier.get() {
+                let _ = n.inval_inode(ino, -1, 0);
+            }
             Self::empty(reply, r)
         });
     }
