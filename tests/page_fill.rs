@@ -112,10 +112,20 @@ fn fills_never_bring_back_bytes_older_than_a_write_or_truncate() {
                 w.write_all_at(&new, 0).unwrap();
             }
         });
-        assert!(
-            page == old[at..at + PAGE] || page == new[at..at + PAGE] || truncate,
-            "round {round}: the racing read returned foreign bytes"
-        );
+        if !(page == old[at..at + PAGE] || page == new[at..at + PAGE] || truncate) {
+            let o: Vec<usize> = (0..PAGE).filter(|&i| page[i] == old[at + i]).collect();
+            let n: Vec<usize> = (0..PAGE).filter(|&i| page[i] == new[at + i]).collect();
+            let z = page.iter().filter(|&&b| b == 0).count();
+            let first_new = (0..PAGE).find(|&i| page[i] == new[at + i] && page[i] != old[at + i]);
+            let last_old = (0..PAGE)
+                .rev()
+                .find(|&i| page[i] == old[at + i] && page[i] != new[at + i]);
+            panic!(
+                "round {round} at {at}: foreign bytes: {} match old, {} match new, {z} zero, first new-only {first_new:?}, last old-only {last_old:?}",
+                o.len(),
+                n.len()
+            );
+        }
         let (want, size) = match truncate {
             true => (&old[..1000], 1000),
             false => (&new[..], new.len()),
