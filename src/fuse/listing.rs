@@ -127,22 +127,9 @@ mod tests {
             "past the chunk's last entry: more may follow"
         );
         assert!(!partial.covers(1), "before the chunk");
-        assert_eq!(
-            partial
-                .after(9)
-                .iter()
-                .map(|e| e.cookie)
-                .collect::<Vec<_>>(),
-            [14]
-        );
-        assert_eq!(
-            partial
-                .after(6)
-                .iter()
-                .map(|e| e.cookie)
-                .collect::<Vec<_>>(),
-            [9, 14]
-        );
+        let cookies = |entries: &[DirListing]| entries.iter().map(|e| e.cookie).collect::<Vec<_>>();
+        assert_eq!(cookies(partial.after(9)), [14]);
+        assert_eq!(cookies(partial.after(6)), [9, 14]);
 
         let whole = chunk(0, &[1, 2, 7], true);
         assert!(
