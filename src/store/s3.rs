@@ -26,6 +26,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 
 use super::{BlockStore, PutOutcome, StoreError};
+use crate::core::key::BlockHasher;
 use crate::core::{BlockKey, HashAlgo};
 
 const BACKEND: &str = "s3";
@@ -527,30 +528,13 @@ impl S3BlockStore {
     pub fn url(&self) -> &S3Url {
         &self.url
     }
-}
 
-impl BlockStore for S3BlockStore {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    /// Put-if-absent: one conditional PUT where the server supports it (a 412 means the block
-    /// is there already), else HEAD, then PUT if it is missing.
-    fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        let conditional = self.conditional_put();
-        if !conditional && self.head(key)? {
-            return Ok(PutOutcome::Duplicate);
-        }
-        self.upload(key, data, conditional)
-    }
-
-    /// No HEAD: the volume references no copy, so the block is almost surely new.
-    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.upload(key, data, self.conditional_put())
-    }
-
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+    /// One block's bytes; with `verify`, checked against the key. Each chunk of the body is
+    /// hashed right after it is copied, while it is still in the core's cache: hashing the
+    /// 4 MiB block afterwards read it back from memory, on threads competing with the copy.
+    fn download(&self, key: &BlockKey, verify: bool) -> Result<Vec<u8>, StoreError> {
         let object = self.object(key);
+        let algo = key.algo;
         let got = self.call("reading", Some(key), || {
             let req = self
                 .client
@@ -567,10 +551,18 @@ impl BlockStore for S3BlockStore {
                     Ok(mut out) => {
                         let len = out.content_length.unwrap_or(0).max(0) as usize;
                         let mut data = Vec::with_capacity(len);
+                        let mut hasher = verify.then(|| BlockHasher::new(algo));
                         loop {
                             match out.body.try_next().await {
-                                Ok(Some(chunk)) => data.extend_from_slice(&chunk),
-                                Ok(None) => break Ok(Some(data)),
+                                Ok(Some(chunk)) => {
+                                    data.extend_from_slice(&chunk);
+                                    if let Some(h) = &mut hasher {
+                                        h.update(&chunk);
+                                    }
+                                }
+                                Ok(None) => {
+                                    break Ok(Some((data, hasher.map(BlockHasher::finalize))));
+                                }
                                 // a body cut off mid-way: read it again
                                 Err(e) => {
                                     break Err(SdkError::response_error(
@@ -595,7 +587,45 @@ impl BlockStore for S3BlockStore {
                 }
             }
         })?;
-        got.ok_or(StoreError::NotFound(*key, BACKEND))
+        let (data, digest) = got.ok_or(StoreError::NotFound(*key, BACKEND))?;
+        if let Some(digest) = digest
+            && !key.matches_hashed(data.len(), digest)
+        {
+            tracing::error!(block = %key, backend = BACKEND, "block content does not match its key");
+            return Err(StoreError::Corrupt(*key, BACKEND));
+        }
+        Ok(data)
+    }
+}
+
+impl BlockStore for S3BlockStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    /// Put-if-absent: one conditional PUT where the server supports it (a 412 means the block
+    /// is there already), else HEAD, then PUT if it is missing.
+    fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        let conditional = self.conditional_put();
+        if !conditional && self.head(key)? {
+            return Ok(PutOutcome::Duplicate);
+        }
+        self.upload(key, data, conditional)
+    }
+
+    /// No HEAD: the volume references no copy, so the block is almost surely new.
+    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.upload(key, data, self.conditional_put())
+    }
+
+    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+        self.download(key, false)
+    }
+
+    /// Hashes the body as it arrives ([`S3Store::download`]) instead of reading the whole
+    /// block again afterwards.
+    fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+        self.download(key, true)
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {

@@ -60,6 +60,17 @@ struct State {
 }
 
 impl WriteBack {
+    /// The block's bytes from the staging area while it is staged; `None` once uploaded (also
+    /// when that happens between the lookup and the read).
+    fn staged_copy(&self, key: &BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let s = &self.shared;
+        let staged = s.lock().staged.get(key).copied();
+        match staged {
+            Some(loc) => s.staging.read(loc),
+            None => Ok(None),
+        }
+    }
+
     /// Opens the staging folder (created if needed) and starts uploading what an earlier mount
     /// left there.
     pub fn open(
@@ -222,15 +233,23 @@ impl BlockStore for WriteBack {
     }
 
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
-        let s = &self.shared;
-        let staged = s.lock().staged.get(key).copied();
-        if let Some(loc) = staged
-            && let Some(data) = s.staging.read(loc)?
-        {
-            return Ok(data);
+        match self.staged_copy(key)? {
+            Some(data) => Ok(data),
+            None => self.shared.inner.get_unverified(key),
         }
-        // (uploaded since the check)
-        s.inner.get_unverified(key)
+    }
+
+    /// A staged block is checked here; an uploaded one by the store it is in (the S3 store
+    /// hashes the body as it arrives).
+    fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+        match self.staged_copy(key)? {
+            Some(data) if key.matches(&data) => Ok(data),
+            Some(_) => {
+                tracing::error!(block = %key, "staged block does not match its key");
+                Err(StoreError::Corrupt(*key, "write-back"))
+            }
+            None => self.shared.inner.get(key),
+        }
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
