@@ -22,7 +22,7 @@ mount_it
 dd if=/dev/urandom of="$W/m/big" bs=1M count=256 status=none
 fusermount3 -u "$W/m"; sleep 1; sync; echo 3 > /proc/sys/vm/drop_caches; mount_it
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
-FP=$(pgrep -x s3fs | head -1)
+FP=$(pgrep -nx s3fs)
 c0=$(cpu "$SP") f0=$(cpu "$FP") t0=$(date +%s.%N)
 cat "$W/m/big" > /dev/null
 t1=$(date +%s.%N)
