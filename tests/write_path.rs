@@ -240,6 +240,37 @@ fn sequential_reads_warm_the_cache_ahead() {
 }
 
 #[test]
+fn read_ahead_stays_within_its_window() {
+    // `-o readahead_mb=2`: a sequential reader has at most 2 MiB fetched ahead of it
+    let mut cfg = FsConfig::new(HashAlgo::Blake3, "fixed-1m".parse().unwrap());
+    cfg.readahead_max = 2 << 20;
+    let vol = MemVolume::new(cfg);
+    let data = random_bytes(6, 32 << 20);
+    let ino = {
+        let fs = vol.mount();
+        let (ino, fh) = create(&fs, "seq");
+        write_all(&fs, fh, 0, &data, 1 << 20);
+        fs.release(fh).unwrap();
+        ino
+    };
+    let fs = vol.mount(); // cold cache
+    let fh = fs.open(ino, OpenFlags::READ).unwrap();
+    let step = 128 << 10;
+    for offset in (0..8u64 << 20).step_by(step) {
+        let got = fs.read(fh, offset, step as u32).unwrap();
+        assert!(got == data[offset as usize..][..step]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (_, misses, prefetched) = fs.cache_stats();
+    // blocks 0..8 were read, read-ahead may reach block 10 (the window's end past 8 MiB)
+    assert!(
+        misses + prefetched <= 10,
+        "fetched {misses} on demand and {prefetched} ahead for 8 MiB read"
+    );
+    assert!(prefetched >= 4, "read-ahead still ran: {prefetched} blocks");
+}
+
+#[test]
 fn unlinked_open_file_keeps_working_until_last_close() {
     let vol = MemVolume::new(small_cfg());
     let fs = vol.mount();

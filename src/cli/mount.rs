@@ -25,7 +25,7 @@ use crate::volume::{Source, Volume};
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// Mount options, comma-separated (allow_other, ro, noatime, attr_timeout=SECS, cache_mb=N,
-    /// dirty_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off, page_fill=on|off, writeback, write_cache, and the usual fstab
+    /// dirty_mb=N, readahead_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off, page_fill=on|off, writeback, write_cache, and the usual fstab
     /// options).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -312,6 +312,9 @@ fn serve(
     let store = &vol.settings.block_store;
     if !(store.is_empty() || store.starts_with("file://")) {
         cfg.whole_file_prefetch_max = cfg.block_cache_bytes / 4;
+    }
+    if let Some(mb) = opts.readahead_mb {
+        cfg.readahead_max = mb << 20;
     }
     if let Some(mb) = opts.dirty_mb {
         cfg.dirty_limit = mb << 20;

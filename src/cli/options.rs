@@ -16,6 +16,8 @@ pub struct MountOptions {
     pub ttl: Option<Duration>,
     pub cache_mb: Option<u64>,
     pub dirty_mb: Option<u64>,
+    /// Largest read-ahead window of a sequential reader, in MiB.
+    pub readahead_mb: Option<u64>,
     /// FUSE reader threads.
     pub threads: usize,
     /// Shared volumes: a mount silent for this long is dead to the others (its locks go).
@@ -49,6 +51,7 @@ impl Default for MountOptions {
             ttl: None,
             cache_mb: None,
             dirty_mb: None,
+            readahead_mb: None,
             threads: 4,
             session_timeout: Duration::from_secs(30),
             meta_cache: true,
@@ -141,6 +144,17 @@ impl MountOptions {
                 }
                 "cache_mb" => self.cache_mb = Some(number(name, need()?, "megabytes")?),
                 "dirty_mb" => self.dirty_mb = Some(number(name, need()?, "megabytes")?),
+                "readahead_mb" => {
+                    let mb: u64 = number(name, need()?, "megabytes")?;
+                    if !(1..=1024).contains(&mb) {
+                        return Err(OptionError::BadValue {
+                            name: name.into(),
+                            value: mb.to_string(),
+                            why: "1 to 1024 MiB",
+                        });
+                    }
+                    self.readahead_mb = Some(mb);
+                }
                 "threads" => {
                     let t: usize = number(name, need()?, "a thread count")?;
                     if !(1..=64).contains(&t) {
@@ -244,5 +258,9 @@ mod tests {
         );
         let e = o.apply("threads=0").unwrap_err().to_string();
         assert!(e.contains("threads"), "{e}");
+        let e = o.apply("readahead_mb=0").unwrap_err().to_string();
+        assert!(e.contains("readahead_mb") && e.contains("1 to 1024"), "{e}");
+        o.apply("readahead_mb=64").unwrap();
+        assert_eq!(o.readahead_mb, Some(64));
     }
 }
