@@ -6,7 +6,7 @@ mod common;
 use common::{CTX, DiskVolume, MemVolume, create, random_bytes, read_all, small_cfg, write_all};
 use graviton::core::{Chunker, DEFAULT_CHUNKER, HashAlgo};
 use graviton::meta::ROOT_INO;
-use graviton::vfs::{FsConfig, FsError, OpenFlags};
+use graviton::vfs::{Fs, FsConfig, FsError, OpenFlags};
 
 const GIB: usize = 1 << 30;
 
@@ -198,10 +198,11 @@ fn blocks_do_not_depend_on_write_sizes() {
     }
 }
 
-#[test]
-fn sequential_reads_warm_the_cache_ahead() {
-    let vol = MemVolume::new(FsConfig::new(HashAlgo::Blake3, "fixed-1m".parse().unwrap()));
-    let data = random_bytes(5, 32 << 20);
+/// A 32 MiB file of 1 MiB blocks, opened for reading in a fresh mount (cold cache); the
+/// volume is returned to be kept alive.
+fn cold_32_mib_file(cfg: FsConfig, seed: u64) -> (MemVolume, Fs, u64, Vec<u8>) {
+    let vol = MemVolume::new(cfg);
+    let data = random_bytes(seed, 32 << 20);
     let ino = {
         let fs = vol.mount();
         let (ino, fh) = create(&fs, "seq");
@@ -209,8 +210,15 @@ fn sequential_reads_warm_the_cache_ahead() {
         fs.release(fh).unwrap();
         ino
     };
-    let fs = vol.mount(); // cold cache
+    let fs = vol.mount();
     let fh = fs.open(ino, OpenFlags::READ).unwrap();
+    (vol, fs, fh, data)
+}
+
+#[test]
+fn sequential_reads_warm_the_cache_ahead() {
+    let cfg = FsConfig::new(HashAlgo::Blake3, "fixed-1m".parse().unwrap());
+    let (_vol, fs, fh, data) = cold_32_mib_file(cfg, 5);
     for i in 0..5u64 {
         assert_eq!(
             fs.read(fh, i * (128 << 10), 128 << 10).unwrap(),
@@ -244,17 +252,7 @@ fn read_ahead_stays_within_its_window() {
     // `-o readahead_mb=2`: a sequential reader has at most 2 MiB fetched ahead of it
     let mut cfg = FsConfig::new(HashAlgo::Blake3, "fixed-1m".parse().unwrap());
     cfg.readahead_max = 2 << 20;
-    let vol = MemVolume::new(cfg);
-    let data = random_bytes(6, 32 << 20);
-    let ino = {
-        let fs = vol.mount();
-        let (ino, fh) = create(&fs, "seq");
-        write_all(&fs, fh, 0, &data, 1 << 20);
-        fs.release(fh).unwrap();
-        ino
-    };
-    let fs = vol.mount(); // cold cache
-    let fh = fs.open(ino, OpenFlags::READ).unwrap();
+    let (_vol, fs, fh, data) = cold_32_mib_file(cfg, 6);
     let step = 128 << 10;
     for offset in (0..8u64 << 20).step_by(step) {
         let got = fs.read(fh, offset, step as u32).unwrap();

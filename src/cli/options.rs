@@ -92,6 +92,25 @@ fn number<T: std::str::FromStr>(
     })
 }
 
+/// A number (`unit` says what one looks like) within `range` (`why` says which, for errors).
+fn number_in<T: std::str::FromStr + PartialOrd + ToString>(
+    name: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<T>,
+    unit: &'static str,
+    why: &'static str,
+) -> Result<T, OptionError> {
+    let n: T = number(name, value, unit)?;
+    if !range.contains(&n) {
+        return Err(OptionError::BadValue {
+            name: name.into(),
+            value: n.to_string(),
+            why,
+        });
+    }
+    Ok(n)
+}
+
 impl MountOptions {
     /// Applies a comma-separated option list (several `-o` add up).
     pub fn apply(&mut self, list: &str) -> Result<(), OptionError> {
@@ -132,39 +151,28 @@ impl MountOptions {
                 | "async" => {}
                 n if n.starts_with("x-") || n.starts_with("comment=") => {}
                 "attr_timeout" | "entry_timeout" => {
-                    let secs: f64 = number(name, need()?, "seconds, like 1 or 0.5")?;
-                    if !(0.0..=3600.0).contains(&secs) {
-                        return Err(OptionError::BadValue {
-                            name: name.into(),
-                            value: secs.to_string(),
-                            why: "0 to 3600 seconds",
-                        });
-                    }
+                    let secs: f64 = number_in(
+                        name,
+                        need()?,
+                        0.0..=3600.0,
+                        "seconds, like 1 or 0.5",
+                        "0 to 3600 seconds",
+                    )?;
                     self.ttl = Some(Duration::from_secs_f64(secs));
                 }
                 "cache_mb" => self.cache_mb = Some(number(name, need()?, "megabytes")?),
                 "dirty_mb" => self.dirty_mb = Some(number(name, need()?, "megabytes")?),
                 "readahead_mb" => {
-                    let mb: u64 = number(name, need()?, "megabytes")?;
-                    if !(1..=1024).contains(&mb) {
-                        return Err(OptionError::BadValue {
-                            name: name.into(),
-                            value: mb.to_string(),
-                            why: "1 to 1024 MiB",
-                        });
-                    }
-                    self.readahead_mb = Some(mb);
+                    self.readahead_mb = Some(number_in(
+                        name,
+                        need()?,
+                        1..=1024,
+                        "megabytes",
+                        "1 to 1024 MiB",
+                    )?)
                 }
                 "threads" => {
-                    let t: usize = number(name, need()?, "a thread count")?;
-                    if !(1..=64).contains(&t) {
-                        return Err(OptionError::BadValue {
-                            name: name.into(),
-                            value: t.to_string(),
-                            why: "1 to 64",
-                        });
-                    }
-                    self.threads = t;
+                    self.threads = number_in(name, need()?, 1..=64, "a thread count", "1 to 64")?
                 }
                 "cache_dir" | "cache-dir" => {
                     let dir = std::path::PathBuf::from(need()?);
@@ -182,25 +190,23 @@ impl MountOptions {
                     self.metrics = Some(number(name, need()?, "an address like 127.0.0.1:9100")?)
                 }
                 "pg_wait" => {
-                    let secs: u64 = number(name, need()?, "whole seconds")?;
-                    if !(1..=86_400).contains(&secs) {
-                        return Err(OptionError::BadValue {
-                            name: name.into(),
-                            value: secs.to_string(),
-                            why: "1 to 86400 seconds",
-                        });
-                    }
+                    let secs: u64 = number_in(
+                        name,
+                        need()?,
+                        1..=86_400,
+                        "whole seconds",
+                        "1 to 86400 seconds",
+                    )?;
                     self.pg_wait = Duration::from_secs(secs);
                 }
                 "session_timeout" => {
-                    let secs: u64 = number(name, need()?, "whole seconds")?;
-                    if !(1..=3600).contains(&secs) {
-                        return Err(OptionError::BadValue {
-                            name: name.into(),
-                            value: secs.to_string(),
-                            why: "1 to 3600 seconds",
-                        });
-                    }
+                    let secs: u64 = number_in(
+                        name,
+                        need()?,
+                        1..=3600,
+                        "whole seconds",
+                        "1 to 3600 seconds",
+                    )?;
                     self.session_timeout = Duration::from_secs(secs);
                 }
                 "meta_cache" | "page_fill" => {
