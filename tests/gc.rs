@@ -163,3 +163,67 @@ fn gc_of_an_embedded_volume_mounted_or_not_deletes_exactly_the_unreferenced_bloc
         );
     }
 }
+
+/// A store where gc deletes a block the moment a writer's store finds it already there.
+struct GcRightAfterTheDuplicate(graviton::store::MemoryBlockStore);
+
+impl graviton::store::BlockStore for GcRightAfterTheDuplicate {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+    fn put(
+        &self,
+        key: &BlockKey,
+        data: &[u8],
+    ) -> Result<graviton::store::PutOutcome, graviton::store::StoreError> {
+        let outcome = self.0.put(key, data)?;
+        if outcome == graviton::store::PutOutcome::Duplicate {
+            self.0.delete(key)?;
+        }
+        Ok(outcome)
+    }
+    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, graviton::store::StoreError> {
+        self.0.get_unverified(key)
+    }
+    fn exists(&self, key: &BlockKey) -> Result<bool, graviton::store::StoreError> {
+        self.0.exists(key)
+    }
+    fn delete(&self, key: &BlockKey) -> Result<(), graviton::store::StoreError> {
+        self.0.delete(key)
+    }
+    fn list(&self) -> Result<Vec<BlockKey>, graviton::store::StoreError> {
+        self.0.list()
+    }
+    fn sync(&self) -> Result<(), graviton::store::StoreError> {
+        self.0.sync()
+    }
+}
+
+#[test]
+fn a_writer_stores_again_a_copy_gc_deletes_as_the_writer_finds_it() {
+    use graviton::store::BlockStore;
+    // garbage that a new file is about to reference again: the writer's store finds the copy,
+    // and gc deletes it right then
+    let content = random_bytes(7, MIB);
+    let store = std::sync::Arc::new(GcRightAfterTheDuplicate(
+        graviton::store::MemoryBlockStore::new(),
+    ));
+    let key = BlockKey::for_data(graviton::core::HashAlgo::Blake3, &content);
+    store.0.put(&key, &content).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let meta = std::sync::Arc::new(graviton::meta::RocksMetaStore::open(dir.path()).unwrap());
+    let cfg = graviton::vfs::FsConfig::new(
+        graviton::core::HashAlgo::Blake3,
+        "fixed-1m".parse().unwrap(),
+    );
+    let fs = graviton::vfs::Fs::new(meta, store.clone(), cfg).unwrap();
+    let (ino, fh) = common::create(&fs, "again");
+    common::write_all(&fs, fh, 0, &content, MIB);
+    fs.release(fh).unwrap();
+    assert!(
+        store.exists(&key).unwrap(),
+        "the writer stored the block again"
+    );
+    let fh = fs.open(ino, graviton::vfs::OpenFlags::READ).unwrap();
+    assert!(common::read_all(&fs, fh, 0, MIB as u64) == content);
+}

@@ -15,9 +15,11 @@
 //! grace period (default one hour; flushes take seconds). A writer that stores a block and
 //! finds a copy already there removes the block's mark (`vfs::flush`), and gc checks the mark
 //! again right before deleting each block: a candidate some writer is about to reference again
-//! is spared, and its grace period starts over. What is left is a writer whose store lands in
-//! the moment between that check and the deletion (`graviton fsck` would report its file). Do
-//! not run `--grace 0` on a volume in use.
+//! is spared, and its grace period starts over. A writer whose store lands between that check
+//! and the deletion checks the copy is still there after taking the mark away, and gc checks the
+//! mark once more after the deletion and puts the block back (it read it first) if the mark went
+//! (`delete_unless_taken_back`): whichever of the two looks last sees the other. Do not run
+//! `--grace 0` on a volume in use.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -195,10 +197,9 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
                 report.unmarked += 1;
                 continue;
             }
-            if !dry_run {
-                vol.store.delete(key)?;
-                vol.meta.kv_delete(&crate::meta::gc_candidate_key(key))?;
-                tracing::info!(block = %key, "gc deleted an unreferenced block");
+            if !dry_run && !delete_unless_taken_back(vol, key)? {
+                report.unmarked += 1;
+                continue;
             }
             report.deleted_blocks += 1;
             report.deleted_bytes += key.size as u64;
@@ -208,7 +209,119 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
     Ok(report)
 }
 
+/// Deletes a candidate whose mark was there a moment ago; false if a writer took the mark
+/// away meanwhile, and the block is kept. A writer that finds a copy stored takes the mark
+/// away, then checks that the copy is still there (and stores it again if not); so a mark
+/// gone after the deletion means a writer may have counted on the copy before the deletion
+/// and checked before it too: the bytes, read before the deletion, are put back.
+fn delete_unless_taken_back(vol: &Volume, key: &BlockKey) -> anyhow::Result<bool> {
+    let mark = crate::meta::gc_candidate_key(key);
+    let kept = match vol.store.get(key) {
+        Ok(data) => Some(data),
+        // gone already, or damaged (nothing worth putting back)
+        Err(e) => {
+            tracing::warn!(block = %key, "gc deletes a block it cannot read: {e}");
+            None
+        }
+    };
+    vol.store.delete(key)?;
+    if vol.meta.kv_get(&mark)?.is_none() {
+        if let Some(data) = kept {
+            vol.store.put(key, &data)?;
+        }
+        tracing::info!(block = %key, "gc kept a block a writer took back during its deletion");
+        return Ok(false);
+    }
+    vol.meta.kv_delete(&mark)?;
+    tracing::info!(block = %key, "gc deleted an unreferenced block");
+    Ok(true)
+}
+
 /// How many blocks are marked as candidates.
 pub fn candidates(vol: &Volume) -> anyhow::Result<u64> {
     Ok(vol.meta.kv_scan(crate::meta::GC_CANDIDATE_PREFIX)?.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::meta::MetaStore;
+    use crate::store::{BlockStore, PutOutcome, StoreError};
+
+    /// A store where, when `writer` is set, a writer stores a copy of a block and takes its gc
+    /// mark away just before gc's deletion of it goes through.
+    struct WriterDuringTheDeletion {
+        inner: Arc<dyn BlockStore>,
+        meta: Arc<dyn MetaStore>,
+        writer: Option<Vec<u8>>,
+    }
+
+    impl BlockStore for WriterDuringTheDeletion {
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+        fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+            self.inner.put(key, data)
+        }
+        fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+            self.inner.get_unverified(key)
+        }
+        fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
+            self.inner.exists(key)
+        }
+        fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {
+            if let Some(data) = &self.writer {
+                assert_eq!(self.inner.put(key, data)?, PutOutcome::Duplicate);
+                self.meta
+                    .kv_delete(&crate::meta::gc_candidate_key(key))
+                    .unwrap();
+            }
+            self.inner.delete(key)
+        }
+        fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
+            self.inner.list()
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.inner.sync()
+        }
+    }
+
+    /// An embedded volume holding one unreferenced block, its store wrapped as above.
+    fn volume_with_garbage(writer: bool) -> (tempfile::TempDir, Volume, BlockKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let source = crate::volume::Source::Dir(dir.path().join("vol"));
+        let mut vol = Volume::format(
+            &source,
+            crate::core::HashAlgo::Blake3,
+            "fixed-1m".parse().unwrap(),
+            None,
+        )
+        .unwrap();
+        let data = vec![7u8; 4096];
+        let key = BlockKey::for_data(vol.hash, &data);
+        vol.store.put(&key, &data).unwrap();
+        vol.store = Arc::new(WriterDuringTheDeletion {
+            inner: vol.store.clone(),
+            meta: vol.meta.clone(),
+            writer: writer.then_some(data),
+        });
+        (dir, vol, key)
+    }
+
+    #[test]
+    fn a_block_a_writer_takes_back_during_its_deletion_is_put_back() {
+        let (_dir, vol, key) = volume_with_garbage(true);
+        let report = gc(&vol, Duration::ZERO, false).unwrap();
+        assert_eq!(report.deleted_blocks, 0, "{report:?}");
+        assert!(vol.store.exists(&key).unwrap(), "the block is back");
+        assert!(vol.store.get(&key).is_ok());
+        // nobody's garbage: deleted
+        let (_dir, vol, key) = volume_with_garbage(false);
+        let report = gc(&vol, Duration::ZERO, false).unwrap();
+        assert_eq!(report.deleted_blocks, 1, "{report:?}");
+        assert!(!vol.store.exists(&key).unwrap());
+        assert_eq!(candidates(&vol).unwrap(), 0, "its mark went with it");
+    }
 }

@@ -198,6 +198,10 @@ impl Shared {
         }
         if self.inner.put_new(key, &data)? == PutOutcome::Duplicate {
             (self.on_duplicate)(key);
+            // as `vfs::flush` does: a copy deleted by gc as it was found is stored again
+            if !self.inner.exists(key)? {
+                self.inner.put_new(key, &data)?;
+            }
         }
         Ok(())
     }
