@@ -45,9 +45,10 @@ impl HashAlgo {
         match self {
             // One thread per block: the write path already hashes a flush's blocks on threads of
             // their own, and reads hash as the bytes arrive. Spreading each block over rayon's
-            // pool as well cost a sequential write through `-o writeback` a third of its speed
-            // (623-837 against 880-977 MiB/s, daemon CPU 0.29-0.46 against 0.25-0.28 s): the
-            // pool's threads spin while they wait for work, on cores the writer needs.
+            // pool as well cost a sequential write through `-o writeback` a fifth of its speed
+            // (median 738 against 928 MiB/s over 7 alternated runs, daemon CPU 0.29-0.46
+            // against 0.25-0.35 s): the pool's threads spin while they wait for work, on cores
+            // the writer needs.
             HashAlgo::Blake3 => *blake3::hash(data).as_bytes(),
             HashAlgo::Sha256 => sha2::Sha256::digest(data).into(),
         }
