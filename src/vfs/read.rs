@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::file::OpenFile;
+use super::file::{Handle, OpenFile};
 use super::fill::Fill;
 use super::{Core, Fs, FsResult};
 use crate::core::{BlockKey, Extent};
@@ -36,10 +36,15 @@ impl ReadAhead {
     /// Whether a read at `offset` continues the run. The kernel's read-ahead sends several
     /// reads at once and the daemon's threads answer them in any order, so a read within
     /// `REORDERED` of the run's end continues it. (Counting only exact continuations reset
-    /// the run 117 times in a 256 MiB sequential read.)
+    /// the run 117 times in a 256 MiB sequential read.) Once the run is sequential, so does a
+    /// late read anywhere behind its end: the kernel keeps several 1 MiB read-ahead requests
+    /// in flight, and one arrived 4 MiB behind the others, which started the run over 8
+    /// times in a 256 MiB read (its read-ahead restarting at one block, and fetching blocks
+    /// read and dropped already: 65-67 GETs for 64 blocks).
     fn continues(&self, offset: u64) -> bool {
         offset == self.last_end
             || (self.sequential > 0 && offset.abs_diff(self.last_end) <= REORDERED)
+            || (self.is_sequential() && (self.run_start..self.last_end).contains(&offset))
     }
 
     /// Counts a read of `offset..end` in the run, or starts a new run with it.
@@ -111,6 +116,9 @@ impl Fs {
                 fetched.push(*e);
             }
         }
+        // The run notes this read as it arrives, not once its block is here (then it would
+        // come in behind reads answered from the cache meanwhile).
+        self.read_ahead(&h, &extents, offset, end, file_size);
         let buf = match extents.as_slice() {
             [e] if pending.is_empty() && e.offset <= offset && e.end() >= end => {
                 let c = e.clip(&(offset..end));
@@ -132,20 +140,19 @@ impl Fs {
         for e in &fetched {
             offer_fill(&self.core, &inode, e);
         }
-        self.read_ahead(&h.readahead, h.ino, &extents, offset, end, file_size);
         Ok(buf)
     }
 
     fn read_ahead(
         &self,
-        state: &std::sync::Mutex<ReadAhead>,
-        ino: Ino,
+        h: &Arc<Handle>,
         extents: &[Extent],
         offset: u64,
         end: u64,
         file_size: u64,
     ) {
-        let mut ra = state.lock().expect("lock");
+        let ino = h.ino;
+        let mut ra = h.readahead.lock().expect("lock");
         forget_streamed(&self.core, &mut ra, extents, offset..end);
         ra.note(offset, end);
         if !ra.whole_file
@@ -158,7 +165,7 @@ impl Fs {
             let core = self.core.clone();
             self.core
                 .runtime
-                .spawn_blocking(move || prefetch(&core, ino, 0..file_size, true));
+                .spawn_blocking(move || prefetch(&core, ino, 0..file_size, None));
             return;
         }
         // A random read arrives with the kernel's own read-ahead behind it (up to 128 KiB in
@@ -178,9 +185,10 @@ impl Fs {
         }
         ra.requested_until = to;
         let core = self.core.clone();
+        let reader = h.clone();
         self.core
             .runtime
-            .spawn_blocking(move || prefetch(&core, ino, from..to, false));
+            .spawn_blocking(move || prefetch(&core, ino, from..to, Some(reader)));
     }
 
     /// Block cache counters: (hits, misses, blocks fetched by read-ahead).
@@ -195,7 +203,7 @@ impl Fs {
 }
 
 /// Drops from the block cache the whole blocks a sequential run has read, once the run is
-/// `REORDERED` past their end (so no late read of theirs is still coming): the kernel's page
+/// `DROP_BEHIND` past their end (so no late read of theirs is still coming): the kernel's page
 /// cache holds those bytes, and keeping another copy here took fresh memory for every block
 /// read (a tenth of a sequential read's CPU went to page faults). Their freed buffers take the
 /// next blocks read ahead. Blocks read in part, or by random reads, stay cached.
@@ -212,7 +220,7 @@ fn forget_streamed(core: &Core, ra: &mut ReadAhead, extents: &[Extent], read: Ra
     }
     let reached = ra.last_end.max(read.end);
     while let Some(&(block_end, key)) = ra.streamed.front() {
-        if block_end + REORDERED > reached {
+        if block_end + DROP_BEHIND > reached {
             break;
         }
         core.cache.forget(&key);
@@ -334,13 +342,22 @@ const PREFETCH_PARALLEL: usize = 8;
 /// Bytes read back to back before reads count as sequential.
 const SEQUENTIAL_AFTER: u64 = 512 << 10;
 
-/// How far from the run's end a read still continues it: twice the kernel's read-ahead
-/// (`max_readahead`, 1 MiB), the most it has in flight at once.
+/// How far from the run's end a read still continues it, sequential or not yet: twice the
+/// kernel's read-ahead (`max_readahead`, 1 MiB). Further behind, only a sequential run takes it.
 const REORDERED: u64 = 2 << 20;
 
-/// Fetches the blocks of `range` into the cache; with `fill` (random reads of a small file) also
-/// into the kernel's page cache.
-fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>, fill: bool) {
+/// How far behind the run's end a block it read is kept: late reads of the kernel's read-ahead
+/// came up to 4 MiB behind the others, and one of a block dropped already fetched the block
+/// again (4 MiB for a 1 MiB read).
+const DROP_BEHIND: u64 = 8 << 20;
+
+/// Fetches the blocks of `range` into the cache: read-ahead for `reader`'s sequential run, or
+/// without a reader, a small file's blocks for random reads (into the kernel's page cache too).
+/// A block the reader has already read past is skipped: the reader fetched it itself, and may
+/// have dropped it again behind the run (fetching it anew cost a fast reader on a local store
+/// one block in six).
+fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>, reader: Option<Arc<Handle>>) {
+    let fill = reader.is_none();
     // the inode before its map: the map is at least as new as the version fills are offered under
     let listed = core.inode(ino).and_then(|inode| {
         let extents = core.meta.read()?.extents(ino, range)?;
@@ -367,6 +384,12 @@ fn prefetch(core: &Arc<Core>, ino: Ino, range: Range<u64>, fill: bool) {
         for _ in 0..PREFETCH_PARALLEL.min(keys.len()) {
             s.spawn(|| {
                 while let Some(key) = keys.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if let Some(h) = &reader {
+                        let passed = h.readahead.lock().expect("lock").last_end;
+                        if extents.iter().all(|e| e.key != *key || e.end() <= passed) {
+                            continue;
+                        }
+                    }
                     // Errors surface when the application reads these bytes; read-ahead only warms the cache.
                     if let Err(err) = core.cache.prefetch(core.store.as_ref(), key) {
                         tracing::debug!(ino, "read-ahead fetch failed: {err}");
@@ -400,6 +423,26 @@ mod tests {
         assert_eq!(ra.run_start, 0, "no reset");
         assert!(ra.is_sequential());
         assert_eq!(ra.last_end, 6 * k);
+    }
+
+    #[test]
+    fn a_late_read_far_behind_a_sequential_run_stays_in_it() {
+        let mut ra = ReadAhead::default();
+        let m = 1 << 20;
+        for i in 0..6 {
+            read(&mut ra, i * m, m);
+        }
+        assert!(ra.is_sequential());
+        // the kernel's read-ahead request for 1..2 MiB answered after the run reached 6 MiB
+        read(&mut ra, m, m);
+        assert_eq!((ra.run_start, ra.last_end), (0, 6 * m), "no reset");
+        // before the run is sequential, only `REORDERED` behind counts
+        let mut early = ReadAhead::default();
+        read(&mut early, 0, 128 << 10);
+        read(&mut early, 4 * m, 128 << 10);
+        read(&mut early, 0, 4096);
+        assert_eq!(early.run_start, 0, "a new run at the far read");
+        assert_eq!(early.last_end, 4096);
     }
 
     #[test]
