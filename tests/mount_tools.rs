@@ -333,6 +333,41 @@ fn the_mount_reads_ahead_a_mebibyte() {
 }
 
 #[test]
+fn a_large_listing_has_every_name_once_with_its_attributes() {
+    // the first reply of a listing carries attributes for its first entries only; the rest
+    // come as plain entries, and `ls -l` then looks them up
+    let m = Mounted::new(&[], "");
+    let dir = m.path("big");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..300usize {
+        std::fs::write(dir.join(format!("f{i}")), vec![b'x'; i]).unwrap();
+    }
+    for pass in ["warm", "after a remount"] {
+        if pass != "warm" {
+            m.unmount();
+            m.mount();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().into_string().unwrap();
+                let i: usize = name[1..].parse().unwrap();
+                assert_eq!(
+                    e.metadata().unwrap().len(),
+                    i as u64,
+                    "{pass}: size of {name}"
+                );
+                name
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 300, "{pass}: every name, once");
+    }
+}
+
+#[test]
 fn cli_errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

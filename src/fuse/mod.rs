@@ -676,7 +676,11 @@ impl Filesystem for GravitonFuse {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _op = op("readdirplus");
+        let mut added = 0;
         let filled = self.dirs.fill(&self.fs, fh.0, ino.0, offset, |e| {
+            if offset == 0 && added == FIRST_PLUS_ENTRIES {
+                return Ok(true);
+            }
             let inode = match self.fs.getattr(e.ino) {
                 Ok(i) => i,
                 Err(FsError::NotFound) => return Ok(false), // removed since it was listed
@@ -693,6 +697,7 @@ impl Filesystem for GravitonFuse {
             if !full && e.name != b"." && e.name != b".." {
                 self.handed_out(ino, &e.name, e.ino);
             }
+            added += usize::from(!full);
             Ok(full)
         });
         match filled {
@@ -894,3 +899,11 @@ fn sized(reply: ReplyXattr, size: u32, v: &[u8]) {
         reply.data(v);
     }
 }
+
+/// Entries in a listing's first reply, the one the kernel asks with attributes (readdirplus;
+/// the later replies are plain readdir unless lookups in the directory ask for attributes
+/// again). A directory this small comes whole in one reply, as before; a larger one's first
+/// reply stops here. 204 entries with attributes took the kernel 0.76 ms to take in when it
+/// already knew them all (a listing right after the files were created and stat'ed), where
+/// 1,024 plain entries took 0.18 ms.
+const FIRST_PLUS_ENTRIES: usize = 64;
