@@ -57,6 +57,26 @@ impl StoreError {
     }
 }
 
+/// Stores a block no extent references (`put_new`), for a writer about to reference it. A copy
+/// found already there may be a gc candidate: `unmark` takes its mark away, then the copy is
+/// looked for again and stored anew if gc deleted it meanwhile. gc, for its part, puts a block
+/// back when its mark went during the deletion (`cli::gc`): whichever looks last sees the other.
+pub fn store_for_reference<E: From<StoreError>>(
+    store: &dyn BlockStore,
+    key: &BlockKey,
+    data: &[u8],
+    unmark: impl FnOnce(&BlockKey) -> Result<(), E>,
+) -> Result<(), E> {
+    if store.put_new(key, data)? == PutOutcome::Duplicate {
+        unmark(key)?;
+        if !store.exists(key)? {
+            tracing::info!(block = %key, "a block deleted by gc as it was stored: stored again");
+            store.put_new(key, data)?;
+        }
+    }
+    Ok(())
+}
+
 /// Storage for immutable, content-addressed blocks.
 pub trait BlockStore: Send + Sync {
     /// Short name of the backend, used in logs and metrics (`local`, `memory`, …).

@@ -196,14 +196,10 @@ impl Shared {
             }
             return Err(StoreError::Corrupt(*key, "write-back"));
         }
-        if self.inner.put_new(key, &data)? == PutOutcome::Duplicate {
-            (self.on_duplicate)(key);
-            // as `vfs::flush` does: a copy deleted by gc as it was found is stored again
-            if !self.inner.exists(key)? {
-                self.inner.put_new(key, &data)?;
-            }
-        }
-        Ok(())
+        super::store_for_reference(self.inner.as_ref(), key, &data, |k| {
+            (self.on_duplicate)(k);
+            Ok::<(), StoreError>(())
+        })
     }
 }
 

@@ -120,20 +120,12 @@ impl Core {
         Ok(key)
     }
 
-    /// Stores a block no extent references (no check for a copy first). A copy found already
-    /// stored may be a gc candidate (garbage this flush is about to reference again): its mark
-    /// goes, so gc waits a whole grace period from scratch. A gc deleting it at that moment
-    /// either sees the mark gone and puts the block back, or deleted it before the mark went:
-    /// the copy is looked for again after, and stored again if gone (`cli::gc`).
+    /// Stores a block no extent references (no check for a copy first); a copy found already
+    /// stored loses its gc mark (`store::store_for_reference`).
     fn store_new(&self, key: &BlockKey, data: &[u8]) -> FsResult<()> {
-        if self.store.put_new(key, data)? == crate::store::PutOutcome::Duplicate {
-            self.meta.kv_delete(&crate::meta::gc_candidate_key(key))?;
-            if !self.store.exists(key)? {
-                tracing::info!(block = %key, "a block deleted by gc as it was stored: stored again");
-                self.store.put_new(key, data)?;
-            }
-        }
-        Ok(())
+        crate::store::store_for_reference(self.store.as_ref(), key, data, |k| {
+            Ok(self.meta.kv_delete(&crate::meta::gc_candidate_key(k))?)
+        })
     }
 
     /// Hashes and stores blocks, up to `UPLOADS_AT_ONCE` at a time (a remote store's latency
