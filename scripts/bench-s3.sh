@@ -8,6 +8,7 @@
 # gets a 500 from it and hangs in retries.
 # usage: scripts/bench-s3.sh [WORKDIR]    sizes: SEQ_MB=256 RAND_MB=64 FILES=2000
 #        TOOLS="local graviton" scripts/bench-s3.sh    (a subset of the columns)
+#        ROUNDS=3 scripts/bench-s3.sh    (every column three times in turn: medians and ranges)
 # Columns: local dir, graviton (default: close and fsync wait for S3), graviton-wb (`-o
 # writeback`: they wait for the local disk, as rclone's), s3fs, rclone. Every unmount waits for
 # its daemon to exit (uploads of write-back data included) before the next step.
@@ -129,17 +130,19 @@ settle() { # until a one-second sample is 90% idle, for at most 30 s
     (( (i - i0) * 100 >= (u + n + s + i + w - t0) * 90 )) && return 0
   done
 }
-for t in ${TOOLS:-local graviton graviton-wb s3fs rclone}; do
+add() { R[$1]="${R[$1]:+${R[$1]} }$2"; }  # one more sample of a measure
+column() { # one pass of every measure on tool $1, in a folder of its own for round $2
+  # fio's files in the mount's root (rclone lost a new folder's file over a remount)
+  local t=$1 M="$WORK/$1" D="$WORK/$1/r$2" c s rd t0 t1
   settle
-  mount_target $t
-  D="$WORK/$t"
-  R[$t.seqw]=$(fio_bw "$D" seq write 1M "$SEQ_MB" --end_fsync=1)
-  remount $t
-  R[$t.seqr]=$(fio_bw "$D" seq read 1M "$SEQ_MB")
-  R[$t.randw]=$(fio_bw "$D" rand randwrite 4k "$RAND_MB" --end_fsync=1 --runtime=30)
-  remount $t
-  R[$t.randr]=$(fio_bw "$D" rand randread 4k "$RAND_MB" --runtime=30)
-  rm -f "$D"/*.dat
+  mount_target "$t"
+  add "$t.seqw" "$(fio_bw "$M" seq write 1M "$SEQ_MB" --end_fsync=1)"
+  remount "$t"
+  add "$t.seqr" "$(fio_bw "$M" seq read 1M "$SEQ_MB")"
+  add "$t.randw" "$(fio_bw "$M" rand randwrite 4k "$RAND_MB" --end_fsync=1 --runtime=30)"
+  remount "$t"
+  add "$t.randr" "$(fio_bw "$M" rand randread 4k "$RAND_MB" --runtime=30)"
+  rm -f "$M"/*.dat
   read -r c s rd < <(timeout 300 python3 - "$D/meta" "$FILES" <<'PY' || echo "failed failed failed"
 import os, sys, time
 d, n = sys.argv[1], int(sys.argv[2])
@@ -159,17 +162,27 @@ assert len(names) == n
 print(f"{c:.0f} {s:.0f} {rd:.1f}")
 PY
 )
-  R[$t.create]=$c R[$t.stat]=$s R[$t.readdir]=$rd
-  echo "$t: seqw ${R[$t.seqw]} seqr ${R[$t.seqr]} randw ${R[$t.randw]} randr ${R[$t.randr]} create $c stat $s readdir $rd" >&2
+  add "$t.create" "$c"; add "$t.stat" "$s"; add "$t.readdir" "$rd"
+  echo "$t, round $2: seqw ${R[$t.seqw]##* } seqr ${R[$t.seqr]##* } randw ${R[$t.randw]##* } randr ${R[$t.randr]##* } create $c stat $s readdir $rd" >&2
   t0=$(date +%s.%N)
   if timeout 60 mkdir -p "$D/untar" && timeout 600 tar xf "$TARBALL" -C "$D/untar" && sync -f "$D/untar"; then
-    t1=$(date +%s.%N); R[$t.untar]=$(python3 -c "print('%.2f' % ($t1 - $t0))")
+    t1=$(date +%s.%N); add "$t.untar" "$(python3 -c "print('%.2f' % ($t1 - $t0))")"
   else
-    R[$t.untar]=failed
+    add "$t.untar" failed
   fi
-  [ $t = local ] || unmount_target $t
-  R[$t.rss]=${PEAK[$t]:-n/a}
+  # the next round starts from the same state (not timed)
+  timeout 600 rm -rf "$D" || true
+  [ "$t" = local ] || unmount_target "$t"
+}
+# ROUNDS=N repeats every column N times, the columns taking turns, and reports each measure's
+# median (with its range): one pass gives one sample per row, and this machine's noise moved
+# single samples by a third.
+for r in $(seq "${ROUNDS:-1}"); do
+  for t in ${TOOLS:-local graviton graviton-wb s3fs rclone}; do
+    column "$t" "$r"
+  done
 done
+for t in ${TOOLS:-local graviton graviton-wb s3fs rclone}; do R[$t.rss]=${PEAK[$t]:-n/a}; done
 if [ -n "$(pgrep -f "graviton mount.*$DB" || true)" ]; then sleep 2; fi
 for d in "$DB" "${DB}_wb"; do
   runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $d" || true
@@ -177,7 +190,22 @@ done
 
 echo "| measure | local dir | graviton (PostgreSQL + S3) | graviton -o writeback | s3fs | rclone mount (vfs-cache writes) |"
 echo "|---|---|---|---|---|---|"
-row() { echo "| $1 | ${R[local.$2]:-} | ${R[graviton.$2]:-} | ${R[graviton-wb.$2]:-} | ${R[s3fs.$2]:-} | ${R[rclone.$2]:-} |"; }
+median() { # of the samples in $1: "m" for one, "m (lo-hi)" for more; a failed one shows
+  python3 - "$1" <<'PY'
+import sys
+v = sys.argv[1].split()
+if not v or any(x == "failed" for x in v) or len(v) == 1:
+    print(" ".join(v) if v else "")
+else:
+    f = sorted(float(x) for x in v)
+    m = f[len(f) // 2] if len(f) % 2 else (f[len(f) // 2 - 1] + f[len(f) // 2]) / 2
+    print("%s (%s-%s)" % (round(m, 2), round(f[0], 2), round(f[-1], 2)))
+PY
+}
+cell() { median "${R[$1]:-}"; }
+row() {
+  echo "| $1 | $(cell "local.$2") | $(cell "graviton.$2") | $(cell "graviton-wb.$2") | $(cell "s3fs.$2") | $(cell "rclone.$2") |"
+}
 row "fio sequential write 1 MiB, ${SEQ_MB} MiB, end fsync (MiB/s)" seqw
 row "fio sequential read 1 MiB, remounted, caches dropped (MiB/s)" seqr
 row "fio random write 4 KiB, ${RAND_MB} MiB, end fsync, 30 s cap (MiB/s)" randw
