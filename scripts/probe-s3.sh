@@ -121,10 +121,11 @@ PY
         --end_fsync=1 --runtime=30 --output-format=json 2>/dev/null |
       python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("4 KiB random writes: %.1f MiB/s" % (j["write"]["bw_bytes"]/1048576))' ;;
   randr)
-    dd if=/dev/urandom of="$W/m/u/big" bs=1M count=64 status=none
+    # RAND_MB=1024: a file larger than the block cache, so most reads miss
+    dd if=/dev/urandom of="$W/m/u/big" bs=1M count="${RAND_MB:-64}" status=none
     remount
     mark
-    fio --name=r --filename="$W/m/u/big" --rw=randread --bs=4k --size=64M --ioengine=psync \
+    fio --name=r --filename="$W/m/u/big" --rw=randread --bs=4k --size="${RAND_MB:-64}M" --ioengine=psync \
         --runtime=30 --output-format=json 2>/dev/null |
       python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("4 KiB random reads: %.1f MiB/s" % (j["read"]["bw_bytes"]/1048576))' ;;
   *) echo "unknown workload $WORKLOAD" >&2; exit 2 ;;
