@@ -17,7 +17,7 @@ fn the_disk_cache_serves_blocks_after_a_remount() {
         cache.path().display()
     );
     let m = Mounted::new_pg_with_store(&opts, Some(&s3_scratch_url()));
-    let data = random_bytes(77, 8 << 20);
+    let data = random_bytes(77, 16 << 20);
     std::fs::write(m.path("f"), &data).unwrap();
     m.unmount();
     m.mount();
@@ -26,7 +26,7 @@ fn the_disk_cache_serves_blocks_after_a_remount() {
     let hits = counter(port, "graviton_block_cache_total", &["result=\"disk_hit\""]);
     eprintln!("after a remount: {fetched} bytes fetched from S3, {hits} disk cache hits");
     assert_eq!(fetched, 0, "every block came from the disk cache");
-    // 8 MiB is two blocks of S3 volumes' default 4 MiB
+    // 16 MiB is two blocks of S3 volumes' default 8 MiB
     assert!(
         hits >= 2,
         "the file's 2 blocks were disk cache hits ({hits})"
