@@ -226,7 +226,7 @@ impl Staging {
                 std::io::ErrorKind::InvalidInput.into(),
             )
         })?;
-        let (id, file, offset) = {
+        let (id, file, direct, offset) = {
             let mut st = self.lock();
             let id = match st.idle.pop() {
                 Some(id) => id,
@@ -255,10 +255,9 @@ impl Staging {
             };
             let seg = st.all.get_mut(&id).expect("open segment");
             seg.live += 1;
-            (id, (seg.file.clone(), seg.direct.clone()), seg.size)
+            (id, seg.file.clone(), seg.direct.clone(), seg.size)
         };
         // this thread is the segment's only writer until it goes back to `idle`
-        let (file, direct) = file;
         let aligned = direct.is_some();
         let written = match &direct {
             Some(direct) => {

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Sequential writes (fio, 256 MiB, 1 MiB writes, final fsync) into a Graviton write-back mount
+# (PostgreSQL + S3) and into `rclone mount --vfs-cache-mode writes`, both mounted on ONE loopback
+# s3rver, alternated in ABBA order, with each daemon's CPU seconds per write.
+# usage: ROUNDS=4 scripts/probe-seqw-vs-rclone.sh     (PROBE_BIN=/path picks another build)
+# Needs root and what scripts/bench-s3.sh installs (s3rver, rclone).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+cargo build --release --locked --bin graviton >/dev/null
+source scripts/pg.sh >/dev/null
+G="${PROBE_BIN:-$GRAVITON_BIN}"
+W=/var/tmp/graviton-probe-seqw
+S3RVER=/var/cache/graviton/s3rver/node_modules/.bin/s3rver
+[ -x "$S3RVER" ] || { echo "s3rver is missing: run scripts/bench-s3.sh once" >&2; exit 1; }
+for m in g r; do fusermount3 -uz "$W/$m" 2>/dev/null || true; done
+rm -rf "$W" && mkdir -p "$W"/{g,r,s3,state}
+export XDG_STATE_HOME="$W/state" AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER
+export AWS_REGION=us-east-1
+P=54391
+"$S3RVER" -d "$W/s3" -a 127.0.0.1 -p "$P" -s --no-vhost-buckets --configure-bucket g \
+  --configure-bucket r >"$W/s3rver.log" 2>&1 &
+SP=$!
+DB="graviton_probe_seqw_$$"
+cleanup() {
+  set +e
+  for m in g r; do fusermount3 -uz "$W/$m" 2>/dev/null; done
+  sleep 1
+  pkill -f "graviton mount.* $W/"
+  pkill -f "rclone mount :s3:r"
+  kill "$SP"
+  runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$P") 2>/dev/null && break; sleep 0.1; done
+runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
+VOL="${GRAVITON_TEST_PG%/*}/$DB"
+"$G" format --store "s3://g?endpoint=http://127.0.0.1:$P&region=us-east-1" "$VOL" >/dev/null
+"$G" mount "$VOL" "$W/g" -o allow_other,writeback
+# rclone's S3 client refuses a custom CA bundle with its own transport
+env -u AWS_CA_BUNDLE rclone mount ":s3:r" "$W/r" --daemon --allow-other --s3-provider Other \
+  --s3-endpoint "http://127.0.0.1:$P" --s3-region us-east-1 --s3-access-key-id S3RVER \
+  --s3-secret-access-key S3RVER --vfs-cache-mode writes --cache-dir "$W/rclone-cache" 2>/dev/null
+for _ in $(seq 50); do mountpoint -q "$W/r" && break; sleep 0.2; done
+gpid=$(pgrep -f "graviton mount.* $W/g" | head -1)
+rpid=$(pgrep -f "rclone mount :s3:r" | head -1)
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+order="g r"
+for i in $(seq "${ROUNDS:-4}"); do
+  for t in $order; do
+    if [ "$t" = g ]; then pid=$gpid name=graviton-wb; else pid=$rpid name=rclone; fi
+    sleep 3
+    c0=$(cpu "$pid")
+    bw=$(fio --name=s --filename="$W/$t/seq$i.dat" --rw=write --bs=1M --size=256M \
+        --ioengine=psync --end_fsync=1 --output-format=json 2>/dev/null |
+      python3 -c 'import json,sys; print("%.0f" % (json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"]/1048576))')
+    echo "round $i $name: $bw MiB/s, daemon CPU $(python3 -c "print('%.2f' % ($(cpu "$pid") - $c0))") s"
+  done
+  order=$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')
+done
