@@ -23,11 +23,12 @@ P=54391
 SP=$!
 DB="graviton_probe_seqw_$$"
 cleanup() {
+  # each daemon may still upload: wait for it (up to 150 s) before stopping the server
   set +e
-  for m in g r; do fusermount3 -uz "$W/$m" 2>/dev/null; done
-  sleep 1
-  pkill -f "graviton mount.* $W/"
-  pkill -f "rclone mount :s3:r"
+  local pids
+  pids=$(pgrep -f "graviton mount.* $W/|rclone mount :s3:r")
+  for m in g r; do fusermount3 -u "$W/$m" 2>/dev/null || fusermount3 -uz "$W/$m" 2>/dev/null; done
+  for p in $pids; do timeout 150 tail --pid="$p" -f /dev/null; done
   kill "$SP"
   runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB"
 }
