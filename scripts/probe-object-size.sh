@@ -11,17 +11,12 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 cargo build --release --locked --example s3_object_size >/dev/null
 X="$CARGO_TARGET_DIR/release/examples/s3_object_size"
+source scripts/s3rver.sh
 W=/var/tmp/graviton-probe-object-size
-S3RVER=/var/cache/graviton/s3rver/node_modules/.bin/s3rver
-[ -x "$S3RVER" ] || { echo "s3rver is missing: run scripts/bench-s3.sh once" >&2; exit 1; }
-rm -rf "$W" && mkdir -p "$W/s3"
+rm -rf "$W"
 P=54381
-"$S3RVER" -d "$W/s3" -a 127.0.0.1 -p "$P" -s --no-vhost-buckets --configure-bucket g \
-  >"$W/s3rver.log" 2>&1 &
-SP=$!
-trap 'kill $SP 2>/dev/null || true' EXIT
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$P") 2>/dev/null && break; sleep 0.1; done
-export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
+trap 'kill ${SP:-} 2>/dev/null || true' EXIT
+start_s3rver "$W" "$P" g
 U="s3://g?endpoint=http://127.0.0.1:$P&region=us-east-1"
 SIZES="${SIZES:-4 16}"
 for mb in $SIZES; do MB=$mb "$X" "$U" put 1; done

@@ -14,16 +14,12 @@ source scripts/env.sh
 cargo build --release --locked --bin graviton >/dev/null
 source scripts/pg.sh >/dev/null
 G="${PROBE_BIN:-$GRAVITON_BIN}"  # PROBE_BIN=path compares another build
+source scripts/s3rver.sh
 W=/var/tmp/graviton-probe
-S3RVER=/var/cache/graviton/s3rver/node_modules/.bin/s3rver
-[ -x "$S3RVER" ] || { echo "s3rver is missing: run scripts/bench-s3.sh once" >&2; exit 1; }
-rm -rf "$W" && mkdir -p "$W"/{m,s3,state}
-export XDG_STATE_HOME="$W/state" AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER
-export AWS_REGION=us-east-1
+rm -rf "$W" && mkdir -p "$W"/{m,state}
+export XDG_STATE_HOME="$W/state"
 S3_PORT=54341 METRICS=127.0.0.1:54342
-"$S3RVER" -d "$W/s3" -a 127.0.0.1 -p "$S3_PORT" -s --no-vhost-buckets --configure-bucket b \
-  >"$W/s3rver.log" 2>&1 &
-SP=$!
+start_s3rver "$W" "$S3_PORT" b
 DB="graviton_probe_$$"
 cleanup() {
   # the daemon may still upload (writeback): wait for it before stopping the server
@@ -36,7 +32,6 @@ cleanup() {
   runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB" || true
 }
 trap cleanup EXIT
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break; sleep 0.1; done
 runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
 VOL="${GRAVITON_TEST_PG%/*}/$DB"
 # shellcheck disable=SC2086

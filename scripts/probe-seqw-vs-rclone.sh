@@ -10,17 +10,13 @@ source scripts/env.sh
 cargo build --release --locked --bin graviton >/dev/null
 source scripts/pg.sh >/dev/null
 G="${PROBE_BIN:-$GRAVITON_BIN}"
+source scripts/s3rver.sh
 W=/var/tmp/graviton-probe-seqw
-S3RVER=/var/cache/graviton/s3rver/node_modules/.bin/s3rver
-[ -x "$S3RVER" ] || { echo "s3rver is missing: run scripts/bench-s3.sh once" >&2; exit 1; }
 for m in g r; do fusermount3 -uz "$W/$m" 2>/dev/null || true; done
-rm -rf "$W" && mkdir -p "$W"/{g,r,s3,state}
-export XDG_STATE_HOME="$W/state" AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER
-export AWS_REGION=us-east-1
+rm -rf "$W" && mkdir -p "$W"/{g,r,state}
+export XDG_STATE_HOME="$W/state"
 P=54391
-"$S3RVER" -d "$W/s3" -a 127.0.0.1 -p "$P" -s --no-vhost-buckets --configure-bucket g \
-  --configure-bucket r >"$W/s3rver.log" 2>&1 &
-SP=$!
+start_s3rver "$W" "$P" g r
 DB="graviton_probe_seqw_$$"
 cleanup() {
   # each daemon may still upload: wait for it (up to 150 s) before stopping the server
@@ -33,7 +29,6 @@ cleanup() {
   runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$P") 2>/dev/null && break; sleep 0.1; done
 runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
 VOL="${GRAVITON_TEST_PG%/*}/$DB"
 "$G" format --store "s3://g?endpoint=http://127.0.0.1:$P&region=us-east-1" "$VOL" >/dev/null
