@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use super::{StoreError, block_files};
@@ -69,7 +70,7 @@ pub struct Staging {
     dir: PathBuf,
     state: Mutex<Segments>,
     /// New segments are written with `O_DIRECT` (until the file system refuses it).
-    direct: std::sync::atomic::AtomicBool,
+    direct: AtomicBool,
 }
 
 #[derive(Default)]
@@ -266,8 +267,7 @@ impl Staging {
                     // refused after all: the same page-aligned record through the page cache
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                         tracing::info!("staging without O_DIRECT: {e}");
-                        self.direct
-                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                        self.direct.store(false, Relaxed);
                         file.write_all_at(&record, offset)
                     }
                     other => other,
@@ -285,7 +285,7 @@ impl Staging {
         if written.is_ok() {
             seg.size = offset + record_len(len, aligned);
             seg.unsynced = true;
-            if !self.direct.load(std::sync::atomic::Ordering::Relaxed) {
+            if !self.direct.load(Relaxed) {
                 seg.direct = None; // (its records stay aligned: the scan reads each record's magic)
             }
         } else {
@@ -312,7 +312,7 @@ impl Staging {
     /// `path` opened again for direct writes, unless the file system refuses them.
     fn open_direct(&self, path: &Path) -> Option<Arc<File>> {
         use std::os::unix::fs::OpenOptionsExt;
-        if !self.direct.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.direct.load(Relaxed) {
             return None;
         }
         match std::fs::OpenOptions::new()
@@ -323,8 +323,7 @@ impl Staging {
             Ok(f) => Some(Arc::new(f)),
             Err(e) => {
                 tracing::info!("staging without O_DIRECT: {e}");
-                self.direct
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                self.direct.store(false, Relaxed);
                 None
             }
         }
