@@ -49,6 +49,7 @@ declare -A CPU0
 mark() {
   echo "daemon RSS before the timed part: $(awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$(pgrep -f "graviton mount.* $W/m" | head -1)/status") MiB"
   CPU0[G]=$(cpu_s "$(pgrep -f "graviton mount.* $W/m" | head -1)") CPU0[S]=$(cpu_s "$SP")
+  FAULTS0=$(faults)
   if [ -n "${PERF:-}" ]; then
     perf record -q ${PERF_CG:--g} -o "$W/perf.data" -p "$(pgrep -f "graviton mount.* $W/m" | head -1)" 2>/dev/null &
     PERF_PID=$!
@@ -56,6 +57,8 @@ mark() {
   fi
 }
 now() { date +%s.%N; }
+# the daemon's minor page faults: each first touch of fresh memory (which the kernel zeroes)
+faults() { awk '{print $10}' "/proc/$(pgrep -f "graviton mount.* $W/m" | head -1)/stat"; }
 cpu_used() {
   local pid=$SP
   [ "$1" = S ] || pid=$(pgrep -f "graviton mount.* $W/m" | head -1)
@@ -120,13 +123,15 @@ PY
     dd if=/dev/urandom of="$W/m/u/big" bs=1M count="${RAND_MB:-64}" status=none
     remount
     mark
+    # RAND_IOS=N: only N reads (sparse reads, as a database's lookups), and their mean latency
     fio --name=r --filename="$W/m/u/big" --rw=randread --bs=4k --size="${RAND_MB:-64}M" --ioengine=psync \
-        --runtime=30 --output-format=json 2>/dev/null |
-      python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("4 KiB random reads: %.1f MiB/s" % (j["read"]["bw_bytes"]/1048576))' ;;
+        --runtime=30 ${RAND_IOS:+--number_ios=$RAND_IOS} --output-format=json 2>/dev/null |
+      python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; print("4 KiB random reads: %.1f MiB/s, %d reads, mean latency %.2f ms" % (r["bw_bytes"]/1048576, r["total_ios"], r["clat_ns"]["mean"]/1e6))' ;;
   *) echo "unknown workload $WORKLOAD" >&2; exit 2 ;;
 esac
 [ -z "${PERF_PID:-}" ] || { kill -INT "$PERF_PID"; sleep 1; }
 echo "CPU seconds in the workload's timed part: graviton daemon $(cpu_used G), s3rver $(cpu_used S)"
+echo "daemon page faults in the timed part: $(( $(faults) - FAULTS0 ))"
 curl -s "http://$METRICS/metrics" | python3 -c '
 import re, sys
 sums, counts = {}, {}

@@ -4,6 +4,7 @@
 # CPU seconds s3rver and the mount daemon spent on each read. s3rver's CPU use varies a lot from
 # run to run (most of it is V8 garbage collection), so only alternated reads on one server compare.
 # usage: ROUNDS=4 scripts/probe-seqr-vs-s3fs.sh
+#   PERF=1 records each read's system-wide profile in $W/perf-<column>-<round>.data.
 #   A second Graviton column, mounted in turn on the same volume: B_BIN=/path/to/graviton (another
 #   build) and/or B_OPTS=readahead_mb=16 (other mount options). PROBE_BIN picks the first build.
 # Needs root and what scripts/bench-s3.sh installs (s3rver, s3fs).
@@ -71,8 +72,14 @@ for r in $(seq "${ROUNDS:-3}"); do
     "mount_$t"
     sleep 1
     d=$(daemon "$t") s0=$(cpu "$SP") d0=$(cpu "$d") t0=$(date +%s.%N)
+    if [ -n "${PERF:-}" ]; then
+      perf record -q -a -g -o "$W/perf-$t-$r.data" 2>/dev/null &
+      PERF_PID=$!
+      sleep 0.5
+    fi
     cat "$W/$t/big" > /dev/null
     t1=$(date +%s.%N)
+    if [ -n "${PERF:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
     name=$(case $t in a) echo "graviton" ;; b) echo "graviton B" ;; f) echo "s3fs" ;; esac)
     python3 -c "print('round $r %-10s %4.0f MiB/s; CPU seconds: s3rver %.2f, daemon %.2f' % ('$name', 256 / ($t1 - $t0), $(cpu "$SP") - $s0, $(cpu "$d") - $d0))"
   done

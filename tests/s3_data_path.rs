@@ -125,3 +125,59 @@ fn small_blocks_live_in_the_database_and_large_ones_in_s3() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A random read of a few KiB in a large file on S3 fetches the groups of the block that hold
+/// it (256 KiB of an 8 MiB block), verified; the fifth read in that block fetches it whole.
+#[test]
+fn a_random_read_in_a_large_file_fetches_part_of_its_block() {
+    use std::os::unix::fs::FileExt;
+    let port = free_port();
+    // a 16 MiB block cache: files over 4 MiB are not fetched whole on a random read
+    let m = Mounted::new_pg_with_store(
+        &format!("metrics=127.0.0.1:{port},cache_mb=16"),
+        Some(&s3_scratch_url()),
+    );
+    let data = random_bytes(31, 24 << 20);
+    std::fs::write(m.path("f"), &data).unwrap();
+    m.unmount();
+    m.mount();
+    let fetched = || counter(port, "graviton_bytes_fetched", &["backend=\"s3\""]);
+    let f = std::fs::File::open(m.path("f")).unwrap();
+    let mut got = vec![0u8; 4096];
+    let at = (10 << 20) + 12_345;
+    f.read_exact_at(&mut got, at).unwrap();
+    assert!(
+        got == data[at as usize..at as usize + 4096],
+        "the bytes read"
+    );
+    let first = fetched();
+    eprintln!("a 4 KiB random read fetched {first} bytes");
+    assert!(
+        first > 0 && first <= 512 << 10,
+        "the 256 KiB groups of an 8 MiB block that hold it: {first}"
+    );
+    // three more places in that block: parts too; the fifth read fetches the whole block
+    for (i, at) in [
+        (13 << 20) + 7,
+        (9 << 20) + 70_000,
+        (15 << 20) + 5,
+        (11 << 20) + 1,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let before = fetched();
+        f.read_exact_at(&mut got, at).unwrap();
+        assert!(
+            got == data[at as usize..at as usize + 4096],
+            "the bytes read"
+        );
+        let cost = fetched() - before;
+        eprintln!("read {} in that block fetched {cost} bytes", i + 2);
+        if i < 3 {
+            assert!(cost <= 512 << 10, "read {}: a part ({cost})", i + 2);
+        } else {
+            assert!(cost >= 8 << 20, "the whole block: {cost}");
+        }
+    }
+}

@@ -313,6 +313,11 @@ fn serve(
     if !(store.is_empty() || store.starts_with("file://")) {
         cfg.whole_file_prefetch_max = cfg.block_cache_bytes / 4;
     }
+    // only the S3 store reads a part of a block for less than the whole
+    cfg.ranged_reads = vol
+        .replicas
+        .first()
+        .is_some_and(|(url, _)| url.starts_with("s3://"));
     if let Some(mb) = opts.readahead_mb {
         cfg.readahead_max = mb << 20;
     }

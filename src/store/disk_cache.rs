@@ -4,6 +4,7 @@
 //! dropped and the block fetched again, never served.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -152,6 +153,16 @@ impl BlockStore for DiskCache {
         let data = self.inner.get(key)?;
         self.keep(key, &data);
         Ok(data)
+    }
+
+    /// From the cached copy when there is one; otherwise the range alone from the store (a
+    /// part is not kept: the cache holds whole blocks).
+    fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
+        if self.path(key).exists() {
+            let data = self.get(key)?;
+            return Ok(data.get(range).map(<[u8]>::to_vec).unwrap_or_default());
+        }
+        self.inner.get_range(key, range)
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {

@@ -1,6 +1,7 @@
 //! A block store decorator that records what the store does (see `crate::metrics`): fresh and
 //! deduplicated puts, bytes moved, call durations, failures.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -87,6 +88,19 @@ impl BlockStore for Metered {
                 counter!(m::BYTES_FETCHED, "backend" => backend).increment(data.len() as u64)
             }
             Err(e) => self.failed(e),
+        }
+        r
+    }
+
+    /// Timed here; the bytes it cost are counted by the store, which alone knows how much it
+    /// fetched for the part (the S3 store: the groups that hold it, or the whole block).
+    fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
+        let t = Instant::now();
+        let r = self.inner.get_range(key, range);
+        histogram!(m::DOWNLOAD_DURATION, "backend" => self.inner.backend())
+            .record(t.elapsed().as_secs_f64());
+        if let Err(e) = &r {
+            self.failed(e);
         }
         r
     }

@@ -7,6 +7,7 @@
 //! replica that had no copy or a bad one is recorded too. `graviton scrub` checks every block in
 //! every replica and repairs bad copies from a good one.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::{BlockStore, PutOutcome, StoreError};
@@ -105,6 +106,29 @@ impl BlockStore for Replicated {
         let mut failed = Vec::new();
         for (i, r) in self.replicas.iter().enumerate() {
             match r.get(key) {
+                Ok(data) => {
+                    for (j, status) in failed {
+                        self.index.record(j, key, status);
+                    }
+                    return Ok(data);
+                }
+                Err(e) => {
+                    tracing::warn!(replica = i, block = %key, "reading from the next replica: {e}");
+                    failed.push((i, Self::status_of(&e)));
+                    if i + 1 == self.replicas.len() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        unreachable!("the last replica returns")
+    }
+
+    /// As `get`, a range from the first replica that has it right.
+    fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
+        let mut failed = Vec::new();
+        for (i, r) in self.replicas.iter().enumerate() {
+            match r.get_range(key, range.clone()) {
                 Ok(data) => {
                     for (j, status) in failed {
                         self.index.record(j, key, status);

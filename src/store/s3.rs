@@ -19,6 +19,7 @@
 //! (so a server that is away for a while only delays writers). Refusals (403, 404 on the bucket,
 //! 400…) are permanent and fail at once.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -26,10 +27,13 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 
 use super::{BlockStore, PutOutcome, StoreError};
+use crate::core::groups::{self, GroupHashes};
 use crate::core::key::BlockHasher;
 use crate::core::{BlockKey, HashAlgo};
 
 const BACKEND: &str = "s3";
+/// The object's user metadata holding its block's group hashes (`x-amz-meta-graviton-groups`).
+const GROUPS_META: &str = "graviton-groups";
 
 /// Environment variable holding the SSE-C customer key (base64 of 32 bytes).
 pub const SSE_C_KEY_ENV: &str = "GRAVITON_S3_SSE_C_KEY";
@@ -410,6 +414,7 @@ impl S3BlockStore {
         key: Option<&BlockKey>,
         body: bytes::Bytes,
         if_absent: bool,
+        groups: Option<&str>,
     ) -> Result<bool, StoreError> {
         self.call("uploading", key, || {
             let mut req = self
@@ -419,6 +424,9 @@ impl S3BlockStore {
                 .key(object)
                 .content_length(body.len() as i64)
                 .body(ByteStream::from(body.clone()));
+            if let Some(groups) = groups {
+                req = req.metadata(GROUPS_META, groups);
+            }
             if if_absent {
                 req = req.if_none_match("*");
             }
@@ -444,8 +452,18 @@ impl S3BlockStore {
         if_absent: bool,
     ) -> Result<PutOutcome, StoreError> {
         let body = bytes::Bytes::copy_from_slice(data);
+        let groups = match key.algo {
+            HashAlgo::Blake3 => GroupHashes::of(data).map(|g| g.encode()),
+            HashAlgo::Sha256 => None,
+        };
         Ok(
-            match self.put_object(&self.object(key), Some(key), body, if_absent)? {
+            match self.put_object(
+                &self.object(key),
+                Some(key),
+                body,
+                if_absent,
+                groups.as_deref(),
+            )? {
                 true => PutOutcome::Fresh,
                 false => PutOutcome::Duplicate,
             },
@@ -533,14 +551,35 @@ impl S3BlockStore {
     /// hashed right after it is copied, while it is still in the core's cache: hashing the
     /// 4 MiB block afterwards read it back from memory, on threads competing with the copy.
     fn download(&self, key: &BlockKey, verify: bool) -> Result<Vec<u8>, StoreError> {
+        let got = self.fetch(key, None, verify)?;
+        if let Some(digest) = got.digest
+            && !key.matches_hashed(got.data.len(), digest)
+        {
+            tracing::error!(block = %key, backend = BACKEND, "block content does not match its key");
+            return Err(StoreError::Corrupt(*key, BACKEND));
+        }
+        Ok(got.data)
+    }
+
+    /// The object's bytes, or with `range` those bytes of it (a server may send them all);
+    /// with `verify`, hashed as they arrive.
+    fn fetch(
+        &self,
+        key: &BlockKey,
+        range: Option<Range<u64>>,
+        verify: bool,
+    ) -> Result<Fetched, StoreError> {
         let object = self.object(key);
         let algo = key.algo;
         let got = self.call("reading", Some(key), || {
-            let req = self
+            let mut req = self
                 .client
                 .get_object()
                 .bucket(&self.url.bucket)
                 .key(&object);
+            if let Some(r) = &range {
+                req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+            }
             let req = with_customer_key!(req, &self.url.sse);
             // The GET runs as a task on the store's runtime, next to the connection's I/O:
             // polled from the calling thread instead, every chunk of the body woke that thread
@@ -550,6 +589,7 @@ impl S3BlockStore {
                     // one copy, into a buffer of the announced size
                     Ok(mut out) => {
                         let len = out.content_length.unwrap_or(0).max(0) as usize;
+                        let groups = out.metadata.as_mut().and_then(|m| m.remove(GROUPS_META));
                         let mut data = Vec::with_capacity(len);
                         let mut hasher = verify.then(|| BlockHasher::new(algo));
                         loop {
@@ -561,7 +601,12 @@ impl S3BlockStore {
                                     }
                                 }
                                 Ok(None) => {
-                                    break Ok(Some((data, hasher.map(BlockHasher::finalize))));
+                                    let digest = hasher.map(BlockHasher::finalize);
+                                    break Ok(Some(Fetched {
+                                        data,
+                                        digest,
+                                        groups,
+                                    }));
                                 }
                                 // a body cut off mid-way: read it again
                                 Err(e) => {
@@ -587,15 +632,50 @@ impl S3BlockStore {
                 }
             }
         })?;
-        let (data, digest) = got.ok_or(StoreError::NotFound(*key, BACKEND))?;
-        if let Some(digest) = digest
-            && !key.matches_hashed(data.len(), digest)
-        {
+        got.ok_or(StoreError::NotFound(*key, BACKEND))
+    }
+
+    /// `range` of a BLAKE3 block, fetched with the groups that hold it and checked against the
+    /// group hashes in the object's metadata (see `core::groups`). `None` when the object has
+    /// none that merge into the key (stored before they were written, or damaged): the caller
+    /// fetches the whole block instead.
+    fn get_groups(&self, key: &BlockKey, range: Range<u64>) -> Result<Option<Vec<u8>>, StoreError> {
+        let span = groups::covering(key.size as u64, range.clone());
+        let got = self.fetch(key, Some(span.clone()), false)?;
+        metrics::counter!(crate::metrics::BYTES_FETCHED, "backend" => BACKEND)
+            .increment(got.data.len() as u64);
+        let Some(gh) = got
+            .groups
+            .as_deref()
+            .and_then(|t| GroupHashes::for_key(key, t))
+        else {
+            if got.groups.is_some() {
+                tracing::warn!(block = %key, "group hashes in the object's metadata do not match its key");
+            }
+            return Ok(None);
+        };
+        let at = match got.data.len() as u64 {
+            n if n == span.end - span.start => span.start,
+            // a server that ignores ranges sends the whole object
+            n if n == key.size as u64 => 0,
+            _ => return Err(StoreError::Corrupt(*key, BACKEND)),
+        };
+        if !gh.verify(at, &got.data) {
             tracing::error!(block = %key, backend = BACKEND, "block content does not match its key");
             return Err(StoreError::Corrupt(*key, BACKEND));
         }
-        Ok(data)
+        let from = (range.start - at) as usize;
+        Ok(Some(
+            got.data[from..from + (range.end - range.start) as usize].to_vec(),
+        ))
     }
+}
+
+/// A GET's body, its digest when hashed, and the group hashes the object carries.
+struct Fetched {
+    data: Vec<u8>,
+    digest: Option<[u8; 32]>,
+    groups: Option<String>,
 }
 
 impl BlockStore for S3BlockStore {
@@ -626,6 +706,23 @@ impl BlockStore for S3BlockStore {
     /// block again afterwards.
     fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
         self.download(key, true)
+    }
+
+    /// Only the groups that hold `range`, for a block of at least `RANGED_FROM` bytes whose
+    /// object carries group hashes; otherwise the whole block, verified.
+    fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
+        let size = key.size as usize;
+        let range = range.start.min(size)..range.end.min(size);
+        if key.algo == HashAlgo::Blake3 && size as u64 >= groups::RANGED_FROM && !range.is_empty() {
+            let wanted = range.start as u64..range.end as u64;
+            if let Some(bytes) = self.get_groups(key, wanted)? {
+                return Ok(bytes);
+            }
+        }
+        let data = self.get(key)?;
+        metrics::counter!(crate::metrics::BYTES_FETCHED, "backend" => BACKEND)
+            .increment(data.len() as u64);
+        Ok(data[range].to_vec())
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
@@ -795,6 +892,75 @@ mod server_tests {
         });
     }
 
+    /// A part of a large BLAKE3 block is one ranged GET of the groups that hold it, checked
+    /// against the group hashes the object carries: damage elsewhere in the block does not stop
+    /// it, damage in it is an error, and an object without group hashes is read whole.
+    #[test]
+    fn parts_of_large_blocks_are_ranged_gets_checked_against_group_hashes() {
+        let log = Arc::new(SseHeaders::default());
+        let shared = aws_sdk_s3::config::SharedInterceptor::new(LogRef(log.clone()));
+        let store =
+            S3BlockStore::build(&scratch_url(), Duration::from_secs(5), Some(shared)).unwrap();
+        let mut x = 7u64;
+        let data: Vec<u8> = (0..2 << 20)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        let key = BlockKey::for_data(HashAlgo::Blake3, &data);
+        store.put(&key, &data).unwrap();
+        log.0.lock().unwrap().clear();
+        assert_eq!(
+            store.get_range(&key, 70_000..74_096).unwrap(),
+            &data[70_000..74_096]
+        );
+        let sent = log.0.lock().unwrap().clone();
+        let gets: Vec<_> = sent.iter().filter(|(m, _)| m == "GET").collect();
+        assert_eq!(gets.len(), 1, "{sent:?}");
+        // 64 KiB groups for a 2 MiB block: the second one
+        assert_eq!(header(&gets[0].1, "range"), Some("bytes=65536-131071"));
+
+        let root = std::path::PathBuf::from(
+            std::env::var("GRAVITON_TEST_S3_ROOT").expect("GRAVITON_TEST_S3_ROOT"),
+        );
+        let path = root.join(&store.url().bucket).join(store.object(&key));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[1_500_000] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            store.get_range(&key, 70_000..74_096).unwrap(),
+            &data[70_000..74_096],
+            "a group the damage is not in"
+        );
+        assert!(matches!(
+            store.get_range(&key, 1_499_000..1_501_000),
+            Err(StoreError::Corrupt(k, _)) if k == key
+        ));
+        assert!(matches!(store.get(&key), Err(StoreError::Corrupt(..))));
+
+        // stored without group hashes (before they were written): the whole block, verified
+        let old = BlockKey::for_data(HashAlgo::Blake3, &data[..1 << 20]);
+        store
+            .put_object(
+                &store.object(&old),
+                Some(&old),
+                bytes::Bytes::copy_from_slice(&data[..1 << 20]),
+                false,
+                None,
+            )
+            .unwrap();
+        log.0.lock().unwrap().clear();
+        assert_eq!(store.get_range(&old, 10..20).unwrap(), &data[10..20]);
+        let sent = log.0.lock().unwrap().clone();
+        let whole = sent
+            .iter()
+            .filter(|(m, h)| m == "GET" && header(h, "range").is_none());
+        assert_eq!(whole.count(), 1, "then a whole GET: {sent:?}");
+    }
+
     #[test]
     fn an_unreachable_server_fails_after_its_retry_time_without_secrets() {
         let store = S3BlockStore::open_with(
@@ -817,10 +983,10 @@ mod server_tests {
         );
     }
 
-    /// A request's method and its SSE headers.
+    /// A request's method and its SSE and range headers.
     type SentHeaders = (String, Vec<(String, String)>);
 
-    /// Records the SSE headers of every request the store sends.
+    /// Records the SSE and range headers of every request the store sends.
     #[derive(Debug, Default)]
     struct SseHeaders(std::sync::Mutex<Vec<SentHeaders>>);
 
@@ -839,7 +1005,7 @@ mod server_tests {
             let headers = req
                 .headers()
                 .iter()
-                .filter(|(k, _)| k.starts_with("x-amz-server-side-encryption"))
+                .filter(|(k, _)| k.starts_with("x-amz-server-side-encryption") || *k == "range")
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
             self.0

@@ -11,6 +11,7 @@
 //! uploads (`drain`), up to a limit, then leaves the rest to the next mount.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -250,6 +251,14 @@ impl BlockStore for WriteBack {
             }
             None => self.shared.inner.get(key),
         }
+    }
+
+    fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
+        if self.shared.lock().staged.contains_key(key) {
+            let data = self.get(key)?;
+            return Ok(data.get(range).map(<[u8]>::to_vec).unwrap_or_default());
+        }
+        self.shared.inner.get_range(key, range)
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {

@@ -22,7 +22,14 @@ pub(crate) struct BlockCache {
     pub misses: AtomicU64,
     /// Blocks fetched by read-ahead before anyone asked.
     pub prefetched: AtomicU64,
+    /// Blocks random reads fetched only parts of, with how many, most recent last.
+    parted: Mutex<LruCache<BlockKey, u32>>,
 }
+
+/// Blocks remembered as read in part.
+const PARTED_KEPT: usize = 4096;
+/// Parts of a block fetched before the next read fetches it whole.
+const PARTS_BEFORE_WHOLE: u32 = 4;
 
 struct Inner {
     lru: LruCache<BlockKey, Arc<Vec<u8>>>,
@@ -41,7 +48,31 @@ impl BlockCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             prefetched: AtomicU64::new(0),
+            parted: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(PARTED_KEPT).expect("non-zero"),
+            )),
         }
+    }
+
+    /// Whether a random read of part of `key` should fetch that part alone: yes for a block
+    /// not cached, until `PARTS_BEFORE_WHOLE` parts of it were fetched; the next read fetches
+    /// it whole (and caches it). Renting before buying: an 8 MiB GET took 24-28 ms on
+    /// loopback, a 256 KiB one a few, so a block read in many places costs at most about
+    /// twice the whole fetch, and sparse reads of a large file (a database's lookups) fetch a
+    /// few hundred KiB each instead of a whole block.
+    pub fn take_part(&self, key: &BlockKey) -> bool {
+        if self.contains(key) {
+            return false;
+        }
+        let mut parted = self.parted.lock().expect("lock");
+        let parts = parted.get(key).copied().unwrap_or(0);
+        if parts >= PARTS_BEFORE_WHOLE {
+            parted.pop(key);
+            return false;
+        }
+        parted.put(*key, parts + 1);
+        metrics::counter!(crate::metrics::BLOCK_CACHE, "result" => "part").increment(1);
+        true
     }
 
     pub fn contains(&self, key: &BlockKey) -> bool {

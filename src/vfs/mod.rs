@@ -59,6 +59,9 @@ pub struct FsConfig {
     /// (0: never). Mounts on a remote store set it: there, a miss costs a round trip per
     /// block, and a file read at random is usually read more.
     pub whole_file_prefetch_max: u64,
+    /// A random read of a block not in memory fetches only the part it needs, the first time
+    /// (mounts whose blocks are read from S3 set it; see `BlockCache::take_part`).
+    pub ranged_reads: bool,
     /// Rewrite fragmented extent maps in the background.
     pub coalesce: bool,
     /// A file with more extents than this (and more than twice its ideal count) is fragmented.
@@ -79,6 +82,7 @@ impl FsConfig {
             block_cache_bytes: 256 << 20,
             readahead_max: 32 << 20,
             whole_file_prefetch_max: 0,
+            ranged_reads: false,
             coalesce: true,
             coalesce_max_extents: 1024,
             coalesce_min_avg_extent: 256 << 10,

@@ -106,9 +106,17 @@ impl Fs {
         // Blocks a random read fetches go to the kernel's page cache too. (Not for sequential
         // reads: the kernel's read-ahead asks for those bytes next anyway, and a second copy of
         // them cost a quarter of the throughput.)
-        let fill = self.core.fill.enabled()
-            && pending.is_empty()
-            && !h.readahead.lock().expect("lock").continues(offset);
+        let random = !h.readahead.lock().expect("lock").continues(offset);
+        let fill = self.core.fill.enabled() && pending.is_empty() && random;
+        // A random read in a file too large to fetch whole may fetch its part of a large block
+        // alone (verified against the block's group hashes: `core::groups`).
+        let in_part = |key: &BlockKey| {
+            self.core.cfg.ranged_reads
+                && random
+                && file_size > self.core.cfg.whole_file_prefetch_max
+                && key.size as u64 >= crate::core::groups::RANGED_FROM
+                && self.core.cache.take_part(key)
+        };
         // one offer per block: the fill finds every stretch of the file the block backs
         let mut fetched: Vec<Extent> = Vec::new();
         for e in extents.iter().filter(|_| fill) {
@@ -122,6 +130,13 @@ impl Fs {
         let buf = match extents.as_slice() {
             [e] if pending.is_empty() && e.offset <= offset && e.end() >= end => {
                 let c = e.clip(&(offset..end));
+                if in_part(&c.key) {
+                    let part = self.core.store.get_range(&c.key, c.block_range())?;
+                    if part.len() < c.len as usize {
+                        return Err(past_block(h.ino, &c).into());
+                    }
+                    return Ok(ReadBytes::Owned(part));
+                }
                 let block = self.core.cache.fetch(self.core.store.as_ref(), &c.key)?;
                 if block.len() < c.block_range().end {
                     return Err(past_block(h.ino, &c).into());
