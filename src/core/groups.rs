@@ -73,11 +73,11 @@ impl GroupHashes {
     /// there: whole groups (the last one may end at the block's end), each hashing to its value.
     pub fn verify(&self, at: u64, bytes: &[u8]) -> bool {
         let g = group_len(self.size);
-        if at % g != 0 || at + bytes.len() as u64 > self.size {
+        if !at.is_multiple_of(g) || at + bytes.len() as u64 > self.size {
             return false;
         }
         let end = at + bytes.len() as u64;
-        if end != self.size && end % g != 0 {
+        if end != self.size && !end.is_multiple_of(g) {
             return false;
         }
         bytes.chunks(g as usize).enumerate().all(|(i, group)| {
