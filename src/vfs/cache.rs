@@ -29,7 +29,7 @@ pub(crate) struct BlockCache {
 /// Blocks remembered as read in part.
 const PARTED_KEPT: usize = 4096;
 /// Parts of a block fetched before the next read fetches it whole.
-const PARTS_BEFORE_WHOLE: u32 = 4;
+const PARTS_BEFORE_WHOLE: u32 = 1;
 
 struct Inner {
     lru: LruCache<BlockKey, Arc<Vec<u8>>>,
@@ -56,10 +56,12 @@ impl BlockCache {
 
     /// Whether a random read of part of `key` should fetch that part alone: yes for a block
     /// not cached, until `PARTS_BEFORE_WHOLE` parts of it were fetched; the next read fetches
-    /// it whole (and caches it). Renting before buying: an 8 MiB GET took 24-28 ms on
-    /// loopback, a 256 KiB one a few, so a block read in many places costs at most about
-    /// twice the whole fetch, and sparse reads of a large file (a database's lookups) fetch a
-    /// few hundred KiB each instead of a whole block.
+    /// it whole (and caches it). Sparse reads of a large file (a database's lookups) then
+    /// fetch a few hundred KiB each instead of a whole block, and a block read in many places
+    /// costs one small GET more. With 4 parts before the whole block, 200 random 4 KiB reads
+    /// of a 1 GiB file took 6.8-9.6 ms each (against 16.9-18.8 with whole blocks only), but
+    /// 4 KiB random reads of all of it ran at 82-114 MiB/s against 177-179; with 1 part,
+    /// 12.7-14.4 ms and 153-175 MiB/s (`scripts/probe-s3.sh randr`, RAND_MB=1024, RAND_IOS).
     pub fn take_part(&self, key: &BlockKey) -> bool {
         if self.contains(key) {
             return false;
