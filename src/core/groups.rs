@@ -119,6 +119,15 @@ impl GroupHashes {
     }
 }
 
+/// The BLAKE3 digest of `data` and, for a block of more than one group, its group hashes: one
+/// pass over the bytes for both.
+pub fn digest_and_groups(data: &[u8]) -> ([u8; 32], Option<GroupHashes>) {
+    match GroupHashes::of(data) {
+        Some(gh) => (gh.root(), Some(gh)),
+        None => (*blake3::hash(data).as_bytes(), None),
+    }
+}
+
 /// The chaining value of the group of `bytes` that starts `offset` bytes into its block.
 fn group_cv(offset: u64, bytes: &[u8]) -> ChainingValue {
     let mut h = blake3::Hasher::new();
@@ -181,11 +190,17 @@ mod tests {
             let gh = GroupHashes::of(&data).expect("more than one group");
             assert!(gh.cvs.len() as u64 <= MAX_GROUPS, "{size}");
             assert_eq!(&gh.root(), blake3::hash(&data).as_bytes(), "size {size}");
+            assert_eq!(digest_and_groups(&data), (gh.root(), Some(gh.clone())));
             let back = GroupHashes::decode(size as u64, &gh.encode()).expect("decodes");
             assert_eq!(back, gh);
             assert!(gh.encode().len() <= 1368);
         }
-        assert!(GroupHashes::of(&bytes(64 << 10, 9)).is_none(), "one group");
+        let one = bytes(64 << 10, 9);
+        assert!(GroupHashes::of(&one).is_none(), "one group");
+        assert_eq!(
+            digest_and_groups(&one),
+            (*blake3::hash(&one).as_bytes(), None)
+        );
     }
 
     #[test]

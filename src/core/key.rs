@@ -136,6 +136,26 @@ impl BlockKey {
         }
     }
 
+    /// The key naming `data`, with its group hashes when it has some (BLAKE3 blocks of more
+    /// than one group): a block store may keep them for verified ranged reads. One pass over
+    /// the bytes, as `for_data`.
+    pub fn for_data_grouped(
+        algo: HashAlgo,
+        data: &[u8],
+    ) -> (BlockKey, Option<super::groups::GroupHashes>) {
+        assert!(!data.is_empty(), "empty blocks do not exist");
+        let (digest, groups) = match algo {
+            HashAlgo::Blake3 => super::groups::digest_and_groups(data),
+            HashAlgo::Sha256 => (algo.digest(data), None),
+        };
+        let key = BlockKey {
+            algo,
+            digest,
+            size: data.len() as u32,
+        };
+        (key, groups)
+    }
+
     /// True when `data` is exactly the content this key names.
     pub fn matches(&self, data: &[u8]) -> bool {
         data.len() as u64 == self.size as u64 && self.algo.digest(data) == self.digest

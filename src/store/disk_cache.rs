@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{BlockStore, PutOutcome, StoreError, block_files};
 use crate::core::BlockKey;
+use crate::core::groups::GroupHashes;
 
 pub struct DiskCache {
     inner: Arc<dyn BlockStore>,
@@ -128,6 +129,17 @@ impl BlockStore for DiskCache {
 
     fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
         let r = self.inner.put_new(key, data)?;
+        self.keep(key, data);
+        Ok(r)
+    }
+
+    fn put_new_grouped(
+        &self,
+        key: &BlockKey,
+        data: &[u8],
+        groups: Option<&GroupHashes>,
+    ) -> Result<PutOutcome, StoreError> {
+        let r = self.inner.put_new_grouped(key, data, groups)?;
         self.keep(key, data);
         Ok(r)
     }

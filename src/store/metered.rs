@@ -9,6 +9,7 @@ use metrics::{counter, histogram};
 
 use super::{BlockStore, PutOutcome, StoreError};
 use crate::core::BlockKey;
+use crate::core::groups::GroupHashes;
 use crate::metrics as m;
 
 pub struct Metered {
@@ -67,6 +68,15 @@ impl BlockStore for Metered {
 
     fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
         self.timed_put(data, || self.inner.put_new(key, data))
+    }
+
+    fn put_new_grouped(
+        &self,
+        key: &BlockKey,
+        data: &[u8],
+        groups: Option<&GroupHashes>,
+    ) -> Result<PutOutcome, StoreError> {
+        self.timed_put(data, || self.inner.put_new_grouped(key, data, groups))
     }
 
     fn cheap_put(&self, key: &BlockKey) -> bool {

@@ -20,6 +20,7 @@ pub mod writeback;
 use std::ops::Range;
 
 use crate::core::BlockKey;
+use crate::core::groups::GroupHashes;
 
 pub use local::LocalBlockStore;
 pub use memory::MemoryBlockStore;
@@ -61,17 +62,19 @@ impl StoreError {
 /// found already there may be a gc candidate: `unmark` takes its mark away, then the copy is
 /// looked for again and stored anew if gc deleted it meanwhile. gc, for its part, puts a block
 /// back when its mark went during the deletion (`cli::gc`): whichever looks last sees the other.
+/// `groups`: the block's group hashes, when the caller computed them with its key.
 pub fn store_for_reference<E: From<StoreError>>(
     store: &dyn BlockStore,
     key: &BlockKey,
     data: &[u8],
+    groups: Option<&GroupHashes>,
     unmark: impl FnOnce(&BlockKey) -> Result<(), E>,
 ) -> Result<(), E> {
-    if store.put_new(key, data)? == PutOutcome::Duplicate {
+    if store.put_new_grouped(key, data, groups)? == PutOutcome::Duplicate {
         unmark(key)?;
         if !store.exists(key)? {
             tracing::info!(block = %key, "a block deleted by gc as it was stored: stored again");
-            store.put_new(key, data)?;
+            store.put_new_grouped(key, data, groups)?;
         }
     }
     Ok(())
@@ -91,6 +94,18 @@ pub trait BlockStore: Send + Sync {
     /// after all is harmless: same key, same bytes.
     fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
         self.put(key, data)
+    }
+
+    /// As `put_new`, with the block's group hashes (`core::groups`) computed with its key, for
+    /// a store that keeps them (S3, for verified ranged reads; it computes them itself when
+    /// they are not given). Adapters that wrap another store pass them on.
+    fn put_new_grouped(
+        &self,
+        key: &BlockKey,
+        data: &[u8],
+        _groups: Option<&GroupHashes>,
+    ) -> Result<PutOutcome, StoreError> {
+        self.put_new(key, data)
     }
 
     /// Whether storing the block costs no more than asking the volume's block index whether

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::{BlockStore, PutOutcome, StoreError};
 use crate::core::BlockKey;
+use crate::core::groups::GroupHashes;
 
 /// What is known to be wrong with a replica's copy of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +39,33 @@ impl Replicated {
     pub fn new(replicas: Vec<Arc<dyn BlockStore>>, index: Arc<dyn ReplicaIndex>) -> Replicated {
         assert!(!replicas.is_empty(), "a replicated store needs a replica");
         Replicated { replicas, index }
+    }
+
+    /// `read` from the first replica that answers it; the failures before are recorded.
+    fn first_good(
+        &self,
+        key: &BlockKey,
+        read: impl Fn(&dyn BlockStore) -> Result<Vec<u8>, StoreError>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut failed = Vec::new();
+        for (i, r) in self.replicas.iter().enumerate() {
+            match read(r.as_ref()) {
+                Ok(data) => {
+                    for (j, status) in failed {
+                        self.index.record(j, key, status);
+                    }
+                    return Ok(data);
+                }
+                Err(e) => {
+                    tracing::warn!(replica = i, block = %key, "reading from the next replica: {e}");
+                    failed.push((i, Self::status_of(&e)));
+                    if i + 1 == self.replicas.len() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        unreachable!("the last replica returns")
     }
 
     fn status_of(e: &StoreError) -> ReplicaStatus {
@@ -96,6 +124,15 @@ impl BlockStore for Replicated {
         self.put_each(key, |r| r.put_new(key, data))
     }
 
+    fn put_new_grouped(
+        &self,
+        key: &BlockKey,
+        data: &[u8],
+        groups: Option<&GroupHashes>,
+    ) -> Result<PutOutcome, StoreError> {
+        self.put_each(key, |r| r.put_new_grouped(key, data, groups))
+    }
+
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
         self.get(key)
     }
@@ -103,48 +140,12 @@ impl BlockStore for Replicated {
     /// The first replica's copy that matches the key. Replicas that failed before it are
     /// recorded (a block no replica has is not: there is nothing to repair it from).
     fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
-        let mut failed = Vec::new();
-        for (i, r) in self.replicas.iter().enumerate() {
-            match r.get(key) {
-                Ok(data) => {
-                    for (j, status) in failed {
-                        self.index.record(j, key, status);
-                    }
-                    return Ok(data);
-                }
-                Err(e) => {
-                    tracing::warn!(replica = i, block = %key, "reading from the next replica: {e}");
-                    failed.push((i, Self::status_of(&e)));
-                    if i + 1 == self.replicas.len() {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        unreachable!("the last replica returns")
+        self.first_good(key, |r| r.get(key))
     }
 
     /// As `get`, a range from the first replica that has it right.
     fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
-        let mut failed = Vec::new();
-        for (i, r) in self.replicas.iter().enumerate() {
-            match r.get_range(key, range.clone()) {
-                Ok(data) => {
-                    for (j, status) in failed {
-                        self.index.record(j, key, status);
-                    }
-                    return Ok(data);
-                }
-                Err(e) => {
-                    tracing::warn!(replica = i, block = %key, "reading from the next replica: {e}");
-                    failed.push((i, Self::status_of(&e)));
-                    if i + 1 == self.replicas.len() {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        unreachable!("the last replica returns")
+        self.first_good(key, |r| r.get_range(key, range.clone()))
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {

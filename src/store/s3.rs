@@ -445,16 +445,20 @@ impl S3BlockStore {
         })
     }
 
+    /// Stores the block, with its group hashes in the object's metadata (BLAKE3 blocks of more
+    /// than one group): `groups` when the caller has them, else computed here.
     fn upload(
         &self,
         key: &BlockKey,
         data: &[u8],
         if_absent: bool,
+        groups: Option<&GroupHashes>,
     ) -> Result<PutOutcome, StoreError> {
         let body = bytes::Bytes::copy_from_slice(data);
-        let groups = match key.algo {
-            HashAlgo::Blake3 => GroupHashes::of(data).map(|g| g.encode()),
-            HashAlgo::Sha256 => None,
+        let groups = match (key.algo, groups) {
+            (HashAlgo::Blake3, Some(g)) => Some(g.encode()),
+            (HashAlgo::Blake3, None) => GroupHashes::of(data).map(|g| g.encode()),
+            (HashAlgo::Sha256, _) => None,
         };
         Ok(
             match self.put_object(
@@ -690,12 +694,22 @@ impl BlockStore for S3BlockStore {
         if !conditional && self.head(key)? {
             return Ok(PutOutcome::Duplicate);
         }
-        self.upload(key, data, conditional)
+        self.upload(key, data, conditional, None)
     }
 
     /// No HEAD: the volume references no copy, so the block is almost surely new.
     fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.upload(key, data, self.conditional_put())
+        self.upload(key, data, self.conditional_put(), None)
+    }
+
+    /// As `put_new`, with the group hashes the write path computed with the key.
+    fn put_new_grouped(
+        &self,
+        key: &BlockKey,
+        data: &[u8],
+        groups: Option<&GroupHashes>,
+    ) -> Result<PutOutcome, StoreError> {
+        self.upload(key, data, self.conditional_put(), groups)
     }
 
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {

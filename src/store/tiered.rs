@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::{BlockStore, PutOutcome, StoreError};
 use crate::core::BlockKey;
+use crate::core::groups::GroupHashes;
 
 pub struct Tiered {
     small: Arc<dyn BlockStore>,
@@ -49,6 +50,15 @@ impl BlockStore for Tiered {
 
     fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
         self.tier(key).put_new(key, data)
+    }
+
+    fn put_new_grouped(
+        &self,
+        key: &BlockKey,
+        data: &[u8],
+        groups: Option<&GroupHashes>,
+    ) -> Result<PutOutcome, StoreError> {
+        self.tier(key).put_new_grouped(key, data, groups)
     }
 
     fn cheap_put(&self, key: &BlockKey) -> bool {

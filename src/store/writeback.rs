@@ -189,7 +189,9 @@ impl Shared {
         let Some(data) = self.staging.read(loc)? else {
             return Ok(());
         };
-        if !key.matches(&data) {
+        // checked and group-hashed in one pass (the S3 store keeps the group hashes)
+        let (found, groups) = BlockKey::for_data_grouped(key.algo, &data);
+        if found != *key {
             // the staged copy was damaged on this disk: nothing good to upload
             tracing::error!(block = %key, "staged block does not match its key; dropped");
             if let Some(loc) = self.lock().staged.remove(key) {
@@ -197,7 +199,7 @@ impl Shared {
             }
             return Err(StoreError::Corrupt(*key, "write-back"));
         }
-        super::store_for_reference(self.inner.as_ref(), key, &data, |k| {
+        super::store_for_reference(self.inner.as_ref(), key, &data, groups.as_ref(), |k| {
             (self.on_duplicate)(k);
             Ok::<(), StoreError>(())
         })

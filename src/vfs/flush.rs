@@ -15,6 +15,7 @@ use super::pack::{PACK_BELOW, Pack};
 use super::{Core, FsError, FsResult};
 use crate::core::BlockKey;
 use crate::core::extent::{self, Extent};
+use crate::core::groups::GroupHashes;
 use crate::meta::{Inode, MetaTxn};
 
 /// Blocks of one flush stored in parallel.
@@ -110,9 +111,9 @@ impl Core {
 
     /// Stores one block (see [`Core::put_blocks`]).
     pub(crate) fn put_block(&self, data: &[u8]) -> FsResult<BlockKey> {
-        let key = BlockKey::for_data(self.cfg.hash, data);
+        let (key, groups) = BlockKey::for_data_grouped(self.cfg.hash, data);
         if self.store.cheap_put(&key) || self.meta.referenced_among(&[key])?.is_empty() {
-            self.store_new(&key, data)?;
+            self.store_new(&key, data, groups.as_ref())?;
         } else {
             metrics::counter!(crate::metrics::BLOCKS_DEDUPLICATED, "backend" => "index")
                 .increment(1);
@@ -121,9 +122,10 @@ impl Core {
     }
 
     /// Stores a block no extent references (no check for a copy first); a copy found already
-    /// stored loses its gc mark (`store::store_for_reference`).
-    fn store_new(&self, key: &BlockKey, data: &[u8]) -> FsResult<()> {
-        crate::store::store_for_reference(self.store.as_ref(), key, data, |k| {
+    /// stored loses its gc mark (`store::store_for_reference`). `groups`: its group hashes,
+    /// computed with the key.
+    fn store_new(&self, key: &BlockKey, data: &[u8], groups: Option<&GroupHashes>) -> FsResult<()> {
+        crate::store::store_for_reference(self.store.as_ref(), key, data, groups, |k| {
             Ok(self.meta.kv_delete(&crate::meta::gc_candidate_key(k))?)
         })
     }
@@ -156,15 +158,18 @@ impl Core {
             // A block the store takes cheaply is stored by the thread that hashed it, while
             // its bytes are still in that core's cache; the others wait for one batched
             // "already referenced?" question.
-            let hashed: Vec<(BlockKey, Option<FsResult<()>>)> = std::thread::scope(|scope| {
+            type Hashed = (BlockKey, Option<GroupHashes>, Option<FsResult<()>>);
+            let hashed: Vec<Hashed> = std::thread::scope(|scope| {
                 let jobs: Vec<_> = window
                     .iter()
                     .map(|&(_, c)| {
                         scope.spawn(move || {
-                            let key = BlockKey::for_data(self.cfg.hash, c);
-                            let stored =
-                                self.store.cheap_put(&key).then(|| self.store_new(&key, c));
-                            (key, stored)
+                            let (key, groups) = BlockKey::for_data_grouped(self.cfg.hash, c);
+                            let stored = self
+                                .store
+                                .cheap_put(&key)
+                                .then(|| self.store_new(&key, c, groups.as_ref()));
+                            (key, groups, stored)
                         })
                     })
                     .collect();
@@ -174,8 +179,8 @@ impl Core {
             });
             let ask: Vec<BlockKey> = hashed
                 .iter()
-                .filter(|(_, stored)| stored.is_none())
-                .map(|(k, _)| *k)
+                .filter(|(_, _, stored)| stored.is_none())
+                .map(|(k, _, _)| *k)
                 .collect();
             let known = match ask.is_empty() {
                 true => Vec::new(),
@@ -189,8 +194,10 @@ impl Core {
                 let jobs: Vec<_> = window
                     .iter()
                     .zip(&hashed)
-                    .filter(|(_, (k, stored))| stored.is_none() && !known.contains(k))
-                    .map(|(&(_, c), (k, _))| scope.spawn(move || self.store_new(k, c)))
+                    .filter(|(_, (k, _, stored))| stored.is_none() && !known.contains(k))
+                    .map(|(&(_, c), (k, groups, _))| {
+                        scope.spawn(move || self.store_new(k, c, groups.as_ref()))
+                    })
                     .collect();
                 jobs.into_iter()
                     .map(|j| j.join().expect("block upload thread"))
@@ -199,7 +206,7 @@ impl Core {
             for r in stored {
                 r?;
             }
-            for (key, stored) in hashed {
+            for (key, _, stored) in hashed {
                 stored.transpose()?;
                 keys.push(key);
             }
