@@ -146,8 +146,10 @@ pub trait BlockStore: Send + Sync {
         Ok(data)
     }
 
-    /// Part of a block. The whole block is fetched and verified first: a byte range alone cannot
-    /// be checked against the key, and unverified bytes never reach a reader.
+    /// Part of a block, verified: by default the whole block is fetched and checked, since a
+    /// byte range alone cannot be checked against the key. An adapter that can check a range on
+    /// its own fetches less (S3, against group hashes that merge into the key: `core::groups`);
+    /// unverified bytes never reach a reader either way.
     fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
         let data = self.get(key)?;
         Ok(data.get(range).map(<[u8]>::to_vec).unwrap_or_default())
