@@ -176,10 +176,12 @@ PY
 }
 # ROUNDS=N repeats every column N times, the columns taking turns, and reports each measure's
 # median (with its range): one pass gives one sample per row, and this machine's noise moved
-# single samples by a third.
+# single samples by a third. Each round starts one column later than the one before, so no
+# column always follows the same one (and whatever it leaves running).
+read -ra ORDER <<< "${TOOLS:-local graviton graviton-wb s3fs rclone}"
 for r in $(seq "${ROUNDS:-1}"); do
-  for t in ${TOOLS:-local graviton graviton-wb s3fs rclone}; do
-    column "$t" "$r"
+  for i in "${!ORDER[@]}"; do
+    column "${ORDER[$(( (i + r - 1) % ${#ORDER[@]} ))]}" "$r"
   done
 done
 for t in ${TOOLS:-local graviton graviton-wb s3fs rclone}; do R[$t.rss]=${PEAK[$t]:-n/a}; done
