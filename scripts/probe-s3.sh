@@ -109,6 +109,12 @@ PY
     mark; t0=$(now); cat "$W/m/u/big" >/dev/null; t1=$(now)
     python3 -c "print('sequential read of 256 MiB: %.0f MiB/s' % (256 / ($t1 - $t0)))" ;;
   seqw)
+    # REWRITE=1: the timed write overwrites the file a first (untimed) write left
+    if [ -n "${REWRITE:-}" ]; then
+      fio --name=s --filename="$W/m/u/big" --rw=write --bs=1M --size=256M --ioengine=psync \
+          --end_fsync=1 >/dev/null 2>&1
+      sleep "${SETTLE:-5}"
+    fi
     mark
     fio --name=s --filename="$W/m/u/big" --rw=write --bs=1M --size=256M --ioengine=psync \
         --end_fsync=1 --output-format=json 2>/dev/null |
