@@ -172,7 +172,7 @@ impl BlockStore for DiskCache {
     fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
         if self.path(key).exists() {
             let data = self.get(key)?;
-            return Ok(data.get(range).map(<[u8]>::to_vec).unwrap_or_default());
+            return Ok(super::part_of(&data, range));
         }
         self.inner.get_range(key, range)
     }

@@ -80,6 +80,11 @@ pub fn store_for_reference<E: From<StoreError>>(
     Ok(())
 }
 
+/// The bytes of `range` in a whole block (none past its end): `get_range` from a whole copy.
+fn part_of(block: &[u8], range: Range<usize>) -> Vec<u8> {
+    block.get(range).map(<[u8]>::to_vec).unwrap_or_default()
+}
+
 /// Storage for immutable, content-addressed blocks.
 pub trait BlockStore: Send + Sync {
     /// Short name of the backend, used in logs and metrics (`local`, `memory`, …).
@@ -152,6 +157,6 @@ pub trait BlockStore: Send + Sync {
     /// unverified bytes never reach a reader either way.
     fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
         let data = self.get(key)?;
-        Ok(data.get(range).map(<[u8]>::to_vec).unwrap_or_default())
+        Ok(part_of(&data, range))
     }
 }

@@ -258,7 +258,7 @@ impl BlockStore for WriteBack {
     fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
         if self.shared.lock().staged.contains_key(key) {
             let data = self.get(key)?;
-            return Ok(data.get(range).map(<[u8]>::to_vec).unwrap_or_default());
+            return Ok(super::part_of(&data, range));
         }
         self.shared.inner.get_range(key, range)
     }

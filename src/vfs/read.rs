@@ -106,7 +106,8 @@ impl Fs {
         // Blocks a random read fetches go to the kernel's page cache too. (Not for sequential
         // reads: the kernel's read-ahead asks for those bytes next anyway, and a second copy of
         // them cost a quarter of the throughput.)
-        let random = !h.readahead.lock().expect("lock").continues(offset);
+        let random = (self.core.fill.enabled() || self.core.cfg.ranged_reads)
+            && !h.readahead.lock().expect("lock").continues(offset);
         let fill = self.core.fill.enabled() && pending.is_empty() && random;
         // A random read in a file too large to fetch whole may fetch its part of a large block
         // alone (verified against the block's group hashes: `core::groups`).
