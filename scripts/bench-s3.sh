@@ -119,15 +119,23 @@ declare -A R
 # Every column starts on an idle machine: the previous one's objects are written out and its
 # after-work (PostgreSQL's checkpoints and vacuum, s3rver) is done, not timed with this column.
 # (Without this, the write-back column's sequential write, right after the default column, ran
-# at 470-550 MiB/s in full runs and at 684-883 MiB/s alone.)
-settle() { # until a one-second sample is 90% idle, for at most 30 s
-  local _c u n s i w t0 i0
+# at 470-550 MiB/s in full runs and at 684-883 MiB/s alone. With one idle second, three rounds
+# of that column alone wrote at 373-600 MiB/s; with three more seconds after the mount,
+# 609-629.) PostgreSQL writes its dirty buffers now (CHECKPOINT) rather than during a later
+# column, and the machine must then stay idle for two seconds in a row.
+settle() { # until two one-second samples in a row are 90% idle, for at most 30 s
+  local _c u n s i w t0 i0 quiet=0
   sync
+  runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc CHECKPOINT >/dev/null || true
   for _ in $(seq 30); do
     read -r _c u n s i w _ < /proc/stat; t0=$((u + n + s + i + w)) i0=$i
     sleep 1
     read -r _c u n s i w _ < /proc/stat
-    (( (i - i0) * 100 >= (u + n + s + i + w - t0) * 90 )) && return 0
+    if (( (i - i0) * 100 >= (u + n + s + i + w - t0) * 90 )); then
+      quiet=$((quiet + 1)); (( quiet >= 2 )) && return 0
+    else
+      quiet=0
+    fi
   done
 }
 add() { R[$1]="${R[$1]:+${R[$1]} }$2"; }  # one more sample of a measure
