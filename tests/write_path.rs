@@ -261,7 +261,7 @@ fn read_ahead_stays_within_its_window() {
         assert!(got == data[offset as usize..][..step]);
         // a reader that uses each MiB: read-ahead gets to run before the reader reaches its
         // blocks (a busy machine ran the reader past them first, and it fetched them itself)
-        if (offset + step as u64) % (1 << 20) == 0 {
+        if (offset + step as u64).is_multiple_of(1 << 20) {
             std::thread::sleep(std::time::Duration::from_millis(30));
         }
     }
