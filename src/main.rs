@@ -7,6 +7,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // colours only on a terminal: the mount daemon's log file gets plain text
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = graviton::cli::Cli::parse();
     match graviton::cli::run(cli) {

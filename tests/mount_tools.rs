@@ -835,3 +835,85 @@ fn long_listings_seekdir_and_rewinddir_through_the_mount() {
     let left = std::fs::read_dir(&d).unwrap().count();
     assert_eq!(left, n / 2 + 1);
 }
+
+/// A tmpfs of `bytes` on a fresh folder, unmounted when dropped (after the mount on it).
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new(bytes: usize) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let size = format!("size={bytes}");
+        ok(
+            run(
+                "mount",
+                &[
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &size,
+                    "tmpfs",
+                    dir.path().to_str().unwrap(),
+                ],
+                Path::new("/"),
+            ),
+            "mounting a small tmpfs",
+        );
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = run(
+            "umount",
+            &["-l", self.0.path().to_str().unwrap()],
+            Path::new("/"),
+        );
+    }
+}
+
+#[test]
+fn a_full_disk_is_enospc_and_spares_the_files_already_written() {
+    let disk = SmallDisk::new(24 << 20);
+    let vol = disk.0.path().join("vol");
+    ok(
+        run(BIN, &["format", vol.to_str().unwrap()], Path::new("/")),
+        "graviton format",
+    );
+    let m = Mounted::existing(vol.to_str().unwrap(), "");
+    let kept: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(m.path("kept"), &kept).unwrap();
+    std::fs::File::open(m.path("kept"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+
+    // 64 MiB of bytes that do not dedup, onto 24 MiB
+    let mut f = std::fs::File::create(m.path("big")).unwrap();
+    let mut block = vec![0u8; 1 << 20];
+    let mut failed = None;
+    for i in 0..64u64 {
+        for (j, b) in block.iter_mut().enumerate() {
+            *b = ((i * 1_000_003 + j as u64 * 2_654_435_761) >> 7) as u8;
+        }
+        if let Err(e) = f.write_all(&block) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed
+        .or_else(|| f.sync_all().err())
+        .expect("the disk filled");
+    assert_eq!(
+        failed.raw_os_error(),
+        Some(libc::ENOSPC),
+        "a full disk says so: {failed}"
+    );
+    drop(f);
+    assert_eq!(
+        std::fs::read(m.path("kept")).unwrap(),
+        kept,
+        "a file written before is intact"
+    );
+    drop(m);
+}

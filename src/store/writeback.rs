@@ -46,6 +46,8 @@ struct Shared {
     /// Signalled when an upload ends.
     done: Condvar,
     on_duplicate: OnDuplicate,
+    /// A put found the staging folder failing (warned once per mount).
+    staging_failed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -99,6 +101,7 @@ impl WriteBack {
             work: Condvar::new(),
             done: Condvar::new(),
             on_duplicate,
+            staging_failed: Default::default(),
         });
         for n in 0..UPLOADERS {
             let shared = shared.clone();
@@ -182,6 +185,32 @@ impl Shared {
         }
     }
 
+    /// Stores a block the staging folder would not take in the store itself, as a mount
+    /// without write-back would: the writer waits for the upload instead of failing.
+    fn store_directly(
+        &self,
+        key: &BlockKey,
+        data: &[u8],
+        staging: StoreError,
+    ) -> Result<PutOutcome, StoreError> {
+        if !self
+            .staging_failed
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "write-back: {staging}; blocks the staging folder refuses go straight to the {} store",
+                self.inner.backend()
+            );
+        }
+        let mut outcome = PutOutcome::Fresh;
+        super::store_for_reference(self.inner.as_ref(), key, data, None, |k| {
+            outcome = PutOutcome::Duplicate;
+            (self.on_duplicate)(k);
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(outcome)
+    }
+
     fn upload(&self, key: &BlockKey) -> Result<(), StoreError> {
         let Some(loc) = self.lock().staged.get(key).copied() else {
             return Ok(()); // deleted meanwhile (`delete`)
@@ -216,7 +245,11 @@ impl BlockStore for WriteBack {
         if s.lock().staged.contains_key(key) {
             return Ok(PutOutcome::Duplicate);
         }
-        let loc = s.staging.append(key, data)?;
+        let loc = match s.staging.append(key, data) {
+            Ok(loc) => loc,
+            // a full or failing local disk: the block goes straight to the store instead
+            Err(e) => return s.store_directly(key, data, e),
+        };
         let mut st = s.lock();
         if st.staged.contains_key(key) {
             // staged by another put meanwhile
@@ -327,5 +360,73 @@ impl Drop for WriteBack {
     fn drop(&mut self) {
         self.shared.lock().closing = true;
         self.shared.work.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::HashAlgo;
+    use crate::store::memory::MemoryBlockStore;
+
+    /// A tmpfs of `bytes` on a fresh folder, unmounted when dropped.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        fn new(bytes: usize) -> Option<SmallDisk> {
+            let dir = tempfile::tempdir().unwrap();
+            let size = format!("size={bytes}");
+            nix::mount::mount(
+                Some("tmpfs"),
+                dir.path(),
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(size.as_str()),
+            )
+            .ok()?;
+            Some(SmallDisk(dir))
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn a_full_staging_disk_sends_blocks_straight_to_the_store() {
+        let Some(disk) = SmallDisk::new(1 << 20) else {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        };
+        let inner = Arc::new(MemoryBlockStore::new());
+        let wb = WriteBack::open(inner.clone(), disk.0.path(), Box::new(|_| {})).unwrap();
+        let blocks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 400 << 10]).collect();
+        let key = |b: &[u8]| BlockKey::for_data(HashAlgo::Blake3, b);
+        for b in &blocks {
+            assert_eq!(wb.put(&key(b), b).unwrap(), PutOutcome::Fresh, "no error");
+        }
+        // uploads wait two seconds: what the store has now went there directly
+        let direct = blocks
+            .iter()
+            .filter(|b| inner.exists(&key(b)).unwrap())
+            .count();
+        assert!(
+            (2..4).contains(&direct),
+            "1 MiB stages one or two of four 400 KiB blocks, the rest go direct: {direct}"
+        );
+        for b in &blocks {
+            assert_eq!(wb.get(&key(b)).unwrap(), *b);
+        }
+        wb.drain(Duration::from_secs(30)).unwrap();
+        assert_eq!(wb.staged(), 0);
+        for b in &blocks {
+            assert_eq!(
+                inner.get(&key(b)).unwrap(),
+                *b,
+                "every block reached the store"
+            );
+        }
     }
 }

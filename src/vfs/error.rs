@@ -75,7 +75,11 @@ impl FsError {
             FsError::Meta(MetaError::Backend { .. }) => libc::EIO,
             FsError::Store(StoreError::NotFound(..)) => libc::EIO,
             FsError::Store(StoreError::Corrupt(..)) => libc::EIO,
-            FsError::Store(StoreError::Io { .. }) => libc::EIO,
+            // a full disk under a local store says so (cp: "No space left on device")
+            FsError::Store(StoreError::Io { source, .. }) => match source.raw_os_error() {
+                Some(e @ (libc::ENOSPC | libc::EDQUOT)) => e,
+                _ => libc::EIO,
+            },
         }
     }
 
@@ -89,6 +93,22 @@ impl FsError {
 mod tests {
     use super::*;
     use crate::core::{BlockKey, HashAlgo};
+
+    #[test]
+    fn a_full_disk_under_a_store_is_enospc_other_io_failures_eio() {
+        let io = |e: i32| {
+            FsError::Store(StoreError::io(
+                "local",
+                "storing a block",
+                std::io::Error::from_raw_os_error(e),
+            ))
+            .errno()
+        };
+        assert_eq!(io(libc::ENOSPC), libc::ENOSPC);
+        assert_eq!(io(libc::EDQUOT), libc::EDQUOT);
+        assert_eq!(io(libc::EIO), libc::EIO);
+        assert_eq!(io(libc::ECONNREFUSED), libc::EIO);
+    }
 
     #[test]
     fn backend_failures_are_eio_never_enoent() {
