@@ -227,3 +227,49 @@ fn a_writer_stores_again_a_copy_gc_deletes_as_the_writer_finds_it() {
     let fh = fs.open(ino, graviton::vfs::OpenFlags::READ).unwrap();
     assert!(common::read_all(&fs, fh, 0, MIB as u64) == content);
 }
+
+/// Bytes in the files under `dir`, at any depth.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => bytes_under(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_mount_of_an_embedded_volume_collects_its_own_garbage() {
+    // the grace period of zero is for this test only: nobody else writes to the volume
+    let m = Mounted::new(&[], "gc_every=1s,gc_grace=0s");
+    let blocks_dir = m.vol.join("blocks");
+    let kept = random_bytes(1, MIB);
+    std::fs::write(m.path("kept"), &kept).unwrap();
+    std::fs::write(m.path("gone"), random_bytes(2, 8 * MIB)).unwrap();
+    let before = bytes_under(&blocks_dir);
+    assert!(before >= 9 * MIB as u64, "both files stored: {before}");
+    std::fs::remove_file(m.path("gone")).unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut now = before;
+    while now > 2 * MIB as u64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        now = bytes_under(&blocks_dir);
+    }
+    assert!(
+        now <= 2 * MIB as u64,
+        "the deleted file's blocks went without a `graviton gc`: {before} bytes, then {now}"
+    );
+    assert_eq!(std::fs::read(m.path("kept")).unwrap(), kept);
+    m.unmount();
+    let (stored, referenced) = blocks(&m.source);
+    assert_eq!(
+        stored, referenced,
+        "no garbage left, nothing referenced lost"
+    );
+}

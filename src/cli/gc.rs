@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
 use clap::Args;
 
 use super::control::Request;
@@ -65,6 +66,39 @@ pub struct GcReport {
 
 /// Candidates re-checked and deleted together: keeps the re-check close to the deletions.
 const BATCH: usize = 64;
+/// The grace period unless told otherwise (`--grace`, mount option `gc_grace`).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+/// How often a mount of an embedded volume collects garbage (mount option `gc_every`).
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(3600);
+
+/// One gc run at a time in this process (the mount's own and those asked through its socket).
+static RUNNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs gc every `every` on a low-priority thread of the mount daemon, for as long as the
+/// daemon runs; each run logs its summary, a failed run a warning.
+pub fn run_every(
+    vol: std::sync::Arc<Volume>,
+    every: Duration,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("graviton-gc".into())
+        .spawn(move || {
+            crate::background::lower_this_threads_priority();
+            loop {
+                std::thread::sleep(every);
+                let mut summary = Vec::new();
+                match collect(&vol, grace, false, &mut summary) {
+                    Ok(()) => {
+                        tracing::info!("gc: {}", String::from_utf8_lossy(&summary).trim_end())
+                    }
+                    Err(e) => tracing::warn!("gc: {e:#}"),
+                }
+            }
+        })
+        .context("starting the gc thread")?;
+    Ok(())
+}
 
 pub fn run(args: GcArgs) -> anyhow::Result<()> {
     let req = Request::Gc {
@@ -113,6 +147,7 @@ fn now_secs() -> u64 {
 }
 
 pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcReport> {
+    let _one_at_a_time = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     let mut report = GcReport::default();
     let now = now_secs();
     // listed before the references are read: a block uploaded after the listing is not seen,

@@ -25,8 +25,9 @@ use crate::volume::{Source, Volume};
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// Mount options, comma-separated (allow_other, ro, noatime, attr_timeout=SECS, cache_mb=N,
-    /// dirty_mb=N, readahead_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off, page_fill=on|off, writeback, write_cache, and the usual fstab
-    /// options).
+    /// dirty_mb=N, readahead_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off,
+    /// page_fill=on|off, writeback, write_cache, gc_every=DURATION|off, gc_grace=DURATION, and
+    /// the usual fstab options).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Serve Prometheus metrics on this address (same as `-o metrics=ADDR`).
@@ -110,6 +111,12 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             )
         }
     };
+    if opts.writeback && matches!(source, Source::Postgres(_)) && opts.gc_every.flatten().is_some()
+    {
+        bail!(
+            "mount option gc_every does not go with writeback on a PostgreSQL volume: blocks its journal names are not in PostgreSQL yet"
+        );
+    }
     let mountpoint = prepare_mountpoint(&mountpoint)?;
     if args.foreground {
         serve(&source, &mountpoint, &opts, args.notify_ready)
@@ -421,6 +428,14 @@ fn serve(
             }
         })?;
     super::control::serve(vol.clone())?;
+    // the daemon is the one process of an embedded volume: it collects its garbage itself
+    let gc_every = opts.gc_every.unwrap_or(match source {
+        Source::Dir(_) => Some(super::gc::DEFAULT_EVERY),
+        Source::Postgres(_) => None,
+    });
+    if let Some(every) = gc_every.filter(|_| !opts.read_only) {
+        super::gc::run_every(vol.clone(), every, opts.gc_grace)?;
+    }
     let pid_file = state.join("graviton.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
         .context("writing the pid file")?;

@@ -37,6 +37,11 @@ pub struct MountOptions {
     /// An on-disk block cache (for remote block stores), and its size.
     pub cache_dir: Option<std::path::PathBuf>,
     pub cache_dir_mb: u64,
+    /// How often the mount collects garbage itself (`graviton gc`): `Some(None)` never; by
+    /// default hourly on embedded volumes, never on PostgreSQL ones.
+    pub gc_every: Option<Option<Duration>>,
+    /// The grace period of those runs (`graviton gc --grace`).
+    pub gc_grace: Duration,
 }
 
 impl Default for MountOptions {
@@ -62,6 +67,8 @@ impl Default for MountOptions {
             metrics: None,
             cache_dir: None,
             cache_dir_mb: 10240,
+            gc_every: None,
+            gc_grace: super::gc::DEFAULT_GRACE,
         }
     }
 }
@@ -209,6 +216,13 @@ impl MountOptions {
                     )?;
                     self.session_timeout = Duration::from_secs(secs);
                 }
+                "gc_every" => {
+                    self.gc_every = Some(match need()? {
+                        "off" => None,
+                        v => Some(duration(name, v, Duration::from_secs(1))?),
+                    })
+                }
+                "gc_grace" => self.gc_grace = duration(name, need()?, Duration::ZERO)?,
                 "meta_cache" | "page_fill" => {
                     let on = match need()? {
                         "on" => true,
@@ -230,6 +244,18 @@ impl MountOptions {
             }
         }
         Ok(())
+    }
+}
+
+/// A duration like `1h` or `30m` of at least `min`.
+fn duration(name: &str, value: &str, min: Duration) -> Result<Duration, OptionError> {
+    match humantime::parse_duration(value) {
+        Ok(d) if d >= min => Ok(d),
+        _ => Err(OptionError::BadValue {
+            name: name.into(),
+            value: value.into(),
+            why: "a duration like 1h or 30m (gc_every: at least 1s, or off)",
+        }),
     }
 }
 
@@ -268,5 +294,20 @@ mod tests {
         assert!(e.contains("readahead_mb") && e.contains("1 to 1024"), "{e}");
         o.apply("readahead_mb=64").unwrap();
         assert_eq!(o.readahead_mb, Some(64));
+    }
+
+    #[test]
+    fn gc_runs_take_durations_or_off() {
+        let mut o = MountOptions::default();
+        assert_eq!(o.gc_every, None, "the volume's kind decides");
+        o.apply("gc_every=30m,gc_grace=2h").unwrap();
+        assert_eq!(o.gc_every, Some(Some(Duration::from_secs(1800))));
+        assert_eq!(o.gc_grace, Duration::from_secs(7200));
+        o.apply("gc_every=off,gc_grace=0s").unwrap();
+        assert_eq!((o.gc_every, o.gc_grace), (Some(None), Duration::ZERO));
+        for bad in ["gc_every=soon", "gc_every=0s", "gc_grace=-1h"] {
+            let e = o.apply(bad).unwrap_err().to_string();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
+        }
     }
 }
