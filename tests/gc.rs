@@ -245,8 +245,8 @@ fn bytes_under(dir: &std::path::Path) -> u64 {
 
 #[test]
 fn a_mount_of_an_embedded_volume_collects_its_own_garbage() {
-    // the grace period of zero is for this test only: nobody else writes to the volume
-    let m = Mounted::new(&[], "gc_every=1s,gc_grace=0s");
+    // the shortest grace period a mount takes: a minute
+    let m = Mounted::new(&[], "gc_every=1s,gc_grace=1m");
     let blocks_dir = m.vol.join("blocks");
     let kept = random_bytes(1, MIB);
     std::fs::write(m.path("kept"), &kept).unwrap();
@@ -255,7 +255,8 @@ fn a_mount_of_an_embedded_volume_collects_its_own_garbage() {
     assert!(before >= 9 * MIB as u64, "both files stored: {before}");
     std::fs::remove_file(m.path("gone")).unwrap();
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // marked by the first run after the removal, deleted by the first run a minute later
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut now = before;
     while now > 2 * MIB as u64 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));

@@ -87,6 +87,15 @@ pub fn run_every(
             crate::background::lower_this_threads_priority();
             loop {
                 std::thread::sleep(every);
+                // as `graviton gc` does: a write-back mount elsewhere may hold commits that
+                // reference blocks PostgreSQL does not know to be referenced
+                if vol.meta.shared().is_some()
+                    && let Err(e) =
+                        crate::meta::write_behind::check_unclaimed(vol.meta.as_ref(), None)
+                {
+                    tracing::warn!("gc: skipped: {e}");
+                    continue;
+                }
                 let mut summary = Vec::new();
                 match collect(&vol, grace, false, &mut summary) {
                     Ok(()) => {

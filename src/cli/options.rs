@@ -222,7 +222,9 @@ impl MountOptions {
                         v => Some(duration(name, v, Duration::from_secs(1))?),
                     })
                 }
-                "gc_grace" => self.gc_grace = duration(name, need()?, Duration::ZERO)?,
+                // a mount's volume is in use: a block may wait unreferenced between its upload
+                // and its commit, and a grace shorter than that deletes it
+                "gc_grace" => self.gc_grace = duration(name, need()?, Duration::from_secs(60))?,
                 "meta_cache" | "page_fill" => {
                     let on = match need()? {
                         "on" => true,
@@ -254,7 +256,7 @@ fn duration(name: &str, value: &str, min: Duration) -> Result<Duration, OptionEr
         _ => Err(OptionError::BadValue {
             name: name.into(),
             value: value.into(),
-            why: "a duration like 1h or 30m (gc_every: at least 1s, or off)",
+            why: "a duration like 1h or 30m (gc_every: at least 1s, or off; gc_grace: at least 1m)",
         }),
     }
 }
@@ -303,9 +305,17 @@ mod tests {
         o.apply("gc_every=30m,gc_grace=2h").unwrap();
         assert_eq!(o.gc_every, Some(Some(Duration::from_secs(1800))));
         assert_eq!(o.gc_grace, Duration::from_secs(7200));
-        o.apply("gc_every=off,gc_grace=0s").unwrap();
-        assert_eq!((o.gc_every, o.gc_grace), (Some(None), Duration::ZERO));
-        for bad in ["gc_every=soon", "gc_every=0s", "gc_grace=-1h"] {
+        o.apply("gc_every=off,gc_grace=1m").unwrap();
+        assert_eq!(
+            (o.gc_every, o.gc_grace),
+            (Some(None), Duration::from_secs(60))
+        );
+        for bad in [
+            "gc_every=soon",
+            "gc_every=0s",
+            "gc_grace=-1h",
+            "gc_grace=0s",
+        ] {
             let e = o.apply(bad).unwrap_err().to_string();
             assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
         }
