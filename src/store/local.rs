@@ -13,6 +13,10 @@ use super::{BlockStore, PutOutcome, StoreError};
 use crate::core::{BlockKey, HashAlgo};
 
 const BACKEND: &str = "local";
+/// Blocks this large start their way to the disk as soon as they are written (a stream's
+/// blocks, not the packed small ones a short-lived file may leave), so `sync` after a long
+/// write waits for the last blocks only.
+const EARLY_WRITEBACK_FROM: usize = 512 << 10;
 /// Past this many files and folders to make durable, one syncfs is cheaper than an fsync each.
 const SYNCFS_ABOVE: usize = 32;
 
@@ -88,6 +92,9 @@ impl BlockStore for LocalBlockStore {
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;
+            if data.len() >= EARLY_WRITEBACK_FROM {
+                super::staging::start_writeback(&f, 0, data.len() as u64);
+            }
             match fs::rename(&tmp, &path) {
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     fs::create_dir_all(dir)?;

@@ -402,8 +402,8 @@ impl Staging {
 /// Starts writing a record to the disk without waiting, so an fsync after a long stream of
 /// writes waits for the last blocks only rather than for everything staged since the last one
 /// (fio's 256 MiB sequential write: its final fsync took 0.13 s of 0.42). Failure is harmless:
-/// `sync` still writes whatever this did not.
-fn start_writeback(file: &File, offset: u64, len: u64) {
+/// `sync` still writes whatever this did not. (The local store does the same for its files.)
+pub(super) fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the life of `file`; the call reads no memory of ours.
     let rc = unsafe {
