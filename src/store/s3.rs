@@ -1001,7 +1001,7 @@ mod server_tests {
         );
     }
 
-    /// A request's method and its headers (but the signature).
+    /// A request's method and its headers (all but the signature).
     type SentHeaders = (String, Vec<(String, String)>);
 
     /// Records the headers of every request the store sends.
