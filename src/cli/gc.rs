@@ -74,8 +74,29 @@ pub const DEFAULT_EVERY: Duration = Duration::from_secs(3600);
 /// One gc run at a time in this process (the mount's own and those asked through its socket).
 static RUNNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Key-value key of the time (Unix seconds) the last gc run ended, by any process.
+const LAST_RUN_KEY: &str = "gc/last-run";
+/// A mount's first run waits at least this long (unless its interval is shorter): the mount
+/// has just started, and the volume's users with it.
+const FIRST_RUN_AFTER: Duration = Duration::from_secs(60);
+
+/// How long until the next run is due, the last one having ended at `last` (Unix seconds).
+fn due_in(last: Option<u64>, now: u64, every: Duration) -> Duration {
+    last.map_or(Duration::ZERO, |last| {
+        Duration::from_secs((last + every.as_secs()).saturating_sub(now))
+    })
+}
+
+fn last_run(vol: &Volume) -> Option<u64> {
+    let v = vol.meta.kv_get(LAST_RUN_KEY).ok()??;
+    std::str::from_utf8(&v).ok()?.parse().ok()
+}
+
 /// Runs gc every `every` on a low-priority thread of the mount daemon, for as long as the
-/// daemon runs; each run logs its summary, a failed run a warning.
+/// daemon runs; each run logs its summary, a failed run a warning. Runs are counted from the
+/// last one of any process (this mount's, another mount's of a PostgreSQL volume, `graviton
+/// gc` from cron), so a mount restarted more often than `every` still collects, and mounts
+/// that share a volume do not all run one after the other.
 pub fn run_every(
     vol: std::sync::Arc<Volume>,
     every: Duration,
@@ -85,8 +106,16 @@ pub fn run_every(
         .name("graviton-gc".into())
         .spawn(move || {
             crate::background::lower_this_threads_priority();
+            let mut wait =
+                due_in(last_run(&vol), now_secs(), every).max(FIRST_RUN_AFTER.min(every));
             loop {
-                std::thread::sleep(every);
+                std::thread::sleep(wait);
+                wait = every;
+                let due = due_in(last_run(&vol), now_secs(), every);
+                if !due.is_zero() {
+                    wait = due; // another process ran it meanwhile
+                    continue;
+                }
                 // as `graviton gc` does: a write-back mount elsewhere may hold commits that
                 // reference blocks PostgreSQL does not know to be referenced
                 if vol.meta.shared().is_some()
@@ -250,6 +279,10 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
         }
     }
     bar.finish_and_clear();
+    if !dry_run {
+        vol.meta
+            .kv_put(LAST_RUN_KEY, now_secs().to_string().as_bytes())?;
+    }
     Ok(report)
 }
 
@@ -288,6 +321,21 @@ pub fn candidates(vol: &Volume) -> anyhow::Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_run_is_due_an_interval_after_the_last_one_of_any_process() {
+        use super::due_in;
+        use std::time::Duration;
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            due_in(None, 1000, hour),
+            Duration::ZERO,
+            "never ran: due now"
+        );
+        assert_eq!(due_in(Some(1000), 1600, hour), Duration::from_secs(3000));
+        assert_eq!(due_in(Some(1000), 4600, hour), Duration::ZERO);
+        assert_eq!(due_in(Some(1000), 9000, hour), Duration::ZERO, "overdue");
+    }
+
     use std::sync::Arc;
 
     use super::*;
