@@ -127,12 +127,6 @@ impl BlockStore for DiskCache {
         Ok(r)
     }
 
-    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        let r = self.inner.put_new(key, data)?;
-        self.keep(key, data);
-        Ok(r)
-    }
-
     fn put_new_grouped(
         &self,
         key: &BlockKey,

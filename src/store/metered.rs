@@ -66,10 +66,6 @@ impl BlockStore for Metered {
         self.timed_put(data, || self.inner.put(key, data))
     }
 
-    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.timed_put(data, || self.inner.put_new(key, data))
-    }
-
     fn put_new_grouped(
         &self,
         key: &BlockKey,

@@ -98,19 +98,20 @@ pub trait BlockStore: Send + Sync {
     /// the store for one first (the S3 store skips its HEAD). Storing a block that is there
     /// after all is harmless: same key, same bytes.
     fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.put(key, data)
+        self.put_new_grouped(key, data, None)
     }
 
     /// As `put_new`, with the block's group hashes (`core::groups`) computed with its key, for
     /// a store that keeps them (S3, for verified ranged reads; it computes them itself when
-    /// they are not given). Adapters that wrap another store pass them on.
+    /// they are not given). A store with its own `put_new` implements this one (`put_new`
+    /// comes here); adapters that wrap another store pass the hashes on.
     fn put_new_grouped(
         &self,
         key: &BlockKey,
         data: &[u8],
         _groups: Option<&GroupHashes>,
     ) -> Result<PutOutcome, StoreError> {
-        self.put_new(key, data)
+        self.put(key, data)
     }
 
     /// Whether storing the block costs no more than asking the volume's block index whether

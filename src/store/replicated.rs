@@ -120,10 +120,6 @@ impl BlockStore for Replicated {
         self.put_each(key, |r| r.put(key, data))
     }
 
-    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.put_each(key, |r| r.put_new(key, data))
-    }
-
     fn put_new_grouped(
         &self,
         key: &BlockKey,

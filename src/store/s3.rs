@@ -701,12 +701,8 @@ impl BlockStore for S3BlockStore {
         self.upload(key, data, conditional, None)
     }
 
-    /// No HEAD: the volume references no copy, so the block is almost surely new.
-    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.upload(key, data, self.conditional_put(), None)
-    }
-
-    /// As `put_new`, with the group hashes the write path computed with the key.
+    /// `put_new` (no HEAD: the volume references no copy, so the block is almost surely new),
+    /// with the group hashes the write path computed with the key when it has them.
     fn put_new_grouped(
         &self,
         key: &BlockKey,

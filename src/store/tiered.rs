@@ -48,10 +48,6 @@ impl BlockStore for Tiered {
         self.tier(key).put(key, data)
     }
 
-    fn put_new(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.tier(key).put_new(key, data)
-    }
-
     fn put_new_grouped(
         &self,
         key: &BlockKey,
