@@ -7,6 +7,8 @@ pub mod core;
 pub mod fuse;
 pub mod meta;
 pub mod metrics;
+pub mod private;
+pub mod state;
 pub mod store;
 pub mod vfs;
 pub mod volume;

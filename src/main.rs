@@ -1,6 +1,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // everything this process creates is its user's alone (block files hold file content)
+    graviton::private::restrict_umask();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GRAVITON_LOG")

@@ -92,14 +92,10 @@ impl Source {
     }
 
     /// Where the mount daemon keeps its pid file, status socket and log: the volume folder,
-    /// or for PostgreSQL `$XDG_STATE_HOME/graviton/<id>` (`~/.local/state/graviton/<id>`).
+    /// or for PostgreSQL `<state home>/graviton/<id>` (`crate::state::home`: `/var/lib` for
+    /// root, `~/.local/state` for others, unless `XDG_STATE_HOME` says otherwise).
     pub fn state_dir(&self) -> PathBuf {
-        let base = std::env::var_os("XDG_STATE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-            .unwrap_or_else(|| PathBuf::from("/tmp"));
-        self.state_dir_in(&base)
+        self.state_dir_in(&crate::state::home())
     }
 
     /// `state_dir` with `base` standing for `$XDG_STATE_HOME`.
@@ -344,7 +340,7 @@ impl Volume {
             })?;
         }
         if let Some(d) = dir {
-            std::fs::create_dir_all(d).map_err(|source| VolumeError::Io {
+            crate::private::dir(d).map_err(|source| VolumeError::Io {
                 context: format!("creating {}", d.display()),
                 source,
             })?;
@@ -390,6 +386,13 @@ impl Volume {
             && !Self::is_formatted(d)
         {
             return Err(VolumeError::NotFormatted(source.display()));
+        }
+        if let Source::Dir(d) = source {
+            // made by an earlier version with the umask's modes: others could read blocks
+            crate::private::dir(d).map_err(|source| VolumeError::Io {
+                context: format!("restricting {} to its owner", d.display()),
+                source,
+            })?;
         }
         let meta = open_meta(source, pg_wait)?;
         let invalid = |message: String| VolumeError::Invalid {

@@ -917,3 +917,61 @@ fn a_full_disk_is_enospc_and_spares_the_files_already_written() {
     );
     drop(m);
 }
+
+/// The mount's flags as /proc/mounts lists them.
+fn kernel_flags(mnt: &Path) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(1) == Some(mnt.to_str().unwrap()))
+        .expect("mounted");
+    line.split(' ')
+        .nth(3)
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `id -u`'s copy `id` in the mount as nobody: the effective user it reports.
+fn euid_of_setuid_copy(m: &Mounted) -> String {
+    let id = m.path("id");
+    std::fs::copy("/usr/bin/id", &id).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let out = run(
+        "setpriv",
+        &[
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            id.to_str().unwrap(),
+            "-u",
+        ],
+        Path::new("/"),
+    );
+    ok(out, "the setuid copy of id").trim().to_string()
+}
+
+#[test]
+fn suid_and_dev_are_off_unless_asked_for_and_reach_the_kernel_when_they_are() {
+    let m = Mounted::new(&[], "");
+    let flags = kernel_flags(&m.mnt);
+    assert!(flags.contains(&"nosuid".to_string()), "{flags:?}");
+    assert!(flags.contains(&"nodev".to_string()), "{flags:?}");
+    assert_eq!(euid_of_setuid_copy(&m), "65534", "a setuid bit took effect");
+    drop(m);
+
+    let m = Mounted::new(&[], "suid,dev");
+    let flags = kernel_flags(&m.mnt);
+    assert!(!flags.contains(&"nosuid".to_string()), "{flags:?}");
+    assert!(!flags.contains(&"nodev".to_string()), "{flags:?}");
+    assert_eq!(
+        euid_of_setuid_copy(&m),
+        "0",
+        "-o suid: the setuid bit works"
+    );
+}

@@ -144,10 +144,12 @@ pub fn run(args: DumpArgs) -> anyhow::Result<()> {
     if args.output.as_os_str() == "-" {
         return super::control::run(&source, &Request::Dump, &mut std::io::stdout().lock());
     }
-    // written beside, renamed when complete: a failed dump never replaces a good one
+    // written beside, renamed when complete: a failed dump never replaces a good one. It holds
+    // every name and xattr: created new, 0600, never through a symlink someone left there.
     let tmp = args.output.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp); // an interrupted dump's, or a planted link (not followed)
     let file =
-        std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+        crate::private::create_new(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
     let mut out = std::io::BufWriter::new(file);
     if let Err(e) = super::control::run(&source, &Request::Dump, &mut out) {
         drop(out);

@@ -273,8 +273,7 @@ fn serve(
     let mut vol = Volume::open_waiting(source, opts.pg_wait)?;
     if let Source::Postgres(_) = source {
         vol.state_dir = source.mount_state_dir(mountpoint);
-        std::fs::create_dir_all(&vol.state_dir)
-            .with_context(|| format!("creating {}", vol.state_dir.display()))?;
+        crate::state::prepare(&vol.state_dir)?;
         if opts.meta_cache {
             let dir = vol.state_dir.join("meta-cache");
             vol.meta = Arc::new(
@@ -369,7 +368,9 @@ fn serve(
         (opts.read_only, MountOption::RO),
         (opts.noatime, MountOption::NoAtime),
         (opts.nodev, MountOption::NoDev),
+        (!opts.nodev, MountOption::Dev),
         (opts.nosuid, MountOption::NoSuid),
+        (!opts.nosuid, MountOption::Suid),
         (opts.noexec, MountOption::NoExec),
     ] {
         if on {
@@ -398,7 +399,7 @@ fn serve(
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     let state = vol.state_dir.clone();
-    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    crate::private::dir(&state).with_context(|| format!("creating {}", state.display()))?;
     let (fs2, src) = (fs.clone(), state.clone());
     std::thread::Builder::new()
         .name("graviton-signals".into())
@@ -437,8 +438,8 @@ fn serve(
         super::gc::run_every(vol.clone(), every, opts.gc_grace)?;
     }
     let pid_file = state.join("graviton.pid");
-    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
-        .context("writing the pid file")?;
+    crate::private::write(&pid_file, format!("{}\n", std::process::id()).as_bytes())
+        .with_context(|| format!("writing {}", pid_file.display()))?;
 
     if notify_ready {
         println!("ready");
@@ -521,11 +522,7 @@ fn writeback_store(
 /// After the launcher has its answer, the daemon's output goes to a log file in the volume.
 fn redirect_output(log: &Path) {
     use std::os::fd::AsRawFd;
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
+    if let Ok(f) = crate::private::append(log) {
         // SAFETY: dup2 onto the standard descriptors; the file stays open through them.
         unsafe {
             libc::dup2(f.as_raw_fd(), 1);

@@ -8,6 +8,9 @@ pub struct MountOptions {
     pub allow_other: bool,
     pub read_only: bool,
     pub noatime: bool,
+    /// Device files and setuid/setgid bits do nothing on the mount unless `dev` / `suid` say
+    /// otherwise: whoever can write the volume (another host, the database's or the bucket's
+    /// administrator) could otherwise plant a setuid-root program or a device node.
     pub nodev: bool,
     pub nosuid: bool,
     pub noexec: bool,
@@ -50,8 +53,8 @@ impl Default for MountOptions {
             allow_other: false,
             read_only: false,
             noatime: false,
-            nodev: false,
-            nosuid: false,
+            nodev: true,
+            nosuid: true,
             noexec: false,
             ttl: None,
             cache_mb: None,

@@ -206,7 +206,7 @@ fn checksum(payload: &[u8]) -> [u8; 4] {
 impl Journal {
     /// Opens the journal in `dir` (creating it) and returns the records it holds, in order.
     pub fn open(dir: &Path) -> MetaResult<(Journal, Vec<Record>)> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err(&dir.display().to_string(), e))?;
+        crate::private::dir(dir).map_err(|e| io_err(&dir.display().to_string(), e))?;
         let mut names: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
             .map_err(|e| io_err(&dir.display().to_string(), e))?
             .filter_map(|e| e.ok())

@@ -18,7 +18,7 @@ pub fn scan(
     backend: &'static str,
 ) -> Result<Vec<(BlockKey, std::fs::Metadata)>, StoreError> {
     let io = |what: &str, e| StoreError::io(backend, format!("{what} {}", dir.display()), e);
-    std::fs::create_dir_all(dir).map_err(|e| io("creating", e))?;
+    crate::private::dir(dir).map_err(|e| io("creating", e))?;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io("listing", e))? {
         let Ok(entry) = entry else { continue };

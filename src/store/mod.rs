@@ -10,6 +10,7 @@ pub mod disk_cache;
 pub mod local;
 pub mod memory;
 pub mod metered;
+mod pending_sync;
 pub mod pg;
 pub mod replicated;
 pub mod s3;

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use super::pending_sync::PendingSync;
 use super::{StoreError, block_files};
 use crate::core::BlockKey;
 use crate::core::key::KEY_BYTES;
@@ -66,9 +67,18 @@ fn record_len(len: u32, aligned: bool) -> u64 {
     }
 }
 
+/// What a `sync` makes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Unsynced {
+    Segment(u64),
+    /// The folder of the segments: one was created or deleted.
+    Folder,
+}
+
 pub struct Staging {
     dir: PathBuf,
     state: Mutex<Segments>,
+    pending: PendingSync<Unsynced>,
     /// New segments are written with `O_DIRECT` (until the file system refuses it).
     direct: AtomicBool,
 }
@@ -79,8 +89,6 @@ struct Segments {
     /// Open segments nobody is writing now.
     idle: Vec<u64>,
     next: u64,
-    /// A segment was created or deleted since the last `sync`.
-    dir_changed: bool,
 }
 
 struct Segment {
@@ -93,7 +101,6 @@ struct Segment {
     size: u64,
     /// Still taking records (sealed segments go once `live` reaches 0).
     open: bool,
-    unsynced: bool,
 }
 
 fn io(context: String, e: std::io::Error) -> StoreError {
@@ -118,7 +125,8 @@ impl Staging {
     /// As `open`; `direct` false writes every record through the page cache.
     fn open_with(dir: &Path, direct: bool) -> Result<(Staging, Vec<(BlockKey, Loc)>), StoreError> {
         let seg_dir = dir.join("segments");
-        std::fs::create_dir_all(&seg_dir)
+        crate::private::dir(&seg_dir)
+            .and_then(|()| crate::private::dir(dir))
             .map_err(|e| io(format!("creating {}", seg_dir.display()), e))?;
         let _ = std::fs::remove_dir_all(dir.join("spare"));
         let mut ids: Vec<u64> = std::fs::read_dir(&seg_dir)
@@ -133,6 +141,7 @@ impl Staging {
                 next: ids.last().map_or(0, |last| last + 1),
                 ..Segments::default()
             }),
+            pending: PendingSync::default(),
             direct: direct.into(),
         };
         let mut found = Vec::new();
@@ -169,7 +178,6 @@ impl Staging {
                     live,
                     size: 0,
                     open: false,
-                    unsynced: false,
                 },
             );
             if live == 0 {
@@ -209,10 +217,12 @@ impl Staging {
         self.dir.join(format!("{id:020}.seg"))
     }
 
-    /// Forgets and deletes segment `id`.
+    /// Forgets and deletes segment `id`: none of its blocks is needed any more, so neither
+    /// is a sync of it (nor a failed one reported).
     fn remove(&self, st: &mut Segments, id: u64) {
         st.all.remove(&id);
-        st.dir_changed = true;
+        self.pending.forget(&Unsynced::Segment(id));
+        self.pending.written(Unsynced::Folder);
         if let Err(e) = std::fs::remove_file(self.path(id)) {
             tracing::warn!("removing staged segment {id}: {e}");
         }
@@ -241,14 +251,13 @@ impl Staging {
                         .open(&path)
                         .map_err(|e| io(format!("creating {}", path.display()), e))?;
                     st.next += 1;
-                    st.dir_changed = true;
+                    self.pending.written(Unsynced::Folder);
                     let seg = Segment {
                         file: Arc::new(file),
                         direct: self.open_direct(&path),
                         live: 0,
                         size: 0,
                         open: true,
-                        unsynced: false,
                     };
                     st.all.insert(id, seg);
                     id
@@ -284,7 +293,7 @@ impl Staging {
         let seg = st.all.get_mut(&id).expect("segment being written");
         if written.is_ok() {
             seg.size = offset + record_len(len, aligned);
-            seg.unsynced = true;
+            self.pending.written(Unsynced::Segment(id));
             if !self.direct.load(Relaxed) {
                 seg.direct = None; // (its records stay aligned: the scan reads each record's magic)
             }
@@ -371,31 +380,55 @@ impl Staging {
         }
     }
 
-    /// Makes every record appended so far durable on the local disk.
+    /// Makes every record appended so far durable on the local disk. A segment whose sync
+    /// failed takes no more records, and every later sync reports the failure until the
+    /// segment is gone (each of its blocks uploaded, or deleted): syncing it again would
+    /// succeed for bytes the disk may have lost.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let (files, dir_changed) = {
-            let mut st = self.lock();
-            let files: Vec<(u64, Arc<File>)> = st
-                .all
-                .iter_mut()
-                .filter(|(_, s)| s.unsynced)
-                .map(|(&id, s)| {
-                    s.unsynced = false;
-                    (id, s.file.clone())
-                })
-                .collect();
-            (files, std::mem::take(&mut st.dir_changed))
-        };
-        for (id, file) in files {
-            file.sync_data()
-                .map_err(|e| io(format!("syncing staged segment {id}"), e))?;
+        self.pending
+            .sync(|items| {
+                let mut failed = Vec::new();
+                for t in items {
+                    let synced = match t.item {
+                        Unsynced::Segment(id) if t.failed_before => Err(std::io::Error::other(
+                            format!("an earlier sync of staged segment {id} failed"),
+                        )),
+                        Unsynced::Segment(id) => {
+                            let file = self.lock().all.get(&id).map(|s| s.file.clone());
+                            file.map_or(Ok(()), |f| f.sync_data())
+                        }
+                        Unsynced::Folder => File::open(&self.dir).and_then(|d| d.sync_all()),
+                    };
+                    if let Err(e) = synced {
+                        if let Unsynced::Segment(id) = t.item {
+                            self.seal(id);
+                        }
+                        failed.push((t.item, e));
+                    }
+                }
+                failed
+            })
+            .map_err(|(item, failure)| {
+                let what = match item {
+                    Unsynced::Segment(id) => format!("syncing staged segment {id}"),
+                    Unsynced::Folder => format!("syncing {}", self.dir.display()),
+                };
+                io(what, failure.to_io_error())
+            })
+    }
+
+    /// Segment `id` takes no more records.
+    fn seal(&self, id: u64) {
+        let mut st = self.lock();
+        if let Some(seg) = st.all.get_mut(&id) {
+            seg.open = false;
         }
-        if dir_changed {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io(format!("syncing {}", self.dir.display()), e))?;
+        if let Some(i) = st.idle.iter().position(|&x| x == id) {
+            st.idle.swap_remove(i);
+            if st.all.get(&id).is_some_and(|s| s.live == 0) {
+                self.remove(&mut st, id);
+            }
         }
-        Ok(())
     }
 }
 

@@ -1,0 +1,391 @@
+//! What another local user can reach: nothing of a volume's content on the local disk (block
+//! files, metadata, caches, staged blocks, state, dumps), and nothing through a mount daemon's
+//! control socket. The other user is `nobody`, switched to with setpriv.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::mounted::{Mounted, ok};
+
+const NOBODY: &str = "65534";
+/// Debian's python3 (`scripts/setup.sh` installs it), which any user may run.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Runs `cmd` as nobody (with a time limit).
+fn as_nobody(cmd: &str, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .args(["-k5", "60", "setpriv", "--reuid", NOBODY, "--regid", NOBODY])
+        .arg("--clear-groups")
+        .arg(cmd)
+        .args(args)
+        .output()
+        .expect("setpriv")
+}
+
+/// The files under `paths` in which nobody finds `marker`. A world-readable canary holding it
+/// is searched too, and must be found: a search that cannot find anything proves nothing.
+fn found_by_nobody(marker: &str, paths: &[&Path]) -> String {
+    let canary = tempfile::Builder::new()
+        .prefix("graviton-canary")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(canary.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let canary_file = canary.path().join("canary");
+    std::fs::write(&canary_file, marker).unwrap();
+    std::fs::set_permissions(&canary_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut paths = paths.to_vec();
+    paths.push(&canary_file);
+    let mut args = vec!["-rl", marker];
+    let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    args.extend(paths.iter().map(String::as_str));
+    let found = String::from_utf8_lossy(&as_nobody("grep", &args).stdout).into_owned();
+    let canary_name = canary_file.display().to_string();
+    assert!(
+        found.contains(&canary_name),
+        "nobody's grep found not even the canary: {found}"
+    );
+    found
+        .lines()
+        .filter(|l| *l != canary_name)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Files under `dir` (at any depth) whose mode lets others in.
+fn open_to_others(dir: &Path) -> Vec<String> {
+    let mut open = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return open;
+    };
+    for e in entries.flatten() {
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if meta.mode() & 0o077 != 0 {
+                open.push(format!("{} {:o}", e.path().display(), meta.mode() & 0o777));
+            }
+            open.extend(open_to_others(&e.path()));
+        } else if meta.is_file() && meta.mode() & 0o077 != 0 {
+            open.push(format!("{} {:o}", e.path().display(), meta.mode() & 0o777));
+        }
+    }
+    open
+}
+
+/// A folder in the mount only root may enter, holding a file with `marker` in its content.
+fn write_secret(m: &Mounted, marker: &str) {
+    let private = m.path("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut content = marker.repeat(1000).into_bytes();
+    content.extend(common::random_bytes(9, 3 << 20));
+    std::fs::write(private.join("secret"), content).unwrap();
+    let denied = as_nobody("cat", &[private.join("secret").to_str().unwrap()]);
+    assert!(!denied.status.success(), "the mount itself lets nobody in");
+}
+
+#[test]
+fn nobody_reads_an_embedded_volumes_content_from_the_disk() {
+    let marker = "MARKER-7f3a1c-embedded";
+    let m = Mounted::new(&[], "");
+    write_secret(&m, marker);
+    let dump = m.dir.path().join("volume.dump");
+    ok(
+        m.graviton(&["dump", &m.source, "--output", dump.to_str().unwrap()]),
+        "graviton dump",
+    );
+    m.unmount();
+    assert_eq!(
+        std::fs::metadata(&m.vol).unwrap().mode() & 0o777,
+        0o700,
+        "the volume folder"
+    );
+    assert_eq!(
+        std::fs::metadata(&dump).unwrap().mode() & 0o777,
+        0o600,
+        "the dump"
+    );
+    assert!(
+        open_to_others(&m.vol).is_empty(),
+        "{:?}",
+        open_to_others(&m.vol)
+    );
+    let found = found_by_nobody(marker, &[&m.vol, &dump]);
+    assert!(found.is_empty(), "nobody read the secret in: {found}");
+    let found = found_by_nobody("secret", &[&dump]);
+    assert!(found.is_empty(), "nobody read names in the dump: {found}");
+}
+
+#[test]
+fn an_existing_volume_open_to_others_is_tightened_when_mounted() {
+    let m = Mounted::new(&[], "");
+    std::fs::write(m.path("f"), b"MARKER-old-volume").unwrap();
+    m.unmount();
+    // as an earlier version left it, under umask 022
+    ok(
+        common::mounted::run(
+            "chmod",
+            &["-R", "go+rX", m.vol.to_str().unwrap()],
+            m.dir.path(),
+        ),
+        "chmod",
+    );
+    assert!(
+        !found_by_nobody("MARKER-old-volume", &[&m.vol]).is_empty(),
+        "the setup does not leak: nobody cannot grep at all?"
+    );
+    m.mount();
+    let found = found_by_nobody("MARKER-old-volume", &[&m.vol]);
+    assert!(found.is_empty(), "still readable after a mount: {found}");
+}
+
+#[test]
+fn nobody_reads_a_postgresql_volumes_staged_blocks_caches_or_state() {
+    let marker = "MARKER-52be09-postgres";
+    let mut m = Mounted::new_pg_with_store("", Some("postgres"));
+    m.unmount();
+    let cache = m.dir.path().join("cache");
+    m.options = format!("writeback,cache_dir={}", cache.display());
+    m.mount();
+    write_secret(&m, marker);
+    // before the upload (2 s later) the content is in the staging folder only
+    let found = found_by_nobody(marker, &[m.dir.path()]);
+    assert!(found.is_empty(), "nobody read the secret in: {found}");
+    assert!(
+        open_to_others(&m.dir.path().join("state")).is_empty(),
+        "{:?}",
+        open_to_others(&m.dir.path().join("state"))
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    m.unmount();
+    let found = found_by_nobody(marker, &[m.dir.path()]);
+    assert!(found.is_empty(), "nobody read the secret in: {found}");
+    for dir in ["state", "cache"] {
+        let open = open_to_others(&m.dir.path().join(dir));
+        assert!(open.is_empty(), "{open:?}");
+    }
+}
+
+/// Sends `request` on the daemon's socket as the user `uid` (None: root) and returns what came
+/// back.
+fn ask_daemon(socket: &Path, request: &[u8], uid: Option<&str>) -> String {
+    // the daemon may close before it has read everything: keep what came back anyway
+    let script = "import socket,sys\n\
+        s=socket.socket(socket.AF_UNIX)\n\
+        s.connect(sys.argv[1])\n\
+        out=b''\n\
+        try:\n\
+        \x20   s.sendall(sys.stdin.buffer.read())\n\
+        \x20   s.shutdown(socket.SHUT_WR)\n\
+        except OSError as e:\n\
+        \x20   out+=str(e).encode()\n\
+        try:\n\
+        \x20   while True:\n\
+        \x20       b=s.recv(65536)\n\
+        \x20       if not b: break\n\
+        \x20       out+=b\n\
+        except OSError as e:\n\
+        \x20   out+=str(e).encode()\n\
+        sys.stdout.buffer.write(out)\n";
+    let mut cmd = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", uid, "--regid", uid, "--clear-groups", PYTHON]);
+            c
+        }
+        None => Command::new(PYTHON),
+    };
+    let mut child = cmd
+        .args(["-c", script, socket.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(request);
+    drop(stdin);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    child.wait().unwrap();
+    out + &err
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn the_control_socket_answers_only_its_user_and_bounds_requests() {
+    let m = Mounted::new(&[], "");
+    std::fs::write(m.path("named-secretly"), b"x").unwrap();
+    let socket = m.vol.join("graviton.sock");
+    assert_eq!(std::fs::metadata(&socket).unwrap().mode() & 0o777, 0o600);
+
+    // nobody cannot even reach it
+    let out = as_nobody(common::mounted::BIN, &["dump", &m.source, "--output", "-"]);
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("named-secretly"));
+
+    // an administrator who opened the folder and the socket up: the daemon still refuses
+    std::fs::set_permissions(&m.vol, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for req in ["dump", "status"] {
+        let line = format!("{{\"command\":\"{req}\"}}\n");
+        let answer = ask_daemon(&socket, line.as_bytes(), Some(NOBODY));
+        assert!(answer.contains("permission denied"), "{req}: {answer}");
+        assert!(!answer.contains("named-secretly"), "{answer}");
+    }
+    let answer = ask_daemon(&socket, b"{\"command\":\"dump\"}\n", None);
+    assert!(
+        answer.contains("named-secretly"),
+        "root is answered: {answer}"
+    );
+
+    // an endless line: refused after a bounded read, and the daemon does not grow
+    let pid = m.daemon_pid().unwrap();
+    let before = rss_kib(pid);
+    let answer = ask_daemon(&socket, &vec![b'a'; 64 << 20], None);
+    assert!(
+        answer.contains("no complete line")
+            || answer.contains("reset")
+            || answer.contains("Broken pipe"),
+        "{answer}"
+    );
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 8192,
+        "the daemon grew from {before} to {after} KiB"
+    );
+    let answer = ask_daemon(&socket, b"{\"command\":\"status\"}\n", None);
+    assert!(answer.contains("graviton: ok"), "still answering: {answer}");
+    std::fs::set_permissions(&m.vol, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// `graviton` with no environment but PATH, as systemd starts an fstab mount.
+fn graviton_without_home(args: &[&str], cwd: &Path, extra_env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "-k5",
+        "120",
+        "env",
+        "-i",
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+    ]);
+    for (k, v) in extra_env {
+        cmd.arg(format!("{k}={}", v.display()));
+    }
+    cmd.arg(common::mounted::BIN)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("graviton")
+}
+
+#[test]
+fn a_mount_without_home_keeps_its_state_in_var_lib_and_refuses_a_planted_folder() {
+    let admin = std::env::var("GRAVITON_TEST_PG").expect("GRAVITON_TEST_PG");
+    let url = graviton::meta::pg::create_scratch_database(&admin).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("graviton-test")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let store = format!("file://{}", dir.path().join("blocks").display());
+    ok(
+        graviton_without_home(&["format", "--store", &store, &url], dir.path(), &[]),
+        "format",
+    );
+    let source = graviton::volume::Source::parse(&url);
+    let state = source.mount_state_dir_in(Path::new("/var/lib"), &mnt);
+    let volume_state = source.state_dir_in(Path::new("/var/lib"));
+    struct Unmount<'a>(&'a Path, std::path::PathBuf);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(self.0).output();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _cleanup = Unmount(&mnt, volume_state.clone());
+    ok(
+        graviton_without_home(&["mount", &url, mnt.to_str().unwrap()], dir.path(), &[]),
+        "mount without HOME",
+    );
+    std::fs::write(mnt.join("f"), b"hello").unwrap();
+    assert!(
+        state.join("graviton.pid").exists(),
+        "no pid file in {}",
+        state.display()
+    );
+    assert!(
+        !Path::new("/tmp/graviton")
+            .join(volume_state.file_name().unwrap())
+            .exists()
+    );
+    assert_eq!(
+        std::fs::metadata(&volume_state).unwrap().mode() & 0o777,
+        0o700
+    );
+    ok(
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg(&mnt)
+            .output()
+            .unwrap(),
+        "unmount",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    // a state folder another user made first (under a home anyone may write into) is refused
+    let home = dir.path().join("state-home");
+    std::fs::create_dir(&home).unwrap();
+    let planted = source.state_dir_in(&home);
+    std::fs::create_dir_all(&planted).unwrap();
+    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    let out = graviton_without_home(
+        &["mount", &url, mnt.to_str().unwrap()],
+        dir.path(),
+        &[("XDG_STATE_HOME", &home)],
+    );
+    assert!(!out.status.success(), "mounted with a planted state folder");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&planted.display().to_string()), "{err}");
+    // a symlink planted in its place
+    std::fs::remove_dir(&planted).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
+    let out = graviton_without_home(
+        &["mount", &url, mnt.to_str().unwrap()],
+        dir.path(),
+        &[("XDG_STATE_HOME", &home)],
+    );
+    assert!(!out.status.success(), "mounted through a planted symlink");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
