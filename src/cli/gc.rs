@@ -11,15 +11,17 @@
 //!    after a re-check, right before the deletion, that still finds no extent naming it. A
 //!    candidate that is referenced again meanwhile loses its mark.
 //!
-//! A writer that skipped an upload because the block was referenced must commit within the
-//! grace period (default one hour; flushes take seconds). A writer that stores a block and
+//! A writer pins every block it stores, or skips storing because some file references it,
+//! until its commit is done (`meta::pins`), and gc spares pinned blocks: neither a block in
+//! flight nor one a writer counted on can go, whatever the grace period. A writer that stores a block and
 //! finds a copy already there removes the block's mark (`vfs::flush`), and gc checks the mark
 //! again right before deleting each block: a candidate some writer is about to reference again
 //! is spared, and its grace period starts over. A writer whose store lands between that check
 //! and the deletion checks the copy is still there after taking the mark away, and gc checks the
 //! mark once more after the deletion and puts the block back (it read it first) if the mark went
-//! (`delete_unless_taken_back`): whichever of the two looks last sees the other. Do not run
-//! `--grace 0` on a volume in use.
+//! (`delete_unless_taken_back`): whichever of the two looks last sees the other. So
+//! `--grace 0s` is safe on a volume in use; the grace period only keeps recently unreferenced
+//! blocks around a while (a file deleted by mistake and restored from a dump).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -188,9 +190,11 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
     let _one_at_a_time = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     let mut report = GcReport::default();
     let now = now_secs();
-    // listed before the references are read: a block uploaded after the listing is not seen,
-    // and one committed before the reading counts as referenced
+    // listed before the pins and then the references are read: a block stored after the
+    // listing is not seen; one in the listing was pinned before it was stored, so it is either
+    // still pinned or committed (`meta::pins`)
     let stored = vol.store.list()?;
+    let pinned = crate::meta::pins::pinned_blocks(vol.meta.as_ref())?;
     let referenced: HashSet<BlockKey> = vol.meta.referenced_blocks()?.into_iter().collect();
     report.stored_blocks = stored.len() as u64;
     report.referenced_blocks = referenced.len() as u64;
@@ -214,7 +218,7 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
     let stored_set: HashSet<BlockKey> = stored.iter().copied().collect();
     for key in stored {
         bar.inc(1);
-        if referenced.contains(&key) {
+        if referenced.contains(&key) || pinned.contains(&key) {
             continue;
         }
         match marks.get(&key) {
@@ -250,7 +254,8 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
     }
 
     for batch in due.chunks(BATCH) {
-        let again: HashSet<BlockKey> = vol.meta.referenced_among(batch)?.into_iter().collect();
+        let mut again = crate::meta::pins::pinned_blocks(vol.meta.as_ref())?;
+        again.extend(vol.meta.referenced_among(batch)?);
         for key in batch {
             if again.contains(key) {
                 report.unmarked += 1;

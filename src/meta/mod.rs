@@ -18,6 +18,7 @@ pub mod pg;
 mod pg_conn;
 mod pg_ops;
 mod pg_shared;
+pub mod pins;
 pub mod rocks;
 mod shared;
 mod types;

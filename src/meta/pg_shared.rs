@@ -52,6 +52,8 @@ pub(super) struct SharedState {
     /// database.
     lockers: Mutex<HashSet<(Ino, u64)>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Block pins this mount released and has not yet deleted from `block_pins`.
+    unpins: Mutex<HashSet<Vec<u8>>>,
 }
 
 impl SharedState {
@@ -267,6 +269,19 @@ async fn heartbeat(
         }
         if let Err(e) = reap(&pool).await {
             tracing::warn!("cleaning up after expired sessions failed: {e}");
+        }
+        let unpins: Vec<Vec<u8>> = st.unpins.lock().expect("lock").drain().collect();
+        if !unpins.is_empty()
+            && let Err(e) = sqlx::query(
+                "DELETE FROM block_pins WHERE session = $1 AND block_key = ANY($2::bytea[])",
+            )
+            .bind(id)
+            .bind(&unpins)
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!("releasing block pins failed: {e}");
+            st.unpins.lock().expect("lock").extend(unpins);
         }
         if beats.is_multiple_of(100)
             && let Err(e) = trim_changes(&pool).await
@@ -622,6 +637,58 @@ impl SharedVolume for PgMetaStore {
             return Ok((None, now));
         }
         Ok((Some(inos.into_iter().map(|i| i as u64).collect()), now))
+    }
+
+    fn pin_blocks(&self, keys: &[crate::core::BlockKey]) -> MetaResult<()> {
+        let Some(session) = self.session_id() else {
+            return Ok(());
+        };
+        let pins: Vec<Vec<u8>> = keys.iter().map(|k| k.to_bytes().to_vec()).collect();
+        // released pins go in the same round trip, except those pinned again now
+        let unpins: Vec<Vec<u8>> = {
+            let mut pending = self.shared.unpins.lock().expect("lock");
+            for p in &pins {
+                pending.remove(p);
+            }
+            pending.drain().collect()
+        };
+        let sent = self.retrying(async || {
+            sqlx::query(
+                "WITH released AS (DELETE FROM block_pins WHERE session = $1 AND block_key = ANY($3::bytea[])) \
+                 INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(session)
+            .bind(&pins)
+            .bind(&unpins)
+            .execute(&self.pool)
+            .await
+        });
+        if sent.is_err() {
+            self.shared.unpins.lock().expect("lock").extend(unpins);
+        }
+        sent.map(drop)
+    }
+
+    fn unpin_blocks(&self, keys: &[crate::core::BlockKey]) {
+        if self.session_id().is_some() {
+            let mut pending = self.shared.unpins.lock().expect("lock");
+            pending.extend(keys.iter().map(|k| k.to_bytes().to_vec()));
+        }
+    }
+
+    fn pinned_blocks(&self) -> MetaResult<Vec<crate::core::BlockKey>> {
+        let rows: Vec<Vec<u8>> = self.retrying(async || {
+            sqlx::query_scalar("SELECT DISTINCT block_key FROM block_pins")
+                .fetch_all(&self.pool)
+                .await
+        })?;
+        rows.iter()
+            .map(|k| {
+                crate::core::BlockKey::from_bytes(k)
+                    .ok_or_else(|| backend("a block pin that is no block key".into()))
+            })
+            .collect()
     }
 
     fn sessions(&self) -> MetaResult<Vec<SessionRecord>> {

@@ -158,6 +158,13 @@ pub trait SharedVolume: Send + Sync {
     fn changes_since(&self, since: i64) -> MetaResult<(Option<Vec<Ino>>, i64)>;
     /// The mounts using the volume now.
     fn sessions(&self) -> MetaResult<Vec<SessionRecord>>;
+    /// Pins blocks for this mount's session (`meta::pins`): every host's gc spares them until
+    /// they are unpinned or the session ends. Without a session, pins stay in this process.
+    fn pin_blocks(&self, keys: &[crate::core::BlockKey]) -> MetaResult<()>;
+    /// Unpins blocks; may reach the engine later (a pin kept longer only delays gc).
+    fn unpin_blocks(&self, keys: &[crate::core::BlockKey]);
+    /// Every block some mount has pinned.
+    fn pinned_blocks(&self) -> MetaResult<Vec<crate::core::BlockKey>>;
 }
 
 /// A live mount, as `graviton status` lists it.

@@ -192,6 +192,8 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
     let chunker = core.cfg.chunker;
     let mut new: Vec<Extent> = Vec::new();
     let mut pack = Pack::default();
+    // the new blocks stay pinned until the swap below commits them
+    let pins = crate::meta::pins::Pinned::new(core.meta.clone());
     for stretch in stretches(&old) {
         let mut pos = stretch.start;
         while pos < stretch.end {
@@ -211,18 +213,18 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
             for &len in &cuts[..usable] {
                 let chunk = &data[at..at + len];
                 if len < PACK_BELOW {
-                    pack.add(core, pos + at as u64, chunk, &mut new)?;
+                    pack.add(core, pos + at as u64, chunk, &mut new, &pins)?;
                 } else {
                     chunks.push((pos + at as u64, chunk));
                 }
                 at += len;
             }
-            new.extend(core.put_blocks(&chunks)?);
+            new.extend(core.put_blocks(&chunks, &pins)?);
             report.rewritten += at as u64;
             pos += at as u64;
         }
     }
-    pack.seal(core, &mut new)?;
+    pack.seal(core, &mut new, &pins)?;
     if new.is_empty() {
         report.extents_after = inode.extent_count;
         return Ok(report);

@@ -16,6 +16,7 @@ use super::{Core, FsError, FsResult};
 use crate::core::BlockKey;
 use crate::core::extent::{self, Extent};
 use crate::core::groups::GroupHashes;
+use crate::meta::pins::Pinned;
 use crate::meta::{Inode, MetaTxn};
 
 /// Blocks of one flush stored in parallel.
@@ -110,8 +111,9 @@ impl Core {
     }
 
     /// Stores one block (see [`Core::put_blocks`]).
-    pub(crate) fn put_block(&self, data: &[u8]) -> FsResult<BlockKey> {
+    pub(crate) fn put_block(&self, data: &[u8], pins: &Pinned) -> FsResult<BlockKey> {
         let (key, groups) = BlockKey::for_data_grouped(self.cfg.hash, data);
+        pins.add(&[key])?;
         if self.store.cheap_put(&key) || self.meta.referenced_among(&[key])?.is_empty() {
             self.store_new(&key, data, groups.as_ref())?;
         } else {
@@ -134,9 +136,14 @@ impl Core {
     /// is paid once per window, not once per block); returns each chunk's whole-block extent,
     /// in the chunks' order. A block some extent already references is not sent: blocks are
     /// stored before the extents that name them, so its copy is there. One that is not
-    /// referenced goes out without a check for a copy (on S3, no HEAD).
-    pub(super) fn put_blocks(&self, chunks: &[(u64, &[u8])]) -> FsResult<Vec<Extent>> {
-        let keys = self.store_chunks(chunks)?;
+    /// referenced goes out without a check for a copy (on S3, no HEAD). Every block is
+    /// pinned in `pins` first (`meta::pins`): gc spares it until the caller's commit.
+    pub(super) fn put_blocks(
+        &self,
+        chunks: &[(u64, &[u8])],
+        pins: &Pinned,
+    ) -> FsResult<Vec<Extent>> {
+        let keys = self.store_chunks(chunks, pins)?;
         Ok(chunks
             .iter()
             .zip(keys)
@@ -149,9 +156,12 @@ impl Core {
             .collect())
     }
 
-    fn store_chunks(&self, chunks: &[(u64, &[u8])]) -> FsResult<Vec<BlockKey>> {
+    fn store_chunks(&self, chunks: &[(u64, &[u8])], pins: &Pinned) -> FsResult<Vec<BlockKey>> {
         if chunks.len() < 2 {
-            return chunks.iter().map(|(_, c)| self.put_block(c)).collect();
+            return chunks
+                .iter()
+                .map(|(_, c)| self.put_block(c, pins))
+                .collect();
         }
         let mut keys = Vec::with_capacity(chunks.len());
         for window in chunks.chunks(UPLOADS_AT_ONCE) {
@@ -165,10 +175,10 @@ impl Core {
                     .map(|&(_, c)| {
                         scope.spawn(move || {
                             let (key, groups) = BlockKey::for_data_grouped(self.cfg.hash, c);
-                            let stored = self
-                                .store
-                                .cheap_put(&key)
-                                .then(|| self.store_new(&key, c, groups.as_ref()));
+                            let stored = self.store.cheap_put(&key).then(|| {
+                                pins.add(&[key])?;
+                                self.store_new(&key, c, groups.as_ref())
+                            });
                             (key, groups, stored)
                         })
                     })
@@ -184,7 +194,10 @@ impl Core {
                 .collect();
             let known = match ask.is_empty() {
                 true => Vec::new(),
-                false => self.meta.referenced_among(&ask)?,
+                false => {
+                    pins.add(&ask)?;
+                    self.meta.referenced_among(&ask)?
+                }
             };
             if !known.is_empty() {
                 metrics::counter!(crate::metrics::BLOCKS_DEDUPLICATED, "backend" => "index")
@@ -289,6 +302,8 @@ impl Core {
     ) -> FsResult<Option<Inode>> {
         let cfg = &self.cfg;
         let started = std::time::Instant::now();
+        // gc spares the blocks stored here until the commit below is done (or has failed)
+        let pins = Pinned::new(self.meta.clone());
         let mut groups: Vec<Vec<Extent>> = Vec::new();
         let mut pack = Pack::default();
         let mut packed: Vec<Extent> = Vec::new();
@@ -300,7 +315,7 @@ impl Core {
                 if at_frontier {
                     kept.push((*off, data.clone()));
                 } else {
-                    pack.add(self, *off, data, &mut packed)?;
+                    pack.add(self, *off, data, &mut packed, &pins)?;
                 }
                 continue;
             }
@@ -320,12 +335,12 @@ impl Core {
                 chunks.push((off + pos as u64, &data[pos..pos + len]));
                 pos += len;
             }
-            let group = self.put_blocks(&chunks)?;
+            let group = self.put_blocks(&chunks, &pins)?;
             if !group.is_empty() {
                 groups.push(group);
             }
         }
-        pack.seal(self, &mut packed)?;
+        pack.seal(self, &mut packed, &pins)?;
         groups.extend(packed.into_iter().map(|e| vec![e]));
         if durable {
             self.store.sync()?;

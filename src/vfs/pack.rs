@@ -4,6 +4,7 @@
 
 use super::{Core, FsResult};
 use crate::core::extent::Extent;
+use crate::meta::pins::Pinned;
 
 /// Pieces shorter than this are packed rather than stored as blocks of their own.
 pub(crate) const PACK_BELOW: usize = 64 << 10;
@@ -24,22 +25,24 @@ impl Pack {
         offset: u64,
         data: &[u8],
         out: &mut Vec<Extent>,
+        pins: &Pinned,
     ) -> FsResult<()> {
         self.pieces.push((offset, self.buf.len(), data.len()));
         self.buf.extend_from_slice(data);
         if self.buf.len() >= core.cfg.chunker.target_block() as usize {
-            self.seal(core, out)
+            self.seal(core, out, pins)
         } else {
             Ok(())
         }
     }
 
     /// Stores what the pack holds as one block and pushes one extent per piece to `out`.
-    pub fn seal(&mut self, core: &Core, out: &mut Vec<Extent>) -> FsResult<()> {
+    /// The block is pinned in `pins` until the caller's commit.
+    pub fn seal(&mut self, core: &Core, out: &mut Vec<Extent>, pins: &Pinned) -> FsResult<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let key = core.put_block(&self.buf)?;
+        let key = core.put_block(&self.buf, pins)?;
         out.extend(self.pieces.drain(..).map(|(offset, at, len)| Extent {
             offset,
             key,
