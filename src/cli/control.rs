@@ -6,6 +6,12 @@
 //!
 //! Protocol: the client writes one JSON [`Request`] line; the daemon streams the command's
 //! output, then a last line `\x01graviton: ok` or `\x01graviton: error <message>`, and closes.
+//!
+//! Access: the socket is created 0600 in the daemon's private state folder, and every request
+//! is checked against the caller's credentials (`SO_PEERCRED`): only root and the daemon's own
+//! user may ask anything (a dump holds every name and xattr; gc and scrub delete and rewrite).
+//! A request line is at most [`MAX_REQUEST`] bytes and must arrive within [`REQUEST_TIMEOUT`];
+//! at most [`MAX_CONNECTIONS`] are answered at once.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -38,6 +44,44 @@ pub enum Request {
 }
 
 const TRAILER: &[u8] = b"\x01graviton: ";
+/// Longest request line.
+pub const MAX_REQUEST: u64 = 64 << 10;
+/// How long a client has to send its request line.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections answered at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Whether a caller with user id `uid` may make `req` of a daemon running as `daemon_uid`.
+/// Every request today reads or changes the whole volume, so only the daemon's user and root
+/// may make them.
+pub fn allowed(uid: u32, daemon_uid: u32, _req: &Request) -> bool {
+    uid == 0 || uid == daemon_uid
+}
+
+/// The user id of the process at the other end of a Unix socket.
+fn peer_uid(conn: &UnixStream) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    match rc {
+        0 => Ok(cred.uid),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
 
 pub fn socket(state_dir: &Path) -> PathBuf {
     state_dir.join("graviton.sock")
@@ -149,14 +193,32 @@ pub fn serve(vol: Arc<Volume>) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    let answering = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("graviton-control".into())
         .spawn(move || {
+            use std::sync::atomic::Ordering::SeqCst;
             for conn in listener.incoming().flatten() {
-                let vol = vol.clone();
-                let _ = std::thread::Builder::new()
+                if answering.fetch_add(1, SeqCst) >= MAX_CONNECTIONS {
+                    answering.fetch_sub(1, SeqCst);
+                    tracing::warn!("control socket: too many connections at once, one refused");
+                    continue;
+                }
+                let (vol, answering) = (vol.clone(), answering.clone());
+                let spawned = std::thread::Builder::new()
                     .name("graviton-control".into())
-                    .spawn(move || answer(&vol, conn));
+                    .spawn(move || {
+                        answer(&vol, conn);
+                        answering.fetch_sub(1, SeqCst);
+                    });
+                if spawned.is_err() {
+                    tracing::warn!("control socket: no thread to answer a request");
+                }
             }
         })?;
     Ok(())
@@ -184,19 +246,39 @@ impl<W: Write> Write for Unmarked<W> {
     }
 }
 
-fn answer(vol: &Volume, conn: UnixStream) {
-    let mut line = String::new();
-    let Ok(read) = conn.try_clone() else { return };
-    if BufReader::new(read).read_line(&mut line).is_err() {
-        return;
+/// Reads the request line: at most `MAX_REQUEST` bytes, within `REQUEST_TIMEOUT`.
+fn read_request(conn: &UnixStream) -> anyhow::Result<Request> {
+    use std::io::Read;
+    conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    let mut line = Vec::new();
+    BufReader::new(conn.try_clone()?.take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        anyhow::bail!("bad request: no complete line within {MAX_REQUEST} bytes");
     }
-    let mut out = Unmarked(std::io::BufWriter::new(conn));
-    let result = serde_json::from_str::<Request>(&line)
-        .map_err(|e| anyhow::anyhow!("bad request: {e}"))
-        .and_then(|req| {
-            tracing::info!(?req, "control request");
+    serde_json::from_slice(&line).map_err(|e| anyhow::anyhow!("bad request: {e}"))
+}
+
+fn answer(vol: &Volume, conn: UnixStream) {
+    let peer = peer_uid(&conn);
+    let request = read_request(&conn);
+    let mut out = Unmarked(std::io::BufWriter::new(match conn.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    }));
+    let daemon_uid = nix::unistd::geteuid().as_raw();
+    let result = request.and_then(|req| match peer {
+        Ok(uid) if allowed(uid, daemon_uid, &req) => {
+            tracing::info!(?req, uid, "control request");
             execute(vol, &req, true, &mut out)
-        });
+        }
+        Ok(uid) => {
+            tracing::warn!(?req, uid, "control request refused");
+            Err(anyhow::anyhow!(
+                "permission denied: only root and the mount's own user may ask its daemon"
+            ))
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot tell who is asking: {e}")),
+    });
     let end = match result {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("error {}", format!("{e:#}").replace('\n', " ")),
