@@ -3,6 +3,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     // everything this process creates is its user's alone (block files hold file content)
     graviton::private::restrict_umask();
+    graviton::volume::hide_passwords_from_the_process_list();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GRAVITON_LOG")

@@ -101,3 +101,38 @@ fn a_bad_fstab_option_fails_naming_it() {
         assert_eq!(mounted_type(&m.mnt), None, "nothing was mounted");
     }
 }
+
+/// Another user starts a process whose command line looks like this mount's daemon before the
+/// mount: the unmount helper waits for the real daemon (found through its pid file), not for
+/// that one.
+#[test]
+fn the_umount_helper_waits_for_the_daemon_not_a_process_that_looks_like_one() {
+    let m = Mounted::new(&[], "");
+    m.unmount();
+    let mnt = m.mnt.to_str().unwrap();
+    let mut fake = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", "import time; time.sleep(120)"])
+        .args(["mount", "--foreground", mnt])
+        .spawn()
+        .unwrap();
+    let table = fstab(&m, "allow_other");
+    let out = util(&m, "mount", &["-T", &table, mnt]);
+    assert!(out.status.success(), "mount -T: {out:?}");
+    let pid = m.daemon_pid().expect("the daemon wrote its pid");
+    std::fs::write(m.path("f"), b"committed").unwrap();
+    let started = std::time::Instant::now();
+    // the helper itself, as umount(8) runs it (util-linux 2.38 looks for it by the type
+    // statfs reports, plain "fuse", so here umount(8) unmounts without it)
+    let out = Command::new("timeout")
+        .args(["-k5", "30", "/sbin/umount.fuse.graviton", mnt])
+        .env("GRAVITON_BIN", BIN)
+        .env("XDG_STATE_HOME", m.dir.path().join("state"))
+        .output()
+        .unwrap();
+    let _ = fake.kill();
+    let _ = fake.wait();
+    assert!(out.status.success(), "the helper waited for the fake: {out:?}");
+    assert!(exited(pid), "the helper returned before the real daemon exited");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}

@@ -975,3 +975,42 @@ fn suid_and_dev_are_off_unless_asked_for_and_reach_the_kernel_when_they_are() {
         "-o suid: the setuid bit works"
     );
 }
+
+/// A PostgreSQL URL with a password on the command line: the process puts it in its
+/// environment and runs itself again, so `/proc/PID/cmdline` (readable by every user) no
+/// longer holds it, and it warns.
+#[test]
+fn a_password_on_the_command_line_leaves_the_process_list_at_once() {
+    // nothing listens on port 1: the command keeps retrying long enough to be looked at
+    let mut child = std::process::Command::new(BIN)
+        .args(["status", "postgres://graviton:hunter2-secret@127.0.0.1:1/vol"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains("status"), "{cmdline}");
+    assert!(!cmdline.contains("hunter2"), "the password is in the process list: {cmdline}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("carries a password"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+/// A daemon that logs more than a pipe holds before the mount is ready still starts: the
+/// launcher reads its output as it comes.
+#[test]
+fn a_daemon_that_logs_a_lot_while_starting_still_mounts() {
+    let m = Mounted::new(&[], "");
+    m.unmount();
+    let out = std::process::Command::new("timeout")
+        .args(["-k5", "60", BIN, "mount", &m.source, m.mnt.to_str().unwrap()])
+        .env("GRAVITON_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(m.path("f"), b"x").unwrap();
+}

@@ -1,6 +1,7 @@
 //! The `graviton` command line: one file per subcommand.
 
 mod control;
+mod daemon_pid;
 mod dump;
 mod format;
 mod fsck;
@@ -54,6 +55,9 @@ pub enum Command {
     /// Restore a dump into a freshly formatted volume of either engine whose block store
     /// holds the dump's blocks.
     Load(load::LoadArgs),
+    /// The pid of the daemon serving a Graviton mount (for the umount helper).
+    #[command(hide = true)]
+    DaemonPid(daemon_pid::DaemonPidArgs),
 }
 
 /// `$XDG_DATA_HOME/graviton/default`, or `~/.local/share/graviton/default`.
@@ -108,5 +112,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc(args) => gc::run(args),
         Command::Dump(args) => dump::run(args),
         Command::Load(args) => load::run(args),
+        Command::DaemonPid(args) => daemon_pid::run(args),
     }
 }

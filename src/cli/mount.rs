@@ -70,11 +70,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     }
     let (source, mountpoint) = match args.paths.as_slice() {
         [mp] => (None, PathBuf::from(mp)),
-        [src, mp] if src == &format!("env:{SOURCE_ENV}") => {
-            let url =
-                std::env::var(SOURCE_ENV).with_context(|| format!("{SOURCE_ENV} is not set"))?;
-            (Some(Source::parse(&url)), PathBuf::from(mp))
-        }
+        // `env:NAME` (how the daemon gets a URL) is read by Source::parse
         [src, mp] => (Some(Source::parse(src)), PathBuf::from(mp)),
         _ => bail!("expected [SOURCE] MOUNTPOINT"),
     };
@@ -211,7 +207,9 @@ fn launch_daemon(options: &[String], source: &Source, mountpoint: &Path) -> anyh
     // same user only), never on the daemon's command line (readable by everyone in ps).
     match source {
         Source::Dir(d) => cmd.arg(d),
-        Source::Postgres(url) => cmd.env(SOURCE_ENV, url).arg(format!("env:{SOURCE_ENV}")),
+        Source::Postgres(url) => cmd
+            .env(SOURCE_ENV, url)
+            .arg(format!("{}{SOURCE_ENV}", crate::volume::FROM_ENV)),
     };
     cmd.arg(mountpoint)
         .stdin(Stdio::null())
@@ -225,19 +223,24 @@ fn launch_daemon(options: &[String], source: &Source, mountpoint: &Path) -> anyh
         });
     }
     let mut child = cmd.spawn().context("starting the mount daemon")?;
+    // read as it comes: a start-up that logs more than a pipe holds must not block the daemon
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
     let mut line = String::new();
     let stdout = child.stdout.take().expect("piped");
     BufReader::new(stdout)
         .read_line(&mut line)
         .context("waiting for the mount daemon")?;
     if line.trim() == "ready" {
+        // the daemon's output now goes to its log; what it said before is not needed
         return Ok(());
     }
     let status = child.wait()?;
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
+    let err = errors.join().unwrap_or_default();
     let err = err.trim().trim_start_matches("graviton: ");
     if err.is_empty() {
         bail!("the mount daemon exited ({status}) before the mount was ready");
