@@ -54,6 +54,11 @@ pub(super) struct SharedState {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Block pins this mount released and has not yet deleted from `block_pins`.
     unpins: Mutex<HashSet<Vec<u8>>>,
+    /// Wakes the task that deletes them.
+    unpinned: Notify,
+    /// Held while pins are written or deleted, so a deletion of released pins never removes a
+    /// pin taken again meanwhile.
+    pin_order: tokio::sync::Mutex<()>,
 }
 
 impl SharedState {
@@ -182,7 +187,8 @@ impl PgMetaStore {
             period,
         ));
         let feed = self.rt.spawn(feed(self.pool.clone(), self.shared_handle()));
-        self.shared.tasks.lock().expect("lock").extend([beat, feed]);
+        let unpin = self.rt.spawn(release_pins(self.pool.clone(), self.shared_handle()));
+        self.shared.tasks.lock().expect("lock").extend([beat, feed, unpin]);
         Ok(())
     }
 
@@ -270,19 +276,8 @@ async fn heartbeat(
         if let Err(e) = reap(&pool).await {
             tracing::warn!("cleaning up after expired sessions failed: {e}");
         }
-        let unpins: Vec<Vec<u8>> = st.unpins.lock().expect("lock").drain().collect();
-        if !unpins.is_empty()
-            && let Err(e) = sqlx::query(
-                "DELETE FROM block_pins WHERE session = $1 AND block_key = ANY($2::bytea[])",
-            )
-            .bind(id)
-            .bind(&unpins)
-            .execute(&pool)
-            .await
-        {
-            tracing::warn!("releasing block pins failed: {e}");
-            st.unpins.lock().expect("lock").extend(unpins);
-        }
+        st.unpinned.notify_one(); // pins whose release failed earlier
+
         if beats.is_multiple_of(100)
             && let Err(e) = trim_changes(&pool).await
         {
@@ -290,6 +285,32 @@ async fn heartbeat(
         }
         beats += 1;
         tokio::time::sleep(period).await;
+    }
+}
+
+/// Deletes the pins this mount released from `block_pins`, gathered for a moment so that a
+/// burst of commits costs one statement; a failure leaves them for the next round.
+async fn release_pins(pool: PgPool, st: Arc<SharedState>) {
+    loop {
+        st.unpinned.notified().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let id = st.session.load(Ordering::SeqCst);
+        let _in_order = st.pin_order.lock().await;
+        let unpins: Vec<Vec<u8>> = st.unpins.lock().expect("lock").drain().collect();
+        if unpins.is_empty() {
+            continue;
+        }
+        let released = sqlx::query(
+            "DELETE FROM block_pins WHERE session = $1 AND block_key = ANY($2::bytea[])",
+        )
+        .bind(id)
+        .bind(&unpins)
+        .execute(&pool)
+        .await;
+        if let Err(e) = released {
+            tracing::warn!("releasing block pins failed (retried at the next heartbeat): {e}");
+            st.unpins.lock().expect("lock").extend(unpins);
+        }
     }
 }
 
@@ -653,6 +674,7 @@ impl SharedVolume for PgMetaStore {
             pending.drain().collect()
         };
         let sent = self.retrying(async || {
+            let _in_order = self.shared.pin_order.lock().await;
             sqlx::query(
                 "WITH released AS (DELETE FROM block_pins WHERE session = $1 AND block_key = ANY($3::bytea[])) \
                  INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
@@ -674,6 +696,8 @@ impl SharedVolume for PgMetaStore {
         if self.session_id().is_some() {
             let mut pending = self.shared.unpins.lock().expect("lock");
             pending.extend(keys.iter().map(|k| k.to_bytes().to_vec()));
+            drop(pending);
+            self.shared.unpinned.notify_one();
         }
     }
 

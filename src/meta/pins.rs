@@ -12,8 +12,8 @@
 //! Pins live in this process (an embedded volume has one process: its mount daemon, which
 //! also runs its gc) and, on a shared volume, in the engine, tied to the mount's session
 //! ([`SharedVolume::pin_blocks`]), so every host's gc sees them and a crashed mount's pins go
-//! with its session. Unpins reach the engine lazily (with the next pin, or the session's
-//! heartbeat): a pin left a little longer only delays a block's collection.
+//! with its session. Unpins reach the engine a moment later, gathered (or with the next pin): a
+//! pin left a little longer only delays a block's collection.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
