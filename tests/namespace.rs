@@ -564,3 +564,29 @@ fn attribute_changes_of_a_file_being_written_commit_with_its_data() {
     let d = other.getattr(ino).unwrap();
     assert!(d.mtime > t && d.size == 10_001 && d.perm == 0o640, "{d:?}");
 }
+
+/// One file's extended attributes are bounded (ENOSPC past 256 of them, as ext4 refuses new
+/// ones once a file's attribute space is full): a user cannot grow the metadata, and the
+/// daemon's memory when they are listed, without end. Replacing an existing one still works.
+#[test]
+fn a_files_extended_attributes_are_bounded() {
+    let vol = MemVolume::new(small_cfg());
+    let fs = vol.mount();
+    let (ino, _) = create(&fs, "f");
+    let mut stored = 0;
+    let err = loop {
+        let name = format!("user.attribute-number-{stored:06}");
+        match fs.setxattr(ino, name.as_bytes(), &[7u8; 1024], XattrSet::Any) {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored <= 100_000, "no bound");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    assert!(stored >= 100, "{stored}");
+    fs.setxattr(ino, b"user.attribute-number-000000", b"new", XattrSet::Replace)
+        .unwrap();
+    fs.removexattr(ino, b"user.attribute-number-000001").unwrap();
+    fs.setxattr(ino, b"user.one-more", b"x", XattrSet::Create).unwrap();
+    assert!(fs.listxattr(ino).unwrap().len() <= 65536);
+}

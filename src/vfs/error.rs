@@ -39,6 +39,8 @@ pub enum FsError {
     FileTooLarge,
     #[error("too many links")]
     TooManyLinks,
+    #[error("no space left for extended attributes on this file")]
+    NoXattrSpace,
     #[error("the filesystem is being unmounted")]
     ReadOnly,
     #[error("metadata: {0}")]
@@ -69,6 +71,7 @@ impl FsError {
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::FileTooLarge => libc::EFBIG,
             FsError::TooManyLinks => libc::EMLINK,
+            FsError::NoXattrSpace => libc::ENOSPC,
             FsError::ReadOnly => libc::EROFS,
             FsError::Meta(MetaError::Conflict) => libc::EIO,
             FsError::Meta(MetaError::Corrupt(_)) => libc::EIO,

@@ -6,6 +6,13 @@ use crate::meta::{Ino, Timestamp};
 /// Linux limits: names up to 255 bytes, values up to 64 KiB.
 const XATTR_NAME_MAX: usize = 255;
 const XATTR_SIZE_MAX: usize = 65536;
+/// At most this many attributes per file, and their names (with a NUL each) at most
+/// `XATTR_LIST_MAX` bytes, the most listxattr(2) can return: past either, a new attribute is
+/// ENOSPC, as on ext4 when a file's attribute space is full. A file's attributes thus take at
+/// most 256 × 64 KiB, and one user cannot grow the metadata (and the daemon's memory when they
+/// are listed) without bound.
+const XATTRS_PER_FILE: usize = 256;
+const XATTR_LIST_MAX: usize = 65536;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XattrSet {
@@ -59,6 +66,13 @@ impl Fs {
                 XattrSet::Create if exists => return Err(FsError::Exists),
                 XattrSet::Replace if !exists => return Err(FsError::NoAttribute),
                 _ => {}
+            }
+            if !exists {
+                let names = tx.xattr_names(ino)?;
+                let listed: usize = names.iter().map(|n| n.len() + 1).sum();
+                if names.len() >= XATTRS_PER_FILE || listed + name.len() + 1 > XATTR_LIST_MAX {
+                    return Err(FsError::NoXattrSpace);
+                }
             }
             tx.put_xattr(ino, name, value)?;
             inode.ctime = Timestamp::now();
