@@ -4,9 +4,12 @@
 //! A record is `[length u32][checksum u32][postcard bytes]`, the checksum being the first four
 //! bytes of the payload's BLAKE3 hash. Records go to the kernel at each commit (a killed daemon
 //! loses none) and to the disk at `sync` (fsync). Reading stops at the first torn or corrupt
-//! record: only a record written after the last `sync` can be torn by a power loss.
+//! record, in whichever segment: only a record written after the last `sync` can be torn by a
+//! power loss, and what follows a damaged record is never replayed (later segments are set
+//! aside), since applying it without the lost records would apply changes out of order.
 //!
-//! Files are segments named by the sequence number of their first record; a segment whose
+//! Files are segments named by the sequence number of their first record; the folder is
+//! synced when one is created, so its name is as durable as its records. A segment whose
 //! records are all applied is deleted. Replaying a suffix of records that were already applied
 //! is harmless: every operation is a blind write (a record's final value does not depend on
 //! the state it is applied to), so applying records k..n over the state after record m ≥ k
@@ -203,6 +206,67 @@ fn checksum(payload: &[u8]) -> [u8; 4] {
     h.as_bytes()[..4].try_into().expect("four bytes")
 }
 
+/// Decodes the whole records at the start of `bytes` into `out`; returns how many bytes they
+/// take. Decoding stops at the first torn or corrupt record.
+fn read_records(bytes: &[u8], out: &mut Vec<Record>) -> usize {
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + HEADER) {
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4")) as usize;
+        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
+            break;
+        };
+        if header[4..] != checksum(payload) {
+            break;
+        }
+        let Ok(record) = postcard::from_bytes::<Record>(payload) else {
+            break;
+        };
+        out.push(record);
+        at += HEADER + len;
+    }
+    at
+}
+
+/// Ends a replay at a torn or corrupt record in `path`, `left` bytes before its end. The
+/// segments after it (`later`) hold transactions that followed the lost ones: replaying them
+/// would apply changes out of order, so they are set aside (renamed `*.journal.dropped`, which
+/// nothing reads) and named in an error. A torn tail of the last segment is what a crash
+/// leaves before a `sync`, and only a warning.
+fn stop_at_damage(dir: &Path, path: &Path, left: usize, later: &[(u64, PathBuf)]) {
+    if later.is_empty() {
+        tracing::warn!(
+            "write-behind journal {}: {left} bytes after the last whole record ignored (torn by a crash)",
+            path.display()
+        );
+        return;
+    }
+    let mut dropped = Vec::new();
+    for (_, p) in later {
+        let mut aside = p.clone().into_os_string();
+        aside.push(".dropped");
+        let aside = PathBuf::from(aside);
+        match std::fs::rename(p, &aside) {
+            Ok(()) => dropped.push(aside.display().to_string()),
+            // still not replayed: the journal is cleared once the records before are applied
+            Err(e) => dropped.push(format!("{} (not set aside: {e})", p.display())),
+        }
+    }
+    let _ = sync_folder(dir);
+    tracing::error!(
+        "write-behind journal {}: a corrupt record {left} bytes before its end; the transactions from there on are lost, and the {} later segments are not replayed (they would apply changes out of order): {}",
+        path.display(),
+        later.len(),
+        dropped.join(", ")
+    );
+}
+
+/// Makes the names of the files in the journal's folder durable.
+fn sync_folder(dir: &Path) -> MetaResult<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(&format!("syncing {}", dir.display()), e))
+}
+
 impl Journal {
     /// Opens the journal in `dir` (creating it) and returns the records it holds, in order.
     pub fn open(dir: &Path) -> MetaResult<(Journal, Vec<Record>)> {
@@ -218,32 +282,15 @@ impl Journal {
             .collect();
         names.sort();
         let mut records = Vec::new();
-        for (_, path) in &names {
+        for (i, (_, path)) in names.iter().enumerate() {
             let mut bytes = Vec::new();
             File::open(path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(|e| io_err(&path.display().to_string(), e))?;
-            let mut at = 0;
-            while let Some(header) = bytes.get(at..at + HEADER) {
-                let len = u32::from_le_bytes(header[..4].try_into().expect("4")) as usize;
-                let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
-                    break;
-                };
-                if header[4..] != checksum(payload) {
-                    break;
-                }
-                let Ok(record) = postcard::from_bytes::<Record>(payload) else {
-                    break;
-                };
-                records.push(record);
-                at += HEADER + len;
-            }
-            if at < bytes.len() {
-                tracing::warn!(
-                    "write-behind journal {}: {} bytes after the last whole record ignored (torn by a crash)",
-                    path.display(),
-                    bytes.len() - at
-                );
+            let whole = read_records(&bytes, &mut records);
+            if whole < bytes.len() {
+                stop_at_damage(dir, path, bytes.len() - whole, &names[i + 1..]);
+                break;
             }
         }
         let journal = Journal {
@@ -268,6 +315,10 @@ impl Journal {
                 .write(true)
                 .open(&path)
                 .map_err(|e| io_err(&path.display().to_string(), e))?;
+            // the new segment's name is durable before any record in it can be (a power
+            // loss cannot take the file away while its records count as synced). Not covered
+            // by a test: only a power loss tells a synced folder from one in the page cache.
+            sync_folder(&self.dir)?;
             if let Some(old) = self.current.replace(f) {
                 // records in a finished segment are made durable before a new one starts
                 old.sync_data().map_err(|e| io_err("journal sync", e))?;
@@ -390,6 +441,44 @@ mod tests {
         std::fs::write(&seg, bytes).unwrap();
         let (_, got) = Journal::open(dir.path()).unwrap();
         assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    /// A journal whose records `1..=n` are in segments of the given sizes (each run of the
+    /// daemon starts a segment at its first append).
+    fn segments(dir: &Path, sizes: &[u64]) {
+        let mut seq = 0;
+        for &size in sizes {
+            let (mut j, _) = Journal::open(dir).unwrap();
+            for _ in 0..size {
+                seq += 1;
+                j.append(&record(seq)).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_record_in_a_middle_segment_ends_the_replay_there() {
+        let dir = tempfile::tempdir().unwrap();
+        segments(dir.path(), &[3, 3, 2]);
+        let (_, got) = Journal::open(dir.path()).unwrap();
+        assert_eq!(got.len(), 8, "three segments, eight records");
+        // the second record of the middle segment (5) is damaged
+        let seg = dir.path().join(segment_name(4));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let first = HEADER + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        bytes[first + HEADER + 1] ^= 0xff;
+        std::fs::write(&seg, bytes).unwrap();
+        let (_, got) = Journal::open(dir.path()).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        // the last segment is set aside, not read again
+        assert!(!dir.path().join(segment_name(7)).exists());
+        let aside = dir.path().join(format!("{}.dropped", segment_name(7)));
+        assert!(aside.exists());
+        let (_, again) = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            again.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
     }
 
     #[test]
