@@ -313,3 +313,175 @@ fn small_blocks_kept_in_the_database_travel_in_the_dump() {
     let out = m.graviton(&["load", dump2.to_str().unwrap(), &pg]);
     fails_with(out, "--small-blocks 0");
 }
+
+/// A dump edited by `edit` (its records as JSON, header first).
+fn edited(text: &str, edit: impl Fn(&mut Vec<serde_json::Value>)) -> String {
+    let mut records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    edit(&mut records);
+    let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+    lines.join("\n") + "\n"
+}
+
+/// The `kind` record (`entry`, `inode`, `extents`...) matching `pick`.
+fn record<'a>(
+    records: &'a mut [serde_json::Value],
+    kind: &str,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> &'a mut serde_json::Value {
+    records
+        .iter_mut()
+        .filter_map(|r| r.get_mut(kind))
+        .find(|r| pick(r))
+        .unwrap_or_else(|| panic!("no {kind} record to edit"))
+}
+
+fn named<'a>(records: &'a mut [serde_json::Value], name: &str) -> &'a mut serde_json::Value {
+    record(records, "entry", |e| e["name"] == name)
+}
+
+/// A dump that breaks the file system's rules (a name with '/', a directory that is its own
+/// ancestor or has two names, an entry of the wrong kind, a wrong link count, extents that
+/// overlap or reach past their block) is refused, naming the problem, before anything is
+/// written: the target stays a freshly formatted volume, and takes the good dump afterwards.
+#[test]
+fn a_dump_breaking_the_file_system_s_rules_is_refused_and_writes_nothing() {
+    let m = Mounted::new(&[], "");
+    std::fs::create_dir_all(m.path("d/e")).unwrap();
+    std::fs::write(m.path("d/f"), random_bytes(7, 5000)).unwrap();
+    std::fs::hard_link(m.path("d/f"), m.path("g")).unwrap();
+    m.unmount();
+    let work = m.dir.path();
+    let (dump, text) = dump_to(&m, &m.source, "d.jsonl");
+    let blocks = format!("file://{}", m.vol.join("blocks").display());
+    let target = work.join("target");
+    let target = target.to_str().unwrap();
+    ok(
+        m.graviton(&["format", "--store", &blocks, target]),
+        "format",
+    );
+    let mut records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut ino_of = |name: &str| named(&mut records, name)["ino"].as_u64().unwrap();
+    let (d, e, f) = (ino_of("d"), ino_of("e"), ino_of("f"));
+
+    type Edit = Box<dyn Fn(&mut Vec<serde_json::Value>)>;
+    let cases: Vec<(&str, Edit, String)> = vec![
+        (
+            "slash",
+            Box::new(|r: &mut Vec<serde_json::Value>| named(r, "e")["name"] = "x/e".into()),
+            "contains '/'".into(),
+        ),
+        (
+            "dotdot",
+            Box::new(|r: &mut Vec<serde_json::Value>| named(r, "g")["name"] = "..".into()),
+            "\"..\"".into(),
+        ),
+        (
+            "cycle",
+            // d leaves the root for e, its own child
+            Box::new(move |r: &mut Vec<serde_json::Value>| {
+                named(r, "d")["parent"] = e.into();
+                record(r, "inode", |n| n["ino"] == e)["next_cookie"] = 100.into();
+            }),
+            format!("directories {d}, {e} form a cycle"),
+        ),
+        (
+            "two-parents",
+            Box::new(move |r: &mut Vec<serde_json::Value>| {
+                let mut again = r
+                    .iter()
+                    .find(|x| x.get("entry").is_some_and(|x| x["name"] == "e"))
+                    .unwrap()
+                    .clone();
+                again["entry"]["parent"] = 1.into();
+                again["entry"]["name"] = "e2".into();
+                again["entry"]["cookie"] = 99.into();
+                record(r, "inode", |n| n["ino"] == 1)["next_cookie"] = 100.into();
+                r.insert(2, again);
+                let end = record(r, "end", |_| true);
+                end["entries"] = (end["entries"].as_u64().unwrap() + 1).into();
+            }),
+            format!("directory {e} has a second name"),
+        ),
+        (
+            "kind",
+            Box::new(|r: &mut Vec<serde_json::Value>| named(r, "g")["kind"] = "Symlink".into()),
+            format!("inode {f} is File"),
+        ),
+        (
+            "nlink",
+            Box::new(move |r: &mut Vec<serde_json::Value>| {
+                record(r, "inode", |n| n["ino"] == f)["nlink"] = 3.into()
+            }),
+            format!("inode {f}: link count 3 where the dump names it 2 times"),
+        ),
+        (
+            "overlap",
+            Box::new(move |r: &mut Vec<serde_json::Value>| {
+                let x = record(r, "extents", |x| x["ino"] == f);
+                let mut second = x["extents"][0].clone();
+                second["offset"] = 1.into();
+                second["len"] = 10.into();
+                x["extents"].as_array_mut().unwrap().push(second);
+            }),
+            format!("inode {f}: extents overlap at offset 1"),
+        ),
+        (
+            "past-block",
+            Box::new(move |r: &mut Vec<serde_json::Value>| {
+                let x = record(r, "extents", |x| x["ino"] == f);
+                x["extents"][0]["block_offset"] = 1.into();
+            }),
+            "past the end of its block".into(),
+        ),
+    ];
+    for (what, edit, says) in cases {
+        let bad = work.join(format!("{what}.jsonl"));
+        std::fs::write(&bad, edited(&text, edit)).unwrap();
+        let out = m.graviton(&["load", bad.to_str().unwrap(), target]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{what}: loaded");
+        assert!(err.contains(&says), "{what}: {err}");
+        assert!(
+            err.contains("dump line") || err.contains("inode"),
+            "{what}: {err}"
+        );
+        let fsck = ok(m.graviton(&["fsck", target]), "fsck");
+        assert!(
+            fsck.contains("checked 1 directories, 0 other inodes, 0 blocks: 0 problems"),
+            "{what}: the target changed: {fsck}"
+        );
+    }
+    // from standard input too
+    let bad = work.join("slash.jsonl");
+    let piped = run(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "{} load - {target} < {}",
+                common::mounted::BIN,
+                bad.display()
+            ),
+        ],
+        work,
+    );
+    fails_with(piped, "contains '/'");
+    let fsck = ok(m.graviton(&["fsck", target]), "fsck");
+    assert!(
+        fsck.contains("checked 1 directories, 0 other inodes"),
+        "{fsck}"
+    );
+
+    ok(
+        m.graviton(&["load", dump.to_str().unwrap(), target]),
+        "load",
+    );
+    let fsck = ok(m.graviton(&["fsck", "--verify-data", target]), "fsck");
+    assert!(fsck.contains(": 0 problems"), "{fsck}");
+}

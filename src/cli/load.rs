@@ -1,12 +1,16 @@
 //! `graviton load`: restores a `graviton dump` into an empty volume of either engine.
 //!
 //! The target is formatted first, with a block store that holds the dump's blocks (the same
-//! store as the dumped volume, or a copy of it). Inodes keep their numbers; new ones are
-//! allocated above them. After loading, every block the files name is looked up in the
-//! target's store, and missing ones are an error.
+//! store as the dumped volume, or a copy of it). The whole dump is checked before anything is
+//! written (see `dump_check`): a broken or hostile one is refused and the target left as it
+//! was. A dump on standard input is copied to a private temporary file for that. Inodes keep
+//! their numbers; new ones are allocated above them. After loading, every block the files
+//! name is looked up in the target's store, and missing ones are an error.
 
 use std::collections::HashSet;
-use std::io::BufRead;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -31,21 +35,15 @@ const BATCH: usize = 512;
 
 pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     let vol = Volume::open(&crate::volume::Source::parse(&args.target))?;
-    let from_stdin = args.input.as_os_str() == "-";
-    let open = || -> anyhow::Result<Box<dyn BufRead>> {
-        Ok(if from_stdin {
-            Box::new(std::io::stdin().lock())
-        } else {
-            let f = std::fs::File::open(&args.input)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?;
-            Box::new(std::io::BufReader::new(f))
-        })
+    let mut input = if args.input.as_os_str() == "-" {
+        spool_stdin()?
+    } else {
+        File::open(&args.input).map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?
     };
-    if !from_stdin {
-        // a file is checked whole before anything is written: a cut-short dump changes nothing
-        check(open()?)?;
-    }
-    let r = load(&vol, open()?)?;
+    // checked whole before anything is written: a cut-short or broken dump changes nothing
+    super::dump_check::check(BufReader::new(&input))?;
+    input.seek(SeekFrom::Start(0))?;
+    let r = load(&vol, Box::new(BufReader::new(input)))?;
     println!(
         "loaded {} inodes and {} entries into {}",
         r.inodes,
@@ -85,16 +83,28 @@ fn parse(line: std::io::Result<String>, n: usize) -> anyhow::Result<Record> {
     serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("dump line {n}: {e}"))
 }
 
-/// Reads the whole dump: every line parses and the last is the end record.
-fn check(input: Box<dyn BufRead>) -> anyhow::Result<()> {
-    let mut last = None;
-    for (n, line) in input.lines().enumerate() {
-        last = Some(parse(line, n + 1)?);
-    }
-    match last {
-        Some(Record::End { .. }) => Ok(()),
-        _ => anyhow::bail!("the dump is incomplete (it does not end with its end record)"),
-    }
+/// Standard input, copied to a file only this process can open (private, and unlinked at
+/// once), so that it can be checked whole before it is loaded.
+fn spool_stdin() -> anyhow::Result<File> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    let path = std::env::temp_dir().join(format!(
+        "graviton-load-{}-{nanos}.jsonl",
+        std::process::id()
+    ));
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    std::fs::remove_file(&path)?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut file)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
 }
 
 pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport> {

@@ -3,6 +3,7 @@
 mod control;
 mod daemon_pid;
 mod dump;
+mod dump_check;
 mod format;
 mod fsck;
 mod gc;

@@ -35,7 +35,7 @@ pub use shared::{
     Change, ChangeSink, HeldLock, LockKind, LockRequest, SessionInfo, SessionRecord, SharedVolume,
     TO_EOF,
 };
-pub use types::{DirEntry, FileKind, Ino, Inode, ROOT_INO, Timestamp};
+pub use types::{DirEntry, FIRST_COOKIE, FileKind, Ino, Inode, ROOT_INO, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
