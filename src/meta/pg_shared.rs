@@ -187,8 +187,14 @@ impl PgMetaStore {
             period,
         ));
         let feed = self.rt.spawn(feed(self.pool.clone(), self.shared_handle()));
-        let unpin = self.rt.spawn(release_pins(self.pool.clone(), self.shared_handle()));
-        self.shared.tasks.lock().expect("lock").extend([beat, feed, unpin]);
+        let unpin = self
+            .rt
+            .spawn(release_pins(self.pool.clone(), self.shared_handle()));
+        self.shared
+            .tasks
+            .lock()
+            .expect("lock")
+            .extend([beat, feed, unpin]);
         Ok(())
     }
 
@@ -309,7 +315,10 @@ async fn release_pins(pool: PgPool, st: Arc<SharedState>) {
         .await;
         if let Err(e) = released {
             tracing::warn!("releasing block pins failed (retried at the next heartbeat): {e}");
-            st.unpins.lock().expect("lock").extend(unpins);
+            // again later, except those pinned again meanwhile (their cancel found nothing)
+            crate::meta::pins::unless_held(&unpins, |still_released| {
+                st.unpins.lock().expect("lock").extend(still_released)
+            });
         }
     }
 }
@@ -336,7 +345,8 @@ async fn beat(
         "this mount's session had expired (the database was unreachable for longer than the \
          session timeout): the locks it held were released; registering it again"
     );
-    sqlx::query_scalar(
+    let mut tx = pool.begin().await?;
+    let now = sqlx::query_scalar(
         "INSERT INTO sessions (id, host, pid, mountpoint, timeout_ms) VALUES ($1, $2, $3, $4, $5) \
          RETURNING (extract(epoch FROM heartbeat_at) * 1000000)::bigint",
     )
@@ -345,8 +355,23 @@ async fn beat(
     .bind(info.pid as i32)
     .bind(&info.mountpoint)
     .bind(timeout_ms)
-    .fetch_one(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    // the expired session's pins went with it: the blocks this process holds are pinned again
+    let held: Vec<Vec<u8>> = crate::meta::pins::held()
+        .iter()
+        .map(|k| k.to_bytes().to_vec())
+        .collect();
+    sqlx::query(
+        "INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(&held)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(now)
 }
 
 /// Deletes expired sessions with their locks (waking waiters), and reclaims files unlinked
@@ -665,31 +690,19 @@ impl SharedVolume for PgMetaStore {
             return Ok(());
         };
         let pins: Vec<Vec<u8>> = keys.iter().map(|k| k.to_bytes().to_vec()).collect();
-        // released pins go in the same round trip, except those pinned again now
-        let unpins: Vec<Vec<u8>> = {
-            let mut pending = self.shared.unpins.lock().expect("lock");
-            for p in &pins {
-                pending.remove(p);
-            }
-            pending.drain().collect()
-        };
-        let sent = self.retrying(async || {
+        self.retrying(async || {
+            // after a deletion of released pins that may include these (`release_pins`)
             let _in_order = self.shared.pin_order.lock().await;
             sqlx::query(
-                "WITH released AS (DELETE FROM block_pins WHERE session = $1 AND block_key = ANY($3::bytea[])) \
-                 INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
+                "INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
                  ON CONFLICT DO NOTHING",
             )
             .bind(session)
             .bind(&pins)
-            .bind(&unpins)
             .execute(&self.pool)
             .await
-        });
-        if sent.is_err() {
-            self.shared.unpins.lock().expect("lock").extend(unpins);
-        }
-        sent.map(drop)
+        })
+        .map(drop)
     }
 
     fn unpin_blocks(&self, keys: &[crate::core::BlockKey]) {
@@ -698,6 +711,13 @@ impl SharedVolume for PgMetaStore {
             pending.extend(keys.iter().map(|k| k.to_bytes().to_vec()));
             drop(pending);
             self.shared.unpinned.notify_one();
+        }
+    }
+
+    fn cancel_unpins(&self, keys: &[crate::core::BlockKey]) {
+        let mut pending = self.shared.unpins.lock().expect("lock");
+        for k in keys {
+            pending.remove(&k.to_bytes().to_vec());
         }
     }
 

@@ -42,57 +42,74 @@ impl Pinned {
         }
     }
 
-    /// Pins `keys` (visible to every gc before this returns).
+    /// Pins `keys` (visible to every gc before this returns). On a shared volume every
+    /// caller writes its pins itself, even those another writer of this process holds: that
+    /// one's write may still be on its way (the engine's insert is idempotent).
     pub fn add(&self, keys: &[BlockKey]) -> MetaResult<()> {
-        let first: Vec<BlockKey> = {
+        let shared = self.meta.shared();
+        {
             let mut held = process();
-            keys.iter()
-                .filter(|k| {
-                    let n = held.entry(**k).or_insert(0);
-                    *n += 1;
-                    *n == 1
-                })
-                .copied()
-                .collect()
-        };
+            for k in keys {
+                *held.entry(*k).or_insert(0) += 1;
+            }
+            // a release of these queued a moment ago must not reach the engine after this pin
+            if let Some(shared) = shared {
+                shared.cancel_unpins(keys);
+            }
+        }
         self.keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend_from_slice(keys);
-        if !first.is_empty()
-            && let Some(shared) = self.meta.shared()
-        {
-            shared.pin_blocks(&first)?;
+        match shared {
+            Some(shared) => shared.pin_blocks(keys),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
 impl Drop for Pinned {
     fn drop(&mut self) {
         let keys = std::mem::take(self.keys.get_mut().unwrap_or_else(|e| e.into_inner()));
-        let last: Vec<BlockKey> = {
-            let mut held = process();
-            keys.into_iter()
-                .filter(|k| match held.get_mut(k) {
-                    Some(n) if *n > 1 => {
-                        *n -= 1;
-                        false
-                    }
-                    Some(_) => {
-                        held.remove(k);
-                        true
-                    }
-                    None => false,
-                })
-                .collect()
-        };
+        let mut held = process();
+        let last: Vec<BlockKey> = keys
+            .into_iter()
+            .filter(|k| match held.get_mut(k) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    held.remove(k);
+                    true
+                }
+                None => false,
+            })
+            .collect();
+        // queued under the process lock: a pin of the same block taken after this cancels it
         if !last.is_empty()
             && let Some(shared) = self.meta.shared()
         {
             shared.unpin_blocks(&last);
         }
     }
+}
+
+/// Calls `f` with those of `keys` (block keys' bytes) that this process does not hold,
+/// under the process's pin lock (so no pin of them can start meanwhile).
+pub fn unless_held(keys: &[Vec<u8>], f: impl FnOnce(Vec<Vec<u8>>)) {
+    let held = process();
+    let unheld = keys
+        .iter()
+        .filter(|k| BlockKey::from_bytes(k).is_none_or(|k| !held.contains_key(&k)))
+        .cloned()
+        .collect();
+    f(unheld);
+}
+
+/// The blocks this process has pinned (to write again when its session is registered anew).
+pub fn held() -> Vec<BlockKey> {
+    process().keys().copied().collect()
 }
 
 /// Every pinned block gc must spare: this process's, and on a shared volume every mount's.

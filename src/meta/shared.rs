@@ -161,8 +161,11 @@ pub trait SharedVolume: Send + Sync {
     /// Pins blocks for this mount's session (`meta::pins`): every host's gc spares them until
     /// they are unpinned or the session ends. Without a session, pins stay in this process.
     fn pin_blocks(&self, keys: &[crate::core::BlockKey]) -> MetaResult<()>;
-    /// Unpins blocks; may reach the engine later (a pin kept longer only delays gc).
+    /// Unpins blocks; may reach the engine later (a pin kept longer only delays gc). Must not
+    /// block: callers hold the process's pin lock.
     fn unpin_blocks(&self, keys: &[crate::core::BlockKey]);
+    /// Drops queued unpins of `keys`, which are being pinned again. Must not block.
+    fn cancel_unpins(&self, keys: &[crate::core::BlockKey]);
     /// Every block some mount has pinned.
     fn pinned_blocks(&self) -> MetaResult<Vec<crate::core::BlockKey>>;
 }
