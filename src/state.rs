@@ -59,6 +59,10 @@ fn legacy_homes() -> Vec<PathBuf> {
 pub fn prepare(dir: &Path) -> anyhow::Result<()> {
     let base = home();
     crate::private::state_dir(&base, dir)?;
+    if base.starts_with(std::env::temp_dir()) {
+        // the fallback without a home: a folder anyone could have made first
+        crate::private::check_owned(&base)?;
+    }
     let Ok(rel) = dir.strip_prefix(&base) else {
         return Ok(());
     };

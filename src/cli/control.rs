@@ -209,12 +209,14 @@ pub fn serve(vol: Arc<Volume>) -> anyhow::Result<()> {
                     tracing::warn!("control socket: too many connections at once, one refused");
                     continue;
                 }
-                let (vol, answering) = (vol.clone(), answering.clone());
+                // the slot comes back however the answer ends (a panic, a failed spawn)
+                let slot = Slot(answering.clone());
+                let vol = vol.clone();
                 let spawned = std::thread::Builder::new()
                     .name("graviton-control".into())
                     .spawn(move || {
+                        let _slot = slot;
                         answer(&vol, conn);
-                        answering.fetch_sub(1, SeqCst);
                     });
                 if spawned.is_err() {
                     tracing::warn!("control socket: no thread to answer a request");
@@ -222,6 +224,15 @@ pub fn serve(vol: Arc<Volume>) -> anyhow::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// One of the `MAX_CONNECTIONS` answers in progress, given back when dropped.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Command output with the trailer's marker byte replaced: a file name holding it cannot end
@@ -249,11 +260,26 @@ impl<W: Write> Write for Unmarked<W> {
 /// Reads the request line: at most `MAX_REQUEST` bytes, within `REQUEST_TIMEOUT`.
 fn read_request(conn: &UnixStream) -> anyhow::Result<Request> {
     use std::io::Read;
-    conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
     let mut line = Vec::new();
-    BufReader::new(conn.try_clone()?.take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
-    if line.last() != Some(&b'\n') {
-        anyhow::bail!("bad request: no complete line within {MAX_REQUEST} bytes");
+    let mut chunk = [0u8; 4096];
+    let mut conn = conn.try_clone()?;
+    while !line.contains(&b'\n') && (line.len() as u64) < MAX_REQUEST {
+        // the whole line within the time limit, however slowly it trickles in
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            anyhow::bail!("bad request: no complete line within {REQUEST_TIMEOUT:?}");
+        }
+        conn.set_read_timeout(Some(left))?;
+        let want = chunk.len().min((MAX_REQUEST - line.len() as u64) as usize);
+        match conn.read(&mut chunk[..want])? {
+            0 => break,
+            n => line.extend_from_slice(&chunk[..n]),
+        }
+    }
+    match line.iter().position(|&b| b == b'\n') {
+        Some(end) => line.truncate(end + 1),
+        None => anyhow::bail!("bad request: no complete line within {MAX_REQUEST} bytes"),
     }
     serde_json::from_slice(&line).map_err(|e| anyhow::anyhow!("bad request: {e}"))
 }

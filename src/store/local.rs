@@ -312,7 +312,10 @@ impl BlockStore for LocalBlockStore {
         // A copy whose sync failed is written again whatever it holds; another one is kept if
         // its bytes are right, and synced by the next sync like a new one.
         if !self.pending.is_failed(&item) && self.good_copy_on_disk(key, &path) {
+            // the name too: whoever renamed it into place may not have synced its folder
             self.pending.written(item);
+            let dir = path.parent().expect("block path has a parent");
+            self.pending.written(Unsynced::Folder(dir.to_path_buf()));
             return Ok(PutOutcome::Duplicate);
         }
         self.write_block(key, data, &path)

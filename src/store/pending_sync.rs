@@ -60,6 +60,8 @@ struct State<T> {
     failed: BTreeMap<T, (u64, Failure)>,
     /// A sync is running.
     running: bool,
+    /// Items forgotten while a sync ran: its outcome for them is not recorded.
+    forgotten: std::collections::BTreeSet<T>,
     /// Every write numbered below this was taken by a sync that has finished.
     covered: u64,
 }
@@ -72,6 +74,7 @@ impl<T: Ord + Clone> Default for PendingSync<T> {
                 pending: BTreeMap::new(),
                 failed: BTreeMap::new(),
                 running: false,
+                forgotten: std::collections::BTreeSet::new(),
                 covered: 0,
             }),
             finished: Condvar::new(),
@@ -97,6 +100,9 @@ impl<T: Ord + Clone> PendingSync<T> {
         let mut st = self.lock();
         st.pending.remove(item);
         st.failed.remove(item);
+        if st.running {
+            st.forgotten.insert(item.clone());
+        }
     }
 
     /// Whether an earlier sync of `item` failed and no sync has repaired it since.
@@ -158,7 +164,11 @@ impl<T: Ord + Clone> PendingSync<T> {
                     })
                     .collect(),
             };
+            let forgotten = std::mem::take(&mut st.forgotten);
             for (item, (seq, failed_before)) in batch {
+                if forgotten.contains(&item) {
+                    continue; // gone while it was synced: nothing to report, ever
+                }
                 match failures.get(&item) {
                     Some(err) => {
                         let first = st.failed.get(&item).map_or(seq, |(s, _)| *s);
@@ -260,6 +270,23 @@ mod tests {
             vec![]
         })
         .unwrap();
+    }
+
+    #[test]
+    fn an_item_forgotten_while_its_sync_fails_is_not_reported_afterwards() {
+        let p = PendingSync::<u32>::default();
+        p.written(3);
+        let r = p.sync(|_| {
+            p.forget(&3); // its segment went while the sync ran
+            vec![(3, eio())]
+        });
+        assert!(r.is_ok() || r.is_err(), "either is fair for this sync");
+        p.sync(|items| {
+            assert!(items.is_empty(), "{items:?}");
+            vec![]
+        })
+        .unwrap();
+        assert!(!p.is_failed(&3));
     }
 
     #[test]
