@@ -983,7 +983,10 @@ fn suid_and_dev_are_off_unless_asked_for_and_reach_the_kernel_when_they_are() {
 fn a_password_on_the_command_line_leaves_the_process_list_at_once() {
     // nothing listens on port 1: the command keeps retrying long enough to be looked at
     let mut child = std::process::Command::new(BIN)
-        .args(["status", "postgres://graviton:hunter2-secret@127.0.0.1:1/vol"])
+        .args([
+            "status",
+            "postgres://graviton:hunter2-secret@127.0.0.1:1/vol",
+        ])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -994,7 +997,10 @@ fn a_password_on_the_command_line_leaves_the_process_list_at_once() {
     let out = child.wait_with_output().unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     assert!(cmdline.contains("status"), "{cmdline}");
-    assert!(!cmdline.contains("hunter2"), "the password is in the process list: {cmdline}");
+    assert!(
+        !cmdline.contains("hunter2"),
+        "the password is in the process list: {cmdline}"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("carries a password"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
@@ -1007,7 +1013,14 @@ fn a_daemon_that_logs_a_lot_while_starting_still_mounts() {
     let m = Mounted::new(&[], "");
     m.unmount();
     let out = std::process::Command::new("timeout")
-        .args(["-k5", "60", BIN, "mount", &m.source, m.mnt.to_str().unwrap()])
+        .args([
+            "-k5",
+            "60",
+            BIN,
+            "mount",
+            &m.source,
+            m.mnt.to_str().unwrap(),
+        ])
         .env("GRAVITON_LOG", "trace")
         .output()
         .unwrap();

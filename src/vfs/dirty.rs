@@ -9,10 +9,22 @@ use crate::core::RangeSet;
 /// Spans with their bytes: (file offset, bytes), sorted and disjoint.
 pub type Spans = Vec<(u64, Vec<u8>)>;
 
+/// What a span costs in memory beyond its bytes, charged against the dirty caps: its map
+/// entry and vector (56 bytes), the allocation's header and rounding, and its copy while it
+/// is flushed. Without it, a writer of single bytes at scattered offsets was charged 1 byte
+/// for each ~100 the daemon held, and grew it without bound.
+pub const SPAN_COST: u64 = 128;
+
+/// What `spans` are charged: their bytes plus `SPAN_COST` each.
+pub fn charge(spans: &[(u64, Vec<u8>)]) -> u64 {
+    spans.iter().map(|(_, d)| d.len() as u64 + SPAN_COST).sum()
+}
+
 #[derive(Default, Debug)]
 pub struct DirtyData {
     spans: BTreeMap<u64, Vec<u8>>,
-    bytes: u64,
+    /// Bytes buffered plus `SPAN_COST` per span.
+    charged: u64,
 }
 
 impl DirtyData {
@@ -20,9 +32,10 @@ impl DirtyData {
         self.spans.is_empty()
     }
 
-    /// Bytes buffered.
+    /// What the buffered spans are charged against the dirty caps: their bytes plus
+    /// `SPAN_COST` each.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.charged
     }
 
     /// One past the last dirty byte (0 when clean).
@@ -39,7 +52,7 @@ impl DirtyData {
     }
 
     /// Records `data` at `offset`, replacing older dirty bytes there. Returns the change in
-    /// buffered bytes.
+    /// what the spans are charged.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> i64 {
         if data.is_empty() {
             return 0;
@@ -49,7 +62,7 @@ impl DirtyData {
         let (start, mut buf) = match self.spans.range(..=offset).next_back() {
             Some((&s, v)) if s + v.len() as u64 >= offset => {
                 let v = self.spans.remove(&s).expect("present");
-                removed += v.len() as u64;
+                removed += v.len() as u64 + SPAN_COST;
                 (s, v)
             }
             _ => (offset, Vec::new()),
@@ -62,15 +75,15 @@ impl DirtyData {
         let following: Vec<u64> = self.spans.range(start..=end).map(|(&s, _)| s).collect();
         for s in following {
             let v = self.spans.remove(&s).expect("present");
-            removed += v.len() as u64;
+            removed += v.len() as u64 + SPAN_COST;
             let seg_end = s + v.len() as u64;
             if seg_end > end {
                 buf.extend_from_slice(&v[(end - s) as usize..]);
             }
         }
-        let added = buf.len() as u64;
+        let added = buf.len() as u64 + SPAN_COST;
         self.spans.insert(start, buf);
-        self.bytes = self.bytes + added - removed;
+        self.charged = self.charged + added - removed;
         added as i64 - removed as i64
     }
 
@@ -110,26 +123,26 @@ impl DirtyData {
         out
     }
 
-    /// Drops everything at or after `size`. Returns the bytes dropped.
+    /// Drops everything at or after `size`. Returns the change in charge (as `bytes`).
     pub fn truncate(&mut self, size: u64) -> u64 {
-        let before = self.bytes;
+        let before = self.charged;
         let doomed: Vec<u64> = self.spans.range(size..).map(|(&s, _)| s).collect();
         for s in doomed {
-            self.bytes -= self.spans.remove(&s).expect("present").len() as u64;
+            self.charged -= self.spans.remove(&s).expect("present").len() as u64 + SPAN_COST;
         }
         if let Some((&s, v)) = self.spans.range_mut(..size).next_back()
             && s + v.len() as u64 > size
         {
             let keep = (size - s) as usize;
-            self.bytes -= (v.len() - keep) as u64;
+            self.charged -= (v.len() - keep) as u64;
             v.truncate(keep);
         }
-        before - self.bytes
+        before - self.charged
     }
 
     /// Removes and returns every span.
     pub fn take(&mut self) -> Spans {
-        self.bytes = 0;
+        self.charged = 0;
         std::mem::take(&mut self.spans).into_iter().collect()
     }
 
@@ -149,7 +162,7 @@ impl DirtyData {
         } else {
             return spans;
         };
-        self.bytes = tail.1.len() as u64;
+        self.charged = tail.1.len() as u64 + SPAN_COST;
         self.spans.insert(tail.0, tail.1);
         spans
     }
@@ -197,7 +210,8 @@ mod tests {
                 for (i, m) in model.iter().enumerate() {
                     prop_assert_eq!(buf[i], m.unwrap_or(0xEE));
                 }
-                prop_assert_eq!(d.bytes(), model.iter().filter(|m| m.is_some()).count() as u64);
+                let data = model.iter().filter(|m| m.is_some()).count() as u64;
+                prop_assert_eq!(d.bytes(), data + SPAN_COST * d.spans.len() as u64);
                 let r = d.ranges();
                 prop_assert_eq!(r.span_count(), d.spans.len(), "spans stay normalized");
             }
@@ -229,7 +243,7 @@ mod tests {
                 }
             }
             prop_assert_eq!(&after, &before);
-            prop_assert_eq!(d.bytes(), d.spans.values().map(|v| v.len() as u64).sum::<u64>());
+            prop_assert_eq!(d.bytes(), d.spans.values().map(|v| v.len() as u64 + SPAN_COST).sum::<u64>());
             // only the span ending at `end` keeps anything, and only what lies at or after `from`
             // unless its head would be shorter than `min_head`
             for (s, v) in &d.spans {

@@ -470,12 +470,7 @@ impl Fs {
         if st.handles == 0 {
             files.remove(&h.ino);
             // If the flush failed, the data cannot be reported anywhere any more: drop it.
-            let dropped = st
-                .dirty
-                .take()
-                .iter()
-                .map(|(_, d)| d.len() as i64)
-                .sum::<i64>();
+            let dropped = super::dirty::charge(&st.dirty.take()) as i64;
             self.core.add_dirty(-dropped);
             drop(st);
             // the common case, a file this mount did not unlink, needs no lookup at all
@@ -606,6 +601,30 @@ impl Fs {
     }
 
     /// Copies `len` bytes by sharing blocks: no data is read or written, only extents.
+    /// Keeps gc from deleting the blocks a copy is about to reference: they are pinned, and
+    /// like a writer that finds a block stored, the copy takes each one's gc mark away and then
+    /// checks it is still there (`store::store_for_reference`). A block gc deleted anyway
+    /// (the source changed after this transaction read it) makes the copy run again.
+    fn hold_copied_blocks(
+        &self,
+        moved: &[crate::core::Extent],
+        pins: &crate::meta::pins::Pinned,
+    ) -> FsResult<()> {
+        let keys: std::collections::BTreeSet<crate::core::BlockKey> =
+            moved.iter().map(|e| e.key).collect();
+        let keys: Vec<_> = keys.into_iter().collect();
+        pins.add(&keys)?;
+        for k in &keys {
+            self.core
+                .meta
+                .kv_delete(&crate::meta::gc_candidate_key(k))?;
+            if !self.core.store.exists(k)? {
+                return Err(FsError::Meta(crate::meta::MetaError::Conflict));
+            }
+        }
+        Ok(())
+    }
+
     pub fn copy_file_range(
         &self,
         fh_in: u64,
@@ -630,6 +649,8 @@ impl Fs {
         }
         self.flush_inode(src, false)?;
         self.flush_inode(dst, false)?;
+        // the copied blocks are pinned until the commit, as a flush's are (`meta::pins`)
+        let pins = crate::meta::pins::Pinned::new(self.core.meta.clone());
         self.core.txn(|tx| {
             let src_inode = tx.inode(src)?.ok_or(FsError::NotFound)?;
             if src_inode.kind != FileKind::File {
@@ -648,6 +669,7 @@ impl Fs {
                     c.moved_to(off_out + (c.offset - off_in))
                 })
                 .collect();
+            self.hold_copied_blocks(&moved, &pins)?;
             let mut out = if src == dst {
                 src_inode
             } else {

@@ -74,7 +74,7 @@ impl Core {
             st.inflight = Some(work.clone());
             (work, st.mtime, st.attrs, st.last_write_end)
         };
-        let taken: u64 = work.iter().map(|(_, d)| d.len() as u64).sum();
+        let taken = super::dirty::charge(&work);
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
         let result = self.store_and_commit(
             file.ino, &work, mode, frontier, mtime, attrs, durable, &mut kept,
@@ -245,7 +245,7 @@ impl Core {
             return Ok(());
         }
         let spans = st.dirty.take();
-        let taken: u64 = spans.iter().map(|(_, d)| d.len() as u64).sum();
+        let taken = super::dirty::charge(&spans);
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
         let result = self.store_and_commit(
             ino,
@@ -259,7 +259,7 @@ impl Core {
         );
         match result {
             Ok(inode) => {
-                let kept_bytes: u64 = kept.iter().map(|(_, d)| d.len() as u64).sum();
+                let kept_bytes = super::dirty::charge(&kept);
                 for (off, data) in kept {
                     st.dirty.restore(off, data);
                 }
