@@ -131,7 +131,9 @@ impl Source {
     /// A volume folder, a PostgreSQL URL, or `env:NAME` for a PostgreSQL URL in the
     /// environment variable `NAME` (`GRAVITON_…` only).
     pub fn parse(s: &str) -> Source {
-        if let Some(var) = s.strip_prefix(FROM_ENV).filter(|v| v.starts_with("GRAVITON_"))
+        if let Some(var) = s
+            .strip_prefix(FROM_ENV)
+            .filter(|v| v.starts_with("GRAVITON_"))
             && let Ok(url) = std::env::var(var)
             && is_postgres_url(&url)
         {
@@ -243,7 +245,11 @@ fn percent_decoded(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(hi), Some(lo)) => {
                 out.push((hi * 16 + lo) as u8);
                 i += 3;

@@ -132,7 +132,13 @@ fn the_umount_helper_waits_for_the_daemon_not_a_process_that_looks_like_one() {
         .unwrap();
     let _ = fake.kill();
     let _ = fake.wait();
-    assert!(out.status.success(), "the helper waited for the fake: {out:?}");
-    assert!(exited(pid), "the helper returned before the real daemon exited");
+    assert!(
+        out.status.success(),
+        "the helper waited for the fake: {out:?}"
+    );
+    assert!(
+        exited(pid),
+        "the helper returned before the real daemon exited"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }

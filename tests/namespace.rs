@@ -584,9 +584,16 @@ fn a_files_extended_attributes_are_bounded() {
     };
     assert_eq!(err.errno(), libc::ENOSPC, "{err}");
     assert!(stored >= 100, "{stored}");
-    fs.setxattr(ino, b"user.attribute-number-000000", b"new", XattrSet::Replace)
+    fs.setxattr(
+        ino,
+        b"user.attribute-number-000000",
+        b"new",
+        XattrSet::Replace,
+    )
+    .unwrap();
+    fs.removexattr(ino, b"user.attribute-number-000001")
         .unwrap();
-    fs.removexattr(ino, b"user.attribute-number-000001").unwrap();
-    fs.setxattr(ino, b"user.one-more", b"x", XattrSet::Create).unwrap();
+    fs.setxattr(ino, b"user.one-more", b"x", XattrSet::Create)
+        .unwrap();
     assert!(fs.listxattr(ino).unwrap().len() <= 65536);
 }

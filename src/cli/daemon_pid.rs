@@ -48,8 +48,8 @@ fn daemon_of(mp: &Path) -> anyhow::Result<i32> {
         Source::Postgres(_) => source.mount_state_dir(mp).join("graviton.pid"),
         Source::Dir(d) => d.join("graviton.pid"),
     };
-    let owner = std::fs::symlink_metadata(&pid_file)
-        .with_context(|| format!("{}", pid_file.display()))?;
+    let owner =
+        std::fs::symlink_metadata(&pid_file).with_context(|| format!("{}", pid_file.display()))?;
     if !owner.is_file() {
         bail!("{} is not a file", pid_file.display());
     }
@@ -62,7 +62,10 @@ fn daemon_of(mp: &Path) -> anyhow::Result<i32> {
         .with_context(|| format!("process {pid} from {}", pid_file.display()))?
         .uid();
     if runs_as != owner.uid() {
-        bail!("process {pid} belongs to user {runs_as}, its pid file to {}", owner.uid());
+        bail!(
+            "process {pid} belongs to user {runs_as}, its pid file to {}",
+            owner.uid()
+        );
     }
     // the same program (by name: an upgrade may have replaced the file since it started)
     let name = |p: &Path| {
