@@ -18,7 +18,8 @@ MNT="$WORK/mnt"
 DB="graviton_benchmeta_$$"
 runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
 VOL="${GRAVITON_TEST_PG%/*}/$DB"
-STATE_ROOT="${XDG_STATE_HOME:-$HOME/.local/state}/graviton"
+export XDG_STATE_HOME="$WORK/state"  # the daemons' state, found again below
+STATE_ROOT="$XDG_STATE_HOME/graviton"
 
 unmount() {
   local pid; pid=$(cat "$STATE_ROOT"/*/*/graviton.pid 2>/dev/null | head -1 || true)

@@ -14,6 +14,7 @@ WORK="${1:-/var/tmp/graviton-bench}"
 SEQ_MB="${SEQ_MB:-1024}" RAND_MB="${RAND_MB:-256}" RSS_MB="${RSS_MB:-2048}" FILES="${FILES:-10000}"
 G="$GRAVITON_BIN"
 VOL="$WORK/vol" MNT="$WORK/mnt" LOCAL="$WORK/local"
+export XDG_STATE_HOME="$WORK/state"  # a PostgreSQL mount's state, found again below
 STATE="$VOL"  # where the daemon writes graviton.pid
 if [ "${ENGINE:-embedded}" = postgres ]; then
   source scripts/pg.sh
@@ -47,7 +48,7 @@ else
 fi
 mount_fresh
 if [ "${ENGINE:-embedded}" = postgres ]; then
-  STATE=$(dirname "$(grep -l . "${XDG_STATE_HOME:-$HOME/.local/state}"/graviton/*/*/graviton.pid | head -1)")
+  STATE=$(dirname "$(grep -l . "$XDG_STATE_HOME"/graviton/*/*/graviton.pid | head -1)")
 fi
 
 fio_bw() { # dir name rw bs size-MB [extra…] → MiB/s (read or write side)
