@@ -1027,3 +1027,32 @@ fn a_daemon_that_logs_a_lot_while_starting_still_mounts() {
     assert!(out.status.success(), "{out:?}");
     std::fs::write(m.path("f"), b"x").unwrap();
 }
+
+/// An unprivileged O_DIRECT write into a group-executable setuid/setgid file clears both
+/// bits, and a stat right after shows it, as on ext4.
+#[test]
+fn an_unprivileged_direct_write_clears_setuid_and_setgid() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = Mounted::new(&[], "");
+    let f = m.path("privileged");
+    std::fs::write(&f, vec![0u8; 4096]).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).unwrap();
+    assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o7777, 0o6777, "cached by the kernel");
+    let script = "import os,sys,mmap\n\
+        fd=os.open(sys.argv[1], os.O_WRONLY|os.O_DIRECT)\n\
+        buf=mmap.mmap(-1, 4096)\n\
+        buf.write(b'x'*4096)\n\
+        os.pwritev(fd, [buf], 0)\n\
+        os.close(fd)\n";
+    let out = run(
+        "setpriv",
+        &["--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-c", script, f.to_str().unwrap()],
+        Path::new("/"),
+    );
+    ok(out, "the direct write as nobody");
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().mode() & 0o7777,
+        0o777,
+        "setuid and setgid still shown after an unprivileged write"
+    );
+}
