@@ -1037,7 +1037,11 @@ fn an_unprivileged_direct_write_clears_setuid_and_setgid() {
     let f = m.path("privileged");
     std::fs::write(&f, vec![0u8; 4096]).unwrap();
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).unwrap();
-    assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o7777, 0o6777, "cached by the kernel");
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().mode() & 0o7777,
+        0o6777,
+        "cached by the kernel"
+    );
     let script = "import os,sys,mmap\n\
         fd=os.open(sys.argv[1], os.O_WRONLY|os.O_DIRECT)\n\
         buf=mmap.mmap(-1, 4096)\n\
@@ -1046,7 +1050,17 @@ fn an_unprivileged_direct_write_clears_setuid_and_setgid() {
         os.close(fd)\n";
     let out = run(
         "setpriv",
-        &["--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-c", script, f.to_str().unwrap()],
+        &[
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            script,
+            f.to_str().unwrap(),
+        ],
         Path::new("/"),
     );
     ok(out, "the direct write as nobody");

@@ -36,7 +36,18 @@ pub trait Disk: Send + Sync {
 }
 
 /// The real disk.
-pub struct RealDisk;
+pub struct RealDisk {
+    /// The store's root, opened once: syncfs reports a write error to each descriptor opened
+    /// before it, even when another process's syncfs saw it first, but not to one opened
+    /// after that (Linux 5.8 on); one opened afresh for every sync could miss it.
+    root: Option<File>,
+}
+
+impl RealDisk {
+    pub fn new(root: Option<File>) -> RealDisk {
+        RealDisk { root }
+    }
+}
 
 impl Disk for RealDisk {
     fn fsync(&self, path: &Path) -> std::io::Result<()> {
@@ -44,9 +55,16 @@ impl Disk for RealDisk {
     }
 
     fn syncfs(&self, root: &Path) -> std::io::Result<()> {
-        let root = File::open(root)?;
-        // SAFETY: syncfs on a descriptor we own.
-        match unsafe { libc::syncfs(root.as_raw_fd()) } {
+        let opened;
+        let fd = match &self.root {
+            Some(f) => f.as_raw_fd(),
+            None => {
+                opened = File::open(root)?;
+                opened.as_raw_fd()
+            }
+        };
+        // SAFETY: syncfs on a descriptor we own, open for the whole call.
+        match unsafe { libc::syncfs(fd) } {
             0 => Ok(()),
             _ => Err(std::io::Error::last_os_error()),
         }
@@ -91,7 +109,10 @@ impl LocalBlockStore {
     /// Opens (creating if needed) a store rooted at `root`. Temp folders that crashed
     /// processes left are removed; those of processes still writing are left alone.
     pub fn open(root: impl AsRef<Path>) -> Result<Self, StoreError> {
-        Self::open_on(root, Arc::new(RealDisk))
+        let root = root.as_ref();
+        crate::private::dir(root).map_err(|e| io(format!("creating {}", root.display()), e))?;
+        let fd = File::open(root).map_err(|e| io(format!("opening {}", root.display()), e))?;
+        Self::open_on(root, Arc::new(RealDisk::new(Some(fd))))
     }
 
     /// As `open`, making files durable through `disk`.
@@ -519,7 +540,7 @@ mod tests {
             if Self::matches(&self.fail, path) {
                 return Err(std::io::Error::from_raw_os_error(libc::EIO));
             }
-            RealDisk.fsync(path)?;
+            RealDisk::new(None).fsync(path)?;
             self.durable.lock().unwrap().push(path.to_path_buf());
             Ok(())
         }
