@@ -9,22 +9,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::mounted::{Mounted, ok};
+use common::mounted::{Mounted, as_nobody, ok};
 
 const NOBODY: &str = "65534";
 /// Debian's python3 (`scripts/setup.sh` installs it), which any user may run.
 const PYTHON: &str = "/usr/bin/python3";
-
-/// Runs `cmd` as nobody (with a time limit).
-fn as_nobody(cmd: &str, args: &[&str]) -> Output {
-    Command::new("timeout")
-        .args(["-k5", "60", "setpriv", "--reuid", NOBODY, "--regid", NOBODY])
-        .arg("--clear-groups")
-        .arg(cmd)
-        .args(args)
-        .output()
-        .expect("setpriv")
-}
 
 /// The files under `paths` in which nobody finds `marker`. A world-readable canary holding it
 /// is searched too, and must be found: a search that cannot find anything proves nothing.

@@ -940,19 +940,7 @@ fn euid_of_setuid_copy(m: &Mounted) -> String {
     std::fs::copy("/usr/bin/id", &id).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let out = run(
-        "setpriv",
-        &[
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            id.to_str().unwrap(),
-            "-u",
-        ],
-        Path::new("/"),
-    );
+    let out = common::mounted::as_nobody(id.to_str().unwrap(), &["-u"]);
     ok(out, "the setuid copy of id").trim().to_string()
 }
 
@@ -1048,21 +1036,7 @@ fn an_unprivileged_direct_write_clears_setuid_and_setgid() {
         buf.write(b'x'*4096)\n\
         os.pwritev(fd, [buf], 0)\n\
         os.close(fd)\n";
-    let out = run(
-        "setpriv",
-        &[
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-            script,
-            f.to_str().unwrap(),
-        ],
-        Path::new("/"),
-    );
+    let out = common::mounted::as_nobody("/usr/bin/python3", &["-c", script, f.to_str().unwrap()]);
     ok(out, "the direct write as nobody");
     assert_eq!(
         std::fs::metadata(&f).unwrap().mode() & 0o7777,

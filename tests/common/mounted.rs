@@ -33,6 +33,20 @@ pub fn run(cmd: &str, args: &[&str], cwd: &Path) -> Output {
         .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
 }
 
+/// Runs a command as the user `nobody` (setpriv), with a time limit.
+pub fn as_nobody(cmd: &str, args: &[&str]) -> Output {
+    let mut all = vec![
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        cmd,
+    ];
+    all.extend_from_slice(args);
+    run("setpriv", &all, Path::new("/"))
+}
+
 pub fn ok(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
