@@ -219,9 +219,9 @@ impl LocalBlockStore {
         if plain.len() > SYNCFS_ABOVE {
             // One syncfs commits the journal once; hundreds of fsyncs would commit it each time.
             if let Err(e) = self.disk.syncfs(&self.root) {
-                let errno = e.raw_os_error();
+                let failure = super::pending_sync::Failure::from(&e);
                 for t in &plain {
-                    failed.push((t.item.clone(), same_error(errno, &e)));
+                    failed.push((t.item.clone(), failure.to_io_error()));
                 }
             }
         } else {
@@ -275,14 +275,6 @@ impl LocalBlockStore {
         self.disk.fsync(&path)?;
         self.disk
             .fsync(path.parent().expect("block path has a parent"))
-    }
-}
-
-/// An error of the same kind as `e` (io::Error is not Clone).
-fn same_error(errno: Option<i32>, e: &std::io::Error) -> std::io::Error {
-    match errno {
-        Some(code) => std::io::Error::from_raw_os_error(code),
-        None => std::io::Error::new(e.kind(), e.to_string()),
     }
 }
 
