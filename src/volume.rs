@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::core::{Chunker, HashAlgo};
 use crate::meta::{Inode, MetaError, MetaStore, PgMetaStore, ROOT_INO, RocksMetaStore, Timestamp};
+use crate::store::local::Disk;
 use crate::store::{BlockStore, LocalBlockStore, PgBlockStore, StoreError};
 
 /// Block store URL meaning "in the volume's PostgreSQL database".
@@ -18,8 +19,19 @@ pub const FORMAT_VERSION: &str = "1";
 /// The format of a volume that keeps small blocks in its database: a build that predates
 /// `small_blocks` would not look for them there, so it must refuse the volume.
 pub const SMALL_BLOCKS_FORMAT_VERSION: &str = "2";
-/// Setting: blocks shorter than this many bytes are kept in the PostgreSQL database (0: none).
+/// The format of an embedded volume that keeps small blocks in its RocksDB database
+/// (`meta::rocks_blocks`).
+pub const EMBEDDED_SMALL_BLOCKS_FORMAT_VERSION: &str = "3";
+/// Setting: blocks shorter than this many bytes are kept in the metadata database (0: none).
 pub const SMALL_BLOCKS: &str = "small_blocks";
+/// An embedded volume's `small_blocks` unless format says otherwise: blocks shorter than
+/// any the chunker cuts inside a stream (1 MiB with the default chunker), that is small
+/// files, tails and packed pieces. Those reach RocksDB's log before the commit that names
+/// them, so closing a small file costs no fsync; a stream's blocks are synced before their
+/// commit (`BlockStore::settle`), mostly while the writer is still writing.
+pub fn embedded_small_blocks(chunker: &Chunker) -> u32 {
+    chunker.min_block()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -310,10 +322,12 @@ impl crate::store::replicated::ReplicaIndex for MetaReplicaIndex {
     }
 }
 
-/// Opens a block store from its URL; an empty URL is `<volume dir>/blocks`.
+/// Opens a block store from its URL; an empty URL is `<volume dir>/blocks`. A local store
+/// makes its files durable through `disk` when given (tests inject faults there).
 pub fn open_store(
     url: &str,
     source: &Source,
+    disk: Option<&Arc<dyn Disk>>,
 ) -> Result<(Arc<dyn BlockStore>, PathBuf), VolumeError> {
     let volume_dir = match source {
         Source::Dir(d) => Some(d.as_path()),
@@ -339,7 +353,16 @@ pub fn open_store(
     } else {
         return Err(VolumeError::BadStoreUrl(url.to_string()));
     };
-    Ok((Arc::new(LocalBlockStore::open(&root)?), root))
+    let store = match disk {
+        Some(disk) => LocalBlockStore::open_on(&root, disk.clone())?,
+        None => LocalBlockStore::open(&root)?,
+    };
+    Ok((Arc::new(store), root))
+}
+
+/// Whether blocks go to a directory of files: the volume's own `blocks/` or a `file://` one.
+fn is_local_store(url: &str) -> bool {
+    url.is_empty() || url.starts_with("file://")
 }
 
 /// How long PostgreSQL operations wait for an unreachable server before they fail with EIO.
@@ -349,15 +372,26 @@ fn open_meta(
     source: &Source,
     pg_wait: std::time::Duration,
 ) -> Result<Arc<dyn MetaStore>, VolumeError> {
+    Ok(open_engine(source, pg_wait)?.0)
+}
+
+/// A metadata engine, with the block store an embedded volume keeps in it.
+type Engine = (Arc<dyn MetaStore>, Option<Arc<dyn BlockStore>>);
+
+/// The metadata engine, with the block store an embedded volume keeps in it.
+fn open_engine(source: &Source, pg_wait: std::time::Duration) -> Result<Engine, VolumeError> {
     match source {
         Source::Dir(dir) => match RocksMetaStore::open(dir.join("meta")) {
-            Ok(m) => Ok(Arc::new(m)),
+            Ok(m) => {
+                let blocks: Arc<dyn BlockStore> = Arc::new(m.blocks());
+                Ok((Arc::new(m), Some(blocks)))
+            }
             Err(MetaError::Backend { message, .. }) if message.contains("lock") => {
                 Err(VolumeError::InUse(dir.display().to_string()))
             }
             Err(e) => Err(e.into()),
         },
-        Source::Postgres(url) => Ok(Arc::new(PgMetaStore::connect_within(url, pg_wait)?)),
+        Source::Postgres(url) => Ok((Arc::new(PgMetaStore::connect_within(url, pg_wait)?), None)),
     }
 }
 
@@ -373,7 +407,13 @@ impl Volume {
         chunker: Chunker,
         store_url: Option<&str>,
     ) -> Result<Volume, VolumeError> {
-        Self::format_replicated(source, hash, chunker, store_url, &[], 0)
+        let small_blocks = match source {
+            Source::Dir(_) if is_local_store(store_url.unwrap_or("")) => {
+                embedded_small_blocks(&chunker)
+            }
+            _ => 0,
+        };
+        Self::format_replicated(source, hash, chunker, store_url, &[], small_blocks)
     }
 
     /// `format`, with blocks also kept in each of `replicas` (block store URLs), and blocks
@@ -387,7 +427,8 @@ impl Volume {
         small_blocks: u32,
     ) -> Result<Volume, VolumeError> {
         if small_blocks > 0
-            && (!matches!(source, Source::Postgres(_)) || store_url == Some(POSTGRES_STORE))
+            && matches!(source, Source::Postgres(_))
+            && store_url == Some(POSTGRES_STORE)
         {
             return Err(VolumeError::Invalid {
                 path: source.display(),
@@ -452,9 +493,10 @@ impl Volume {
         // Written last: a volume whose format was interrupted is not mistaken for a good one.
         meta.put_setting(
             "format_version",
-            match small_blocks {
-                0 => FORMAT_VERSION,
-                _ => SMALL_BLOCKS_FORMAT_VERSION,
+            match (small_blocks, source) {
+                (_, Source::Dir(_)) => EMBEDDED_SMALL_BLOCKS_FORMAT_VERSION,
+                (0, Source::Postgres(_)) => FORMAT_VERSION,
+                (_, Source::Postgres(_)) => SMALL_BLOCKS_FORMAT_VERSION,
             },
         )?;
         drop(meta);
@@ -470,6 +512,19 @@ impl Volume {
         source: &Source,
         pg_wait: std::time::Duration,
     ) -> Result<Volume, VolumeError> {
+        Self::open_with(source, pg_wait, None)
+    }
+
+    /// `open`, with a local block store making its files durable through `disk`.
+    pub fn open_on_disk(source: &Source, disk: Arc<dyn Disk>) -> Result<Volume, VolumeError> {
+        Self::open_with(source, DEFAULT_PG_WAIT, Some(&disk))
+    }
+
+    fn open_with(
+        source: &Source,
+        pg_wait: std::time::Duration,
+        disk: Option<&Arc<dyn Disk>>,
+    ) -> Result<Volume, VolumeError> {
         if let Source::Dir(d) = source
             && !Self::is_formatted(d)
         {
@@ -482,7 +537,7 @@ impl Volume {
                 source,
             })?;
         }
-        let meta = open_meta(source, pg_wait)?;
+        let (meta, engine_blocks) = open_engine(source, pg_wait)?;
         let invalid = |message: String| VolumeError::Invalid {
             path: source.display(),
             message,
@@ -491,10 +546,29 @@ impl Volume {
             meta.setting(name)?
                 .ok_or_else(|| invalid(format!("setting {name:?} is missing")))
         };
-        let version = meta
+        let mut version = meta
             .setting("format_version")?
             .ok_or_else(|| VolumeError::NotFormatted(source.display()))?;
-        if version != FORMAT_VERSION && version != SMALL_BLOCKS_FORMAT_VERSION {
+        if version == FORMAT_VERSION
+            && matches!(source, Source::Dir(_))
+            && is_local_store(&setting("block_store")?)
+        {
+            // An embedded volume from before small blocks went to RocksDB: new ones go there
+            // from now on (its earlier ones stay files, still read: `store::tiered`).
+            let chunker: Chunker = setting("chunker")?
+                .parse()
+                .map_err(|e| invalid(format!("{e}")))?;
+            meta.put_setting(SMALL_BLOCKS, &embedded_small_blocks(&chunker).to_string())?;
+            meta.put_setting("format_version", EMBEDDED_SMALL_BLOCKS_FORMAT_VERSION)?;
+            meta.sync()?;
+            version = EMBEDDED_SMALL_BLOCKS_FORMAT_VERSION.to_string();
+        }
+        let known = [
+            FORMAT_VERSION,
+            SMALL_BLOCKS_FORMAT_VERSION,
+            EMBEDDED_SMALL_BLOCKS_FORMAT_VERSION,
+        ];
+        if !known.contains(&version.as_str()) {
             return Err(invalid(format!(
                 "format version {version} is not supported by this build"
             )));
@@ -520,10 +594,13 @@ impl Volume {
         let metered = |s: Arc<dyn BlockStore>| -> Arc<dyn BlockStore> {
             Arc::new(crate::store::metered::Metered::new(s))
         };
-        let (primary, capacity_path) = open_store(&settings.block_store, source)?;
+        let (primary, capacity_path) = open_store(&settings.block_store, source, disk)?;
         let mut primary = metered(primary);
         if settings.small_blocks > 0 {
-            let (db, _) = open_store(POSTGRES_STORE, source)?;
+            let db = match engine_blocks {
+                Some(blocks) => blocks,
+                None => open_store(POSTGRES_STORE, source, None)?.0,
+            };
             primary = Arc::new(crate::store::tiered::Tiered::new(
                 metered(db),
                 primary,
@@ -533,7 +610,7 @@ impl Volume {
         let mut replicas = vec![(settings.block_store.clone(), primary.clone())];
         for url in meta.setting("replicas")?.unwrap_or_default().split(',') {
             if !url.is_empty() {
-                replicas.push((url.to_string(), metered(open_store(url, source)?.0)));
+                replicas.push((url.to_string(), metered(open_store(url, source, None)?.0)));
             }
         }
         let store: Arc<dyn BlockStore> = if replicas.len() > 1 {
@@ -597,5 +674,47 @@ mod tests {
         assert!(has_password(url));
         assert!(!has_password("postgres://u@db/vol?sslmode=disable"));
         assert!(has_password("postgres://u:p@db/vol"));
+    }
+
+    /// An embedded volume from before small blocks went to RocksDB keeps reading its small
+    /// block files, and stores new small blocks in RocksDB.
+    #[test]
+    fn an_earlier_embedded_volume_takes_up_small_blocks_in_rocksdb() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Source::Dir(dir.path().join("vol"));
+        let chunker: Chunker = "fixed-64k".parse().unwrap();
+        let (old, new) = (vec![1u8; 5000], vec![2u8; 6000]);
+        let (old_key, new_key) = (
+            crate::core::BlockKey::for_data(HashAlgo::Blake3, &old),
+            crate::core::BlockKey::for_data(HashAlgo::Blake3, &new),
+        );
+        {
+            let vol = Volume::format_replicated(&source, HashAlgo::Blake3, chunker, None, &[], 0)
+                .unwrap();
+            vol.store.put(&old_key, &old).unwrap();
+            vol.meta
+                .put_setting("format_version", FORMAT_VERSION)
+                .unwrap();
+        }
+        let files = dir.path().join("vol").join("blocks");
+        let vol = Volume::open(&source).unwrap();
+        assert_eq!(
+            vol.settings.format_version,
+            EMBEDDED_SMALL_BLOCKS_FORMAT_VERSION
+        );
+        assert_eq!(vol.settings.small_blocks, 64 << 10);
+        assert_eq!(
+            vol.store.get(&old_key).unwrap(),
+            old,
+            "a block file of before"
+        );
+        vol.store.put(&new_key, &new).unwrap();
+        let local = LocalBlockStore::open(&files).unwrap();
+        assert!(local.exists(&old_key).unwrap() && !local.exists(&new_key).unwrap());
+        let mut listed = vol.store.list().unwrap();
+        listed.sort();
+        let mut both = vec![old_key, new_key];
+        both.sort();
+        assert_eq!(listed, both);
     }
 }

@@ -241,7 +241,8 @@ fn a_volume_moves_from_rocksdb_to_postgres_and_back() {
 #[test]
 fn a_cut_short_or_foreign_dump_changes_nothing() {
     let m = Mounted::new(&[], "");
-    std::fs::write(m.path("a"), b"content").unwrap();
+    // a full block: in the block store, not in the dump (small ones travel in it)
+    std::fs::write(m.path("a"), random_bytes(3, 1 << 20)).unwrap();
     m.unmount();
     let work = m.dir.path();
     let (dump, text) = dump_to(&m, &m.source, "d.jsonl");
@@ -271,8 +272,8 @@ fn a_cut_short_or_foreign_dump_changes_nothing() {
 }
 
 /// Blocks a PostgreSQL volume kept in its database travel in the dump (the database does not
-/// move with it); a load whose target would look for small blocks in its own database, where
-/// the dumped volume never put them, says how to format it.
+/// move with it); a target that keeps small blocks in its database also finds those the
+/// dumped volume kept in the block store.
 #[test]
 fn small_blocks_kept_in_the_database_travel_in_the_dump() {
     let admin = std::env::var("GRAVITON_TEST_PG").expect("GRAVITON_TEST_PG (scripts/test.sh)");
@@ -306,12 +307,18 @@ fn small_blocks_kept_in_the_database_travel_in_the_dump() {
     t.unmount();
 
     // that volume's blocks are all in S3: a PostgreSQL target keeping small blocks in its
-    // database would not find them there
+    // database finds them there too
     let (dump2, _) = dump_to(&m, target.to_str().unwrap(), "e.jsonl");
     let pg = graviton::meta::pg::create_scratch_database(&admin).unwrap();
     ok(m.graviton(&["format", "--store", &s3, &pg]), "format pg");
-    let out = m.graviton(&["load", dump2.to_str().unwrap(), &pg]);
-    fails_with(out, "--small-blocks 0");
+    ok(
+        m.graviton(&["load", dump2.to_str().unwrap(), &pg]),
+        "load pg",
+    );
+    let p = Mounted::existing(&pg, "");
+    assert!(std::fs::read(p.path("small")).unwrap() == small);
+    assert!(std::fs::read(p.path("large")).unwrap() == large);
+    p.unmount();
 }
 
 /// A dump edited by `edit` (its records as JSON, header first).

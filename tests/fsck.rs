@@ -33,7 +33,8 @@ fn block_files(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn fsck_finds_a_missing_block_a_corrupt_block_and_a_dangling_entry() {
-    let m = Mounted::new(&[], "");
+    // every block a file of its own, to damage
+    let m = Mounted::new(&["--small-blocks", "0"], "");
     std::fs::create_dir(m.path("d")).unwrap();
     std::fs::write(m.path("d/a"), random_bytes(1, 100_000)).unwrap();
     std::fs::write(m.path("b"), random_bytes(2, 100_000)).unwrap();
@@ -134,7 +135,8 @@ fn fsck_finds_a_missing_block_a_corrupt_block_and_a_dangling_entry() {
 fn a_mounted_embedded_volume_is_checked_dumped_and_scrubbed_through_its_daemon() {
     let m = Mounted::new(&[], "");
     std::fs::create_dir(m.path("d")).unwrap();
-    std::fs::write(m.path("d/a"), random_bytes(1, 300_000)).unwrap();
+    // a full block (a file in the block store) and a tail; a small file (both in RocksDB)
+    std::fs::write(m.path("d/a"), random_bytes(1, (1 << 20) + 300_000)).unwrap();
     std::fs::write(m.path("b"), random_bytes(2, 100_000)).unwrap();
     let fsck = ok(
         m.graviton(&["fsck", "--verify-data", &m.source]),
@@ -142,7 +144,7 @@ fn a_mounted_embedded_volume_is_checked_dumped_and_scrubbed_through_its_daemon()
     );
     assert!(
         fsck.contains(
-            "checked 2 directories, 2 other inodes, 2 blocks (data verified): 0 problems"
+            "checked 2 directories, 2 other inodes, 3 blocks (data verified): 0 problems"
         ),
         "{fsck}"
     );
@@ -154,12 +156,13 @@ fn a_mounted_embedded_volume_is_checked_dumped_and_scrubbed_through_its_daemon()
         dump.lines()
             .last()
             .unwrap()
-            .contains(r#""end":{"inodes":4,"entries":3,"blocks":0}"#),
-        "{dump}"
+            .contains(r#""end":{"inodes":4,"entries":3,"blocks":2}"#),
+        "the small blocks kept in RocksDB travel in the dump: {dump}"
     );
+    assert!(dump.contains("\"block\":"), "{dump}");
     let scrub = ok(m.graviton(&["scrub", &m.source]), "scrub while mounted");
     assert!(
-        scrub.contains("scrubbed 2 blocks in 1 stores: 0 bad copies"),
+        scrub.contains("scrubbed 3 blocks in 1 stores: 0 bad copies"),
         "{scrub}"
     );
     let refused = m.graviton(&["fsck", "--repair", &m.source]);

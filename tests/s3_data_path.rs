@@ -114,10 +114,17 @@ fn small_blocks_live_in_the_database_and_large_ones_in_s3() {
     assert!(gc.contains("deleted 1 blocks (10000 bytes)"), "{gc}");
     assert_eq!(m.status_json()["stored_blocks"], 1);
 
-    // only where the database is the volume's own and the blocks are elsewhere
-    let dir = tempfile::tempdir().unwrap();
-    let v = dir.path().join("v");
-    let out = m.graviton(&["format", "--small-blocks", "64k", v.to_str().unwrap()]);
+    // only where the blocks are elsewhere than in the database
+    let admin = std::env::var("GRAVITON_TEST_PG").expect("GRAVITON_TEST_PG (scripts/test.sh)");
+    let pg = graviton::meta::pg::create_scratch_database(&admin).unwrap();
+    let out = m.graviton(&[
+        "format",
+        "--small-blocks",
+        "64k",
+        "--store",
+        "postgres",
+        &pg,
+    ]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("needs a PostgreSQL volume"),

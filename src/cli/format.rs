@@ -22,9 +22,10 @@ pub struct FormatArgs {
     /// for more. Writes go to every store; reads use the first good copy.
     #[arg(long = "replica", value_name = "URL")]
     pub replicas: Vec<String>,
-    /// PostgreSQL volumes: blocks shorter than SIZE (e.g. 64k) are kept in the database
-    /// instead of the block store, so closing a small file costs an INSERT, not an upload.
-    /// Default: 64k when the blocks are in S3, else 0 (off).
+    /// Blocks shorter than SIZE (e.g. 64k) are kept in the metadata database (PostgreSQL,
+    /// or an embedded volume's RocksDB) instead of the block store: closing a small file
+    /// costs an INSERT, not an upload, and (embedded) no fsync. Default: for an embedded
+    /// volume with blocks in files, the chunker's shortest full block (1m by default); 64k for a PostgreSQL volume with blocks in S3, else 0 (off).
     #[arg(long, value_name = "SIZE", value_parser = size)]
     pub small_blocks: Option<u32>,
     /// A directory for an embedded volume, or a postgres:// URL (password from the URL or
@@ -62,6 +63,9 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
     let small_blocks = match args.small_blocks {
         Some(n) => n,
         None if on_s3 && matches!(source, Source::Postgres(_)) => SMALL_BLOCKS_ON_S3,
+        None if !on_s3 && matches!(source, Source::Dir(_)) => {
+            crate::volume::embedded_small_blocks(&chunker)
+        }
         None => 0,
     };
     let vol = Volume::format_replicated(

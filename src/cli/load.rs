@@ -50,13 +50,6 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         r.entries,
         vol.source.display()
     );
-    if r.missing_small > 0 {
-        anyhow::bail!(
-            "{} blocks under {} bytes the files name are not in the target's database, where this volume keeps small blocks: the dumped volume kept them in its block store, so format the target with --small-blocks 0",
-            r.missing_small,
-            vol.settings.small_blocks
-        );
-    }
     if r.missing_blocks > 0 {
         anyhow::bail!(
             "{} blocks the files name are not in the target's block store ({}): format the target with --store naming the dumped volume's block store, or copy its blocks",
@@ -74,8 +67,6 @@ pub struct LoadReport {
     /// Blocks the dump carried (those its volume kept in its database).
     pub blocks: u64,
     pub missing_blocks: u64,
-    /// Of those, small blocks the target would read from its database.
-    pub missing_small: u64,
 }
 
 fn parse(line: std::io::Result<String>, n: usize) -> anyhow::Result<Record> {
@@ -240,16 +231,11 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
     vol.meta.sync()?;
 
     let stored: HashSet<BlockKey> = vol.store.list()?.into_iter().collect();
-    let missing: Vec<BlockKey> = vol
+    report.missing_blocks = vol
         .meta
         .referenced_blocks()?
-        .into_iter()
-        .filter(|k| !stored.contains(k))
-        .collect();
-    report.missing_blocks = missing.len() as u64;
-    report.missing_small = missing
         .iter()
-        .filter(|k| k.size < vol.settings.small_blocks)
+        .filter(|k| !stored.contains(k))
         .count() as u64;
     Ok(report)
 }

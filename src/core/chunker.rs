@@ -111,6 +111,15 @@ impl Chunker {
     }
 
     /// Typical block size: what a well-packed extent map aims for.
+    /// The shortest block a cut makes inside a stream: a shorter one is a file's tail, a
+    /// small file, or pieces packed together.
+    pub fn min_block(&self) -> u32 {
+        match *self {
+            Chunker::Fixed(n) => n,
+            Chunker::FastCdc { min, .. } => min,
+        }
+    }
+
     pub fn target_block(&self) -> u32 {
         match *self {
             Chunker::Fixed(n) => n,

@@ -20,6 +20,7 @@ mod pg_ops;
 mod pg_shared;
 pub mod pins;
 pub mod rocks;
+pub mod rocks_blocks;
 mod shared;
 mod types;
 pub mod write_behind;

@@ -66,6 +66,11 @@ impl Pinned {
             None => Ok(()),
         }
     }
+
+    /// The blocks pinned so far.
+    pub fn keys(&self) -> Vec<BlockKey> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Drop for Pinned {

@@ -11,6 +11,7 @@
 //! - `symlinks`: ino → target
 //! - `orphans`:  ino → ()
 //! - `settings`: name → value;  `kv`: key → value
+//! - `blocks`:   block key → block bytes (in blob files; `rocks_blocks`)
 
 use std::ops::Range;
 use std::path::Path;
@@ -62,7 +63,7 @@ const CF_PROPERTIES: [&str; 7] = [
 /// How often the exported properties are read again.
 const PROPERTIES_EVERY: Duration = Duration::from_secs(10);
 
-type Db = OptimisticTransactionDB;
+pub(super) type Db = OptimisticTransactionDB;
 
 pub struct RocksMetaStore {
     /// Shared (weakly) only with the thread exporting its properties.
@@ -150,9 +151,15 @@ impl RocksMetaStore {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.increase_parallelism(2);
+        // a power cut keeps a prefix of the log: blocks logged before a commit survive with it
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         let cfs = CFS
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()))
+            .chain([ColumnFamilyDescriptor::new(
+                super::rocks_blocks::CF,
+                super::rocks_blocks::options(),
+            )]);
         let db = Arc::new(Db::open_cf_descriptors(&opts, path, cfs).map_err(backend)?);
         if crate::metrics::enabled() {
             export_properties(Arc::downgrade(&db));
@@ -167,6 +174,11 @@ impl RocksMetaStore {
             .unwrap_or(super::ROOT_INO + 1);
         *store.ino_range.lock().expect("lock") = (next, next);
         Ok(store)
+    }
+
+    /// A block store in this database (`rocks_blocks`), for the volume's small blocks.
+    pub fn blocks(&self) -> super::rocks_blocks::RocksBlockStore {
+        super::rocks_blocks::RocksBlockStore::new(self.db.clone())
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {

@@ -187,6 +187,10 @@ impl BlockStore for DiskCache {
     fn sync(&self) -> Result<(), StoreError> {
         self.inner.sync()
     }
+
+    fn settle(&self, keys: &[BlockKey]) -> Result<(), StoreError> {
+        self.inner.settle(keys)
+    }
 }
 
 #[cfg(test)]

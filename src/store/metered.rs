@@ -126,4 +126,8 @@ impl BlockStore for Metered {
     fn sync(&self) -> Result<(), StoreError> {
         self.inner.sync()
     }
+
+    fn settle(&self, keys: &[BlockKey]) -> Result<(), StoreError> {
+        self.inner.settle(keys)
+    }
 }

@@ -137,6 +137,15 @@ pub trait BlockStore: Send + Sync {
     /// Makes every block `put` so far durable (survives power loss).
     fn sync(&self) -> Result<(), StoreError>;
 
+    /// Called before a metadata commit that names `keys`, blocks this process just stored:
+    /// returns once no power cut can leave the commit durable and a block it names lost. By
+    /// default the blocks are synced; a store whose puts are durable on return (S3,
+    /// PostgreSQL) or ordered before the commit by the metadata engine's own log (small
+    /// blocks in RocksDB, `meta::rocks_blocks`) has nothing to wait for. Wrappers pass it on.
+    fn settle(&self, _keys: &[BlockKey]) -> Result<(), StoreError> {
+        self.sync()
+    }
+
     /// Waits (at most `limit`) until blocks accepted for a later upload have reached the
     /// backend: only a write-back store ([`writeback::WriteBack`]) has any.
     fn drain(&self, _limit: std::time::Duration) -> Result<(), StoreError> {

@@ -182,6 +182,13 @@ impl BlockStore for Replicated {
         }
         Ok(())
     }
+
+    fn settle(&self, keys: &[BlockKey]) -> Result<(), StoreError> {
+        for r in &self.replicas {
+            r.settle(keys)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

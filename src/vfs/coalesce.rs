@@ -229,6 +229,7 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
         report.extents_after = inode.extent_count;
         return Ok(report);
     }
+    core.settle(&pins)?;
     let old_map: BTreeMap<u64, Extent> = old.iter().map(|e| (e.offset, *e)).collect();
     // Hold off this mount's flushes of the file for the (short) swap, so a stream of small
     // commits cannot starve it; writers keep buffering meanwhile.
