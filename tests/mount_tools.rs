@@ -1016,6 +1016,38 @@ fn a_daemon_that_logs_a_lot_while_starting_still_mounts() {
     std::fs::write(m.path("f"), b"x").unwrap();
 }
 
+/// An unprivileged copy_file_range into a setuid/setgid file clears both bits, as a write
+/// does on ext4 (which copies through its write path); root's copy keeps them.
+#[test]
+fn an_unprivileged_copy_file_range_drops_setuid_and_setgid() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = Mounted::new(&[], "");
+    let (src, dst) = (m.path("src"), m.path("dst"));
+    std::fs::write(&src, vec![7u8; 10_000]).unwrap();
+    std::fs::write(&dst, b"").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    let script = "import os,sys\n\
+        i=os.open(sys.argv[1], os.O_RDONLY)\n\
+        o=os.open(sys.argv[2], os.O_WRONLY)\n\
+        assert os.copy_file_range(i, o, 10000) == 10000\n";
+    let copy = ["-c", script, src.to_str().unwrap(), dst.to_str().unwrap()];
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o6777)).unwrap();
+    assert_eq!(mode(&dst), 0o6777, "cached by the kernel");
+    ok(
+        common::mounted::as_nobody("/usr/bin/python3", &copy),
+        "copy_file_range as nobody",
+    );
+    assert_eq!(mode(&dst), 0o777, "an unprivileged copy drops both bits");
+    assert_eq!(std::fs::read(&dst).unwrap(), vec![7u8; 10_000]);
+
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o6777)).unwrap();
+    ok(
+        run("/usr/bin/python3", &copy, Path::new("/")),
+        "copy_file_range as root",
+    );
+    assert_eq!(mode(&dst), 0o6777, "root (CAP_FSETID) keeps them");
+}
+
 /// An unprivileged O_DIRECT write into a group-executable setuid/setgid file clears both
 /// bits, and a stat right after shows it, as on ext4.
 #[test]

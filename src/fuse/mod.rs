@@ -868,11 +868,11 @@ impl Filesystem for GravitonFuse {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -880,8 +880,22 @@ impl Filesystem for GravitonFuse {
         reply: ReplyWrite,
     ) {
         let len = len.min(u32::MAX as u64 & !4095);
+        // A write into the target, as ext4 makes it: an unprivileged caller's copy drops
+        // setuid/setgid (FUSE_HANDLE_KILLPRIV_V2 leaves that to us; root is taken to have
+        // CAP_FSETID), and the kernel's cached mode is dropped, as fallocate does.
+        let unprivileged = req.uid() != 0;
+        let notifier = self.notifier.clone();
         self.background(op("copy_file_range"), move |fs| {
-            match fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+            let copied = fs
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+                .and_then(|n| match unprivileged && n > 0 {
+                    true => fs.drop_privileges(ino_out.0).map(|()| n),
+                    false => Ok(n),
+                });
+            if unprivileged && let Some(n) = notifier.get() {
+                let _ = n.inval_inode(ino_out, -1, 0);
+            }
+            match copied {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(errno(&e)),
             }
