@@ -5,14 +5,15 @@
 #        ENGINE=postgres scripts/bench.sh   metadata in a scratch database on the test server
 #                                           (scripts/pg.sh), blocks in WORKDIR/blocks
 # Sizes can be scaled down for a quick look: SEQ_MB=1024 RAND_MB=256 RSS_MB=2048 FILES=10000
+# BENCH_BIN=/path/to/graviton measures that build instead of this checkout's (A/B runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/env.sh
-cargo build --release --locked --bin graviton >/dev/null
+[ -n "${BENCH_BIN:-}" ] || cargo build --release --locked --bin graviton >/dev/null
 WORK="${1:-/var/tmp/graviton-bench}"
 SEQ_MB="${SEQ_MB:-1024}" RAND_MB="${RAND_MB:-256}" RSS_MB="${RSS_MB:-2048}" FILES="${FILES:-10000}"
-G="$GRAVITON_BIN"
+G="${BENCH_BIN:-$GRAVITON_BIN}"
 VOL="$WORK/vol" MNT="$WORK/mnt" LOCAL="$WORK/local"
 export XDG_STATE_HOME="$WORK/state"  # a PostgreSQL mount's state, found again below
 STATE="$VOL"  # where the daemon writes graviton.pid

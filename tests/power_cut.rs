@@ -1,5 +1,6 @@
-//! The power-cut promise: after a power cut, no file names a block that is not on disk. Each
-//! file closed before the cut reads its old or its new content, never EIO.
+//! The power-cut promises: after a power cut, fsync'd content is there, and no file names a
+//! block that is not on disk: each file closed before the cut reads its old or its new
+//! content, never EIO.
 //!
 //! The cut is simulated through the local block store's `Disk` layer, which records which
 //! block files a sync made durable and, at the cut, deletes every other one (a page cache
@@ -140,10 +141,12 @@ fn closed_files_survive_a_power_cut(source: &Source, blocks: PathBuf) {
     let fs = vol.filesystem(vol.fs_config()).unwrap();
     let old = |i: usize| random_bytes(i as u64, SIZES[i]);
     let new = |i: usize| random_bytes(100 + i as u64, SIZES[i]);
+    let mut expect = Vec::new();
     for i in 0..SIZES.len() {
         write_file(&fs, &format!("kept-{i}"), &old(i), true);
+        write_file(&fs, &format!("synced-{i}"), &old(i), true);
+        expect.push((format!("synced-{i}"), vec![old(i)]));
     }
-    let mut expect = Vec::new();
     for i in 0..SIZES.len() {
         write_file(&fs, &format!("kept-{i}"), &new(i), false);
         expect.push((format!("kept-{i}"), vec![old(i), new(i)]));
