@@ -42,6 +42,13 @@ const CFS: [&str; 10] = [
     "settings",
     "kv",
 ];
+/// What RocksDB's memtables may hold, all column families together, before the largest is
+/// flushed to disk.
+const MEMTABLES_BYTES: usize = 32 << 20;
+/// One memtable of one column family, at most.
+const MEMTABLE_BYTES: usize = 8 << 20;
+/// RocksDB's block cache (decoded table blocks), shared by every column family.
+const BLOCK_CACHE_BYTES: usize = 16 << 20;
 const NEXT_INO: &str = "next_ino";
 const INO_BATCH: u64 = 1024;
 /// Properties exported as `graviton_rocksdb_property`: the database's own...
@@ -153,12 +160,24 @@ impl RocksMetaStore {
         opts.increase_parallelism(2);
         // a power cut keeps a prefix of the log: blocks logged before a commit survive with it
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+        // The daemon's memory budget: memtables of every column family together, and one
+        // block cache they share (by default each column family has 64 MiB memtables, two
+        // of them, and a 32 MiB cache of its own).
+        opts.set_db_write_buffer_size(MEMTABLES_BYTES);
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let with_cache = |mut o: Options| {
+            o.set_write_buffer_size(MEMTABLE_BYTES);
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            o.set_block_based_table_factory(&table);
+            o
+        };
         let cfs = CFS
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()))
+            .map(|name| ColumnFamilyDescriptor::new(*name, with_cache(Options::default())))
             .chain([ColumnFamilyDescriptor::new(
                 super::rocks_blocks::CF,
-                super::rocks_blocks::options(),
+                with_cache(super::rocks_blocks::options()),
             )]);
         let db = Arc::new(Db::open_cf_descriptors(&opts, path, cfs).map_err(backend)?);
         if crate::metrics::enabled() {

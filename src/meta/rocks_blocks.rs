@@ -16,15 +16,12 @@ const BACKEND: &str = "rocksdb";
 /// The column family that holds them.
 pub(super) const CF: &str = "blocks";
 
-/// The column family's options: values in blob files, a small memtable (block bytes wait
-/// there until a flush, and count against the daemon's memory).
+/// The column family's options: values in blob files.
 pub(super) fn options() -> rocksdb::Options {
     let mut o = rocksdb::Options::default();
     o.set_enable_blob_files(true);
     o.set_min_blob_size(0);
     o.set_enable_blob_gc(true);
-    o.set_write_buffer_size(8 << 20);
-    o.set_max_write_buffer_number(2);
     o
 }
 

@@ -17,13 +17,16 @@ use std::time::{Duration, Instant};
 
 use super::pack::{PACK_BELOW, Pack};
 use super::read::assemble;
-use super::{Core, Fs, FsError, FsResult};
+use super::{Core, Fs, FsResult};
 use crate::core::RangeSet;
 use crate::core::extent::{self, Extent};
 use crate::meta::{Ino, Inode};
 
 /// Bytes re-chunked at a time, so memory stays bounded for large files.
 const WINDOW: u64 = 64 << 20;
+/// Extents of the map one swap reads and rewrites, on average: memory stays bounded for a
+/// file of millions of extents (a few MiB per piece).
+const PIECE_EXTENTS: u64 = 16_384;
 
 /// A rewrite waits for the file to go without flushes for `coalesce_interval`, but never longer
 /// than this many intervals after it was first asked for.
@@ -179,22 +182,52 @@ fn stretches(extents: &[Extent]) -> Vec<Range<u64>> {
 }
 
 pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceReport> {
-    let (inode, old) = {
-        let mut tx = core.meta.begin()?;
-        let inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
-        let old = tx.extents(ino, 0..u64::MAX)?;
-        (inode, old)
-    };
+    let inode = core.inode(ino)?;
     let mut report = CoalesceReport {
         extents_before: inode.extent_count,
+        extents_after: inode.extent_count,
         ..Default::default()
     };
+    // The map is rewritten a piece at a time, each piece its own swap, so memory stays bounded
+    // by the piece however many extents the file has: pieces span about `PIECE_EXTENTS`
+    // extents at the file's average density (at least a block).
+    let span = match inode.extent_count {
+        0 => return Ok(report),
+        n => {
+            (inode.size.saturating_mul(PIECE_EXTENTS) / n).max(core.cfg.chunker.max_block() as u64)
+        }
+    };
+    let mut from = 0u64;
+    while from < inode.size {
+        let to = from.saturating_add(span).min(inode.size);
+        // the extents starting in this piece (one starting before it belongs to the previous)
+        let old: Vec<Extent> = {
+            let mut tx = core.meta.begin()?;
+            tx.extents(ino, from..to)?
+                .into_iter()
+                .filter(|e| e.offset >= from)
+                .collect()
+        };
+        if let Some(piece) = coalesce_piece(core, ino, &old)? {
+            report.extents_after = piece.extents_after;
+            report.skipped += piece.skipped;
+            report.rewritten += piece.rewritten;
+        }
+        from = to;
+    }
+    Ok(report)
+}
+
+/// Rewrites the fragmented stretches of `old` (back-to-back extents of the file, as read) and
+/// swaps the new extents in; None when there was nothing to rewrite.
+fn coalesce_piece(core: &Arc<Core>, ino: Ino, old: &[Extent]) -> FsResult<Option<CoalesceReport>> {
+    let mut report = CoalesceReport::default();
     let chunker = core.cfg.chunker;
     let mut new: Vec<Extent> = Vec::new();
     let mut pack = Pack::default();
     // the new blocks stay pinned until the swap below commits them
     let pins = crate::meta::pins::Pinned::new(core.meta.clone());
-    for stretch in stretches(&old) {
+    for stretch in stretches(old) {
         let mut pos = stretch.start;
         while pos < stretch.end {
             let end = (pos + WINDOW).min(stretch.end);
@@ -226,11 +259,13 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
     }
     pack.seal(core, &mut new, &pins)?;
     if new.is_empty() {
-        report.extents_after = inode.extent_count;
-        return Ok(report);
+        return Ok(None);
     }
     core.settle(&pins)?;
     let old_map: BTreeMap<u64, Extent> = old.iter().map(|e| (e.offset, *e)).collect();
+    // what the swap reads again: the piece's range (the new extents lie within it)
+    let piece = old_map.values().next().map_or(0, |e| e.offset)
+        ..old_map.values().next_back().map_or(0, Extent::end);
     // Hold off this mount's flushes of the file for the (short) swap, so a stream of small
     // commits cannot starve it; writers keep buffering meanwhile.
     let open = core.files.lock().expect("lock").get(&ino).cloned();
@@ -242,9 +277,9 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
             Some(i) => i,
             None => return Ok((0, 0)),
         };
-        // the whole map in one read; splices are applied to it as they are queued
+        // the piece's map in one read; splices are applied to it as they are queued
         let mut map: BTreeMap<u64, Extent> = tx
-            .extents(ino, 0..u64::MAX)?
+            .extents(ino, piece.clone())?
             .into_iter()
             .map(|e| (e.offset, e))
             .collect();
@@ -284,5 +319,5 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
     })?;
     report.extents_after = count;
     report.skipped = skipped;
-    Ok(report)
+    Ok(Some(report))
 }

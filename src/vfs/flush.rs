@@ -418,28 +418,40 @@ impl Core {
     }
 }
 
-/// The extents overlapping `ranges` (disjoint), read in as few statements as is sensible: one
-/// per range for a few ranges, else one over the range that covers them all (a flush of 2,000
-/// scattered 4 KiB writes is one read, not 2,000 round trips to PostgreSQL).
+/// The extents overlapping `ranges` (disjoint): one read per range for a few ranges, else one
+/// read over the covering range of each group of `RANGES_PER_READ` (a flush of 2,000
+/// scattered 4 KiB writes is 8 reads, not 2,000 round trips to PostgreSQL), keeping only the
+/// extents that overlap a range: memory follows the flush, not the file's whole map.
 fn mapped(
     tx: &mut dyn MetaTxn,
     ino: u64,
-    ranges: impl Iterator<Item = Range<u64>> + Clone,
+    ranges: impl Iterator<Item = Range<u64>>,
 ) -> FsResult<BTreeMap<u64, Extent>> {
     const ONE_READ_FROM: usize = 3;
+    const RANGES_PER_READ: usize = 256;
+    let mut ranges: Vec<Range<u64>> = ranges.collect();
+    ranges.sort_by_key(|r| r.start);
     let mut map = BTreeMap::new();
-    if ranges.clone().count() < ONE_READ_FROM {
+    if ranges.len() < ONE_READ_FROM {
         for r in ranges {
             map.extend(tx.extents(ino, r)?.into_iter().map(|e| (e.offset, e)));
         }
-    } else {
-        let start = ranges.clone().map(|r| r.start).min().unwrap_or(0);
-        let end = ranges.map(|r| r.end).max().unwrap_or(0);
-        map.extend(
-            tx.extents(ino, start..end)?
-                .into_iter()
-                .map(|e| (e.offset, e)),
-        );
+        return Ok(map);
+    }
+    for group in ranges.chunks(RANGES_PER_READ) {
+        let start = group[0].start;
+        let end = group.iter().map(|r| r.end).max().unwrap_or(start);
+        let mut next = 0; // the first range of the group not wholly before the extent
+        for e in tx.extents(ino, start..end)? {
+            while next < group.len() && group[next].end <= e.offset {
+                next += 1;
+            }
+            // ranges are disjoint and sorted: the extent overlaps one if it reaches the first
+            // range that does not end before it starts
+            if next < group.len() && e.end() > group[next].start {
+                map.insert(e.offset, e);
+            }
+        }
     }
     Ok(map)
 }
