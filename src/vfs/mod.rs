@@ -9,6 +9,7 @@ mod error;
 mod file;
 mod fill;
 mod flush;
+mod lock;
 mod namespace;
 mod pack;
 mod read;
