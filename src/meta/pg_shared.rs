@@ -796,6 +796,42 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_after_the_session_expired_is_refused_and_a_new_session_starts() {
+        let admin = std::env::var("GRAVITON_TEST_PG").expect("run through scripts/test.sh");
+        let url = super::super::pg::create_scratch_database(&admin).unwrap();
+        let a = PgMetaStore::connect(&url).unwrap();
+        session(&a, 60);
+        let old = a.session_id().unwrap();
+        // another mount reaped it, and this one's heartbeat has not noticed yet
+        a.rt.block_on(
+            sqlx::query("DELETE FROM sessions WHERE id = $1")
+                .bind(old)
+                .execute(&a.pool),
+        )
+        .unwrap();
+        let file = |ino| Inode::new(ino, FileKind::File, 0o644, 0, 0, Timestamp::default());
+        let late = a.allocate_ino().unwrap();
+        let mut tx = a.begin().unwrap();
+        tx.put_inode(&file(late)).unwrap();
+        let refused = tx.commit();
+        assert!(
+            refused.is_err(),
+            "a commit under an expired session is refused"
+        );
+        assert!(
+            a.read_inode(late).unwrap().is_none(),
+            "nothing of it applied"
+        );
+        let new = a.session_id().expect("a new session");
+        assert_ne!(new, old, "session ids are never used again");
+        let next = a.allocate_ino().unwrap();
+        let mut tx = a.begin().unwrap();
+        tx.put_inode(&file(next)).unwrap();
+        tx.commit().expect("a commit under the new session");
+        assert!(a.read_inode(next).unwrap().is_some());
+    }
+
+    #[test]
     fn an_expired_session_loses_its_locks_and_its_unlinked_open_files() {
         let admin = std::env::var("GRAVITON_TEST_PG").expect("run through scripts/test.sh");
         let url = super::super::pg::create_scratch_database(&admin).unwrap();
