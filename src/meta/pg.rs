@@ -69,11 +69,20 @@ fn round_trip<T>(kind: &'static str, f: impl FnOnce() -> T) -> T {
     r
 }
 
-fn pg_err(e: sqlx::Error) -> MetaError {
-    if let Some(code) = e.as_database_error().and_then(|d| d.code())
-        && (code == "40001" || code == "40P01")
-    {
-        return MetaError::Conflict;
+/// SQLSTATE of `graviton_apply_live` refusing a transaction of an expired session.
+const SESSION_GONE: &str = "GR001";
+/// SQLSTATE of a foreign key violation: the only foreign keys name a session (locks, pins),
+/// so a row written for a session that is gone.
+const NO_SUCH_SESSION: &str = "23503";
+
+pub(super) fn pg_err(e: sqlx::Error) -> MetaError {
+    if let Some(code) = e.as_database_error().and_then(|d| d.code()) {
+        if code == "40001" || code == "40P01" {
+            return MetaError::Conflict;
+        }
+        if code == SESSION_GONE || code == NO_SUCH_SESSION {
+            return MetaError::SessionExpired;
+        }
     }
     // sqlx errors name the failure, never the connection string or its password.
     MetaError::Backend {
@@ -276,6 +285,7 @@ impl MetaStore for PgMetaStore {
         };
         Ok(Box::new(PgTxn {
             store: self,
+            session: self.session_id(),
             tx: Some(conn),
             pending: Ops::default(),
             splices: None,
@@ -529,6 +539,9 @@ enum TxConn {
 /// or before the next read so the transaction reads what it wrote.
 struct PgTxn<'a> {
     store: &'a PgMetaStore,
+    /// The mount's session when the transaction began: its orphans belong to it, and the
+    /// commit is refused if it has expired by then.
+    session: Option<i64>,
     /// None once committed, or after its connection was lost.
     tx: Option<TxConn>,
     /// Writes not sent yet, in order.
@@ -585,7 +598,7 @@ impl PgTxn<'_> {
             return Ok(());
         };
         self.run("write", async |c| {
-            sqlx::query("SELECT graviton_apply($1::jsonb, $2, $3, $4)")
+            sqlx::query("SELECT graviton_apply_live($1::jsonb, $2, $3, $4)")
                 .bind(&ops)
                 .bind(session)
                 .bind(&inos)
@@ -606,7 +619,7 @@ impl PgTxn<'_> {
         }
         let ops = self.pending.take();
         let (session, inos, payload) = if announce {
-            let (s, inos, p) = self.store.change_record(&mut self.touched);
+            let (s, inos, p) = self.store.change_record(self.session, &mut self.touched);
             (s, Some(inos), Some(p))
         } else {
             (None, None, None)
@@ -643,9 +656,18 @@ impl PgTxn<'_> {
                 self.tx = None;
                 MetaError::Conflict
             } else {
-                pg_err(e)
+                self.expired_if(pg_err(e))
             }
         })
+    }
+
+    /// A refusal because the transaction's session expired starts a new session first, so
+    /// that the operation can run again under it.
+    fn expired_if(&self, e: MetaError) -> MetaError {
+        if let (MetaError::SessionExpired, Some(old)) = (&e, self.session) {
+            self.store.session_expired(old);
+        }
+        e
     }
 }
 
@@ -874,7 +896,7 @@ impl MetaTxn for PgTxn<'_> {
     }
 
     fn add_orphan(&mut self, ino: Ino) -> MetaResult<()> {
-        let session = self.store.session_id();
+        let session = self.session;
         self.write(ino, |ops| ops.add_orphan(ino, session));
         Ok(())
     }
@@ -893,7 +915,7 @@ impl MetaTxn for PgTxn<'_> {
                 round_trip("commit", || {
                     c.run(async |conn| sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await)
                 })
-                .map_err(commit_err)?;
+                .map_err(|e| self.expired_if(commit_err(e)))?;
                 if let Some(l) = &self.store.local {
                     l.give_back(c);
                 }
@@ -940,7 +962,9 @@ impl Apply {
             None => "NULL".into(),
         };
         let payload = self.payload.as_deref().map_or("NULL".into(), text);
-        format!("SELECT graviton_apply({ops}::jsonb, {session}::bigint, {inos}, {payload}::text)")
+        format!(
+            "SELECT graviton_apply_live({ops}::jsonb, {session}::bigint, {inos}, {payload}::text)"
+        )
     }
 }
 

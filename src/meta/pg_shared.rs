@@ -1,9 +1,16 @@
 //! Shared PostgreSQL volumes: mount sessions with a heartbeat, cleanup after dead sessions,
 //! global byte-range locks, and the change feed (LISTEN/NOTIFY plus the `changes` log).
 //!
-//! - A mount inserts a `sessions` row and refreshes it every third of its timeout. Every mount's
-//!   heartbeat also reaps sessions whose heartbeat is older than their timeout: their locks go
-//!   (waiters are woken) and the files they had unlinked while open are deleted.
+//! - A mount inserts a `sessions` row and refreshes it every quarter of the shortest timeout of
+//!   the volume's sessions. Every mount's heartbeat also reaps sessions whose heartbeat is older
+//!   than their timeout: their locks go (waiters are woken) and the files they had unlinked
+//!   while open are deleted. A mount reaps only while it has itself beaten without a gap for
+//!   the other's whole timeout (`alive_since`), judged by the database's clock: an outage of
+//!   the database, during which nobody can beat, expires no session.
+//! - A mount that finds its session expired never uses its id again: it starts a new session,
+//!   and handles that relied on the old one fail (`vfs::fence`). A transaction of an expired
+//!   session is refused at commit (`graviton_apply_live`), so nothing a mount writes lands
+//!   after others took its locks.
 //! - Locks live in `locks`; one inode's lock changes are serialized by a transaction-scoped
 //!   advisory lock on the inode number. Releasing sends `NOTIFY graviton_locks, '<ino>'`; a
 //!   blocked waiter sleeps on that notification, with a 10 s re-check in case one was lost.
@@ -38,12 +45,21 @@ const CHANGE_LOG_KEEP: &str = "1 day";
 const MAX_PAYLOAD: usize = 7000;
 /// A blocked lock waiter re-checks this often even without a notification.
 const WAITER_RECHECK: Duration = Duration::from_secs(10);
+/// The shortest time between heartbeats (a quarter of the shortest session timeout, 1 s).
+const MIN_BEAT_PERIOD: Duration = Duration::from_millis(250);
+/// A failed heartbeat is tried again after this, then twice as long each time up to the
+/// period: a short outage must not cost a whole period.
+const BEAT_RETRY: Duration = Duration::from_millis(100);
 
 /// Per-store state of the shared-volume machinery.
 #[derive(Default)]
 pub(super) struct SharedState {
-    /// This mount's session id; 0 before `start_session`.
+    /// This mount's session id; 0 before `start_session` and after `finish_session`.
     session: AtomicI64,
+    /// What a new session is registered with, while the mount has one.
+    registration: Mutex<Option<Registration>>,
+    /// Held while a new session replaces an expired one, so it is replaced once.
+    renewing: tokio::sync::Mutex<()>,
     feed_up: AtomicBool,
     sinks: Mutex<Vec<ChangeSink>>,
     barriers: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
@@ -59,6 +75,13 @@ pub(super) struct SharedState {
     /// Held while pins are written or deleted, so a deletion of released pins never removes a
     /// pin taken again meanwhile.
     pin_order: tokio::sync::Mutex<()>,
+}
+
+/// A session's row: who is mounting, and the timeout in milliseconds.
+#[derive(Clone)]
+struct Registration {
+    info: SessionInfo,
+    timeout_ms: i32,
 }
 
 impl SharedState {
@@ -137,11 +160,15 @@ impl PgMetaStore {
         Some(self.shared.session.load(Ordering::SeqCst)).filter(|&s| s != 0)
     }
 
-    /// What a committing transaction logs: (session, inodes, NOTIFY payload).
-    pub(super) fn change_record(&self, touched: &mut Vec<Ino>) -> (Option<i64>, Vec<i64>, String) {
+    /// What a transaction of `session` logs when it commits: (session, inodes, NOTIFY
+    /// payload).
+    pub(super) fn change_record(
+        &self,
+        session: Option<i64>,
+        touched: &mut Vec<Ino>,
+    ) -> (Option<i64>, Vec<i64>, String) {
         touched.sort_unstable();
         touched.dedup();
-        let session = self.session_id();
         let mut payload = format!("{}:", session.unwrap_or(0));
         let list = touched
             .iter()
@@ -164,28 +191,23 @@ impl PgMetaStore {
         if self.session_id().is_some() {
             return Ok(());
         }
-        let timeout_ms = info.timeout.as_millis().clamp(1000, i32::MAX as u128) as i32;
+        let registration = Registration {
+            info: info.clone(),
+            timeout_ms: info.timeout.as_millis().clamp(1000, i32::MAX as u128) as i32,
+        };
         let id: i64 = self.retrying(async || {
-            sqlx::query_scalar(
-                "INSERT INTO sessions (host, pid, mountpoint, timeout_ms) VALUES ($1, $2, $3, $4) RETURNING id",
-            )
-            .bind(&info.host)
-            .bind(info.pid as i32)
-            .bind(&info.mountpoint)
-            .bind(timeout_ms)
-            .fetch_one(&self.pool)
-            .await
+            let mut tx = self.pool.begin().await?;
+            let id = register(&mut tx, &registration).await?;
+            tx.commit().await?;
+            Ok(id)
         })?;
+        *self.shared.registration.lock().expect("lock") = Some(registration);
         self.shared.session.store(id, Ordering::SeqCst);
         tracing::info!(session = id, "mount session started");
-        let period = (info.timeout / 3).max(Duration::from_millis(300));
-        let beat = self.rt.spawn(heartbeat(
-            self.pool.clone(),
-            self.shared_handle(),
-            info.clone(),
-            timeout_ms,
-            period,
-        ));
+        let period = (info.timeout / 4).max(MIN_BEAT_PERIOD);
+        let beat = self
+            .rt
+            .spawn(heartbeat(self.pool.clone(), self.shared_handle(), period));
         let feed = self.rt.spawn(feed(self.pool.clone(), self.shared_handle()));
         let unpin = self
             .rt
@@ -203,6 +225,7 @@ impl PgMetaStore {
         for t in self.shared.tasks.lock().expect("lock").drain(..) {
             t.abort();
         }
+        *self.shared.registration.lock().expect("lock") = None;
         let Some(id) = self.session_id() else { return };
         let pool = self.pool.clone();
         let ended = self.rt.block_on(async move {
@@ -258,28 +281,101 @@ impl PgMetaStore {
         }
     }
 
+    /// The database refused something of session `old` because it is gone: a new session
+    /// replaces it (once, however many find out), unless that happened already.
+    pub(super) fn session_expired(&self, old: i64) {
+        if let Err(e) = self.rt.block_on(renew(&self.pool, &self.shared, old)) {
+            tracing::warn!("starting a new mount session failed (retried by the heartbeat): {e}");
+        }
+    }
+
     fn shared_handle(&self) -> Arc<SharedState> {
         self.shared.clone()
     }
 }
 
-/// Refreshes this mount's session, reaps dead ones and trims the change log.
-async fn heartbeat(
-    pool: PgPool,
-    st: Arc<SharedState>,
-    info: SessionInfo,
-    timeout_ms: i32,
-    period: Duration,
-) {
+/// Inserts a session row; returns its id (never one used before: `bigserial`).
+async fn register(tx: &mut sqlx::PgConnection, r: &Registration) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO sessions (host, pid, mountpoint, timeout_ms) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(&r.info.host)
+    .bind(r.info.pid as i32)
+    .bind(&r.info.mountpoint)
+    .bind(r.timeout_ms)
+    .fetch_one(tx)
+    .await
+}
+
+/// Replaces session `old`, which has expired, by a new one, unless it was replaced already or
+/// the mount's session has ended. The locks and unlinked open files of the old session are
+/// gone (other mounts took them); the blocks this process has pinned are pinned again.
+async fn renew(pool: &PgPool, st: &SharedState, old: i64) -> Result<(), sqlx::Error> {
+    let _once = st.renewing.lock().await;
+    if st.session.load(Ordering::SeqCst) != old {
+        return Ok(());
+    }
+    let Some(registration) = st.registration.lock().expect("lock").clone() else {
+        return Ok(());
+    };
+    let mut tx = pool.begin().await?;
+    let id = register(&mut tx, &registration).await?;
+    let held: Vec<Vec<u8>> = crate::meta::pins::held()
+        .iter()
+        .map(|k| k.to_bytes().to_vec())
+        .collect();
+    sqlx::query(
+        "INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(&held)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    st.lockers.lock().expect("lock").clear();
+    st.session.store(id, Ordering::SeqCst);
+    tracing::error!(
+        expired = old,
+        session = id,
+        "this mount's session had expired (other mounts could not hear from it for longer than \
+         its timeout): its locks were released and the files it kept unlinked while open were \
+         deleted; the handles that held them fail from now on, and a new session has started"
+    );
+    Ok(())
+}
+
+/// Refreshes this mount's session, reaps dead ones and trims the change log; replaces the
+/// session when it finds it expired.
+async fn heartbeat(pool: PgPool, st: Arc<SharedState>, mut period: Duration) {
     let mut beats: u64 = 0;
+    let mut retry = BEAT_RETRY;
     loop {
         let id = st.session.load(Ordering::SeqCst);
-        match beat(&pool, id, &info, timeout_ms).await {
-            Ok(now) if st.feed_up.load(Ordering::SeqCst) => st.dispatch(Change::Alive(now)),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("session heartbeat failed: {e}"),
+        let b = match beat(&pool, id).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                if let Err(e) = renew(&pool, &st, id).await {
+                    tracing::warn!("starting a new mount session failed: {e}");
+                }
+                if st.session.load(Ordering::SeqCst) == id {
+                    tokio::time::sleep(retry).await;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("session heartbeat failed: {e}");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(period);
+                continue;
+            }
+        };
+        retry = BEAT_RETRY;
+        if st.feed_up.load(Ordering::SeqCst) {
+            st.dispatch(Change::Alive(b.now));
         }
-        if let Err(e) = reap(&pool).await {
+        period = (Duration::from_millis(b.shortest_timeout_ms as u64) / 4).max(MIN_BEAT_PERIOD);
+        if let Err(e) = reap(&pool, id, &b).await {
             tracing::warn!("cleaning up after expired sessions failed: {e}");
         }
         st.unpinned.notify_one(); // pins whose release failed earlier
@@ -323,65 +419,65 @@ async fn release_pins(pool: PgPool, st: Arc<SharedState>) {
     }
 }
 
-/// One heartbeat; returns the server's time in microseconds.
-async fn beat(
-    pool: &PgPool,
-    id: i64,
-    info: &SessionInfo,
-    timeout_ms: i32,
-) -> Result<i64, sqlx::Error> {
-    let now: Option<i64> = sqlx::query_scalar(
-        "UPDATE sessions SET heartbeat_at = clock_timestamp() WHERE id = $1 \
-         RETURNING (extract(epoch FROM heartbeat_at) * 1000000)::bigint",
+/// What a heartbeat learned, in the database's time (microseconds since the Unix epoch).
+struct Beat {
+    now: i64,
+    /// Since when this mount has beaten with no gap longer than `gap_limit_us`.
+    alive_since: i64,
+    /// The shortest timeout of the volume's sessions: a quarter of it is the beat period, half
+    /// of it the longest gap that still counts as beating without a break.
+    shortest_timeout_ms: i32,
+}
+
+impl Beat {
+    fn gap_limit_us(&self) -> i64 {
+        self.shortest_timeout_ms as i64 * 1000 / 2
+    }
+}
+
+/// One heartbeat of session `id`; None when the session is gone (expired).
+async fn beat(pool: &PgPool, id: i64) -> Result<Option<Beat>, sqlx::Error> {
+    let row = sqlx::query(
+        "WITH limits AS (SELECT min(timeout_ms) AS shortest FROM sessions), \
+         me AS (UPDATE sessions SET \
+             alive_since = CASE WHEN statement_timestamp() - heartbeat_at \
+                 <= (SELECT shortest FROM limits) * interval '1 millisecond' / 2 \
+                 THEN alive_since ELSE statement_timestamp() END, \
+             heartbeat_at = statement_timestamp() \
+             WHERE id = $1 RETURNING heartbeat_at, alive_since) \
+         SELECT (extract(epoch FROM me.heartbeat_at) * 1000000)::bigint AS now, \
+             (extract(epoch FROM me.alive_since) * 1000000)::bigint AS alive_since, \
+             limits.shortest FROM me, limits",
     )
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    if let Some(now) = now {
-        return Ok(now);
-    }
-    tracing::error!(
-        session = id,
-        "this mount's session had expired (the database was unreachable for longer than the \
-         session timeout): the locks it held were released; registering it again"
-    );
-    let mut tx = pool.begin().await?;
-    let now = sqlx::query_scalar(
-        "INSERT INTO sessions (id, host, pid, mountpoint, timeout_ms) VALUES ($1, $2, $3, $4, $5) \
-         RETURNING (extract(epoch FROM heartbeat_at) * 1000000)::bigint",
-    )
-    .bind(id)
-    .bind(&info.host)
-    .bind(info.pid as i32)
-    .bind(&info.mountpoint)
-    .bind(timeout_ms)
-    .fetch_one(&mut *tx)
-    .await?;
-    // the expired session's pins went with it: the blocks this process holds are pinned again
-    let held: Vec<Vec<u8>> = crate::meta::pins::held()
-        .iter()
-        .map(|k| k.to_bytes().to_vec())
-        .collect();
-    sqlx::query(
-        "INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(&held)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(now)
+    Ok(row.map(|r| Beat {
+        now: r.get("now"),
+        alive_since: r.get("alive_since"),
+        shortest_timeout_ms: r.get("shortest"),
+    }))
 }
 
-/// Deletes expired sessions with their locks (waking waiters), and reclaims files unlinked
-/// while open by sessions that are gone.
-async fn reap(pool: &PgPool) -> Result<(), sqlx::Error> {
+/// Deletes the sessions that expired by the judgment of `me`, which has just beaten (`b`),
+/// with their locks (waking waiters), and reclaims files unlinked while open by sessions that
+/// are gone. A session has expired when its last beat is older than its timeout *and* `me` has
+/// been beating without a break for at least that timeout: had the other mount reached the
+/// database meanwhile, `me` would have seen its beat. Nothing is judged from a beat that is no
+/// longer fresh (this mount stalled, or the database went away, since).
+async fn reap(pool: &PgPool, me: i64, b: &Beat) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let dead: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM sessions WHERE heartbeat_at < clock_timestamp() - timeout_ms * interval '1 millisecond' \
+        "SELECT id FROM sessions WHERE id <> $1 \
+         AND (extract(epoch FROM heartbeat_at) * 1000000)::bigint < $2 - timeout_ms * 1000::bigint \
+         AND $3 <= $2 - timeout_ms * 1000::bigint \
+         AND (extract(epoch FROM clock_timestamp()) * 1000000)::bigint < $2 + $4 \
          FOR UPDATE SKIP LOCKED",
     )
+    .bind(me)
+    .bind(b.now)
+    .bind(b.alive_since)
+    .bind(b.gap_limit_us())
     .fetch_all(&mut *tx)
     .await?;
     if !dead.is_empty() {
@@ -590,7 +686,7 @@ impl SharedVolume for PgMetaStore {
         Ok(shared::conflict(&held, self.session_id().unwrap_or(0), req))
     }
 
-    fn set_lock(&self, ino: Ino, req: &LockRequest, wait: bool) -> MetaResult<bool> {
+    fn set_lock(&self, ino: Ino, req: &LockRequest, wait: bool) -> MetaResult<Option<i64>> {
         let me = self
             .session_id()
             .ok_or_else(|| backend("locks need a mount session".into()))?;
@@ -601,7 +697,13 @@ impl SharedVolume for PgMetaStore {
                 tokio::pin!(notified);
                 // registered before the check, so a release between the two still wakes us
                 notified.as_mut().enable();
-                let conflict = self.retrying(async || try_set(&self.pool, ino, me, req).await)?;
+                let conflict = self
+                    .retrying(async || try_set(&self.pool, ino, me, req).await)
+                    .inspect_err(|e| {
+                        if matches!(e, MetaError::SessionExpired) {
+                            self.session_expired(me);
+                        }
+                    })?;
                 if conflict.is_none() {
                     if req.kind != LockKind::Unlock {
                         // what other mounts committed before the lock was released is in our
@@ -614,10 +716,10 @@ impl SharedVolume for PgMetaStore {
                     } else {
                         lockers.insert((ino, req.owner));
                     }
-                    return Ok(true);
+                    return Ok(Some(me));
                 }
                 if !wait {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 self.rt.block_on(async {
                     let _ = tokio::time::timeout(WAITER_RECHECK, notified).await;
@@ -649,7 +751,11 @@ impl SharedVolume for PgMetaStore {
             end: TO_EOF,
             pid: 0,
         };
-        self.set_lock(ino, &req, false).map(drop)
+        match self.set_lock(ino, &req, false) {
+            // an expired session's locks are gone already
+            Err(MetaError::SessionExpired) => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     fn subscribe(&self, sink: ChangeSink) {
@@ -686,23 +792,36 @@ impl SharedVolume for PgMetaStore {
     }
 
     fn pin_blocks(&self, keys: &[crate::core::BlockKey]) -> MetaResult<()> {
+        let pins: Vec<Vec<u8>> = keys.iter().map(|k| k.to_bytes().to_vec()).collect();
+        let pin = |session: i64| {
+            self.retrying(async || {
+                // after a deletion of released pins that may include these (`release_pins`)
+                let _in_order = self.shared.pin_order.lock().await;
+                sqlx::query(
+                    "INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(session)
+                .bind(&pins)
+                .execute(&self.pool)
+                .await
+            })
+            .map(drop)
+        };
         let Some(session) = self.session_id() else {
             return Ok(());
         };
-        let pins: Vec<Vec<u8>> = keys.iter().map(|k| k.to_bytes().to_vec()).collect();
-        self.retrying(async || {
-            // after a deletion of released pins that may include these (`release_pins`)
-            let _in_order = self.shared.pin_order.lock().await;
-            sqlx::query(
-                "INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(session)
-            .bind(&pins)
-            .execute(&self.pool)
-            .await
-        })
-        .map(drop)
+        match pin(session) {
+            // pins are the process's, not the session's: they go on under its successor
+            Err(MetaError::SessionExpired) => {
+                self.session_expired(session);
+                match self.session_id() {
+                    Some(renewed) if renewed != session => pin(renewed),
+                    _ => Err(MetaError::SessionExpired),
+                }
+            }
+            other => other,
+        }
     }
 
     fn unpin_blocks(&self, keys: &[crate::core::BlockKey]) {
@@ -815,8 +934,8 @@ mod tests {
         tx.put_inode(&file(late)).unwrap();
         let refused = tx.commit();
         assert!(
-            refused.is_err(),
-            "a commit under an expired session is refused"
+            matches!(refused, Err(MetaError::SessionExpired)),
+            "a commit under an expired session is refused: {refused:?}"
         );
         assert!(
             a.read_inode(late).unwrap().is_none(),
@@ -846,8 +965,16 @@ mod tests {
         tx.put_inode(&gone).unwrap();
         tx.add_orphan(z).unwrap();
         tx.commit().unwrap();
-        assert!(a.set_lock(z, &lock(7, LockKind::Exclusive), false).unwrap());
-        assert!(!b.set_lock(z, &lock(7, LockKind::Shared), false).unwrap());
+        assert!(
+            a.set_lock(z, &lock(7, LockKind::Exclusive), false)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            !b.set_lock(z, &lock(7, LockKind::Shared), false)
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(
             b.test_lock(z, &lock(1, LockKind::Shared))
                 .unwrap()
@@ -862,7 +989,11 @@ mod tests {
 
         a.vanish();
         let t = Instant::now();
-        assert!(b.set_lock(z, &lock(8, LockKind::Exclusive), true).unwrap());
+        assert!(
+            b.set_lock(z, &lock(8, LockKind::Exclusive), true)
+                .unwrap()
+                .is_some()
+        );
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "woken after {:?}",

@@ -74,6 +74,7 @@ impl FsError {
             FsError::NoXattrSpace => libc::ENOSPC,
             FsError::ReadOnly => libc::EROFS,
             FsError::Meta(MetaError::Conflict) => libc::EIO,
+            FsError::Meta(MetaError::SessionExpired) => libc::EIO,
             FsError::Meta(MetaError::Corrupt(_)) => libc::EIO,
             FsError::Meta(MetaError::Backend { .. }) => libc::EIO,
             FsError::Store(StoreError::NotFound(..)) => libc::EIO,

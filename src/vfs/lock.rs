@@ -20,7 +20,7 @@ impl Fs {
     /// be granted, else returns false when another holder keeps it from being granted.
     pub fn set_lock(&self, fh: u64, req: &LockRequest, wait: bool) -> FsResult<bool> {
         let h = self.handle(fh)?;
-        Ok(self.shared_volume()?.set_lock(h.ino, req, wait)?)
+        Ok(self.shared_volume()?.set_lock(h.ino, req, wait)?.is_some())
     }
 
     /// Releases every lock `owner` holds on `ino` (close).
