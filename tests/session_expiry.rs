@@ -1,7 +1,7 @@
 //! What a mount's session expiry means on a shared PostgreSQL volume. A mount cut off from the
 //! database for longer than its session timeout loses its locks and the files it kept unlinked
-//! while open; once it is back, every handle that held them fails, and its session id is not
-//! used again. An outage of the database itself, during which no mount can reach it, expires
+//! while open; once it is back, every handle that held them, or had writes not yet committed,
+//! fails, and its session id is not used again. An outage of the database itself, during which no mount can reach it, expires
 //! no session.
 
 mod common;
@@ -100,6 +100,9 @@ fn a_mount_cut_off_past_its_timeout_loses_its_lock_and_its_handles_fail() {
         a.set_lock(held, &flock(held, LockKind::Exclusive), false)
             .unwrap()
     );
+    // a file the lock protects by convention, written and not yet closed
+    let (data, writing) = create(&a, "data", b"data committed under the lock");
+    a.write(writing, 0, b"written, not closed").unwrap();
     let (unlinked, open) = create(&a, "unlinked", b"kept while open");
     a.unlink(ROOT_INO, b"unlinked").unwrap();
     let wanting = b.open(locked, OpenFlags::RW).unwrap();
@@ -156,8 +159,14 @@ fn a_mount_cut_off_past_its_timeout_loses_its_lock_and_its_handles_fail() {
         errno(a.write(open, 0, b"x"), "write to the reclaimed file"),
         libc::EIO
     );
+    let closing = a.flush(writing);
+    assert_eq!(
+        errno(closing, "closing a file written under the lost lock"),
+        libc::EIO
+    );
     let _ = a.release(held);
     let _ = a.release(open);
+    let _ = a.release(writing);
     assert_ne!(session(&a), old, "a session id is never used again");
 
     // B still holds the lock, A's new session takes other locks, and nothing is lost
@@ -177,6 +186,7 @@ fn a_mount_cut_off_past_its_timeout_loses_its_lock_and_its_handles_fail() {
     assert_eq!(read(&b, locked), b"B'smitted under A's lock");
     assert_eq!(read(&a, locked), b"B'smitted under A's lock");
     assert_eq!(read(&b, closed), b"written and closed before the cut");
+    assert_eq!(read(&b, data), b"data committed under the lock");
     b.release(wanting).unwrap();
 }
 
