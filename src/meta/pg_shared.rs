@@ -45,7 +45,7 @@ const CHANGE_LOG_KEEP: &str = "1 day";
 const MAX_PAYLOAD: usize = 7000;
 /// A blocked lock waiter re-checks this often even without a notification.
 const WAITER_RECHECK: Duration = Duration::from_secs(10);
-/// The shortest time between heartbeats (a quarter of the shortest session timeout, 1 s).
+/// The shortest time between heartbeats (a quarter of the shortest session timeout allowed).
 const MIN_BEAT_PERIOD: Duration = Duration::from_millis(250);
 /// A failed heartbeat is tried again after this, then twice as long each time up to the
 /// period: a short outage must not cost a whole period.
@@ -921,17 +921,17 @@ mod tests {
         let a = PgMetaStore::connect(&url).unwrap();
         session(&a, 60);
         let old = a.session_id().unwrap();
-        // another mount reaped it, and this one's heartbeat has not noticed yet
+        let file = |ino| Inode::new(ino, FileKind::File, 0o644, 0, 0, Timestamp::default());
+        let late = a.allocate_ino().unwrap();
+        let mut tx = a.begin().unwrap();
+        tx.put_inode(&file(late)).unwrap();
+        // another mount reaps the session while the transaction is open
         a.rt.block_on(
             sqlx::query("DELETE FROM sessions WHERE id = $1")
                 .bind(old)
                 .execute(&a.pool),
         )
         .unwrap();
-        let file = |ino| Inode::new(ino, FileKind::File, 0o644, 0, 0, Timestamp::default());
-        let late = a.allocate_ino().unwrap();
-        let mut tx = a.begin().unwrap();
-        tx.put_inode(&file(late)).unwrap();
         let refused = tx.commit();
         assert!(
             matches!(refused, Err(MetaError::SessionExpired)),
