@@ -971,9 +971,9 @@ mod tests {
                 .is_some()
         );
         assert!(
-            !b.set_lock(z, &lock(7, LockKind::Shared), false)
+            b.set_lock(z, &lock(7, LockKind::Shared), false)
                 .unwrap()
-                .is_some()
+                .is_none()
         );
         assert_eq!(
             b.test_lock(z, &lock(1, LockKind::Shared))
