@@ -6,9 +6,10 @@
 -- nobody until then.
 ALTER TABLE sessions ADD COLUMN alive_since timestamptz NOT NULL DEFAULT clock_timestamp();
 
--- graviton_apply for a transaction of a mount with a session: refused with SQLSTATE GR001 when
--- that session is gone (expired: other mounts have taken its locks and reclaimed its unlinked
--- open files). The session's row stays locked (FOR KEY SHARE) until the commit, so it cannot
+-- graviton_apply for a transaction that relies on its mount's session (the mount holds locks,
+-- or the transaction keeps a file unlinked while open): refused with SQLSTATE GR001 when that
+-- session is gone (expired: other mounts have taken its locks and reclaimed its unlinked open
+-- files). The session's row stays locked (FOR KEY SHARE) until the commit, so it cannot
 -- be reaped meanwhile; a reap committed after the transaction began makes this a
 -- serialization failure, and the transaction runs again.
 CREATE FUNCTION graviton_apply_live(ops jsonb, change_session bigint, inos bigint[], payload text)

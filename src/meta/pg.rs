@@ -286,6 +286,7 @@ impl MetaStore for PgMetaStore {
         Ok(Box::new(PgTxn {
             store: self,
             session: self.session_id(),
+            adds_orphan: false,
             tx: Some(conn),
             pending: Ops::default(),
             splices: None,
@@ -539,9 +540,11 @@ enum TxConn {
 /// or before the next read so the transaction reads what it wrote.
 struct PgTxn<'a> {
     store: &'a PgMetaStore,
-    /// The mount's session when the transaction began: its orphans belong to it, and the
-    /// commit is refused if it has expired by then.
+    /// The mount's session when the transaction began: its orphans belong to it, and a commit
+    /// that relies on it is refused if it has expired by then (see `Apply::guarded`).
     session: Option<i64>,
+    /// The transaction keeps a file unlinked while open (for its session).
+    adds_orphan: bool,
     /// None once committed, or after its connection was lost.
     tx: Option<TxConn>,
     /// Writes not sent yet, in order.
@@ -593,12 +596,17 @@ impl PgTxn<'_> {
             session,
             inos,
             payload,
+            guarded,
         }) = self.take_pending(committing)
         else {
             return Ok(());
         };
+        let sql = match guarded {
+            true => "SELECT graviton_apply_live($1::jsonb, $2, $3, $4)",
+            false => "SELECT graviton_apply($1::jsonb, $2, $3, $4)",
+        };
         self.run("write", async |c| {
-            sqlx::query("SELECT graviton_apply_live($1::jsonb, $2, $3, $4)")
+            sqlx::query(sql)
                 .bind(&ops)
                 .bind(session)
                 .bind(&inos)
@@ -624,11 +632,16 @@ impl PgTxn<'_> {
         } else {
             (None, None, None)
         };
+        // Only a mount holding locks can have done this under one, and a lost orphan would be
+        // deleted while open: other commits need no check (it costs a row lock per commit).
+        let guarded =
+            announce && self.session.is_some() && (self.adds_orphan || self.store.holds_locks());
         Some(Apply {
             ops,
             session,
             inos,
             payload,
+            guarded,
         })
     }
 
@@ -896,6 +909,7 @@ impl MetaTxn for PgTxn<'_> {
     }
 
     fn add_orphan(&mut self, ino: Ino) -> MetaResult<()> {
+        self.adds_orphan = true;
         let session = self.session;
         self.write(ino, |ops| ops.add_orphan(ino, session));
         Ok(())
@@ -936,6 +950,9 @@ struct Apply {
     session: Option<i64>,
     inos: Option<Vec<i64>>,
     payload: Option<String>,
+    /// The commit relies on `session` (a lock it holds, an orphan it adds): it goes through
+    /// `graviton_apply_live`, which refuses it when the session has expired.
+    guarded: bool,
 }
 
 impl Apply {
@@ -962,9 +979,11 @@ impl Apply {
             None => "NULL".into(),
         };
         let payload = self.payload.as_deref().map_or("NULL".into(), text);
-        format!(
-            "SELECT graviton_apply_live({ops}::jsonb, {session}::bigint, {inos}, {payload}::text)"
-        )
+        let function = match self.guarded {
+            true => "graviton_apply_live",
+            false => "graviton_apply",
+        };
+        format!("SELECT {function}({ops}::jsonb, {session}::bigint, {inos}, {payload}::text)")
     }
 }
 

@@ -9,8 +9,9 @@
 //!   the database, during which nobody can beat, expires no session.
 //! - A mount that finds its session expired never uses its id again: it starts a new session,
 //!   and handles that relied on the old one fail (`vfs::fence`). A transaction of an expired
-//!   session is refused at commit (`graviton_apply_live`), so nothing a mount writes lands
-//!   after others took its locks.
+//!   session that relied on it (the mount holds locks, or it keeps a file unlinked while open)
+//!   is refused at commit (`graviton_apply_live`), so nothing a mount writes lands after others
+//!   took its locks.
 //! - Locks live in `locks`; one inode's lock changes are serialized by a transaction-scoped
 //!   advisory lock on the inode number. Releasing sends `NOTIFY graviton_locks, '<ino>'`; a
 //!   blocked waiter sleeps on that notification, with a 10 s re-check in case one was lost.
@@ -158,6 +159,11 @@ impl PgMetaStore {
     /// This mount's session, if it has one (NULL in the database otherwise).
     pub(super) fn session_id(&self) -> Option<i64> {
         Some(self.shared.session.load(Ordering::SeqCst)).filter(|&s| s != 0)
+    }
+
+    /// Whether this mount holds (or may hold) locks: its commits may rely on them.
+    pub(super) fn holds_locks(&self) -> bool {
+        !self.shared.lockers.lock().expect("lock").is_empty()
     }
 
     /// What a transaction of `session` logs when it commits: (session, inodes, NOTIFY
@@ -915,7 +921,7 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_after_the_session_expired_is_refused_and_a_new_session_starts() {
+    fn a_commit_of_a_lock_holder_after_its_session_expired_is_refused_and_a_new_session_starts() {
         let admin = std::env::var("GRAVITON_TEST_PG").expect("run through scripts/test.sh");
         let url = super::super::pg::create_scratch_database(&admin).unwrap();
         let a = PgMetaStore::connect(&url).unwrap();
@@ -923,6 +929,12 @@ mod tests {
         let old = a.session_id().unwrap();
         let file = |ino| Inode::new(ino, FileKind::File, 0o644, 0, 0, Timestamp::default());
         let late = a.allocate_ino().unwrap();
+        // what the mount commits may rely on the lock it holds
+        assert!(
+            a.set_lock(late, &lock(1, LockKind::Exclusive), false)
+                .unwrap()
+                .is_some()
+        );
         let mut tx = a.begin().unwrap();
         tx.put_inode(&file(late)).unwrap();
         // another mount reaps the session while the transaction is open
