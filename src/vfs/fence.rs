@@ -43,15 +43,18 @@ impl Core {
     /// itself while unlinked).
     pub(crate) fn claim(file: &OpenFile, session: Option<i64>) {
         if let Some(s) = session {
-            let _claims_change_under_the_state_lock = file.lock();
             file.claim.store(s, Ordering::SeqCst);
         }
     }
 
+    /// Whether `session` (a claim; 0 for none) is one the mount no longer has.
+    fn lost(&self, session: i64) -> bool {
+        session != 0 && self.session() != Some(session)
+    }
+
     /// Whether `claims` name a session the mount no longer has.
     pub(crate) fn claims_lost(&self, claims: Claims) -> bool {
-        let lost = |s: i64| s != 0 && self.session() != Some(s);
-        lost(claims.claim) || lost(claims.written_in)
+        self.lost(claims.claim) || self.lost(claims.written_in)
     }
 
     /// Fences `file` if it holds something under a session the mount no longer has: its
@@ -62,11 +65,19 @@ impl Core {
         }
         let mut st = file.lock();
         // again under the lock: another caller may have fenced it meanwhile
-        if !self.claims_lost(Claims::of(file)) {
+        let claims = Claims::of(file);
+        if !self.claims_lost(claims) {
             return;
         }
-        file.claim.store(0, Ordering::SeqCst);
-        file.written_in.store(0, Ordering::SeqCst);
+        // the lost ones go; a claim made under the new session (even meanwhile) stays
+        for (field, was) in [
+            (&file.claim, claims.claim),
+            (&file.written_in, claims.written_in),
+        ] {
+            if self.lost(was) {
+                let _ = field.compare_exchange(was, 0, Ordering::SeqCst, Ordering::SeqCst);
+            }
+        }
         let dropped = super::dirty::charge(&st.dirty.take());
         self.add_dirty(-(dropped as i64));
         st.mtime = None;
