@@ -17,6 +17,7 @@ mod overlay;
 pub mod pg;
 mod pg_conn;
 mod pg_ops;
+mod pg_session;
 mod pg_shared;
 pub mod pins;
 pub mod rocks;
