@@ -5,113 +5,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::pg_server::Server;
 use common::{CTX, small_cfg};
 use graviton::meta::{MetaStore, PgMetaStore, ROOT_INO};
 use graviton::store::MemoryBlockStore;
 use graviton::vfs::{Fs, OpenFlags};
-
-struct Server {
-    _dir: tempfile::TempDir,
-    data: PathBuf,
-    sock: PathBuf,
-    port: u16,
-    bin: PathBuf,
-}
-
-impl Server {
-    fn pg_ctl(&self, args: &[&str]) {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(args)
-            .output()
-            .expect("pg_ctl");
-        assert!(
-            out.status.success(),
-            "pg_ctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn new() -> Server {
-        let bin = PathBuf::from(std::env::var("GRAVITON_PG_BIN").expect(
-            "GRAVITON_PG_BIN is not set: run the tests through scripts/test.sh, which finds PostgreSQL",
-        ));
-        let dir = tempfile::Builder::new()
-            .prefix("graviton-pg")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        Command::new("chown")
-            .arg("postgres:")
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        let data = dir.path().join("data");
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "-D"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // a port nothing uses now (a fixed range could meet a client's ephemeral port)
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let s = Server {
-            sock: dir.path().to_path_buf(),
-            _dir: dir,
-            data,
-            port,
-            bin,
-        };
-        s.start();
-        s
-    }
-
-    fn start(&self) {
-        let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
-            self.port,
-            self.sock.display()
-        );
-        let log = self.sock.join("log");
-        self.pg_ctl(&["-w", "-l", log.to_str().unwrap(), "-o", &opts, "start"]);
-    }
-
-    fn stop(&self) {
-        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "stop"])
-            .output();
-    }
-}
 
 fn mount(url: &str, wait: Duration, store: Arc<MemoryBlockStore>) -> Fs {
     let meta: Arc<dyn MetaStore> =

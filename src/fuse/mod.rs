@@ -165,14 +165,6 @@ fn lock_request(owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> O
     })
 }
 
-/// Releases what `owner` holds on `ino` (shared volumes; the kernel does it otherwise).
-fn release_locks(fs: &Fs, ino: INodeNo, owner: LockOwner) -> Result<(), FsError> {
-    match fs.meta().shared() {
-        Some(shared) => Ok(shared.release_locks(ino.0, owner.0)?),
-        None => Ok(()),
-    }
-}
-
 impl GravitonFuse {
     fn entry(&self, reply: ReplyEntry, parent: INodeNo, n: &OsStr, r: Result<Inode, FsError>) {
         match r {
@@ -521,7 +513,7 @@ impl Filesystem for GravitonFuse {
     ) {
         // A close releases the closing process's fcntl locks on the file.
         self.inline_unless_pending(op("flush"), ino, false, move |fs| {
-            let r = fs.flush(fh.0).and(release_locks(fs, ino, lock_owner));
+            let r = fs.flush(fh.0).and(fs.release_locks(ino.0, lock_owner.0));
             Self::empty(reply, r)
         });
     }
@@ -538,7 +530,7 @@ impl Filesystem for GravitonFuse {
     ) {
         // The last close of an open file releases its flock lock.
         self.inline_unless_pending(op("release"), ino, false, move |fs| {
-            let unlocked = lock_owner.map_or(Ok(()), |o| release_locks(fs, ino, o));
+            let unlocked = lock_owner.map_or(Ok(()), |o| fs.release_locks(ino.0, o.0));
             Self::empty(reply, fs.release(fh.0).and(unlocked))
         });
     }
@@ -546,8 +538,8 @@ impl Filesystem for GravitonFuse {
     fn getlk(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
+        _ino: INodeNo,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -560,10 +552,10 @@ impl Filesystem for GravitonFuse {
             return reply.error(failed(Errno::EINVAL));
         };
         self.background(op, move |fs| {
-            let Some(shared) = fs.meta().shared() else {
+            if fs.meta().shared().is_none() {
                 return reply.error(failed(Errno::ENOSYS));
-            };
-            match shared.test_lock(ino.0, &req) {
+            }
+            match fs.test_lock(fh.0, &req) {
                 Ok(None) => reply.locked(start, end, libc::F_UNLCK, pid),
                 Ok(Some(h)) => {
                     let typ = if h.exclusive {
@@ -573,7 +565,7 @@ impl Filesystem for GravitonFuse {
                     };
                     reply.locked(h.start, h.end, typ, h.pid)
                 }
-                Err(e) => reply.error(errno(&e.into())),
+                Err(e) => reply.error(errno(&e)),
             }
         });
     }
@@ -584,8 +576,8 @@ impl Filesystem for GravitonFuse {
     fn setlk(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
+        _ino: INodeNo,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -600,10 +592,10 @@ impl Filesystem for GravitonFuse {
         };
         let kernel = self.kernel.clone();
         self.background(op, move |fs| {
-            let Some(shared) = fs.meta().shared() else {
+            if fs.meta().shared().is_none() {
                 return reply.error(failed(Errno::ENOSYS));
-            };
-            match shared.set_lock(ino.0, &req, sleep) {
+            }
+            match fs.set_lock(fh.0, &req, sleep) {
                 Ok(true) => {
                     // what the lock's last holder committed is out of the kernel's caches too
                     if let Some(k) = kernel {
@@ -612,7 +604,7 @@ impl Filesystem for GravitonFuse {
                     reply.ok()
                 }
                 Ok(false) => reply.error(failed(Errno::EAGAIN)),
-                Err(e) => reply.error(errno(&e.into())),
+                Err(e) => reply.error(errno(&e)),
             }
         });
     }

@@ -17,6 +17,7 @@ mod overlay;
 pub mod pg;
 mod pg_conn;
 mod pg_ops;
+mod pg_session;
 mod pg_shared;
 pub mod pins;
 pub mod rocks;
@@ -43,6 +44,11 @@ pub enum MetaError {
     /// Another transaction changed what this one read; run the operation again.
     #[error("transaction conflict")]
     Conflict,
+    /// This mount's session on a shared volume had expired: other mounts have taken its locks
+    /// and reclaimed its unlinked open files. Nothing was done, and a new session has started
+    /// (when the engine could be reached) for what comes next.
+    #[error("this mount's session had expired")]
+    SessionExpired,
     #[error("metadata record is corrupt: {0}")]
     Corrupt(String),
     #[error("metadata engine {engine}: {message}")]

@@ -69,11 +69,20 @@ fn round_trip<T>(kind: &'static str, f: impl FnOnce() -> T) -> T {
     r
 }
 
-fn pg_err(e: sqlx::Error) -> MetaError {
-    if let Some(code) = e.as_database_error().and_then(|d| d.code())
-        && (code == "40001" || code == "40P01")
-    {
-        return MetaError::Conflict;
+/// SQLSTATE of `graviton_apply_live` refusing a transaction of an expired session.
+const SESSION_GONE: &str = "GR001";
+/// SQLSTATE of a foreign key violation: the only foreign keys name a session (locks, pins),
+/// so a row written for a session that is gone.
+const NO_SUCH_SESSION: &str = "23503";
+
+pub(super) fn pg_err(e: sqlx::Error) -> MetaError {
+    if let Some(code) = e.as_database_error().and_then(|d| d.code()) {
+        if code == "40001" || code == "40P01" {
+            return MetaError::Conflict;
+        }
+        if code == SESSION_GONE || code == NO_SUCH_SESSION {
+            return MetaError::SessionExpired;
+        }
     }
     // sqlx errors name the failure, never the connection string or its password.
     MetaError::Backend {
@@ -276,6 +285,8 @@ impl MetaStore for PgMetaStore {
         };
         Ok(Box::new(PgTxn {
             store: self,
+            session: self.session_id(),
+            adds_orphan: false,
             tx: Some(conn),
             pending: Ops::default(),
             splices: None,
@@ -529,6 +540,11 @@ enum TxConn {
 /// or before the next read so the transaction reads what it wrote.
 struct PgTxn<'a> {
     store: &'a PgMetaStore,
+    /// The mount's session when the transaction began: its orphans belong to it, and a commit
+    /// that relies on it is refused if it has expired by then (see `Apply::guarded`).
+    session: Option<i64>,
+    /// The transaction keeps a file unlinked while open (for its session).
+    adds_orphan: bool,
     /// None once committed, or after its connection was lost.
     tx: Option<TxConn>,
     /// Writes not sent yet, in order.
@@ -580,12 +596,17 @@ impl PgTxn<'_> {
             session,
             inos,
             payload,
+            guarded,
         }) = self.take_pending(committing)
         else {
             return Ok(());
         };
+        let sql = match guarded {
+            true => "SELECT graviton_apply_live($1::jsonb, $2, $3, $4)",
+            false => "SELECT graviton_apply($1::jsonb, $2, $3, $4)",
+        };
         self.run("write", async |c| {
-            sqlx::query("SELECT graviton_apply($1::jsonb, $2, $3, $4)")
+            sqlx::query(sql)
                 .bind(&ops)
                 .bind(session)
                 .bind(&inos)
@@ -606,16 +627,21 @@ impl PgTxn<'_> {
         }
         let ops = self.pending.take();
         let (session, inos, payload) = if announce {
-            let (s, inos, p) = self.store.change_record(&mut self.touched);
+            let (s, inos, p) = self.store.change_record(self.session, &mut self.touched);
             (s, Some(inos), Some(p))
         } else {
             (None, None, None)
         };
+        // Only a mount holding locks can have done this under one, and a lost orphan would be
+        // deleted while open: other commits need no check (it costs a row lock per commit).
+        let guarded =
+            announce && self.session.is_some() && (self.adds_orphan || self.store.holds_locks());
         Some(Apply {
             ops,
             session,
             inos,
             payload,
+            guarded,
         })
     }
 
@@ -643,9 +669,18 @@ impl PgTxn<'_> {
                 self.tx = None;
                 MetaError::Conflict
             } else {
-                pg_err(e)
+                self.expired_if(pg_err(e))
             }
         })
+    }
+
+    /// A refusal because the transaction's session expired starts a new session first, so
+    /// that the operation can run again under it.
+    fn expired_if(&self, e: MetaError) -> MetaError {
+        if let (MetaError::SessionExpired, Some(old)) = (&e, self.session) {
+            self.store.session_expired(old);
+        }
+        e
     }
 }
 
@@ -874,7 +909,8 @@ impl MetaTxn for PgTxn<'_> {
     }
 
     fn add_orphan(&mut self, ino: Ino) -> MetaResult<()> {
-        let session = self.store.session_id();
+        self.adds_orphan = true;
+        let session = self.session;
         self.write(ino, |ops| ops.add_orphan(ino, session));
         Ok(())
     }
@@ -893,7 +929,7 @@ impl MetaTxn for PgTxn<'_> {
                 round_trip("commit", || {
                     c.run(async |conn| sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await)
                 })
-                .map_err(commit_err)?;
+                .map_err(|e| self.expired_if(commit_err(e)))?;
                 if let Some(l) = &self.store.local {
                     l.give_back(c);
                 }
@@ -914,6 +950,9 @@ struct Apply {
     session: Option<i64>,
     inos: Option<Vec<i64>>,
     payload: Option<String>,
+    /// The commit relies on `session` (a lock it holds, an orphan it adds): it goes through
+    /// `graviton_apply_live`, which refuses it when the session has expired.
+    guarded: bool,
 }
 
 impl Apply {
@@ -940,7 +979,11 @@ impl Apply {
             None => "NULL".into(),
         };
         let payload = self.payload.as_deref().map_or("NULL".into(), text);
-        format!("SELECT graviton_apply({ops}::jsonb, {session}::bigint, {inos}, {payload}::text)")
+        let function = match self.guarded {
+            true => "graviton_apply_live",
+            false => "graviton_apply",
+        };
+        format!("SELECT {function}({ops}::jsonb, {session}::bigint, {inos}, {payload}::text)")
     }
 }
 

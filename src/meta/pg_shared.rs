@@ -1,9 +1,12 @@
 //! Shared PostgreSQL volumes: mount sessions with a heartbeat, cleanup after dead sessions,
 //! global byte-range locks, and the change feed (LISTEN/NOTIFY plus the `changes` log).
 //!
-//! - A mount inserts a `sessions` row and refreshes it every third of its timeout. Every mount's
-//!   heartbeat also reaps sessions whose heartbeat is older than their timeout: their locks go
-//!   (waiters are woken) and the files they had unlinked while open are deleted.
+//! - A mount has a session (`pg_session`: the heartbeat, expiry, and a new session with a new
+//!   id when one expired). Expired sessions lose their locks and the files they had unlinked
+//!   while open; handles that relied on them fail (`vfs::fence`). A transaction that relies on
+//!   its session (the mount holds locks, or it keeps a file unlinked while open) is refused at
+//!   commit once the session has expired (`graviton_apply_live`), so nothing a mount writes
+//!   lands after others took its locks.
 //! - Locks live in `locks`; one inode's lock changes are serialized by a transaction-scoped
 //!   advisory lock on the inode number. Releasing sends `NOTIFY graviton_locks, '<ino>'`; a
 //!   blocked waiter sleeps on that notification, with a 10 s re-check in case one was lost.
@@ -21,6 +24,7 @@ use sqlx::{Executor, Postgres, Row};
 use tokio::sync::Notify;
 
 use super::pg::PgMetaStore;
+use super::pg_session::{MIN_BEAT_PERIOD, Registration, heartbeat, register};
 use super::shared::{self, TO_EOF};
 use super::{
     Change, ChangeSink, HeldLock, Ino, LockKind, LockRequest, MetaError, MetaResult, SessionInfo,
@@ -35,34 +39,37 @@ const SYNC_CHANNEL: &str = "graviton_sync";
 /// How long the change log keeps its rows; a local cache older than this starts empty.
 const CHANGE_LOG_KEEP: &str = "1 day";
 /// A NOTIFY payload must stay under 8,000 bytes; larger change sets say "everything".
-const MAX_PAYLOAD: usize = 7000;
+pub(super) const MAX_PAYLOAD: usize = 7000;
 /// A blocked lock waiter re-checks this often even without a notification.
 const WAITER_RECHECK: Duration = Duration::from_secs(10);
-
 /// Per-store state of the shared-volume machinery.
 #[derive(Default)]
 pub(super) struct SharedState {
-    /// This mount's session id; 0 before `start_session`.
-    session: AtomicI64,
-    feed_up: AtomicBool,
+    /// This mount's session id; 0 before `start_session` and after `finish_session`.
+    pub(super) session: AtomicI64,
+    /// What a new session is registered with, while the mount has one.
+    pub(super) registration: Mutex<Option<Registration>>,
+    /// Held while a new session replaces an expired one, so it is replaced once.
+    pub(super) renewing: tokio::sync::Mutex<()>,
+    pub(super) feed_up: AtomicBool,
     sinks: Mutex<Vec<ChangeSink>>,
     barriers: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
     waiters: Mutex<HashMap<Ino, Arc<Notify>>>,
     /// (inode, owner) pairs this mount has taken locks for: closing other files skips the
     /// database.
-    lockers: Mutex<HashSet<(Ino, u64)>>,
+    pub(super) lockers: Mutex<HashSet<(Ino, u64)>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Block pins this mount released and has not yet deleted from `block_pins`.
     unpins: Mutex<HashSet<Vec<u8>>>,
     /// Wakes the task that deletes them.
-    unpinned: Notify,
+    pub(super) unpinned: Notify,
     /// Held while pins are written or deleted, so a deletion of released pins never removes a
     /// pin taken again meanwhile.
     pin_order: tokio::sync::Mutex<()>,
 }
 
 impl SharedState {
-    fn dispatch(&self, change: Change) {
+    pub(super) fn dispatch(&self, change: Change) {
         let sinks = self.sinks.lock().expect("lock").clone();
         for sink in sinks {
             sink(&change);
@@ -137,11 +144,20 @@ impl PgMetaStore {
         Some(self.shared.session.load(Ordering::SeqCst)).filter(|&s| s != 0)
     }
 
-    /// What a committing transaction logs: (session, inodes, NOTIFY payload).
-    pub(super) fn change_record(&self, touched: &mut Vec<Ino>) -> (Option<i64>, Vec<i64>, String) {
+    /// Whether this mount holds (or may hold) locks: its commits may rely on them.
+    pub(super) fn holds_locks(&self) -> bool {
+        !self.shared.lockers.lock().expect("lock").is_empty()
+    }
+
+    /// What a transaction of `session` logs when it commits: (session, inodes, NOTIFY
+    /// payload).
+    pub(super) fn change_record(
+        &self,
+        session: Option<i64>,
+        touched: &mut Vec<Ino>,
+    ) -> (Option<i64>, Vec<i64>, String) {
         touched.sort_unstable();
         touched.dedup();
-        let session = self.session_id();
         let mut payload = format!("{}:", session.unwrap_or(0));
         let list = touched
             .iter()
@@ -164,28 +180,23 @@ impl PgMetaStore {
         if self.session_id().is_some() {
             return Ok(());
         }
-        let timeout_ms = info.timeout.as_millis().clamp(1000, i32::MAX as u128) as i32;
+        let registration = Registration {
+            info: info.clone(),
+            timeout_ms: info.timeout.as_millis().clamp(1000, i32::MAX as u128) as i32,
+        };
         let id: i64 = self.retrying(async || {
-            sqlx::query_scalar(
-                "INSERT INTO sessions (host, pid, mountpoint, timeout_ms) VALUES ($1, $2, $3, $4) RETURNING id",
-            )
-            .bind(&info.host)
-            .bind(info.pid as i32)
-            .bind(&info.mountpoint)
-            .bind(timeout_ms)
-            .fetch_one(&self.pool)
-            .await
+            let mut tx = self.pool.begin().await?;
+            let id = register(&mut tx, &registration).await?;
+            tx.commit().await?;
+            Ok(id)
         })?;
+        *self.shared.registration.lock().expect("lock") = Some(registration);
         self.shared.session.store(id, Ordering::SeqCst);
         tracing::info!(session = id, "mount session started");
-        let period = (info.timeout / 3).max(Duration::from_millis(300));
-        let beat = self.rt.spawn(heartbeat(
-            self.pool.clone(),
-            self.shared_handle(),
-            info.clone(),
-            timeout_ms,
-            period,
-        ));
+        let period = (info.timeout / 4).max(MIN_BEAT_PERIOD);
+        let beat = self
+            .rt
+            .spawn(heartbeat(self.pool.clone(), self.shared_handle(), period));
         let feed = self.rt.spawn(feed(self.pool.clone(), self.shared_handle()));
         let unpin = self
             .rt
@@ -203,6 +214,7 @@ impl PgMetaStore {
         for t in self.shared.tasks.lock().expect("lock").drain(..) {
             t.abort();
         }
+        *self.shared.registration.lock().expect("lock") = None;
         let Some(id) = self.session_id() else { return };
         let pool = self.pool.clone();
         let ended = self.rt.block_on(async move {
@@ -263,37 +275,6 @@ impl PgMetaStore {
     }
 }
 
-/// Refreshes this mount's session, reaps dead ones and trims the change log.
-async fn heartbeat(
-    pool: PgPool,
-    st: Arc<SharedState>,
-    info: SessionInfo,
-    timeout_ms: i32,
-    period: Duration,
-) {
-    let mut beats: u64 = 0;
-    loop {
-        let id = st.session.load(Ordering::SeqCst);
-        match beat(&pool, id, &info, timeout_ms).await {
-            Ok(now) if st.feed_up.load(Ordering::SeqCst) => st.dispatch(Change::Alive(now)),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("session heartbeat failed: {e}"),
-        }
-        if let Err(e) = reap(&pool).await {
-            tracing::warn!("cleaning up after expired sessions failed: {e}");
-        }
-        st.unpinned.notify_one(); // pins whose release failed earlier
-
-        if beats.is_multiple_of(100)
-            && let Err(e) = trim_changes(&pool).await
-        {
-            tracing::warn!("trimming the change log failed: {e}");
-        }
-        beats += 1;
-        tokio::time::sleep(period).await;
-    }
-}
-
 /// Deletes the pins this mount released from `block_pins`, gathered for a moment so that a
 /// burst of commits costs one statement; a failure leaves them for the next round.
 async fn release_pins(pool: PgPool, st: Arc<SharedState>) {
@@ -323,124 +304,7 @@ async fn release_pins(pool: PgPool, st: Arc<SharedState>) {
     }
 }
 
-/// One heartbeat; returns the server's time in microseconds.
-async fn beat(
-    pool: &PgPool,
-    id: i64,
-    info: &SessionInfo,
-    timeout_ms: i32,
-) -> Result<i64, sqlx::Error> {
-    let now: Option<i64> = sqlx::query_scalar(
-        "UPDATE sessions SET heartbeat_at = clock_timestamp() WHERE id = $1 \
-         RETURNING (extract(epoch FROM heartbeat_at) * 1000000)::bigint",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    if let Some(now) = now {
-        return Ok(now);
-    }
-    tracing::error!(
-        session = id,
-        "this mount's session had expired (the database was unreachable for longer than the \
-         session timeout): the locks it held were released; registering it again"
-    );
-    let mut tx = pool.begin().await?;
-    let now = sqlx::query_scalar(
-        "INSERT INTO sessions (id, host, pid, mountpoint, timeout_ms) VALUES ($1, $2, $3, $4, $5) \
-         RETURNING (extract(epoch FROM heartbeat_at) * 1000000)::bigint",
-    )
-    .bind(id)
-    .bind(&info.host)
-    .bind(info.pid as i32)
-    .bind(&info.mountpoint)
-    .bind(timeout_ms)
-    .fetch_one(&mut *tx)
-    .await?;
-    // the expired session's pins went with it: the blocks this process holds are pinned again
-    let held: Vec<Vec<u8>> = crate::meta::pins::held()
-        .iter()
-        .map(|k| k.to_bytes().to_vec())
-        .collect();
-    sqlx::query(
-        "INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(&held)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(now)
-}
-
-/// Deletes expired sessions with their locks (waking waiters), and reclaims files unlinked
-/// while open by sessions that are gone.
-async fn reap(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let dead: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM sessions WHERE heartbeat_at < clock_timestamp() - timeout_ms * interval '1 millisecond' \
-         FOR UPDATE SKIP LOCKED",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    if !dead.is_empty() {
-        sqlx::query(
-            "SELECT pg_notify('graviton_locks', ino::text) FROM \
-             (SELECT DISTINCT ino FROM locks WHERE session = ANY($1)) held",
-        )
-        .bind(&dead)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM sessions WHERE id = ANY($1)")
-            .bind(&dead)
-            .execute(&mut *tx)
-            .await?;
-        tracing::info!(sessions = ?dead, "released the locks of expired mount sessions");
-    }
-    let orphans: Vec<i64> = sqlx::query_scalar(
-        "DELETE FROM orphans WHERE session IS NOT NULL \
-         AND NOT EXISTS (SELECT 1 FROM sessions WHERE id = orphans.session) RETURNING ino",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    if !orphans.is_empty() {
-        for table in ["extents", "xattrs", "symlinks", "inodes"] {
-            tx.execute(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DELETE FROM {table} WHERE ino = ANY($1)"
-                )))
-                .bind(&orphans),
-            )
-            .await?;
-        }
-        let list = orphans
-            .iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let payload = if list.len() > MAX_PAYLOAD {
-            "0:*".to_string()
-        } else {
-            format!("0:{list}")
-        };
-        sqlx::query(
-            "WITH logged AS (INSERT INTO changes (inos) VALUES ($1)) \
-             SELECT pg_notify('graviton_changes', $2)",
-        )
-        .bind(&orphans)
-        .bind(&payload)
-        .execute(&mut *tx)
-        .await?;
-        tracing::info!(
-            files = orphans.len(),
-            "reclaimed files unlinked while open by mounts that are gone"
-        );
-    }
-    tx.commit().await
-}
-
-async fn trim_changes(pool: &PgPool) -> Result<(), sqlx::Error> {
+pub(super) async fn trim_changes(pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO settings (name, value) VALUES ('changes_kept_since', \
@@ -590,7 +454,7 @@ impl SharedVolume for PgMetaStore {
         Ok(shared::conflict(&held, self.session_id().unwrap_or(0), req))
     }
 
-    fn set_lock(&self, ino: Ino, req: &LockRequest, wait: bool) -> MetaResult<bool> {
+    fn set_lock(&self, ino: Ino, req: &LockRequest, wait: bool) -> MetaResult<Option<i64>> {
         let me = self
             .session_id()
             .ok_or_else(|| backend("locks need a mount session".into()))?;
@@ -601,7 +465,13 @@ impl SharedVolume for PgMetaStore {
                 tokio::pin!(notified);
                 // registered before the check, so a release between the two still wakes us
                 notified.as_mut().enable();
-                let conflict = self.retrying(async || try_set(&self.pool, ino, me, req).await)?;
+                let conflict = self
+                    .retrying(async || try_set(&self.pool, ino, me, req).await)
+                    .inspect_err(|e| {
+                        if matches!(e, MetaError::SessionExpired) {
+                            self.session_expired(me);
+                        }
+                    })?;
                 if conflict.is_none() {
                     if req.kind != LockKind::Unlock {
                         // what other mounts committed before the lock was released is in our
@@ -614,10 +484,10 @@ impl SharedVolume for PgMetaStore {
                     } else {
                         lockers.insert((ino, req.owner));
                     }
-                    return Ok(true);
+                    return Ok(Some(me));
                 }
                 if !wait {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 self.rt.block_on(async {
                     let _ = tokio::time::timeout(WAITER_RECHECK, notified).await;
@@ -649,7 +519,11 @@ impl SharedVolume for PgMetaStore {
             end: TO_EOF,
             pid: 0,
         };
-        self.set_lock(ino, &req, false).map(drop)
+        match self.set_lock(ino, &req, false) {
+            // an expired session's locks are gone already
+            Err(MetaError::SessionExpired) => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     fn subscribe(&self, sink: ChangeSink) {
@@ -686,23 +560,36 @@ impl SharedVolume for PgMetaStore {
     }
 
     fn pin_blocks(&self, keys: &[crate::core::BlockKey]) -> MetaResult<()> {
+        let pins: Vec<Vec<u8>> = keys.iter().map(|k| k.to_bytes().to_vec()).collect();
+        let pin = |session: i64| {
+            self.retrying(async || {
+                // after a deletion of released pins that may include these (`release_pins`)
+                let _in_order = self.shared.pin_order.lock().await;
+                sqlx::query(
+                    "INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(session)
+                .bind(&pins)
+                .execute(&self.pool)
+                .await
+            })
+            .map(drop)
+        };
         let Some(session) = self.session_id() else {
             return Ok(());
         };
-        let pins: Vec<Vec<u8>> = keys.iter().map(|k| k.to_bytes().to_vec()).collect();
-        self.retrying(async || {
-            // after a deletion of released pins that may include these (`release_pins`)
-            let _in_order = self.shared.pin_order.lock().await;
-            sqlx::query(
-                "INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(session)
-            .bind(&pins)
-            .execute(&self.pool)
-            .await
-        })
-        .map(drop)
+        match pin(session) {
+            // pins are the process's, not the session's: they go on under its successor
+            Err(MetaError::SessionExpired) => {
+                self.session_expired(session);
+                match self.session_id() {
+                    Some(renewed) if renewed != session => pin(renewed),
+                    _ => Err(MetaError::SessionExpired),
+                }
+            }
+            other => other,
+        }
     }
 
     fn unpin_blocks(&self, keys: &[crate::core::BlockKey]) {
@@ -796,6 +683,48 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_of_a_lock_holder_after_its_session_expired_is_refused_and_a_new_session_starts() {
+        let admin = std::env::var("GRAVITON_TEST_PG").expect("run through scripts/test.sh");
+        let url = super::super::pg::create_scratch_database(&admin).unwrap();
+        let a = PgMetaStore::connect(&url).unwrap();
+        session(&a, 60);
+        let old = a.session_id().unwrap();
+        let file = |ino| Inode::new(ino, FileKind::File, 0o644, 0, 0, Timestamp::default());
+        let late = a.allocate_ino().unwrap();
+        // what the mount commits may rely on the lock it holds
+        assert!(
+            a.set_lock(late, &lock(1, LockKind::Exclusive), false)
+                .unwrap()
+                .is_some()
+        );
+        let mut tx = a.begin().unwrap();
+        tx.put_inode(&file(late)).unwrap();
+        // another mount reaps the session while the transaction is open
+        a.rt.block_on(
+            sqlx::query("DELETE FROM sessions WHERE id = $1")
+                .bind(old)
+                .execute(&a.pool),
+        )
+        .unwrap();
+        let refused = tx.commit();
+        assert!(
+            matches!(refused, Err(MetaError::SessionExpired)),
+            "a commit under an expired session is refused: {refused:?}"
+        );
+        assert!(
+            a.read_inode(late).unwrap().is_none(),
+            "nothing of it applied"
+        );
+        let new = a.session_id().expect("a new session");
+        assert_ne!(new, old, "session ids are never used again");
+        let next = a.allocate_ino().unwrap();
+        let mut tx = a.begin().unwrap();
+        tx.put_inode(&file(next)).unwrap();
+        tx.commit().expect("a commit under the new session");
+        assert!(a.read_inode(next).unwrap().is_some());
+    }
+
+    #[test]
     fn an_expired_session_loses_its_locks_and_its_unlinked_open_files() {
         let admin = std::env::var("GRAVITON_TEST_PG").expect("run through scripts/test.sh");
         let url = super::super::pg::create_scratch_database(&admin).unwrap();
@@ -810,8 +739,16 @@ mod tests {
         tx.put_inode(&gone).unwrap();
         tx.add_orphan(z).unwrap();
         tx.commit().unwrap();
-        assert!(a.set_lock(z, &lock(7, LockKind::Exclusive), false).unwrap());
-        assert!(!b.set_lock(z, &lock(7, LockKind::Shared), false).unwrap());
+        assert!(
+            a.set_lock(z, &lock(7, LockKind::Exclusive), false)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            b.set_lock(z, &lock(7, LockKind::Shared), false)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(
             b.test_lock(z, &lock(1, LockKind::Shared))
                 .unwrap()
@@ -826,7 +763,11 @@ mod tests {
 
         a.vanish();
         let t = Instant::now();
-        assert!(b.set_lock(z, &lock(8, LockKind::Exclusive), true).unwrap());
+        assert!(
+            b.set_lock(z, &lock(8, LockKind::Exclusive), true)
+                .unwrap()
+                .is_some()
+        );
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "woken after {:?}",

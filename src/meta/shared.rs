@@ -140,13 +140,18 @@ pub type ChangeSink = std::sync::Arc<dyn Fn(&Change) + Send + Sync>;
 
 /// Sessions, global locks and the change feed of a volume several mounts share.
 pub trait SharedVolume: Send + Sync {
-    /// This mount's session, once started.
+    /// This mount's session, once started. A session that expired is replaced by a new one
+    /// with another id; ids are never used again.
     fn session(&self) -> Option<i64>;
     /// The lock that conflicts with `req`, if any (F_GETLK).
     fn test_lock(&self, ino: Ino, req: &LockRequest) -> MetaResult<Option<HeldLock>>;
-    /// Sets, changes or releases a lock. When it conflicts: with `wait`, blocks until it can be
-    /// granted (woken by the release, no polling); without, returns false.
-    fn set_lock(&self, ino: Ino, req: &LockRequest, wait: bool) -> MetaResult<bool>;
+    /// Sets, changes or releases a lock; returns the session it was done in. When it
+    /// conflicts: with `wait`, blocks until it can be granted (woken by the release, no
+    /// polling); without, returns None. [`MetaError::SessionExpired`] when the mount's session
+    /// turned out to have expired (a new one has started; the call was not carried out).
+    ///
+    /// [`MetaError::SessionExpired`]: super::MetaError::SessionExpired
+    fn set_lock(&self, ino: Ino, req: &LockRequest, wait: bool) -> MetaResult<Option<i64>>;
     /// Releases every lock `owner` holds on `ino` (close).
     fn release_locks(&self, ino: Ino, owner: u64) -> MetaResult<()>;
     /// Calls `sink` with every change other mounts make, in commit order, from the feed's own

@@ -238,7 +238,8 @@ fn apply_all(inner: &dyn MetaStore, records: Vec<Record>) -> MetaResult<()> {
         loop {
             match apply(inner, &records[start..end]) {
                 Ok(()) => break,
-                Err(MetaError::Conflict) if tries < 10 => tries += 1,
+                // (a session that expired meanwhile has been replaced by a new one)
+                Err(MetaError::Conflict | MetaError::SessionExpired) if tries < 10 => tries += 1,
                 Err(e) => return Err(e),
             }
         }

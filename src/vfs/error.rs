@@ -43,6 +43,13 @@ pub enum FsError {
     NoXattrSpace,
     #[error("the filesystem is being unmounted")]
     ReadOnly,
+    /// The handle relied on a lock or an unlinked open file that this mount lost when its
+    /// session on the shared volume expired (`vfs::fence`).
+    #[error("the mount's session expired: this handle's lock or unlinked file is gone")]
+    Fenced,
+    /// A lock call through such a handle.
+    #[error("the mount's session expired: this handle's lock is gone")]
+    LockLost,
     #[error("metadata: {0}")]
     Meta(#[from] MetaError),
     #[error("block store: {0}")]
@@ -73,7 +80,10 @@ impl FsError {
             FsError::TooManyLinks => libc::EMLINK,
             FsError::NoXattrSpace => libc::ENOSPC,
             FsError::ReadOnly => libc::EROFS,
+            FsError::Fenced => libc::EIO,
+            FsError::LockLost => libc::ENOLCK,
             FsError::Meta(MetaError::Conflict) => libc::EIO,
+            FsError::Meta(MetaError::SessionExpired) => libc::EIO,
             FsError::Meta(MetaError::Corrupt(_)) => libc::EIO,
             FsError::Meta(MetaError::Backend { .. }) => libc::EIO,
             FsError::Store(StoreError::NotFound(..)) => libc::EIO,

@@ -90,6 +90,14 @@ pub(crate) struct OpenFile {
     /// This mount took the inode's last link while it was open (it is an orphan): the last
     /// release deletes it. Another mount's unlink deletes the inode itself.
     pub unlinked: std::sync::atomic::AtomicBool,
+    /// The shared volume's session this mount holds a lock on the file under, or keeps it
+    /// unlinked under; 0 for none (see `vfs::fence`).
+    pub claim: std::sync::atomic::AtomicI64,
+    /// The session the file's uncommitted writes were made in; 0 for none. Set and cleared
+    /// under the state lock.
+    pub written_in: std::sync::atomic::AtomicI64,
+    /// How many times the file was fenced: a handle opened before the last time fails.
+    pub fences: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct FileState {
@@ -189,6 +197,8 @@ pub(crate) struct Handle {
     pub file: Arc<OpenFile>,
     pub flags: OpenFlags,
     pub readahead: Mutex<ReadAhead>,
+    /// The file's `fences` when the handle was opened.
+    pub fences_seen: u64,
 }
 
 impl OpenFile {
@@ -277,6 +287,9 @@ impl Fs {
                         flush_lock: Mutex::new(()),
                         map: Mutex::new(None),
                         unlinked: Default::default(),
+                        claim: Default::default(),
+                        written_in: Default::default(),
+                        fences: Default::default(),
                         state: Mutex::new(FileState {
                             dirty: DirtyData::default(),
                             mtime: None,
@@ -300,6 +313,7 @@ impl Fs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(Handle {
             ino,
+            fences_seen: file.fences.load(Ordering::SeqCst),
             file,
             flags,
             readahead: Mutex::new(ReadAhead::default()),
@@ -353,6 +367,7 @@ impl Fs {
         if self.is_frozen() {
             return Err(FsError::ReadOnly);
         }
+        self.check_fence(&h)?;
         let threshold = self.core.cfg.file_flush_threshold;
         let (schedule, wait) = {
             let mut st = h.file.lock();
@@ -368,6 +383,9 @@ impl Fs {
                 return Err(FsError::FileTooLarge);
             }
             let delta = st.dirty.write(offset, data);
+            if let Some(session) = self.core.session() {
+                h.file.written_in.store(session, Ordering::SeqCst);
+            }
             st.last_write_end = offset + data.len() as u64;
             self.core.add_dirty(delta);
             st.mtime = Some(Timestamp::now());
@@ -440,11 +458,13 @@ impl Fs {
     /// `close` of one descriptor: commit, so data is visible and crash-safe once it returns.
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
+        self.check_fence(&h)?;
         self.flush_inode(h.ino, false)
     }
 
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
+        self.check_fence(&h)?;
         self.flush_inode(h.ino, true)
     }
 
@@ -637,6 +657,8 @@ impl Fs {
         if !hin.flags.read || !hout.flags.write || hout.flags.append {
             return Err(FsError::BadHandle);
         }
+        self.check_fence(&hin)?;
+        self.check_fence(&hout)?;
         let (src, dst) = (hin.ino, hout.ino);
         if src == dst
             && off_in < off_out.saturating_add(len)

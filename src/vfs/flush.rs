@@ -53,6 +53,8 @@ impl Core {
         durable: bool,
     ) -> FsResult<()> {
         let _one_at_a_time = file.flush_lock.lock().expect("flush lock");
+        // writes made under a lock or into an unlinked file that the mount lost are dropped
+        self.fence_if_lost(file);
         let (work, mtime, attrs, frontier) = {
             let mut st = file.lock();
             if !st.has_pending() {
@@ -79,12 +81,17 @@ impl Core {
         let taken = super::dirty::charge(&work);
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
         let result = self.store_and_commit(
-            file.ino, &work, mode, frontier, mtime, attrs, durable, &mut kept,
+            file, &work, mode, frontier, mtime, attrs, durable, &mut kept,
         );
         let mut st = file.lock();
         st.inflight = None;
         let before = st.dirty.bytes();
-        let give_back: &[(u64, Vec<u8>)] = if result.is_ok() { &kept } else { &work };
+        let give_back: &[(u64, Vec<u8>)] = match &result {
+            Ok(_) => &kept,
+            // the mount lost the file's lock or the file meanwhile: these writes are dropped
+            Err(FsError::Fenced) => &[],
+            Err(_) => &work,
+        };
         for (off, data) in give_back {
             // bytes written meanwhile are newer than these
             st.dirty.fill_gaps(*off, data);
@@ -98,6 +105,9 @@ impl Core {
                 }
                 if inode.is_some() && st.attrs == attrs {
                     st.attrs = None;
+                }
+                if !st.has_pending() {
+                    file.written_in.store(0, Ordering::SeqCst);
                 }
                 drop(st);
                 if let Some(inode) = inode {
@@ -260,7 +270,7 @@ impl Core {
         let taken = super::dirty::charge(&spans);
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
         let result = self.store_and_commit(
-            ino,
+            file,
             &spans,
             mode,
             st.last_write_end,
@@ -281,11 +291,21 @@ impl Core {
                         st.mtime = None;
                     }
                 }
+                if !st.has_pending() {
+                    file.written_in.store(0, Ordering::SeqCst);
+                }
                 self.add_dirty(-((taken - kept_bytes) as i64));
                 if let Some(inode) = inode {
                     self.maybe_coalesce(&inode);
                 }
                 Ok(())
+            }
+            Err(FsError::Fenced) => {
+                // written under a lock or into a file the mount lost: dropped
+                self.add_dirty(-(taken as i64));
+                st.mtime = None;
+                st.attrs = None;
+                Err(FsError::Fenced)
             }
             Err(e) => {
                 // Nothing was committed: keep every byte buffered so a later flush can retry.
@@ -299,11 +319,13 @@ impl Core {
     }
 
     /// Stores blocks for `spans` and commits them; returns the inode as committed (None when
-    /// there was nothing to commit). Tails held back (Completed mode) go into `kept`.
+    /// there was nothing to commit). Tails held back (Completed mode) go into `kept`. Fails
+    /// with `Fenced`, committing nothing, when the mount loses what it held the file under
+    /// before the commit (`vfs::fence`).
     #[allow(clippy::too_many_arguments)]
     fn store_and_commit(
         &self,
-        ino: u64,
+        file: &OpenFile,
         spans: &[(u64, Vec<u8>)],
         mode: FlushMode,
         frontier: u64,
@@ -312,6 +334,7 @@ impl Core {
         durable: bool,
         kept: &mut Vec<(u64, Vec<u8>)>,
     ) -> FsResult<Option<Inode>> {
+        let (ino, claims) = (file.ino, super::fence::Claims::of(file));
         let cfg = &self.cfg;
         let started = std::time::Instant::now();
         // gc spares the blocks stored here until the commit below is done (or has failed)
@@ -375,6 +398,9 @@ impl Core {
             .max()
             .unwrap_or(0);
         let inode = self.txn(|tx| {
+            if self.claims_lost(claims) {
+                return Err(FsError::Fenced);
+            }
             let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
             let ranges = groups.iter().map(|g| g[0].offset..g[g.len() - 1].end());
             // a file with no extents yet (a new file's first flush) has nothing to read

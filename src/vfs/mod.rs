@@ -6,9 +6,11 @@ mod cache;
 mod coalesce;
 mod dirty;
 mod error;
+mod fence;
 mod file;
 mod fill;
 mod flush;
+mod lock;
 mod namespace;
 mod pack;
 mod read;
@@ -123,7 +125,10 @@ pub(crate) struct Core {
 
 impl Core {
     /// Runs `f` as one metadata transaction, again from the start while it loses races.
-    /// `f` must only touch the transaction and its own locals: it may run several times.
+    /// `f` must only touch the transaction and its own locals: it may run several times. A
+    /// transaction that relied on a shared-volume session that has expired (the mount held
+    /// locks, or it keeps a file unlinked) fails (EIO) and is not run again: what the caller
+    /// did may have relied on a lock that is gone (`vfs::fence`).
     pub fn txn<T>(&self, mut f: impl FnMut(&mut dyn MetaTxn) -> FsResult<T>) -> FsResult<T> {
         const MAX_ATTEMPTS: u32 = 500;
         for attempt in 0..MAX_ATTEMPTS {

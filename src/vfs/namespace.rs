@@ -259,6 +259,8 @@ impl Fs {
             // its last release deletes it (set before the commit: that release checks again)
             file.unlinked
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+            // on a shared volume it is this session's: lost with it (`vfs::fence`)
+            super::Core::claim(file, self.core.session());
         } else {
             tx.delete_inode(inode.ino)?;
         }

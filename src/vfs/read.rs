@@ -84,6 +84,7 @@ impl Fs {
     /// copying them (the FUSE reply copies them anyway).
     pub fn read_bytes(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadBytes> {
         let h = self.handle(fh)?;
+        self.check_fence(&h)?;
         let (inode, file_size, pending) = {
             let st = h.file.lock();
             let inode = self.core.inode(h.ino)?;

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod mounted;
+pub mod pg_server;
+pub mod relay;
 pub mod scrape;
 
 use std::path::Path;

@@ -1,0 +1,64 @@
+//! flock and fcntl locks on a shared volume, through the handle they are taken on. The locks
+//! themselves live in the metadata engine (`meta::SharedVolume`); on an embedded volume the
+//! kernel keeps them and these calls are not made. A handle open on a file whose lock the
+//! mount lost when its session expired gets ENOLCK (`vfs::fence`).
+
+use super::{Core, Fs, FsError, FsResult};
+use crate::meta::{HeldLock, Ino, LockKind, LockRequest, MetaError, SharedVolume};
+
+/// How many times a lock call runs again when the mount's session turns out to have expired
+/// and was replaced (once is the rule: the replacement is in place when it runs again).
+const RENEWED_SESSION_TRIES: u32 = 3;
+
+/// A fenced handle's lock call fails with ENOLCK rather than EIO.
+fn lock_lost(e: FsError) -> FsError {
+    match e {
+        FsError::Fenced => FsError::LockLost,
+        e => e,
+    }
+}
+
+impl Fs {
+    fn shared_volume(&self) -> FsResult<&dyn SharedVolume> {
+        self.core.meta.shared().ok_or(FsError::NotSupported)
+    }
+
+    /// F_GETLK: the lock that keeps `req` from being granted, if any.
+    pub fn test_lock(&self, fh: u64, req: &LockRequest) -> FsResult<Option<HeldLock>> {
+        let h = self.handle(fh)?;
+        self.check_fence(&h).map_err(lock_lost)?;
+        Ok(self.shared_volume()?.test_lock(h.ino, req)?)
+    }
+
+    /// Sets, changes or releases a lock through handle `fh`; with `wait`, blocks until it can
+    /// be granted, else returns false when another holder keeps it from being granted.
+    pub fn set_lock(&self, fh: u64, req: &LockRequest, wait: bool) -> FsResult<bool> {
+        let h = self.handle(fh)?;
+        let shared = self.shared_volume()?;
+        let mut tries = 0;
+        loop {
+            self.check_fence(&h).map_err(lock_lost)?;
+            match shared.set_lock(h.ino, req, wait) {
+                Ok(Some(session)) => {
+                    if req.kind != LockKind::Unlock {
+                        Core::claim(&h.file, Some(session));
+                    }
+                    return Ok(true);
+                }
+                Ok(None) => return Ok(false),
+                // a new session replaced the expired one: unless this handle relied on the
+                // old one (checked above), the call runs again under the new one
+                Err(MetaError::SessionExpired) if tries < RENEWED_SESSION_TRIES => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Releases every lock `owner` holds on `ino` (close).
+    pub fn release_locks(&self, ino: Ino, owner: u64) -> FsResult<()> {
+        match self.core.meta.shared() {
+            Some(shared) => Ok(shared.release_locks(ino, owner)?),
+            None => Ok(()),
+        }
+    }
+}
