@@ -166,3 +166,72 @@ fn a_write_loop_rides_out_a_server_restart() {
         "every file is listed (and . and ..)"
     );
 }
+
+/// An unlink that waits on the database (here: a row another session has locked) holds up
+/// operations on its own inode only: a stat of another open file, an open and a close go on.
+#[test]
+fn an_unlink_waiting_on_the_database_stalls_no_other_file() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let vol = common::PgVolume::new(small_cfg());
+    let fs = Arc::new(vol.mount());
+    let (a, fh_a) = common::create(&fs, "a");
+    common::write_all(&fs, fh_a, 0, b"pending", 7);
+    let (b, fh_b) = common::create(&fs, "b");
+    fs.release(fh_b).unwrap();
+    let (c, fh_c) = common::create(&fs, "c");
+    fs.release(fh_c).unwrap();
+
+    // another session locks b's row: b's unlink waits for it
+    let mut holder = Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", &vol.url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sql = holder.stdin.take().unwrap();
+    writeln!(
+        sql,
+        "BEGIN; SELECT ino FROM inodes WHERE ino = {b} FOR UPDATE; \\echo locked"
+    )
+    .unwrap();
+    sql.flush().unwrap();
+    let mut out = holder.stdout.take().unwrap();
+    let mut seen = String::new();
+    while !seen.contains("locked") {
+        let mut buf = [0u8; 256];
+        let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+        assert!(n > 0, "psql ended before taking the lock");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let unlinker = {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.unlink(ROOT_INO, b"b"))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !unlinker.is_finished(),
+        "the unlink waits for the locked row"
+    );
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    {
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            let size = fs.getattr(a).map(|i| i.size);
+            let reopened = fs.open(c, OpenFlags::READ).and_then(|fh| fs.release(fh));
+            let _ = done_tx.send((size, reopened));
+        });
+    }
+    let got = done_rx.recv_timeout(Duration::from_secs(5));
+    // the waiting unlink ends either way
+    writeln!(sql, "ROLLBACK;").unwrap();
+    drop(sql);
+    holder.wait().unwrap();
+    unlinker.join().unwrap().unwrap();
+    let (size, reopened) = got.expect("a stat and an open of other files went on meanwhile");
+    assert_eq!(size.unwrap(), 7, "the other file's pending size");
+    reopened.unwrap();
+    assert!(fs.lookup(ROOT_INO, b"b").is_err());
+    fs.release(fh_a).unwrap();
+}

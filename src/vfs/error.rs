@@ -47,6 +47,10 @@ pub enum FsError {
     /// session on the shared volume expired (`vfs::fence`).
     #[error("the mount's session expired: this handle's lock or unlinked file is gone")]
     Fenced,
+    /// A name found pointing to another inode than when the operation took that inode's gate
+    /// (`Core::gates`): the operation starts again (never reaches an application).
+    #[error("the name was moved meanwhile")]
+    Moved,
     /// A lock call through such a handle.
     #[error("the mount's session expired: this handle's lock is gone")]
     LockLost,
@@ -81,6 +85,7 @@ impl FsError {
             FsError::NoXattrSpace => libc::ENOSPC,
             FsError::ReadOnly => libc::EROFS,
             FsError::Fenced => libc::EIO,
+            FsError::Moved => libc::EIO,
             FsError::LockLost => libc::ENOLCK,
             FsError::Meta(MetaError::Conflict) => libc::EIO,
             FsError::Meta(MetaError::SessionExpired) => libc::EIO,

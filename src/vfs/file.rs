@@ -218,7 +218,7 @@ impl Fs {
     }
 
     pub(super) fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
-        self.core.files.lock().expect("lock").get(&ino).cloned()
+        self.core.open_file(ino)
     }
 
     /// End, time and attribute changes of the inode's uncommitted writes, if it is open.
@@ -276,8 +276,10 @@ impl Fs {
         flags: OpenFlags,
         gate: Option<std::sync::RwLockWriteGuard<'_, ()>>,
     ) -> FsResult<u64> {
-        // Register first: an unlink racing with this open then sees the file as open.
+        // Register first, under the inode's gate: an unlink racing with this open then sees
+        // the file as open.
         let file = {
+            let _gate = self.core.gate(ino);
             let mut files = self.core.files.lock().expect("lock");
             let file = files
                 .entry(ino)
@@ -483,12 +485,15 @@ impl Fs {
             .remove(&fh)
             .ok_or(FsError::BadHandle)?;
         let flushed = self.flush_inode(h.ino, false);
+        let _gate = self.core.gate(h.ino);
+        // the table, then the file's state: the order an open takes them in
         let mut files = self.core.files.lock().expect("lock");
         let mut st = h.file.lock();
         st.handles -= 1;
         st.writers -= h.flags.write as u32;
         if st.handles == 0 {
             files.remove(&h.ino);
+            drop(files);
             // If the flush failed, the data cannot be reported anywhere any more: drop it.
             let dropped = super::dirty::charge(&st.dirty.take()) as i64;
             self.core.add_dirty(-dropped);

@@ -115,15 +115,35 @@ pub(crate) struct Core {
     pub coalesce_state: Mutex<HashMap<Ino, coalesce::Slot>>,
     /// Set by `shutdown`: background rewrites that have not started are skipped.
     pub closing: std::sync::atomic::AtomicBool,
-    /// Inodes with at least one open handle.
+    /// Inodes with at least one open handle. Held only for a lookup or an update: whether an
+    /// inode is open and what an unlink does about it are kept in step by its gate.
     pub files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+    /// Per-inode gates (striped): an open registering the inode, an unlink or rename deciding
+    /// whether to delete or keep it as an orphan, and a last close deleting it hold its gate,
+    /// so a slow metadata transaction holds up operations on its own inode only.
+    pub gates: Vec<Mutex<()>>,
     /// Where background work (flushes, read-ahead, coalescing) runs.
     pub runtime: tokio::runtime::Handle,
     /// Hands fetched blocks' other bytes to the kernel's page cache, once a mount enables it.
     pub fill: fill::PageFill,
 }
 
+/// Stripes of `Core::gates`.
+const GATES: usize = 64;
+
 impl Core {
+    /// The gate of `ino` (see `Core::gates`).
+    pub(crate) fn gate(&self, ino: Ino) -> std::sync::MutexGuard<'_, ()> {
+        self.gates[(ino % GATES as u64) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open file of `ino`, if it is open on this mount.
+    pub(crate) fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        self.files.lock().expect("lock").get(&ino).cloned()
+    }
+
     /// Runs `f` as one metadata transaction, again from the start while it loses races.
     /// `f` must only touch the transaction and its own locals: it may run several times. A
     /// transaction that relied on a shared-volume session that has expired (the mount held
@@ -208,6 +228,7 @@ impl Fs {
             coalesce_state: Mutex::new(HashMap::new()),
             closing: std::sync::atomic::AtomicBool::new(false),
             files: Mutex::new(HashMap::new()),
+            gates: (0..GATES).map(|_| Mutex::new(())).collect(),
             runtime: runtime.handle().clone(),
             fill: fill::PageFill::new(),
         });

@@ -269,21 +269,47 @@ impl Fs {
 
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
-        // Holding the open-file table makes "is it open?" and the deletion one step.
-        let files = self.core.files.lock().expect("lock");
-        self.core.txn(|tx| {
-            let now = Timestamp::now();
-            let (mut dir, entry) = dir_and_entry(tx, parent, name)?;
-            let entry = entry.ok_or(FsError::NotFound)?;
-            if entry.kind == FileKind::Dir {
-                return Err(FsError::IsDir);
-            }
-            let mut inode = tx.inode(entry.ino)?.ok_or(FsError::NotFound)?;
-            tx.delete_dirent(parent, name)?;
-            touch_dir(&mut dir, now);
-            tx.put_inode(&dir)?;
-            self.drop_link(tx, &mut inode, now, files.get(&entry.ino))
+        // Holding the inode's gate makes "is it open?" and the deletion one step.
+        self.gated(parent, name, |target| {
+            self.core.txn(|tx| {
+                let now = Timestamp::now();
+                let (mut dir, entry) = dir_and_entry(tx, parent, name)?;
+                let entry = entry.ok_or(FsError::NotFound)?;
+                if Some(entry.ino) != target {
+                    return Err(FsError::Moved);
+                }
+                if entry.kind == FileKind::Dir {
+                    return Err(FsError::IsDir);
+                }
+                let mut inode = tx.inode(entry.ino)?.ok_or(FsError::NotFound)?;
+                tx.delete_dirent(parent, name)?;
+                touch_dir(&mut dir, now);
+                tx.put_inode(&dir)?;
+                let open = self.core.open_file(entry.ino);
+                self.drop_link(tx, &mut inode, now, open.as_ref())
+            })
         })
+    }
+
+    /// Runs `f` holding the gate of the inode `name` names in `parent` (none: no gate), with
+    /// that inode; again while `f` finds the name moved to another inode meanwhile.
+    fn gated<T>(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        f: impl Fn(Option<Ino>) -> FsResult<T>,
+    ) -> FsResult<T> {
+        loop {
+            let target = {
+                let mut tx = self.core.meta.read()?;
+                tx.dirent(parent, name)?.map(|e| e.ino)
+            };
+            let _gate = target.map(|ino| self.core.gate(ino));
+            match f(target) {
+                Err(FsError::Moved) => continue,
+                r => return r,
+            }
+        }
     }
 
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
@@ -384,116 +410,122 @@ impl Fs {
         if flags.exchange && flags.noreplace {
             return Err(FsError::Invalid);
         }
-        let files = self.core.files.lock().expect("lock");
-        self.core.txn(|tx| {
-            let now = Timestamp::now();
-            let same_dir = parent == newparent;
-            let mut p = dir_inode(tx, parent)?;
-            let mut np = if same_dir {
-                None
-            } else {
-                Some(dir_inode(tx, newparent)?)
-            };
-            let src = tx.dirent(parent, name)?.ok_or(FsError::NotFound)?;
-            let dst = tx.dirent(newparent, newname)?;
-            if let Some(d) = dst
-                && d.ino == src.ino
-            {
-                return Ok(()); // two names of one inode: POSIX says do nothing
-            }
-            let mut s = tx.inode(src.ino)?.ok_or(FsError::NotFound)?;
-            if src.kind == FileKind::Dir && !same_dir {
-                Self::check_not_inside(tx, src.ino, newparent)?;
-            }
-            if flags.exchange {
-                let d = dst.ok_or(FsError::NotFound)?;
-                let mut di = tx.inode(d.ino)?.ok_or(FsError::NotFound)?;
-                if d.kind == FileKind::Dir && !same_dir {
-                    Self::check_not_inside(tx, d.ino, parent)?;
+        // the gate of the inode a replacing rename may delete (see `unlink`)
+        self.gated(newparent, newname, |target| {
+            self.core.txn(|tx| {
+                let now = Timestamp::now();
+                let same_dir = parent == newparent;
+                let mut p = dir_inode(tx, parent)?;
+                let mut np = if same_dir {
+                    None
+                } else {
+                    Some(dir_inode(tx, newparent)?)
+                };
+                let src = tx.dirent(parent, name)?.ok_or(FsError::NotFound)?;
+                let dst = tx.dirent(newparent, newname)?;
+                if dst.map(|d| d.ino) != target {
+                    return Err(FsError::Moved);
                 }
-                tx.put_dirent(
-                    parent,
-                    name,
-                    &DirEntry {
-                        ino: d.ino,
-                        kind: d.kind,
-                        cookie: src.cookie,
-                    },
-                )?;
-                tx.put_dirent(
-                    newparent,
-                    newname,
-                    &DirEntry {
-                        ino: src.ino,
-                        kind: src.kind,
-                        cookie: d.cookie,
-                    },
-                )?;
-                if let Some(np) = np.as_mut() {
-                    if src.kind == FileKind::Dir {
-                        p.nlink -= 1;
-                        np.nlink += 1;
+                if let Some(d) = dst
+                    && d.ino == src.ino
+                {
+                    return Ok(()); // two names of one inode: POSIX says do nothing
+                }
+                let mut s = tx.inode(src.ino)?.ok_or(FsError::NotFound)?;
+                if src.kind == FileKind::Dir && !same_dir {
+                    Self::check_not_inside(tx, src.ino, newparent)?;
+                }
+                if flags.exchange {
+                    let d = dst.ok_or(FsError::NotFound)?;
+                    let mut di = tx.inode(d.ino)?.ok_or(FsError::NotFound)?;
+                    if d.kind == FileKind::Dir && !same_dir {
+                        Self::check_not_inside(tx, d.ino, parent)?;
+                    }
+                    tx.put_dirent(
+                        parent,
+                        name,
+                        &DirEntry {
+                            ino: d.ino,
+                            kind: d.kind,
+                            cookie: src.cookie,
+                        },
+                    )?;
+                    tx.put_dirent(
+                        newparent,
+                        newname,
+                        &DirEntry {
+                            ino: src.ino,
+                            kind: src.kind,
+                            cookie: d.cookie,
+                        },
+                    )?;
+                    if let Some(np) = np.as_mut() {
+                        if src.kind == FileKind::Dir {
+                            p.nlink -= 1;
+                            np.nlink += 1;
+                            s.parent = newparent;
+                        }
+                        if d.kind == FileKind::Dir {
+                            np.nlink -= 1;
+                            p.nlink += 1;
+                            di.parent = parent;
+                        }
+                    }
+                    di.ctime = now;
+                    tx.put_inode(&di)?;
+                } else {
+                    let target_dir = np.as_mut().unwrap_or(&mut p);
+                    let cookie = match dst {
+                        Some(_) if flags.noreplace => return Err(FsError::Exists),
+                        Some(d) => {
+                            let mut di = tx.inode(d.ino)?.ok_or(FsError::NotFound)?;
+                            match (src.kind == FileKind::Dir, d.kind == FileKind::Dir) {
+                                (true, false) => return Err(FsError::NotDir),
+                                (false, true) => return Err(FsError::IsDir),
+                                (true, true) => {
+                                    if !tx.dir_is_empty(d.ino)? {
+                                        return Err(FsError::NotEmpty);
+                                    }
+                                    tx.delete_inode(d.ino)?;
+                                    target_dir.nlink -= 1;
+                                }
+                                (false, false) => {
+                                    let open = self.core.open_file(d.ino);
+                                    self.drop_link(tx, &mut di, now, open.as_ref())?
+                                }
+                            }
+                            d.cookie
+                        }
+                        None => take_cookie(target_dir),
+                    };
+                    if src.kind == FileKind::Dir && !same_dir {
+                        target_dir.nlink += 1;
                         s.parent = newparent;
                     }
-                    if d.kind == FileKind::Dir {
-                        np.nlink -= 1;
-                        p.nlink += 1;
-                        di.parent = parent;
+                    tx.delete_dirent(parent, name)?;
+                    tx.put_dirent(
+                        newparent,
+                        newname,
+                        &DirEntry {
+                            ino: src.ino,
+                            kind: src.kind,
+                            cookie,
+                        },
+                    )?;
+                    if src.kind == FileKind::Dir && !same_dir {
+                        p.nlink -= 1;
                     }
                 }
-                di.ctime = now;
-                tx.put_inode(&di)?;
-            } else {
-                let target_dir = np.as_mut().unwrap_or(&mut p);
-                let cookie = match dst {
-                    Some(_) if flags.noreplace => return Err(FsError::Exists),
-                    Some(d) => {
-                        let mut di = tx.inode(d.ino)?.ok_or(FsError::NotFound)?;
-                        match (src.kind == FileKind::Dir, d.kind == FileKind::Dir) {
-                            (true, false) => return Err(FsError::NotDir),
-                            (false, true) => return Err(FsError::IsDir),
-                            (true, true) => {
-                                if !tx.dir_is_empty(d.ino)? {
-                                    return Err(FsError::NotEmpty);
-                                }
-                                tx.delete_inode(d.ino)?;
-                                target_dir.nlink -= 1;
-                            }
-                            (false, false) => {
-                                self.drop_link(tx, &mut di, now, files.get(&d.ino))?
-                            }
-                        }
-                        d.cookie
-                    }
-                    None => take_cookie(target_dir),
-                };
-                if src.kind == FileKind::Dir && !same_dir {
-                    target_dir.nlink += 1;
-                    s.parent = newparent;
+                s.ctime = now;
+                tx.put_inode(&s)?;
+                touch_dir(&mut p, now);
+                tx.put_inode(&p)?;
+                if let Some(mut np) = np {
+                    touch_dir(&mut np, now);
+                    tx.put_inode(&np)?;
                 }
-                tx.delete_dirent(parent, name)?;
-                tx.put_dirent(
-                    newparent,
-                    newname,
-                    &DirEntry {
-                        ino: src.ino,
-                        kind: src.kind,
-                        cookie,
-                    },
-                )?;
-                if src.kind == FileKind::Dir && !same_dir {
-                    p.nlink -= 1;
-                }
-            }
-            s.ctime = now;
-            tx.put_inode(&s)?;
-            touch_dir(&mut p, now);
-            tx.put_inode(&p)?;
-            if let Some(mut np) = np {
-                touch_dir(&mut np, now);
-                tx.put_inode(&np)?;
-            }
-            Ok(())
+                Ok(())
+            })
         })
     }
 
