@@ -4,6 +4,9 @@
 # in a 4 GiB file, closed; then the file is read back whole. Embedded volume, mounted with
 # cache_mb=16,dirty_mb=16 so that the caps are small next to what the daemon holds besides.
 # usage: scripts/probe-memory.sh GRAVITON_BINARY [N]     (N defaults to 1,000,000)
+#        scripts/probe-memory.sh GRAVITON_BINARY randupdate [SECONDS]
+#   randupdate: default options instead; fio updates a 2 GiB file in place with 4 KiB random
+#   writes for SECONDS (default 300), the kind of run that fragments an extent map
 set -euo pipefail
 BIN=$(realpath "$1") N=${2:-1000000}
 W=$(mktemp -d /var/tmp/graviton-probe.XXXX)
@@ -11,9 +14,17 @@ mkdir "$W/mnt"
 cleanup() { fusermount3 -u "$W/mnt" 2>/dev/null || true; sleep 1; rm -rf "$W"; }
 trap cleanup EXIT
 "$BIN" format "$W/vol" >/dev/null
-"$BIN" mount "$W/vol" "$W/mnt" -o cache_mb=16,dirty_mb=16
+if [ "$N" = randupdate ]; then "$BIN" mount "$W/vol" "$W/mnt"
+else "$BIN" mount "$W/vol" "$W/mnt" -o cache_mb=16,dirty_mb=16; fi
 PID=$(cat "$W/vol/graviton.pid")
 hwm() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$PID/status"; }
+if [ "$N" = randupdate ]; then
+  fio --name=prep --directory="$W/mnt" --filename=u.dat --rw=write --bs=1M --size=2G --end_fsync=1 >/dev/null
+  fio --name=upd --directory="$W/mnt" --filename=u.dat --rw=randwrite --bs=4k --size=2G \
+      --time_based --runtime="${3:-300}" --ioengine=psync --fsync=256 >/dev/null
+  echo "random updates for ${3:-300} s: peak_rss_mib=$(hwm) (cache_mb + dirty_mb = 512)"
+  exit 0
+fi
 t0=$(date +%s.%N)
 python3 - "$W/mnt/f" "$N" <<'PY'
 import os, random, sys
