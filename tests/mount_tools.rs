@@ -1048,6 +1048,99 @@ fn an_unprivileged_copy_file_range_drops_setuid_and_setgid() {
     assert_eq!(mode(&dst), 0o6777, "root (CAP_FSETID) keeps them");
 }
 
+/// The mode `stat -c %a` shows: a statx asking for the mode alone, as xfstests asks, which
+/// the kernel answers from its cache while that is valid.
+fn shown_mode(p: &Path) -> String {
+    ok(
+        run("stat", &["-c", "%a", p.to_str().unwrap()], Path::new("/")),
+        "stat",
+    )
+    .trim()
+    .to_string()
+}
+
+const DIRECT_WRITE: &str = "import os,sys,mmap\n\
+    fd=os.open(sys.argv[1], os.O_WRONLY|os.O_DIRECT)\n\
+    buf=mmap.mmap(-1, 4096)\n\
+    buf.write(b'x'*4096)\n\
+    os.pwritev(fd, [buf], 0)\n\
+    os.close(fd)\n";
+
+/// The file's owner, in its group and without CAP_FSETID, writes with O_DIRECT into its
+/// setuid/setgid file (xfstests generic/355): setuid goes, setgid goes only when the file is
+/// group-executable, and a stat asking for the mode alone shows it at once.
+#[test]
+fn an_owners_direct_write_shows_the_dropped_bits_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = Mounted::new(&[], "");
+    let f = m.path("owned");
+    std::fs::write(&f, b"this is a test\n").unwrap();
+    std::os::unix::fs::chown(&f, Some(65534), Some(65534)).unwrap();
+    for (before, after) in [
+        (0o6644, "2644"),
+        (0o6744, "2744"),
+        (0o6654, "654"),
+        (0o6754, "754"),
+    ] {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(before)).unwrap();
+        assert_eq!(
+            shown_mode(&f),
+            format!("{before:o}"),
+            "cached by the kernel"
+        );
+        let out = common::mounted::as_nobody(
+            "/usr/bin/python3",
+            &["-c", DIRECT_WRITE, f.to_str().unwrap()],
+        );
+        ok(out, "the direct write as the owner");
+        assert_eq!(
+            shown_mode(&f),
+            after,
+            "after a write into a file of mode {before:o}"
+        );
+    }
+}
+
+/// A caller outside the file's group and without CAP_FSETID writes, fallocates, punches a
+/// hole in or zeroes a range of a root-owned setuid/setgid file (xfstests generic/683-685):
+/// both bits go, whether or not the file is group-executable.
+#[test]
+fn a_write_or_fallocate_by_a_caller_outside_the_group_drops_setgid() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = Mounted::new(&[], "");
+    let f = m.path("rootfile");
+    std::fs::write(&f, vec![1u8; 16384]).unwrap();
+    let path = f.to_str().unwrap();
+    let write = "import os,sys\nfd=os.open(sys.argv[1], os.O_WRONLY)\nos.pwrite(fd, b'x', 5)\n";
+    let calls: [(&str, Vec<&str>); 4] = [
+        ("/usr/bin/python3", vec!["-c", write, path]),
+        ("/usr/bin/fallocate", vec!["-l", "32768", path]),
+        (
+            "/usr/bin/fallocate",
+            vec!["-p", "-o", "0", "-l", "4096", path],
+        ),
+        (
+            "/usr/bin/fallocate",
+            vec!["-z", "-o", "4096", "-l", "4096", path],
+        ),
+    ];
+    for (cmd, args) in &calls {
+        for (before, after) in [(0o6666, "666"), (0o6766, "766")] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(before)).unwrap();
+            assert_eq!(
+                shown_mode(&f),
+                format!("{before:o}"),
+                "cached by the kernel"
+            );
+            ok(
+                common::mounted::as_nobody(cmd, args),
+                &format!("{cmd} {args:?} as nobody"),
+            );
+            assert_eq!(shown_mode(&f), after, "{cmd} {args:?} on mode {before:o}");
+        }
+    }
+}
+
 /// An unprivileged O_DIRECT write into a group-executable setuid/setgid file clears both
 /// bits, and a stat right after shows it, as on ext4.
 #[test]
@@ -1062,13 +1155,10 @@ fn an_unprivileged_direct_write_clears_setuid_and_setgid() {
         0o6777,
         "cached by the kernel"
     );
-    let script = "import os,sys,mmap\n\
-        fd=os.open(sys.argv[1], os.O_WRONLY|os.O_DIRECT)\n\
-        buf=mmap.mmap(-1, 4096)\n\
-        buf.write(b'x'*4096)\n\
-        os.pwritev(fd, [buf], 0)\n\
-        os.close(fd)\n";
-    let out = common::mounted::as_nobody("/usr/bin/python3", &["-c", script, f.to_str().unwrap()]);
+    let out = common::mounted::as_nobody(
+        "/usr/bin/python3",
+        &["-c", DIRECT_WRITE, f.to_str().unwrap()],
+    );
     ok(out, "the direct write as nobody");
     assert_eq!(
         std::fs::metadata(&f).unwrap().mode() & 0o7777,

@@ -143,9 +143,11 @@ impl MountOptions {
                 "noatime" | "relatime" | "strictatime" => self.noatime = name == "noatime",
                 "atime" => self.noatime = false,
                 "nodev" => self.nodev = true,
-                "dev" => self.nodev = false,
+                // mount(8) never hands `dev` and `suid` (its own defaults) to a helper: an
+                // fstab line says `allow_dev` and `allow_suid` instead
+                "dev" | "allow_dev" => self.nodev = false,
                 "nosuid" => self.nosuid = true,
-                "suid" => self.nosuid = false,
+                "suid" | "allow_suid" => self.nosuid = false,
                 "noexec" => self.noexec = true,
                 "exec" => self.noexec = false,
                 // Accepted as mount(8) users expect: permissions are always checked by the kernel,

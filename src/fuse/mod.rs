@@ -22,7 +22,8 @@ use fuser::{
 
 use crate::meta::{FileKind, Inode, LockKind, LockRequest, TO_EOF, Timestamp};
 use crate::vfs::{
-    Ctx, FallocateMode, Fs, FsError, OpenFlags, RenameFlags, SetAttr, TimeSet, Whence, XattrSet,
+    Caller, Ctx, FallocateMode, Fs, FsError, OpenFlags, RenameFlags, SetAttr, TimeSet, Whence,
+    XattrSet,
 };
 
 mod invalidate;
@@ -298,13 +299,15 @@ impl Filesystem for GravitonFuse {
         let ttl = self.ttl;
         // FUSE_HANDLE_KILLPRIV_V2: a truncate by a caller without CAP_FSETID (taken as
         // non-root) and a chown clear setuid/setgid here (the kernel no longer sends the mode)
-        let kill = (set.size.is_some() && req.uid() != 0) || set.uid.is_some() || set.gid.is_some();
+        let truncate = set.size.is_some() && req.uid() != 0;
+        let kill = truncate || set.uid.is_some() || set.gid.is_some();
+        let caller = truncate.then(|| caller(req));
         let times_only =
             set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.size.is_none();
         let write_cache = self.write_cache;
         self.inline_unless_pending(op, ino, set.size.is_some(), move |fs| {
             let set = match kill {
-                true => fs.without_privileges(ino.0, set),
+                true => fs.without_privileges(ino.0, set, caller.as_ref()),
                 false => Ok(set),
             };
             match set.and_then(|set| fs.setattr(ino.0, set)) {
@@ -476,7 +479,7 @@ impl Filesystem for GravitonFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -491,9 +494,12 @@ impl Filesystem for GravitonFuse {
         // to the blocking pool. A write that must flush (backpressure) holds this reader
         // thread, which is the point of backpressure.
         let written = self.fs.write(fh.0, offset, data).and_then(|n| {
-            // FUSE_HANDLE_KILLPRIV_V2: the writer lacks CAP_FSETID
-            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                self.fs.drop_privileges(ino.0)?;
+            // FUSE_HANDLE_KILLPRIV_V2: the writer lacks CAP_FSETID. The reply carries no
+            // attributes, so the kernel's cached mode is dropped (as fallocate does).
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+                && self.fs.drop_privileges(ino.0, &caller(req))?
+            {
+                inval_attributes(&self.notifier, ino);
             }
             Ok(n)
         });
@@ -818,17 +824,17 @@ impl Filesystem for GravitonFuse {
         // setuid/setgid. FUSE does not say whether the caller has CAP_FSETID; root is taken to.
         // The reply carries no attributes: the kernel's cached mode is dropped instead
         // (attributes only, no pages, so no lock the fallocate holds is needed).
-        let unprivileged = req.uid() != 0;
+        let unprivileged = (req.uid() != 0).then(|| caller(req));
         let notifier = self.notifier.clone();
         self.background(op("fallocate"), move |fs| {
             let r = FallocateMode::from_libc(mode)
                 .and_then(|m| fs.fallocate(ino.0, offset, length, m))
-                .and_then(|()| match unprivileged {
-                    true => fs.drop_privileges(ino.0),
-                    false => Ok(()),
+                .and_then(|()| match &unprivileged {
+                    Some(c) => fs.drop_privileges(ino.0, c).map(drop),
+                    None => Ok(()),
                 });
-            if unprivileged && let Some(n) = notifier.get() {
-                let _ = n.inval_inode(ino, -1, 0);
+            if unprivileged.is_some() {
+                inval_attributes(&notifier, ino);
             }
             Self::empty(reply, r)
         });
@@ -875,23 +881,39 @@ impl Filesystem for GravitonFuse {
         // A write into the target, as ext4 makes it: an unprivileged caller's copy drops
         // setuid/setgid (FUSE_HANDLE_KILLPRIV_V2 leaves that to us; root is taken to have
         // CAP_FSETID), and the kernel's cached mode is dropped, as fallocate does.
-        let unprivileged = req.uid() != 0;
+        let unprivileged = (req.uid() != 0).then(|| caller(req));
         let notifier = self.notifier.clone();
         self.background(op("copy_file_range"), move |fs| {
             let copied = fs
                 .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-                .and_then(|n| match unprivileged && n > 0 {
-                    true => fs.drop_privileges(ino_out.0).map(|()| n),
-                    false => Ok(n),
+                .and_then(|n| match &unprivileged {
+                    Some(c) if n > 0 => fs.drop_privileges(ino_out.0, c).map(|_| n),
+                    _ => Ok(n),
                 });
-            if unprivileged && let Some(n) = notifier.get() {
-                let _ = n.inval_inode(ino_out, -1, 0);
+            if unprivileged.is_some() {
+                inval_attributes(&notifier, ino_out);
             }
             match copied {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(errno(&e)),
             }
         });
+    }
+}
+
+/// The caller of `req`, for the setgid rule of writes (`vfs::Caller`).
+fn caller(req: &Request) -> Caller {
+    Caller {
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+/// Drops the kernel's cached attributes of `ino` after a change a reply does not carry
+/// (attributes only, no pages, so no lock the request holds is needed).
+fn inval_attributes(notifier: &std::sync::OnceLock<fuser::Notifier>, ino: INodeNo) {
+    if let Some(n) = notifier.get() {
+        let _ = n.inval_inode(ino, -1, 0);
     }
 }
 

@@ -31,7 +31,7 @@ pub use dirty::DirtyData;
 pub use error::{FsError, FsResult};
 pub use file::{FallocateMode, OpenFlags, Whence};
 pub use fill::KernelPages;
-pub use namespace::{DirListing, FsStats, RenameFlags, SetAttr, TimeSet};
+pub use namespace::{Caller, DirListing, FsStats, RenameFlags, SetAttr, TimeSet};
 pub use xattr::XattrSet;
 
 use cache::BlockCache;

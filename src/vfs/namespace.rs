@@ -79,15 +79,47 @@ fn dir_inode(tx: &mut dyn MetaRead, ino: Ino) -> FsResult<Inode> {
     Ok(inode)
 }
 
+/// The groups of a caller without CAP_FSETID whose write, truncate or fallocate drops a
+/// file's privileges: as on ext4, setgid on a file that is not group-executable stays only
+/// when the caller is in the file's group.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub gid: u32,
+    /// Its process, whose supplementary groups are read when they matter (`/proc`).
+    pub pid: u32,
+}
+
+impl Caller {
+    fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || supplementary_groups(self.pid).contains(&gid)
+    }
+}
+
+/// The supplementary groups of process `pid` (none when it is gone).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The permission bits left once setuid/setgid are dropped (regular files and the like;
-/// directories keep theirs).
-fn without_privileges(inode: &Inode) -> u16 {
+/// directories keep theirs): setuid always; setgid when group-executable (otherwise it marks
+/// mandatory locking), or when `caller` is not in the file's group. A chown passes no caller.
+fn without_privileges(inode: &Inode, caller: Option<&Caller>) -> u16 {
     let mut perm = inode.perm;
     if inode.kind == FileKind::Dir {
         return perm;
     }
     perm &= !(libc::S_ISUID as u16);
-    if perm & libc::S_IXGRP as u16 != 0 {
+    let outsider = caller.is_some_and(|c| !c.in_group(inode.gid));
+    if perm & libc::S_IXGRP as u16 != 0 || outsider {
         perm &= !(libc::S_ISGID as u16);
     }
     perm
@@ -611,22 +643,28 @@ impl Fs {
         self.getattr(ino)
     }
 
-    /// Clears setuid, and setgid when group-executable (setgid without it marks mandatory
-    /// locking), as a write by an unprivileged caller must. Directories keep theirs.
-    pub fn drop_privileges(&self, ino: Ino) -> FsResult<()> {
-        let set = self.without_privileges(ino, SetAttr::default())?;
-        if set.mode.is_some() {
-            self.setattr(ino, set)?;
+    /// Drops setuid/setgid as a write by `caller`, who lacks CAP_FSETID, must
+    /// (`without_privileges`). True when the mode changed.
+    pub fn drop_privileges(&self, ino: Ino, caller: &Caller) -> FsResult<bool> {
+        let set = self.without_privileges(ino, SetAttr::default(), Some(caller))?;
+        if set.mode.is_none() {
+            return Ok(false);
         }
-        Ok(())
+        self.setattr(ino, set)?;
+        Ok(true)
     }
 
-    /// `set` with setuid/setgid cleared as a chown or truncate clears them, unless it sets
-    /// the mode itself.
-    pub fn without_privileges(&self, ino: Ino, mut set: SetAttr) -> FsResult<SetAttr> {
+    /// `set` with setuid/setgid cleared as a chown (no caller) or a truncate by `caller`
+    /// clears them, unless it sets the mode itself.
+    pub fn without_privileges(
+        &self,
+        ino: Ino,
+        mut set: SetAttr,
+        caller: Option<&Caller>,
+    ) -> FsResult<SetAttr> {
         if set.mode.is_none() {
             let inode = self.getattr(ino)?;
-            let kept = without_privileges(&inode);
+            let kept = without_privileges(&inode, caller);
             if kept != inode.perm {
                 set.mode = Some(kept as u32);
             }
