@@ -102,6 +102,39 @@ fn a_bad_fstab_option_fails_naming_it() {
     }
 }
 
+/// mount(8) keeps `suid` and `dev` (its own defaults) from a helper: an fstab line that wants
+/// setuid programs and device nodes on the volume to work says `allow_suid,allow_dev`, and
+/// those reach the kernel.
+#[test]
+fn allow_suid_and_allow_dev_from_fstab_reach_the_kernel() {
+    let m = Mounted::new(&[], "");
+    m.unmount();
+    let mnt = m.mnt.to_str().unwrap().to_string();
+    let flags = || {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let line = mounts
+            .lines()
+            .rev()
+            .find(|l| l.split(' ').nth(1) == Some(&mnt));
+        line.expect("mounted")
+            .split(' ')
+            .nth(3)
+            .unwrap()
+            .to_string()
+    };
+    for (options, nosuid) in [("suid,dev", true), ("allow_suid,allow_dev", false)] {
+        let table = fstab(&m, options);
+        let out = util(&m, "mount", &["-T", &table, &mnt]);
+        assert!(out.status.success(), "mount -o {options}: {out:?}");
+        let f = flags();
+        let on = |flag: &str| f.split(',').any(|x| x == flag);
+        assert_eq!(on("nosuid"), nosuid, "-o {options}: {f}");
+        assert_eq!(on("nodev"), nosuid, "-o {options}: {f}");
+        let out = util(&m, "umount", &[&mnt]);
+        assert!(out.status.success(), "umount: {out:?}");
+    }
+}
+
 /// Another user starts a process whose command line looks like this mount's daemon before the
 /// mount: the unmount helper waits for the real daemon (found through its pid file), not for
 /// that one.
