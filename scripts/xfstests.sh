@@ -12,7 +12,8 @@
 #                      the volumes, the mountpoints and results/<date>/ of each run
 #   XFSTESTS_MOUNT_OPTIONS  mount options (default allow_other,default_permissions)
 #   XFSTESTS_GRAVITON_OPTIONS  options every Graviton mount starts from, before mount(8)'s:
-#                      `dev,suid` here (mount(8) never passes a helper those, its defaults)
+#                      `dev,suid` here (mount(8) never passes a helper those, its defaults;
+#                      `allow_dev,allow_suid` in XFSTESTS_MOUNT_OPTIONS do the same)
 #   XFSTESTS_TIMEOUT   seconds a test may run before the watchdog ends it (default 300)
 #   XFSTESTS_FS=ext4   the same run on ext4 on two loop devices instead, for comparison
 # The test volume (TEST_DEV) and the scratch volume (SCRATCH_DEV) are embedded volumes under
