@@ -112,7 +112,7 @@ fio_bw() { # dir name rw bs size-MB [extra…] → MiB/s
 }
 
 TARBALL="$WORK/src.tar"
-SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/librocksdb-sys-*/ 2>/dev/null | head -1)
+SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/*librocksdb-sys-*/ 2>/dev/null | head -1)
 tar cf "$TARBALL" -C "$SRC" .
 
 declare -A R

@@ -98,7 +98,7 @@ PY
   # untar of a real source tree (RocksDB's sources, from the cargo registry)
   TARBALL="$WORK/src.tar"
   if [ ! -f "$TARBALL" ]; then
-    SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/librocksdb-sys-*/ 2>/dev/null | head -1)
+    SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/*librocksdb-sys-*/ 2>/dev/null | head -1)
     tar cf "$TARBALL" -C "$SRC" .
   fi
   mkdir -p "$D/untar"

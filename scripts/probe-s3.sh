@@ -66,7 +66,7 @@ cpu_used() {
 }
 case "$WORKLOAD" in
   untar)
-    SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/librocksdb-sys-*/ | head -1)
+    SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/*librocksdb-sys-*/ | head -1)
     tar cf "$W/src.tar" -C "$SRC" .
     mark; t0=$(now); tar xf "$W/src.tar" -C "$W/m/u"; sync -f "$W/m/u"; t1=$(now)
     python3 -c "print('untar of RocksDB\'s source tree: %.2f s' % ($t1 - $t0))" ;;

@@ -35,6 +35,10 @@ use crate::core::extent::Splice;
 use crate::core::key::KEY_BYTES;
 use crate::core::{BlockKey, Extent};
 
+/// One memtable of the cache (two at most: one filling, one being flushed).
+const CACHE_MEMTABLE_BYTES: usize = 8 << 20;
+/// The cache's own block cache.
+const CACHE_BLOCKS_BYTES: usize = 8 << 20;
 const INODE: u8 = b'i';
 const DIRENT: u8 = b'd';
 const BY_COOKIE: u8 = b'c';
@@ -265,7 +269,7 @@ impl LocalCache {
             }
             batch.put(key(GENERATION, ino), generation.to_be_bytes());
         }
-        if let Err(e) = self.db.write_opt(batch, &no_wal()) {
+        if let Err(e) = self.db.write_opt(&batch, &no_wal()) {
             // cannot drop stale entries: stop serving from the cache at all
             tracing::error!("local metadata cache: {e}; bypassing it");
             self.live.store(false, Ordering::SeqCst);
@@ -345,7 +349,7 @@ impl LocalCache {
             // holds exactly the entries written above
             batch.put(key(LISTED, *dir), []);
         }
-        match self.db.write_opt(batch, &no_wal()) {
+        match self.db.write_opt(&batch, &no_wal()) {
             Ok(()) => {
                 self.mirror
                     .committed(w.fresh_dirs.iter().copied(), &changes, w.inodes.values())
@@ -361,7 +365,7 @@ impl LocalCache {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let mut batch = WriteBatch::default();
         batch.delete_range(vec![0u8], vec![b'~']);
-        if let Err(e) = self.db.write_opt(batch, &no_wal()) {
+        if let Err(e) = self.db.write_opt(&batch, &no_wal()) {
             tracing::error!("local metadata cache: {e}; bypassing it");
             self.live.store(false, Ordering::SeqCst);
         }
@@ -374,7 +378,7 @@ impl LocalCache {
         if !self.live.load(Ordering::SeqCst) {
             return;
         }
-        if self.db.write_opt(batch, &no_wal()).is_err()
+        if self.db.write_opt(&batch, &no_wal()).is_err()
             || self.epoch.load(Ordering::SeqCst) != epoch
         {
             self.invalidate(&[ino]);
@@ -491,7 +495,7 @@ fn sweep_stale_entries(db: &DB) -> MetaResult<()> {
             }
         }
     }
-    db.write(batch).map_err(cache_err)
+    db.write(&batch).map_err(cache_err)
 }
 
 /// A metadata engine with a local cache in front.
@@ -519,6 +523,11 @@ impl CachedMeta {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // within the daemon's memory budget (RocksDB's defaults: up to two 64 MiB memtables
+        // and a 32 MiB block cache)
+        opts.set_write_buffer_size(CACHE_MEMTABLE_BYTES);
+        let blocks = rocksdb::Cache::new_lru_cache(CACHE_BLOCKS_BYTES);
+        opts.set_block_based_table_factory(&super::rocks::tables_in(&blocks));
         let db = DB::open(&opts, dir).map_err(cache_err)?;
         // generations continue above every earlier open's
         let floor = db

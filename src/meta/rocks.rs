@@ -47,22 +47,31 @@ const CFS: [&str; 10] = [
 const MEMTABLES_BYTES: usize = 32 << 20;
 /// One memtable of one column family, at most.
 const MEMTABLE_BYTES: usize = 8 << 20;
-/// RocksDB's block cache (decoded table blocks), shared by every column family.
+/// RocksDB's block cache (decoded table blocks, and the tables' index blocks), shared by every
+/// column family.
 const BLOCK_CACHE_BYTES: usize = 16 << 20;
+/// Striped locks for the optimistic transactions' conflict checks.
+const OCC_LOCK_BUCKETS: u32 = 4096;
 const NEXT_INO: &str = "next_ino";
 const INO_BATCH: u64 = 1024;
 /// Properties exported as `graviton_rocksdb_property`: the database's own...
-const DB_PROPERTIES: [&str; 3] = [
+const DB_PROPERTIES: [&str; 5] = [
     "rocksdb.num-running-compactions",
     "rocksdb.num-running-flushes",
     "rocksdb.background-errors",
+    // the one cache every column family shares
+    "rocksdb.block-cache-usage",
+    "rocksdb.block-cache-pinned-usage",
 ];
 /// ...and column families' ones, summed over the column families.
-const CF_PROPERTIES: [&str; 7] = [
+const CF_PROPERTIES: [&str; 9] = [
     "rocksdb.compaction-pending",
     "rocksdb.estimate-pending-compaction-bytes",
     "rocksdb.mem-table-flush-pending",
     "rocksdb.cur-size-all-mem-tables",
+    // memtables with the flushed ones kept as history for conflict checks
+    "rocksdb.size-all-mem-tables",
+    "rocksdb.estimate-table-readers-mem",
     "rocksdb.total-sst-files-size",
     "rocksdb.estimate-num-keys",
     "rocksdb.num-files-at-level0",
@@ -150,6 +159,16 @@ fn ref_key(e: &Extent, ino: Ino) -> Vec<u8> {
     k
 }
 
+/// Tables whose blocks are cached in `cache`, index blocks included (outside it, those grow
+/// with the database).
+pub(super) fn tables_in(cache: &rocksdb::Cache) -> rocksdb::BlockBasedOptions {
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table
+}
+
 impl RocksMetaStore {
     /// Opens or creates the database in `path`.
     pub fn open(path: impl AsRef<Path>) -> MetaResult<Self> {
@@ -167,19 +186,29 @@ impl RocksMetaStore {
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let with_cache = |mut o: Options| {
             o.set_write_buffer_size(MEMTABLE_BYTES);
-            let mut table = rocksdb::BlockBasedOptions::default();
-            table.set_block_cache(&cache);
-            o.set_block_based_table_factory(&table);
+            // Flushed memtables stay in memory as history for the optimistic transactions'
+            // conflict checks; by default two memtables' worth per column family, which
+            // doubled RocksDB's memory under a writer of scattered bytes. A transaction whose
+            // history is gone fails with a conflict and runs again.
+            o.set_max_write_buffer_size_to_maintain(MEMTABLE_BYTES as i64);
+            o.set_block_based_table_factory(&tables_in(&cache));
             o
         };
         let cfs = CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, with_cache(Options::default())))
-            .chain([ColumnFamilyDescriptor::new(
-                super::rocks_blocks::CF,
-                with_cache(super::rocks_blocks::options()),
-            )]);
-        let db = Arc::new(Db::open_cf_descriptors(&opts, path, cfs).map_err(backend)?);
+            .chain([ColumnFamilyDescriptor::new(super::rocks_blocks::CF, {
+                let mut o = with_cache(super::rocks_blocks::options());
+                // no transaction touches blocks: their flushed memtables are freed at once
+                o.set_max_write_buffer_size_to_maintain(1);
+                o
+            })]);
+        // Commits are checked for conflicts under striped locks: RocksDB's default of 2^20
+        // of them is 40 MiB, resident from the start; a few thousand serve a few threads.
+        let mut otxn = rocksdb::OptimisticTransactionDBOptions::new();
+        otxn.set_occ_lock_buckets(OCC_LOCK_BUCKETS);
+        let db = Db::open_cf_descriptors_with_otxn_db_options(&opts, &otxn, path, cfs);
+        let db = Arc::new(db.map_err(backend)?);
         if crate::metrics::enabled() {
             export_properties(Arc::downgrade(&db));
         }
@@ -233,11 +262,21 @@ fn export_properties(db: Weak<Db>) {
         let set = |p: &'static str, v: u64| {
             metrics::gauge!(crate::metrics::ROCKSDB_PROPERTY, "property" => p).set(v as f64)
         };
+        // read through a column family that has the shared block cache (the default one
+        // has a cache of its own, unused)
+        let inodes = db.cf_handle(CFS[0]).expect("column family created at open");
         for p in DB_PROPERTIES {
-            set(p, db.property_int_value(p).ok().flatten().unwrap_or(0));
+            set(
+                p,
+                db.property_int_value_cf(inodes, p)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0),
+            );
         }
         for p in CF_PROPERTIES {
-            let cfs = CFS.iter().filter_map(|cf| db.cf_handle(cf));
+            let all = CFS.iter().chain([&super::rocks_blocks::CF]);
+            let cfs = all.filter_map(|cf| db.cf_handle(cf));
             set(
                 p,
                 cfs.filter_map(|cf| db.property_int_value_cf(cf, p).ok()?)
