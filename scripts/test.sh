@@ -19,8 +19,9 @@ fi
 id nobody >/dev/null 2>&1 || useradd -r -s /usr/sbin/nologin nobody
 id tests >/dev/null 2>&1 || echo 'tests:x:::pjdfstest dummy user:/:/usr/sbin/nologin' | newusers
 
-# mount(8)/umount(8) helpers for fstab mounts (tests/fstab.rs)
-sh mount-helpers/install.sh
+# graviton in /usr/local/bin and the mount(8)/umount(8) helpers, as a user installs them
+# (tests/fstab.rs mounts through them)
+scripts/install.sh
 
 # a PostgreSQL server on loopback for the PostgreSQL engine's tests (sets GRAVITON_TEST_PG)
 source scripts/pg.sh

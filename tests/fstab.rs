@@ -102,6 +102,81 @@ fn a_bad_fstab_option_fails_naming_it() {
     }
 }
 
+/// As a user installs it (scripts/install.sh, which scripts/test.sh runs): `graviton` in
+/// /usr/local/bin, where the helpers find it without `GRAVITON_BIN`, and an fstab line of type
+/// `fuse.graviton`, as users of other FUSE filesystems write it.
+#[test]
+fn an_installed_graviton_mounts_from_an_fstab_line_of_type_fuse_graviton() {
+    let installed = Path::new("/usr/local/bin/graviton");
+    assert!(
+        installed.exists(),
+        "{} is missing: run the tests through scripts/test.sh (scripts/install.sh)",
+        installed.display()
+    );
+    let m = Mounted::new(&[], "");
+    m.unmount();
+    let table = m.dir.path().join("fstab");
+    let line = format!(
+        "{} {} fuse.graviton allow_other 0 0\n",
+        m.source,
+        m.mnt.display()
+    );
+    std::fs::write(&table, line).unwrap();
+    let mnt = m.mnt.to_str().unwrap();
+    let bare = |tool: &str, args: &[&str]| {
+        Command::new("timeout")
+            .args(["-k5", "120", tool])
+            .args(args)
+            .env_remove("GRAVITON_BIN")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("XDG_STATE_HOME", m.dir.path().join("state"))
+            .output()
+            .expect("running mount(8)")
+    };
+    let out = bare("mount", &["-T", table.to_str().unwrap(), mnt]);
+    assert!(out.status.success(), "mount -T: {out:?}");
+    assert_eq!(mounted_type(&m.mnt).as_deref(), Some("fuse.graviton"));
+    let pid = m.daemon_pid().expect("the daemon wrote its pid");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, installed, "the daemon runs the installed program");
+    std::fs::write(m.path("f"), b"installed").unwrap();
+    let out = bare("umount", &[mnt]);
+    assert!(out.status.success(), "umount: {out:?}");
+    assert_eq!(mounted_type(&m.mnt), None);
+    m.mount();
+    assert_eq!(std::fs::read(m.path("f")).unwrap(), b"installed");
+}
+
+/// umount(8) clears a mount whose daemon died (its mountpoint can no longer be looked at).
+#[test]
+fn umount_clears_a_mount_whose_daemon_died() {
+    let m = Mounted::new(&[], "");
+    m.unmount();
+    // no attribute caching: the kernel could otherwise answer a stat of the dead mount
+    let table = fstab(&m, "allow_other,attr_timeout=0");
+    let mnt = m.mnt.to_str().unwrap();
+    let out = util(&m, "mount", &["-T", &table, mnt]);
+    assert!(out.status.success(), "mount -T: {out:?}");
+    let pid = m.daemon_pid().expect("the daemon wrote its pid");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    while !exited(pid) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        std::fs::metadata(&m.mnt).is_err(),
+        "a dead mount cannot be looked at"
+    );
+    let out = util(&m, "umount", &[mnt]);
+    assert!(out.status.success(), "umount of a dead mount: {out:?}");
+    assert_eq!(mounted_type(&m.mnt), None, "the dead mount is gone");
+}
+
 /// mount(8) keeps `suid` and `dev` (its own defaults) from a helper: an fstab line that wants
 /// setuid programs and device nodes on the volume to work says `allow_suid,allow_dev`, and
 /// those reach the kernel.
