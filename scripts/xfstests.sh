@@ -100,9 +100,13 @@ build_xfstests() {
 }
 
 # The helpers go to $WORK/bin (self-contained: the checkout may move); mount(8) finds
-# /sbin/mount.fuse.graviton, a stub that names the binary and runs the helper there.
+# /sbin/mount.fuse.graviton, a stub that names the binary and runs the helper there. The
+# installed helper it replaces (scripts/install.sh) is put back when the run ends.
 install_helpers() {
   mkdir -p "$WORK/bin"
+  if [ -e /sbin/mount.fuse.graviton ] && ! grep -q "installed by scripts/xfstests.sh" /sbin/mount.fuse.graviton; then
+    cp -p /sbin/mount.fuse.graviton "$WORK/bin/mount.fuse.graviton.installed"
+  fi
   install -m 0755 "$repo/mount-helpers/mount.graviton" "$here/mount.fuse.graviton" \
     "$here/umount" "$here/mkfs.graviton" "$WORK/bin/"
   cat > /sbin/mount.fuse.graviton.new <<EOF
@@ -203,6 +207,11 @@ cleanup() {
   release_mounts
   local l
   for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+  if [ -e "$WORK/bin/mount.fuse.graviton.installed" ]; then
+    mv "$WORK/bin/mount.fuse.graviton.installed" /sbin/mount.fuse.graviton
+  elif grep -qs "installed by scripts/xfstests.sh" /sbin/mount.fuse.graviton; then
+    rm -f /sbin/mount.fuse.graviton
+  fi
 }
 
 install_packages
