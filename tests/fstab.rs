@@ -147,6 +147,35 @@ fn an_installed_graviton_mounts_from_an_fstab_line_of_type_fuse_graviton() {
     assert_eq!(std::fs::read(m.path("f")).unwrap(), b"installed");
 }
 
+/// `mount -o remount,ro` of an fstab mount is done by the kernel: the mount turns read-only
+/// (EROFS) and back, with the same daemon, which starts no second one.
+#[test]
+fn a_remount_read_only_and_back_keeps_the_daemon() {
+    let m = Mounted::new(&[], "");
+    m.unmount();
+    let table = fstab(&m, "allow_other");
+    let mnt = m.mnt.to_str().unwrap();
+    let out = util(&m, "mount", &["-T", &table, mnt]);
+    assert!(out.status.success(), "mount -T: {out:?}");
+    let pid = m.daemon_pid().expect("the daemon wrote its pid");
+    std::fs::write(m.path("before"), b"rw").unwrap();
+    let out = util(&m, "mount", &["-T", &table, "-o", "remount,ro", mnt]);
+    assert!(out.status.success(), "remount,ro: {out:?}");
+    let err = std::fs::write(m.path("during"), b"ro").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert_eq!(std::fs::read(m.path("before")).unwrap(), b"rw");
+    let out = util(&m, "mount", &["-T", &table, "-o", "remount,rw", mnt]);
+    assert!(out.status.success(), "remount,rw: {out:?}");
+    std::fs::write(m.path("after"), b"rw again").unwrap();
+    assert_eq!(
+        m.daemon_pid(),
+        Some(pid),
+        "the same daemon serves the mount"
+    );
+    let out = util(&m, "umount", &[mnt]);
+    assert!(out.status.success(), "umount: {out:?}");
+}
+
 /// umount(8) clears a mount whose daemon died (its mountpoint can no longer be looked at).
 #[test]
 fn umount_clears_a_mount_whose_daemon_died() {
