@@ -375,3 +375,147 @@ fn kernel_cached_entries_follow_the_other_mount() {
          {chmodded:?}, new content after {rewritten:?}, a removal after {removed:?}"
     );
 }
+
+/// The usual logger: the log opened once with O_APPEND, then `n` lines, each written under
+/// `lock` taken on the log's own descriptor (or none).
+fn append_to_open_log(log: &Path, tag: &str, n: usize, lock: Option<fn(&std::fs::File, bool)>) {
+    let mut f = OpenOptions::new().append(true).open(log).unwrap();
+    for i in 0..n {
+        if let Some(lock) = lock {
+            lock(&f, true);
+        }
+        f.write_all(format!("{tag} {i}\n").as_bytes()).unwrap();
+        if let Some(lock) = lock {
+            lock(&f, false);
+        }
+    }
+}
+
+/// Both mounts append 300 lines to one log through a descriptor each keeps open; every line
+/// is there once, whole, in each writer's order, as both mounts read it.
+fn appends_to_an_open_log_lose_nothing(lock: Option<fn(&std::fs::File, bool)>) {
+    let a = Mounted::new_pg(OPTS);
+    let b = a.another_mount(OPTS);
+    std::fs::write(a.path("log"), b"").unwrap();
+    const N: usize = 300;
+    let start = Arc::new(Barrier::new(2));
+    let workers: Vec<_> = [(&a, "A"), (&b, "B")]
+        .into_iter()
+        .map(|(m, tag)| {
+            let (log, s) = (m.path("log"), start.clone());
+            std::thread::spawn(move || {
+                s.wait();
+                append_to_open_log(&log, tag, N, lock);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("appender");
+    }
+    for m in [&a, &b] {
+        let text = String::from_utf8(read(&m.path("log"))).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for tag in ["A", "B"] {
+            let mine: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.starts_with(tag))
+                .collect();
+            let want: Vec<String> = (0..N).map(|i| format!("{tag} {i}")).collect();
+            assert_eq!(mine, want, "mount {tag}'s lines, in order, none lost or torn");
+        }
+        assert_eq!(lines.len(), 2 * N, "nothing but the appended lines");
+        assert_eq!(
+            std::fs::metadata(m.path("log")).unwrap().len(),
+            text.len() as u64,
+            "the size each mount reports"
+        );
+    }
+}
+
+#[test]
+fn appends_under_flock_on_the_logs_own_descriptor_from_two_mounts_lose_nothing() {
+    appends_to_an_open_log_lose_nothing(Some(flock));
+}
+
+#[test]
+fn o_append_writes_from_two_mounts_without_a_lock_lose_nothing() {
+    appends_to_an_open_log_lose_nothing(None);
+}
+
+/// Inodes in the volume, as `graviton status` counts them.
+fn inodes(m: &Mounted) -> u64 {
+    m.status_json()["usage"]["inodes"].as_u64().unwrap()
+}
+
+/// `inodes` once it is `want`, or after 10 s (a last close reaches the daemon after close()
+/// returns, and its release a moment later).
+fn settled_inodes(m: &Mounted, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = inodes(m);
+        if n == want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A file open on B keeps its content, takes writes and reads them back after A unlinks it
+/// (`replace`: renames another file over it instead); it is gone once B closes it.
+fn a_file_open_on_one_mount_outlives_its_name_on_the_other(replace: bool) {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+    let a = Mounted::new_pg(OPTS);
+    let b = a.another_mount(OPTS);
+    let content = random_bytes(7, 1 << 20);
+    std::fs::write(a.path("f"), &content).unwrap();
+    let before = inodes(&a);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(b.path("f"))
+        .unwrap();
+    if replace {
+        std::fs::write(a.path("g"), b"the new f").unwrap();
+        std::fs::rename(a.path("g"), a.path("f")).unwrap();
+    } else {
+        std::fs::remove_file(a.path("f")).unwrap();
+    }
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert!(got == content, "B reads the whole file after A dropped its name");
+    f.write_all(b"written after").unwrap();
+    f.sync_all().unwrap();
+    f.seek(SeekFrom::Start(content.len() as u64)).unwrap();
+    let mut tail = String::new();
+    f.read_to_string(&mut tail).unwrap();
+    assert_eq!(tail, "written after", "B's write to the nameless file reads back");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.metadata().unwrap().nlink() != 0 {
+        assert!(Instant::now() < deadline, "B's fstat never showed no links");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if replace {
+        assert_eq!(read(&b.path("f")), b"the new f", "the name is the new file's");
+    } else {
+        assert!(!b.path("f").exists());
+    }
+    drop(f);
+    let after = settled_inodes(&a, before - 1 + replace as u64);
+    assert_eq!(
+        after,
+        before - 1 + replace as u64,
+        "the nameless file is deleted after B's last close"
+    );
+}
+
+#[test]
+fn a_file_unlinked_on_one_mount_stays_readable_and_writable_where_it_is_open() {
+    a_file_open_on_one_mount_outlives_its_name_on_the_other(false);
+}
+
+#[test]
+fn a_file_renamed_over_on_one_mount_stays_readable_and_writable_where_it_is_open() {
+    a_file_open_on_one_mount_outlives_its_name_on_the_other(true);
+}

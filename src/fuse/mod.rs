@@ -446,6 +446,9 @@ impl Filesystem for GravitonFuse {
                 Err(e) => return reply.error(errno(&e.into())),
             };
             match fs.open(ino.0, flags) {
+                Ok(fh) if fs.appends_at_end(fh) => {
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                }
                 Ok(fh) if keep => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
@@ -493,7 +496,12 @@ impl Filesystem for GravitonFuse {
         // Buffering is a copy into memory: done here, without another copy to move the data
         // to the blocking pool. A write that must flush (backpressure) holds this reader
         // thread, which is the point of backpressure.
-        let written = self.fs.write(fh.0, offset, data).and_then(|n| {
+        let written = self.fs.write_placed(fh.0, offset, data).and_then(|placed| {
+            if placed != offset {
+                // an O_APPEND write on a shared volume, placed at the end the volume has
+                // (`vfs::append`): the kernel's size and any pages it cached there are stale
+                inval_range(&self.notifier, ino, placed, data.len());
+            }
             // FUSE_HANDLE_KILLPRIV_V2: the writer lacks CAP_FSETID. The reply carries no
             // attributes, so the kernel's cached mode is dropped (as fallocate does).
             if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
@@ -501,7 +509,7 @@ impl Filesystem for GravitonFuse {
             {
                 inval_attributes(&self.notifier, ino);
             }
-            Ok(n)
+            Ok(data.len())
         });
         match written {
             Ok(n) => reply.written(n as u32),
@@ -798,13 +806,11 @@ impl Filesystem for GravitonFuse {
         ) {
             Ok((i, fh)) => {
                 self.handed_out(parent, name(n), i.ino);
-                reply.created(
-                    &self.ttl,
-                    &attr(&i),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                )
+                let open = match self.fs.appends_at_end(fh) {
+                    true => FopenFlags::FOPEN_DIRECT_IO,
+                    false => FopenFlags::FOPEN_KEEP_CACHE,
+                };
+                reply.created(&self.ttl, &attr(&i), Generation(0), FileHandle(fh), open)
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -914,6 +920,18 @@ fn caller(req: &Request) -> Caller {
 fn inval_attributes(notifier: &std::sync::OnceLock<fuser::Notifier>, ino: INodeNo) {
     if let Some(n) = notifier.get() {
         let _ = n.inval_inode(ino, -1, 0);
+    }
+}
+
+/// Drops the kernel's cached attributes and its pages of `len` bytes at `offset`.
+fn inval_range(
+    notifier: &std::sync::OnceLock<fuser::Notifier>,
+    ino: INodeNo,
+    offset: u64,
+    len: usize,
+) {
+    if let Some(n) = notifier.get() {
+        let _ = n.inval_inode(ino, offset as i64, len as i64);
     }
 }
 

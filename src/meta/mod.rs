@@ -16,6 +16,7 @@ mod mirror;
 mod overlay;
 pub mod pg;
 mod pg_conn;
+mod pg_holds;
 mod pg_ops;
 mod pg_session;
 mod pg_shared;

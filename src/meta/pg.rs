@@ -71,8 +71,8 @@ fn round_trip<T>(kind: &'static str, f: impl FnOnce() -> T) -> T {
 
 /// SQLSTATE of `graviton_apply_live` refusing a transaction of an expired session.
 const SESSION_GONE: &str = "GR001";
-/// SQLSTATE of a foreign key violation: the only foreign keys name a session (locks, pins),
-/// so a row written for a session that is gone.
+/// SQLSTATE of a foreign key violation: the only foreign keys name a session (locks, pins,
+/// holds), so a row written for a session that is gone.
 const NO_SUCH_SESSION: &str = "23503";
 
 pub(super) fn pg_err(e: sqlx::Error) -> MetaError {
@@ -336,8 +336,9 @@ impl MetaStore for PgMetaStore {
         let rows: Vec<i64> = self.retrying(async || {
             // all but those another live mount has open
             sqlx::query_scalar(
-                "SELECT ino FROM orphans WHERE session IS NULL OR session = $1 \
-                 OR NOT EXISTS (SELECT 1 FROM sessions WHERE id = orphans.session) ORDER BY ino",
+                "SELECT ino FROM orphans WHERE (session IS NULL OR session = $1 \
+                 OR NOT EXISTS (SELECT 1 FROM sessions WHERE id = orphans.session)) \
+                 AND NOT EXISTS (SELECT 1 FROM holds WHERE ino = orphans.ino) ORDER BY ino",
             )
             .bind(self.session_id().unwrap_or(0))
             .fetch_all(&self.pool)
@@ -528,7 +529,7 @@ pub fn create_scratch_database(admin_url: &str) -> MetaResult<String> {
     Ok(format!("{base}/{name}"))
 }
 
-const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+pub(super) const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
 
 /// A transaction's connection: this thread's own, or one from the pool.
 enum TxConn {
@@ -630,7 +631,9 @@ impl PgTxn<'_> {
             let (s, inos, p) = self.store.change_record(self.session, &mut self.touched);
             (s, Some(inos), Some(p))
         } else {
-            (None, None, None)
+            // the session still goes along: the deletion of a file only other mounts hold
+            // open keeps it (migrations/0007)
+            (self.session, None, None)
         };
         // Only a mount holding locks can have done this under one, and a lost orphan would be
         // deleted while open: other commits need no check (it costs a row lock per commit).

@@ -87,6 +87,15 @@ async fn renew(pool: &PgPool, st: &SharedState, old: i64) -> Result<(), sqlx::Er
     .bind(&held)
     .execute(&mut *tx)
     .await?;
+    // the files the mount has open, unless reclaimed meanwhile (their handles fail)
+    sqlx::query(
+        "INSERT INTO holds (ino, session) SELECT ino, $1 FROM inodes WHERE ino = ANY($2) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(st.holds.held())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     st.lockers.lock().expect("lock").clear();
     st.session.store(id, Ordering::SeqCst);
@@ -186,8 +195,8 @@ async fn beat(pool: &PgPool, id: i64) -> Result<Option<Beat>, sqlx::Error> {
 }
 
 /// Deletes the sessions that expired by the judgment of `me`, which has just beaten (`b`),
-/// with their locks (waking waiters), and reclaims files unlinked while open by sessions that
-/// are gone. A session has expired when its last beat is older than its timeout *and* `me` has
+/// with their locks (waking waiters) and open-file holds, and reclaims the files with no name
+/// that no live mount needs. A session has expired when its last beat is older than its timeout *and* `me` has
 /// been beating without a break for at least that timeout: had the other mount reached the
 /// database meanwhile, `me` would have seen its beat. Nothing is judged from a beat that is no
 /// longer fresh (this mount stalled, or the database went away, since).
@@ -220,44 +229,59 @@ async fn reap(pool: &PgPool, me: i64, b: &Beat) -> Result<(), sqlx::Error> {
             .await?;
         tracing::info!(sessions = ?dead, "released the locks of expired mount sessions");
     }
+    reclaim_unheld(&mut tx, None).await?;
+    tx.commit().await
+}
+
+/// Deletes the files with no name that no mount needs any more: orphans whose session is gone
+/// (or that have none), which no mount holds open (`pg_holds`); `among`: only these inodes.
+/// Every mount is told, this one included.
+pub(super) async fn reclaim_unheld(
+    tx: &mut sqlx::PgConnection,
+    among: Option<&[i64]>,
+) -> Result<(), sqlx::Error> {
     let orphans: Vec<i64> = sqlx::query_scalar(
-        "DELETE FROM orphans WHERE session IS NOT NULL \
-         AND NOT EXISTS (SELECT 1 FROM sessions WHERE id = orphans.session) RETURNING ino",
+        "DELETE FROM orphans o \
+         WHERE (o.session IS NULL OR NOT EXISTS (SELECT 1 FROM sessions WHERE id = o.session)) \
+         AND NOT EXISTS (SELECT 1 FROM holds WHERE ino = o.ino) \
+         AND ($1::bigint[] IS NULL OR o.ino = ANY($1)) RETURNING ino",
     )
+    .bind(among)
     .fetch_all(&mut *tx)
     .await?;
-    if !orphans.is_empty() {
-        for table in ["extents", "xattrs", "symlinks", "inodes"] {
-            tx.execute(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DELETE FROM {table} WHERE ino = ANY($1)"
-                )))
-                .bind(&orphans),
-            )
-            .await?;
-        }
-        let list = orphans
-            .iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let payload = if list.len() > MAX_PAYLOAD {
-            "0:*".to_string()
-        } else {
-            format!("0:{list}")
-        };
-        sqlx::query(
-            "WITH logged AS (INSERT INTO changes (inos) VALUES ($1)) \
-             SELECT pg_notify('graviton_changes', $2)",
-        )
-        .bind(&orphans)
-        .bind(&payload)
-        .execute(&mut *tx)
-        .await?;
-        tracing::info!(
-            files = orphans.len(),
-            "reclaimed files unlinked while open by mounts that are gone"
-        );
+    if orphans.is_empty() {
+        return Ok(());
     }
-    tx.commit().await
+    for table in ["extents", "xattrs", "symlinks", "inodes"] {
+        tx.execute(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE ino = ANY($1)"
+            )))
+            .bind(&orphans),
+        )
+        .await?;
+    }
+    let list = orphans
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let payload = if list.len() > MAX_PAYLOAD {
+        "0:*".to_string()
+    } else {
+        format!("0:{list}")
+    };
+    sqlx::query(
+        "WITH logged AS (INSERT INTO changes (inos) VALUES ($1)) \
+         SELECT pg_notify('graviton_changes', $2)",
+    )
+    .bind(&orphans)
+    .bind(&payload)
+    .execute(&mut *tx)
+    .await?;
+    tracing::info!(
+        files = orphans.len(),
+        "reclaimed files with no name that no mount has open any more"
+    );
+    Ok(())
 }

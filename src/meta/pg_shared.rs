@@ -66,6 +66,8 @@ pub(super) struct SharedState {
     /// Held while pins are written or deleted, so a deletion of released pins never removes a
     /// pin taken again meanwhile.
     pin_order: tokio::sync::Mutex<()>,
+    /// The files this mount has open (`pg_holds`).
+    pub(super) holds: super::pg_holds::Holds,
 }
 
 impl SharedState {
@@ -201,11 +203,15 @@ impl PgMetaStore {
         let unpin = self
             .rt
             .spawn(release_pins(self.pool.clone(), self.shared_handle()));
+        let unhold = self.rt.spawn(super::pg_holds::release_holds(
+            self.pool.clone(),
+            self.shared_handle(),
+        ));
         self.shared
             .tasks
             .lock()
             .expect("lock")
-            .extend([beat, feed, unpin]);
+            .extend([beat, feed, unpin, unhold]);
         Ok(())
     }
 
@@ -230,6 +236,8 @@ impl PgMetaStore {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            // files unlinked elsewhere that only this mount still had open
+            super::pg_session::reclaim_unheld(&mut tx, None).await?;
             tx.commit().await
         });
         match ended {
@@ -606,6 +614,14 @@ impl SharedVolume for PgMetaStore {
         for k in keys {
             pending.remove(&k.to_bytes().to_vec());
         }
+    }
+
+    fn hold(&self, ino: Ino) -> MetaResult<()> {
+        self.hold_ino(ino)
+    }
+
+    fn unhold(&self, ino: Ino) {
+        self.unhold_ino(ino)
     }
 
     fn pinned_blocks(&self) -> MetaResult<Vec<crate::core::BlockKey>> {

@@ -173,6 +173,15 @@ pub trait SharedVolume: Send + Sync {
     fn cancel_unpins(&self, keys: &[crate::core::BlockKey]);
     /// Every block some mount has pinned.
     fn pinned_blocks(&self) -> MetaResult<Vec<crate::core::BlockKey>>;
+    /// Records that this mount has `ino` open: until [`SharedVolume::unhold`], or the end of
+    /// the session, another mount's unlink or rename over it leaves it in place (nameless),
+    /// readable and writable here. The caller checks that the inode exists afterwards: a
+    /// deletion that did not see the hold happened before it.
+    fn hold(&self, ino: Ino) -> MetaResult<()>;
+    /// Ends this mount's hold on `ino` (its last close here); may reach the engine later (a
+    /// hold kept longer only delays the reclaim of a nameless file). Must not block. The
+    /// last hold on a file with no name deletes it.
+    fn unhold(&self, ino: Ino);
 }
 
 /// A live mount, as `graviton status` lists it.

@@ -277,10 +277,12 @@ impl Fs {
         gate: Option<std::sync::RwLockWriteGuard<'_, ()>>,
     ) -> FsResult<u64> {
         // Register first, under the inode's gate: an unlink racing with this open then sees
-        // the file as open.
-        let file = {
+        // the file as open. On a shared volume the first open also holds the inode against
+        // other mounts' unlinks (`SharedVolume::hold`); the inode check below follows it.
+        let (file, held) = {
             let _gate = self.core.gate(ino);
             let mut files = self.core.files.lock().expect("lock");
+            let first = !files.contains_key(&ino);
             let file = files
                 .entry(ino)
                 .or_insert_with(|| {
@@ -309,7 +311,12 @@ impl Fs {
             st.handles += 1;
             st.writers += flags.write as u32;
             drop(st);
-            file
+            drop(files);
+            let held = match self.core.meta.shared() {
+                Some(shared) if first => shared.hold(ino).map_err(FsError::from),
+                _ => Ok(()),
+            };
+            (file, held)
         };
         drop(gate);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -321,7 +328,7 @@ impl Fs {
             readahead: Mutex::new(ReadAhead::default()),
         });
         self.handles.write().expect("lock").insert(fh, handle);
-        let checked = self.core.inode(ino).and_then(|inode| match inode.kind {
+        let checked = held.and_then(|_| self.core.inode(ino)).and_then(|inode| match inode.kind {
             FileKind::Dir if flags.write => Err(FsError::IsDir),
             FileKind::File | FileKind::Dir => Ok(()),
             _ => Err(FsError::Invalid),
@@ -362,6 +369,12 @@ impl Fs {
     /// Buffers a write; returns the bytes accepted. Applies backpressure when the volume's
     /// dirty data passes its limit.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.write_placed(fh, offset, data).map(|_| data.len())
+    }
+
+    /// Like [`Fs::write`]; returns the offset the data went to, which differs from `offset`
+    /// for an O_APPEND handle on a shared volume (`vfs::append`).
+    pub fn write_placed(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u64> {
         let h = self.handle(fh)?;
         if !h.flags.write {
             return Err(FsError::BadHandle);
@@ -370,8 +383,11 @@ impl Fs {
             return Err(FsError::ReadOnly);
         }
         self.check_fence(&h)?;
+        if self.appends_at_committed_end(&h) {
+            return self.append_committed(&h, data);
+        }
         let threshold = self.core.cfg.file_flush_threshold;
-        let (schedule, wait) = {
+        let (schedule, wait, placed) = {
             let mut st = h.file.lock();
             let offset = if h.flags.append {
                 self.core.inode(h.ino)?.size.max(st.pending_end())
@@ -384,6 +400,7 @@ impl Fs {
             {
                 return Err(FsError::FileTooLarge);
             }
+            let placed = offset;
             let delta = st.dirty.write(offset, data);
             if let Some(session) = self.core.session() {
                 h.file.written_in.store(session, Ordering::SeqCst);
@@ -396,7 +413,7 @@ impl Fs {
             if schedule {
                 st.flush_scheduled = true;
             }
-            (schedule, dirty >= 2 * threshold)
+            (schedule, dirty >= 2 * threshold, placed)
         };
         if schedule {
             // Completed chunks go to the store in the background while writes continue.
@@ -411,7 +428,7 @@ impl Fs {
             self.core.flush_file(&h.file, FlushMode::Completed, false)?;
         }
         self.relieve_pressure()?;
-        Ok(data.len())
+        Ok(placed)
     }
 
     /// While the volume holds more dirty data than allowed, the writer flushes the largest
@@ -499,17 +516,21 @@ impl Fs {
             self.core.add_dirty(-dropped);
             drop(st);
             // the common case, a file this mount did not unlink, needs no lookup at all
-            if !h.file.unlinked.load(Ordering::Relaxed) {
-                return flushed;
+            let deleted = match h.file.unlinked.load(Ordering::Relaxed) {
+                false => Ok(()),
+                true => self.core.txn(|tx| {
+                    if let Some(inode) = tx.inode(h.ino)?
+                        && inode.nlink == 0
+                    {
+                        tx.delete_inode(h.ino)?;
+                    }
+                    Ok(())
+                }),
+            };
+            if let Some(shared) = self.core.meta.shared() {
+                shared.unhold(h.ino);
             }
-            self.core.txn(|tx| {
-                if let Some(inode) = tx.inode(h.ino)?
-                    && inode.nlink == 0
-                {
-                    tx.delete_inode(h.ino)?;
-                }
-                Ok(())
-            })?;
+            deleted?;
         }
         flushed
     }

@@ -81,7 +81,7 @@ impl Core {
         let taken = super::dirty::charge(&work);
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
         let result = self.store_and_commit(
-            file, &work, mode, frontier, mtime, attrs, durable, &mut kept,
+            file, &work, mode, frontier, mtime, attrs, durable, false, &mut kept,
         );
         let mut st = file.lock();
         st.inflight = None;
@@ -277,6 +277,7 @@ impl Core {
             st.mtime,
             st.attrs,
             durable,
+            false,
             &mut kept,
         );
         match result {
@@ -321,9 +322,10 @@ impl Core {
     /// Stores blocks for `spans` and commits them; returns the inode as committed (None when
     /// there was nothing to commit). Tails held back (Completed mode) go into `kept`. Fails
     /// with `Fenced`, committing nothing, when the mount loses what it held the file under
-    /// before the commit (`vfs::fence`).
+    /// before the commit (`vfs::fence`). With `at_end`, span offsets count from the end of
+    /// the file as the transaction finds it (`vfs::append`).
     #[allow(clippy::too_many_arguments)]
-    fn store_and_commit(
+    pub(super) fn store_and_commit(
         &self,
         file: &OpenFile,
         spans: &[(u64, Vec<u8>)],
@@ -332,6 +334,7 @@ impl Core {
         mtime: Option<crate::meta::Timestamp>,
         attrs: Option<AttrChange>,
         durable: bool,
+        at_end: bool,
         kept: &mut Vec<(u64, Vec<u8>)>,
     ) -> FsResult<Option<Inode>> {
         let (ino, claims) = (file.ino, super::fence::Claims::of(file));
@@ -402,13 +405,22 @@ impl Core {
                 return Err(FsError::Fenced);
             }
             let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+            let base = if at_end { inode.size } else { 0 };
+            let shifted;
+            let groups = match base {
+                0 => &groups,
+                _ => {
+                    shifted = shift(&groups, base);
+                    &shifted
+                }
+            };
             let ranges = groups.iter().map(|g| g[0].offset..g[g.len() - 1].end());
             // a file with no extents yet (a new file's first flush) has nothing to read
             let mut map = match inode.extent_count {
                 0 => BTreeMap::new(),
                 _ => mapped(tx, ino, ranges)?,
             };
-            for g in &groups {
+            for g in groups {
                 let cur = extent::overlapping(&map, &(g[0].offset..g[g.len() - 1].end()));
                 let s = extent::overwrite(&cur, g);
                 tx.apply_splice(ino, &s)?;
@@ -417,7 +429,7 @@ impl Core {
             }
             if !groups.is_empty() {
                 inode.data_version += 1;
-                inode.size = inode.size.max(data_end);
+                inode.size = inode.size.max(base + data_end);
             }
             if let Some(m) = mtime {
                 inode.mtime = m;
@@ -442,6 +454,15 @@ impl Core {
         );
         Ok(Some(inode))
     }
+}
+
+/// `groups` moved `by` bytes further into the file.
+fn shift(groups: &[Vec<Extent>], by: u64) -> Vec<Vec<Extent>> {
+    let moved = |e: &Extent| Extent {
+        offset: e.offset + by,
+        ..*e
+    };
+    groups.iter().map(|g| g.iter().map(moved).collect()).collect()
 }
 
 /// The extents overlapping `ranges` (disjoint): one read per range for a few ranges, else one

@@ -2,6 +2,7 @@
 //! types. The FUSE adapter (and the tests) call these methods; each namespace operation is one
 //! metadata transaction, run again when it loses a race with another.
 
+mod append;
 mod cache;
 mod coalesce;
 mod dirty;
