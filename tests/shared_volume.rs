@@ -519,3 +519,66 @@ fn a_file_unlinked_on_one_mount_stays_readable_and_writable_where_it_is_open() {
 fn a_file_renamed_over_on_one_mount_stays_readable_and_writable_where_it_is_open() {
     a_file_open_on_one_mount_outlives_its_name_on_the_other(true);
 }
+
+/// `git clone --no-hardlinks` of a repository of loose objects onto a PostgreSQL volume, 20
+/// times, while another process keeps listing the clone's object directories (listings are
+/// what the metadata cache keeps whole): every clone succeeds and checks out.
+#[test]
+fn twenty_clones_onto_a_postgres_volume_succeed_while_their_objects_are_listed() {
+    use common::mounted::{ok, run};
+    let m = Mounted::new_pg(OPTS);
+    let src = tempfile::tempdir().unwrap();
+    let repo = src.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let git = |args: &[&str], cwd: &Path| ok(run("git", args, cwd), &args.join(" "));
+    git(&["init", "-q"], &repo);
+    git(&["config", "user.email", "t@example.invalid"], &repo);
+    git(&["config", "user.name", "Tester"], &repo);
+    for i in 0..100 {
+        std::fs::write(repo.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    git(&["add", "."], &repo);
+    git(&["commit", "-qm", "many loose objects"], &repo);
+    let done = Arc::new(AtomicBool::new(false));
+    let lister = {
+        let (done, root) = (done.clone(), m.mnt.clone());
+        std::thread::spawn(move || {
+            let mut listings = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                for i in 0..20 {
+                    let objects = root.join(format!("c{i}/.git/objects"));
+                    if let Ok(fanout) = std::fs::read_dir(&objects) {
+                        for d in fanout.flatten() {
+                            let _ = std::fs::read_dir(d.path()).map(|l| l.count());
+                            listings += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            listings
+        })
+    };
+    let started = Instant::now();
+    for i in 0..20 {
+        let dst = m.path(&format!("c{i}"));
+        let out = run(
+            "git",
+            &["clone", "-q", "--no-hardlinks", repo.to_str().unwrap(), dst.to_str().unwrap()],
+            src.path(),
+        );
+        assert!(
+            out.status.success(),
+            "clone {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read_to_string(dst.join("f99")).unwrap(), "file 99\n");
+    }
+    done.store(true, Ordering::Relaxed);
+    let listings = lister.join().unwrap();
+    eprintln!(
+        "20 clones took {:?}, with {listings} listings of their object directories meanwhile",
+        started.elapsed()
+    );
+    git(&["fsck", "--strict"], &m.path("c19"));
+}

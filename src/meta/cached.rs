@@ -215,12 +215,26 @@ struct LocalCache {
     misses: AtomicU64,
     /// In-memory copies of the inodes and listings most used, kept in step with RocksDB.
     mirror: Mirror,
+    /// Tests hold a fill at a named point with this.
+    #[cfg(test)]
+    pause: std::sync::Mutex<Option<Arc<dyn Fn(&str) + Send + Sync>>>,
 }
 
 /// A directory's entries, name and entry.
 type Listing = Vec<(Vec<u8>, DirEntry)>;
 
 impl LocalCache {
+    /// A point where a test may hold a fill (nothing outside tests).
+    fn at(&self, _point: &str) {
+        #[cfg(test)]
+        {
+            let pause = self.pause.lock().expect("lock").clone();
+            if let Some(pause) = pause {
+                pause(_point);
+            }
+        }
+    }
+
     fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
         if !self.live.load(Ordering::SeqCst) {
             return None;
@@ -362,6 +376,7 @@ impl LocalCache {
     }
 
     fn wipe(&self) {
+        let _one_writer = self.writing.lock().expect("lock");
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let mut batch = WriteBatch::default();
         batch.delete_range(vec![0u8], vec![b'~']);
@@ -373,16 +388,20 @@ impl LocalCache {
     }
 
     /// Stores what was read from the engine since `epoch` was sampled, unless an invalidation
-    /// came in between (then the inode's group is dropped again).
+    /// came in between. Checked before writing, under the lock invalidations take: a stale
+    /// fill is never visible, not even until it is undone (a listing marked complete without
+    /// an entry made meanwhile would answer "no such entry" for it).
     fn fill(&self, epoch: u64, ino: Ino, batch: WriteBatch) {
-        if !self.live.load(Ordering::SeqCst) {
-            return;
-        }
-        if self.db.write_opt(&batch, &no_wal()).is_err()
-            || self.epoch.load(Ordering::SeqCst) != epoch
         {
-            self.invalidate(&[ino]);
+            let _one_writer = self.writing.lock().expect("lock");
+            if self.live.load(Ordering::SeqCst)
+                && self.epoch.load(Ordering::SeqCst) == epoch
+                && self.db.write_opt(&batch, &no_wal()).is_err()
+            {
+                self.invalidate_locked(&[ino]);
+            }
         }
+        self.at("filled");
     }
 
     fn synced_at(&self) -> i64 {
@@ -546,6 +565,8 @@ impl CachedMeta {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             mirror: Mirror::default(),
+            #[cfg(test)]
+            pause: Default::default(),
         });
         // a cache left by another volume behind the same URL is emptied
         let volume = inner.setting("volume_id")?.unwrap_or_default();
@@ -786,6 +807,7 @@ impl<'a> CachedReader<'a> {
                 return Ok(None);
             }
         }
+        self.cache().at("listing read");
         let mut batch = WriteBatch::default();
         for (name, e) in &all {
             batch.put(entry_key(DIRENT, dir, generation, name), encode_dirent(e));
@@ -931,17 +953,25 @@ impl MetaRead for CachedReader<'_> {
     }
 
     fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
-        let generation = self.cache().generation(parent);
-        if let Some(v) = self
-            .cache()
-            .get(&entry_key(DIRENT, parent, generation, name))
-        {
-            return decode_dirent(&v).map(Some);
-        }
-        if self.cache().has(&key(LISTED, parent)) {
-            return Ok(None); // the cached listing is complete: no such entry
-        }
         let epoch = self.epoch();
+        let cache = self.cache();
+        let mut generation = cache.generation(parent);
+        if cache.live.load(Ordering::SeqCst) {
+            // one snapshot for the generation, the entry and the listing's marker: read one by
+            // one, a fill landing in between could pair "not under this generation" with "the
+            // listing is complete"
+            let snap = cache.db.snapshot();
+            generation = generation_of(snap.get_pinned(key(GENERATION, parent)));
+            if let Ok(Some(v)) = snap.get_pinned(entry_key(DIRENT, parent, generation, name)) {
+                cache.count(true);
+                return decode_dirent(&v).map(Some);
+            }
+            let complete = matches!(snap.get_pinned(key(LISTED, parent)), Ok(Some(_)));
+            cache.count(complete);
+            if complete {
+                return Ok(None); // the cached listing is complete: no such entry
+            }
+        }
         let e = self.engine()?.dirent(parent, name)?;
         if let Some(e) = &e {
             let mut batch = WriteBatch::default();
@@ -1404,6 +1434,67 @@ mod pg_tests {
         let engine = PgMetaStore::connect(&url).unwrap();
         let mut r = engine.read().unwrap();
         assert_eq!(names(r.as_mut()), [b"a".to_vec(), b"z".to_vec()]);
+    }
+
+    /// A listing read from the engine before a directory changed must never be served after
+    /// the change, not even for a moment: a lookup of a name made meanwhile would be answered
+    /// "no such entry" from the stale listing (a `git clone` onto a PostgreSQL volume failed
+    /// that way, creating a file in a fan-out directory it had just made).
+    #[test]
+    fn a_listing_read_before_a_change_never_hides_the_change() {
+        use std::sync::mpsc::channel;
+        let url = fresh_database();
+        let dir = tempfile::tempdir().unwrap();
+        let a = cached(&url, dir.path());
+        let d = a.allocate_ino().unwrap();
+        let mut parent = Inode::new(d, FileKind::Dir, 0o755, 0, 0, Timestamp::default());
+        let mut tx = a.begin().unwrap();
+        tx.put_inode(&parent).unwrap();
+        tx.commit().unwrap();
+        a.cache.invalidate(&[d]); // as another mount's change would
+        // a lister reads d's (empty) listing from the engine, and is held there
+        let (at_point, reached) = channel::<String>();
+        let (go_on, proceed) = channel::<()>();
+        let proceed = std::sync::Mutex::new(proceed);
+        let wait = Duration::from_secs(20);
+        *a.cache.pause.lock().unwrap() = Some(Arc::new(move |point: &str| {
+            if std::thread::current().name() == Some("lister") {
+                at_point.send(point.to_string()).unwrap();
+                proceed.lock().unwrap().recv_timeout(wait).unwrap();
+            }
+        }));
+        let lister = {
+            let a = a.clone();
+            std::thread::Builder::new()
+                .name("lister".into())
+                .spawn(move || a.read().unwrap().list_dir(d, 0, 100).unwrap().len())
+                .unwrap()
+        };
+        assert_eq!(reached.recv_timeout(wait).unwrap(), "listing read");
+        // meanwhile: a directory made in d, and d invalidated again
+        let e1 = a.allocate_ino().unwrap();
+        let mut tx = a.begin().unwrap();
+        parent.next_cookie += 1;
+        tx.put_inode(&parent).unwrap();
+        tx.put_inode(&Inode::new(e1, FileKind::Dir, 0o755, 0, 0, Timestamp::default()))
+            .unwrap();
+        let entry = DirEntry {
+            ino: e1,
+            kind: FileKind::Dir,
+            cookie: 3,
+        };
+        tx.put_dirent(d, b"e1", &entry).unwrap();
+        tx.commit().unwrap();
+        a.cache.invalidate(&[d]);
+        go_on.send(()).unwrap();
+        // the lister's fill is done (stored or refused), and held again
+        assert_eq!(reached.recv_timeout(wait).unwrap(), "filled");
+        let seen = a.read().unwrap().dirent(d, b"e1").unwrap();
+        *a.cache.pause.lock().unwrap() = None;
+        go_on.send(()).unwrap();
+        lister.join().unwrap();
+        assert_eq!(seen, Some(entry), "the new entry, while the stale fill lands");
+        assert_eq!(a.read().unwrap().dirent(d, b"e1").unwrap(), Some(entry));
     }
 
     #[test]
