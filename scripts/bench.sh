@@ -106,7 +106,11 @@ PY
   t0=$(date +%s.%N); tar xf "$TARBALL" -C "$D/untar"; sync -f "$D/untar" 2>/dev/null || sync; t1=$(date +%s.%N)
   R[$target.untar]=$(python3 -c "print('%.2f' % ($t1 - $t0))")
   rm -rf "$D/untar"
+  # seeded random updates (writes, mmap, punched holes, truncates) after 12,000 small files
+  # were created and deleted; the content's hash must match the local directory's
+  read -r R[$target.updates] R[$target.updates_sha] < <(python3 scripts/random-updates.py "$D" 20000 1 --history 12000)
 done
+[ "${R[local.updates_sha]}" = "${R[graviton.updates_sha]}" ] || { echo "random updates: content differs from the local directory's" >&2; exit 1; }
 
 # peak RSS of the daemon while writing RSS_MB
 mount_fresh
@@ -126,5 +130,6 @@ echo "| create (files/s, ${FILES} files) | ${R[local.create]} | ${R[graviton.cre
 echo "| stat (files/s) | ${R[local.stat]} | ${R[graviton.stat]} | $(ratio ${R[graviton.stat]} ${R[local.stat]}) |"
 echo "| unlink (files/s) | ${R[local.unlink]} | ${R[graviton.unlink]} | $(ratio ${R[graviton.unlink]} ${R[local.unlink]}) |"
 echo "| readdir of ${FILES} entries (ms) | ${R[local.readdir]} | ${R[graviton.readdir]} | $(ratio ${R[local.readdir]} ${R[graviton.readdir]}) (speed) |"
+echo "| 20,000 seeded random updates after 12,000 files created and deleted (s) | ${R[local.updates]} | ${R[graviton.updates]} | $(ratio ${R[local.updates]} ${R[graviton.updates]}) (speed) |"
 echo "| untar of RocksDB's source tree (s) | ${R[local.untar]} | ${R[graviton.untar]} | $(ratio ${R[local.untar]} ${R[graviton.untar]}) (speed) |"
 echo "| daemon peak RSS writing 2 × ${RSS_MB} MiB (MiB) | – | ${RSS} | – |"

@@ -85,8 +85,9 @@ pub(crate) struct OpenFile {
     /// before `state`, never while holding it.
     pub flush_lock: Mutex<()>,
     /// The committed extent map as of the inode's `data_version`, for reads (every change of
-    /// the map bumps the version, so a stale copy is never used).
-    pub map: Mutex<Option<(u64, Arc<Vec<extent::Extent>>)>>,
+    /// the map bumps the version, so a stale copy is never used); None until a second read
+    /// finds the version unchanged (see `vfs::read`).
+    pub map: Mutex<Option<(u64, Option<Arc<Vec<extent::Extent>>>)>>,
     /// This mount took the inode's last link while it was open (it is an orphan): the last
     /// release deletes it. Another mount's unlink deletes the inode itself.
     pub unlinked: std::sync::atomic::AtomicBool,

@@ -418,7 +418,7 @@ impl Core {
             // a file with no extents yet (a new file's first flush) has nothing to read
             let mut map = match inode.extent_count {
                 0 => BTreeMap::new(),
-                _ => mapped(tx, ino, ranges)?,
+                n => mapped(tx, ino, ranges, inode.size / n)?,
             };
             for g in groups {
                 let cur = extent::overlapping(&map, &(g[0].offset..g[g.len() - 1].end()));
@@ -466,16 +466,21 @@ fn shift(groups: &[Vec<Extent>], by: u64) -> Vec<Vec<Extent>> {
 }
 
 /// The extents overlapping `ranges` (disjoint): one read per range for a few ranges, else one
-/// read over the covering range of each group of `RANGES_PER_READ` (a flush of 2,000
-/// scattered 4 KiB writes is 8 reads, not 2,000 round trips to PostgreSQL), keeping only the
-/// extents that overlap a range: memory follows the flush, not the file's whole map.
+/// read over the covering range of each cluster of ranges (a flush of 2,000 scattered 4 KiB
+/// writes is a few reads, not 2,000 round trips to PostgreSQL), keeping only the extents that
+/// overlap a range: memory follows the flush, not the file's whole map. A cluster holds at
+/// most `RANGES_PER_READ` ranges and no gap that would read more than about `GAP_EXTENTS`
+/// extents (by the file's average extent, `avg_extent` bytes): a flush of a few pages at each
+/// end of a large file does not read every extent in between.
 fn mapped(
     tx: &mut dyn MetaTxn,
     ino: u64,
     ranges: impl Iterator<Item = Range<u64>>,
+    avg_extent: u64,
 ) -> FsResult<BTreeMap<u64, Extent>> {
     const ONE_READ_FROM: usize = 3;
     const RANGES_PER_READ: usize = 256;
+    const GAP_EXTENTS: u64 = 64;
     let mut ranges: Vec<Range<u64>> = ranges.collect();
     ranges.sort_by_key(|r| r.start);
     let mut map = BTreeMap::new();
@@ -485,7 +490,19 @@ fn mapped(
         }
         return Ok(map);
     }
-    for group in ranges.chunks(RANGES_PER_READ) {
+    let max_gap = avg_extent.max(1).saturating_mul(GAP_EXTENTS);
+    let mut clusters: Vec<&[Range<u64>]> = Vec::new();
+    let mut first = 0;
+    for i in 1..=ranges.len() {
+        let split = i == ranges.len()
+            || i - first == RANGES_PER_READ
+            || ranges[i].start - ranges[i - 1].end > max_gap;
+        if split {
+            clusters.push(&ranges[first..i]);
+            first = i;
+        }
+    }
+    for group in clusters {
         let start = group[0].start;
         let end = group.iter().map(|r| r.end).max().unwrap_or(start);
         let mut next = 0; // the first range of the group not wholly before the extent

@@ -265,26 +265,34 @@ fn offer_fill(core: &Core, inode: &Inode, e: &Extent) {
 const MAP_KEPT_UP_TO: u64 = 4096;
 
 /// The committed extents overlapping `range`, from the open file's copy of its map while the
-/// inode's `data_version` matches (a cached 4 KiB read skips a metadata lookup).
+/// inode's `data_version` matches (a cached 4 KiB read skips a metadata lookup). The whole
+/// map is loaded at the second read that finds a version: reads between writes ask for their
+/// range only, instead of reading the whole map again after every write.
 fn mapped_for_read(
     core: &Core,
     file: &OpenFile,
     inode: &Inode,
     range: Range<u64>,
 ) -> FsResult<Vec<Extent>> {
+    let ranged = || -> FsResult<Vec<Extent>> { Ok(core.meta.read()?.extents(inode.ino, range.clone())?) };
     if inode.extent_count > MAP_KEPT_UP_TO {
-        return Ok(core.meta.read()?.extents(inode.ino, range)?);
+        return ranged();
     }
     let map = {
         let mut kept = file.map.lock().expect("map lock");
         match kept.as_ref() {
-            Some((version, map)) if *version == inode.data_version => map.clone(),
-            _ => {
+            Some((version, Some(map))) if *version == inode.data_version => map.clone(),
+            Some((version, None)) if *version == inode.data_version => {
                 // read after the inode: the map is at least as new as the version it is kept
                 // under, and a newer version loads it again
                 let map = Arc::new(core.meta.read()?.extents(inode.ino, 0..u64::MAX)?);
-                *kept = Some((inode.data_version, map.clone()));
+                *kept = Some((inode.data_version, Some(map.clone())));
                 map
+            }
+            _ => {
+                *kept = Some((inode.data_version, None));
+                drop(kept);
+                return ranged();
             }
         }
     };
