@@ -11,14 +11,21 @@
 #   XFSTESTS_WORK      work folder (default /var/tmp/graviton-xfstests): the built xfstests,
 #                      the volumes, the mountpoints and results/<date>/ of each run
 #   XFSTESTS_MOUNT_OPTIONS  mount options (default allow_other,default_permissions)
-#   XFSTESTS_GRAVITON_OPTIONS  options every Graviton mount starts from, before mount(8)'s:
-#                      `dev,suid` here (mount(8) never passes a helper those, its defaults;
-#                      `allow_dev,allow_suid` in XFSTESTS_MOUNT_OPTIONS do the same)
+#   XFSTESTS_GRAVITON_OPTIONS  options every Graviton mount starts from, before mount(8)'s
+#                      (default `dev,suid`, which tests of device files and setuid need:
+#                      mount(8) never passes a helper those, its defaults; Graviton's own
+#                      defaults stay nodev,nosuid)
 #   XFSTESTS_TIMEOUT   seconds a test may run before the watchdog ends it (default 300)
+#   XFSTESTS_VOLUME    the kind of the test and scratch volumes:
+#                      embedded      (default) folders under the work folder
+#                      postgres      metadata and blocks in databases of the test PostgreSQL
+#                                    server (scripts/pg.sh starts it)
+#                      postgres-s3   metadata there, blocks in the test S3 server
+#                                    (scripts/s3.sh; scripts/test.sh installs it)
 #   XFSTESTS_FS=ext4   the same run on ext4 on two loop devices instead, for comparison
-# The test volume (TEST_DEV) and the scratch volume (SCRATCH_DEV) are embedded volumes under
-# the work folder, formatted afresh for each run; a test's _scratch_mkfs formats the scratch
-# volume again. Mounts go through /sbin/mount.fuse.graviton, installed here.
+# The test volume (TEST_DEV) and the scratch volume (SCRATCH_DEV) are formatted afresh for each
+# run; a test's _scratch_mkfs formats the scratch volume again. Mounts go through
+# /sbin/mount.fuse.graviton, installed here.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd -P)
 here="$repo/scripts/xfstests"
@@ -36,6 +43,13 @@ if [ "$FS" = graviton ]; then
   }
   GRAVITON_BIN=$(realpath "$GRAVITON_BIN")
 fi
+VOLUME=${XFSTESTS_VOLUME:-embedded}
+case $VOLUME in
+  embedded) ;;
+  postgres) source "$repo/scripts/pg.sh" ;;
+  postgres-s3) source "$repo/scripts/pg.sh"; source "$repo/scripts/s3.sh" ;;
+  *) echo "xfstests.sh: XFSTESTS_VOLUME is embedded, postgres or postgres-s3" >&2; exit 1 ;;
+esac
 TIMEOUT=${XFSTESTS_TIMEOUT:-300}
 MOUNT_OPTS=${XFSTESTS_MOUNT_OPTIONS:-allow_other,default_permissions}
 [ $# -gt 0 ] || set -- -g quick
@@ -113,7 +127,7 @@ install_helpers() {
 #!/bin/sh
 # xfstests' mount helper for Graviton (installed by scripts/xfstests.sh)
 export GRAVITON_BIN=$GRAVITON_BIN
-export GRAVITON_OPTIONS=${XFSTESTS_GRAVITON_OPTIONS:-}
+export GRAVITON_OPTIONS=${XFSTESTS_GRAVITON_OPTIONS-dev,suid}
 exec $WORK/bin/mount.fuse.graviton "\$@"
 EOF
   chmod 0755 /sbin/mount.fuse.graviton.new
@@ -127,7 +141,7 @@ daemon_gone() { # pid: exited, or a zombie whose threads have all ended
 
 our_mounts() { # TARGET MAJ:MIN of every mount of our volumes or under our mountpoints, last first
   findmnt -rn -o SOURCE,TARGET,MAJ:MIN | awk -v w="$WORK/" \
-    'index($1, w "vol/") == 1 || index($2, w "mnt/") == 1 { print $2, $3 }' | tac
+    'index($1, w "vol/") == 1 || $1 ~ /graviton_xfstests_/ || index($2, w "mnt/") == 1 { print $2, $3 }' | tac
 }
 
 # Unmounts everything of ours (a hung FUSE connection first aborted) and waits for the daemons
@@ -138,6 +152,12 @@ release_mounts() {
     pid=$(cat "$vol/graviton.pid" 2>/dev/null) || continue
     [ -n "$pid" ] && grep -qs graviton "/proc/$pid/cmdline" && daemons+=("$pid")
   done
+  if [ "$FS" = graviton ]; then  # those of PostgreSQL volumes keep their pid elsewhere
+    while read -r mp majmin; do
+      pid=$(timeout 10 "$GRAVITON_BIN" daemon-pid "$(printf '%b' "$mp")" 2>/dev/null) || continue
+      [ -n "$pid" ] && daemons+=("$pid")
+    done < <(our_mounts)
+  fi
   if [ "$FS" = graviton ]; then
     mountpoint -q /sys/fs/fuse/connections || mount -t fusectl fusectl /sys/fs/fuse/connections || true
   fi
@@ -230,7 +250,15 @@ export TEST_DEV=$TEST_DEV
 export SCRATCH_DEV=$SCRATCH_DEV"
 else
   install_helpers
-  TEST_DEV=$WORK/vol/test SCRATCH_DEV=$WORK/vol/scratch
+  case $VOLUME in
+    embedded) TEST_DEV=$WORK/vol/test SCRATCH_DEV=$WORK/vol/scratch ;;
+    *) TEST_DEV=${GRAVITON_TEST_PG%/*}/graviton_xfstests_test
+       SCRATCH_DEV=${GRAVITON_TEST_PG%/*}/graviton_xfstests_scratch ;;
+  esac
+  # blocks of a PostgreSQL volume: in its database, or under a prefix of the S3 server's
+  # bucket named after the database (mkfs.graviton)
+  export GRAVITON_XFSTESTS_S3=
+  [ "$VOLUME" = postgres-s3 ] && GRAVITON_XFSTESTS_S3=$GRAVITON_TEST_S3
   mkdir -p "$WORK/vol"
   "$WORK/bin/mkfs.graviton" "$TEST_DEV" >/dev/null
   "$WORK/bin/mkfs.graviton" "$SCRATCH_DEV" >/dev/null
@@ -245,9 +273,13 @@ export UMOUNT_PROG=$WORK/bin/umount
 # _scratch_mkfs formats the scratch volume afresh (common-rc.patch)
 export FUSE_MKFS_PROG=$WORK/bin/mkfs.graviton
 export GRAVITON_BIN=$GRAVITON_BIN
-# every Graviton mount starts from: ${XFSTESTS_GRAVITON_OPTIONS:-the defaults}"
+export GRAVITON_XFSTESTS_S3=\"$GRAVITON_XFSTESTS_S3\"
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-} AWS_REGION=${AWS_REGION:-}
+# every Graviton mount starts from: ${XFSTESTS_GRAVITON_OPTIONS-dev,suid}"
 fi
-results=$WORK/results/$FS-$(date +%Y%m%d-%H%M%S)
+kind=$FS
+[ "$FS" = graviton ] && kind=$VOLUME
+results=$WORK/results/$kind-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$results"
 cat > "$XFS/local.config" <<EOF
 # written by scripts/xfstests.sh

@@ -1166,3 +1166,76 @@ fn an_unprivileged_direct_write_clears_setuid_and_setgid() {
         "setuid and setgid still shown after an unprivileged write"
     );
 }
+
+/// A file handle (`name_to_handle_at`, what an NFS export of the mount hands out) opens its
+/// file and directory again after the kernel has dropped them from its caches, and is stale
+/// once the file is gone.
+#[test]
+fn file_handles_open_files_the_kernel_has_forgotten() {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let m = Mounted::new(&[], "");
+    std::fs::write(m.path("f"), b"by handle").unwrap();
+    std::fs::create_dir(m.path("d")).unwrap();
+    /// A handle buffer: `struct file_handle` and room for its bytes.
+    #[repr(C)]
+    struct Handle {
+        bytes: libc::c_uint,
+        kind: libc::c_int,
+        data: [u8; 128],
+    }
+    let handle_of = |p: &Path| {
+        let path = CString::new(p.as_os_str().as_bytes()).unwrap();
+        let mut h = Handle {
+            bytes: 128,
+            kind: 0,
+            data: [0; 128],
+        };
+        let mut mount_id = 0;
+        // SAFETY: `h` is a file_handle followed by 128 bytes, as its `bytes` says.
+        let r = unsafe {
+            libc::name_to_handle_at(
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                (&mut h as *mut Handle).cast(),
+                &mut mount_id,
+                0,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "name_to_handle_at: {}",
+            std::io::Error::last_os_error()
+        );
+        h
+    };
+    let (mut file, mut dir) = (handle_of(&m.path("f")), handle_of(&m.path("d")));
+    let root = std::fs::File::open(&m.mnt).unwrap();
+    let forget = || std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop_caches");
+    let open = |h: &mut Handle, flags| {
+        // SAFETY: a handle filled by name_to_handle_at; the root descriptor is open.
+        let fd =
+            unsafe { libc::open_by_handle_at(root.as_raw_fd(), (h as *mut Handle).cast(), flags) };
+        if fd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            // SAFETY: a descriptor just opened, owned from here.
+            Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        }
+    };
+    forget();
+    let mut content = String::new();
+    open(&mut file, libc::O_RDONLY)
+        .expect("the file, by handle")
+        .read_to_string(&mut content)
+        .unwrap();
+    assert_eq!(content, "by handle");
+    let d = open(&mut dir, libc::O_RDONLY | libc::O_DIRECTORY).expect("the directory, by handle");
+    assert!(d.metadata().unwrap().is_dir());
+    drop(d);
+    std::fs::remove_file(m.path("f")).unwrap();
+    forget();
+    let gone = open(&mut file, libc::O_RDONLY).expect_err("a deleted file's handle");
+    assert_eq!(gone.raw_os_error(), Some(libc::ESTALE), "{gone}");
+}

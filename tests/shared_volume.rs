@@ -422,7 +422,10 @@ fn appends_to_an_open_log_lose_nothing(lock: Option<fn(&std::fs::File, bool)>) {
                 .filter(|l| l.starts_with(tag))
                 .collect();
             let want: Vec<String> = (0..N).map(|i| format!("{tag} {i}")).collect();
-            assert_eq!(mine, want, "mount {tag}'s lines, in order, none lost or torn");
+            assert_eq!(
+                mine, want,
+                "mount {tag}'s lines, in order, none lost or torn"
+            );
         }
         assert_eq!(lines.len(), 2 * N, "nothing but the appended lines");
         assert_eq!(
@@ -484,20 +487,30 @@ fn a_file_open_on_one_mount_outlives_its_name_on_the_other(replace: bool) {
     }
     let mut got = Vec::new();
     f.read_to_end(&mut got).unwrap();
-    assert!(got == content, "B reads the whole file after A dropped its name");
+    assert!(
+        got == content,
+        "B reads the whole file after A dropped its name"
+    );
     f.write_all(b"written after").unwrap();
     f.sync_all().unwrap();
     f.seek(SeekFrom::Start(content.len() as u64)).unwrap();
     let mut tail = String::new();
     f.read_to_string(&mut tail).unwrap();
-    assert_eq!(tail, "written after", "B's write to the nameless file reads back");
+    assert_eq!(
+        tail, "written after",
+        "B's write to the nameless file reads back"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while f.metadata().unwrap().nlink() != 0 {
         assert!(Instant::now() < deadline, "B's fstat never showed no links");
         std::thread::sleep(Duration::from_millis(10));
     }
     if replace {
-        assert_eq!(read(&b.path("f")), b"the new f", "the name is the new file's");
+        assert_eq!(
+            read(&b.path("f")),
+            b"the new f",
+            "the name is the new file's"
+        );
     } else {
         assert!(!b.path("f").exists());
     }
@@ -564,7 +577,13 @@ fn twenty_clones_onto_a_postgres_volume_succeed_while_their_objects_are_listed()
         let dst = m.path(&format!("c{i}"));
         let out = run(
             "git",
-            &["clone", "-q", "--no-hardlinks", repo.to_str().unwrap(), dst.to_str().unwrap()],
+            &[
+                "clone",
+                "-q",
+                "--no-hardlinks",
+                repo.to_str().unwrap(),
+                dst.to_str().unwrap(),
+            ],
             src.path(),
         );
         assert!(
@@ -572,7 +591,10 @@ fn twenty_clones_onto_a_postgres_volume_succeed_while_their_objects_are_listed()
             "clone {i}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(std::fs::read_to_string(dst.join("f99")).unwrap(), "file 99\n");
+        assert_eq!(
+            std::fs::read_to_string(dst.join("f99")).unwrap(),
+            "file 99\n"
+        );
     }
     done.store(true, Ordering::Relaxed);
     let listings = lister.join().unwrap();

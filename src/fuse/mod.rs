@@ -170,7 +170,9 @@ impl GravitonFuse {
     fn entry(&self, reply: ReplyEntry, parent: INodeNo, n: &OsStr, r: Result<Inode, FsError>) {
         match r {
             Ok(i) => {
-                self.handed_out(parent, name(n), i.ino);
+                if !matches!(name(n), b"." | b"..") {
+                    self.handed_out(parent, name(n), i.ino);
+                }
                 reply.entry(&self.ttl, &attr(&i), Generation(0))
             }
             Err(e) => reply.error(errno(&e)),
@@ -225,7 +227,10 @@ impl Filesystem for GravitonFuse {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES
-            | InitFlags::FUSE_MAX_PAGES;
+            | InitFlags::FUSE_MAX_PAGES
+            // file handles (open_by_handle_at, an NFS export of the mount) stay valid after
+            // the kernel drops the inode: it asks for it by number (lookup of ".")
+            | InitFlags::FUSE_EXPORT_SUPPORT;
         // The filesystem clears setuid/setgid on write, truncate and chown itself
         // (`Fs::drop_privileges`): otherwise the kernel asks for security.capability before
         // every write, a FUSE round trip that halved 4 KiB random write throughput.

@@ -1476,8 +1476,15 @@ mod pg_tests {
         let mut tx = a.begin().unwrap();
         parent.next_cookie += 1;
         tx.put_inode(&parent).unwrap();
-        tx.put_inode(&Inode::new(e1, FileKind::Dir, 0o755, 0, 0, Timestamp::default()))
-            .unwrap();
+        tx.put_inode(&Inode::new(
+            e1,
+            FileKind::Dir,
+            0o755,
+            0,
+            0,
+            Timestamp::default(),
+        ))
+        .unwrap();
         let entry = DirEntry {
             ino: e1,
             kind: FileKind::Dir,
@@ -1493,7 +1500,11 @@ mod pg_tests {
         *a.cache.pause.lock().unwrap() = None;
         go_on.send(()).unwrap();
         lister.join().unwrap();
-        assert_eq!(seen, Some(entry), "the new entry, while the stale fill lands");
+        assert_eq!(
+            seen,
+            Some(entry),
+            "the new entry, while the stale fill lands"
+        );
         assert_eq!(a.read().unwrap().dirent(d, b"e1").unwrap(), Some(entry));
     }
 

@@ -637,7 +637,9 @@ impl MetaRead for RocksTxn<'_> {
         // than a block
         let reach = range.start.saturating_sub(MAX_BLOCK_SIZE as u64);
         if reach < range.start {
-            let mut it = self.txn.raw_iterator_cf_opt(cf, bounded(reach, range.start));
+            let mut it = self
+                .txn
+                .raw_iterator_cf_opt(cf, bounded(reach, range.start));
             it.seek_to_last();
             if let (Some(k), Some(v)) = (it.key(), it.value()) {
                 let e = decode_extent(k, v)?;
@@ -647,7 +649,9 @@ impl MetaRead for RocksTxn<'_> {
             }
             it.status().map_err(backend)?;
         }
-        let mut it = self.txn.raw_iterator_cf_opt(cf, bounded(range.start, range.end));
+        let mut it = self
+            .txn
+            .raw_iterator_cf_opt(cf, bounded(range.start, range.end));
         it.seek_to_first();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             out.push(decode_extent(k, v)?);
@@ -826,15 +830,24 @@ mod tests {
         let file = store.allocate_ino().unwrap();
         let above: Vec<Ino> = (0..500).map(|_| store.allocate_ino().unwrap()).collect();
         let mut tx = store.begin().unwrap();
-        tx.put_inode(&Inode::new(file, FileKind::File, 0o644, 0, 0, Timestamp::default()))
-            .unwrap();
+        tx.put_inode(&Inode::new(
+            file,
+            FileKind::File,
+            0o644,
+            0,
+            0,
+            Timestamp::default(),
+        ))
+        .unwrap();
         tx.commit().unwrap();
         // 64 MiB of hole, then 16 extents of 64 KiB
-        let dense: Vec<Extent> = (0..16).map(|i| extent(64 * MIB + i * 65536, 65536, i)).collect();
+        let dense: Vec<Extent> = (0..16)
+            .map(|i| extent(64 * MIB + i * 65536, 65536, i))
+            .collect();
         splice(file, vec![], dense.clone());
         let lookups = [
-            (file, 32 * MIB..33 * MIB),                         // in the hole
-            (file, 64 * MIB + 100_000..64 * MIB + 300_000),     // among the extents
+            (file, 32 * MIB..33 * MIB),                           // in the hole
+            (file, 64 * MIB + 100_000..64 * MIB + 300_000),       // among the extents
             (file, 64 * MIB + 16 * 65536..65 * MIB + 16 * 65536), // past the end
         ];
         let (before, found) = stepped_over(&store, &lookups);

@@ -329,11 +329,13 @@ impl Fs {
             readahead: Mutex::new(ReadAhead::default()),
         });
         self.handles.write().expect("lock").insert(fh, handle);
-        let checked = held.and_then(|_| self.core.inode(ino)).and_then(|inode| match inode.kind {
-            FileKind::Dir if flags.write => Err(FsError::IsDir),
-            FileKind::File | FileKind::Dir => Ok(()),
-            _ => Err(FsError::Invalid),
-        });
+        let checked = held
+            .and_then(|_| self.core.inode(ino))
+            .and_then(|inode| match inode.kind {
+                FileKind::Dir if flags.write => Err(FsError::IsDir),
+                FileKind::File | FileKind::Dir => Ok(()),
+                _ => Err(FsError::Invalid),
+            });
         let checked = checked.and_then(|_| {
             if flags.truncate && flags.write {
                 self.truncate(ino, 0)

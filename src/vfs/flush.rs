@@ -462,7 +462,10 @@ fn shift(groups: &[Vec<Extent>], by: u64) -> Vec<Vec<Extent>> {
         offset: e.offset + by,
         ..*e
     };
-    groups.iter().map(|g| g.iter().map(moved).collect()).collect()
+    groups
+        .iter()
+        .map(|g| g.iter().map(moved).collect())
+        .collect()
 }
 
 /// The extents overlapping `ranges` (disjoint): one read per range for a few ranges, else one

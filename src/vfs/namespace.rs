@@ -170,10 +170,14 @@ impl Fs {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
+        if name == b"." {
+            // an inode of any kind, by number: how the kernel finds a file again from an NFS
+            // or open_by_handle_at handle once it has dropped it from its cache
+            return self.attributes(parent);
+        }
         let mut tx = self.core.meta.read()?;
         let dir = dir_inode(tx.as_mut(), parent)?;
         let ino = match name {
-            b"." => parent,
             b".." => dir.parent,
             _ => tx.dirent(parent, name)?.ok_or(FsError::NotFound)?.ino,
         };

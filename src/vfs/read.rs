@@ -274,7 +274,8 @@ fn mapped_for_read(
     inode: &Inode,
     range: Range<u64>,
 ) -> FsResult<Vec<Extent>> {
-    let ranged = || -> FsResult<Vec<Extent>> { Ok(core.meta.read()?.extents(inode.ino, range.clone())?) };
+    let ranged =
+        || -> FsResult<Vec<Extent>> { Ok(core.meta.read()?.extents(inode.ino, range.clone())?) };
     if inode.extent_count > MAP_KEPT_UP_TO {
         return ranged();
     }
