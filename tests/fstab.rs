@@ -279,3 +279,41 @@ fn the_umount_helper_waits_for_the_daemon_not_a_process_that_looks_like_one() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+/// An embedded volume mounted a second time elsewhere (`mount -t graviton VOL DIR2`) shows the
+/// same filesystem there, served by the same daemon: a rename on one place is seen at once at
+/// the other, and unmounting one leaves the other working.
+#[test]
+fn an_embedded_volume_mounted_twice_is_one_filesystem_at_both_places() {
+    let m = Mounted::new(&[], "");
+    m.unmount();
+    let mnt = m.mnt.to_str().unwrap();
+    let out = util(&m, "mount", &["-t", "graviton", &m.source, mnt]);
+    assert!(out.status.success(), "first mount: {out:?}");
+    let pid = m.daemon_pid().expect("the daemon wrote its pid");
+    let second = m.dir.path().join("second");
+    std::fs::create_dir(&second).unwrap();
+    let out = util(&m, "mount", &["-t", "graviton", &m.source, second.to_str().unwrap()]);
+    assert!(out.status.success(), "second mount: {out:?}");
+    std::fs::create_dir_all(m.path("A")).unwrap();
+    std::fs::create_dir_all(m.path("B")).unwrap();
+    std::fs::write(m.path("A/f"), b"one file").unwrap();
+    std::fs::rename(m.path("A/f"), m.path("B/f")).unwrap();
+    assert_eq!(std::fs::read(second.join("B/f")).unwrap(), b"one file");
+    std::fs::rename(second.join("B/f"), second.join("A/f")).unwrap();
+    assert_eq!(std::fs::read(m.path("A/f")).unwrap(), b"one file");
+    assert_eq!(m.daemon_pid(), Some(pid), "one daemon serves both");
+    let out = util(&m, "umount", &[mnt]);
+    assert!(out.status.success(), "umount of the first: {out:?}");
+    assert_eq!(std::fs::read(second.join("A/f")).unwrap(), b"one file");
+    let out = util(&m, "umount", &[second.to_str().unwrap()]);
+    assert!(out.status.success(), "umount of the second: {out:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !exited(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon ends with the last mount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
