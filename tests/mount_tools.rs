@@ -1239,3 +1239,29 @@ fn file_handles_open_files_the_kernel_has_forgotten() {
     let gone = open(&mut file, libc::O_RDONLY).expect_err("a deleted file's handle");
     assert_eq!(gone.raw_os_error(), Some(libc::ESTALE), "{gone}");
 }
+
+/// fallocate of more than the free space the mount reports fails with ENOSPC, as on ext4, and
+/// leaves the file as it was; one that fits succeeds.
+#[test]
+fn fallocate_beyond_the_free_space_is_enospc() {
+    let m = Mounted::new(&[], "");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
+    let st = nix::sys::statvfs::statvfs(&m.mnt).unwrap();
+    let avail = st.blocks_available() * st.fragment_size();
+    // SAFETY: fallocate on a descriptor we own.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, (2 * avail) as libc::off_t) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(r, -1, "an allocation of twice the free space ({avail} bytes) succeeded");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert_eq!(f.metadata().unwrap().len(), 0, "the file is unchanged");
+    // SAFETY: as above.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+}

@@ -837,8 +837,13 @@ impl Filesystem for GravitonFuse {
         // (attributes only, no pages, so no lock the fallocate holds is needed).
         let unprivileged = (req.uid() != 0).then(|| caller(req));
         let notifier = self.notifier.clone();
+        let capacity = self.capacity_path.clone();
         self.background(op("fallocate"), move |fs| {
             let r = FallocateMode::from_libc(mode)
+                .and_then(|m| match m.punch_hole {
+                    true => Ok(m),
+                    false => fs.check_space(length, capacity.as_deref()).map(|()| m),
+                })
                 .and_then(|m| fs.fallocate(ino.0, offset, length, m))
                 .and_then(|()| match &unprivileged {
                     Some(c) => fs.drop_privileges(ino.0, c).map(drop),

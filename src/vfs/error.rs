@@ -41,6 +41,8 @@ pub enum FsError {
     TooManyLinks,
     #[error("no space left for extended attributes on this file")]
     NoXattrSpace,
+    #[error("no space left on the volume's storage")]
+    NoSpace,
     #[error("the filesystem is being unmounted")]
     ReadOnly,
     /// The handle relied on a lock or an unlinked open file that this mount lost when its
@@ -83,6 +85,7 @@ impl FsError {
             FsError::FileTooLarge => libc::EFBIG,
             FsError::TooManyLinks => libc::EMLINK,
             FsError::NoXattrSpace => libc::ENOSPC,
+            FsError::NoSpace => libc::ENOSPC,
             FsError::ReadOnly => libc::EROFS,
             FsError::Fenced => libc::EIO,
             FsError::Moved => libc::EIO,

@@ -729,4 +729,15 @@ impl Fs {
         }
         Ok(stats)
     }
+
+    /// Refuses an allocation of `len` bytes larger than the space `statfs` reports available
+    /// (ENOSPC, as ext4 refuses a fallocate it cannot satisfy). Blocks are stored when data is
+    /// written, so nothing is reserved: this only turns away what cannot fit.
+    pub fn check_space(&self, len: u64, capacity_of: Option<&std::path::Path>) -> FsResult<()> {
+        let stats = self.statfs(capacity_of)?;
+        match len > stats.blocks_avail.saturating_mul(stats.block_size as u64) {
+            true => Err(FsError::NoSpace),
+            false => Ok(()),
+        }
+    }
 }
