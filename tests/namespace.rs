@@ -583,7 +583,8 @@ fn a_files_extended_attributes_are_bounded() {
         assert!(stored <= 100_000, "no bound");
     };
     assert_eq!(err.errno(), libc::ENOSPC, "{err}");
-    assert!(stored >= 100, "{stored}");
+    // what xfstests expects a FUSE filesystem to hold (generic/020)
+    assert!(stored >= 1000, "{stored}");
     fs.setxattr(
         ino,
         b"user.attribute-number-000000",
