@@ -1265,3 +1265,36 @@ fn fallocate_beyond_the_free_space_is_enospc() {
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
     assert_eq!(f.metadata().unwrap().len(), 1 << 20);
 }
+
+/// An open directory that a rename replaces (or rmdir removes) still answers fstat, with no
+/// links, until it is closed; then it is gone from the volume (xfstests generic/035).
+#[test]
+fn an_open_directory_outlives_its_name() {
+    use std::os::unix::fs::MetadataExt;
+    let m = Mounted::new(&[], "");
+    let inodes = || m.status_json()["usage"]["inodes"].as_u64().unwrap();
+    std::fs::create_dir(m.path("dir1")).unwrap();
+    std::fs::create_dir(m.path("dir2")).unwrap();
+    std::fs::create_dir(m.path("dir3")).unwrap();
+    let before = inodes();
+    let replaced = std::fs::File::open(m.path("dir2")).unwrap();
+    let removed = std::fs::File::open(m.path("dir3")).unwrap();
+    std::fs::rename(m.path("dir1"), m.path("dir2")).unwrap();
+    std::fs::remove_dir(m.path("dir3")).unwrap();
+    for d in [&replaced, &removed] {
+        let st = d.metadata().expect("fstat of the open directory");
+        assert!(st.is_dir());
+        assert_eq!(st.nlink(), 0, "no links once its name is gone");
+    }
+    assert!(std::fs::read_dir(m.path("dir2")).unwrap().next().is_none());
+    drop((replaced, removed));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while inodes() != before - 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two directories are deleted after their last close: {} inodes, {before} before",
+            inodes()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

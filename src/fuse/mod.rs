@@ -639,20 +639,25 @@ impl Filesystem for GravitonFuse {
         self.background(op("fsync"), move |fs| Self::empty(reply, fs.fsync(fh.0)));
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(self.dirs.open()), FopenFlags::empty());
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
+        let _op = op("opendir");
+        match self.fs.opendir(ino.0) {
+            Ok(()) => reply.opened(FileHandle(self.dirs.open()), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: FuseOpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = op("releasedir");
         self.dirs.release(fh.0);
-        reply.ok();
+        Self::empty(reply, self.fs.releasedir(ino.0));
     }
 
     fn readdir(

@@ -119,6 +119,8 @@ pub(crate) struct Core {
     /// Inodes with at least one open handle. Held only for a lookup or an update: whether an
     /// inode is open and what an unlink does about it are kept in step by its gate.
     pub files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+    /// Directories open on this mount (opendir), with their number of handles.
+    pub open_dirs: Mutex<HashMap<Ino, u32>>,
     /// Per-inode gates (striped): an open registering the inode, an unlink or rename deciding
     /// whether to delete or keep it as an orphan, and a last close deleting it hold its gate,
     /// so a slow metadata transaction holds up operations on its own inode only.
@@ -138,6 +140,11 @@ impl Core {
         self.gates[(ino % GATES as u64) as usize]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether directory `ino` is open (opendir) on this mount.
+    pub(crate) fn dir_is_open(&self, ino: Ino) -> bool {
+        self.open_dirs.lock().expect("lock").contains_key(&ino)
     }
 
     /// The open file of `ino`, if it is open on this mount.
@@ -229,6 +236,7 @@ impl Fs {
             coalesce_state: Mutex::new(HashMap::new()),
             closing: std::sync::atomic::AtomicBool::new(false),
             files: Mutex::new(HashMap::new()),
+            open_dirs: Mutex::new(HashMap::new()),
             gates: (0..GATES).map(|_| Mutex::new(())).collect(),
             runtime: runtime.handle().clone(),
             fill: fill::PageFill::new(),

@@ -356,24 +356,99 @@ impl Fs {
             return Err(FsError::NotEmpty);
         }
         check_name(name)?;
-        self.core.txn(|tx| {
-            let now = Timestamp::now();
-            let (mut dir, entry) = dir_and_entry(tx, parent, name)?;
-            let entry = entry.ok_or(FsError::NotFound)?;
-            if entry.kind != FileKind::Dir {
-                return Err(FsError::NotDir);
-            }
-            // reading the child for update guards the emptiness check against concurrent creates
-            tx.inode(entry.ino)?.ok_or(FsError::NotFound)?;
-            if !tx.dir_is_empty(entry.ino)? {
-                return Err(FsError::NotEmpty);
-            }
-            tx.delete_dirent(parent, name)?;
-            tx.delete_inode(entry.ino)?;
-            dir.nlink -= 1;
-            touch_dir(&mut dir, now);
-            Ok(tx.put_inode(&dir)?)
+        // under the directory's gate, as an unlink: "is it open?" and the deletion are one step
+        self.gated(parent, name, |target| {
+            self.core.txn(|tx| {
+                let now = Timestamp::now();
+                let (mut dir, entry) = dir_and_entry(tx, parent, name)?;
+                let entry = entry.ok_or(FsError::NotFound)?;
+                if Some(entry.ino) != target {
+                    return Err(FsError::Moved);
+                }
+                if entry.kind != FileKind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                // reading the child for update guards the emptiness check against concurrent
+                // creates
+                let mut child = tx.inode(entry.ino)?.ok_or(FsError::NotFound)?;
+                if !tx.dir_is_empty(entry.ino)? {
+                    return Err(FsError::NotEmpty);
+                }
+                tx.delete_dirent(parent, name)?;
+                self.drop_dir(tx, &mut child, now)?;
+                dir.nlink -= 1;
+                touch_dir(&mut dir, now);
+                Ok(tx.put_inode(&dir)?)
+            })
         })
+    }
+
+    /// Deletes an empty directory that lost its name, or keeps it with no links while it is
+    /// open here (its last `releasedir` deletes it): fstat on it still works, as on ext4.
+    fn drop_dir(&self, tx: &mut dyn MetaTxn, dir: &mut Inode, now: Timestamp) -> FsResult<()> {
+        if self.core.dir_is_open(dir.ino) {
+            dir.nlink = 0;
+            dir.ctime = now;
+            tx.put_inode(dir)?;
+            tx.add_orphan(dir.ino)?;
+        } else {
+            tx.delete_inode(dir.ino)?;
+        }
+        Ok(())
+    }
+
+    /// A directory opened (opendir): kept while open if it loses its name. On a shared volume
+    /// the first open here also holds it against other mounts (`SharedVolume::hold`).
+    pub fn opendir(&self, ino: Ino) -> FsResult<()> {
+        let _gate = self.core.gate(ino);
+        let first = {
+            let mut dirs = self.core.open_dirs.lock().expect("lock");
+            let n = dirs.entry(ino).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        let held = match self.core.meta.shared() {
+            Some(shared) if first => shared.hold(ino).map_err(FsError::from),
+            _ => Ok(()),
+        };
+        let checked = held.and_then(|()| dir_inode(self.core.meta.read()?.as_mut(), ino));
+        drop(_gate);
+        if let Err(e) = checked {
+            self.releasedir(ino)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The close of an opened directory; the last one deletes it if it lost its name.
+    pub fn releasedir(&self, ino: Ino) -> FsResult<()> {
+        let _gate = self.core.gate(ino);
+        {
+            let mut dirs = self.core.open_dirs.lock().expect("lock");
+            match dirs.get_mut(&ino) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return Ok(());
+                }
+                Some(_) => {
+                    dirs.remove(&ino);
+                }
+                None => return Ok(()),
+            }
+        }
+        let deleted = self.core.txn(|tx| {
+            if let Some(inode) = tx.inode(ino)?
+                && inode.kind == FileKind::Dir
+                && inode.nlink == 0
+            {
+                tx.delete_inode(ino)?;
+            }
+            Ok(())
+        });
+        if let Some(shared) = self.core.meta.shared() {
+            shared.unhold(ino);
+        }
+        deleted
     }
 
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> FsResult<Inode> {
@@ -522,7 +597,7 @@ impl Fs {
                                     if !tx.dir_is_empty(d.ino)? {
                                         return Err(FsError::NotEmpty);
                                     }
-                                    tx.delete_inode(d.ino)?;
+                                    self.drop_dir(tx, &mut di, now)?;
                                     target_dir.nlink -= 1;
                                 }
                                 (false, false) => {
