@@ -1298,3 +1298,44 @@ fn an_open_directory_outlives_its_name() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Access times, as the mount options say: relatime (the default) updates a file's access
+/// time at its first read after a change and not at the next one, strictatime at every read,
+/// noatime never; a read never changes the modification or change time.
+#[test]
+fn reads_update_access_times_as_the_mount_options_say() {
+    use std::os::unix::fs::MetadataExt;
+    let times = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (
+            (m.atime(), m.atime_nsec()),
+            (m.mtime(), m.mtime_nsec()),
+            (m.ctime(), m.ctime_nsec()),
+        )
+    };
+    let read_after_a_moment = |p: &Path| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::read(p).unwrap();
+        times(p)
+    };
+    let m = Mounted::new(&[], "");
+    let f = m.path("f");
+    std::fs::write(&f, b"aaa").unwrap();
+    let written = times(&f);
+    let first = read_after_a_moment(&f);
+    assert!(first.0 > written.0, "relatime: the first read after a write");
+    assert_eq!((first.1, first.2), (written.1, written.2), "mtime and ctime stay");
+    let second = read_after_a_moment(&f);
+    assert_eq!(second, first, "relatime: not again until the file changes");
+    m.unmount();
+    for (options, updates) in [("strictatime", true), ("noatime", false)] {
+        let again = Mounted::existing(&m.source, options);
+        let f = again.path("f");
+        let before = times(&f);
+        let after = read_after_a_moment(&f);
+        assert_eq!(after.0 > before.0, updates, "{options}");
+        let after2 = read_after_a_moment(&f);
+        assert_eq!(after2.0 > after.0, updates, "{options}, read again");
+        again.unmount();
+    }
+}

@@ -18,6 +18,7 @@ use super::options::MountOptions;
 use crate::core::{DEFAULT_CHUNKER, HashAlgo};
 use crate::fuse::GravitonFuse;
 use crate::meta::SessionInfo;
+use crate::vfs::Atime;
 use crate::meta::cached::CachedMeta;
 use crate::meta::write_behind::WriteBehind;
 use crate::volume::{Source, Volume};
@@ -319,6 +320,10 @@ fn serve(
     }
     let vol = Arc::new(vol);
     let mut cfg = vol.fs_config();
+    cfg.atime = match opts.read_only {
+        true => Atime::Never,
+        false => opts.atime,
+    };
     if let Some(mb) = opts.cache_mb {
         cfg.block_cache_bytes = mb << 20;
     }
@@ -373,7 +378,7 @@ fn serve(
     ];
     for (on, opt) in [
         (opts.read_only, MountOption::RO),
-        (opts.noatime, MountOption::NoAtime),
+        (opts.atime == Atime::Never, MountOption::NoAtime),
         (opts.nodev, MountOption::NoDev),
         (!opts.nodev, MountOption::Dev),
         (opts.nosuid, MountOption::NoSuid),

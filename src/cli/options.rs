@@ -3,11 +3,14 @@
 
 use std::time::Duration;
 
+use crate::vfs::Atime;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct MountOptions {
     pub allow_other: bool,
     pub read_only: bool,
-    pub noatime: bool,
+    /// When opens for reading update access times (noatime, relatime, strictatime).
+    pub atime: Atime,
     /// Device files and setuid/setgid bits do nothing on the mount unless `dev` / `suid` say
     /// otherwise: whoever can write the volume (another host, the database's or the bucket's
     /// administrator) could otherwise plant a setuid-root program or a device node.
@@ -52,7 +55,7 @@ impl Default for MountOptions {
         MountOptions {
             allow_other: false,
             read_only: false,
-            noatime: false,
+            atime: Atime::Relative,
             nodev: true,
             nosuid: true,
             noexec: false,
@@ -140,8 +143,11 @@ impl MountOptions {
                 "write_cache" => self.write_cache = true,
                 "ro" => self.read_only = true,
                 "rw" => self.read_only = false,
-                "noatime" | "relatime" | "strictatime" => self.noatime = name == "noatime",
-                "atime" => self.noatime = false,
+                "noatime" => self.atime = Atime::Never,
+                "relatime" | "atime" => self.atime = Atime::Relative,
+                "strictatime" => self.atime = Atime::Always,
+                // directories' access times are not updated by listings
+                "nodiratime" | "diratime" | "lazytime" | "nolazytime" => {}
                 "nodev" => self.nodev = true,
                 // mount(8) never hands `dev` and `suid` (its own defaults) to a helper: an
                 // fstab line says `allow_dev` and `allow_suid` instead

@@ -442,8 +442,18 @@ impl Filesystem for GravitonFuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
         let op = op("open");
         let flags = OpenFlags::from_libc(flags.0);
+        let notifier = self.notifier.clone();
         // a writer may wait for a page fill, and a fill for a read these threads answer
         let open = move |fs: &Fs| {
+            // an open for reading may update the access time: the kernel's cached one is
+            // dropped (the reply carries no attributes)
+            if flags.read {
+                match fs.touch_atime(ino.0) {
+                    Ok(true) => inval_attributes(&notifier, ino),
+                    Ok(false) => {}
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            }
             // Close-to-open: on a shared volume the kernel keeps its cached pages only when
             // the inode is known unchanged since it cached them.
             let keep = match fs.meta().revalidate(ino.0) {

@@ -350,6 +350,36 @@ impl Fs {
         Ok(fh)
     }
 
+    /// Updates the access time of a file opened for reading, as the mount's `atime` setting
+    /// says; returns whether it changed. The kernel serves most reads from its page cache
+    /// without asking the daemon, so the open stands for the reads that follow it.
+    pub fn touch_atime(&self, ino: Ino) -> FsResult<bool> {
+        use super::Atime;
+        const DAY_SECS: i64 = 24 * 3600;
+        let due = |inode: &Inode, now: Timestamp| match self.core.cfg.atime {
+            Atime::Never => false,
+            Atime::Always => true,
+            Atime::Relative => {
+                inode.atime <= inode.mtime
+                    || inode.atime <= inode.ctime
+                    || now.secs - inode.atime.secs >= DAY_SECS
+            }
+        };
+        let now = Timestamp::now();
+        if self.core.cfg.atime == Atime::Never || !due(&self.core.inode(ino)?, now) {
+            return Ok(false);
+        }
+        self.core.txn(|tx| {
+            let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+            if !due(&inode, now) {
+                return Ok(false);
+            }
+            inode.atime = now;
+            tx.put_inode(&inode)?;
+            Ok(true)
+        })
+    }
+
     /// Creates a regular file and opens it.
     pub fn create(
         &self,

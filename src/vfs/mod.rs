@@ -73,6 +73,20 @@ pub struct FsConfig {
     pub coalesce_min_avg_extent: u64,
     /// Least time between two rewrites of one file.
     pub coalesce_interval: Duration,
+    /// When an open for reading updates the file's access time (`Fs::touch_atime`).
+    pub atime: Atime,
+}
+
+/// Access-time updates, as the mount options of the same names ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Atime {
+    /// Never (noatime, and read-only mounts).
+    Never,
+    /// When the access time is not after the last modification or change, or is a day old
+    /// (relatime, Linux's default).
+    Relative,
+    /// At every open for reading (strictatime).
+    Always,
 }
 
 impl FsConfig {
@@ -90,6 +104,7 @@ impl FsConfig {
             coalesce_max_extents: 1024,
             coalesce_min_avg_extent: 256 << 10,
             coalesce_interval: Duration::from_secs(1),
+            atime: Atime::Relative,
         }
     }
 }
