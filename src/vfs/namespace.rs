@@ -607,6 +607,10 @@ impl Fs {
                             }
                             d.cookie
                         }
+                        // a new name in the same directory keeps the entry's place in the
+                        // listing: a reader going through it while names move (renamed away
+                        // and back) never meets one entry twice
+                        None if same_dir => src.cookie,
                         None => take_cookie(target_dir),
                     };
                     if src.kind == FileKind::Dir && !same_dir {
