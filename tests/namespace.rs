@@ -380,12 +380,13 @@ fn holes_seek_and_fallocate() {
     let vol = MemVolume::new(small_cfg());
     let fs = vol.mount();
     let (ino, fh) = create(&fs, "sparse");
-    fs.write(fh, 100_000, &[7u8; 5000]).unwrap();
-    assert_eq!(fs.seek(ino, 0, Whence::Data).unwrap(), 100_000);
+    // holes and data are told apart per 4 KiB page: data at 100,000 makes its page data
+    fs.write(fh, 100_000, &[7u8; 20_000]).unwrap();
+    assert_eq!(fs.seek(ino, 0, Whence::Data).unwrap(), 98_304);
     assert_eq!(fs.seek(ino, 0, Whence::Hole).unwrap(), 0);
-    assert_eq!(fs.seek(ino, 100_000, Whence::Hole).unwrap(), 105_000);
+    assert_eq!(fs.seek(ino, 100_000, Whence::Hole).unwrap(), 120_000);
     assert!(matches!(
-        fs.seek(ino, 105_000, Whence::Data),
+        fs.seek(ino, 120_000, Whence::Data),
         Err(FsError::NoSuchOffset)
     ));
     let punch = FallocateMode {
@@ -393,14 +394,16 @@ fn holes_seek_and_fallocate() {
         punch_hole: true,
         zero_range: false,
     };
-    fs.fallocate(ino, 101_000, 1000, punch).unwrap();
-    assert_eq!(fs.seek(ino, 100_000, Whence::Hole).unwrap(), 101_000);
-    assert_eq!(fs.seek(ino, 101_000, Whence::Data).unwrap(), 102_000);
-    let got = fs.read(fh, 100_990, 20).unwrap();
+    // the page 106,496..110,592 is all hole; the pages around it keep some data
+    fs.fallocate(ino, 105_000, 7000, punch).unwrap();
+    assert_eq!(fs.seek(ino, 100_000, Whence::Hole).unwrap(), 106_496);
+    assert_eq!(fs.seek(ino, 106_496, Whence::Data).unwrap(), 110_592);
+    assert_eq!(fs.seek(ino, 105_500, Whence::Data).unwrap(), 105_500, "a page with data");
+    let got = fs.read(fh, 104_990, 20).unwrap();
     assert_eq!(got, [&[7u8; 10][..], &[0u8; 10][..]].concat());
     assert_eq!(
         fs.getattr(ino).unwrap().size,
-        105_000,
+        120_000,
         "punching keeps the size"
     );
     fs.fallocate(ino, 0, 200_000, FallocateMode::default())

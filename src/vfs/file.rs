@@ -208,6 +208,9 @@ impl OpenFile {
     }
 }
 
+/// The unit in which SEEK_DATA and SEEK_HOLE tell data from holes.
+const SEEK_PAGE: u64 = 4096;
+
 impl Fs {
     pub(crate) fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
         self.handles
@@ -657,6 +660,7 @@ impl Fs {
     }
 
     /// SEEK_DATA / SEEK_HOLE: holes are unmapped ranges; the end of file counts as a hole.
+    /// SEEK_DATA and SEEK_HOLE, at the granularity of `SEEK_PAGE`.
     pub fn seek(&self, ino: Ino, offset: u64, whence: Whence) -> FsResult<u64> {
         self.with_flushed(ino, || {
             let mut tx = self.core.meta.read()?;
@@ -664,10 +668,15 @@ impl Fs {
             if offset >= inode.size {
                 return Err(FsError::NoSuchOffset);
             }
+            // Holes and data are told apart per 4 KiB page, as on a filesystem of 4 KiB
+            // blocks: a page with any data in it is data (its other bytes read as zeros),
+            // so data is never reported as a hole, and a hole always spans whole pages.
+            let page = |o: u64| o & !(SEEK_PAGE - 1);
+            let size = inode.size;
             let data = RangeSet::from_ranges(
-                tx.extents(ino, offset..inode.size)?
-                    .iter()
-                    .map(|e| e.range()),
+                tx.extents(ino, page(offset)..size)?.iter().map(|e| {
+                    page(e.offset)..(page(e.end() + SEEK_PAGE - 1)).min(size)
+                }),
             );
             match whence {
                 Whence::Data => data
