@@ -39,8 +39,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --release --locked --no-fail-fast "$@"
+  cargo nextest run --release --locked --no-fail-fast "$@" || status=$?
 else
-  cargo test --release --locked --no-fail-fast "$@"
+  cargo test --release --locked --no-fail-fast "$@" || status=$?
 fi
+
+# xfstests: the subset in scripts/xfstests/ci-tests (the tests that found bugs and a spread of
+# the quick group) on an embedded and a PostgreSQL volume, whenever an xfstests source is at
+# hand (../shared/tools/xfstests, XFSTESTS_ARCHIVE or XFSTESTS_SRC). The whole quick group on
+# every volume kind: scripts/xfstests.sh (docs/conformance.md).
+if [ $# -eq 0 ] && { [ -n "${XFSTESTS_ARCHIVE:-}${XFSTESTS_SRC:-}" ] ||
+    ls ../shared/tools/xfstests/xfstests-*.tar.gz >/dev/null 2>&1; }; then
+  mapfile -t xfstests < <(grep -v '^#' scripts/xfstests/ci-tests | tr ' ' '\n' | grep .)
+  for kind in embedded postgres; do
+    XFSTESTS_VOLUME=$kind scripts/xfstests.sh "${xfstests[@]}" || status=1
+  done
+fi
+exit $status

@@ -18,9 +18,9 @@ use super::options::MountOptions;
 use crate::core::{DEFAULT_CHUNKER, HashAlgo};
 use crate::fuse::GravitonFuse;
 use crate::meta::SessionInfo;
-use crate::vfs::Atime;
 use crate::meta::cached::CachedMeta;
 use crate::meta::write_behind::WriteBehind;
+use crate::vfs::Atime;
 use crate::volume::{Source, Volume};
 
 #[derive(Args, Debug)]

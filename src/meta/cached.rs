@@ -217,8 +217,12 @@ struct LocalCache {
     mirror: Mirror,
     /// Tests hold a fill at a named point with this.
     #[cfg(test)]
-    pause: std::sync::Mutex<Option<Arc<dyn Fn(&str) + Send + Sync>>>,
+    pause: std::sync::Mutex<Option<Pause>>,
 }
+
+/// What a test runs at a named point of a fill.
+#[cfg(test)]
+type Pause = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// A directory's entries, name and entry.
 type Listing = Vec<(Vec<u8>, DirEntry)>;

@@ -868,7 +868,7 @@ mod tests {
         // the file's own overwrites and punched holes, at its start and far past its end
         for round in 0..250u64 {
             for base in [0, 200 * MIB] {
-                let mut written: Vec<Extent> = (0..100)
+                let written: Vec<Extent> = (0..100)
                     .map(|i| extent(base + i * 4096, 4096, round * 100 + i))
                     .collect();
                 splice(file, vec![], written.clone());

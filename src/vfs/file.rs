@@ -87,7 +87,7 @@ pub(crate) struct OpenFile {
     /// The committed extent map as of the inode's `data_version`, for reads (every change of
     /// the map bumps the version, so a stale copy is never used); None until a second read
     /// finds the version unchanged (see `vfs::read`).
-    pub map: Mutex<Option<(u64, Option<Arc<Vec<extent::Extent>>>)>>,
+    pub map: Mutex<Option<(u64, Option<KeptMap>)>>,
     /// This mount took the inode's last link while it was open (it is an orphan): the last
     /// release deletes it. Another mount's unlink deletes the inode itself.
     pub unlinked: std::sync::atomic::AtomicBool,
@@ -207,6 +207,9 @@ impl OpenFile {
         self.state.lock().expect("file state lock")
     }
 }
+
+/// A file's whole committed extent map, as reads keep it.
+pub type KeptMap = Arc<Vec<extent::Extent>>;
 
 /// The unit in which SEEK_DATA and SEEK_HOLE tell data from holes.
 const SEEK_PAGE: u64 = 4096;
@@ -674,9 +677,9 @@ impl Fs {
             let page = |o: u64| o & !(SEEK_PAGE - 1);
             let size = inode.size;
             let data = RangeSet::from_ranges(
-                tx.extents(ino, page(offset)..size)?.iter().map(|e| {
-                    page(e.offset)..(page(e.end() + SEEK_PAGE - 1)).min(size)
-                }),
+                tx.extents(ino, page(offset)..size)?
+                    .iter()
+                    .map(|e| page(e.offset)..(page(e.end() + SEEK_PAGE - 1)).min(size)),
             );
             match whence {
                 Whence::Data => data
