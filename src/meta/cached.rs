@@ -1193,6 +1193,10 @@ impl MetaTxn for CachedTxn<'_> {
         self.tx().add_orphan(ino)
     }
 
+    fn hold_open(&mut self, ino: Ino) -> MetaResult<()> {
+        self.tx().hold_open(ino)
+    }
+
     fn commit(mut self: Box<Self>) -> MetaResult<()> {
         let tx = self.inner.take().expect("open until commit");
         let epoch = self.cache.epoch.load(Ordering::SeqCst);

@@ -138,6 +138,12 @@ pub trait MetaTxn: MetaRead {
     /// Marks an inode that has no links but is still open; reclaimed at last close or, once
     /// the mount that has it open is gone, by the next mount.
     fn add_orphan(&mut self, ino: Ino) -> MetaResult<()>;
+    /// Records with this transaction that this mount has `ino` open, as
+    /// [`SharedVolume::hold`] does (for a file created to be opened, in the creating
+    /// transaction); nothing on an engine without mount sessions.
+    fn hold_open(&mut self, _ino: Ino) -> MetaResult<()> {
+        Ok(())
+    }
 
     fn commit(self: Box<Self>) -> MetaResult<()>;
 }

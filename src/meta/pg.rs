@@ -291,6 +291,7 @@ impl MetaStore for PgMetaStore {
             pending: Ops::default(),
             splices: None,
             touched: Vec::new(),
+            holds: Vec::new(),
         }))
     }
 
@@ -556,6 +557,8 @@ struct PgTxn<'a> {
     splices: Option<(Ino, BTreeMap<u64, Option<Extent>>)>,
     /// Inodes this transaction wrote, announced to the other mounts when it commits.
     touched: Vec<Ino>,
+    /// Inodes it holds open for the mount once it commits (`hold_open`).
+    holds: Vec<Ino>,
 }
 
 impl PgTxn<'_> {
@@ -918,7 +921,25 @@ impl MetaTxn for PgTxn<'_> {
         Ok(())
     }
 
+    fn hold_open(&mut self, ino: Ino) -> MetaResult<()> {
+        if let Some(session) = self.session {
+            self.queue_splices();
+            self.pending.hold(ino, session);
+            self.holds.push(ino);
+        }
+        Ok(())
+    }
+
     fn commit(mut self: Box<Self>) -> MetaResult<()> {
+        let holds = std::mem::take(&mut self.holds);
+        self.commit_writes()?;
+        self.store.shared.holds.mark_held(&holds);
+        Ok(())
+    }
+}
+
+impl PgTxn<'_> {
+    fn commit_writes(&mut self) -> MetaResult<()> {
         if !matches!(self.tx, Some(TxConn::Local(_))) {
             self.apply_pending(true)?;
         }

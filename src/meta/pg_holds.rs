@@ -42,6 +42,13 @@ pub(super) struct Holds {
 }
 
 impl Holds {
+    /// Inodes held by committed transactions (`MetaTxn::hold_open`).
+    pub(super) fn mark_held(&self, inos: &[Ino]) {
+        if !inos.is_empty() {
+            self.held.lock().expect("lock").extend(inos);
+        }
+    }
+
     /// What a new session must hold again.
     pub(super) fn held(&self) -> Vec<i64> {
         let held = self.held.lock().expect("lock");
@@ -55,6 +62,9 @@ impl PgMetaStore {
             return Ok(());
         };
         let holds = &self.shared.holds;
+        if holds.held.lock().expect("lock").contains(&ino) {
+            return Ok(()); // created by this mount to be opened: held with its creation
+        }
         loop {
             let written = self.retrying(async || {
                 let _in_order = holds.order.read().await;

@@ -228,6 +228,15 @@ impl Ops {
         self.push("add_orphan", row);
     }
 
+    /// `session` holds `ino` open (migrations/0007).
+    pub fn hold(&mut self, ino: Ino, session: i64) {
+        let row = OrphanRow {
+            ino: i(ino),
+            session: Some(session),
+        };
+        self.push("hold", row);
+    }
+
     /// One inode's netted extent changes: the extents keyed at `remove` go, `insert` come.
     pub fn splice(&mut self, ino: Ino, remove: Vec<u64>, insert: &[Extent]) {
         let insert = insert

@@ -395,7 +395,7 @@ impl Fs {
         mode: u32,
         flags: OpenFlags,
     ) -> FsResult<(Inode, u64)> {
-        let inode = self.create_inode(ctx, parent, name, FileKind::File, mode, 0, None)?;
+        let inode = self.create_inode(ctx, parent, name, FileKind::File, mode, 0, None, true)?;
         // a new inode has no cached pages to fill: no gate
         let flags = OpenFlags {
             truncate: false,

@@ -198,11 +198,11 @@ impl Fs {
         if kind == FileKind::Dir || kind == FileKind::Symlink {
             return Err(FsError::Invalid);
         }
-        self.create_inode(ctx, parent, name, kind, mode, rdev, None)
+        self.create_inode(ctx, parent, name, kind, mode, rdev, None, false)
     }
 
     pub fn mkdir(&self, ctx: Ctx, parent: Ino, name: &[u8], mode: u32) -> FsResult<Inode> {
-        self.create_inode(ctx, parent, name, FileKind::Dir, mode, 0, None)
+        self.create_inode(ctx, parent, name, FileKind::Dir, mode, 0, None, false)
     }
 
     pub fn symlink(&self, ctx: Ctx, parent: Ino, name: &[u8], target: &[u8]) -> FsResult<Inode> {
@@ -212,7 +212,16 @@ impl Fs {
         if target.is_empty() {
             return Err(FsError::NotFound);
         }
-        self.create_inode(ctx, parent, name, FileKind::Symlink, 0o777, 0, Some(target))
+        self.create_inode(
+            ctx,
+            parent,
+            name,
+            FileKind::Symlink,
+            0o777,
+            0,
+            Some(target),
+            false,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -225,6 +234,7 @@ impl Fs {
         mode: u32,
         rdev: u32,
         target: Option<&[u8]>,
+        opened: bool,
     ) -> FsResult<Inode> {
         check_name(name)?;
         if is_dot(name) {
@@ -258,6 +268,10 @@ impl Fs {
             if let Some(t) = target {
                 inode.size = t.len() as u64;
                 tx.put_symlink_target(ino, t)?;
+            }
+            if opened {
+                // a file created to be opened is held (shared volumes) with its creation
+                tx.hold_open(ino)?;
             }
             let cookie = take_cookie(&mut dir);
             tx.put_dirent(parent, name, &DirEntry { ino, kind, cookie })?;
