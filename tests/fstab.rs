@@ -293,7 +293,11 @@ fn an_embedded_volume_mounted_twice_is_one_filesystem_at_both_places() {
     let pid = m.daemon_pid().expect("the daemon wrote its pid");
     let second = m.dir.path().join("second");
     std::fs::create_dir(&second).unwrap();
-    let out = util(&m, "mount", &["-t", "graviton", &m.source, second.to_str().unwrap()]);
+    let out = util(
+        &m,
+        "mount",
+        &["-t", "graviton", &m.source, second.to_str().unwrap()],
+    );
     assert!(out.status.success(), "second mount: {out:?}");
     std::fs::create_dir_all(m.path("A")).unwrap();
     std::fs::create_dir_all(m.path("B")).unwrap();

@@ -1257,7 +1257,10 @@ fn fallocate_beyond_the_free_space_is_enospc() {
     // SAFETY: fallocate on a descriptor we own.
     let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, (2 * avail) as libc::off_t) };
     let err = std::io::Error::last_os_error();
-    assert_eq!(r, -1, "an allocation of twice the free space ({avail} bytes) succeeded");
+    assert_eq!(
+        r, -1,
+        "an allocation of twice the free space ({avail} bytes) succeeded"
+    );
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     assert_eq!(f.metadata().unwrap().len(), 0, "the file is unchanged");
     // SAFETY: as above.
@@ -1323,8 +1326,15 @@ fn reads_update_access_times_as_the_mount_options_say() {
     std::fs::write(&f, b"aaa").unwrap();
     let written = times(&f);
     let first = read_after_a_moment(&f);
-    assert!(first.0 > written.0, "relatime: the first read after a write");
-    assert_eq!((first.1, first.2), (written.1, written.2), "mtime and ctime stay");
+    assert!(
+        first.0 > written.0,
+        "relatime: the first read after a write"
+    );
+    assert_eq!(
+        (first.1, first.2),
+        (written.1, written.2),
+        "mtime and ctime stay"
+    );
     let second = read_after_a_moment(&f);
     assert_eq!(second, first, "relatime: not again until the file changes");
     m.unmount();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{CTX, MemVolume, create, random_bytes, small_cfg, write_all};
-use graviton::meta::{FileKind, ROOT_INO};
-use graviton::vfs::{FallocateMode, FsError, RenameFlags, SetAttr, TimeSet, Whence, XattrSet};
+use graviton::meta::{FileKind, Inode, ROOT_INO};
+use graviton::vfs::{FallocateMode, Fs, FsError, RenameFlags, SetAttr, TimeSet, Whence, XattrSet};
 
 fn pause() {
     std::thread::sleep(Duration::from_millis(15));
@@ -192,6 +192,16 @@ fn rename_replace_noreplace_exchange_and_loops() {
     assert_eq!(fs.getattr(f1).unwrap().nlink, 2);
 }
 
+/// A directory `d` of 100 empty files, named by `name`.
+fn dir_of_100_files(fs: &Fs, name: impl Fn(usize) -> String) -> Inode {
+    let d = fs.mkdir(CTX, ROOT_INO, b"d", 0o755).unwrap();
+    for i in 0..100 {
+        fs.mknod(CTX, d.ino, name(i).as_bytes(), libc::S_IFREG | 0o644, 0)
+            .unwrap();
+    }
+    d
+}
+
 /// A reader going through a directory while each entry it meets is renamed away and back
 /// meets every entry once (xfstests generic/736): a name renamed within its directory keeps
 /// its place in the listing.
@@ -199,18 +209,17 @@ fn rename_replace_noreplace_exchange_and_loops() {
 fn readdir_meets_each_entry_once_while_entries_are_renamed_away_and_back() {
     let vol = MemVolume::new(small_cfg());
     let fs = vol.mount();
-    let d = fs.mkdir(CTX, ROOT_INO, b"d", 0o755).unwrap();
-    for i in 0..100 {
-        fs.mknod(CTX, d.ino, format!("{i}").as_bytes(), libc::S_IFREG | 0o644, 0)
-            .unwrap();
-    }
+    let d = dir_of_100_files(&fs, |i| format!("{i}"));
     let mut seen: Vec<Vec<u8>> = Vec::new();
     let mut offset = 0;
     loop {
         let page = fs.readdir(d.ino, offset, 10).unwrap();
         let Some(last) = page.last() else { break };
         offset = last.cookie;
-        for e in page.into_iter().filter(|e| e.name != b"." && e.name != b"..") {
+        for e in page
+            .into_iter()
+            .filter(|e| e.name != b"." && e.name != b"..")
+        {
             fs.rename(d.ino, &e.name, d.ino, b"TEMPFILE", RenameFlags::default())
                 .unwrap();
             fs.rename(d.ino, b"TEMPFILE", d.ino, &e.name, RenameFlags::default())
@@ -226,17 +235,7 @@ fn readdir_meets_each_entry_once_while_entries_are_renamed_away_and_back() {
 fn readdir_offsets_stay_valid_while_the_directory_changes() {
     let vol = MemVolume::new(small_cfg());
     let fs = vol.mount();
-    let d = fs.mkdir(CTX, ROOT_INO, b"d", 0o755).unwrap();
-    for i in 0..100 {
-        fs.mknod(
-            CTX,
-            d.ino,
-            format!("n{i:03}").as_bytes(),
-            libc::S_IFREG | 0o644,
-            0,
-        )
-        .unwrap();
-    }
+    let d = dir_of_100_files(&fs, |i| format!("n{i:03}"));
     let first = fs.readdir(d.ino, 0, 40).unwrap();
     assert_eq!(first[0].name, b".");
     assert_eq!(first[1].name, b"..");
@@ -398,7 +397,11 @@ fn holes_seek_and_fallocate() {
     fs.fallocate(ino, 105_000, 7000, punch).unwrap();
     assert_eq!(fs.seek(ino, 100_000, Whence::Hole).unwrap(), 106_496);
     assert_eq!(fs.seek(ino, 106_496, Whence::Data).unwrap(), 110_592);
-    assert_eq!(fs.seek(ino, 105_500, Whence::Data).unwrap(), 105_500, "a page with data");
+    assert_eq!(
+        fs.seek(ino, 105_500, Whence::Data).unwrap(),
+        105_500,
+        "a page with data"
+    );
     let got = fs.read(fh, 104_990, 20).unwrap();
     assert_eq!(got, [&[7u8; 10][..], &[0u8; 10][..]].concat());
     assert_eq!(
