@@ -116,13 +116,28 @@ build_xfstests() {
 # The helpers go to $WORK/bin (self-contained: the checkout may move); mount(8) finds
 # /sbin/mount.fuse.graviton, a stub that names the binary and runs the helper there. The
 # installed helper it replaces (scripts/install.sh) is put back when the run ends.
+# Runs with different work folders may go on at once (one per volume kind): each registers in
+# $RUNS, and only the last to end puts the installed helper back; the stub any of them wrote
+# serves them all (the helpers are the same).
+RUNS=/run/graviton-xfstests
+others_running() {
+  local f
+  for f in "$RUNS"/*; do
+    [ -e "$f" ] && [ "${f##*/}" != $$ ] && kill -0 "${f##*/}" 2>/dev/null && return 0
+  done
+  return 1
+}
 install_helpers() {
-  mkdir -p "$WORK/bin"
+  mkdir -p "$WORK/bin" "$RUNS"
+  touch "$RUNS/$$"
   if [ -e /sbin/mount.fuse.graviton ] && ! grep -q "installed by scripts/xfstests.sh" /sbin/mount.fuse.graviton; then
-    cp -p /sbin/mount.fuse.graviton "$WORK/bin/mount.fuse.graviton.installed"
+    cp -p /sbin/mount.fuse.graviton "$RUNS/mount.fuse.graviton.installed"
   fi
   install -m 0755 "$repo/mount-helpers/mount.graviton" "$here/mount.fuse.graviton" \
     "$here/umount" "$here/mkfs.graviton" "$WORK/bin/"
+  if others_running && grep -qs "installed by scripts/xfstests.sh" /sbin/mount.fuse.graviton; then
+    return
+  fi
   cat > /sbin/mount.fuse.graviton.new <<EOF
 #!/bin/sh
 # xfstests' mount helper for Graviton (installed by scripts/xfstests.sh)
@@ -141,7 +156,8 @@ daemon_gone() { # pid: exited, or a zombie whose threads have all ended
 
 our_mounts() { # TARGET MAJ:MIN of every mount of our volumes or under our mountpoints, last first
   findmnt -rn -o SOURCE,TARGET,MAJ:MIN | awk -v w="$WORK/" \
-    'index($1, w "vol/") == 1 || $1 ~ /graviton_xfstests_/ || index($2, w "mnt/") == 1 { print $2, $3 }' | tac
+    -v db="graviton_xfs_${VOLUME//-/_}_" \
+    'index($1, w "vol/") == 1 || index($1, db) > 0 || index($2, w "mnt/") == 1 { print $2, $3 }' | tac
 }
 
 # Unmounts everything of ours (a hung FUSE connection first aborted) and waits for the daemons
@@ -227,8 +243,10 @@ cleanup() {
   release_mounts
   local l
   for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
-  if [ -e "$WORK/bin/mount.fuse.graviton.installed" ]; then
-    mv "$WORK/bin/mount.fuse.graviton.installed" /sbin/mount.fuse.graviton
+  rm -f "$RUNS/$$"
+  others_running && return
+  if [ -e "$RUNS/mount.fuse.graviton.installed" ]; then
+    mv "$RUNS/mount.fuse.graviton.installed" /sbin/mount.fuse.graviton
   elif grep -qs "installed by scripts/xfstests.sh" /sbin/mount.fuse.graviton; then
     rm -f /sbin/mount.fuse.graviton
   fi
@@ -252,8 +270,8 @@ else
   install_helpers
   case $VOLUME in
     embedded) TEST_DEV=$WORK/vol/test SCRATCH_DEV=$WORK/vol/scratch ;;
-    *) TEST_DEV=${GRAVITON_TEST_PG%/*}/graviton_xfstests_test
-       SCRATCH_DEV=${GRAVITON_TEST_PG%/*}/graviton_xfstests_scratch ;;
+    *) TEST_DEV=${GRAVITON_TEST_PG%/*}/graviton_xfs_${VOLUME//-/_}_test
+       SCRATCH_DEV=${GRAVITON_TEST_PG%/*}/graviton_xfs_${VOLUME//-/_}_scratch ;;
   esac
   # blocks of a PostgreSQL volume: in its database, or under a prefix of the S3 server's
   # bucket named after the database (mkfs.graviton)
