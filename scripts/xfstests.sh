@@ -157,7 +157,7 @@ daemon_gone() { # pid: exited, or a zombie whose threads have all ended
 our_mounts() { # TARGET MAJ:MIN of every mount of our volumes or under our mountpoints, last first
   findmnt -rn -o SOURCE,TARGET,MAJ:MIN | awk -v w="$WORK/" \
     -v db="graviton_xfs_${VOLUME//-/_}_" \
-    'index($1, w "vol/") == 1 || index($1, db) > 0 || index($2, w "mnt/") == 1 { print $2, $3 }' | tac
+    'index($1, w "vol/") == 1 || $1 ~ ("/" db "(test|scratch)$") || index($2, w "mnt/") == 1 { print $2, $3 }' | tac
 }
 
 # Unmounts everything of ours (a hung FUSE connection first aborted) and waits for the daemons
