@@ -122,34 +122,50 @@ fn appends_from_two_mounts_lose_nothing(lock: fn(&std::fs::File, bool)) {
     std::fs::write(a.path("lock"), b"").unwrap();
     std::fs::write(a.path("data"), b"").unwrap();
     const N: usize = 150;
-    let start = Arc::new(Barrier::new(2));
-    let workers: Vec<_> = [(&a, "A"), (&b, "B")]
-        .into_iter()
-        .map(|(m, tag)| {
-            let (l, d, s) = (m.path("lock"), m.path("data"), start.clone());
-            std::thread::spawn(move || {
-                s.wait();
-                append_locked(&l, &d, tag, N, lock);
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().expect("appender");
-    }
+    from_both_mounts(&a, &b, |m, tag| {
+        append_locked(&m.path("lock"), &m.path("data"), tag, N, lock)
+    });
     for m in [&a, &b] {
         let text = String::from_utf8(read(&m.path("data"))).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2 * N, "every append is there");
-        for tag in ["A", "B"] {
-            let mine: Vec<&str> = lines
-                .iter()
-                .copied()
-                .filter(|l| l.starts_with(tag))
-                .collect();
-            let want: Vec<String> = (0..N).map(|i| format!("{tag} {i}")).collect();
-            assert_eq!(mine, want, "mount {tag}'s appends, in order, none torn");
-        }
+        assert_each_writers_lines(&text, N);
     }
+}
+
+/// Runs `append(mount, tag)` on mounts A and B at once.
+fn from_both_mounts(a: &Mounted, b: &Mounted, append: impl Fn(&Mounted, &'static str) + Sync) {
+    let start = Barrier::new(2);
+    std::thread::scope(|s| {
+        for (m, tag) in [(a, "A"), (b, "B")] {
+            let (start, append) = (&start, &append);
+            s.spawn(move || {
+                start.wait();
+                append(m, tag)
+            });
+        }
+    });
+}
+
+/// `text` holds the lines "A i" and "B i" for every i below `n`, each once, in each writer's
+/// order, and nothing else.
+fn assert_each_writers_lines(text: &str, n: usize) {
+    let lines: Vec<&str> = text.lines().collect();
+    for tag in ["A", "B"] {
+        let mine: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with(tag))
+            .collect();
+        let want: Vec<String> = (0..n).map(|i| format!("{tag} {i}")).collect();
+        assert_eq!(
+            mine, want,
+            "mount {tag}'s lines, in order, none lost or torn"
+        );
+    }
+    assert_eq!(
+        lines.len(),
+        2 * n,
+        "every append is there, and nothing else"
+    );
 }
 
 #[test]
@@ -398,36 +414,12 @@ fn appends_to_an_open_log_lose_nothing(lock: Option<fn(&std::fs::File, bool)>) {
     let b = a.another_mount(OPTS);
     std::fs::write(a.path("log"), b"").unwrap();
     const N: usize = 300;
-    let start = Arc::new(Barrier::new(2));
-    let workers: Vec<_> = [(&a, "A"), (&b, "B")]
-        .into_iter()
-        .map(|(m, tag)| {
-            let (log, s) = (m.path("log"), start.clone());
-            std::thread::spawn(move || {
-                s.wait();
-                append_to_open_log(&log, tag, N, lock);
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().expect("appender");
-    }
+    from_both_mounts(&a, &b, |m, tag| {
+        append_to_open_log(&m.path("log"), tag, N, lock)
+    });
     for m in [&a, &b] {
         let text = String::from_utf8(read(&m.path("log"))).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        for tag in ["A", "B"] {
-            let mine: Vec<&str> = lines
-                .iter()
-                .copied()
-                .filter(|l| l.starts_with(tag))
-                .collect();
-            let want: Vec<String> = (0..N).map(|i| format!("{tag} {i}")).collect();
-            assert_eq!(
-                mine, want,
-                "mount {tag}'s lines, in order, none lost or torn"
-            );
-        }
-        assert_eq!(lines.len(), 2 * N, "nothing but the appended lines");
+        assert_each_writers_lines(&text, N);
         assert_eq!(
             std::fs::metadata(m.path("log")).unwrap().len(),
             text.len() as u64,

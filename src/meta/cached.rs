@@ -1310,6 +1310,16 @@ mod pg_tests {
         Arc::new(c)
     }
 
+    /// A new empty directory, committed through `a`.
+    fn new_dir(a: &CachedMeta) -> (Ino, Inode) {
+        let d = a.allocate_ino().unwrap();
+        let parent = Inode::new(d, FileKind::Dir, 0o755, 0, 0, Timestamp::default());
+        let mut tx = a.begin().unwrap();
+        tx.put_inode(&parent).unwrap();
+        tx.commit().unwrap();
+        (d, parent)
+    }
+
     fn file(ino: Ino, size: u64) -> Inode {
         let mut n = Inode::new(
             ino,
@@ -1385,11 +1395,7 @@ mod pg_tests {
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let a = cached(&url, dir.path());
-        let d = a.allocate_ino().unwrap();
-        let mut parent = Inode::new(d, FileKind::Dir, 0o755, 0, 0, Timestamp::default());
-        let mut tx = a.begin().unwrap();
-        tx.put_inode(&parent).unwrap();
-        tx.commit().unwrap();
+        let (d, mut parent) = new_dir(&a);
         assert!(
             a.cache.has(&key(LISTED, d)),
             "a new directory's (empty) listing is known without asking the engine"
@@ -1454,11 +1460,7 @@ mod pg_tests {
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let a = cached(&url, dir.path());
-        let d = a.allocate_ino().unwrap();
-        let mut parent = Inode::new(d, FileKind::Dir, 0o755, 0, 0, Timestamp::default());
-        let mut tx = a.begin().unwrap();
-        tx.put_inode(&parent).unwrap();
-        tx.commit().unwrap();
+        let (d, mut parent) = new_dir(&a);
         a.cache.invalidate(&[d]); // as another mount's change would
         // a lister reads d's (empty) listing from the engine, and is held there
         let (at_point, reached) = channel::<String>();

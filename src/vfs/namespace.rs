@@ -319,24 +319,35 @@ impl Fs {
 
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
-        // Holding the inode's gate makes "is it open?" and the deletion one step.
+        self.removing(parent, name, |tx, mut dir, entry, now| {
+            if entry.kind == FileKind::Dir {
+                return Err(FsError::IsDir);
+            }
+            let mut inode = tx.inode(entry.ino)?.ok_or(FsError::NotFound)?;
+            tx.delete_dirent(parent, name)?;
+            touch_dir(&mut dir, now);
+            tx.put_inode(&dir)?;
+            let open = self.core.open_file(entry.ino);
+            self.drop_link(tx, &mut inode, now, open.as_ref())
+        })
+    }
+
+    /// Runs `f` on the directory and the entry `name` names in it, in one transaction, holding
+    /// the gate of the entry's inode: "is it open?" and its deletion are one step.
+    fn removing(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        f: impl Fn(&mut dyn MetaTxn, Inode, DirEntry, Timestamp) -> FsResult<()>,
+    ) -> FsResult<()> {
         self.gated(parent, name, |target| {
             self.core.txn(|tx| {
-                let now = Timestamp::now();
-                let (mut dir, entry) = dir_and_entry(tx, parent, name)?;
+                let (dir, entry) = dir_and_entry(tx, parent, name)?;
                 let entry = entry.ok_or(FsError::NotFound)?;
                 if Some(entry.ino) != target {
                     return Err(FsError::Moved);
                 }
-                if entry.kind == FileKind::Dir {
-                    return Err(FsError::IsDir);
-                }
-                let mut inode = tx.inode(entry.ino)?.ok_or(FsError::NotFound)?;
-                tx.delete_dirent(parent, name)?;
-                touch_dir(&mut dir, now);
-                tx.put_inode(&dir)?;
-                let open = self.core.open_file(entry.ino);
-                self.drop_link(tx, &mut inode, now, open.as_ref())
+                f(tx, dir, entry, Timestamp::now())
             })
         })
     }
@@ -370,30 +381,20 @@ impl Fs {
             return Err(FsError::NotEmpty);
         }
         check_name(name)?;
-        // under the directory's gate, as an unlink: "is it open?" and the deletion are one step
-        self.gated(parent, name, |target| {
-            self.core.txn(|tx| {
-                let now = Timestamp::now();
-                let (mut dir, entry) = dir_and_entry(tx, parent, name)?;
-                let entry = entry.ok_or(FsError::NotFound)?;
-                if Some(entry.ino) != target {
-                    return Err(FsError::Moved);
-                }
-                if entry.kind != FileKind::Dir {
-                    return Err(FsError::NotDir);
-                }
-                // reading the child for update guards the emptiness check against concurrent
-                // creates
-                let mut child = tx.inode(entry.ino)?.ok_or(FsError::NotFound)?;
-                if !tx.dir_is_empty(entry.ino)? {
-                    return Err(FsError::NotEmpty);
-                }
-                tx.delete_dirent(parent, name)?;
-                self.drop_dir(tx, &mut child, now)?;
-                dir.nlink -= 1;
-                touch_dir(&mut dir, now);
-                Ok(tx.put_inode(&dir)?)
-            })
+        self.removing(parent, name, |tx, mut dir, entry, now| {
+            if entry.kind != FileKind::Dir {
+                return Err(FsError::NotDir);
+            }
+            // reading the child for update guards the emptiness check against concurrent creates
+            let mut child = tx.inode(entry.ino)?.ok_or(FsError::NotFound)?;
+            if !tx.dir_is_empty(entry.ino)? {
+                return Err(FsError::NotEmpty);
+            }
+            tx.delete_dirent(parent, name)?;
+            self.drop_dir(tx, &mut child, now)?;
+            dir.nlink -= 1;
+            touch_dir(&mut dir, now);
+            Ok(tx.put_inode(&dir)?)
         })
     }
 
