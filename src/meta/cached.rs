@@ -10,8 +10,12 @@
 //! - While the feed is down the cache is bypassed; when it comes back (and after a remount)
 //!   the change log is replayed from the last time the feed was known up, minus a one-minute
 //!   margin, or the cache is emptied if the log no longer reaches back that far.
-//! - A fill is checked against an epoch counter bumped by every invalidation: a value read
-//!   from the engine before an invalidation never outlives it.
+//! - A fill is checked against an epoch counter bumped before and after every invalidation's
+//!   write: a value read from the engine before an invalidation never outlives it, and one
+//!   read while the invalidation was being written is never stored under the generation it
+//!   replaced.
+//! - A commit's attributes and the drop of what it made stale (its extent map) are one write:
+//!   a reader that finds the new attributes never finds the old map.
 //!
 //! Transactions always read the engine, never the cache: only read-only views
 //! ([`MetaStore::read`], [`MetaStore::read_inode`]) are answered here.
@@ -202,6 +206,25 @@ fn overlapping(all: Vec<Extent>, range: &Range<u64>) -> Vec<Extent> {
         .collect()
 }
 
+/// Adds to `batch` what drops everything cached about `inos` but the attributes of those
+/// `keep_inode` names; `generation` is new (from the epoch counter).
+fn drop_into(
+    batch: &mut WriteBatch,
+    inos: &[Ino],
+    generation: u64,
+    keep_inode: impl Fn(Ino) -> bool,
+) {
+    for &ino in inos {
+        for tag in [LISTED, MAPPED, XATTRS, SYMLINK] {
+            batch.delete(key(tag, ino));
+        }
+        if !keep_inode(ino) {
+            batch.delete(key(INODE, ino));
+        }
+        batch.put(key(GENERATION, ino), generation.to_be_bytes());
+    }
+}
+
 /// The RocksDB side: entries plus the state that decides whether they may be served.
 struct LocalCache {
     db: DB,
@@ -280,20 +303,23 @@ impl LocalCache {
     fn invalidate_locked(&self, inos: &[Ino]) {
         // unique and increasing: a new generation for every directory among them
         let generation = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.at("generation taken");
         let mut batch = WriteBatch::default();
-        for &ino in inos {
-            for tag in [INODE, LISTED, MAPPED, XATTRS, SYMLINK] {
-                batch.delete(key(tag, ino));
-            }
-            batch.put(key(GENERATION, ino), generation.to_be_bytes());
-        }
+        drop_into(&mut batch, inos, generation, |_| false);
         if let Err(e) = self.db.write_opt(&batch, &no_wal()) {
             // cannot drop stale entries: stop serving from the cache at all
             tracing::error!("local metadata cache: {e}; bypassing it");
             self.live.store(false, Ordering::SeqCst);
         }
+        self.written();
         // after RocksDB: a copy read from it before this point is refused by the mirror
         self.mirror.forget(inos);
+    }
+
+    /// Ends a write that dropped entries: a fill that sampled the epoch before the write may
+    /// have read the generation it replaced, and is refused.
+    fn written(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// After this mount's own commit: stores what the transaction wrote (`w`) instead of
@@ -306,8 +332,9 @@ impl LocalCache {
             self.invalidate_locked(&w.touched);
             return;
         }
-        // fills that read the engine before this commit are undone when they land
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        // fills that read the engine before this commit are undone when they land; the new
+        // value also keys what this commit drops
+        let generation = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let mut drop = w.opaque.clone();
         let mut batch = WriteBatch::default();
         // entries of one name may change several times (a write-behind batch): each change
@@ -367,16 +394,23 @@ impl LocalCache {
             // holds exactly the entries written above
             batch.put(key(LISTED, *dir), []);
         }
-        match self.db.write_opt(&batch, &no_wal()) {
-            Ok(()) => {
-                self.mirror
-                    .committed(w.fresh_dirs.iter().copied(), &changes, w.inodes.values())
-            }
-            Err(_) => drop.extend_from_slice(&w.touched),
-        }
         drop.sort_unstable();
         drop.dedup();
-        self.invalidate_locked(&drop);
+        // in the same batch: a reader that finds the new attributes (a new data version)
+        // never finds the map they replaced; the attributes written here stay
+        drop_into(&mut batch, &drop, generation, |ino| {
+            w.inodes.contains_key(&ino)
+        });
+        match self.db.write_opt(&batch, &no_wal()) {
+            Ok(()) => {
+                self.written();
+                self.mirror
+                    .committed(w.fresh_dirs.iter().copied(), &changes, w.inodes.values());
+                self.mirror.forget(&drop);
+            }
+            Err(_) => self.invalidate_locked(&w.touched),
+        }
+        self.at("written through");
     }
 
     fn wipe(&self) {
@@ -388,6 +422,7 @@ impl LocalCache {
             tracing::error!("local metadata cache: {e}; bypassing it");
             self.live.store(false, Ordering::SeqCst);
         }
+        self.written();
         self.mirror.clear();
     }
 
@@ -396,6 +431,7 @@ impl LocalCache {
     /// fill is never visible, not even until it is undone (a listing marked complete without
     /// an entry made meanwhile would answer "no such entry" for it).
     fn fill(&self, epoch: u64, ino: Ino, batch: WriteBatch) {
+        self.at("filling");
         {
             let _one_writer = self.writing.lock().expect("lock");
             if self.live.load(Ordering::SeqCst)
@@ -877,10 +913,16 @@ impl<'a> CachedReader<'a> {
     /// map, which is then cached.
     fn cached_extents(&mut self, ino: Ino, range: &Range<u64>) -> MetaResult<Vec<Extent>> {
         let cache = self.cache();
-        if cache.has(&key(MAPPED, ino)) {
-            let generation = cache.generation(ino);
+        // one snapshot for the flag, the generation and the extents: an invalidation landing
+        // between them would leave the new generation's (empty) map read as a hole
+        let snap = cache.db.snapshot();
+        if cache.live.load(Ordering::SeqCst)
+            && matches!(snap.get_pinned(key(MAPPED, ino)), Ok(Some(_)))
+        {
+            cache.at("mapped");
+            let generation = generation_of(snap.get_pinned(key(GENERATION, ino)));
             let prefix = entry_key(EXTENT, ino, generation, &[]);
-            let mut it = cache.db.raw_iterator();
+            let mut it = snap.raw_iterator();
             // the extent starting at or before the range, else the first after its start
             it.seek_for_prev(entry_key(
                 EXTENT,
@@ -1158,6 +1200,7 @@ impl MetaTxn for CachedTxn<'_> {
     }
     fn delete_inode(&mut self, ino: Ino) -> MetaResult<()> {
         self.opaque(ino);
+        self.written.inodes.remove(&ino);
         self.tx().delete_inode(ino)
     }
     fn put_dirent(&mut self, parent: Ino, name: &[u8], entry: &DirEntry) -> MetaResult<()> {
@@ -1456,31 +1499,20 @@ mod pg_tests {
     /// that way, creating a file in a fan-out directory it had just made).
     #[test]
     fn a_listing_read_before_a_change_never_hides_the_change() {
-        use std::sync::mpsc::channel;
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let a = cached(&url, dir.path());
         let (d, mut parent) = new_dir(&a);
         a.cache.invalidate(&[d]); // as another mount's change would
         // a lister reads d's (empty) listing from the engine, and is held there
-        let (at_point, reached) = channel::<String>();
-        let (go_on, proceed) = channel::<()>();
-        let proceed = std::sync::Mutex::new(proceed);
-        let wait = Duration::from_secs(20);
-        *a.cache.pause.lock().unwrap() = Some(Arc::new(move |point: &str| {
-            if std::thread::current().name() == Some("lister") {
-                at_point.send(point.to_string()).unwrap();
-                proceed.lock().unwrap().recv_timeout(wait).unwrap();
-            }
-        }));
+        let [lister_at] = hold(&a, ["lister"]);
         let lister = {
             let a = a.clone();
-            std::thread::Builder::new()
-                .name("lister".into())
-                .spawn(move || a.read().unwrap().list_dir(d, 0, 100).unwrap().len())
-                .unwrap()
+            named("lister", move || {
+                a.read().unwrap().list_dir(d, 0, 100).unwrap().len()
+            })
         };
-        assert_eq!(reached.recv_timeout(wait).unwrap(), "listing read");
+        lister_at.reaches("listing read");
         // meanwhile: a directory made in d, and d invalidated again
         let e1 = a.allocate_ino().unwrap();
         let mut tx = a.begin().unwrap();
@@ -1503,12 +1535,13 @@ mod pg_tests {
         tx.put_dirent(d, b"e1", &entry).unwrap();
         tx.commit().unwrap();
         a.cache.invalidate(&[d]);
-        go_on.send(()).unwrap();
+        lister_at.go_on.send(()).unwrap();
+        lister_at.reaches("filling");
+        lister_at.go_on.send(()).unwrap();
         // the lister's fill is done (stored or refused), and held again
-        assert_eq!(reached.recv_timeout(wait).unwrap(), "filled");
+        lister_at.reaches("filled");
         let seen = a.read().unwrap().dirent(d, b"e1").unwrap();
-        *a.cache.pause.lock().unwrap() = None;
-        go_on.send(()).unwrap();
+        release(&a, &lister_at);
         lister.join().unwrap();
         assert_eq!(
             seen,
@@ -1516,6 +1549,187 @@ mod pg_tests {
             "the new entry, while the stale fill lands"
         );
         assert_eq!(a.read().unwrap().dirent(d, b"e1").unwrap(), Some(entry));
+    }
+
+    /// A thread held at every point it reaches in a cache: the point's name arrives on
+    /// `reached`, and the thread goes on when sent `()` on `go_on`.
+    struct Held {
+        reached: std::sync::mpsc::Receiver<String>,
+        go_on: std::sync::mpsc::Sender<()>,
+    }
+
+    impl Held {
+        fn reaches(&self, point: &str) {
+            let at = self.reached.recv_timeout(Duration::from_secs(20)).unwrap();
+            assert_eq!(at, point);
+        }
+    }
+
+    /// Holds the threads named in `threads` at every point they reach in `a`'s cache (until
+    /// `release`).
+    fn hold<const N: usize>(a: &CachedMeta, threads: [&'static str; N]) -> [Held; N] {
+        let mut routes = Vec::new();
+        let held = threads.map(|name| {
+            let (at_point, reached) = std::sync::mpsc::channel::<String>();
+            let (go_on, proceed) = std::sync::mpsc::channel::<()>();
+            routes.push((name, at_point, std::sync::Mutex::new(proceed)));
+            Held { reached, go_on }
+        });
+        *a.cache.pause.lock().unwrap() = Some(Arc::new(move |point: &str| {
+            let me = std::thread::current();
+            if let Some((_, at_point, proceed)) = routes.iter().find(|r| me.name() == Some(r.0)) {
+                at_point.send(point.to_string()).unwrap();
+                let _ = proceed
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(20));
+            }
+        }));
+        held
+    }
+
+    /// Lets every thread go on unheld from here on, and lets `h` go on from where it is.
+    fn release(a: &CachedMeta, h: &Held) {
+        *a.cache.pause.lock().unwrap() = None;
+        h.go_on.send(()).unwrap();
+    }
+
+    /// Runs `f` in a thread named `name`.
+    fn named<T: Send + 'static>(
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .unwrap()
+    }
+
+    /// A file of `len` bytes mapped to one block made of `fill`, committed through `a` (its map
+    /// and inode then read, so both are cached).
+    fn mapped_file(a: &CachedMeta, ino: Ino, fill: u8, len: u32, version: u64) -> (Inode, Extent) {
+        let e = Extent {
+            offset: 0,
+            key: BlockKey::for_data(crate::core::key::HashAlgo::Blake3, &[fill; 64]),
+            block_offset: 0,
+            len,
+        };
+        let mut tx = a.begin().unwrap();
+        let old = tx.extents(ino, 0..u64::MAX).unwrap();
+        tx.apply_splice(
+            ino,
+            &Splice {
+                remove: old,
+                insert: vec![e],
+            },
+        )
+        .unwrap();
+        let mut n = file(ino, len as u64);
+        n.extent_count = 1;
+        n.data_version = version;
+        tx.put_inode(&n).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            a.read().unwrap().extents(ino, 0..u64::MAX).unwrap(),
+            vec![e]
+        );
+        assert_eq!(a.read_inode(ino).unwrap(), Some(n.clone()));
+        (n, e)
+    }
+
+    #[test]
+    fn a_reader_that_sees_a_commits_inode_sees_its_extents() {
+        let url = fresh_database();
+        let dir = tempfile::tempdir().unwrap();
+        let a = cached(&url, dir.path());
+        let x = a.allocate_ino().unwrap();
+        mapped_file(&a, x, 1, 4096, 1);
+        // a rewrite commits, and its write-through is held where it has written the cache
+        let [writer_at] = hold(&a, ["writer"]);
+        let writer = {
+            let a = a.clone();
+            named("writer", move || mapped_file(&a, x, 2, 4096, 2))
+        };
+        writer_at.reaches("written through");
+        // meanwhile a read: the inode, then its map (as the read path does)
+        let (seen, got) = std::sync::mpsc::channel();
+        let reader = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                let n = a.read_inode(x).unwrap().unwrap();
+                let map = a.read().unwrap().extents(x, 0..u64::MAX).unwrap();
+                seen.send((n, map)).unwrap();
+            })
+        };
+        // the reader may wait for the write-through to finish: let it, after a while
+        let early = got.recv_timeout(Duration::from_secs(2)).ok();
+        release(&a, &writer_at);
+        let (n, map) = early.unwrap_or_else(|| got.recv().unwrap());
+        let (_, new) = writer.join().unwrap();
+        reader.join().unwrap();
+        if n.data_version == 2 {
+            assert_eq!(map, vec![new], "the new inode with the old map");
+        }
+    }
+
+    #[test]
+    fn an_extent_lookup_racing_an_invalidation_finds_the_map() {
+        let url = fresh_database();
+        let dir = tempfile::tempdir().unwrap();
+        let a = cached(&url, dir.path());
+        let x = a.allocate_ino().unwrap();
+        let (_, e) = mapped_file(&a, x, 1, 4096, 1);
+        // a lookup finds the map cached, and is held there
+        let [reader_at] = hold(&a, ["reader"]);
+        let reader = {
+            let a = a.clone();
+            named("reader", move || {
+                a.read().unwrap().extents(x, 0..u64::MAX).unwrap()
+            })
+        };
+        reader_at.reaches("mapped");
+        // meanwhile another mount changes x's attributes (not its map)
+        a.cache.invalidate(&[x]);
+        release(&a, &reader_at);
+        assert_eq!(
+            reader.join().unwrap(),
+            vec![e],
+            "a mapped file read as a hole"
+        );
+    }
+
+    #[test]
+    fn a_map_read_while_an_invalidation_is_written_is_never_cached_empty() {
+        let url = fresh_database();
+        let dir = tempfile::tempdir().unwrap();
+        let a = cached(&url, dir.path());
+        let x = a.allocate_ino().unwrap();
+        let (_, e) = mapped_file(&a, x, 1, 4096, 1);
+        a.cache.invalidate(&[x]);
+        // an invalidation of x (from the change feed) has taken its new generation...
+        let [invalidator_at, reader_at] = hold(&a, ["invalidator", "reader"]);
+        let invalidator = {
+            let a = a.clone();
+            named("invalidator", move || a.cache.invalidate(&[x]))
+        };
+        invalidator_at.reaches("generation taken");
+        // ...when a lookup reads x's map from the engine (under the generation it replaces)
+        let reader = {
+            let a = a.clone();
+            named("reader", move || {
+                a.read().unwrap().extents(x, 0..u64::MAX).unwrap()
+            })
+        };
+        reader_at.reaches("filling");
+        invalidator_at.go_on.send(()).unwrap();
+        invalidator.join().unwrap();
+        release(&a, &reader_at);
+        assert_eq!(reader.join().unwrap(), vec![e]);
+        assert_eq!(
+            a.read().unwrap().extents(x, 0..u64::MAX).unwrap(),
+            vec![e],
+            "a mapped file read as a hole"
+        );
     }
 
     #[test]
