@@ -438,6 +438,56 @@ fn o_append_writes_from_two_mounts_without_a_lock_lose_nothing() {
     appends_to_an_open_log_lose_nothing(None);
 }
 
+/// A logger's O_APPEND writes on a shared volume are buffered: a commit per flush, not per
+/// write. Lines buffered on A while B appends one of its own land after it, nothing
+/// overwritten, and both mounts (A's kernel included) see the whole log after A's close.
+#[test]
+fn o_append_writes_are_buffered_and_land_after_another_mounts_append() {
+    let port = common::scrape::free_port();
+    let a = Mounted::new_pg(&format!("{OPTS},metrics=127.0.0.1:{port}"));
+    let b = a.another_mount(OPTS);
+    std::fs::write(a.path("log"), b"").unwrap();
+    let commits = || {
+        common::scrape::sample(
+            &common::scrape::scrape(port),
+            "graviton_meta_query_duration_seconds_count",
+            &["kind=\"commit\""],
+        )
+        .unwrap_or(0.0)
+    };
+    const N: usize = 2000;
+    let before = commits();
+    let mut log = OpenOptions::new().append(true).open(a.path("log")).unwrap();
+    for i in 0..N / 2 {
+        log.write_all(format!("A {i}\n").as_bytes()).unwrap();
+    }
+    let mut other = OpenOptions::new().append(true).open(b.path("log")).unwrap();
+    other.write_all(b"B 0\n").unwrap();
+    drop(other);
+    for i in N / 2..N {
+        log.write_all(format!("A {i}\n").as_bytes()).unwrap();
+    }
+    drop(log);
+    let spent = commits() - before;
+    let mut want: Vec<String> = vec!["B 0".into()];
+    want.extend((0..N).map(|i| format!("A {i}")));
+    for (m, name) in [(&a, "A"), (&b, "B")] {
+        let text = String::from_utf8(read(&m.path("log"))).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_by_key(|l| !l.starts_with('B'));
+        assert_eq!(
+            lines, want,
+            "every line once, whole, in order, as {name} reads it"
+        );
+        assert_eq!(
+            std::fs::metadata(m.path("log")).unwrap().len(),
+            text.len() as u64,
+            "the size {name} reports"
+        );
+    }
+    assert!(spent < 50.0, "{spent} commits for {N} appends");
+}
+
 /// Inodes in the volume, as `graviton status` counts them.
 fn inodes(m: &Mounted) -> u64 {
     m.status_json()["usage"]["inodes"].as_u64().unwrap()

@@ -405,6 +405,9 @@ fn serve(
     if let (Some(shared), Some(kernel)) = (vol.meta.shared(), kernel) {
         crate::fuse::follow_changes(session.notifier(), shared, kernel)?;
     }
+    fs.set_kernel_pages(std::sync::Arc::new(crate::fuse::NotifierPages(
+        session.notifier(),
+    )));
     if opts.page_fill {
         fs.enable_page_fill(Box::new(crate::fuse::NotifierPages(session.notifier())))?;
     }

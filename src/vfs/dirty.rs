@@ -180,6 +180,14 @@ impl DirtyData {
         }
     }
 
+    /// Moves every span `by` bytes (appends placed before the end of the file was known).
+    pub fn moved(&mut self, by: i64) {
+        self.spans = std::mem::take(&mut self.spans)
+            .into_iter()
+            .map(|(s, v)| (s.saturating_add_signed(by), v))
+            .collect();
+    }
+
     /// Puts back a span previously taken (for example a tail held back from a flush).
     pub fn restore(&mut self, offset: u64, data: Vec<u8>) {
         if data.is_empty() {

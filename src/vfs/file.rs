@@ -118,6 +118,11 @@ pub(crate) struct FileState {
     /// (tar, cp -a and rsync set attributes before close; one transaction instead of a flush
     /// plus one per call). Explicit mtimes go to `mtime`.
     pub attrs: Option<AttrChange>,
+    /// Set while the pending writes are O_APPEND writes on a shared volume: they were placed
+    /// from this offset on, and their commit moves them to the end of the file as the
+    /// transaction finds it (`vfs::append`). Such writes are never pending together with
+    /// others.
+    pub append_base: Option<u64>,
 }
 
 /// Attribute changes not yet committed; unset fields stay as committed.
@@ -185,6 +190,21 @@ impl FileState {
     /// Logical end of the file's pending bytes.
     pub fn pending_end(&self) -> u64 {
         self.dirty.end().max(self.inflight_end())
+    }
+
+    /// Whether bytes are buffered or being flushed.
+    pub fn has_bytes_pending(&self) -> bool {
+        !self.dirty.is_empty() || self.inflight.is_some()
+    }
+
+    /// After a commit that moved pending appends `moved` bytes from where they were placed,
+    /// to end at `end`: the appends still pending follow them (`vfs::append`).
+    pub fn appends_committed(&mut self, moved: i64, end: u64) {
+        if moved != 0 {
+            self.dirty.moved(moved);
+            self.last_write_end = self.last_write_end.saturating_add_signed(moved);
+        }
+        self.append_base = (!self.dirty.is_empty()).then_some(end);
     }
 
     /// Whether a flush has anything to commit.
@@ -310,6 +330,7 @@ impl Fs {
                             handles: 0,
                             writers: 0,
                             attrs: None,
+                            append_base: None,
                         }),
                     })
                 })
@@ -422,16 +443,30 @@ impl Fs {
             return Err(FsError::ReadOnly);
         }
         self.check_fence(&h)?;
-        if self.appends_at_committed_end(&h) {
-            return self.append_committed(&h, data);
-        }
+        let at_end = self.appends_at_committed_end(&h);
         let threshold = self.core.cfg.file_flush_threshold;
-        let (schedule, wait, placed) = {
+        let (schedule, wait, placed) = loop {
             let mut st = h.file.lock();
-            let offset = if h.flags.append {
+            if st.append_base.is_some() != at_end && st.has_bytes_pending() {
+                // appends placed at the end as committed and other writes are never pending
+                // together: the ones pending go first
+                drop(st);
+                self.core.flush_file(&h.file, FlushMode::All, false)?;
+                continue;
+            }
+            let offset = if at_end {
+                match st.append_base {
+                    Some(_) => st.pending_end(),
+                    None => self.core.inode(h.ino)?.size,
+                }
+            } else if h.flags.append {
                 self.core.inode(h.ino)?.size.max(st.pending_end())
             } else {
                 offset
+            };
+            st.append_base = match at_end {
+                true => st.append_base.or(Some(offset)),
+                false => None,
             };
             if offset
                 .checked_add(data.len() as u64)
@@ -452,7 +487,7 @@ impl Fs {
             if schedule {
                 st.flush_scheduled = true;
             }
-            (schedule, dirty >= 2 * threshold, placed)
+            break (schedule, dirty >= 2 * threshold, placed);
         };
         if schedule {
             // Completed chunks go to the store in the background while writes continue.

@@ -55,7 +55,7 @@ impl Core {
         let _one_at_a_time = file.flush_lock.lock().expect("flush lock");
         // writes made under a lock or into an unlinked file that the mount lost are dropped
         self.fence_if_lost(file);
-        let (work, mtime, attrs, frontier) = {
+        let (work, mtime, attrs, frontier, append_base) = {
             let mut st = file.lock();
             if !st.has_pending() {
                 drop(st);
@@ -76,12 +76,20 @@ impl Core {
             };
             let work = Arc::new(work);
             st.inflight = Some(work.clone());
-            (work, st.mtime, st.attrs, st.last_write_end)
+            (work, st.mtime, st.attrs, st.last_write_end, st.append_base)
         };
         let taken = super::dirty::charge(&work);
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
         let result = self.store_and_commit(
-            file, &work, mode, frontier, mtime, attrs, durable, false, &mut kept,
+            file,
+            &work,
+            mode,
+            frontier,
+            mtime,
+            attrs,
+            durable,
+            append_base,
+            &mut kept,
         );
         let mut st = file.lock();
         st.inflight = None;
@@ -97,8 +105,10 @@ impl Core {
             st.dirty.fill_gaps(*off, data);
         }
         self.add_dirty(st.dirty.bytes() as i64 - before as i64 - taken as i64);
+        let moved = Self::appends_placed(&mut st, &result);
         match result {
-            Ok(inode) => {
+            Ok(committed) => {
+                let inode = committed.map(|c| c.inode);
                 // what changed meanwhile stays pending; nothing committed, nothing cleared
                 if inode.is_some() && st.mtime == mtime {
                     st.mtime = None;
@@ -110,6 +120,9 @@ impl Core {
                     file.written_in.store(0, Ordering::SeqCst);
                 }
                 drop(st);
+                if moved {
+                    self.kernel_forget(file.ino);
+                }
                 if let Some(inode) = inode {
                     self.maybe_coalesce(&inode);
                 }
@@ -277,15 +290,27 @@ impl Core {
             st.mtime,
             st.attrs,
             durable,
-            false,
+            st.append_base,
             &mut kept,
         );
+        let kept_bytes = super::dirty::charge(&kept);
+        let back = match &result {
+            Ok(_) => kept,
+            Err(FsError::Fenced) => Vec::new(),
+            // nothing was committed: every byte stays buffered so a later flush can retry
+            Err(_) => spans,
+        };
+        for (off, data) in back {
+            st.dirty.restore(off, data);
+        }
+        if Self::appends_placed(st, &result) {
+            // the caller holds the state lock: dropped once it is let go
+            let core = self.clone();
+            self.runtime.spawn_blocking(move || core.kernel_forget(ino));
+        }
         match result {
-            Ok(inode) => {
-                let kept_bytes = super::dirty::charge(&kept);
-                for (off, data) in kept {
-                    st.dirty.restore(off, data);
-                }
+            Ok(committed) => {
+                let inode = committed.map(|c| c.inode);
                 if inode.is_some() {
                     st.attrs = None;
                     if st.dirty.is_empty() {
@@ -309,21 +334,36 @@ impl Core {
                 Err(FsError::Fenced)
             }
             Err(e) => {
-                // Nothing was committed: keep every byte buffered so a later flush can retry.
-                for (off, data) in spans {
-                    st.dirty.restore(off, data);
-                }
                 tracing::error!(ino, "flush failed: {e}");
                 Err(e)
             }
         }
     }
 
+    /// After a flush (the file's state locked): pending appends follow where the commit
+    /// placed the ones before them. True when that was not where they were placed: the
+    /// kernel's cached size and pages of the file are then stale (`vfs::append`).
+    fn appends_placed(st: &mut FileState, result: &FsResult<Option<Committed>>) -> bool {
+        if st.append_base.is_none() {
+            return false;
+        }
+        match result {
+            Ok(Some(c)) => {
+                st.appends_committed(c.moved, c.inode.size);
+                return c.moved != 0;
+            }
+            _ if !st.has_bytes_pending() => st.append_base = None,
+            _ => {}
+        }
+        false
+    }
+
     /// Stores blocks for `spans` and commits them; returns the inode as committed (None when
     /// there was nothing to commit). Tails held back (Completed mode) go into `kept`. Fails
     /// with `Fenced`, committing nothing, when the mount loses what it held the file under
-    /// before the commit (`vfs::fence`). With `at_end`, span offsets count from the end of
-    /// the file as the transaction finds it (`vfs::append`).
+    /// before the commit (`vfs::fence`). With `append_base`, the spans are appends placed
+    /// from there on: they go to the end of the file as the transaction finds it
+    /// (`vfs::append`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn store_and_commit(
         &self,
@@ -334,9 +374,9 @@ impl Core {
         mtime: Option<crate::meta::Timestamp>,
         attrs: Option<AttrChange>,
         durable: bool,
-        at_end: bool,
+        append_base: Option<u64>,
         kept: &mut Vec<(u64, Vec<u8>)>,
-    ) -> FsResult<Option<Inode>> {
+    ) -> FsResult<Option<Committed>> {
         let (ino, claims) = (file.ino, super::fence::Claims::of(file));
         let cfg = &self.cfg;
         let started = std::time::Instant::now();
@@ -400,17 +440,17 @@ impl Core {
             .map(Extent::end)
             .max()
             .unwrap_or(0);
-        let inode = self.txn(|tx| {
+        let (inode, moved) = self.txn(|tx| {
             if self.claims_lost(claims) {
                 return Err(FsError::Fenced);
             }
             let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
-            let base = if at_end { inode.size } else { 0 };
+            let moved = append_base.map_or(0, |b| inode.size as i64 - b as i64);
             let shifted;
-            let groups = match base {
+            let groups = match moved {
                 0 => &groups,
                 _ => {
-                    shifted = shift(&groups, base);
+                    shifted = shift(&groups, moved);
                     &shifted
                 }
             };
@@ -429,7 +469,7 @@ impl Core {
             }
             if !groups.is_empty() {
                 inode.data_version += 1;
-                inode.size = inode.size.max(base + data_end);
+                inode.size = inode.size.max(data_end.saturating_add_signed(moved));
             }
             if let Some(m) = mtime {
                 inode.mtime = m;
@@ -439,7 +479,7 @@ impl Core {
                 a.apply(&mut inode);
             }
             tx.put_inode(&inode)?;
-            Ok(inode)
+            Ok((inode, moved))
         })?;
         if durable {
             self.meta.sync()?;
@@ -452,14 +492,21 @@ impl Core {
             committed = ?(started.elapsed() - stored),
             "flushed"
         );
-        Ok(Some(inode))
+        Ok(Some(Committed { inode, moved }))
     }
 }
 
-/// `groups` moved `by` bytes further into the file.
-fn shift(groups: &[Vec<Extent>], by: u64) -> Vec<Vec<Extent>> {
+/// What a flush committed.
+pub(crate) struct Committed {
+    pub inode: Inode,
+    /// How far the commit moved appends from where they were placed (`vfs::append`).
+    pub moved: i64,
+}
+
+/// `groups` moved `by` bytes (appends placed before the end of the file was known).
+fn shift(groups: &[Vec<Extent>], by: i64) -> Vec<Vec<Extent>> {
     let moved = |e: &Extent| Extent {
-        offset: e.offset + by,
+        offset: e.offset.saturating_add_signed(by),
         ..*e
     };
     groups

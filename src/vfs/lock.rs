@@ -1,7 +1,8 @@
 //! flock and fcntl locks on a shared volume, through the handle they are taken on. The locks
 //! themselves live in the metadata engine (`meta::SharedVolume`); on an embedded volume the
 //! kernel keeps them and these calls are not made. A handle open on a file whose lock the
-//! mount lost when its session expired gets ENOLCK (`vfs::fence`).
+//! mount lost when its session expired gets ENOLCK (`vfs::fence`). Releasing a lock first
+//! commits the file's pending writes, so another mount that takes the lock next finds them.
 
 use super::{Core, Fs, FsError, FsResult};
 use crate::meta::{HeldLock, Ino, LockKind, LockRequest, MetaError, SharedVolume};
@@ -35,6 +36,12 @@ impl Fs {
     pub fn set_lock(&self, fh: u64, req: &LockRequest, wait: bool) -> FsResult<bool> {
         let h = self.handle(fh)?;
         let shared = self.shared_volume()?;
+        if req.kind == LockKind::Unlock {
+            // what was written under the lock is committed before another mount can take it
+            self.core
+                .flush_file(&h.file, super::flush::FlushMode::All, false)
+                .map_err(lock_lost)?;
+        }
         let mut tries = 0;
         loop {
             self.check_fence(&h).map_err(lock_lost)?;

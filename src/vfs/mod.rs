@@ -144,6 +144,8 @@ pub(crate) struct Core {
     pub runtime: tokio::runtime::Handle,
     /// Hands fetched blocks' other bytes to the kernel's page cache, once a mount enables it.
     pub fill: fill::PageFill,
+    /// The kernel's caches of this mount, once the FUSE adapter has handed them over.
+    pub kernel: std::sync::OnceLock<Arc<dyn KernelPages>>,
 }
 
 /// Stripes of `Core::gates`.
@@ -160,6 +162,15 @@ impl Core {
     /// Whether directory `ino` is open (opendir) on this mount.
     pub(crate) fn dir_is_open(&self, ino: Ino) -> bool {
         self.open_dirs.lock().expect("lock").contains_key(&ino)
+    }
+
+    /// Drops the kernel's cached attributes and pages of `ino`. Never while holding a file's
+    /// state lock: the kernel may wait on pages that a read this daemon has yet to answer
+    /// holds.
+    pub(crate) fn kernel_forget(&self, ino: Ino) {
+        if let Some(k) = self.kernel.get() {
+            let _ = k.forget(ino, 0, 0);
+        }
     }
 
     /// The open file of `ino`, if it is open on this mount.
@@ -255,6 +266,7 @@ impl Fs {
             gates: (0..GATES).map(|_| Mutex::new(())).collect(),
             runtime: runtime.handle().clone(),
             fill: fill::PageFill::new(),
+            kernel: std::sync::OnceLock::new(),
         });
         let fs = Fs {
             core,
@@ -266,6 +278,12 @@ impl Fs {
         fs.ensure_root()?;
         fs.reclaim_orphans()?;
         Ok(fs)
+    }
+
+    /// The kernel's caches of this mount, for changes the kernel cannot know of (appends
+    /// another mount's moved: `vfs::append`).
+    pub fn set_kernel_pages(&self, pages: Arc<dyn KernelPages>) {
+        let _ = self.core.kernel.set(pages);
     }
 
     /// From now on, blocks fetched for reads also fill the kernel's page cache (see
