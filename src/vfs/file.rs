@@ -456,8 +456,8 @@ impl Fs {
             }
             let offset = if at_end {
                 match st.append_base {
-                    Some(_) => st.pending_end(),
-                    None => self.core.inode(h.ino)?.size,
+                    Some(_) if st.has_bytes_pending() => st.pending_end(),
+                    _ => self.core.inode(h.ino)?.size,
                 }
             } else if h.flags.append {
                 self.core.inode(h.ino)?.size.max(st.pending_end())
@@ -465,7 +465,8 @@ impl Fs {
                 offset
             };
             st.append_base = match at_end {
-                true => st.append_base.or(Some(offset)),
+                true if st.has_bytes_pending() => st.append_base.or(Some(offset)),
+                true => Some(offset),
                 false => None,
             };
             if offset
