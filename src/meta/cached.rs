@@ -383,9 +383,13 @@ impl LocalCache {
             });
             latest.insert((*dir, name.as_slice()), *entry);
         }
+        let mut stored = std::collections::HashSet::new();
         for inode in w.inodes.values() {
             match postcard::to_stdvec(inode) {
-                Ok(v) => batch.put(key(INODE, inode.ino), v),
+                Ok(v) => {
+                    batch.put(key(INODE, inode.ino), v);
+                    stored.insert(inode.ino);
+                }
                 Err(_) => drop.push(inode.ino),
             }
         }
@@ -398,9 +402,7 @@ impl LocalCache {
         drop.dedup();
         // in the same batch: a reader that finds the new attributes (a new data version)
         // never finds the map they replaced; the attributes written here stay
-        drop_into(&mut batch, &drop, generation, |ino| {
-            w.inodes.contains_key(&ino)
-        });
+        drop_into(&mut batch, &drop, generation, |ino| stored.contains(&ino));
         match self.db.write_opt(&batch, &no_wal()) {
             Ok(()) => {
                 self.written();

@@ -49,6 +49,11 @@ impl DirtyData {
             .unwrap_or(0)
     }
 
+    /// The first dirty byte, if any.
+    pub fn start(&self) -> Option<u64> {
+        self.spans.keys().next().copied()
+    }
+
     pub fn ranges(&self) -> RangeSet {
         RangeSet::from_ranges(self.spans.iter().map(|(&s, v)| s..s + v.len() as u64))
     }

@@ -99,6 +99,9 @@ pub(crate) struct OpenFile {
     pub written_in: std::sync::atomic::AtomicI64,
     /// How many times the file was fenced: a handle opened before the last time fails.
     pub fences: std::sync::atomic::AtomicU64,
+    /// A commit moved appends from where the kernel was told they went: its cached size and
+    /// pages of the file are being dropped (`vfs::append`).
+    pub kernel_stale: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct FileState {
@@ -321,6 +324,7 @@ impl Fs {
                         claim: Default::default(),
                         written_in: Default::default(),
                         fences: Default::default(),
+                        kernel_stale: Default::default(),
                         state: Mutex::new(FileState {
                             dirty: DirtyData::default(),
                             mtime: None,
@@ -553,7 +557,14 @@ impl Fs {
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
         self.check_fence(&h)?;
-        self.flush_inode(h.ino, false)
+        self.flush_inode(h.ino, false)?;
+        // a commit moved appends (another mount appended meanwhile): this mount's processes
+        // see where they went once the close returns (no lock is held here that the kernel
+        // could wait on)
+        if h.file.kernel_stale.swap(false, Ordering::SeqCst) {
+            self.core.kernel_forget(h.ino);
+        }
+        Ok(())
     }
 
     pub fn fsync(&self, fh: u64) -> FsResult<()> {

@@ -55,7 +55,7 @@ impl Core {
         let _one_at_a_time = file.flush_lock.lock().expect("flush lock");
         // writes made under a lock or into an unlinked file that the mount lost are dropped
         self.fence_if_lost(file);
-        let (work, mtime, attrs, frontier, append_base) = {
+        let (work, mtime, attrs, frontier, append_base, mode) = {
             let mut st = file.lock();
             if !st.has_pending() {
                 drop(st);
@@ -68,6 +68,12 @@ impl Core {
             // A background flush leaves the unfinished block at the write frontier in place
             // (when the chunker can tell where it starts), so the writer extends it there.
             let frontier = st.last_write_end;
+            // (Not for appends: a tail held back could be committed apart from the rest of
+            // its write, and another mount's append land in between.)
+            let mode = match st.append_base {
+                Some(_) => FlushMode::All,
+                None => mode,
+            };
             let work = match self.cfg.chunker.settled_end(frontier) {
                 Some(from) if mode == FlushMode::Completed => {
                     st.dirty.take_holding_back(from, frontier, PACK_BELOW)
@@ -76,7 +82,14 @@ impl Core {
             };
             let work = Arc::new(work);
             st.inflight = Some(work.clone());
-            (work, st.mtime, st.attrs, st.last_write_end, st.append_base)
+            (
+                work,
+                st.mtime,
+                st.attrs,
+                st.last_write_end,
+                st.append_base,
+                mode,
+            )
         };
         let taken = super::dirty::charge(&work);
         let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -121,7 +134,7 @@ impl Core {
                 }
                 drop(st);
                 if moved {
-                    self.kernel_forget(file.ino);
+                    self.kernel_forget_later(file);
                 }
                 if let Some(inode) = inode {
                     self.maybe_coalesce(&inode);
@@ -304,9 +317,7 @@ impl Core {
             st.dirty.restore(off, data);
         }
         if Self::appends_placed(st, &result) {
-            // the caller holds the state lock: dropped once it is let go
-            let core = self.clone();
-            self.runtime.spawn_blocking(move || core.kernel_forget(ino));
+            self.kernel_forget_later(file);
         }
         match result {
             Ok(committed) => {
@@ -353,9 +364,24 @@ impl Core {
                 return c.moved != 0;
             }
             _ if !st.has_bytes_pending() => st.append_base = None,
+            Err(FsError::Fenced) => {
+                // the dropped appends leave no gap: the ones written since take their place
+                if let (Some(base), Some(first)) = (st.append_base, st.dirty.start()) {
+                    st.appends_committed(base as i64 - first as i64, base);
+                }
+            }
             _ => {}
         }
         false
+    }
+
+    /// Drops the kernel's cached size and pages of `file` soon, on a thread nobody waits for
+    /// (the caller may hold locks that a read or write, whose pages the kernel holds, waits
+    /// for); a close of the file waits for it (`Fs::flush`).
+    fn kernel_forget_later(self: &Arc<Self>, file: &OpenFile) {
+        file.kernel_stale.store(true, Ordering::SeqCst);
+        let (core, ino) = (self.clone(), file.ino);
+        self.runtime.spawn_blocking(move || core.kernel_forget(ino));
     }
 
     /// Stores blocks for `spans` and commits them; returns the inode as committed (None when
@@ -440,12 +466,15 @@ impl Core {
             .map(Extent::end)
             .max()
             .unwrap_or(0);
-        let (inode, moved) = self.txn(|tx| {
+        // the appends' last attempted placement, for `appends_landed`
+        let attempted = std::cell::Cell::new(0i64);
+        let committed = self.txn(|tx| {
             if self.claims_lost(claims) {
                 return Err(FsError::Fenced);
             }
             let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
             let moved = append_base.map_or(0, |b| inode.size as i64 - b as i64);
+            attempted.set(moved);
             let shifted;
             let groups = match moved {
                 0 => &groups,
@@ -480,7 +509,19 @@ impl Core {
             }
             tx.put_inode(&inode)?;
             Ok((inode, moved))
-        })?;
+        });
+        let (inode, moved) = match committed {
+            Err(e) if append_base.is_some() && !matches!(e, FsError::Fenced) => {
+                // Appends must not be committed twice: a commit whose answer was lost may
+                // have landed, and if it did, these bytes are not to be flushed again.
+                let moved = attempted.get();
+                match self.appends_landed(ino, &shift(&groups, moved)) {
+                    Some(inode) => (inode, moved),
+                    None => return Err(e),
+                }
+            }
+            other => other?,
+        };
         if durable {
             self.meta.sync()?;
         }
@@ -493,6 +534,31 @@ impl Core {
             "flushed"
         );
         Ok(Some(Committed { inode, moved }))
+    }
+}
+
+impl Core {
+    /// After a failed commit of appends placed as `placed`: the inode, if the file's map holds
+    /// exactly those extents there (the commit landed, only its answer was lost). None when it
+    /// does not, or when that cannot be told now (the appends then stay pending).
+    fn appends_landed(&self, ino: crate::meta::Ino, placed: &[Vec<Extent>]) -> Option<Inode> {
+        let mut want: Vec<Extent> = placed.iter().flatten().copied().collect();
+        want.sort_by_key(|e| e.offset);
+        let start = want.first()?.offset;
+        let end = want.iter().map(Extent::end).max()?;
+        let found = self.txn(|tx| {
+            let inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+            let mut map = tx.extents(ino, start..end)?;
+            map.sort_by_key(|e| e.offset);
+            Ok((map, inode))
+        });
+        match found {
+            Ok((map, inode)) if map == want => {
+                tracing::warn!(ino, "a commit's answer was lost, and it had landed");
+                Some(inode)
+            }
+            _ => None,
+        }
     }
 }
 

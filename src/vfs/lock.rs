@@ -36,8 +36,9 @@ impl Fs {
     pub fn set_lock(&self, fh: u64, req: &LockRequest, wait: bool) -> FsResult<bool> {
         let h = self.handle(fh)?;
         let shared = self.shared_volume()?;
-        if req.kind == LockKind::Unlock {
-            // what was written under the lock is committed before another mount can take it
+        if req.kind != LockKind::Exclusive {
+            // what was written under a write lock is committed before another mount can take
+            // it (an unlock, or a downgrade to a read lock)
             self.core
                 .flush_file(&h.file, super::flush::FlushMode::All, false)
                 .map_err(lock_lost)?;
