@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pg_server::Server;
+use common::relay::Relay;
 use common::{CTX, small_cfg};
-use graviton::meta::{MetaStore, PgMetaStore, ROOT_INO};
+use graviton::meta::{MetaStore, PgMetaStore, ROOT_INO, SessionInfo};
 use graviton::store::MemoryBlockStore;
 use graviton::vfs::{Fs, OpenFlags};
 
@@ -234,4 +235,56 @@ fn an_unlink_waiting_on_the_database_stalls_no_other_file() {
     reopened.unwrap();
     assert!(fs.lookup(ROOT_INO, b"b").is_err());
     fs.release(fh_a).unwrap();
+}
+
+/// An append's commit whose answer is lost (the server committed, then the connection dropped
+/// before the client heard so): the appends are found in place and not committed a second
+/// time, and the close succeeds.
+#[test]
+fn appends_whose_commit_answer_was_lost_are_not_committed_twice() {
+    let admin = std::env::var("GRAVITON_TEST_PG")
+        .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh");
+    let url = graviton::meta::pg::create_scratch_database(&admin).expect("scratch database");
+    let (relay, through_relay) = Relay::in_front_of(&url);
+    let meta = PgMetaStore::connect_within(&through_relay, Duration::from_secs(30)).unwrap();
+    meta.begin_session(&SessionInfo {
+        host: "test".into(),
+        pid: std::process::id(),
+        mountpoint: url.clone(),
+        timeout: Duration::from_secs(30),
+    })
+    .expect("session");
+    let fs = Fs::new(
+        Arc::new(meta),
+        Arc::new(MemoryBlockStore::new()),
+        small_cfg(),
+    )
+    .unwrap();
+    let (inode, fh) = fs
+        .create(CTX, ROOT_INO, b"log", 0o644, OpenFlags::RW)
+        .unwrap();
+    fs.release(fh).unwrap();
+    let appending = OpenFlags {
+        append: true,
+        ..OpenFlags::RW
+    };
+    let fh = fs.open(inode.ino, appending).unwrap();
+    let mut want = Vec::new();
+    for i in 0..100 {
+        let line = format!("line {i}\n");
+        fs.write(fh, 0, line.as_bytes()).unwrap();
+        want.extend_from_slice(line.as_bytes());
+    }
+    relay.lose_answer_to_commit_with(b"\"op\":\"splice\"");
+    let closed = fs.flush(fh);
+    assert_eq!(relay.answers_lost(), 1, "the commit's answer was lost");
+    closed.expect("the close finds its commit landed");
+    fs.release(fh).unwrap();
+    let fh = fs.open(inode.ino, OpenFlags::READ).unwrap();
+    let got = fs.read(fh, 0, 1 << 20).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want),
+        "each line once"
+    );
 }

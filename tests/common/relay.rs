@@ -1,11 +1,13 @@
 //! A TCP relay on loopback between one client and a server, which a test can cut: every
 //! connection through it is closed at once, and new ones are closed as they arrive, until it is
-//! restored. Cuts one client off while the server stays up for the others.
+//! restored. Cuts one client off while the server stays up for the others. It can also lose
+//! the answer to one commit: the server commits, the client never hears so.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub struct Relay {
     addr: SocketAddr,
@@ -18,6 +20,10 @@ struct State {
     stopping: AtomicBool,
     /// Both ends of every relayed connection, to close them at a cut.
     streams: Mutex<Vec<TcpStream>>,
+    /// Armed by `lose_answer_to_commit_with`: what the client's COMMIT message must contain.
+    lose: Mutex<Option<Vec<u8>>>,
+    /// Answers lost so far.
+    lost: AtomicUsize,
 }
 
 impl Relay {
@@ -67,6 +73,18 @@ impl Relay {
     pub fn restore(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
     }
+
+    /// Once: the next message from a client that holds a COMMIT and `marker` reaches the
+    /// server, but nothing the server answers on that connection reaches the client, and the
+    /// connection closes a moment later (the client cannot tell whether it committed).
+    pub fn lose_answer_to_commit_with(&self, marker: &[u8]) {
+        *self.state.lose.lock().unwrap() = Some(marker.to_vec());
+    }
+
+    /// How many answers `lose_answer_to_commit_with` has lost.
+    pub fn answers_lost(&self) -> usize {
+        self.state.lost.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Relay {
@@ -79,7 +97,7 @@ impl Drop for Relay {
 }
 
 /// Copies bytes both ways between `client` and `server` on two threads.
-fn relay(st: &State, client: TcpStream, server: TcpStream) {
+fn relay(st: &Arc<State>, client: TcpStream, server: TcpStream) {
     let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
@@ -91,18 +109,67 @@ fn relay(st: &State, client: TcpStream, server: TcpStream) {
             }
         }
     }
-    std::thread::spawn(move || pipe(client, s2));
-    std::thread::spawn(move || pipe(server, c2));
+    let deaf = Arc::new(AtomicBool::new(false));
+    let upstream = Upstream {
+        st: st.clone(),
+        deaf: deaf.clone(),
+    };
+    std::thread::spawn(move || pipe(client, s2, Some(upstream), None));
+    std::thread::spawn(move || pipe(server, c2, None, Some(deaf)));
 }
 
-/// Copies `from` into `to` until either side closes, then closes both.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// The client-to-server side of a connection, watching for the commit whose answer is lost.
+struct Upstream {
+    st: Arc<State>,
+    /// Set once the server's answers on this connection are to be dropped.
+    deaf: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    /// After `sent` reached the server: whether its answer is the one to lose.
+    fn loses_answer_to(&self, sent: &[u8]) -> bool {
+        let mut lose = self.st.lose.lock().unwrap();
+        let hit = lose
+            .as_ref()
+            .is_some_and(|marker| contains(sent, b"COMMIT") && contains(sent, marker));
+        if hit {
+            *lose = None;
+            self.deaf.store(true, Ordering::SeqCst);
+            self.st.lost.fetch_add(1, Ordering::SeqCst);
+        }
+        hit
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Copies `from` into `to` until either side closes, then closes both. Upstream, watches for
+/// the commit whose answer is lost; downstream, drops what comes once `deaf` is set.
+fn pipe(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    upstream: Option<Upstream>,
+    deaf: Option<Arc<AtomicBool>>,
+) {
     let mut buf = [0u8; 16 << 10];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if deaf.as_ref().is_some_and(|d| d.load(Ordering::SeqCst)) {
+                    continue;
+                }
                 if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                if upstream
+                    .as_ref()
+                    .is_some_and(|u| u.loses_answer_to(&buf[..n]))
+                {
+                    // the server commits and answers into the void; then the line drops
+                    std::thread::sleep(Duration::from_millis(500));
                     break;
                 }
             }
