@@ -488,6 +488,56 @@ fn o_append_writes_are_buffered_and_land_after_another_mounts_append() {
     assert!(spent < 50.0, "{spent} commits for {N} appends");
 }
 
+/// An open file description lock (`F_OFD_SETLK`) through a descriptor: 0 or the errno.
+fn ofd_lock(f: &std::fs::File) -> i32 {
+    // SAFETY: a zeroed flock struct is valid; fcntl on a descriptor we own.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_len = 10;
+    match unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) } {
+        0 => 0,
+        _ => std::io::Error::last_os_error().raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// An OFD lock belongs to its open file description: another description is refused it, on
+/// this mount and the other, until the description's last close releases it.
+#[test]
+fn an_ofd_lock_lasts_until_its_descriptions_last_close() {
+    let a = Mounted::new_pg(OPTS);
+    let b = a.another_mount(OPTS);
+    std::fs::write(a.path("f"), b"0123456789").unwrap();
+    let open = |m: &Mounted| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.path("f"))
+            .unwrap()
+    };
+    let held = open(&a);
+    assert_eq!(ofd_lock(&held), 0);
+    let copy = held.try_clone().unwrap();
+    assert_eq!(ofd_lock(&open(&a)), libc::EAGAIN, "held on this mount");
+    assert_eq!(ofd_lock(&open(&b)), libc::EAGAIN, "held on the other mount");
+    drop(held);
+    assert_eq!(
+        ofd_lock(&open(&b)),
+        libc::EAGAIN,
+        "a descriptor of it is still open"
+    );
+    drop(copy);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let other = open(&b);
+    while ofd_lock(&other) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the lock outlived its description's last close"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Inodes in the volume, as `graviton status` counts them.
 fn inodes(m: &Mounted) -> u64 {
     m.status_json()["usage"]["inodes"].as_u64().unwrap()

@@ -542,7 +542,9 @@ impl Filesystem for GravitonFuse {
     ) {
         // A close releases the closing process's fcntl locks on the file.
         self.inline_unless_pending(op("flush"), ino, false, move |fs| {
-            let r = fs.flush(fh.0).and(fs.release_locks(ino.0, lock_owner.0));
+            let r = fs
+                .flush(fh.0)
+                .and(fs.release_locks(fh.0, ino.0, lock_owner.0));
             Self::empty(reply, r)
         });
     }
@@ -557,10 +559,12 @@ impl Filesystem for GravitonFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // The last close of an open file releases its flock lock.
+        // The last close of an open file description releases its flock lock and its own
+        // (OFD) locks, once its writes are committed.
         self.inline_unless_pending(op("release"), ino, false, move |fs| {
-            let unlocked = lock_owner.map_or(Ok(()), |o| fs.release_locks(ino.0, o.0));
-            Self::empty(reply, fs.release(fh.0).and(unlocked))
+            let released = fs.release(fh.0);
+            let unlocked = lock_owner.map_or(Ok(()), |o| fs.release_locks(fh.0, ino.0, o.0));
+            Self::empty(reply, released.and(unlocked))
         });
     }
 

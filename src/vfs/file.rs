@@ -223,6 +223,8 @@ pub(crate) struct Handle {
     pub readahead: Mutex<ReadAhead>,
     /// The file's `fences` when the handle was opened.
     pub fences_seen: u64,
+    /// Lock owners that took a lock through this handle and have not closed it (`vfs::lock`).
+    pub lock_owners: Mutex<Vec<u64>>,
 }
 
 impl OpenFile {
@@ -358,6 +360,7 @@ impl Fs {
             file,
             flags,
             readahead: Mutex::new(ReadAhead::default()),
+            lock_owners: Mutex::new(Vec::new()),
         });
         self.handles.write().expect("lock").insert(fh, handle);
         let checked = held
@@ -588,6 +591,7 @@ impl Fs {
             .remove(&fh)
             .ok_or(FsError::BadHandle)?;
         let flushed = self.flush_inode(h.ino, false);
+        let unlocked = self.release_description_locks(&h);
         let _gate = self.core.gate(h.ino);
         // the table, then the file's state: the order an open takes them in
         let mut files = self.core.files.lock().expect("lock");
@@ -618,7 +622,7 @@ impl Fs {
             }
             deleted?;
         }
-        flushed
+        flushed.and(unlocked)
     }
 
     /// Runs `f` with the file's pending writes committed and new writes held off.

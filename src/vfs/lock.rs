@@ -4,6 +4,7 @@
 //! mount lost when its session expired gets ENOLCK (`vfs::fence`). Releasing a lock first
 //! commits the file's pending writes, so another mount that takes the lock next finds them.
 
+use super::file::Handle;
 use super::{Core, Fs, FsError, FsResult};
 use crate::meta::{HeldLock, Ino, LockKind, LockRequest, MetaError, SharedVolume};
 
@@ -50,6 +51,10 @@ impl Fs {
                 Ok(Some(session)) => {
                     if req.kind != LockKind::Unlock {
                         Core::claim(&h.file, Some(session));
+                        let mut owners = h.lock_owners.lock().expect("lock");
+                        if !owners.contains(&req.owner) {
+                            owners.push(req.owner);
+                        }
                     }
                     return Ok(true);
                 }
@@ -62,11 +67,30 @@ impl Fs {
         }
     }
 
-    /// Releases every lock `owner` holds on `ino` (close).
-    pub fn release_locks(&self, ino: Ino, owner: u64) -> FsResult<()> {
+    /// Releases every lock `owner` holds on `ino`: a close of a descriptor by the process
+    /// `owner` stands for, through handle `fh` (FUSE flush), or the last close of `fh`.
+    pub fn release_locks(&self, fh: u64, ino: Ino, owner: u64) -> FsResult<()> {
+        if let Ok(h) = self.handle(fh) {
+            h.lock_owners.lock().expect("lock").retain(|&o| o != owner);
+        }
         match self.core.meta.shared() {
             Some(shared) => Ok(shared.release_locks(ino, owner)?),
             None => Ok(()),
         }
+    }
+
+    /// At the last close of an open file description: releases the locks taken through it
+    /// that no close released. A process's fcntl locks go when it closes a descriptor of the
+    /// file (FUSE flush names the process); what is left are the description's own locks
+    /// (`F_OFD_SETLK`), which the kernel leaves to the filesystem at that point.
+    pub(super) fn release_description_locks(&self, h: &Handle) -> FsResult<()> {
+        let owners = std::mem::take(&mut *h.lock_owners.lock().expect("lock"));
+        let Some(shared) = self.core.meta.shared() else {
+            return Ok(());
+        };
+        for owner in owners {
+            shared.release_locks(h.ino, owner)?;
+        }
+        Ok(())
     }
 }
