@@ -150,6 +150,43 @@ fn prepare_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
     Ok(mp)
 }
 
+/// How long a mount waits for the daemon of an earlier mount of the same embedded volume to
+/// let it go, once that mount is gone.
+const EXITING_DAEMON_WAIT: Duration = Duration::from_secs(30);
+
+/// Opens the volume. An embedded volume whose earlier mount is gone while its daemon still
+/// runs (it commits and exits after the unmount; umount(8) may return before) is waited for.
+fn open_volume(source: &Source, pg_wait: Duration) -> anyhow::Result<Volume> {
+    let deadline = std::time::Instant::now() + EXITING_DAEMON_WAIT;
+    loop {
+        match Volume::open_waiting(source, pg_wait) {
+            Err(crate::volume::VolumeError::InUse(_))
+                if std::time::Instant::now() < deadline && daemon_exiting(source) =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Whether the daemon of an embedded volume runs (its pid file names a live process) with
+/// no mount of the volume left.
+fn daemon_exiting(source: &Source) -> bool {
+    let Source::Dir(dir) = source else {
+        return false;
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounted = mounts.lines().any(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        f.len() > 2 && f[2] == "fuse.graviton" && Path::new(&f[0].replace("\\040", " ")) == dir
+    });
+    let pid = std::fs::read_to_string(dir.join("graviton.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    !mounted && pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+}
+
 /// The FUSE mount on `mp`, if any: (type, source).
 fn fuse_mount_at(mp: &Path) -> Option<(String, String)> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
@@ -278,7 +315,7 @@ fn serve(
     if let Some(addr) = opts.metrics {
         crate::metrics::serve_prometheus(addr)?;
     }
-    let mut vol = Volume::open_waiting(source, opts.pg_wait)?;
+    let mut vol = open_volume(source, opts.pg_wait)?;
     if let Source::Postgres(_) = source {
         vol.state_dir = source.mount_state_dir(mountpoint);
         crate::state::prepare(&vol.state_dir)?;
