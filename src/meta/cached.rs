@@ -1639,13 +1639,27 @@ mod pg_tests {
         (n, e)
     }
 
+    /// A cache (in the returned folder) on a fresh database, with a file of 4096 bytes in one
+    /// extent, its map and inode cached: the folder, the cache, the file and its extent.
+    fn cache_with_a_mapped_file() -> (tempfile::TempDir, Arc<CachedMeta>, Ino, Extent) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = cached(&fresh_database(), dir.path());
+        let x = a.allocate_ino().unwrap();
+        let (_, e) = mapped_file(&a, x, 1, 4096, 1);
+        (dir, a, x, e)
+    }
+
+    /// A thread named "reader" that reads `x`'s whole map through `a`.
+    fn map_reader(a: &Arc<CachedMeta>, x: Ino) -> std::thread::JoinHandle<Vec<Extent>> {
+        let a = a.clone();
+        named("reader", move || {
+            a.read().unwrap().extents(x, 0..u64::MAX).unwrap()
+        })
+    }
+
     #[test]
     fn a_reader_that_sees_a_commits_inode_sees_its_extents() {
-        let url = fresh_database();
-        let dir = tempfile::tempdir().unwrap();
-        let a = cached(&url, dir.path());
-        let x = a.allocate_ino().unwrap();
-        mapped_file(&a, x, 1, 4096, 1);
+        let (_dir, a, x, _) = cache_with_a_mapped_file();
         // a rewrite commits, and its write-through is held where it has written the cache
         let [writer_at] = hold(&a, ["writer"]);
         let writer = {
@@ -1676,19 +1690,10 @@ mod pg_tests {
 
     #[test]
     fn an_extent_lookup_racing_an_invalidation_finds_the_map() {
-        let url = fresh_database();
-        let dir = tempfile::tempdir().unwrap();
-        let a = cached(&url, dir.path());
-        let x = a.allocate_ino().unwrap();
-        let (_, e) = mapped_file(&a, x, 1, 4096, 1);
+        let (_dir, a, x, e) = cache_with_a_mapped_file();
         // a lookup finds the map cached, and is held there
         let [reader_at] = hold(&a, ["reader"]);
-        let reader = {
-            let a = a.clone();
-            named("reader", move || {
-                a.read().unwrap().extents(x, 0..u64::MAX).unwrap()
-            })
-        };
+        let reader = map_reader(&a, x);
         reader_at.reaches("mapped");
         // meanwhile another mount changes x's attributes (not its map)
         a.cache.invalidate(&[x]);
@@ -1702,11 +1707,7 @@ mod pg_tests {
 
     #[test]
     fn a_map_read_while_an_invalidation_is_written_is_never_cached_empty() {
-        let url = fresh_database();
-        let dir = tempfile::tempdir().unwrap();
-        let a = cached(&url, dir.path());
-        let x = a.allocate_ino().unwrap();
-        let (_, e) = mapped_file(&a, x, 1, 4096, 1);
+        let (_dir, a, x, e) = cache_with_a_mapped_file();
         a.cache.invalidate(&[x]);
         // an invalidation of x (from the change feed) has taken its new generation...
         let [invalidator_at, reader_at] = hold(&a, ["invalidator", "reader"]);
@@ -1716,12 +1717,7 @@ mod pg_tests {
         };
         invalidator_at.reaches("generation taken");
         // ...when a lookup reads x's map from the engine (under the generation it replaces)
-        let reader = {
-            let a = a.clone();
-            named("reader", move || {
-                a.read().unwrap().extents(x, 0..u64::MAX).unwrap()
-            })
-        };
+        let reader = map_reader(&a, x);
         reader_at.reaches("filling");
         invalidator_at.go_on.send(()).unwrap();
         invalidator.join().unwrap();
