@@ -11,8 +11,10 @@ export AWS_ACCESS_KEY_ID=graviton-test AWS_SECRET_ACCESS_KEY=graviton-test-secre
 export AWS_REGION=us-east-1
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null; then
   rm -rf "$S3_DIR" && mkdir -p "$S3_DIR/data/graviton-test"
-  nohup "$S3_BIN" --host 127.0.0.1 --port "$S3_PORT" --access-key "$AWS_ACCESS_KEY_ID" \
-    --secret-key "$AWS_SECRET_ACCESS_KEY" "$S3_DIR/data" >"$S3_DIR/log" 2>&1 &
+  # started in its own folder: s3s-fs fails every request once its working folder is gone
+  (cd "$S3_DIR" && exec nohup "$S3_BIN" --host 127.0.0.1 --port "$S3_PORT" \
+    --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$S3_DIR/data" \
+    >"$S3_DIR/log" 2>&1 &)
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break
     sleep 0.1
