@@ -6,8 +6,9 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::mounted::{BIN, Mounted, exited};
+use common::mounted::{BIN, Mounted, exited, ok, run};
 use common::random_bytes;
+use common::relay::Relay;
 
 /// mount(8) or umount(8) with a time limit, finding this build's graviton and keeping the
 /// daemon's state where the test's `Mounted` looks for it.
@@ -206,6 +207,48 @@ fn umount_clears_a_mount_whose_daemon_died() {
     assert_eq!(mounted_type(&m.mnt), None, "the dead mount is gone");
 }
 
+/// An fstab line with no option for mount(8) itself: umount(8) still returns only once the
+/// daemon has exited (libmount then takes the mount's type from statfs, plain `fuse`, and runs
+/// no helper unless the mount is in its own table). The daemon is kept from exiting at once:
+/// its database is cut off, so ending its mount session waits for the server a few seconds.
+#[test]
+fn umount_of_a_plain_fstab_mount_waits_for_a_daemon_slow_to_exit() {
+    let admin = std::env::var("GRAVITON_TEST_PG")
+        .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh");
+    let url = graviton::meta::pg::create_scratch_database(&admin).expect("scratch database");
+    let blocks = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", blocks.path().display());
+    ok(
+        run(BIN, &["format", "--store", &store, &url], blocks.path()),
+        "graviton format",
+    );
+    let (relay, through_relay) = Relay::in_front_of(&url);
+    let m = Mounted::existing(&through_relay, "");
+    m.unmount();
+    let table = fstab(&m, "allow_other,pg_wait=3");
+    let mnt = m.mnt.to_str().unwrap();
+    let out = util(&m, "mount", &["-T", &table, mnt]);
+    assert!(out.status.success(), "mount -T: {out:?}");
+    let pid = m.daemon_pid().expect("the daemon wrote its pid");
+    std::fs::write(m.path("f"), b"committed before the cut").unwrap();
+    // the mountpoint's attributes in the kernel's cache: umount(8) looks at it
+    std::fs::metadata(&m.mnt).unwrap();
+    relay.cut();
+    let out = util(&m, "umount", &[mnt]);
+    assert!(out.status.success(), "umount: {out:?}");
+    assert!(
+        exited(pid),
+        "umount returned while the daemon was still running"
+    );
+    relay.restore();
+    assert_eq!(mounted_type(&m.mnt), None);
+    m.mount();
+    assert_eq!(
+        std::fs::read(m.path("f")).unwrap(),
+        b"committed before the cut"
+    );
+}
+
 /// mount(8) keeps `suid` and `dev` (its own defaults) from a helper: an fstab line that wants
 /// setuid programs and device nodes on the volume to work says `allow_suid,allow_dev`, and
 /// those reach the kernel.
@@ -259,8 +302,7 @@ fn the_umount_helper_waits_for_the_daemon_not_a_process_that_looks_like_one() {
     let pid = m.daemon_pid().expect("the daemon wrote its pid");
     std::fs::write(m.path("f"), b"committed").unwrap();
     let started = std::time::Instant::now();
-    // the helper itself, as umount(8) runs it (util-linux 2.38 looks for it by the type
-    // statfs reports, plain "fuse", so here umount(8) unmounts without it)
+    // the helper itself, as umount(8) runs it
     let out = Command::new("timeout")
         .args(["-k5", "30", "/sbin/umount.fuse.graviton", mnt])
         .env("GRAVITON_BIN", BIN)

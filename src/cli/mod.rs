@@ -9,6 +9,7 @@ mod fsck;
 mod gc;
 mod load;
 mod mount;
+mod mount_table;
 pub mod options;
 mod progress;
 mod scrub;

@@ -407,9 +407,9 @@ fn serve(
         fsname
     };
     let mut mount_options = vec![
-        MountOption::FSName(fsname),
+        MountOption::FSName(fsname.clone()),
         // as a kernel option, so /proc/mounts says fuse.graviton (fuser hands its Subtype only
-        // to fusermount) and umount(8) runs umount.fuse.graviton, which waits for the daemon
+        // to fusermount), the type umount(8) finds in the mount table (`super::mount_table`)
         MountOption::CUSTOM("subtype=graviton".into()),
         MountOption::DefaultPermissions,
     ];
@@ -493,10 +493,17 @@ fn serve(
     crate::private::write(&pid_file, format!("{}\n", std::process::id()).as_bytes())
         .with_context(|| format!("writing {}", pid_file.display()))?;
 
+    // before "ready": an unmount right after `graviton mount` returns finds it
+    let recorded = super::mount_table::record(&fsname, mountpoint, &opts.mount_table);
     if notify_ready {
         println!("ready");
         std::io::stdout().flush()?;
         redirect_output(&state.join("graviton.log"));
+    }
+    if let Err(why) = recorded {
+        tracing::warn!(
+            "umount(8) will not wait for this mount's daemon (recording the mount failed: {why})"
+        );
     }
     tracing::info!("mounted {} on {}", source.display(), mountpoint.display());
     crate::fuse::readahead::widen(mountpoint);

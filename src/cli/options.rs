@@ -48,6 +48,9 @@ pub struct MountOptions {
     pub gc_every: Option<Option<Duration>>,
     /// The grace period of those runs (`graviton gc --grace`).
     pub gc_grace: Duration,
+    /// Options for mount(8) and systemd (`_netdev`, `nofail`, `x-systemd.*`…): nothing to the
+    /// filesystem, kept in the mount table for them (`super::mount_table`).
+    pub mount_table: Vec<String>,
 }
 
 impl Default for MountOptions {
@@ -75,6 +78,7 @@ impl Default for MountOptions {
             cache_dir_mb: 10240,
             gc_every: None,
             gc_grace: super::gc::DEFAULT_GRACE,
+            mount_table: Vec::new(),
         }
     }
 }
@@ -156,18 +160,17 @@ impl MountOptions {
                 "suid" | "allow_suid" => self.nosuid = false,
                 "noexec" => self.noexec = true,
                 "exec" => self.noexec = false,
-                // Accepted as mount(8) users expect: permissions are always checked by the kernel,
-                // and the rest concern mount(8) or systemd, not the filesystem.
-                "default_permissions"
-                | "_netdev"
-                | "nofail"
-                | "auto"
-                | "noauto"
-                | "user"
-                | "nouser"
-                | "defaults"
-                | "async" => {}
-                n if n.starts_with("x-") || n.starts_with("comment=") => {}
+                // Accepted as mount(8) users expect: permissions are always checked by the kernel
+                "default_permissions" | "defaults" | "async" => {}
+                // these concern mount(8) or systemd, not the filesystem
+                n if matches!(
+                    n,
+                    "_netdev" | "nofail" | "auto" | "noauto" | "user" | "nouser"
+                ) || n.starts_with("x-")
+                    || n == "comment" =>
+                {
+                    self.mount_table.push(opt.to_string())
+                }
                 "attr_timeout" | "entry_timeout" => {
                     let secs: f64 = number_in(
                         name,
@@ -284,6 +287,7 @@ mod tests {
         assert!(o.allow_other && !o.read_only);
         assert_eq!(o.ttl, Some(Duration::from_millis(500)));
         assert_eq!(o.cache_mb, Some(64));
+        assert_eq!(o.mount_table, ["_netdev", "nofail", "x-systemd.automount"]);
     }
 
     #[test]
