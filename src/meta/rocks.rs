@@ -15,6 +15,7 @@
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use super::{
     DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn, Usage,
 };
 use crate::core::extent::Splice;
-use crate::core::key::{KEY_BYTES, MAX_BLOCK_SIZE};
+use crate::core::key::KEY_BYTES;
 use crate::core::{BlockKey, Extent};
 
 const CFS: [&str; 10] = [
@@ -59,6 +60,11 @@ const BLOCK_CACHE_BYTES: usize = 16 << 20;
 /// Striped locks for the optimistic transactions' conflict checks.
 const OCC_LOCK_BUCKETS: u32 = 4096;
 const NEXT_INO: &str = "next_ino";
+/// The setting that holds the length of the longest extent the database has held: how far
+/// before a range a lookup looks for an extent reaching into it. (Bounded by the largest block,
+/// 16 MiB, it would step back over 16 MiB of a file's deleted extents in every lookup in a
+/// hole: with 1 MiB blocks, 16 times more than needed.)
+const LONGEST_EXTENT: &str = "longest_extent";
 const INO_BATCH: u64 = 1024;
 /// Properties exported as `graviton_rocksdb_property`: the database's own...
 const DB_PROPERTIES: [&str; 5] = [
@@ -92,6 +98,11 @@ pub struct RocksMetaStore {
     db: Arc<Db>,
     /// (next inode to hand out, first inode not yet reserved in the database)
     ino_range: Mutex<(Ino, Ino)>,
+    /// At least the length of every extent committed or being committed: raised before a
+    /// commit that stores a longer one, so a lookup that sees the extent sees the reach.
+    reach: AtomicU64,
+    /// The `LONGEST_EXTENT` setting as last read or committed.
+    recorded: AtomicU64,
 }
 
 fn backend(e: rocksdb::Error) -> MetaError {
@@ -228,13 +239,46 @@ impl RocksMetaStore {
         let store = RocksMetaStore {
             db,
             ino_range: Mutex::new((0, 0)),
+            reach: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
         };
         let next = store
             .setting(NEXT_INO)?
             .and_then(|v| v.parse().ok())
             .unwrap_or(super::ROOT_INO + 1);
         *store.ino_range.lock().expect("lock") = (next, next);
+        let longest = match store.setting(LONGEST_EXTENT)? {
+            Some(v) => v.parse().map_err(|_| corrupt("longest extent setting"))?,
+            // a database from before the setting: measured once
+            None => {
+                let longest = store.longest_stored_extent()?;
+                store.put_setting(LONGEST_EXTENT, &longest.to_string())?;
+                longest
+            }
+        };
+        // and whatever the volume's chunker cuts, in case a program that keeps no record
+        // (an older Graviton) wrote to the volume since
+        let chunker = store.setting("chunker")?;
+        let cut = chunker.and_then(|c| c.parse::<crate::core::Chunker>().ok());
+        store.recorded.store(longest, Ordering::SeqCst);
+        store.reach.store(
+            longest.max(cut.map_or(0, |c| c.max_block() as u64)),
+            Ordering::SeqCst,
+        );
         Ok(store)
+    }
+
+    /// The length of the longest extent in the database, by reading them all.
+    fn longest_stored_extent(&self) -> MetaResult<u64> {
+        let mut longest = 0u64;
+        let mut it = self.db.raw_iterator_cf(self.cf("extents"));
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            longest = longest.max(decode_extent(k, v)?.len as u64);
+            it.next();
+        }
+        it.status().map_err(backend)?;
+        Ok(longest)
     }
 
     /// A block store in this database (`rocks_blocks`), for the volume's small blocks.
@@ -324,6 +368,7 @@ impl MetaStore for RocksMetaStore {
             store: self,
             txn: self.db.transaction(),
             consistent: false,
+            raised: 0,
         }))
     }
 
@@ -334,6 +379,7 @@ impl MetaStore for RocksMetaStore {
             store: self,
             txn: self.db.transaction_opt(&WriteOptions::default(), &opts),
             consistent: true,
+            raised: 0,
         }))
     }
 
@@ -492,6 +538,8 @@ struct RocksTxn<'a> {
     /// Every read sees the transaction's snapshot (a read-only view for dump and fsck; the
     /// file operations' transactions read the latest data and rely on conflict checks).
     consistent: bool,
+    /// The longest extent this transaction records (`LONGEST_EXTENT`), 0 if none.
+    raised: u64,
 }
 
 impl RocksTxn<'_> {
@@ -542,6 +590,34 @@ impl RocksTxn<'_> {
             it.next();
         }
         it.status().map_err(backend)
+    }
+
+    /// Raises the reach to `longest` and records it in the database with this transaction.
+    fn record_longest(&mut self, longest: u64) -> MetaResult<()> {
+        self.store.reach.fetch_max(longest, Ordering::SeqCst);
+        if longest <= self.raised {
+            return Ok(());
+        }
+        let stored: u64 = match self.get("settings", LONGEST_EXTENT.as_bytes())? {
+            None => 0,
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| corrupt("longest extent setting"))?,
+        };
+        if self.raised == 0 {
+            // committed by another transaction
+            self.store.recorded.fetch_max(stored, Ordering::SeqCst);
+        }
+        if longest > stored {
+            self.put(
+                "settings",
+                LONGEST_EXTENT.as_bytes(),
+                longest.to_string().as_bytes(),
+            )?;
+            self.raised = longest;
+        }
+        Ok(())
     }
 
     fn delete_prefix(&self, cf: &str, prefix: &[u8]) -> MetaResult<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -633,22 +709,27 @@ impl MetaRead for RocksTxn<'_> {
             ro.set_iterate_upper_bound(key2(ino, &be(to)));
             ro
         };
-        // the extent that starts before the range and reaches into it: no extent is longer
-        // than a block
-        let reach = range.start.saturating_sub(MAX_BLOCK_SIZE as u64);
-        if reach < range.start {
-            let mut it = self
-                .txn
-                .raw_iterator_cf_opt(cf, bounded(reach, range.start));
-            it.seek_to_last();
-            if let (Some(k), Some(v)) = (it.key(), it.value()) {
-                let e = decode_extent(k, v)?;
-                if e.end() > range.start {
-                    out.push(e);
+        // the extent that starts before the range and reaches into it: none is longer than
+        // the reach, read again after the lookup (a commit the lookup saw raised it first)
+        let mut reach = self.store.reach.load(Ordering::SeqCst);
+        let before = loop {
+            let from = range.start.saturating_sub(reach);
+            let mut found = None;
+            if from < range.start {
+                let mut it = self.txn.raw_iterator_cf_opt(cf, bounded(from, range.start));
+                it.seek_to_last();
+                if let (Some(k), Some(v)) = (it.key(), it.value()) {
+                    found = Some(decode_extent(k, v)?);
                 }
+                it.status().map_err(backend)?;
             }
-            it.status().map_err(backend)?;
-        }
+            let now = self.store.reach.load(Ordering::SeqCst);
+            if now == reach {
+                break found;
+            }
+            reach = now;
+        };
+        out.extend(before.filter(|e| e.end() > range.start));
         let mut it = self
             .txn
             .raw_iterator_cf_opt(cf, bounded(range.start, range.end));
@@ -738,6 +819,15 @@ impl MetaTxn for RocksTxn<'_> {
     }
 
     fn apply_splice(&mut self, ino: Ino, splice: &Splice) -> MetaResult<()> {
+        let longest = splice
+            .insert
+            .iter()
+            .map(|e| e.len as u64)
+            .max()
+            .unwrap_or(0);
+        if longest > self.store.recorded.load(Ordering::SeqCst) {
+            self.record_longest(longest)?;
+        }
         // an offset written again below needs no tombstone under its new value
         let rewritten: std::collections::HashSet<u64> =
             splice.insert.iter().map(|n| n.offset).collect();
@@ -771,7 +861,10 @@ impl MetaTxn for RocksTxn<'_> {
     }
 
     fn commit(self: Box<Self>) -> MetaResult<()> {
-        self.txn.commit().map_err(backend)
+        let (store, raised) = (self.store, self.raised);
+        self.txn.commit().map_err(backend)?;
+        store.recorded.fetch_max(raised, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -883,6 +976,68 @@ mod tests {
             after <= before,
             "a lookup stepped over {after} entries after {ops} writes and deletions elsewhere, \
              {before} before"
+        );
+    }
+
+    /// A lookup in a hole steps back over the deletions within the longest extent the volume
+    /// has held, not within the largest block there could be (16 MiB); an extent longer than
+    /// any before is still found from anywhere in its range, after a reopen too, and in a
+    /// database that never recorded its longest extent.
+    #[test]
+    fn a_lookup_looks_back_as_far_as_the_longest_extent_reaches() {
+        use crate::core::extent::Splice;
+        const MIB: u64 = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let extent = |offset: u64, len: u32| Extent {
+            offset,
+            key: BlockKey::for_data(crate::core::HashAlgo::Blake3, &offset.to_le_bytes()),
+            block_offset: 0,
+            len,
+        };
+        let splice = |store: &RocksMetaStore, remove: Vec<Extent>, insert: Vec<Extent>| {
+            let mut tx = store.begin().unwrap();
+            tx.apply_splice(7, &Splice { remove, insert }).unwrap();
+            tx.commit().unwrap();
+        };
+        let store = RocksMetaStore::open(dir.path()).unwrap();
+        // 16 MiB of 4 KiB extents, written and then punched out
+        let small: Vec<Extent> = (0..4096).map(|i| extent(i * 4096, 4096)).collect();
+        splice(&store, vec![], small.clone());
+        splice(&store, small, vec![]);
+        let in_the_hole = [(7, 16 * MIB..17 * MIB)];
+        let (stepped, found) = stepped_over(&store, &in_the_hole);
+        assert_eq!(found, 0);
+        assert!(
+            stepped < 10,
+            "a lookup in the hole stepped over {stepped} deleted extents"
+        );
+
+        let long = extent(20 * MIB, 4 << 20);
+        splice(&store, vec![], vec![long]);
+        let inside = [(7, 23 * MIB..24 * MIB)];
+        let find = |store: &RocksMetaStore| {
+            let mut r = store.read().unwrap();
+            r.extents(7, inside[0].1.clone()).unwrap()
+        };
+        assert_eq!(find(&store), [long], "found from its last MiB");
+        drop(store);
+        let store = RocksMetaStore::open(dir.path()).unwrap();
+        assert_eq!(find(&store), [long], "found after a reopen");
+        store
+            .db
+            .delete_cf(store.cf("settings"), LONGEST_EXTENT)
+            .unwrap();
+        drop(store);
+        let store = RocksMetaStore::open(dir.path()).unwrap();
+        assert_eq!(
+            find(&store),
+            [long],
+            "found in a database that kept no record"
+        );
+        assert_eq!(
+            store.setting(LONGEST_EXTENT).unwrap().as_deref(),
+            Some("4194304"),
+            "measured at open and kept"
         );
     }
 
