@@ -703,10 +703,14 @@ impl MetaRead for RocksTxn<'_> {
             return Ok(out);
         }
         let cf = self.cf("extents");
+        let snapshot = self.txn.snapshot();
         let bounded = |from: u64, to: u64| {
             let mut ro = ReadOptions::default();
             ro.set_iterate_lower_bound(key2(ino, &be(from)));
             ro.set_iterate_upper_bound(key2(ino, &be(to)));
+            if self.consistent {
+                ro.set_snapshot(&snapshot);
+            }
             ro
         };
         // the extent that starts before the range and reaches into it: none is longer than
@@ -1038,6 +1042,35 @@ mod tests {
             store.setting(LONGEST_EXTENT).unwrap().as_deref(),
             Some("4194304"),
             "measured at open and kept"
+        );
+    }
+
+    /// A read-only view (dump, fsck) reads a file's extents as they were when it was taken,
+    /// as it reads the file's inode.
+    #[test]
+    fn a_snapshot_reads_the_extents_of_its_moment() {
+        use crate::core::extent::Splice;
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksMetaStore::open(dir.path()).unwrap();
+        let extent = |seed: u64| Extent {
+            offset: 0,
+            key: BlockKey::for_data(crate::core::HashAlgo::Blake3, &seed.to_le_bytes()),
+            block_offset: 0,
+            len: 4096,
+        };
+        let splice = |remove: Vec<Extent>, insert: Vec<Extent>| {
+            let mut tx = store.begin().unwrap();
+            tx.apply_splice(7, &Splice { remove, insert }).unwrap();
+            tx.commit().unwrap();
+        };
+        splice(vec![], vec![extent(1)]);
+        let mut view = store.snapshot().unwrap();
+        splice(vec![extent(1)], vec![extent(2)]);
+        assert_eq!(view.extents(7, 0..4096).unwrap(), [extent(1)]);
+        assert_eq!(
+            view.extents(7, 100..200).unwrap(),
+            [extent(1)],
+            "reaching into the range"
         );
     }
 
