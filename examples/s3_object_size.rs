@@ -1,6 +1,6 @@
 //! How a block's size changes what sequential reads from S3 cost: stores 256 MiB as blocks of
 //! `MB` MiB (default 4), or reads them back with N threads through the S3 store (every block
-//! verified), printing MiB/s. `scripts/probe-object-size.sh` runs it against s3rver and reports
+//! verified), printing MiB/s. `bench/probe-object-size.sh` runs it against s3rver and reports
 //! the server's CPU time too.
 //!
 //! usage: MB=16 s3_object_size STORE_URL put|get THREADS

@@ -61,7 +61,7 @@ impl BlockCache {
     /// costs one small GET more. With 4 parts before the whole block, 200 random 4 KiB reads
     /// of a 1 GiB file took 6.8-9.6 ms each (against 16.9-18.8 with whole blocks only), but
     /// 4 KiB random reads of all of it ran at 82-114 MiB/s against 177-179; with 1 part,
-    /// 12.7-14.4 ms and 153-175 MiB/s (`scripts/probe-s3.sh randr`, RAND_MB=1024, RAND_IOS).
+    /// 12.7-14.4 ms and 153-175 MiB/s (`bench/probe-s3.sh randr`, RAND_MB=1024, RAND_IOS).
     pub fn take_part(&self, key: &BlockKey) -> bool {
         if self.contains(key) {
             return false;

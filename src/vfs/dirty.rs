@@ -14,7 +14,7 @@ pub type Spans = Vec<(u64, Vec<u8>)>;
 /// flushed, and its share of the commit that flush makes (an extent and a block reference
 /// in the transaction's batch and index: about 350 bytes in RocksDB). Without it, a writer
 /// of single bytes at scattered offsets was charged 1 byte for each ~500 the daemon held,
-/// and grew it without bound (`scripts/probe-memory.sh`).
+/// and grew it without bound (`bench/probe-memory.sh`).
 pub const SPAN_COST: u64 = 512;
 
 /// What `spans` are charged: their bytes plus `SPAN_COST` each.

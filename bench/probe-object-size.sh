@@ -4,8 +4,8 @@
 # seconds s3rver spent. Each size keeps IN_FLIGHT_MB MiB in flight (like the mount's
 # read-ahead) unless THREADS is set. Rounds alternate the order (ABBA): on this virtual machine
 # the first run after a pause touches memory the host has taken back, and ran slower.
-# usage: SIZES="4 16" ROUNDS=4 scripts/probe-object-size.sh
-# Needs root and what scripts/bench-s3.sh installs (s3rver).
+# usage: SIZES="4 16" ROUNDS=4 bench/probe-object-size.sh
+# Needs root and what bench/bench-s3.sh installs (s3rver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # One workload on a fresh Graviton volume (PostgreSQL metadata, blocks in a loopback s3rver),
 # then where its time went: the mount's own metrics (`-o metrics`), summed per name, largest
-# first. For A/B comparisons of one change; the side-by-side table is scripts/bench-s3.sh.
-# usage: scripts/probe-s3.sh untar|create|readdir|seqw|seqr|randw|randr
+# first. For A/B comparisons of one change; the side-by-side table is bench/bench-s3.sh.
+# usage: bench/probe-s3.sh untar|create|readdir|seqw|seqr|randw|randr
 #   FORMAT_OPTS="--small-blocks 0" and MOUNT_OPTS="cache_mb=512" pass options through;
 #   STRACE=1 (readdir) shows the listing's getdents64 calls;
 #   PERF=1 records the daemon's profile of the timed part in /var/tmp/graviton-probe/perf.data.
-# Needs root, and what scripts/bench-s3.sh installs (s3rver under /var/cache/graviton/s3rver).
+# Needs root, and what bench/bench-s3.sh installs (s3rver under /var/cache/graviton/s3rver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORKLOAD="${1:?usage: scripts/probe-s3.sh untar|create|readdir|seqw|seqr|randw|randr}"
+WORKLOAD="${1:?usage: bench/probe-s3.sh untar|create|readdir|seqw|seqr|randw|randr}"
 source scripts/env.sh
 cargo build --release --locked --bin graviton >/dev/null
 source scripts/pg.sh >/dev/null
@@ -82,7 +82,7 @@ print("create: %.0f files/s" % (2000 / (time.perf_counter() - t)))
 PY
     ;;
   readdir)
-    # as scripts/bench-s3.sh: 2000 creates and stats, then one timed listing, in one process
+    # as bench/bench-s3.sh: 2000 creates and stats, then one timed listing, in one process
     # (listed from a new process, the first listing took 1.0-2.9 ms and the others 0.75-1.2,
     # not the bench's 1.2-1.6); DIRS=N does that in N directories, REPEAT=N lists each N times.
     # The metrics and PERF cover the creates and stats too.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Small-file creates through a fresh mount: 2,000 files of 4 KiB, each created, written and
 # closed by one Python loop; prints files per second. For comparing two builds alternately.
-# usage: scripts/probe-small-files.sh GRAVITON_BINARY embedded|pg
+# usage: bench/probe-small-files.sh GRAVITON_BINARY embedded|pg
 #   pg: metadata in a scratch database on the test server (scripts/pg.sh), blocks in a folder
 set -euo pipefail
 BIN=$(realpath "$1") KIND=$2

@@ -5,7 +5,7 @@
 #   cold: just mounted with an empty local cache;  warm: the same pass again;
 #   remount: unmounted and mounted again a minute later, cache kept on disk (caught up from
 #   the change log, which it replays from a minute before it was last known current).
-# usage: scripts/bench-meta.sh [WORKDIR]   (default /var/tmp/graviton-bench-meta)
+# usage: bench/bench-meta.sh [WORKDIR]   (default /var/tmp/graviton-bench-meta)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

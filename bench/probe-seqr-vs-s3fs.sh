@@ -3,11 +3,11 @@
 # round by round, each after a remount with the kernel's caches dropped. Prints the rate and the
 # CPU seconds s3rver and the mount daemon spent on each read. s3rver's CPU use varies a lot from
 # run to run (most of it is V8 garbage collection), so only alternated reads on one server compare.
-# usage: ROUNDS=4 scripts/probe-seqr-vs-s3fs.sh
+# usage: ROUNDS=4 bench/probe-seqr-vs-s3fs.sh
 #   PERF=1 records each read's system-wide profile in $W/perf-<column>-<round>.data.
 #   A second Graviton column, mounted in turn on the same volume: B_BIN=/path/to/graviton (another
 #   build) and/or B_OPTS=readahead_mb=16 (other mount options). PROBE_BIN picks the first build.
-# Needs root and what scripts/bench-s3.sh installs (s3rver, s3fs).
+# Needs root and what bench/bench-s3.sh installs (s3rver, s3fs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

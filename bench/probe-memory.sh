@@ -3,8 +3,8 @@
 # case that grows per-span and per-extent state: N pwrite()s of one byte at random offsets
 # in a 4 GiB file, closed; then the file is read back whole. Embedded volume, mounted with
 # cache_mb=16,dirty_mb=16 so that the caps are small next to what the daemon holds besides.
-# usage: scripts/probe-memory.sh GRAVITON_BINARY [N]     (N defaults to 1,000,000)
-#        scripts/probe-memory.sh GRAVITON_BINARY randupdate [SECONDS]
+# usage: bench/probe-memory.sh GRAVITON_BINARY [N]     (N defaults to 1,000,000)
+#        bench/probe-memory.sh GRAVITON_BINARY randupdate [SECONDS]
 #   randupdate: default options instead; fio updates a 2 GiB file in place with 4 KiB random
 #   writes for SECONDS (default 300), the kind of run that fragments an extent map
 set -euo pipefail

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks a Graviton mount (embedded default: RocksDB + local blocks) against a plain local
 # directory on the same disk, in the same run, and prints a Markdown table of ratios.
-# usage: scripts/bench.sh [WORKDIR]     (default /var/tmp/graviton-bench; needs root for drop_caches)
-#        ENGINE=postgres scripts/bench.sh   metadata in a scratch database on the test server
+# usage: bench/bench.sh [WORKDIR]     (default /var/tmp/graviton-bench; needs root for drop_caches)
+#        ENGINE=postgres bench/bench.sh   metadata in a scratch database on the test server
 #                                           (scripts/pg.sh), blocks in WORKDIR/blocks
 # Sizes can be scaled down for a quick look: SEQ_MB=1024 RAND_MB=256 RSS_MB=2048 FILES=10000
 # BENCH_BIN=/path/to/graviton measures that build instead of this checkout's (A/B runs).
@@ -108,7 +108,7 @@ PY
   rm -rf "$D/untar"
   # seeded random updates (writes, mmap, punched holes, truncates) after 12,000 small files
   # were created and deleted; the content's hash must match the local directory's
-  read -r R[$target.updates] R[$target.updates_sha] < <(python3 scripts/random-updates.py "$D" 20000 1 --history 12000)
+  read -r R[$target.updates] R[$target.updates_sha] < <(python3 bench/random-updates.py "$D" 20000 1 --history 12000)
 done
 [ "${R[local.updates_sha]}" = "${R[graviton.updates_sha]}" ] || { echo "random updates: content differs from the local directory's" >&2; exit 1; }
 

@@ -4,7 +4,7 @@
 # read it through the page cache; prints how many stale reads the writer found (0 is right).
 # On a PostgreSQL volume with the local metadata cache (the default) it finds some; with
 # meta_cache=off none.
-# usage: scripts/probe-aio-dio-stale.sh GRAVITON_BINARY [SECONDS] [MOUNT_OPTIONS]
+# usage: bench/probe-aio-dio-stale.sh GRAVITON_BINARY [SECONDS] [MOUNT_OPTIONS]
 # Needs xfstests built by scripts/xfstests.sh (its aio-dio-cycle-write) and runs as root.
 set -euo pipefail
 BIN=$(realpath "$1") SECS=${2:-30} OPTS=${3:-}

@@ -6,9 +6,9 @@
 # The server is s3rver (npm, pinned below), not the tests' s3s-fs: s3s-fs mirrors keys onto a
 # file tree, so it cannot hold both `d` and `d/`, and s3fs's mkdir (a `d/` marker, then HEAD `d`)
 # gets a 500 from it and hangs in retries.
-# usage: scripts/bench-s3.sh [WORKDIR]    sizes: SEQ_MB=256 RAND_MB=64 FILES=2000
-#        TOOLS="local graviton" scripts/bench-s3.sh    (a subset of the columns)
-#        ROUNDS=3 scripts/bench-s3.sh    (every column three times in turn: medians and ranges)
+# usage: bench/bench-s3.sh [WORKDIR]    sizes: SEQ_MB=256 RAND_MB=64 FILES=2000
+#        TOOLS="local graviton" bench/bench-s3.sh    (a subset of the columns)
+#        ROUNDS=3 bench/bench-s3.sh    (every column three times in turn: medians and ranges)
 # Columns: local dir, graviton (default: close and fsync wait for S3), graviton-wb (`-o
 # writeback`: they wait for the local disk, as rclone's), s3fs, rclone. Every unmount waits for
 # its daemon to exit (uploads of write-back data included) before the next step.

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# s3fs's side of scripts/probe-s3.sh seqr: 256 MiB written through s3fs to a fresh loopback
+# s3fs's side of bench/probe-s3.sh seqr: 256 MiB written through s3fs to a fresh loopback
 # s3rver, remounted with caches dropped, read back with cat; prints the rate and the CPU seconds
 # s3rver and s3fs spent reading (compare with the probe's "CPU seconds" line).
-# Needs root and what scripts/bench-s3.sh installs (s3fs, s3rver).
+# Needs root and what bench/bench-s3.sh installs (s3fs, s3rver).
 set -euo pipefail
 W=/var/tmp/s3fs-probe
 S3RVER=/var/cache/graviton/s3rver/node_modules/.bin/s3rver
-[ -x "$S3RVER" ] || { echo "s3rver is missing: run scripts/bench-s3.sh once" >&2; exit 1; }
+[ -x "$S3RVER" ] || { echo "s3rver is missing: run bench/bench-s3.sh once" >&2; exit 1; }
 fusermount3 -uz "$W/m" 2>/dev/null || true
 rm -rf "$W" && mkdir -p "$W"/{m,s3}
 "$S3RVER" -d "$W/s3" -a 127.0.0.1 -p 54351 -s --no-vhost-buckets --configure-bucket b >"$W/log" 2>&1 &

@@ -2,8 +2,8 @@
 # Sequential writes (fio, 256 MiB, 1 MiB writes, final fsync) into a Graviton write-back mount
 # (PostgreSQL + S3) and into `rclone mount --vfs-cache-mode writes`, both mounted on ONE loopback
 # s3rver, alternated in ABBA order, with each daemon's CPU seconds per write.
-# usage: ROUNDS=4 scripts/probe-seqw-vs-rclone.sh     (PROBE_BIN=/path picks another build)
-# Needs root and what scripts/bench-s3.sh installs (s3rver, rclone).
+# usage: ROUNDS=4 bench/probe-seqw-vs-rclone.sh     (PROBE_BIN=/path picks another build)
+# Needs root and what bench/bench-s3.sh installs (s3rver, rclone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
