@@ -3,7 +3,7 @@
 use clap::Args;
 
 use crate::core::{Chunker, DEFAULT_CHUNKER, HashAlgo};
-use crate::volume::{Source, Volume};
+use crate::volume::{Source, StoreUrl, Volume};
 
 #[derive(Args, Debug)]
 pub struct FormatArgs {
@@ -52,10 +52,10 @@ fn size(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: FormatArgs) -> anyhow::Result<()> {
-    let on_s3 = args
-        .store
-        .as_deref()
-        .is_some_and(|s| s.starts_with("s3://"));
+    let on_s3 = matches!(
+        args.store.as_deref().map(StoreUrl::parse),
+        Some(Ok(StoreUrl::S3(_)))
+    );
     let chunker = args
         .chunker
         .unwrap_or(if on_s3 { S3_CHUNKER } else { DEFAULT_CHUNKER });
@@ -77,18 +77,12 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
         small_blocks,
     )?;
     println!(
-        "formatted {} (hash {}, chunker {}, blocks in {}{})",
+        "formatted {} (hash {}, chunker {})\nmetadata: {}\nblocks:   {}",
         vol.source.display(),
         vol.settings.hash,
         vol.settings.chunker,
-        match vol.settings.block_store.as_str() {
-            "" => format!("{}/blocks", vol.source.display()),
-            url => crate::volume::redact(url),
-        },
-        match vol.settings.small_blocks {
-            0 => String::new(),
-            n => format!(", blocks under {n} bytes in the database"),
-        }
+        vol.stack.metadata,
+        vol.stack.blocks,
     );
     Ok(())
 }

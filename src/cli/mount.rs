@@ -18,9 +18,8 @@ use super::options::MountOptions;
 use crate::core::{DEFAULT_CHUNKER, HashAlgo};
 use crate::fuse::GravitonFuse;
 use crate::meta::SessionInfo;
-use crate::meta::cached::CachedMeta;
-use crate::meta::write_behind::WriteBehind;
 use crate::vfs::Atime;
+use crate::volume::stack::{self, MountLayers};
 use crate::volume::{Source, Volume};
 
 #[derive(Args, Debug)]
@@ -316,45 +315,21 @@ fn serve(
         crate::metrics::serve_prometheus(addr)?;
     }
     let mut vol = open_volume(source, opts.pg_wait)?;
-    if let Source::Postgres(_) = source {
-        vol.state_dir = source.mount_state_dir(mountpoint);
-        crate::state::prepare(&vol.state_dir)?;
-        if opts.meta_cache {
-            let dir = vol.state_dir.join("meta-cache");
-            vol.meta = Arc::new(
-                CachedMeta::open(vol.meta.clone(), &dir)
-                    .with_context(|| format!("opening the metadata cache in {}", dir.display()))?,
-            );
-        }
-    }
-    if let Some(dir) = &opts.cache_dir {
-        vol.store = Arc::new(
-            crate::store::disk_cache::DiskCache::open(
-                vol.store.clone(),
-                dir,
-                opts.cache_dir_mb << 20,
-            )
-            .with_context(|| format!("opening the block cache in {}", dir.display()))?,
-        );
-    }
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
-    vol.meta.begin_session(&SessionInfo {
-        host: host.clone(),
-        pid: std::process::id(),
-        mountpoint: mountpoint.display().to_string(),
-        timeout: opts.session_timeout,
-    })?;
-    if vol.meta.shared().is_some()
-        && let Err(e) = write_behind_meta(&mut vol, source, &host, opts.writeback)
-    {
-        vol.meta.end_session();
-        return Err(e);
-    }
-    if opts.writeback {
-        vol.store = writeback_store(&vol, source)?;
-    }
+    let layers = MountLayers {
+        meta_cache: opts.meta_cache,
+        disk_cache: opts.cache_dir.clone().map(|d| (d, opts.cache_dir_mb << 20)),
+        writeback: opts.writeback,
+        session: SessionInfo {
+            host,
+            pid: std::process::id(),
+            mountpoint: mountpoint.display().to_string(),
+            timeout: opts.session_timeout,
+        },
+    };
+    stack::mount_layers(&mut vol, mountpoint, &layers)?;
     let vol = Arc::new(vol);
     let mut cfg = vol.fs_config();
     cfg.atime = match opts.read_only {
@@ -364,15 +339,10 @@ fn serve(
     if let Some(mb) = opts.cache_mb {
         cfg.block_cache_bytes = mb << 20;
     }
-    let store = &vol.settings.block_store;
-    if !(store.is_empty() || store.starts_with("file://")) {
+    if !vol.store_url.is_local() {
         cfg.whole_file_prefetch_max = cfg.block_cache_bytes / 4;
     }
-    // only the S3 store reads a part of a block for less than the whole
-    cfg.ranged_reads = vol
-        .replicas
-        .first()
-        .is_some_and(|(url, _)| url.starts_with("s3://"));
+    cfg.ranged_reads = vol.store_url.ranged_reads();
     if let Some(mb) = opts.readahead_mb {
         cfg.readahead_max = mb << 20;
     }
@@ -506,6 +476,8 @@ fn serve(
         );
     }
     tracing::info!("mounted {} on {}", source.display(), mountpoint.display());
+    tracing::info!("metadata: {}", vol.stack.metadata);
+    tracing::info!("blocks: {}", vol.stack.blocks);
     crate::fuse::readahead::widen(mountpoint);
     session.run().context("serving the mount")?;
     // The session dropped the adapter; commit whatever is still pending before exiting.
@@ -519,64 +491,9 @@ fn serve(
     Ok(())
 }
 
-/// On a shared (PostgreSQL) volume: with `-o writeback`, metadata commits go to a journal in
-/// the volume's state folder first (`meta::write_behind`). Without it, a journal an earlier
-/// write-back mount on this host left is sent on first; another host's claim is refused.
-fn write_behind_meta(
-    vol: &mut Volume,
-    source: &Source,
-    host: &str,
-    writeback: bool,
-) -> anyhow::Result<()> {
-    let dir = source.state_dir().join("meta-journal");
-    let me = format!("{host}:{}", dir.display());
-    crate::meta::write_behind::check_unclaimed(vol.meta.as_ref(), Some(&me))?;
-    let claimed = vol
-        .meta
-        .kv_get(crate::meta::write_behind::CLAIM_KEY)?
-        .is_some();
-    if !writeback && !claimed {
-        return Ok(());
-    }
-    let wb = WriteBehind::open(vol.meta.clone(), &dir, &me)?;
-    if writeback {
-        vol.meta = Arc::new(wb);
-    } else if !wb.finish() {
-        anyhow::bail!(
-            "the metadata changes an earlier -o writeback mount left in {} could not be sent",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
 /// How long an unmount waits for a write-back mount's uploads; the rest waits for the next
 /// mount in the staging folder.
 const WRITEBACK_DRAIN: Duration = Duration::from_secs(120);
-
-/// The volume's store behind a local staging folder (`-o writeback`), kept per volume (not per
-/// mountpoint) so that the next mount, wherever it is, uploads what is left.
-fn writeback_store(
-    vol: &Volume,
-    source: &Source,
-) -> anyhow::Result<Arc<dyn crate::store::BlockStore>> {
-    let store = &vol.settings.block_store;
-    if store.is_empty() || store.starts_with("file://") {
-        anyhow::bail!(
-            "writeback applies to remote block stores (S3, PostgreSQL); this volume's blocks are local"
-        );
-    }
-    let dir = source.state_dir().join("writeback");
-    let meta = vol.meta.clone();
-    let unmark = Box::new(move |key: &crate::core::BlockKey| {
-        if let Err(e) = meta.kv_delete(&crate::meta::gc_candidate_key(key)) {
-            tracing::warn!(block = %key, "clearing a gc mark: {e}");
-        }
-    });
-    let staged = crate::store::writeback::WriteBack::open(vol.store.clone(), &dir, unmark)
-        .with_context(|| format!("opening the write-back folder {}", dir.display()))?;
-    Ok(Arc::new(staged))
-}
 
 /// After the launcher has its answer, the daemon's output goes to a log file in the volume.
 fn redirect_output(log: &Path) {

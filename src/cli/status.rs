@@ -6,7 +6,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{SessionRecord, Usage};
-use crate::volume::{Volume, VolumeSettings};
+use crate::volume::{StackDescription, Volume, VolumeSettings};
 
 use super::control::Request;
 
@@ -28,6 +28,10 @@ pub struct Status {
     #[serde(default)]
     pub stores: Vec<String>,
     pub settings: VolumeSettings,
+    /// The layers metadata and blocks pass through, in the process that answered (a mount
+    /// daemon adds its caches and journals).
+    #[serde(default)]
+    pub stack: StackDescription,
     pub usage: Usage,
     pub stored_blocks: u64,
     pub stored_bytes: u64,
@@ -72,6 +76,7 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
             })
             .collect(),
         settings: vol.settings.clone(),
+        stack: vol.stack.clone(),
         usage,
         stored_blocks: stored.len() as u64,
         stored_bytes: rbytes + ubytes,
@@ -112,6 +117,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         for (i, url) in s.stores.iter().enumerate().skip(1) {
             println!("replica {i}:     {url}");
         }
+        println!("metadata:      {}", s.stack.metadata);
+        println!("blocks:        {}", s.stack.blocks);
         println!(
             "hash/chunker:  {} / {}",
             s.settings.hash, s.settings.chunker

@@ -3,16 +3,21 @@
 //! `file://` directory recorded at format time). Settings chosen at format time (hash, chunker,
 //! block store) are recorded in the metadata and read back on every open.
 
+mod source;
+pub mod stack;
+mod store_url;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::core::{Chunker, HashAlgo};
-use crate::meta::{Inode, MetaError, MetaStore, PgMetaStore, ROOT_INO, RocksMetaStore, Timestamp};
-use crate::store::local::Disk;
-use crate::store::{BlockStore, LocalBlockStore, PgBlockStore, StoreError};
+pub use source::{FROM_ENV, Source, has_password, hide_passwords_from_the_process_list, redact};
+pub use stack::{MetaReplicaIndex, StackDescription};
+pub use store_url::{POSTGRES_STORE, StoreUrl};
 
-/// Block store URL meaning "in the volume's PostgreSQL database".
-pub const POSTGRES_STORE: &str = "postgres";
+use crate::core::{Chunker, HashAlgo};
+use crate::meta::{Inode, MetaError, MetaStore, ROOT_INO, Timestamp};
+use crate::store::local::Disk;
+use crate::store::{BlockStore, StoreError};
 use crate::vfs::{Fs, FsConfig, FsError};
 
 pub const FORMAT_VERSION: &str = "1";
@@ -77,204 +82,6 @@ pub struct VolumeSettings {
     pub small_blocks: u32,
 }
 
-/// Where a volume's metadata lives, as named on the command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// An embedded volume directory (RocksDB).
-    Dir(PathBuf),
-    /// A PostgreSQL URL (`postgres://…` or `postgresql://…`).
-    Postgres(String),
-}
-
-/// Prefix of a command-line argument naming an environment variable that holds the source
-/// (`env:GRAVITON_SOURCE`): how a URL with a password travels without showing in the process
-/// list (`hide_passwords_from_the_process_list`).
-pub const FROM_ENV: &str = "env:";
-
-/// Whether `s` is a PostgreSQL URL.
-fn is_postgres_url(s: &str) -> bool {
-    s.starts_with("postgres://") || s.starts_with("postgresql://")
-}
-
-/// Whether `url` carries a password (in its user part or as a query parameter).
-pub fn has_password(url: &str) -> bool {
-    is_postgres_url(url) && redact(url) != url
-}
-
-/// Every local user can read a process's command line (`/proc/PID/cmdline`). When one of
-/// this process's arguments is a PostgreSQL URL with a password, the process runs itself
-/// again with that URL moved into its environment (readable by the same user only) and
-/// `env:GRAVITON_SOURCE_<n>` in its place, and warns: the URL was visible for a moment, and
-/// wherever it came from (a shell history, fstab) may be readable too. Returns only when
-/// nothing needs hiding (or the new program could not start).
-pub fn hide_passwords_from_the_process_list() {
-    use std::os::unix::process::CommandExt;
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if !args.iter().any(|a| a.to_str().is_some_and(has_password)) {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut cmd = std::process::Command::new(exe);
-    for (i, arg) in args.iter().enumerate().skip(1) {
-        match arg.to_str().filter(|a| has_password(a)) {
-            Some(url) => {
-                let var = format!("GRAVITON_SOURCE_{i}");
-                eprintln!(
-                    "graviton: warning: {} carries a password, which other local users can read while it is on a command line or in /etc/fstab; put it in ~/.pgpass (or PGPASSFILE, or PGPASSWORD) instead",
-                    redact(url)
-                );
-                cmd.env(&var, url).arg(format!("{FROM_ENV}{var}"));
-            }
-            None => {
-                cmd.arg(arg);
-            }
-        }
-    }
-    if let Some(name) = args.first() {
-        cmd.arg0(name);
-    }
-    let e = cmd.exec();
-    eprintln!("graviton: could not run itself again without the password in its arguments: {e}");
-}
-
-impl Source {
-    /// A volume folder, a PostgreSQL URL, or `env:NAME` for a PostgreSQL URL in the
-    /// environment variable `NAME` (`GRAVITON_…` only).
-    pub fn parse(s: &str) -> Source {
-        if let Some(var) = s
-            .strip_prefix(FROM_ENV)
-            .filter(|v| v.starts_with("GRAVITON_"))
-            && let Ok(url) = std::env::var(var)
-            && is_postgres_url(&url)
-        {
-            return Source::Postgres(url);
-        }
-        if is_postgres_url(s) {
-            Source::Postgres(s.to_string())
-        } else {
-            Source::Dir(PathBuf::from(s))
-        }
-    }
-
-    /// For logs, messages and mount tables: a URL's password is never shown.
-    pub fn display(&self) -> String {
-        match self {
-            Source::Dir(d) => d.display().to_string(),
-            Source::Postgres(url) => redact(url),
-        }
-    }
-
-    /// Where the mount daemon keeps its pid file, status socket and log: the volume folder,
-    /// or for PostgreSQL `<state home>/graviton/<id>` (`crate::state::home`: `/var/lib` for
-    /// root, `~/.local/state` for others, unless `XDG_STATE_HOME` says otherwise).
-    pub fn state_dir(&self) -> PathBuf {
-        self.state_dir_in(&crate::state::home())
-    }
-
-    /// `state_dir` with `base` standing for `$XDG_STATE_HOME`.
-    pub fn state_dir_in(&self, base: &Path) -> PathBuf {
-        match self {
-            Source::Dir(d) => d.clone(),
-            Source::Postgres(url) => {
-                let id = blake3::hash(redact(url).as_bytes()).to_hex();
-                base.join("graviton").join(&id[..16])
-            }
-        }
-    }
-}
-
-impl Source {
-    /// Where a mount daemon keeps its state: for a shared (PostgreSQL) volume one folder per
-    /// mountpoint, as several mounts of one volume may share a machine.
-    pub fn mount_state_dir(&self, mountpoint: &Path) -> PathBuf {
-        self.for_mountpoint(self.state_dir(), mountpoint)
-    }
-
-    /// `mount_state_dir` with `base` standing for `$XDG_STATE_HOME`.
-    pub fn mount_state_dir_in(&self, base: &Path, mountpoint: &Path) -> PathBuf {
-        self.for_mountpoint(self.state_dir_in(base), mountpoint)
-    }
-
-    fn for_mountpoint(&self, state: PathBuf, mountpoint: &Path) -> PathBuf {
-        match self {
-            Source::Dir(_) => state,
-            Source::Postgres(_) => {
-                let id = blake3::hash(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
-                state.join(&id[..12])
-            }
-        }
-    }
-}
-
-/// `postgres://user:secret@host/db?password=x` → `postgres://user:***@host/db?password=***`:
-/// a password in the user part or in a query parameter (`password`, `sslpassword`) is hidden.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    // the user part first (a password may hold any character but '@'), then the query
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some((auth, host)) => (Some(auth), host),
-        None => (None, rest),
-    };
-    let (host, query) = match host.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (host, None),
-    };
-    let mut out = format!("{scheme}://");
-    match auth {
-        Some(auth) => match auth.split_once(':') {
-            Some((user, _)) => out.push_str(&format!("{user}:***@{host}")),
-            None => out.push_str(&format!("{auth}@{host}")),
-        },
-        None => out.push_str(host),
-    }
-    if let Some(q) = query {
-        let params: Vec<String> = q
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, _)) if is_password_key(&percent_decoded(k)) => format!("{k}=***"),
-                _ => p.to_string(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
-    }
-    out
-}
-
-/// Query parameters that carry a password (libpq's names; case does not matter to us).
-fn is_password_key(k: &str) -> bool {
-    k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword")
-}
-
-/// `s` with `%XX` escapes decoded (`pass%77ord` is `password` to the driver too).
-fn percent_decoded(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (c, ..) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 pub struct Volume {
     pub source: Source,
     /// Pid file, status socket and log of a mount daemon.
@@ -289,111 +96,14 @@ pub struct Volume {
     pub chunker: Chunker,
     /// Where capacity for statfs comes from.
     pub capacity_path: PathBuf,
-}
-
-/// The ReplicaIndex: what is known to be wrong with which replica's copy of a block, in the
-/// volume's key-value store under `replica/<n>/<block key>` (an entry is a problem to repair;
-/// `graviton scrub` removes it once the copy is good).
-pub struct MetaReplicaIndex(pub Arc<dyn MetaStore>);
-
-impl MetaReplicaIndex {
-    pub fn key(replica: usize, block: &crate::core::BlockKey) -> String {
-        format!("replica/{replica}/{block}")
-    }
-}
-
-impl crate::store::replicated::ReplicaIndex for MetaReplicaIndex {
-    fn record(
-        &self,
-        replica: usize,
-        key: &crate::core::BlockKey,
-        status: crate::store::replicated::ReplicaStatus,
-    ) {
-        use crate::store::replicated::ReplicaStatus;
-        let k = Self::key(replica, key);
-        let r = match status {
-            ReplicaStatus::Ok => self.0.kv_delete(&k),
-            ReplicaStatus::Missing => self.0.kv_put(&k, b"missing"),
-            ReplicaStatus::Corrupt => self.0.kv_put(&k, b"corrupt"),
-        };
-        if let Err(e) = r {
-            tracing::warn!("recording a replica's state: {e}");
-        }
-    }
-}
-
-/// Opens a block store from its URL; an empty URL is `<volume dir>/blocks`. A local store
-/// makes its files durable through `disk` when given (tests inject faults there).
-pub fn open_store(
-    url: &str,
-    source: &Source,
-    disk: Option<&Arc<dyn Disk>>,
-) -> Result<(Arc<dyn BlockStore>, PathBuf), VolumeError> {
-    let volume_dir = match source {
-        Source::Dir(d) => Some(d.as_path()),
-        Source::Postgres(_) => None,
-    };
-    if url == POSTGRES_STORE {
-        let Source::Postgres(db) = source else {
-            return Err(VolumeError::BadStoreUrl(url.to_string()));
-        };
-        return Ok((Arc::new(PgBlockStore::connect(db)?), source.state_dir()));
-    }
-    if url.starts_with("s3://") {
-        let store = crate::store::S3BlockStore::open(url)?;
-        return Ok((Arc::new(store), source.state_dir()));
-    }
-    let root = if url.is_empty() {
-        volume_dir.ok_or(VolumeError::StoreRequired)?.join("blocks")
-    } else if let Some(path) = url.strip_prefix("file://") {
-        if !path.starts_with('/') {
-            return Err(VolumeError::BadStoreUrl(url.to_string()));
-        }
-        PathBuf::from(path)
-    } else {
-        return Err(VolumeError::BadStoreUrl(url.to_string()));
-    };
-    let store = match disk {
-        Some(disk) => LocalBlockStore::open_on(&root, disk.clone())?,
-        None => LocalBlockStore::open(&root)?,
-    };
-    Ok((Arc::new(store), root))
-}
-
-/// Whether blocks go to a directory of files: the volume's own `blocks/` or a `file://` one.
-fn is_local_store(url: &str) -> bool {
-    url.is_empty() || url.starts_with("file://")
+    /// The primary block store, parsed from `settings.block_store`.
+    pub store_url: StoreUrl,
+    /// The layers `meta` and `store` pass through (`stack`).
+    pub stack: StackDescription,
 }
 
 /// How long PostgreSQL operations wait for an unreachable server before they fail with EIO.
 pub const DEFAULT_PG_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn open_meta(
-    source: &Source,
-    pg_wait: std::time::Duration,
-) -> Result<Arc<dyn MetaStore>, VolumeError> {
-    Ok(open_engine(source, pg_wait)?.0)
-}
-
-/// A metadata engine, with the block store an embedded volume keeps in it.
-type Engine = (Arc<dyn MetaStore>, Option<Arc<dyn BlockStore>>);
-
-/// The metadata engine, with the block store an embedded volume keeps in it.
-fn open_engine(source: &Source, pg_wait: std::time::Duration) -> Result<Engine, VolumeError> {
-    match source {
-        Source::Dir(dir) => match RocksMetaStore::open(dir.join("meta")) {
-            Ok(m) => {
-                let blocks: Arc<dyn BlockStore> = Arc::new(m.blocks());
-                Ok((Arc::new(m), Some(blocks)))
-            }
-            Err(MetaError::Backend { message, .. }) if message.contains("lock") => {
-                Err(VolumeError::InUse(dir.display().to_string()))
-            }
-            Err(e) => Err(e.into()),
-        },
-        Source::Postgres(url) => Ok((Arc::new(PgMetaStore::connect_within(url, pg_wait)?), None)),
-    }
-}
 
 impl Volume {
     /// Whether `dir` holds a formatted embedded volume.
@@ -408,7 +118,7 @@ impl Volume {
         store_url: Option<&str>,
     ) -> Result<Volume, VolumeError> {
         let small_blocks = match source {
-            Source::Dir(_) if is_local_store(store_url.unwrap_or("")) => {
+            Source::Dir(_) if StoreUrl::parse(store_url.unwrap_or(""))?.is_local() => {
                 embedded_small_blocks(&chunker)
             }
             _ => 0,
@@ -436,34 +146,25 @@ impl Volume {
             });
         }
         for r in replicas {
-            let ok = r.starts_with("file:///") || r.starts_with("s3://");
-            if !ok || r.contains(',') {
-                return Err(VolumeError::BadStoreUrl(r.clone()));
-            }
+            StoreUrl::parse_replica(r)?;
         }
-        let store_url = store_url.unwrap_or("");
         let dir = match source {
             Source::Dir(d) => Some(d.as_path()),
             Source::Postgres(_) => None,
         };
-        if let Some(d) = dir {
-            if Self::is_formatted(d) {
-                return Err(VolumeError::AlreadyFormatted(source.display()));
-            }
-        } else if store_url.is_empty() {
-            return Err(VolumeError::StoreRequired);
+        if let Some(d) = dir
+            && Self::is_formatted(d)
+        {
+            return Err(VolumeError::AlreadyFormatted(source.display()));
         }
-        let postgres_store = store_url == POSTGRES_STORE && matches!(source, Source::Postgres(_));
-        let known = store_url.starts_with("file:///") || store_url.starts_with("s3://");
-        if !store_url.is_empty() && !known && !postgres_store {
-            return Err(VolumeError::BadStoreUrl(store_url.to_string()));
-        }
-        if store_url.starts_with("s3://") {
+        let url = StoreUrl::parse(store_url.unwrap_or(""))?;
+        url.fits(source)?;
+        if let StoreUrl::S3(s3) = &url {
             // a bad S3 URL is refused before anything is written
             let sse_c = std::env::var(crate::store::s3::SSE_C_KEY_ENV).ok();
-            crate::store::s3::S3Url::parse(store_url, sse_c.as_deref()).map_err(|m| {
+            crate::store::s3::S3Url::parse(s3, sse_c.as_deref()).map_err(|m| {
                 VolumeError::Invalid {
-                    path: store_url.to_string(),
+                    path: s3.clone(),
                     message: m,
                 }
             })?;
@@ -474,13 +175,13 @@ impl Volume {
                 source,
             })?;
         }
-        let meta = open_meta(source, DEFAULT_PG_WAIT)?;
+        let meta = stack::engine(source, DEFAULT_PG_WAIT)?.meta;
         if meta.setting("format_version")?.is_some() {
             return Err(VolumeError::AlreadyFormatted(source.display()));
         }
         meta.put_setting("hash", hash.name())?;
         meta.put_setting("chunker", &chunker.to_string())?;
-        meta.put_setting("block_store", store_url)?;
+        meta.put_setting("block_store", &url.recorded())?;
         meta.put_setting("replicas", &replicas.join(","))?;
         meta.put_setting(SMALL_BLOCKS, &small_blocks.to_string())?;
         // tells a volume from another later created behind the same URL (local caches)
@@ -537,7 +238,8 @@ impl Volume {
                 source,
             })?;
         }
-        let (meta, engine_blocks) = open_engine(source, pg_wait)?;
+        let engine = stack::engine(source, pg_wait)?;
+        let meta = engine.meta;
         let invalid = |message: String| VolumeError::Invalid {
             path: source.display(),
             message,
@@ -551,7 +253,7 @@ impl Volume {
             .ok_or_else(|| VolumeError::NotFormatted(source.display()))?;
         if version == FORMAT_VERSION
             && matches!(source, Source::Dir(_))
-            && is_local_store(&setting("block_store")?)
+            && StoreUrl::parse(&setting("block_store")?)?.is_local()
         {
             // An embedded volume from before small blocks went to RocksDB: new ones go there
             // from now on (its earlier ones stay files, still read: `store::tiered`).
@@ -590,46 +292,36 @@ impl Volume {
             .chunker
             .parse()
             .map_err(|e| invalid(format!("{e}")))?;
-        // each store is metered on its own: metrics carry the real backend (s3, postgres, local)
-        let metered = |s: Arc<dyn BlockStore>| -> Arc<dyn BlockStore> {
-            Arc::new(crate::store::metered::Metered::new(s))
+        let store_url = StoreUrl::parse(&settings.block_store)?;
+        let replica_urls: Vec<String> = match meta.setting("replicas")? {
+            Some(list) => list.split(',').map(str::to_string).collect(),
+            None => Vec::new(),
         };
-        let (primary, capacity_path) = open_store(&settings.block_store, source, disk)?;
-        let mut primary = metered(primary);
-        if settings.small_blocks > 0 {
-            let db = match engine_blocks {
-                Some(blocks) => blocks,
-                None => open_store(POSTGRES_STORE, source, None)?.0,
-            };
-            primary = Arc::new(crate::store::tiered::Tiered::new(
-                metered(db),
-                primary,
-                settings.small_blocks,
-            ));
-        }
-        let mut replicas = vec![(settings.block_store.clone(), primary.clone())];
-        for url in meta.setting("replicas")?.unwrap_or_default().split(',') {
-            if !url.is_empty() {
-                replicas.push((url.to_string(), metered(open_store(url, source, None)?.0)));
-            }
-        }
-        let store: Arc<dyn BlockStore> = if replicas.len() > 1 {
-            let index = Arc::new(MetaReplicaIndex(meta.clone()));
-            let all = replicas.iter().map(|(_, s)| s.clone()).collect();
-            Arc::new(crate::store::replicated::Replicated::new(all, index))
-        } else {
-            primary
-        };
+        let small_blocks = settings.small_blocks;
+        let blocks = stack::blocks(
+            source,
+            &store_url,
+            small_blocks,
+            engine.blocks,
+            &replica_urls,
+            &meta,
+            disk,
+        )?;
         Ok(Volume {
             state_dir: source.state_dir(),
             source: source.clone(),
             meta,
-            store,
-            replicas,
+            store: blocks.store,
+            replicas: blocks.replicas,
             settings,
             hash,
             chunker,
-            capacity_path,
+            capacity_path: blocks.capacity_path,
+            store_url,
+            stack: StackDescription {
+                metadata: engine.description,
+                blocks: blocks.description,
+            },
         })
     }
 
@@ -647,34 +339,7 @@ impl Volume {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_show() {
-        let s = Source::parse("postgres://graviton:hunter2@db.example:5432/vol");
-        assert_eq!(s.display(), "postgres://graviton:***@db.example:5432/vol");
-        assert!(!s.state_dir().to_string_lossy().contains("hunter2"));
-        assert_eq!(redact("postgres://db/vol"), "postgres://db/vol");
-        let q = Source::parse("postgres://u@db/vol?sslmode=disable&password=hunter2&sslpassword=x");
-        assert_eq!(
-            q.display(),
-            "postgres://u@db/vol?sslmode=disable&password=***&sslpassword=***"
-        );
-        assert!(!q.state_dir().to_string_lossy().contains("hunter2"));
-        assert_eq!(redact("postgres://u:pa?ss@db/v"), "postgres://u:***@db/v");
-        assert_eq!(Source::parse("/srv/vol"), Source::Dir("/srv/vol".into()));
-    }
-
-    #[test]
-    fn a_percent_encoded_password_key_is_hidden_too() {
-        let url = "postgres://u@db/vol?pass%77ord=hunter2&SSLPASSWORD=x&user=u";
-        let shown = redact(url);
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(!shown.contains("=x"), "{shown}");
-        assert!(shown.contains("user=u"), "{shown}");
-        assert!(has_password(url));
-        assert!(!has_password("postgres://u@db/vol?sslmode=disable"));
-        assert!(has_password("postgres://u:p@db/vol"));
-    }
+    use crate::store::LocalBlockStore;
 
     /// An embedded volume from before small blocks went to RocksDB keeps reading its small
     /// block files, and stores new small blocks in RocksDB.

@@ -1,0 +1,318 @@
+//! The composition root: the one place that decides which layers a volume's metadata and
+//! blocks pass through, for format, mount and the maintenance commands alike.
+//!
+//! Opened anywhere (`Volume::open`):
+//! ```text
+//! metadata: RocksDB <dir>/meta | PostgreSQL <url>
+//! blocks:   [replicated →] [tiered: small blocks in the metadata database, the rest in] metered → files | S3 | PostgreSQL
+//! ```
+//! Mounted (`mount_layers`), on top of that:
+//! ```text
+//! metadata: [write-behind journal →] [metadata cache →] …   (PostgreSQL volumes)
+//! blocks:   [write-back staging →] [disk cache →] …
+//! ```
+//! Each step records itself in the volume's [`StackDescription`], which the mount logs and
+//! `graviton status` prints.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::source::redact;
+use super::{Source, StoreUrl, Volume, VolumeError};
+use crate::core::BlockKey;
+use crate::meta::{MetaError, MetaStore, PgMetaStore, RocksMetaStore, SessionInfo};
+use crate::store::local::Disk;
+use crate::store::replicated::{ReplicaIndex, ReplicaStatus};
+use crate::store::{BlockStore, LocalBlockStore, PgBlockStore};
+
+/// The layers of a volume's two stacks, outermost first, as one line each.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackDescription {
+    pub metadata: String,
+    pub blocks: String,
+}
+
+/// `layer` on top of `below`.
+fn over(layer: impl std::fmt::Display, below: &str) -> String {
+    format!("{layer} → {below}")
+}
+
+/// The metadata engine of `source`, with the block store an embedded volume keeps in it.
+pub(super) struct Engine {
+    pub meta: Arc<dyn MetaStore>,
+    pub blocks: Option<Arc<dyn BlockStore>>,
+    pub description: String,
+}
+
+pub(super) fn engine(source: &Source, pg_wait: Duration) -> Result<Engine, VolumeError> {
+    match source {
+        Source::Dir(dir) => match RocksMetaStore::open(dir.join("meta")) {
+            Ok(m) => Ok(Engine {
+                blocks: Some(Arc::new(m.blocks())),
+                meta: Arc::new(m),
+                description: format!("RocksDB {}", dir.join("meta").display()),
+            }),
+            Err(MetaError::Backend { message, .. }) if message.contains("lock") => {
+                Err(VolumeError::InUse(dir.display().to_string()))
+            }
+            Err(e) => Err(e.into()),
+        },
+        Source::Postgres(url) => Ok(Engine {
+            meta: Arc::new(PgMetaStore::connect_within(url, pg_wait)?),
+            blocks: None,
+            description: format!("PostgreSQL {}", redact(url)),
+        }),
+    }
+}
+
+/// One block store adapter, metered: what it is, where its capacity is measured.
+struct Adapter {
+    store: Arc<dyn BlockStore>,
+    description: String,
+    capacity_path: PathBuf,
+}
+
+/// Opens the adapter a URL names. A local store makes its files durable through `disk` when
+/// given (tests inject faults there).
+fn adapter(
+    url: &StoreUrl,
+    source: &Source,
+    disk: Option<&Arc<dyn Disk>>,
+) -> Result<Adapter, VolumeError> {
+    url.fits(source)?;
+    let (store, description, capacity_path): (Arc<dyn BlockStore>, _, _) = match url {
+        StoreUrl::Postgres => {
+            let Source::Postgres(db) = source else {
+                unreachable!("checked by fits")
+            };
+            let store = PgBlockStore::connect(db)?;
+            (Arc::new(store), "PostgreSQL".into(), source.state_dir())
+        }
+        StoreUrl::S3(u) => {
+            let store = crate::store::S3BlockStore::open(u)?;
+            (
+                Arc::new(store),
+                format!("S3 {}", redact(u)),
+                source.state_dir(),
+            )
+        }
+        StoreUrl::VolumeDir | StoreUrl::File(_) => {
+            let root = match (url, source) {
+                (StoreUrl::File(p), _) => p.clone(),
+                (_, Source::Dir(d)) => d.join("blocks"),
+                (_, Source::Postgres(_)) => unreachable!("checked by fits"),
+            };
+            let store = match disk {
+                Some(disk) => LocalBlockStore::open_on(&root, disk.clone())?,
+                None => LocalBlockStore::open(&root)?,
+            };
+            (Arc::new(store), format!("files {}", root.display()), root)
+        }
+    };
+    Ok(metered(store, &description, capacity_path))
+}
+
+/// Each adapter is metered on its own: metrics carry the real backend (s3, postgres, local).
+fn metered(store: Arc<dyn BlockStore>, description: &str, capacity_path: PathBuf) -> Adapter {
+    Adapter {
+        store: Arc::new(crate::store::metered::Metered::new(store)),
+        description: over("metered", description),
+        capacity_path,
+    }
+}
+
+/// The block stack every opening of a volume has.
+pub(super) struct Blocks {
+    pub store: Arc<dyn BlockStore>,
+    /// Each block store with its URL: the primary first, then the replicas.
+    pub replicas: Vec<(String, Arc<dyn BlockStore>)>,
+    pub capacity_path: PathBuf,
+    pub description: String,
+}
+
+/// The primary store (with blocks under `small_blocks` bytes in the metadata database, when
+/// set), then a copy of every block in each replica.
+pub(super) fn blocks(
+    source: &Source,
+    url: &StoreUrl,
+    small_blocks: u32,
+    engine_blocks: Option<Arc<dyn BlockStore>>,
+    replica_urls: &[String],
+    meta: &Arc<dyn MetaStore>,
+    disk: Option<&Arc<dyn Disk>>,
+) -> Result<Blocks, VolumeError> {
+    let main = adapter(url, source, disk)?;
+    let (mut primary, mut description) = (main.store, main.description);
+    if small_blocks > 0 {
+        let db = match engine_blocks {
+            Some(blocks) => metered(blocks, "RocksDB", PathBuf::new()),
+            None => adapter(&StoreUrl::Postgres, source, None)?,
+        };
+        primary = Arc::new(crate::store::tiered::Tiered::new(
+            db.store,
+            primary,
+            small_blocks,
+        ));
+        description = format!(
+            "tiered [under {small_blocks} bytes: {} | the rest: {description}]",
+            db.description
+        );
+    }
+    let mut replicas = vec![(url.recorded(), primary.clone())];
+    let mut described = vec![description.clone()];
+    for r in replica_urls.iter().filter(|r| !r.is_empty()) {
+        let a = adapter(&StoreUrl::parse_replica(r)?, source, None)?;
+        replicas.push((r.clone(), a.store));
+        described.push(a.description);
+    }
+    let store: Arc<dyn BlockStore> = if replicas.len() > 1 {
+        let index = Arc::new(MetaReplicaIndex(meta.clone()));
+        let all = replicas.iter().map(|(_, s)| s.clone()).collect();
+        description = format!("replicated [{}]", described.join(" | "));
+        Arc::new(crate::store::replicated::Replicated::new(all, index))
+    } else {
+        primary
+    };
+    Ok(Blocks {
+        store,
+        replicas,
+        capacity_path: main.capacity_path,
+        description,
+    })
+}
+
+/// The ReplicaIndex: what is known to be wrong with which replica's copy of a block, in the
+/// volume's key-value store under `replica/<n>/<block key>` (an entry is a problem to repair;
+/// `graviton scrub` removes it once the copy is good).
+pub struct MetaReplicaIndex(pub Arc<dyn MetaStore>);
+
+impl MetaReplicaIndex {
+    pub fn key(replica: usize, block: &BlockKey) -> String {
+        format!("replica/{replica}/{block}")
+    }
+}
+
+impl ReplicaIndex for MetaReplicaIndex {
+    fn record(&self, replica: usize, key: &BlockKey, status: ReplicaStatus) {
+        let k = Self::key(replica, key);
+        let r = match status {
+            ReplicaStatus::Ok => self.0.kv_delete(&k),
+            ReplicaStatus::Missing => self.0.kv_put(&k, b"missing"),
+            ReplicaStatus::Corrupt => self.0.kv_put(&k, b"corrupt"),
+        };
+        if let Err(e) = r {
+            tracing::warn!("recording a replica's state: {e}");
+        }
+    }
+}
+
+/// What a mount adds to the stacks it opened.
+pub struct MountLayers {
+    /// A RocksDB cache of a PostgreSQL volume's metadata in the mount's state folder.
+    pub meta_cache: bool,
+    /// An on-disk block cache: its folder and budget in bytes.
+    pub disk_cache: Option<(PathBuf, u64)>,
+    /// Commits and blocks go to local journals first and on to the volume in the background.
+    pub writeback: bool,
+    /// The mount's session, begun once the metadata stack is there.
+    pub session: SessionInfo,
+}
+
+/// Puts a mount's layers on `vol`'s stacks and begins its session. `mountpoint` places a
+/// PostgreSQL volume's per-mount state folder.
+pub fn mount_layers(
+    vol: &mut Volume,
+    mountpoint: &Path,
+    layers: &MountLayers,
+) -> anyhow::Result<()> {
+    let source = vol.source.clone();
+    if let Source::Postgres(_) = source {
+        vol.state_dir = source.mount_state_dir(mountpoint);
+        crate::state::prepare(&vol.state_dir)?;
+        if layers.meta_cache {
+            let dir = vol.state_dir.join("meta-cache");
+            vol.meta = Arc::new(
+                crate::meta::cached::CachedMeta::open(vol.meta.clone(), &dir)
+                    .with_context(|| format!("opening the metadata cache in {}", dir.display()))?,
+            );
+            vol.stack.metadata = over(
+                format!("metadata cache {}", dir.display()),
+                &vol.stack.metadata,
+            );
+        }
+    }
+    if let Some((dir, budget)) = &layers.disk_cache {
+        vol.store = Arc::new(
+            crate::store::disk_cache::DiskCache::open(vol.store.clone(), dir, *budget)
+                .with_context(|| format!("opening the block cache in {}", dir.display()))?,
+        );
+        let layer = format!("disk cache {} ({} MiB)", dir.display(), budget >> 20);
+        vol.stack.blocks = over(layer, &vol.stack.blocks);
+    }
+    vol.meta.begin_session(&layers.session)?;
+    if vol.meta.shared().is_some()
+        && let Err(e) = write_behind(vol, &layers.session.host, layers.writeback)
+    {
+        vol.meta.end_session();
+        return Err(e);
+    }
+    if layers.writeback {
+        write_back(vol)?;
+    }
+    Ok(())
+}
+
+/// On a shared (PostgreSQL) volume: with `-o writeback`, metadata commits go to a journal in
+/// the volume's state folder first (`meta::write_behind`). Without it, a journal an earlier
+/// write-back mount on this host left is sent on first; another host's claim is refused.
+fn write_behind(vol: &mut Volume, host: &str, writeback: bool) -> anyhow::Result<()> {
+    use crate::meta::write_behind::{CLAIM_KEY, WriteBehind, check_unclaimed};
+    let dir = vol.source.state_dir().join("meta-journal");
+    let me = format!("{host}:{}", dir.display());
+    check_unclaimed(vol.meta.as_ref(), Some(&me))?;
+    let claimed = vol.meta.kv_get(CLAIM_KEY)?.is_some();
+    if !writeback && !claimed {
+        return Ok(());
+    }
+    let wb = WriteBehind::open(vol.meta.clone(), &dir, &me)?;
+    if writeback {
+        vol.meta = Arc::new(wb);
+        let layer = format!("write-behind journal {}", dir.display());
+        vol.stack.metadata = over(layer, &vol.stack.metadata);
+    } else if !wb.finish() {
+        anyhow::bail!(
+            "the metadata changes an earlier -o writeback mount left in {} could not be sent",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The volume's store behind a local staging folder (`-o writeback`), kept per volume (not per
+/// mountpoint) so that the next mount, wherever it is, uploads what is left.
+fn write_back(vol: &mut Volume) -> anyhow::Result<()> {
+    if vol.store_url.is_local() {
+        anyhow::bail!(
+            "writeback applies to remote block stores (S3, PostgreSQL); this volume's blocks are local"
+        );
+    }
+    let dir = vol.source.state_dir().join("writeback");
+    let meta = vol.meta.clone();
+    let unmark = Box::new(move |key: &BlockKey| {
+        if let Err(e) = meta.kv_delete(&crate::meta::gc_candidate_key(key)) {
+            tracing::warn!(block = %key, "clearing a gc mark: {e}");
+        }
+    });
+    let staged = crate::store::writeback::WriteBack::open(vol.store.clone(), &dir, unmark)
+        .with_context(|| format!("opening the write-back folder {}", dir.display()))?;
+    vol.store = Arc::new(staged);
+    vol.stack.blocks = over(
+        format!("write-back staging {}", dir.display()),
+        &vol.stack.blocks,
+    );
+    Ok(())
+}
