@@ -4,7 +4,9 @@
 pub mod background;
 pub mod cli;
 pub mod core;
+pub mod daemon;
 pub mod fuse;
+pub mod maint;
 pub mod meta;
 pub mod metrics;
 pub mod private;

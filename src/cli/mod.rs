@@ -1,17 +1,14 @@
-//! The `graviton` command line: one file per subcommand.
+//! The `graviton` command line: one file per subcommand. Each parses its arguments and calls the library: `maint` for the maintenance commands
+//! (through a mount daemon's control socket when the volume is mounted here), `daemon` for a
+//! mount.
 
-mod control;
 mod daemon_pid;
 mod dump;
-mod dump_check;
 mod format;
 mod fsck;
 mod gc;
 mod load;
 mod mount;
-mod mount_table;
-pub mod options;
-mod progress;
 mod scrub;
 mod status;
 
@@ -19,7 +16,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::meta::{DirEntry, Ino, MetaRead};
+use crate::daemon::control::Request;
 use crate::volume::Source;
 
 #[derive(Parser, Debug)]
@@ -73,27 +70,10 @@ pub fn default_volume() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/graviton/default"))
 }
 
-/// Entries read per directory page by the tree walks (fsck, dump).
-const PAGE: usize = 1024;
-
-/// Visits a directory's entries in cookie order, a page at a time; `f` gets the reader back
-/// for lookups of its own.
-fn each_entry_page(
-    tx: &mut dyn MetaRead,
-    dir: Ino,
-    mut f: impl FnMut(&mut dyn MetaRead, &[(Vec<u8>, DirEntry)]) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let mut after = 2;
-    loop {
-        let page = tx.list_dir(dir, after, PAGE)?;
-        if let Some((_, last)) = page.last() {
-            after = last.cookie;
-        }
-        f(tx, &page)?;
-        if page.len() < PAGE {
-            return Ok(());
-        }
-    }
+/// `run` on the volume a command line names (or the default volume), output to stdout.
+fn run_named(source: Option<String>, req: &Request) -> anyhow::Result<()> {
+    let source = source_or_default(source)?;
+    crate::daemon::control::run(&source, req, &mut std::io::stdout().lock())
 }
 
 /// The volume a command names, or the default volume.

@@ -62,7 +62,7 @@ impl StoreError {
 /// Stores a block no extent references (`put_new`), for a writer about to reference it. A copy
 /// found already there may be a gc candidate: `unmark` takes its mark away, then the copy is
 /// looked for again and stored anew if gc deleted it meanwhile. gc, for its part, puts a block
-/// back when its mark went during the deletion (`cli::gc`): whichever looks last sees the other.
+/// back when its mark went during the deletion (`maint::gc`): whichever looks last sees the other.
 /// `groups`: the block's group hashes, when the caller computed them with its key.
 pub fn store_for_reference<E: From<StoreError>>(
     store: &dyn BlockStore,

@@ -97,32 +97,26 @@ pub fn execute(
 ) -> anyhow::Result<()> {
     match req {
         Request::Status => {
-            serde_json::to_writer(&mut *out, &super::status::collect(vol)?)?;
+            serde_json::to_writer(&mut *out, &crate::maint::status::collect(vol)?)?;
             writeln!(out)?;
             Ok(())
         }
         Request::Fsck {
             verify_data,
             repair,
-        } => super::fsck::check(vol, *verify_data, *repair, in_daemon, out),
+        } => crate::maint::fsck::check(vol, *verify_data, *repair, in_daemon, out),
         Request::Gc {
             grace_secs,
             dry_run,
-        } => super::gc::collect(
+        } => crate::maint::gc::collect(
             vol,
             std::time::Duration::from_secs(*grace_secs),
             *dry_run,
             out,
         ),
-        Request::Scrub { dry_run } => super::scrub::check(vol, !dry_run, out),
-        Request::Dump => super::dump::dump(vol, out).map(drop),
+        Request::Scrub { dry_run } => crate::maint::scrub::check(vol, !dry_run, out),
+        Request::Dump => crate::maint::dump::dump(vol, out).map(drop),
     }
-}
-
-/// `run` on the volume a command line names (or the default volume), output to stdout.
-pub fn run_named(source: Option<String>, req: &Request) -> anyhow::Result<()> {
-    let source = super::source_or_default(source)?;
-    run(&source, req, &mut std::io::stdout().lock())
 }
 
 /// Runs `req` on the volume: through a mount daemon of it on this machine when there is one,

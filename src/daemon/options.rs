@@ -77,7 +77,7 @@ impl Default for MountOptions {
             cache_dir: None,
             cache_dir_mb: 10240,
             gc_every: None,
-            gc_grace: super::gc::DEFAULT_GRACE,
+            gc_grace: crate::maint::gc::DEFAULT_GRACE,
             mount_table: Vec::new(),
         }
     }

@@ -1,0 +1,229 @@
+//! `graviton dump`: a volume's metadata as JSON lines, for backup and for moving a volume
+//! between engines (`graviton load` restores it). Blocks stay where they are: a dump names
+//! them by key, and the volume it is loaded into must use a block store that holds them.
+//!
+//! The file is one [`Record`] per line: a header with the volume's settings, then every inode
+//! reachable from the root (once, however many names it has) with its extents, xattrs and
+//! symlink target, and every directory entry. Names and values that are not UTF-8 are written
+//! as hex. Inodes keep their numbers. The dump is read in one transaction: a consistent copy
+//! even while a PostgreSQL volume is mounted.
+
+use std::collections::HashSet;
+use std::io::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::Extent;
+use crate::meta::{FileKind, Ino, Inode, MetaRead, ROOT_INO};
+use crate::volume::Volume;
+
+
+/// The first line's `format`: what `graviton load` understands.
+pub const DUMP_FORMAT: u32 = 1;
+
+/// Bytes as text when they are UTF-8, else as hex: names and xattr values stay readable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Bytes {
+    Text(String),
+    Hex { hex: String },
+}
+
+impl Bytes {
+    pub fn new(b: &[u8]) -> Bytes {
+        match std::str::from_utf8(b) {
+            Ok(s) => Bytes::Text(s.to_string()),
+            Err(_) => Bytes::Hex {
+                hex: hex::encode(b),
+            },
+        }
+    }
+
+    pub fn to_vec(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(match self {
+            Bytes::Text(s) => s.as_bytes().to_vec(),
+            Bytes::Hex { hex } => hex::decode(hex)?,
+        })
+    }
+}
+
+/// An extent, its block named by the key's text (`algo:hex:size`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedSpan {
+    pub offset: u64,
+    pub block: String,
+    pub block_offset: u32,
+    pub len: u32,
+}
+
+impl MappedSpan {
+    pub fn new(e: &Extent) -> MappedSpan {
+        MappedSpan {
+            offset: e.offset,
+            block: e.key.to_string(),
+            block_offset: e.block_offset,
+            len: e.len,
+        }
+    }
+
+    pub fn extent(&self) -> anyhow::Result<Extent> {
+        Ok(Extent {
+            offset: self.offset,
+            key: self.block.parse()?,
+            block_offset: self.block_offset,
+            len: self.len,
+        })
+    }
+}
+
+/// One line of a dump.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Record {
+    Header {
+        format: u32,
+        hash: String,
+        chunker: String,
+        /// Where the blocks were (for the reader; `load` does not use it).
+        block_store: String,
+        /// Blocks shorter than this were kept in the volume's database: they travel in the
+        /// dump as `block` records, since the database does not move with it.
+        #[serde(default)]
+        small_blocks: u32,
+    },
+    Inode(Inode),
+    Entry {
+        parent: Ino,
+        name: Bytes,
+        ino: Ino,
+        kind: FileKind,
+        cookie: u64,
+    },
+    Extents {
+        ino: Ino,
+        extents: Vec<MappedSpan>,
+    },
+    Xattr {
+        ino: Ino,
+        name: Bytes,
+        value: Bytes,
+    },
+    Symlink {
+        ino: Ino,
+        target: Bytes,
+    },
+    /// A block that lived in the dumped volume's database (hex).
+    Block {
+        key: String,
+        data: String,
+    },
+    /// The last line: a dump without it was cut short.
+    End {
+        inodes: u64,
+        entries: u64,
+        #[serde(default)]
+        blocks: u64,
+    },
+}
+
+/// Writes the dump; returns the numbers of inodes and entries written.
+pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
+    let mut line = |r: &Record| -> anyhow::Result<()> {
+        serde_json::to_writer(&mut *out, r)?;
+        out.write_all(b"\n")?;
+        Ok(())
+    };
+    line(&Record::Header {
+        format: DUMP_FORMAT,
+        hash: vol.settings.hash.clone(),
+        chunker: vol.settings.chunker.clone(),
+        block_store: crate::volume::redact(&vol.settings.block_store),
+        small_blocks: vol.settings.small_blocks,
+    })?;
+    let mut in_db: std::collections::BTreeSet<crate::core::BlockKey> = Default::default();
+    let mut tx = vol.meta.snapshot()?;
+    let tx: &mut dyn MetaRead = tx.as_mut();
+    let bar = super::progress::spinner("inodes");
+    bar.set_prefix("dump");
+    let (mut inodes, mut entries) = (0u64, 0u64);
+    let mut seen: HashSet<Ino> = HashSet::new();
+    let mut todo = vec![ROOT_INO];
+    while let Some(ino) = todo.pop() {
+        if !seen.insert(ino) {
+            continue;
+        }
+        let Some(inode) = tx.inode(ino)? else {
+            anyhow::bail!("inode {ino} is named but missing (run `graviton fsck --repair`)");
+        };
+        line(&Record::Inode(inode.clone()))?;
+        inodes += 1;
+        bar.inc(1);
+        for name in tx.xattr_names(ino)? {
+            if let Some(value) = tx.xattr(ino, &name)? {
+                line(&Record::Xattr {
+                    ino,
+                    name: Bytes::new(&name),
+                    value: Bytes::new(&value),
+                })?;
+            }
+        }
+        match inode.kind {
+            FileKind::File => {
+                let extents = tx.extents(ino, 0..u64::MAX)?;
+                in_db.extend(
+                    extents
+                        .iter()
+                        .map(|e| e.key)
+                        .filter(|k| k.size < vol.settings.small_blocks),
+                );
+                if !extents.is_empty() {
+                    let extents = extents.iter().map(MappedSpan::new).collect();
+                    line(&Record::Extents { ino, extents })?;
+                }
+            }
+            FileKind::Symlink => {
+                if let Some(target) = tx.symlink_target(ino)? {
+                    line(&Record::Symlink {
+                        ino,
+                        target: Bytes::new(&target),
+                    })?;
+                }
+            }
+            FileKind::Dir => {
+                super::each_entry_page(tx, ino, |_, page| {
+                    for (name, e) in page {
+                        line(&Record::Entry {
+                            parent: ino,
+                            name: Bytes::new(name),
+                            ino: e.ino,
+                            kind: e.kind,
+                            cookie: e.cookie,
+                        })?;
+                        entries += 1;
+                        todo.push(e.ino);
+                    }
+                    Ok(())
+                })?;
+            }
+            _ => {}
+        }
+    }
+    bar.finish_and_clear();
+    let bar = super::progress::bar(in_db.len() as u64, "blocks");
+    bar.set_prefix("dump: blocks kept in the database");
+    for key in &in_db {
+        line(&Record::Block {
+            key: key.to_string(),
+            data: hex::encode(vol.store.get(key)?),
+        })?;
+        bar.inc(1);
+    }
+    line(&Record::End {
+        inodes,
+        entries,
+        blocks: in_db.len() as u64,
+    })?;
+    bar.finish_and_clear();
+    out.flush()?;
+    Ok((inodes, entries))
+}
