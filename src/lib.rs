@@ -9,8 +9,12 @@ pub mod fuse;
 pub mod maint;
 pub mod meta;
 pub mod metrics;
+pub mod postgres;
 pub mod private;
+pub mod retry;
 pub mod state;
 pub mod store;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod vfs;
 pub mod volume;

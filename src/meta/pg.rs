@@ -22,12 +22,12 @@ use super::{
 };
 use crate::core::extent::Splice;
 use crate::core::{BlockKey, Extent};
-
-/// The schema, applied by every PostgreSQL adapter when it connects.
-pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+use crate::postgres::{MIGRATOR, unavailable};
 
 /// Inode numbers reserved per sequence step (the sequence's INCREMENT).
 const INO_BATCH: u64 = 1024;
+
+pub use crate::postgres::create_scratch_database;
 
 pub struct PgMetaStore {
     pub(super) pool: PgPool,
@@ -40,20 +40,6 @@ pub struct PgMetaStore {
     pub(super) shared: std::sync::Arc<super::pg_shared::SharedState>,
     /// (next inode to hand out, first inode not reserved)
     ino_range: Mutex<(Ino, Ino)>,
-}
-
-/// Whether the server could not be reached (as opposed to refusing the statement).
-fn unavailable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(d) => d
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-        _ => false,
-    }
 }
 
 /// Runs one round trip to the server, recording its duration under `kind` (see
@@ -243,16 +229,13 @@ impl PgMetaStore {
         kind: &'static str,
         mut f: F,
     ) -> MetaResult<T> {
-        let deadline = Instant::now() + self.retry_for;
-        let mut pause = Duration::from_millis(50);
+        let mut attempts = crate::retry::Backoff::POSTGRES.start(Some(self.retry_for));
         loop {
             match round_trip(kind, || self.rt.block_on(f())) {
-                Err(e) if unavailable(&e) && Instant::now() < deadline => {
+                Err(e) if unavailable(&e) && attempts.wait() => {
                     tracing::warn!("metadata server unreachable, retrying: {e}");
                     metrics::counter!(crate::metrics::META_QUERY_RETRIES, "engine" => "postgres")
                         .increment(1);
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
                 other => return other.map_err(pg_err),
             }
@@ -488,46 +471,6 @@ impl Drop for PgMetaStore {
     fn drop(&mut self) {
         self.finish_session();
     }
-}
-
-/// Creates an empty database with a unique name on the server `admin_url` points at and
-/// returns its URL (tests and tools that need a throwaway volume).
-pub fn create_scratch_database(admin_url: &str) -> MetaResult<String> {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!("graviton_t{}_{n}_{nanos}", std::process::id());
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .ok_or_else(|| MetaError::Backend {
-            engine: "postgres",
-            message: "the server URL names no database".into(),
-        })?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| MetaError::Backend {
-            engine: "postgres",
-            message: e.to_string(),
-        })?;
-    rt.block_on(async {
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(admin_url)
-            .await?;
-        // the name is made of digits and underscores only
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&pool)
-            .await?;
-        pool.close().await;
-        Ok::<_, sqlx::Error>(())
-    })
-    .map_err(pg_err)?;
-    Ok(format!("{base}/{name}"))
 }
 
 pub(super) const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";

@@ -126,7 +126,7 @@ impl State {
     }
 
     fn run_applier(&self) {
-        let mut backoff = Duration::from_millis(100);
+        let mut attempts = crate::retry::Backoff::JOURNAL.start(None);
         let mut p = self.lock();
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
@@ -164,7 +164,7 @@ impl State {
             p = self.lock();
             match result {
                 Ok(()) => {
-                    backoff = Duration::from_millis(100);
+                    attempts.reset();
                     let applied = batch[end - 1].seq;
                     p.queue.drain(..end);
                     p.overlay.forget_applied(applied);
@@ -175,6 +175,7 @@ impl State {
                     self.changed.notify_all();
                 }
                 Err(e) => {
+                    let backoff = attempts.next_pause().expect("no deadline");
                     if !matches!(e, MetaError::Conflict) {
                         tracing::warn!(
                             "write-behind: sending {} transactions to {}: {e} (retrying in {backoff:?})",
@@ -190,7 +191,6 @@ impl State {
                         .wait_timeout(p, backoff)
                         .expect("write-behind lock")
                         .0;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -116,9 +116,9 @@ impl DiskCache {
     }
 }
 
-impl BlockStore for DiskCache {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
+impl super::StoreLayer for DiskCache {
+    fn inner(&self) -> &dyn BlockStore {
+        self.inner.as_ref()
     }
 
     fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
@@ -138,12 +138,8 @@ impl BlockStore for DiskCache {
         Ok(r)
     }
 
-    fn cheap_put(&self, key: &BlockKey) -> bool {
-        self.inner.cheap_put(key)
-    }
-
     fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
-        self.get(key)
+        BlockStore::get(self, key)
     }
 
     fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
@@ -165,31 +161,15 @@ impl BlockStore for DiskCache {
     /// part is not kept: the cache holds whole blocks).
     fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
         if self.path(key).exists() {
-            let data = self.get(key)?;
+            let data = BlockStore::get(self, key)?;
             return Ok(super::part_of(&data, range));
         }
         self.inner.get_range(key, range)
     }
 
-    fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
-        self.inner.exists(key)
-    }
-
     fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {
         self.forget(key);
         self.inner.delete(key)
-    }
-
-    fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
-        self.inner.list()
-    }
-
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-
-    fn settle(&self, keys: &[BlockKey]) -> Result<(), StoreError> {
-        self.inner.settle(keys)
     }
 }
 

@@ -1,5 +1,6 @@
-//! A block store decorator that records what the store does (see `crate::metrics`): fresh and
-//! deduplicated puts, bytes moved, call durations, failures.
+//! The metering layer: records what the store below does (see `crate::metrics`): fresh and
+//! deduplicated puts, bytes moved, call durations, and each failed attempt with its kind (it
+//! sits below the retry layer, so every attempt passes through it).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -25,12 +26,18 @@ impl Metered {
         let class = match e {
             StoreError::Corrupt(..) => "corrupt",
             StoreError::NotFound(..) => "not_found",
-            // the S3 adapter counts each failed attempt with its class itself
-            StoreError::Io { .. } if self.inner.backend() == "s3" => return,
-            StoreError::Io { .. } => "error",
+            StoreError::Io { transience, .. } => transience.name(),
         };
         counter!(m::BACKEND_FAILURES, "backend" => self.inner.backend(), "class" => class)
             .increment(1);
+    }
+
+    /// `r`, its failure counted.
+    fn counted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &r {
+            self.failed(e);
+        }
+        r
     }
 
     /// Runs one upload, recording its time and what it ingested.
@@ -57,9 +64,9 @@ impl Metered {
     }
 }
 
-impl BlockStore for Metered {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
+impl super::StoreLayer for Metered {
+    fn inner(&self) -> &dyn BlockStore {
+        self.inner.as_ref()
     }
 
     fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
@@ -73,14 +80,6 @@ impl BlockStore for Metered {
         groups: Option<&GroupHashes>,
     ) -> Result<PutOutcome, StoreError> {
         self.timed_put(data, || self.inner.put_new_grouped(key, data, groups))
-    }
-
-    fn cheap_put(&self, key: &BlockKey) -> bool {
-        self.inner.cheap_put(key)
-    }
-
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
-        self.inner.get_unverified(key)
     }
 
     /// Verified by the inner store's `get`; timed and counted here.
@@ -112,22 +111,14 @@ impl BlockStore for Metered {
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
-        self.inner.exists(key)
+        self.counted(self.inner.exists(key))
     }
 
     fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {
-        self.inner.delete(key)
+        self.counted(self.inner.delete(key))
     }
 
     fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
-        self.inner.list()
-    }
-
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-
-    fn settle(&self, keys: &[BlockKey]) -> Result<(), StoreError> {
-        self.inner.settle(keys)
+        self.counted(self.inner.list())
     }
 }

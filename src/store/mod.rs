@@ -7,12 +7,14 @@
 mod block_files;
 pub mod conformance;
 pub mod disk_cache;
+mod layer;
 pub mod local;
 pub mod memory;
 pub mod metered;
 mod pending_sync;
 pub mod pg;
 pub mod replicated;
+pub mod retrying;
 pub mod s3;
 mod staging;
 pub mod tiered;
@@ -23,6 +25,7 @@ use std::ops::Range;
 use crate::core::BlockKey;
 use crate::core::groups::GroupHashes;
 
+pub use layer::StoreLayer;
 pub use local::LocalBlockStore;
 pub use memory::MemoryBlockStore;
 pub use pg::PgBlockStore;
@@ -45,16 +48,61 @@ pub enum StoreError {
     Io {
         backend: &'static str,
         context: String,
+        #[source]
         source: std::io::Error,
+        transience: Transience,
     },
 }
 
+/// Whether an operation that failed may succeed if tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transience {
+    /// Retrying will not help: a refusal, a bad request, a local disk error.
+    Permanent,
+    /// The backend could not be reached or failed on its side (5xx, timeouts, lost
+    /// connections).
+    Transient,
+    /// The backend asked its clients to slow down (503 SlowDown, 429).
+    Throttled,
+}
+
+impl Transience {
+    /// The name metrics and logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transience::Permanent => "permanent",
+            Transience::Transient => "transient",
+            Transience::Throttled => "throttled",
+        }
+    }
+}
+
 impl StoreError {
+    /// A failure retrying will not mend.
     pub fn io(backend: &'static str, context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::failed(backend, context, source, Transience::Permanent)
+    }
+
+    /// A failure of the given kind.
+    pub fn failed(
+        backend: &'static str,
+        context: impl Into<String>,
+        source: std::io::Error,
+        transience: Transience,
+    ) -> Self {
         StoreError::Io {
             backend,
             context: context.into(),
             source,
+            transience,
+        }
+    }
+
+    /// Whether trying again may help (`retrying::Retrying` does).
+    pub fn transience(&self) -> Transience {
+        match self {
+            StoreError::Io { transience, .. } => *transience,
+            StoreError::NotFound(..) | StoreError::Corrupt(..) => Transience::Permanent,
         }
     }
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::{BlockStore, PutOutcome, StoreError};
+use super::{BlockStore, PutOutcome, StoreError, Transience};
 use crate::core::BlockKey;
+use crate::postgres::{MIGRATOR, unavailable};
 
 const BACKEND: &str = "postgres";
 const PIECE: usize = 1 << 20;
@@ -17,8 +18,19 @@ pub struct PgBlockStore {
     rt: tokio::runtime::Runtime,
 }
 
+/// A failure, transient when the server could not be reached (the retry layer above,
+/// with `Backoff::POSTGRES`, tries it again).
 fn err(context: &str, e: sqlx::Error) -> StoreError {
-    StoreError::io(BACKEND, context, std::io::Error::other(e.to_string()))
+    let transience = match unavailable(&e) {
+        true => Transience::Transient,
+        false => Transience::Permanent,
+    };
+    StoreError::failed(
+        BACKEND,
+        context,
+        std::io::Error::other(e.to_string()),
+        transience,
+    )
 }
 
 impl PgBlockStore {
@@ -38,14 +50,13 @@ impl PgBlockStore {
                     .connect(url),
             )
             .map_err(|e| err("connecting", e))?;
-        rt.block_on(crate::meta::pg::MIGRATOR.run(&pool))
-            .map_err(|e| {
-                StoreError::io(
-                    BACKEND,
-                    "applying migrations",
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
+        rt.block_on(MIGRATOR.run(&pool)).map_err(|e| {
+            StoreError::io(
+                BACKEND,
+                "applying migrations",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
         Ok(PgBlockStore { pool, rt })
     }
 
@@ -189,7 +200,7 @@ mod tests {
     fn store() -> Arc<PgBlockStore> {
         let admin = std::env::var("GRAVITON_TEST_PG")
             .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
-        let url = crate::meta::pg::create_scratch_database(&admin).expect("scratch database");
+        let url = crate::postgres::create_scratch_database(&admin).expect("scratch database");
         Arc::new(PgBlockStore::connect(&url).unwrap())
     }
 

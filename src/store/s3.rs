@@ -14,19 +14,19 @@
 //! served; a 4 KiB read of a cold 1 MiB block therefore costs a 1 MiB GET (the block cache keeps
 //! it for the next reads).
 //!
-//! Failures are classified. Throttling (503 SlowDown, 429), other 5xx, timeouts and network
-//! errors are transient: retried with exponential backoff and jitter until `retry_for` runs out
-//! (so a server that is away for a while only delays writers). Refusals (403, 404 on the bucket,
-//! 400…) are permanent and fail at once.
+//! Failures are classified: throttling (503 SlowDown, 429), other 5xx, timeouts and network
+//! errors are transient, and the retry layer above (`store::retrying`, with `Backoff::S3`)
+//! tries them again, so a server that is away for a while only delays writers. Refusals (403,
+//! 404 on the bucket, 400…) are permanent and fail at once. Each call here is one attempt.
 
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 
-use super::{BlockStore, PutOutcome, StoreError};
+use super::{BlockStore, PutOutcome, StoreError, Transience};
 use crate::core::groups::{self, GroupHashes};
 use crate::core::key::BlockHasher;
 use crate::core::{BlockKey, HashAlgo};
@@ -167,22 +167,12 @@ fn md5_digest(b: &[u8]) -> [u8; 16] {
 }
 
 /// What kind of failure an S3 call had: decides retrying, and names it in logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// 503 SlowDown, 429: back off and retry.
-    Throttled,
-    /// 5xx, timeouts, connection failures: retry.
-    Transient,
-    /// 4xx and anything else: retrying will not help.
-    Permanent,
-}
-
 fn classify<E: ProvideErrorMetadata>(
     e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> Failure {
+) -> Transience {
     match e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => Failure::Transient,
-        SdkError::ResponseError(_) => Failure::Transient,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => Transience::Transient,
+        SdkError::ResponseError(_) => Transience::Transient,
         SdkError::ServiceError(s) => {
             let status = s.raw().status().as_u16();
             let code = s.err().code().unwrap_or_default();
@@ -191,15 +181,15 @@ fn classify<E: ProvideErrorMetadata>(
                 || code == "Throttling"
                 || code == "RequestLimitExceeded"
             {
-                Failure::Throttled
+                Transience::Throttled
             } else if status >= 500 || (status == 409 && code == "ConditionalRequestConflict") {
                 // (409: a concurrent conditional PUT of the same object; the next try settles it)
-                Failure::Transient
+                Transience::Transient
             } else {
-                Failure::Permanent
+                Transience::Permanent
             }
         }
-        _ => Failure::Permanent,
+        _ => Transience::Permanent,
     }
 }
 
@@ -249,8 +239,6 @@ macro_rules! with_customer_key {
 pub struct S3BlockStore {
     client: aws_sdk_s3::Client,
     url: S3Url,
-    /// How long transient failures are retried before the call fails.
-    retry_for: Duration,
     rt: tokio::runtime::Runtime,
     /// Whether the server honours `If-None-Match: *` on PUT; learnt at the first upload.
     conditional_put: std::sync::OnceLock<bool>,
@@ -259,17 +247,11 @@ pub struct S3BlockStore {
 impl S3BlockStore {
     /// Connects to the store `url` names (no request is made yet).
     pub fn open(url: &str) -> Result<S3BlockStore, StoreError> {
-        Self::open_with(url, Duration::from_secs(60))
-    }
-
-    /// As `open`, retrying transient failures for up to `retry_for`.
-    pub fn open_with(url: &str, retry_for: Duration) -> Result<S3BlockStore, StoreError> {
-        Self::build(url, retry_for, None)
+        Self::build(url, None)
     }
 
     fn build(
         url: &str,
-        retry_for: Duration,
         interceptor: Option<aws_sdk_s3::config::SharedInterceptor>,
     ) -> Result<S3BlockStore, StoreError> {
         let sse_c = std::env::var(SSE_C_KEY_ENV).ok();
@@ -293,7 +275,7 @@ impl S3BlockStore {
             .response_checksum_validation(
                 aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
             )
-            // our own loop retries, with its own deadline and classification
+            // the retry layer retries, with its own deadline and classification
             .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
             .timeout_config(
                 aws_sdk_s3::config::timeout::TimeoutConfig::builder()
@@ -310,7 +292,6 @@ impl S3BlockStore {
         Ok(S3BlockStore {
             client: aws_sdk_s3::Client::from_conf(conf.build()),
             url,
-            retry_for,
             rt,
             conditional_put: std::sync::OnceLock::new(),
         })
@@ -336,57 +317,27 @@ impl S3BlockStore {
         format!("{algo}:{hex}:{size}").parse().ok()
     }
 
-    /// Runs one S3 call, retrying transient failures with backoff and jitter until the
-    /// deadline. `Ok(None)` is a 404 where `missing_ok`.
-    fn call<T, E, F, Fut>(
-        &self,
-        what: &str,
-        key: Option<&BlockKey>,
-        mut f: F,
-    ) -> Result<T, StoreError>
+    /// Runs one S3 call: a failure is classified (`Transience`) and described without
+    /// credentials or signatures.
+    fn call<T, E, F, Fut>(&self, what: &str, key: Option<&BlockKey>, f: F) -> Result<T, StoreError>
     where
         E: ProvideErrorMetadata + std::fmt::Debug,
-        F: FnMut() -> Fut,
+        F: FnOnce() -> Fut,
         Fut: std::future::Future<
                 Output = Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
             >,
     {
-        let deadline = Instant::now() + self.retry_for;
-        let mut pause = Duration::from_millis(100);
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let e = match self.rt.block_on(f()) {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            let class = classify(&e);
-            let detail = describe(&e);
-            let label = match class {
-                Failure::Throttled => "throttled",
-                Failure::Transient => "transient",
-                Failure::Permanent => "permanent",
-            };
-            metrics::counter!(crate::metrics::BACKEND_FAILURES, "backend" => BACKEND, "class" => label)
-                .increment(1);
+        self.rt.block_on(f()).map_err(|e| {
             let target = key
                 .map(|k| k.to_string())
                 .unwrap_or_else(|| self.url.bucket.clone());
-            if class == Failure::Permanent || Instant::now() >= deadline {
-                tracing::error!(backend = BACKEND, class = ?class, attempt, "{what} {target}: {detail}");
-                return Err(StoreError::io(
-                    BACKEND,
-                    format!("{what} {target}"),
-                    std::io::Error::other(format!(
-                        "{detail} ({class:?}, after {attempt} attempts)"
-                    )),
-                ));
-            }
-            tracing::warn!(backend = BACKEND, class = ?class, attempt, "{what} {target}: {detail}; retrying");
-            let jitter = rand::random::<u64>() % (pause.as_millis() as u64 + 1);
-            std::thread::sleep(pause / 2 + Duration::from_millis(jitter / 2));
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
+            StoreError::failed(
+                BACKEND,
+                format!("{what} {target}"),
+                std::io::Error::other(describe(&e)),
+                classify(&e),
+            )
+        })
     }
 
     fn sse_put(
@@ -840,11 +791,14 @@ mod tests {
             let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
             SdkError::service_error(e, raw)
         };
-        assert_eq!(classify(&err(503, "SlowDown")), Failure::Throttled);
-        assert_eq!(classify(&err(429, "TooManyRequests")), Failure::Throttled);
-        assert_eq!(classify(&err(500, "InternalError")), Failure::Transient);
-        assert_eq!(classify(&err(403, "AccessDenied")), Failure::Permanent);
-        assert_eq!(classify(&err(404, "NoSuchBucket")), Failure::Permanent);
+        assert_eq!(classify(&err(503, "SlowDown")), Transience::Throttled);
+        assert_eq!(
+            classify(&err(429, "TooManyRequests")),
+            Transience::Throttled
+        );
+        assert_eq!(classify(&err(500, "InternalError")), Transience::Transient);
+        assert_eq!(classify(&err(403, "AccessDenied")), Transience::Permanent);
+        assert_eq!(classify(&err(404, "NoSuchBucket")), Transience::Permanent);
         assert_eq!(describe(&err(403, "AccessDenied")), "HTTP 403 AccessDenied");
     }
 
@@ -886,6 +840,7 @@ pub fn scratch_url() -> String {
 mod server_tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Instant;
 
     #[test]
     fn conformance() {
@@ -913,8 +868,7 @@ mod server_tests {
     fn parts_of_large_blocks_are_ranged_gets_checked_against_group_hashes() {
         let log = Arc::new(SseHeaders::default());
         let shared = aws_sdk_s3::config::SharedInterceptor::new(LogRef(log.clone()));
-        let store =
-            S3BlockStore::build(&scratch_url(), Duration::from_secs(5), Some(shared)).unwrap();
+        let store = S3BlockStore::build(&scratch_url(), Some(shared)).unwrap();
         let mut x = 7u64;
         let data: Vec<u8> = (0..2 << 20)
             .map(|_| {
@@ -977,11 +931,11 @@ mod server_tests {
 
     #[test]
     fn an_unreachable_server_fails_after_its_retry_time_without_secrets() {
-        let store = S3BlockStore::open_with(
-            "s3://b?endpoint=http://127.0.0.1:1",
+        let store = crate::store::retrying::Retrying::new(
+            Arc::new(S3BlockStore::open("s3://b?endpoint=http://127.0.0.1:1").unwrap()),
+            crate::retry::Backoff::S3,
             Duration::from_millis(800),
-        )
-        .unwrap();
+        );
         let key = BlockKey::for_data(HashAlgo::Blake3, b"x");
         let t = Instant::now();
         let err = store.put(&key, b"x").unwrap_err().to_string();
@@ -1036,7 +990,7 @@ mod server_tests {
         let url = format!("{}&{query}", scratch_url());
         let log = std::sync::Arc::new(SseHeaders::default());
         let shared = aws_sdk_s3::config::SharedInterceptor::new(LogRef(log.clone()));
-        let store = S3BlockStore::build(&url, Duration::from_millis(300), Some(shared)).unwrap();
+        let store = S3BlockStore::build(&url, Some(shared)).unwrap();
         let key = BlockKey::for_data(HashAlgo::Blake3, query.as_bytes());
         let _ = store.put(&key, query.as_bytes());
         let _ = store.get(&key);
@@ -1144,18 +1098,21 @@ mod server_tests {
         // this test runs in a process of its own (nextest): its credentials are its own
         // SAFETY: no other thread of this process reads the environment meanwhile.
         unsafe { std::env::set_var("AWS_SECRET_ACCESS_KEY", "not-the-secret") };
-        let store = S3BlockStore::open_with(&scratch_url(), Duration::from_secs(30)).unwrap();
+        let store = crate::store::retrying::Retrying::new(
+            Arc::new(S3BlockStore::open(&scratch_url()).unwrap()),
+            crate::retry::Backoff::S3,
+            Duration::from_secs(30),
+        );
         let key = BlockKey::for_data(HashAlgo::Blake3, b"y");
         let t = Instant::now();
-        let err = store.put(&key, b"y").unwrap_err().to_string();
+        let err = store.put(&key, b"y").unwrap_err();
+        assert_eq!(err.transience(), Transience::Permanent, "{err}");
+        let err = err.to_string();
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "failed at once: {err}"
         );
-        assert!(
-            err.contains("HTTP 403") && err.contains("Permanent"),
-            "{err}"
-        );
+        assert!(err.contains("HTTP 403"), "{err}");
         assert!(!err.contains("not-the-secret"), "the secret leaked: {err}");
     }
 }

@@ -25,9 +25,6 @@ const UPLOADERS: usize = 4;
 /// How long a block stays staged before its upload starts (unless an unmount is waiting): a
 /// burst of writes finishes at local speed instead of sharing the machine with its uploads.
 const UPLOAD_DELAY: Duration = Duration::from_secs(2);
-/// Wait after a failed upload before the block is tried again (doubling up to the maximum).
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Called when an upload finds the block already stored (see `Core::store_new`: a copy found
 /// may be a gc candidate about to be referenced again).
@@ -134,7 +131,8 @@ impl Shared {
     }
 
     fn upload_loop(&self) {
-        let mut backoff = RETRY_FIRST;
+        // the wait after a failed upload before the next is tried
+        let mut attempts = crate::retry::Backoff::UPLOADS.start(None);
         loop {
             let key = {
                 let mut st = self.lock();
@@ -166,7 +164,7 @@ impl Shared {
                     if let Some(loc) = st.staged.remove(&key) {
                         self.staging.release(loc);
                     }
-                    backoff = RETRY_FIRST;
+                    attempts.reset();
                 }
                 Err(e) => {
                     // the store's own retries are spent: try again later, after the others
@@ -179,8 +177,7 @@ impl Shared {
             self.done.notify_all();
             self.report();
             if failed {
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(RETRY_MAX);
+                attempts.wait();
             }
         }
     }
@@ -209,9 +206,9 @@ impl Shared {
     }
 }
 
-impl BlockStore for WriteBack {
-    fn backend(&self) -> &'static str {
-        self.shared.inner.backend()
+impl super::StoreLayer for WriteBack {
+    fn inner(&self) -> &dyn BlockStore {
+        self.shared.inner.as_ref()
     }
 
     fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
@@ -250,6 +247,16 @@ impl BlockStore for WriteBack {
         Ok(PutOutcome::Fresh)
     }
 
+    /// Staged like any put (the group hashes are computed again at the upload).
+    fn put_new_grouped(
+        &self,
+        key: &BlockKey,
+        data: &[u8],
+        _groups: Option<&crate::core::groups::GroupHashes>,
+    ) -> Result<PutOutcome, StoreError> {
+        BlockStore::put(self, key, data)
+    }
+
     fn cheap_put(&self, _key: &BlockKey) -> bool {
         true
     }
@@ -276,7 +283,7 @@ impl BlockStore for WriteBack {
 
     fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
         if self.shared.lock().staged.contains_key(key) {
-            let data = self.get(key)?;
+            let data = BlockStore::get(self, key)?;
             return Ok(super::part_of(&data, range));
         }
         self.shared.inner.get_range(key, range)
@@ -311,6 +318,11 @@ impl BlockStore for WriteBack {
         self.shared.inner.sync()
     }
 
+    /// Staged blocks are synced before a commit names them.
+    fn settle(&self, _keys: &[BlockKey]) -> Result<(), StoreError> {
+        BlockStore::sync(self)
+    }
+
     fn drain(&self, limit: Duration) -> Result<(), StoreError> {
         let s = &self.shared;
         let start = Instant::now();
@@ -327,7 +339,7 @@ impl BlockStore for WriteBack {
         let left = st.staged.len();
         drop(st);
         if left > 0 {
-            self.sync()?;
+            BlockStore::sync(self)?;
             tracing::warn!(
                 blocks = left,
                 "blocks not uploaded yet stay in {}; the next mount uploads them",

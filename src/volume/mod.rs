@@ -221,6 +221,8 @@ impl Volume {
         Self::open_with(source, DEFAULT_PG_WAIT, Some(&disk))
     }
 
+    /// Long because an older volume is brought up to date (format versions) before its
+    /// settings are read, in this order.
     fn open_with(
         source: &Source,
         pg_wait: std::time::Duration,
@@ -306,6 +308,7 @@ impl Volume {
             &replica_urls,
             &meta,
             disk,
+            pg_wait,
         )?;
         Ok(Volume {
             state_dir: source.state_dir(),

@@ -4,7 +4,8 @@
 //! Opened anywhere (`Volume::open`):
 //! ```text
 //! metadata: RocksDB <dir>/meta | PostgreSQL <url>
-//! blocks:   [replicated →] [tiered: small blocks in the metadata database, the rest in] metered → files | S3 | PostgreSQL
+//! blocks:   [replicated →] [tiered: small blocks in the metadata database, the rest in]
+//!           [retrying →] metered → files | S3 | PostgreSQL
 //! ```
 //! Mounted (`mount_layers`), on top of that:
 //! ```text
@@ -25,8 +26,10 @@ use super::source::redact;
 use super::{Source, StoreUrl, Volume, VolumeError};
 use crate::core::BlockKey;
 use crate::meta::{MetaError, MetaStore, PgMetaStore, RocksMetaStore, SessionInfo};
+use crate::retry::Backoff;
 use crate::store::local::Disk;
 use crate::store::replicated::{ReplicaIndex, ReplicaStatus};
+use crate::store::retrying::Retrying;
 use crate::store::{BlockStore, LocalBlockStore, PgBlockStore};
 
 /// The layers of a volume's two stacks, outermost first, as one line each.
@@ -76,44 +79,58 @@ struct Adapter {
     capacity_path: PathBuf,
 }
 
-/// Opens the adapter a URL names. A local store makes its files durable through `disk` when
-/// given (tests inject faults there).
+/// How long an S3 request is retried while the server is away or throttling.
+const S3_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Opens the adapter a URL names, metered, and a remote one under the retry layer. A local
+/// store makes its files durable through `disk` when given (tests inject faults there).
+/// `pg_wait`: how long PostgreSQL is waited for.
 fn adapter(
     url: &StoreUrl,
     source: &Source,
     disk: Option<&Arc<dyn Disk>>,
+    pg_wait: Duration,
 ) -> Result<Adapter, VolumeError> {
     url.fits(source)?;
-    let (store, description, capacity_path): (Arc<dyn BlockStore>, _, _) = match url {
-        StoreUrl::Postgres => {
-            let Source::Postgres(db) = source else {
-                unreachable!("checked by fits")
-            };
-            let store = PgBlockStore::connect(db)?;
-            (Arc::new(store), "PostgreSQL".into(), source.state_dir())
+    Ok(match (url, source) {
+        (StoreUrl::Postgres, Source::Postgres(db)) => {
+            let store = Arc::new(PgBlockStore::connect(db)?);
+            let a = metered(store, "PostgreSQL", source.state_dir());
+            retrying(a, Backoff::POSTGRES, pg_wait)
         }
-        StoreUrl::S3(u) => {
-            let store = crate::store::S3BlockStore::open(u)?;
-            (
-                Arc::new(store),
-                format!("S3 {}", redact(u)),
-                source.state_dir(),
-            )
+        (StoreUrl::S3(u), _) => {
+            let store = Arc::new(crate::store::S3BlockStore::open(u)?);
+            let a = metered(store, &format!("S3 {}", redact(u)), source.state_dir());
+            retrying(a, Backoff::S3, S3_PATIENCE)
         }
-        StoreUrl::VolumeDir | StoreUrl::File(_) => {
+        (StoreUrl::File(_) | StoreUrl::VolumeDir, _) => {
             let root = match (url, source) {
                 (StoreUrl::File(p), _) => p.clone(),
                 (_, Source::Dir(d)) => d.join("blocks"),
-                (_, Source::Postgres(_)) => unreachable!("checked by fits"),
+                _ => unreachable!("checked by fits"),
             };
             let store = match disk {
                 Some(disk) => LocalBlockStore::open_on(&root, disk.clone())?,
                 None => LocalBlockStore::open(&root)?,
             };
-            (Arc::new(store), format!("files {}", root.display()), root)
+            let description = format!("files {}", root.display());
+            metered(Arc::new(store), &description, root)
         }
-    };
-    Ok(metered(store, &description, capacity_path))
+        (StoreUrl::Postgres, Source::Dir(_)) => unreachable!("checked by fits"),
+    })
+}
+
+/// A remote adapter whose transient failures are retried (the meter below counts each
+/// attempt).
+fn retrying(a: Adapter, backoff: Backoff, patience: Duration) -> Adapter {
+    Adapter {
+        store: Arc::new(Retrying::new(a.store, backoff, patience)),
+        description: over(
+            format!("retrying ({} s)", patience.as_secs()),
+            &a.description,
+        ),
+        capacity_path: a.capacity_path,
+    }
 }
 
 /// Each adapter is metered on its own: metrics carry the real backend (s3, postgres, local).
@@ -144,13 +161,14 @@ pub(super) fn blocks(
     replica_urls: &[String],
     meta: &Arc<dyn MetaStore>,
     disk: Option<&Arc<dyn Disk>>,
+    pg_wait: Duration,
 ) -> Result<Blocks, VolumeError> {
-    let main = adapter(url, source, disk)?;
+    let main = adapter(url, source, disk, pg_wait)?;
     let (mut primary, mut description) = (main.store, main.description);
     if small_blocks > 0 {
         let db = match engine_blocks {
             Some(blocks) => metered(blocks, "RocksDB", PathBuf::new()),
-            None => adapter(&StoreUrl::Postgres, source, None)?,
+            None => adapter(&StoreUrl::Postgres, source, None, pg_wait)?,
         };
         primary = Arc::new(crate::store::tiered::Tiered::new(
             db.store,
@@ -165,7 +183,7 @@ pub(super) fn blocks(
     let mut replicas = vec![(url.recorded(), primary.clone())];
     let mut described = vec![description.clone()];
     for r in replica_urls.iter().filter(|r| !r.is_empty()) {
-        let a = adapter(&StoreUrl::parse_replica(r)?, source, None)?;
+        let a = adapter(&StoreUrl::parse_replica(r)?, source, None, pg_wait)?;
         replicas.push((r.clone(), a.store));
         described.push(a.description);
     }

@@ -1,0 +1,180 @@
+//! The retry layer: an operation that fails transiently (`StoreError::transience`) is tried
+//! again under the backend's [`Backoff`] until the layer's patience runs out, so a server
+//! that is away for a while only delays its callers. Permanent failures return at once.
+//! Every operation of a block store is idempotent (blocks are immutable and named by their
+//! content), so any of them may be repeated.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{BlockStore, PutOutcome, StoreError, Transience};
+use crate::core::BlockKey;
+use crate::core::groups::GroupHashes;
+use crate::retry::Backoff;
+
+pub struct Retrying {
+    inner: Arc<dyn BlockStore>,
+    backoff: Backoff,
+    patience: Duration,
+}
+
+impl Retrying {
+    pub fn new(inner: Arc<dyn BlockStore>, backoff: Backoff, patience: Duration) -> Retrying {
+        Retrying {
+            inner,
+            backoff,
+            patience,
+        }
+    }
+
+    /// Runs `f` until it succeeds, fails permanently, or the patience is spent.
+    fn retried<T>(
+        &self,
+        what: &str,
+        key: Option<&BlockKey>,
+        mut f: impl FnMut() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut attempts = self.backoff.start(Some(self.patience));
+        loop {
+            let e = match f() {
+                Err(e) if e.transience() != Transience::Permanent => e,
+                done => return done,
+            };
+            let (backend, attempt) = (self.inner.backend(), attempts.attempt);
+            let target = key.map(|k| k.to_string()).unwrap_or_default();
+            match attempts.next_pause() {
+                Some(pause) => {
+                    tracing::warn!(backend, attempt, "{what} {target}: {e}; retrying");
+                    std::thread::sleep(pause);
+                }
+                None => {
+                    tracing::error!(backend, attempt, "{what} {target}: {e}; giving up");
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+impl super::StoreLayer for Retrying {
+    fn inner(&self) -> &dyn BlockStore {
+        self.inner.as_ref()
+    }
+
+    fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.retried("PUT", Some(key), || self.inner.put(key, data))
+    }
+
+    fn put_new_grouped(
+        &self,
+        key: &BlockKey,
+        data: &[u8],
+        groups: Option<&GroupHashes>,
+    ) -> Result<PutOutcome, StoreError> {
+        self.retried("PUT", Some(key), || {
+            self.inner.put_new_grouped(key, data, groups)
+        })
+    }
+
+    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+        self.retried("GET", Some(key), || self.inner.get_unverified(key))
+    }
+
+    fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+        self.retried("GET", Some(key), || self.inner.get(key))
+    }
+
+    fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
+        self.retried("GET", Some(key), || {
+            self.inner.get_range(key, range.clone())
+        })
+    }
+
+    fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
+        self.retried("HEAD", Some(key), || self.inner.exists(key))
+    }
+
+    fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {
+        self.retried("DELETE", Some(key), || self.inner.delete(key))
+    }
+
+    fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
+        self.retried("LIST", None, || self.inner.list())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
+
+    use super::*;
+    use crate::core::HashAlgo;
+    use crate::store::MemoryBlockStore;
+
+    /// Fails its first `failures` gets with `transience`.
+    struct Flaky {
+        inner: MemoryBlockStore,
+        failures: AtomicU32,
+        transience: Transience,
+    }
+
+    impl crate::store::StoreLayer for Flaky {
+        fn inner(&self) -> &dyn BlockStore {
+            &self.inner
+        }
+        fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+            let failing = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if failing.is_ok() {
+                let e = std::io::Error::other("connection reset");
+                return Err(StoreError::failed("flaky", "GET", e, self.transience));
+            }
+            self.inner.get(key)
+        }
+    }
+
+    fn flaky(failures: u32, transience: Transience) -> (Arc<Flaky>, BlockKey) {
+        let f = Flaky {
+            inner: MemoryBlockStore::default(),
+            failures: AtomicU32::new(failures),
+            transience,
+        };
+        let key = BlockKey::for_data(HashAlgo::Blake3, b"x");
+        f.inner.put(&key, b"x").unwrap();
+        (Arc::new(f), key)
+    }
+
+    const QUICK: Backoff = Backoff {
+        first: Duration::from_millis(1),
+        max: Duration::from_millis(4),
+        jitter: false,
+    };
+
+    #[test]
+    fn transient_failures_are_retried_and_permanent_ones_are_not() {
+        let (f, key) = flaky(3, Transience::Transient);
+        let r = Retrying::new(f.clone(), QUICK, Duration::from_secs(5));
+        assert_eq!(r.get(&key).unwrap(), b"x", "the fourth attempt");
+        let (f, key) = flaky(1, Transience::Permanent);
+        let r = Retrying::new(f.clone(), QUICK, Duration::from_secs(5));
+        assert!(r.get(&key).is_err());
+        assert_eq!(
+            r.get(&key).unwrap(),
+            b"x",
+            "the one failure was returned at once"
+        );
+    }
+
+    #[test]
+    fn a_backend_away_longer_than_the_patience_fails_after_it() {
+        let (f, key) = flaky(u32::MAX, Transience::Throttled);
+        let r = Retrying::new(f, QUICK, Duration::from_millis(200));
+        let t = Instant::now();
+        let e = r.get(&key).unwrap_err();
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        assert_eq!(e.transience(), Transience::Throttled, "{e}");
+    }
+}

@@ -1,0 +1,159 @@
+//! Outages of a block store, injected in-process through the fault layer
+//! (`testkit::FaultyStore`) under the production retry layer: the filesystem core over
+//! RocksDB metadata and blocks in memory, no mount and no server.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{create, random_bytes, read_all, small_cfg, tempdir, write_all};
+use graviton::meta::{MetaStore, ROOT_INO, RocksMetaStore};
+use graviton::retry::Backoff;
+use graviton::store::retrying::Retrying;
+use graviton::store::{BlockStore, MemoryBlockStore, Transience};
+use graviton::testkit::FaultyStore;
+use graviton::vfs::{Fs, FsConfig, OpenFlags};
+
+/// A volume whose blocks pass through the fault layer, then the retry layer with `patience`.
+struct Volume {
+    dir: tempfile::TempDir,
+    blocks: Arc<MemoryBlockStore>,
+    faults: Arc<FaultyStore>,
+    patience: Duration,
+}
+
+impl Volume {
+    fn new(patience: Duration) -> Volume {
+        let blocks = Arc::new(MemoryBlockStore::new());
+        Volume {
+            dir: tempdir(true),
+            faults: Arc::new(FaultyStore::new(blocks.clone())),
+            blocks,
+            patience,
+        }
+    }
+
+    fn mount(&self, cfg: FsConfig) -> Fs {
+        let meta: Arc<dyn MetaStore> =
+            Arc::new(RocksMetaStore::open(self.dir.path().join("meta")).expect("open meta"));
+        let quick = Backoff {
+            first: Duration::from_millis(5),
+            max: Duration::from_millis(50),
+            jitter: true,
+        };
+        let store = Arc::new(Retrying::new(self.faults.clone(), quick, self.patience));
+        Fs::new(meta, store, cfg).expect("fs")
+    }
+}
+
+/// Caches too small to hold the test's file: every read goes to the store.
+fn uncached() -> FsConfig {
+    let mut cfg = small_cfg();
+    cfg.block_cache_bytes = 0;
+    cfg
+}
+
+#[test]
+fn a_store_away_for_less_than_its_patience_delays_writes_and_reads_but_fails_none() {
+    let vol = Volume::new(Duration::from_secs(20));
+    let fs = vol.mount(uncached());
+    let data = random_bytes(1, 300_000);
+    let (_, fh) = create(&fs, "f");
+    write_all(&fs, fh, 0, &data, 65536);
+    vol.faults.go_down_for(Duration::from_millis(400));
+    fs.fsync(fh)
+        .expect("fsync waits for the store to come back");
+    let before = vol.faults.counts().1;
+    vol.faults.go_down_for(Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(read_all(&fs, fh, 0, data.len() as u64), data);
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    let (calls, failed) = vol.faults.counts();
+    assert!(
+        failed > before && calls > failed,
+        "{calls} calls, {failed} failed"
+    );
+    fs.release(fh).unwrap();
+}
+
+#[test]
+fn a_store_away_longer_than_its_patience_fails_the_fsync_with_eio_and_keeps_what_was_committed() {
+    let vol = Volume::new(Duration::from_millis(300));
+    let fs = vol.mount(small_cfg());
+    let (ino, fh) = create(&fs, "f");
+    let first = random_bytes(2, 100_000);
+    write_all(&fs, fh, 0, &first, 65536);
+    fs.fsync(fh).unwrap();
+    write_all(&fs, fh, 0, &random_bytes(3, 100_000), 65536);
+    vol.faults.go_down_for(Duration::from_secs(3600));
+    let e = fs.fsync(fh).expect_err("the store is gone");
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    // what the earlier fsync committed still names stored blocks
+    let mut tx = fs.meta().read().unwrap();
+    for extent in tx.extents(ino, 0..u64::MAX).unwrap() {
+        assert!(vol.blocks.exists(&extent.key).unwrap(), "{extent:?}");
+    }
+    drop(tx);
+    vol.faults.go_down_for(Duration::ZERO);
+    let _ = fs.release(fh);
+    drop(fs);
+    let fs = vol.mount(small_cfg());
+    let fh = fs.open(ino, OpenFlags::READ).unwrap();
+    let got = read_all(&fs, fh, 0, first.len() as u64);
+    assert_eq!(got.len(), first.len());
+}
+
+#[test]
+fn a_permanent_refusal_is_not_retried_and_reaches_the_caller_as_eio() {
+    let vol = Volume::new(Duration::from_secs(3600));
+    let fs = vol.mount(uncached());
+    let (_, fh) = create(&fs, "f");
+    write_all(&fs, fh, 0, &random_bytes(4, 50_000), 65536);
+    fs.fsync(fh).unwrap();
+    vol.faults.fail_next(1, Transience::Permanent);
+    let t = Instant::now();
+    let e = fs.read(fh, 0, 4096).expect_err("refused");
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "not retried for an hour"
+    );
+    assert_eq!(
+        fs.read(fh, 0, 4096).unwrap().len(),
+        4096,
+        "the next read works"
+    );
+}
+
+#[test]
+fn a_power_cut_after_an_fsync_loses_no_block_the_metadata_names() {
+    let vol = Volume::new(Duration::from_secs(20));
+    let fs = vol.mount(small_cfg());
+    let mut files = Vec::new();
+    for i in 0..8 {
+        let name = format!("f{i}");
+        let (ino, fh) = create(&fs, &name);
+        write_all(&fs, fh, 0, &random_bytes(10 + i, 70_000), 65536);
+        fs.fsync(fh).unwrap();
+        fs.release(fh).unwrap();
+        files.push(ino);
+    }
+    fs.shutdown().unwrap();
+    drop(fs);
+    vol.faults.crash();
+    let fs = vol.mount(small_cfg());
+    let mut tx = fs.meta().read().unwrap();
+    for ino in files {
+        let extents = tx.extents(ino, 0..u64::MAX).unwrap();
+        assert!(!extents.is_empty());
+        for e in extents {
+            assert!(vol.blocks.exists(&e.key).unwrap(), "{ino}: {e:?}");
+        }
+    }
+    assert!(fs.lookup(ROOT_INO, b"f7").is_ok());
+}
