@@ -33,7 +33,7 @@ use super::mirror::{EntryChange, Mirror, Token};
 use super::types::FIRST_COOKIE;
 use super::{
     Change, DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn,
-    SessionInfo, SharedVolume, Usage,
+    SharedVolume,
 };
 use crate::core::extent::Splice;
 use crate::core::key::KEY_BYTES;
@@ -686,9 +686,9 @@ impl CachedMeta {
     }
 }
 
-impl MetaStore for CachedMeta {
-    fn engine(&self) -> &'static str {
-        self.inner.engine()
+impl super::MetaLayer for CachedMeta {
+    fn inner(&self) -> &dyn MetaStore {
+        self.inner.as_ref()
     }
 
     fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>> {
@@ -721,63 +721,12 @@ impl MetaStore for CachedMeta {
         Ok(n)
     }
 
-    fn snapshot(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
-        self.inner.snapshot()
-    }
-    fn allocate_ino(&self) -> MetaResult<Ino> {
-        self.inner.allocate_ino()
-    }
-    fn reserve_inos_through(&self, last: Ino) -> MetaResult<()> {
-        self.inner.reserve_inos_through(last)
-    }
-    fn orphans(&self) -> MetaResult<Vec<Ino>> {
-        self.inner.orphans()
-    }
-    fn setting(&self, name: &str) -> MetaResult<Option<String>> {
-        self.inner.setting(name)
-    }
-    fn put_setting(&self, name: &str, value: &str) -> MetaResult<()> {
-        self.inner.put_setting(name, value)
-    }
-    fn kv_get(&self, key: &str) -> MetaResult<Option<Vec<u8>>> {
-        self.inner.kv_get(key)
-    }
-    fn kv_put(&self, key: &str, value: &[u8]) -> MetaResult<()> {
-        self.inner.kv_put(key, value)
-    }
-    fn kv_delete(&self, key: &str) -> MetaResult<()> {
-        self.inner.kv_delete(key)
-    }
-    fn kv_scan(&self, prefix: &str) -> MetaResult<Vec<(String, Vec<u8>)>> {
-        self.inner.kv_scan(prefix)
-    }
-    fn is_referenced(&self, key: &BlockKey) -> MetaResult<bool> {
-        self.inner.is_referenced(key)
-    }
-    fn referenced_among(&self, keys: &[BlockKey]) -> MetaResult<Vec<BlockKey>> {
-        self.inner.referenced_among(keys)
-    }
-    fn referenced_blocks(&self) -> MetaResult<Vec<BlockKey>> {
-        self.inner.referenced_blocks()
-    }
-    fn usage(&self) -> MetaResult<Usage> {
-        self.inner.usage()
-    }
-    fn sync(&self) -> MetaResult<()> {
-        self.inner.sync()
-    }
-    fn begin_session(&self, info: &SessionInfo) -> MetaResult<()> {
-        self.inner.begin_session(info)
-    }
     fn end_session(&self) {
         self.inner.end_session();
         // the cache's writes skip the log: write them out so the next mount finds them
         if let Err(e) = self.cache.db.flush() {
             tracing::warn!("writing out the local metadata cache: {e}");
         }
-    }
-    fn shared(&self) -> Option<&dyn SharedVolume> {
-        self.inner.shared()
     }
 
     /// True unless the cached inode is the current one: only then may the kernel keep the
@@ -1317,7 +1266,7 @@ mod pg_tests {
 
     fn start_session(store: &dyn MetaStore) {
         store
-            .begin_session(&SessionInfo {
+            .begin_session(&crate::meta::SessionInfo {
                 host: "test".into(),
                 pid: std::process::id(),
                 mountpoint: "/test".into(),

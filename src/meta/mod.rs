@@ -12,6 +12,7 @@
 pub mod cached;
 pub mod conformance;
 mod journal;
+mod layer;
 mod mirror;
 mod overlay;
 pub mod pg;
@@ -32,6 +33,7 @@ use std::ops::Range;
 use crate::core::extent::Splice;
 use crate::core::{BlockKey, Extent};
 
+pub use layer::MetaLayer;
 pub use pg::PgMetaStore;
 pub use rocks::RocksMetaStore;
 pub use shared::{

@@ -27,10 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::journal::{Journal, Op, Record};
 use super::overlay::Overlay;
-use super::{
-    DirEntry, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn, SessionInfo,
-    SharedVolume, Usage,
-};
+use super::{DirEntry, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn};
 use crate::core::extent::Splice;
 use crate::core::{BlockKey, Extent};
 
@@ -829,9 +826,9 @@ impl MetaTxn for WbTxn<'_> {
     }
 }
 
-impl MetaStore for WriteBehind {
-    fn engine(&self) -> &'static str {
-        self.state.inner.engine()
+impl super::MetaLayer for WriteBehind {
+    fn inner(&self) -> &dyn MetaStore {
+        self.state.inner.as_ref()
     }
 
     fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>> {
@@ -883,9 +880,6 @@ impl MetaStore for WriteBehind {
         p.fresh.insert(ino);
         Ok(ino)
     }
-    fn reserve_inos_through(&self, last: Ino) -> MetaResult<()> {
-        self.state.inner.reserve_inos_through(last)
-    }
 
     fn orphans(&self) -> MetaResult<Vec<Ino>> {
         let mut all: BTreeSet<Ino> = self.state.inner.orphans()?.into_iter().collect();
@@ -897,25 +891,6 @@ impl MetaStore for WriteBehind {
             }
         }
         Ok(all.into_iter().collect())
-    }
-
-    fn setting(&self, name: &str) -> MetaResult<Option<String>> {
-        self.state.inner.setting(name)
-    }
-    fn put_setting(&self, name: &str, value: &str) -> MetaResult<()> {
-        self.state.inner.put_setting(name, value)
-    }
-    fn kv_get(&self, key: &str) -> MetaResult<Option<Vec<u8>>> {
-        self.state.inner.kv_get(key)
-    }
-    fn kv_put(&self, key: &str, value: &[u8]) -> MetaResult<()> {
-        self.state.inner.kv_put(key, value)
-    }
-    fn kv_delete(&self, key: &str) -> MetaResult<()> {
-        self.state.inner.kv_delete(key)
-    }
-    fn kv_scan(&self, prefix: &str) -> MetaResult<Vec<(String, Vec<u8>)>> {
-        self.state.inner.kv_scan(prefix)
     }
 
     /// Conservative: a block some pending map references counts, and so does one the engine
@@ -945,18 +920,9 @@ impl MetaStore for WriteBehind {
         Ok(all.into_iter().collect())
     }
 
-    /// The engine's counts, which lag behind changes not yet applied.
-    fn usage(&self) -> MetaResult<Usage> {
-        self.state.inner.usage()
-    }
-
     /// Makes every commit durable on this machine's disk (the journal).
     fn sync(&self) -> MetaResult<()> {
         self.state.lock().journal.sync()
-    }
-
-    fn begin_session(&self, info: &SessionInfo) -> MetaResult<()> {
-        self.state.inner.begin_session(info)
     }
 
     /// Sends what is left (waiting up to two minutes), releases the claim when nothing is,
@@ -964,14 +930,6 @@ impl MetaStore for WriteBehind {
     fn end_session(&self) {
         self.finish();
         self.state.inner.end_session();
-    }
-
-    fn shared(&self) -> Option<&dyn SharedVolume> {
-        self.state.inner.shared()
-    }
-
-    fn revalidate(&self, ino: Ino) -> MetaResult<bool> {
-        self.state.inner.revalidate(ino)
     }
 }
 
@@ -1156,7 +1114,7 @@ mod tests {
     #[test]
     fn another_live_mount_keeps_write_behind_out() {
         let url = fresh_database();
-        let info = |mp: &str| SessionInfo {
+        let info = |mp: &str| crate::meta::SessionInfo {
             host: "h".into(),
             pid: 1,
             mountpoint: mp.into(),
