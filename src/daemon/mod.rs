@@ -77,7 +77,13 @@ pub fn serve(
     }
     let state = vol.state_dir.clone();
     crate::private::dir(&state).with_context(|| format!("creating {}", state.display()))?;
-    stop_on_signals(signals, fs.clone(), session.unmount_callable(), mountpoint, &state)?;
+    stop_on_signals(
+        signals,
+        fs.clone(),
+        session.unmount_callable(),
+        mountpoint,
+        &state,
+    )?;
     control::serve(vol.clone())?;
     // the daemon is the one process of an embedded volume: it collects its garbage itself
     let gc_every = opts.gc_every.unwrap_or(match source {

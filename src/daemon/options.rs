@@ -130,6 +130,7 @@ fn number_in<T: std::str::FromStr + PartialOrd + ToString>(
 
 impl MountOptions {
     /// Applies a comma-separated option list (several `-o` add up).
+    /// One match arm per option (long, and flat on purpose: an option is one place).
     pub fn apply(&mut self, list: &str) -> Result<(), OptionError> {
         for opt in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
             let (name, value) = match opt.split_once('=') {

@@ -17,7 +17,6 @@ use crate::core::Extent;
 use crate::meta::{FileKind, Ino, Inode, MetaRead, ROOT_INO};
 use crate::volume::Volume;
 
-
 /// The first line's `format`: what `graviton load` understands.
 pub const DUMP_FORMAT: u32 = 1;
 

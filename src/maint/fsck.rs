@@ -14,8 +14,6 @@ use std::collections::{HashMap, HashSet};
 
 use std::io::Write;
 
-
-
 use crate::core::BlockKey;
 use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaRead, MetaTxn, ROOT_INO, Timestamp};
 use crate::store::StoreError;
@@ -94,6 +92,8 @@ pub fn check(
     Ok(())
 }
 
+/// One walk of one snapshot; long because its checks share the walk's state (parents,
+/// link counts, referenced blocks) and read best in the order the report lists them.
 pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
     let mut report = FsckReport::default();
     // one moment of the volume, also while mounts change it

@@ -29,7 +29,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
-
 use crate::core::BlockKey;
 use crate::volume::Volume;
 
@@ -162,6 +161,8 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Long because marking, the re-check under the grace period and deletion must run in this
+/// order in one function, where a reader can check that no block in flight is deleted.
 pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcReport> {
     let _one_at_a_time = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     let mut report = GcReport::default();

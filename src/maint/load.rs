@@ -34,6 +34,8 @@ fn parse(line: std::io::Result<String>, n: usize) -> anyhow::Result<Record> {
     serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("dump line {n}: {e}"))
 }
 
+/// Long because records come in one pass, in the dump's order, each kind with its own few
+/// lines of restoring.
 pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport> {
     if let Some(shared) = vol.meta.shared()
         && !shared.sessions()?.is_empty()

@@ -35,4 +35,3 @@ fn each_entry_page(
         }
     }
 }
-

@@ -2,8 +2,6 @@
 //! key, and repairs a missing or corrupt copy from a good one. What it finds and fixes is
 //! recorded in the ReplicaIndex (see `volume::MetaReplicaIndex`).
 
-
-
 use crate::store::StoreError;
 use crate::store::replicated::{ReplicaIndex, ReplicaStatus};
 use crate::volume::{MetaReplicaIndex, Volume};

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use crate::meta::{SessionRecord, Usage};
 use crate::volume::{StackDescription, Volume, VolumeSettings};
 
-
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Status {
     pub volume: String,

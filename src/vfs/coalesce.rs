@@ -220,6 +220,7 @@ pub(crate) fn coalesce_file(core: &Arc<Core>, ino: Ino) -> FsResult<CoalesceRepo
 
 /// Rewrites the fragmented stretches of `old` (back-to-back extents of the file, as read) and
 /// swaps the new extents in; None when there was nothing to rewrite.
+/// Long because the rewrite and the swap must see the same extents; kept in one place.
 fn coalesce_piece(core: &Arc<Core>, ino: Ino, old: &[Extent]) -> FsResult<Option<CoalesceReport>> {
     let mut report = CoalesceReport::default();
     let chunker = core.cfg.chunker;

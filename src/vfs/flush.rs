@@ -46,6 +46,8 @@ impl Core {
     /// Flushes without holding the file's state lock while blocks are hashed and stored:
     /// writers keep buffering and readers see the bytes in flight. One flush per file at a
     /// time (the flush lock), so commits land in write order.
+    /// Long because the lock hand-offs (state lock released while blocks are stored, flush
+    /// lock held throughout) are easier to check in one place.
     pub(crate) fn flush_file(
         self: &Arc<Self>,
         file: &OpenFile,
@@ -390,6 +392,8 @@ impl Core {
     /// before the commit (`vfs::fence`). With `append_base`, the spans are appends placed
     /// from there on: they go to the end of the file as the transaction finds it
     /// (`vfs::append`).
+    /// Long on purpose: pin, store, settle, commit are the order the crash promises rest on,
+    /// and they read top to bottom here.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn store_and_commit(
         &self,

@@ -520,6 +520,8 @@ impl Fs {
         }
     }
 
+    /// One transaction for every case POSIX names (replace, exchange, no-replace, directory
+    /// over directory, loops); long because the checks must all see the same moment.
     pub fn rename(
         &self,
         parent: Ino,
