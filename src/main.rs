@@ -7,7 +7,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GRAVITON_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // a mount daemon's log says when it started and stopped, and its stacks
+                .unwrap_or_else(|_| "warn,graviton::daemon=info".into()),
         )
         .with_writer(std::io::stderr)
         // colours only on a terminal: the mount daemon's log file gets plain text

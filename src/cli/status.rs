@@ -28,8 +28,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("block store:   {}", s.block_store);
         if s.settings.small_blocks > 0 {
             println!(
-                "small blocks:  under {} bytes, in the PostgreSQL database",
-                s.settings.small_blocks
+                "small blocks:  under {} bytes, in the {} database",
+                s.settings.small_blocks,
+                s.engine
             );
         }
         for (i, url) in s.stores.iter().enumerate().skip(1) {
