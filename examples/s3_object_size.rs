@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use graviton::core::key::{BlockKey, HashAlgo};
+use graviton::domain::key::{BlockKey, HashAlgo};
 use graviton::store::BlockStore;
 use graviton::store::s3::S3BlockStore;
 

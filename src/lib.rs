@@ -3,8 +3,8 @@
 
 pub mod background;
 pub mod cli;
-pub mod core;
 pub mod daemon;
+pub mod domain;
 pub mod fuse;
 pub mod maint;
 pub mod meta;

@@ -213,9 +213,7 @@ fn umount_clears_a_mount_whose_daemon_died() {
 /// its database is cut off, so ending its mount session waits for the server a few seconds.
 #[test]
 fn umount_of_a_plain_fstab_mount_waits_for_a_daemon_slow_to_exit() {
-    let admin = std::env::var("GRAVITON_TEST_PG")
-        .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh");
-    let url = graviton::meta::pg::create_scratch_database(&admin).expect("scratch database");
+    let url = graviton::testkit::scratch_database();
     let blocks = tempfile::tempdir().unwrap();
     let store = format!("file://{}", blocks.path().display());
     ok(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::mounted::{Mounted, ok};
 use common::random_bytes;
-use graviton::core::BlockKey;
+use graviton::domain::BlockKey;
 use graviton::volume::{Source, Volume};
 
 const MIB: usize = 1 << 20;
@@ -220,12 +220,12 @@ fn a_writer_stores_again_a_copy_gc_deletes_as_the_writer_finds_it() {
     let store = std::sync::Arc::new(GcRightAfterTheDuplicate(
         graviton::store::MemoryBlockStore::new(),
     ));
-    let key = BlockKey::for_data(graviton::core::HashAlgo::Blake3, &content);
+    let key = BlockKey::for_data(graviton::domain::HashAlgo::Blake3, &content);
     store.0.put(&key, &content).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let meta = std::sync::Arc::new(graviton::meta::RocksMetaStore::open(dir.path()).unwrap());
     let cfg = graviton::vfs::FsConfig::new(
-        graviton::core::HashAlgo::Blake3,
+        graviton::domain::HashAlgo::Blake3,
         "fixed-1m".parse().unwrap(),
     );
     let fs = graviton::vfs::Fs::new(meta, store.clone(), cfg).unwrap();

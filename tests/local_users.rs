@@ -295,8 +295,7 @@ fn graviton_without_home(args: &[&str], cwd: &Path, extra_env: &[(&str, &Path)])
 
 #[test]
 fn a_mount_without_home_keeps_its_state_in_var_lib_and_refuses_a_planted_folder() {
-    let admin = std::env::var("GRAVITON_TEST_PG").expect("GRAVITON_TEST_PG");
-    let url = graviton::meta::pg::create_scratch_database(&admin).unwrap();
+    let url = graviton::testkit::scratch_database();
     let dir = tempfile::Builder::new()
         .prefix("graviton-test")
         .tempdir_in("/tmp")

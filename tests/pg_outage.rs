@@ -242,9 +242,7 @@ fn an_unlink_waiting_on_the_database_stalls_no_other_file() {
 /// time, and the close succeeds.
 #[test]
 fn appends_whose_commit_answer_was_lost_are_not_committed_twice() {
-    let admin = std::env::var("GRAVITON_TEST_PG")
-        .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh");
-    let url = graviton::meta::pg::create_scratch_database(&admin).expect("scratch database");
+    let url = graviton::testkit::scratch_database();
     let (relay, through_relay) = Relay::in_front_of(&url);
     let meta = PgMetaStore::connect_within(&through_relay, Duration::from_secs(30)).unwrap();
     meta.begin_session(&SessionInfo {

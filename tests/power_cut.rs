@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{CTX, random_bytes, read_all, write_all};
-use graviton::core::{DEFAULT_CHUNKER, HashAlgo};
+use graviton::domain::{DEFAULT_CHUNKER, HashAlgo};
 use graviton::meta::ROOT_INO;
 use graviton::store::local::Disk;
 use graviton::vfs::{Fs, OpenFlags};
@@ -195,9 +195,7 @@ fn after_a_power_cut_every_closed_file_reads_old_or_new_content_embedded() {
 
 #[test]
 fn after_a_power_cut_every_closed_file_reads_old_or_new_content_postgresql() {
-    let admin = std::env::var("GRAVITON_TEST_PG")
-        .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh");
-    let url = graviton::meta::pg::create_scratch_database(&admin).unwrap();
+    let url = graviton::testkit::scratch_database();
     let dir = common::tempdir(false);
     let blocks = dir.path().join("blocks");
     let source = Source::Postgres(url);

@@ -115,8 +115,7 @@ fn small_blocks_live_in_the_database_and_large_ones_in_s3() {
     assert_eq!(m.status_json()["stored_blocks"], 1);
 
     // only where the blocks are elsewhere than in the database
-    let admin = std::env::var("GRAVITON_TEST_PG").expect("GRAVITON_TEST_PG (scripts/test.sh)");
-    let pg = graviton::meta::pg::create_scratch_database(&admin).unwrap();
+    let pg = graviton::testkit::scratch_database();
     let out = m.graviton(&[
         "format",
         "--small-blocks",

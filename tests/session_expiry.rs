@@ -85,9 +85,7 @@ fn errno<T: std::fmt::Debug>(r: Result<T, FsError>, what: &str) -> i32 {
 #[test]
 fn a_mount_cut_off_past_its_timeout_loses_its_lock_and_its_handles_fail() {
     const TIMEOUT: Duration = Duration::from_secs(2);
-    let admin = std::env::var("GRAVITON_TEST_PG")
-        .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh");
-    let url = graviton::meta::pg::create_scratch_database(&admin).expect("scratch database");
+    let url = graviton::testkit::scratch_database();
     let (relay, through_relay) = Relay::in_front_of(&url);
     let store = Arc::new(MemoryBlockStore::new());
     let a = mount(&through_relay, &store, TIMEOUT);

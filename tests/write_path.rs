@@ -4,7 +4,7 @@
 mod common;
 
 use common::{CTX, DiskVolume, MemVolume, create, random_bytes, read_all, small_cfg, write_all};
-use graviton::core::{Chunker, DEFAULT_CHUNKER, HashAlgo};
+use graviton::domain::{Chunker, DEFAULT_CHUNKER, HashAlgo};
 use graviton::meta::ROOT_INO;
 use graviton::vfs::{Fs, FsConfig, FsError, OpenFlags};
 

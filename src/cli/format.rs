@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::core::{Chunker, DEFAULT_CHUNKER, HashAlgo};
+use crate::domain::{Chunker, DEFAULT_CHUNKER, HashAlgo};
 use crate::volume::{Source, StoreUrl, Volume};
 
 #[derive(Args, Debug)]
@@ -47,7 +47,7 @@ const S3_CHUNKER: Chunker = Chunker::Fixed(8 << 20);
 const SMALL_BLOCKS_ON_S3: u32 = 64 << 10;
 
 fn size(s: &str) -> Result<u32, String> {
-    crate::core::chunker::parse_size(s)
+    crate::domain::chunker::parse_size(s)
         .ok_or_else(|| format!("{s:?} is not a size (e.g. 65536, 64k, 1m)"))
 }
 

@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::core::{DEFAULT_CHUNKER, HashAlgo};
 use crate::daemon::MountOptions;
 use crate::daemon::mountpoint::prepare_mountpoint;
+use crate::domain::{DEFAULT_CHUNKER, HashAlgo};
 use crate::volume::{Source, Volume};
 
 #[derive(Args, Debug)]

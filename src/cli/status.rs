@@ -29,8 +29,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         if s.settings.small_blocks > 0 {
             println!(
                 "small blocks:  under {} bytes, in the {} database",
-                s.settings.small_blocks,
-                s.engine
+                s.settings.small_blocks, s.engine
             );
         }
         for (i, url) in s.stores.iter().enumerate().skip(1) {

@@ -13,7 +13,7 @@ use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::Extent;
+use crate::domain::Extent;
 use crate::meta::{FileKind, Ino, Inode, MetaRead, ROOT_INO};
 use crate::volume::Volume;
 
@@ -139,7 +139,7 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
         block_store: crate::volume::redact(&vol.settings.block_store),
         small_blocks: vol.settings.small_blocks,
     })?;
-    let mut in_db: std::collections::BTreeSet<crate::core::BlockKey> = Default::default();
+    let mut in_db: std::collections::BTreeSet<crate::domain::BlockKey> = Default::default();
     let mut tx = vol.meta.snapshot()?;
     let tx: &mut dyn MetaRead = tx.as_mut();
     let bar = super::progress::spinner("inodes");

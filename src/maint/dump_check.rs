@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 
-use crate::core::{BlockKey, HashAlgo};
+use crate::domain::{BlockKey, HashAlgo};
 use crate::meta::{FIRST_COOKIE, FileKind, Ino, Inode, ROOT_INO};
 use crate::vfs::{MAX_FILE_SIZE, NAME_MAX, PATH_MAX};
 
@@ -521,7 +521,7 @@ fn check_name(name: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::Extent;
+    use crate::domain::Extent;
     use crate::meta::Timestamp;
 
     fn inode(ino: Ino, kind: FileKind, parent: Ino) -> Record {

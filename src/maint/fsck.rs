@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use std::io::Write;
 
-use crate::core::BlockKey;
+use crate::domain::BlockKey;
 use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaRead, MetaTxn, ROOT_INO, Timestamp};
 use crate::store::StoreError;
 use crate::volume::Volume;

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
-use crate::core::BlockKey;
+use crate::domain::BlockKey;
 use crate::volume::Volume;
 
 /// What a gc run did (or, with `dry_run`, would do).
@@ -368,7 +368,7 @@ mod tests {
         let source = crate::volume::Source::Dir(dir.path().join("vol"));
         let mut vol = Volume::format(
             &source,
-            crate::core::HashAlgo::Blake3,
+            crate::domain::HashAlgo::Blake3,
             "fixed-1m".parse().unwrap(),
             None,
         )

@@ -10,8 +10,8 @@
 use std::collections::HashSet;
 use std::io::BufRead;
 
-use crate::core::BlockKey;
-use crate::core::extent::Splice;
+use crate::domain::BlockKey;
+use crate::domain::extent::Splice;
 use crate::meta::{DirEntry, Ino, MetaTxn, ROOT_INO};
 use crate::volume::Volume;
 

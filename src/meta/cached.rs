@@ -35,9 +35,9 @@ use super::{
     Change, DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn,
     SharedVolume,
 };
-use crate::core::extent::Splice;
-use crate::core::key::KEY_BYTES;
-use crate::core::{BlockKey, Extent};
+use crate::domain::extent::Splice;
+use crate::domain::key::KEY_BYTES;
+use crate::domain::{BlockKey, Extent};
 
 /// One memtable of the cache (two at most: one filling, one being flushed).
 const CACHE_MEMTABLE_BYTES: usize = 8 << 20;
@@ -1213,7 +1213,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_through_their_encodings() {
-        let key = BlockKey::for_data(crate::core::HashAlgo::Blake3, b"x");
+        let key = BlockKey::for_data(crate::domain::HashAlgo::Blake3, b"x");
         let extents = vec![
             Extent {
                 offset: 0,
@@ -1254,14 +1254,12 @@ mod tests {
 #[cfg(test)]
 mod pg_tests {
     use super::*;
-    use crate::meta::pg::{PgMetaStore, create_scratch_database};
+    use crate::meta::pg::PgMetaStore;
     use crate::meta::{Timestamp, conformance};
     use std::time::Instant;
 
     fn fresh_database() -> String {
-        let admin = std::env::var("GRAVITON_TEST_PG")
-            .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh");
-        create_scratch_database(&admin).expect("scratch database")
+        crate::testkit::scratch_database()
     }
 
     fn start_session(store: &dyn MetaStore) {
@@ -1561,7 +1559,7 @@ mod pg_tests {
     fn mapped_file(a: &CachedMeta, ino: Ino, fill: u8, len: u32, version: u64) -> (Inode, Extent) {
         let e = Extent {
             offset: 0,
-            key: BlockKey::for_data(crate::core::key::HashAlgo::Blake3, &[fill; 64]),
+            key: BlockKey::for_data(crate::domain::key::HashAlgo::Blake3, &[fill; 64]),
             block_offset: 0,
             len,
         };

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{DirEntry, FileKind, Inode, MetaError, MetaStore, MetaTxn, Timestamp};
-use crate::core::extent::{self, Splice};
-use crate::core::{BlockKey, Extent, HashAlgo};
+use crate::domain::extent::{self, Splice};
+use crate::domain::{BlockKey, Extent, HashAlgo};
 
 pub fn run_all(store: Arc<dyn MetaStore>) {
     inodes_round_trip(store.as_ref());

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{DirEntry, FileKind, Ino, Inode, MetaError, MetaResult, MetaTxn};
-use crate::core::extent::Splice;
-use crate::core::{BlockKey, Extent};
+use crate::domain::extent::Splice;
+use crate::domain::{BlockKey, Extent};
 
 /// A new segment is started once the current one is this big.
 const SEGMENT_BYTES: u64 = 16 << 20;

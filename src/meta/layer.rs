@@ -4,7 +4,7 @@
 use super::{
     Ino, Inode, MetaRead, MetaResult, MetaStore, MetaTxn, SessionInfo, SharedVolume, Usage,
 };
-use crate::core::BlockKey;
+use crate::domain::BlockKey;
 
 /// A layer of the metadata stack. Every type that implements it is a [`MetaStore`].
 pub trait MetaLayer: Send + Sync {

@@ -30,8 +30,8 @@ pub mod write_behind;
 
 use std::ops::Range;
 
-use crate::core::extent::Splice;
-use crate::core::{BlockKey, Extent};
+use crate::domain::extent::Splice;
+use crate::domain::{BlockKey, Extent};
 
 pub use layer::MetaLayer;
 pub use pg::PgMetaStore;

@@ -10,8 +10,8 @@ use std::ops::Range;
 
 use super::journal::Op;
 use super::{DirEntry, Ino, Inode, MetaResult};
-use crate::core::Extent;
-use crate::core::extent::Splice;
+use crate::domain::Extent;
+use crate::domain::extent::Splice;
 
 /// What a layer knows of a record: `Some(value)` or `None` for "deleted".
 pub type Known<T> = Option<T>;
@@ -156,14 +156,14 @@ impl Overlay {
     }
 
     /// Whether a map this layer holds references `key`.
-    pub fn references(&self, key: &crate::core::BlockKey) -> bool {
+    pub fn references(&self, key: &crate::domain::BlockKey) -> bool {
         self.maps
             .values()
             .any(|m| m.value.values().any(|e| e.key == *key))
     }
 
     /// Every block the maps this layer holds reference.
-    pub fn referenced_keys(&self) -> impl Iterator<Item = crate::core::BlockKey> + '_ {
+    pub fn referenced_keys(&self) -> impl Iterator<Item = crate::domain::BlockKey> + '_ {
         self.maps
             .values()
             .flat_map(|m| m.value.values().map(|e| e.key))

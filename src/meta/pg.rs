@@ -20,14 +20,12 @@ use super::{
     DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn, Timestamp,
     Usage,
 };
-use crate::core::extent::Splice;
-use crate::core::{BlockKey, Extent};
+use crate::domain::extent::Splice;
+use crate::domain::{BlockKey, Extent};
 use crate::postgres::{MIGRATOR, unavailable};
 
 /// Inode numbers reserved per sequence step (the sequence's INCREMENT).
 const INO_BATCH: u64 = 1024;
-
-pub use crate::postgres::create_scratch_database;
 
 pub struct PgMetaStore {
     pub(super) pool: PgPool,
@@ -980,9 +978,7 @@ mod tests {
     use std::sync::Arc;
 
     fn fresh_database() -> String {
-        let admin = std::env::var("GRAVITON_TEST_PG")
-            .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
-        create_scratch_database(&admin).expect("scratch database")
+        crate::testkit::scratch_database()
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use serde::{Serialize, Serializer};
 
 use super::{DirEntry, Ino, Inode};
-use crate::core::Extent;
-use crate::core::key::KEY_BYTES;
+use crate::domain::Extent;
+use crate::domain::key::KEY_BYTES;
 
 /// A JSON array of operations under construction.
 #[derive(Default)]
@@ -261,7 +261,7 @@ impl Ops {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::BlockKey;
+    use crate::domain::BlockKey;
     use crate::meta::{FileKind, Timestamp};
     use serde_json::json;
 
@@ -289,7 +289,7 @@ mod tests {
             next_cookie: 7,
             parent: 1,
         };
-        let key = BlockKey::for_data(crate::core::HashAlgo::Blake3, b"x");
+        let key = BlockKey::for_data(crate::domain::HashAlgo::Blake3, b"x");
         let e = Extent {
             offset: 4096,
             key,

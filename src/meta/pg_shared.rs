@@ -567,7 +567,7 @@ impl SharedVolume for PgMetaStore {
         Ok((Some(inos.into_iter().map(|i| i as u64).collect()), now))
     }
 
-    fn pin_blocks(&self, keys: &[crate::core::BlockKey]) -> MetaResult<()> {
+    fn pin_blocks(&self, keys: &[crate::domain::BlockKey]) -> MetaResult<()> {
         let pins: Vec<Vec<u8>> = keys.iter().map(|k| k.to_bytes().to_vec()).collect();
         let pin = |session: i64| {
             self.retrying(async || {
@@ -600,7 +600,7 @@ impl SharedVolume for PgMetaStore {
         }
     }
 
-    fn unpin_blocks(&self, keys: &[crate::core::BlockKey]) {
+    fn unpin_blocks(&self, keys: &[crate::domain::BlockKey]) {
         if self.session_id().is_some() {
             let mut pending = self.shared.unpins.lock().expect("lock");
             pending.extend(keys.iter().map(|k| k.to_bytes().to_vec()));
@@ -609,7 +609,7 @@ impl SharedVolume for PgMetaStore {
         }
     }
 
-    fn cancel_unpins(&self, keys: &[crate::core::BlockKey]) {
+    fn cancel_unpins(&self, keys: &[crate::domain::BlockKey]) {
         let mut pending = self.shared.unpins.lock().expect("lock");
         for k in keys {
             pending.remove(&k.to_bytes().to_vec());
@@ -624,7 +624,7 @@ impl SharedVolume for PgMetaStore {
         self.unhold_ino(ino)
     }
 
-    fn pinned_blocks(&self) -> MetaResult<Vec<crate::core::BlockKey>> {
+    fn pinned_blocks(&self) -> MetaResult<Vec<crate::domain::BlockKey>> {
         let rows: Vec<Vec<u8>> = self.retrying(async || {
             sqlx::query_scalar("SELECT DISTINCT block_key FROM block_pins")
                 .fetch_all(&self.pool)
@@ -632,7 +632,7 @@ impl SharedVolume for PgMetaStore {
         })?;
         rows.iter()
             .map(|k| {
-                crate::core::BlockKey::from_bytes(k)
+                crate::domain::BlockKey::from_bytes(k)
                     .ok_or_else(|| backend("a block pin that is no block key".into()))
             })
             .collect()
@@ -700,8 +700,7 @@ mod tests {
 
     #[test]
     fn a_commit_of_a_lock_holder_after_its_session_expired_is_refused_and_a_new_session_starts() {
-        let admin = std::env::var("GRAVITON_TEST_PG").expect("run through scripts/test.sh");
-        let url = super::super::pg::create_scratch_database(&admin).unwrap();
+        let url = crate::testkit::scratch_database();
         let a = PgMetaStore::connect(&url).unwrap();
         session(&a, 60);
         let old = a.session_id().unwrap();
@@ -742,8 +741,7 @@ mod tests {
 
     #[test]
     fn an_expired_session_loses_its_locks_and_its_unlinked_open_files() {
-        let admin = std::env::var("GRAVITON_TEST_PG").expect("run through scripts/test.sh");
-        let url = super::super::pg::create_scratch_database(&admin).unwrap();
+        let url = crate::testkit::scratch_database();
         let a = PgMetaStore::connect(&url).unwrap();
         let b = PgMetaStore::connect(&url).unwrap();
         session(&a, 1);

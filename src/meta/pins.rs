@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::{MetaResult, MetaStore};
-use crate::core::BlockKey;
+use crate::domain::BlockKey;
 
 /// Pins held in this process, with how many writers hold each.
 static PROCESS: Mutex<BTreeMap<BlockKey, usize>> = Mutex::new(BTreeMap::new());
@@ -129,7 +129,7 @@ pub fn pinned_blocks(meta: &dyn MetaStore) -> MetaResult<std::collections::HashS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::HashAlgo;
+    use crate::domain::HashAlgo;
 
     #[test]
     fn a_block_stays_pinned_while_any_writer_holds_it() {

@@ -27,9 +27,9 @@ use rocksdb::{
 use super::{
     DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn, Usage,
 };
-use crate::core::extent::Splice;
-use crate::core::key::KEY_BYTES;
-use crate::core::{BlockKey, Extent};
+use crate::domain::extent::Splice;
+use crate::domain::key::KEY_BYTES;
+use crate::domain::{BlockKey, Extent};
 
 const CFS: [&str; 10] = [
     "inodes",
@@ -259,7 +259,7 @@ impl RocksMetaStore {
         // and whatever the volume's chunker cuts, in case a program that keeps no record
         // (an older Graviton) wrote to the volume since
         let chunker = store.setting("chunker")?;
-        let cut = chunker.and_then(|c| c.parse::<crate::core::Chunker>().ok());
+        let cut = chunker.and_then(|c| c.parse::<crate::domain::Chunker>().ok());
         store.recorded.store(longest, Ordering::SeqCst);
         store.reach.store(
             longest.max(cut.map_or(0, |c| c.max_block() as u64)),
@@ -907,14 +907,14 @@ mod tests {
     /// away from the range) than before them: lookups do not slow down with history.
     #[test]
     fn extent_lookups_do_not_step_over_other_history() {
-        use crate::core::extent::Splice;
+        use crate::domain::extent::Splice;
         use crate::meta::{FileKind, Timestamp};
         const MIB: u64 = 1 << 20;
         let dir = tempfile::tempdir().unwrap();
         let store = RocksMetaStore::open(dir.path()).unwrap();
         let extent = |offset: u64, len: u32, seed: u64| Extent {
             offset,
-            key: BlockKey::for_data(crate::core::HashAlgo::Blake3, &seed.to_le_bytes()),
+            key: BlockKey::for_data(crate::domain::HashAlgo::Blake3, &seed.to_le_bytes()),
             block_offset: 0,
             len,
         };
@@ -989,12 +989,12 @@ mod tests {
     /// database that never recorded its longest extent.
     #[test]
     fn a_lookup_looks_back_as_far_as_the_longest_extent_reaches() {
-        use crate::core::extent::Splice;
+        use crate::domain::extent::Splice;
         const MIB: u64 = 1 << 20;
         let dir = tempfile::tempdir().unwrap();
         let extent = |offset: u64, len: u32| Extent {
             offset,
-            key: BlockKey::for_data(crate::core::HashAlgo::Blake3, &offset.to_le_bytes()),
+            key: BlockKey::for_data(crate::domain::HashAlgo::Blake3, &offset.to_le_bytes()),
             block_offset: 0,
             len,
         };
@@ -1049,12 +1049,12 @@ mod tests {
     /// as it reads the file's inode.
     #[test]
     fn a_snapshot_reads_the_extents_of_its_moment() {
-        use crate::core::extent::Splice;
+        use crate::domain::extent::Splice;
         let dir = tempfile::tempdir().unwrap();
         let store = RocksMetaStore::open(dir.path()).unwrap();
         let extent = |seed: u64| Extent {
             offset: 0,
-            key: BlockKey::for_data(crate::core::HashAlgo::Blake3, &seed.to_le_bytes()),
+            key: BlockKey::for_data(crate::domain::HashAlgo::Blake3, &seed.to_le_bytes()),
             block_offset: 0,
             len: 4096,
         };

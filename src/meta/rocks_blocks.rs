@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use super::rocks::Db;
-use crate::core::BlockKey;
+use crate::domain::BlockKey;
 use crate::store::{BlockStore, PutOutcome, StoreError};
 
 const BACKEND: &str = "rocksdb";
@@ -123,7 +123,7 @@ mod tests {
     fn conformance_and_blocks_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let data = vec![5u8; 300 << 10];
-        let key = crate::core::BlockKey::for_data(crate::core::HashAlgo::Blake3, &data);
+        let key = crate::domain::BlockKey::for_data(crate::domain::HashAlgo::Blake3, &data);
         {
             let meta = RocksMetaStore::open(dir.path()).unwrap();
             let store = meta.blocks();

@@ -165,14 +165,14 @@ pub trait SharedVolume: Send + Sync {
     fn sessions(&self) -> MetaResult<Vec<SessionRecord>>;
     /// Pins blocks for this mount's session (`meta::pins`): every host's gc spares them until
     /// they are unpinned or the session ends. Without a session, pins stay in this process.
-    fn pin_blocks(&self, keys: &[crate::core::BlockKey]) -> MetaResult<()>;
+    fn pin_blocks(&self, keys: &[crate::domain::BlockKey]) -> MetaResult<()>;
     /// Unpins blocks; may reach the engine later (a pin kept longer only delays gc). Must not
     /// block: callers hold the process's pin lock.
-    fn unpin_blocks(&self, keys: &[crate::core::BlockKey]);
+    fn unpin_blocks(&self, keys: &[crate::domain::BlockKey]);
     /// Drops queued unpins of `keys`, which are being pinned again. Must not block.
-    fn cancel_unpins(&self, keys: &[crate::core::BlockKey]);
+    fn cancel_unpins(&self, keys: &[crate::domain::BlockKey]);
     /// Every block some mount has pinned.
-    fn pinned_blocks(&self) -> MetaResult<Vec<crate::core::BlockKey>>;
+    fn pinned_blocks(&self) -> MetaResult<Vec<crate::domain::BlockKey>>;
     /// Records that this mount has `ino` open: until [`SharedVolume::unhold`], or the end of
     /// the session, another mount's unlink or rename over it leaves it in place (nameless),
     /// readable and writable here. The caller checks that the inode exists afterwards: a

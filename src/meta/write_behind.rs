@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use super::journal::{Journal, Op, Record};
 use super::overlay::Overlay;
 use super::{DirEntry, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn};
-use crate::core::extent::Splice;
-use crate::core::{BlockKey, Extent};
+use crate::domain::extent::Splice;
+use crate::domain::{BlockKey, Extent};
 
 /// Key-value key of the claim: who holds changes the engine does not have yet.
 pub const CLAIM_KEY: &str = "writeback/owner";
@@ -940,10 +940,7 @@ mod tests {
     use crate::meta::conformance;
 
     fn fresh_database() -> String {
-        let admin = std::env::var("GRAVITON_TEST_PG").expect(
-            "GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL",
-        );
-        crate::meta::pg::create_scratch_database(&admin).expect("scratch database")
+        crate::testkit::scratch_database()
     }
 
     fn pg(url: &str) -> Arc<dyn MetaStore> {
@@ -979,7 +976,7 @@ mod tests {
     /// read the same once everything is applied.
     #[test]
     fn pending_records_merge_with_applied_ones() {
-        use crate::core::{BlockKey, HashAlgo};
+        use crate::domain::{BlockKey, HashAlgo};
         use crate::meta::{FileKind, Timestamp};
         let dir = tempfile::tempdir().unwrap();
         let wb = WriteBehind::open(pg(&fresh_database()), dir.path(), "test").unwrap();

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
-use crate::core::BlockKey;
+use crate::domain::BlockKey;
 
 /// Where `key`'s file is in `dir`.
 pub fn path(dir: &Path, key: &BlockKey) -> PathBuf {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{BlockStore, PutOutcome, StoreError};
-use crate::core::{BlockKey, HashAlgo};
+use crate::domain::{BlockKey, HashAlgo};
 
 fn block(seed: u64, len: usize) -> (BlockKey, Vec<u8>) {
     use rand::{RngCore, SeedableRng};

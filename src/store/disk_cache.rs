@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::{BlockStore, PutOutcome, StoreError, block_files};
-use crate::core::BlockKey;
-use crate::core::groups::GroupHashes;
+use crate::domain::BlockKey;
+use crate::domain::groups::GroupHashes;
 
 pub struct DiskCache {
     inner: Arc<dyn BlockStore>,
@@ -176,7 +176,7 @@ impl super::StoreLayer for DiskCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::HashAlgo;
+    use crate::domain::HashAlgo;
     use crate::store::MemoryBlockStore;
 
     fn block(n: u8) -> (BlockKey, Vec<u8>) {

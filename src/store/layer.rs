@@ -6,8 +6,8 @@ use std::ops::Range;
 use std::time::Duration;
 
 use super::{BlockStore, PutOutcome, StoreError};
-use crate::core::BlockKey;
-use crate::core::groups::GroupHashes;
+use crate::domain::BlockKey;
+use crate::domain::groups::GroupHashes;
 
 /// A layer of the block stack (`metered`, `retrying`, `disk_cache`, `writeback`). Every type
 /// that implements it is a [`BlockStore`]. `get` and `get_range` go to the store below's,

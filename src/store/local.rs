@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::pending_sync::{PendingSync, ToSync};
 use super::{BlockStore, PutOutcome, StoreError};
-use crate::core::{BlockKey, HashAlgo};
+use crate::domain::{BlockKey, HashAlgo};
 
 const BACKEND: &str = "local";
 /// Blocks this large start their way to the disk as soon as they are written (a stream's

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use super::{BlockStore, PutOutcome, StoreError};
-use crate::core::BlockKey;
+use crate::domain::BlockKey;
 
 #[derive(Default)]
 pub struct MemoryBlockStore {

@@ -9,8 +9,8 @@ use std::time::Instant;
 use metrics::{counter, histogram};
 
 use super::{BlockStore, PutOutcome, StoreError};
-use crate::core::BlockKey;
-use crate::core::groups::GroupHashes;
+use crate::domain::BlockKey;
+use crate::domain::groups::GroupHashes;
 use crate::metrics as m;
 
 pub struct Metered {

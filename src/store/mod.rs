@@ -22,8 +22,8 @@ pub mod writeback;
 
 use std::ops::Range;
 
-use crate::core::BlockKey;
-use crate::core::groups::GroupHashes;
+use crate::domain::BlockKey;
+use crate::domain::groups::GroupHashes;
 
 pub use layer::StoreLayer;
 pub use local::LocalBlockStore;
@@ -150,7 +150,7 @@ pub trait BlockStore: Send + Sync {
         self.put_new_grouped(key, data, None)
     }
 
-    /// As `put_new`, with the block's group hashes (`core::groups`) computed with its key, for
+    /// As `put_new`, with the block's group hashes (`domain::groups`) computed with its key, for
     /// a store that keeps them (S3, for verified ranged reads; it computes them itself when
     /// they are not given). A store with its own `put_new` implements this one (`put_new`
     /// comes here); adapters that wrap another store pass the hashes on.
@@ -212,7 +212,7 @@ pub trait BlockStore: Send + Sync {
 
     /// Part of a block, verified: by default the whole block is fetched and checked, since a
     /// byte range alone cannot be checked against the key. An adapter that can check a range on
-    /// its own fetches less (S3, against group hashes that merge into the key: `core::groups`);
+    /// its own fetches less (S3, against group hashes that merge into the key: `domain::groups`);
     /// unverified bytes never reach a reader either way.
     fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
         let data = self.get(key)?;

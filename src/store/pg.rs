@@ -7,7 +7,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::{BlockStore, PutOutcome, StoreError, Transience};
-use crate::core::BlockKey;
+use crate::domain::BlockKey;
 use crate::postgres::{MIGRATOR, unavailable};
 
 const BACKEND: &str = "postgres";
@@ -198,9 +198,7 @@ mod tests {
     use std::sync::Arc;
 
     fn store() -> Arc<PgBlockStore> {
-        let admin = std::env::var("GRAVITON_TEST_PG")
-            .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
-        let url = crate::postgres::create_scratch_database(&admin).expect("scratch database");
+        let url = crate::testkit::scratch_database();
         Arc::new(PgBlockStore::connect(&url).unwrap())
     }
 

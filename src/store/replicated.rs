@@ -11,8 +11,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::{BlockStore, PutOutcome, StoreError};
-use crate::core::BlockKey;
-use crate::core::groups::GroupHashes;
+use crate::domain::BlockKey;
+use crate::domain::groups::GroupHashes;
 
 /// What is known to be wrong with a replica's copy of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,7 +215,7 @@ mod tests {
         let log = Arc::new(Log::default());
         let r = Replicated::new(vec![a.clone(), b.clone()], log.clone());
         crate::store::conformance::run_all(&r);
-        let key = BlockKey::for_data(crate::core::HashAlgo::Blake3, b"both");
+        let key = BlockKey::for_data(crate::domain::HashAlgo::Blake3, b"both");
         assert_eq!(r.put(&key, b"both").unwrap(), PutOutcome::Fresh);
         assert_eq!(b.get(&key).unwrap(), b"both", "written to every replica");
         a.tamper(&key, |d| d[0] ^= 1);

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{BlockStore, PutOutcome, StoreError, Transience};
-use crate::core::BlockKey;
-use crate::core::groups::GroupHashes;
+use crate::domain::BlockKey;
+use crate::domain::groups::GroupHashes;
 use crate::retry::Backoff;
 
 pub struct Retrying {
@@ -110,7 +110,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::core::HashAlgo;
+    use crate::domain::HashAlgo;
     use crate::store::MemoryBlockStore;
 
     /// Fails its first `failures` gets with `transience`.

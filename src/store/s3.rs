@@ -27,9 +27,9 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 
 use super::{BlockStore, PutOutcome, StoreError, Transience};
-use crate::core::groups::{self, GroupHashes};
-use crate::core::key::BlockHasher;
-use crate::core::{BlockKey, HashAlgo};
+use crate::domain::groups::{self, GroupHashes};
+use crate::domain::key::BlockHasher;
+use crate::domain::{BlockKey, HashAlgo};
 
 const BACKEND: &str = "s3";
 /// The object's user metadata holding its block's group hashes (`x-amz-meta-graviton-groups`).
@@ -595,7 +595,7 @@ impl S3BlockStore {
     }
 
     /// `range` of a BLAKE3 block, fetched with the groups that hold it and checked against the
-    /// group hashes in the object's metadata (see `core::groups`). `None` when the object has
+    /// group hashes in the object's metadata (see `domain::groups`). `None` when the object has
     /// none that merge into the key (stored before they were written, or damaged): the caller
     /// fetches the whole block instead.
     fn get_groups(&self, key: &BlockKey, range: Range<u64>) -> Result<Option<Vec<u8>>, StoreError> {

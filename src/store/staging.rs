@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 
 use super::pending_sync::PendingSync;
 use super::{StoreError, block_files};
-use crate::core::BlockKey;
-use crate::core::key::KEY_BYTES;
+use crate::domain::BlockKey;
+use crate::domain::key::KEY_BYTES;
 
 /// A segment stops taking records past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -546,7 +546,7 @@ fn scan(file: &File) -> std::io::Result<Vec<(BlockKey, u64, u32, bool)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::HashAlgo;
+    use crate::domain::HashAlgo;
 
     fn block(n: u8, len: usize) -> (BlockKey, Vec<u8>) {
         let data = vec![n; len];

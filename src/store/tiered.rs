@@ -20,8 +20,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::{BlockStore, PutOutcome, StoreError};
-use crate::core::BlockKey;
-use crate::core::groups::GroupHashes;
+use crate::domain::BlockKey;
+use crate::domain::groups::GroupHashes;
 
 pub struct Tiered {
     small: Arc<dyn BlockStore>,
@@ -146,7 +146,7 @@ impl BlockStore for Tiered {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::HashAlgo;
+    use crate::domain::HashAlgo;
     use crate::store::MemoryBlockStore;
 
     #[test]

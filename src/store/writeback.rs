@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::staging::{Loc, Staging};
 use super::{BlockStore, PutOutcome, StoreError};
-use crate::core::BlockKey;
+use crate::domain::BlockKey;
 
 /// Blocks uploaded at once.
 const UPLOADERS: usize = 4;
@@ -252,7 +252,7 @@ impl super::StoreLayer for WriteBack {
         &self,
         key: &BlockKey,
         data: &[u8],
-        _groups: Option<&crate::core::groups::GroupHashes>,
+        _groups: Option<&crate::domain::groups::GroupHashes>,
     ) -> Result<PutOutcome, StoreError> {
         BlockStore::put(self, key, data)
     }
@@ -360,7 +360,7 @@ impl Drop for WriteBack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::HashAlgo;
+    use crate::domain::HashAlgo;
     use crate::store::memory::MemoryBlockStore;
 
     /// A tmpfs of `bytes` on a fresh folder, unmounted when dropped.

@@ -7,8 +7,8 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::core::BlockKey;
-use crate::core::groups::GroupHashes;
+use crate::domain::BlockKey;
+use crate::domain::groups::GroupHashes;
 use crate::store::{BlockStore, PutOutcome, StoreError, StoreLayer, Transience};
 
 pub struct FaultyStore {

@@ -13,14 +13,11 @@ pub fn pg_server() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// A new empty database on the test server, or `None` (with a line saying the test was
-/// skipped) when no server was started: a plain `cargo test` runs what needs no server.
-pub fn scratch_pg(test: &str) -> Option<String> {
-    let Some(admin) = pg_server() else {
-        eprintln!(
-            "{test}: skipped: no PostgreSQL server (GRAVITON_TEST_PG; scripts/test.sh starts one)"
-        );
-        return None;
-    };
-    Some(crate::postgres::create_scratch_database(&admin).expect("scratch database"))
+/// A new empty database on the test server `scripts/test.sh` starts; a test that needs one
+/// fails with a message saying how to run it.
+pub fn scratch_database() -> String {
+    let admin = pg_server().expect(
+        "GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL",
+    );
+    crate::postgres::create_scratch_database(&admin).expect("scratch database")
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use lru::LruCache;
 
-use crate::core::BlockKey;
+use crate::domain::BlockKey;
 use crate::store::{BlockStore, StoreError};
 
 pub(crate) struct BlockCache {
@@ -172,7 +172,7 @@ impl BlockCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::HashAlgo;
+    use crate::domain::HashAlgo;
     use crate::store::MemoryBlockStore;
 
     #[test]

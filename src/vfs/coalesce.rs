@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use super::pack::{PACK_BELOW, Pack};
 use super::read::assemble;
 use super::{Core, Fs, FsResult};
-use crate::core::RangeSet;
-use crate::core::extent::{self, Extent};
+use crate::domain::RangeSet;
+use crate::domain::extent::{self, Extent};
 use crate::meta::{Ino, Inode};
 
 /// Bytes re-chunked at a time, so memory stays bounded for large files.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::core::RangeSet;
+use crate::domain::RangeSet;
 
 /// Spans with their bytes: (file offset, bytes), sorted and disjoint.
 pub type Spans = Vec<(u64, Vec<u8>)>;

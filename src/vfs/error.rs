@@ -113,7 +113,7 @@ impl FsError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{BlockKey, HashAlgo};
+    use crate::domain::{BlockKey, HashAlgo};
 
     #[test]
     fn a_full_disk_under_a_store_is_enospc_other_io_failures_eio() {

@@ -9,8 +9,8 @@ use super::dirty::{DirtyData, Spans};
 use super::flush::FlushMode;
 use super::read::ReadAhead;
 use super::{Ctx, Fs, FsError, FsResult, MAX_FILE_SIZE};
-use crate::core::RangeSet;
-use crate::core::extent;
+use crate::domain::RangeSet;
+use crate::domain::extent;
 use crate::meta::{FileKind, Ino, Inode, Timestamp};
 
 /// How a file is opened.
@@ -749,10 +749,10 @@ impl Fs {
     /// (the source changed after this transaction read it) makes the copy run again.
     fn hold_copied_blocks(
         &self,
-        moved: &[crate::core::Extent],
+        moved: &[crate::domain::Extent],
         pins: &crate::meta::pins::Pinned,
     ) -> FsResult<()> {
-        let keys: std::collections::BTreeSet<crate::core::BlockKey> =
+        let keys: std::collections::BTreeSet<crate::domain::BlockKey> =
             moved.iter().map(|e| e.key).collect();
         let keys: Vec<_> = keys.into_iter().collect();
         pins.add(&keys)?;

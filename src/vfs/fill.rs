@@ -23,7 +23,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock, RwLock, RwLockWriteGuard, Weak};
 
 use super::Core;
-use crate::core::Extent;
+use crate::domain::Extent;
 use crate::meta::{Ino, Inode};
 
 /// The kernel's page cache of a mount, as the FUSE adapter exposes it.

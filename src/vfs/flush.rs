@@ -15,9 +15,9 @@ use std::sync::atomic::Ordering;
 use super::file::{AttrChange, FileState, OpenFile};
 use super::pack::{PACK_BELOW, Pack};
 use super::{Core, FsError, FsResult};
-use crate::core::BlockKey;
-use crate::core::extent::{self, Extent};
-use crate::core::groups::GroupHashes;
+use crate::domain::BlockKey;
+use crate::domain::extent::{self, Extent};
+use crate::domain::groups::GroupHashes;
 use crate::meta::pins::Pinned;
 use crate::meta::{Inode, MetaTxn};
 

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::core::{Chunker, HashAlgo};
+use crate::domain::{Chunker, HashAlgo};
 use crate::meta::{Ino, Inode, MetaError, MetaStore, MetaTxn};
 use crate::store::BlockStore;
 

@@ -3,7 +3,7 @@
 //! instead of 10,000 tiny objects (one PUT and one GET each on S3).
 
 use super::{Core, FsResult};
-use crate::core::extent::Extent;
+use crate::domain::extent::Extent;
 use crate::meta::pins::Pinned;
 
 /// Pieces shorter than this are packed rather than stored as blocks of their own.

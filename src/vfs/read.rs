@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use super::file::{Handle, OpenFile};
 use super::fill::Fill;
 use super::{Core, Fs, FsResult};
-use crate::core::{BlockKey, Extent};
+use crate::domain::{BlockKey, Extent};
 use crate::meta::{Ino, Inode};
 
 /// Per-handle read-ahead state.
@@ -111,12 +111,12 @@ impl Fs {
             && !h.readahead.lock().expect("lock").continues(offset);
         let fill = self.core.fill.enabled() && pending.is_empty() && random;
         // A random read in a file too large to fetch whole may fetch its part of a large block
-        // alone (verified against the block's group hashes: `core::groups`).
+        // alone (verified against the block's group hashes: `domain::groups`).
         let in_part = |key: &BlockKey| {
             self.core.cfg.ranged_reads
                 && random
                 && file_size > self.core.cfg.whole_file_prefetch_max
-                && key.size as u64 >= crate::core::groups::RANGED_FROM
+                && key.size as u64 >= crate::domain::groups::RANGED_FROM
                 && self.core.cache.take_part(key)
         };
         // one offer per block: the fill finds every stretch of the file the block backs

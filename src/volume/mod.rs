@@ -14,7 +14,7 @@ pub use source::{FROM_ENV, Source, has_password, hide_passwords_from_the_process
 pub use stack::{MetaReplicaIndex, StackDescription};
 pub use store_url::{POSTGRES_STORE, StoreUrl};
 
-use crate::core::{Chunker, HashAlgo};
+use crate::domain::{Chunker, HashAlgo};
 use crate::meta::{Inode, MetaError, MetaStore, ROOT_INO, Timestamp};
 use crate::store::local::Disk;
 use crate::store::{BlockStore, StoreError};
@@ -353,8 +353,8 @@ mod tests {
         let chunker: Chunker = "fixed-64k".parse().unwrap();
         let (old, new) = (vec![1u8; 5000], vec![2u8; 6000]);
         let (old_key, new_key) = (
-            crate::core::BlockKey::for_data(HashAlgo::Blake3, &old),
-            crate::core::BlockKey::for_data(HashAlgo::Blake3, &new),
+            crate::domain::BlockKey::for_data(HashAlgo::Blake3, &old),
+            crate::domain::BlockKey::for_data(HashAlgo::Blake3, &new),
         );
         {
             let vol = Volume::format_replicated(&source, HashAlgo::Blake3, chunker, None, &[], 0)

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::source::redact;
 use super::{Source, StoreUrl, Volume, VolumeError};
-use crate::core::BlockKey;
+use crate::domain::BlockKey;
 use crate::meta::{MetaError, MetaStore, PgMetaStore, RocksMetaStore, SessionInfo};
 use crate::retry::Backoff;
 use crate::store::local::Disk;

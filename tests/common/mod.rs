@@ -9,7 +9,7 @@ pub mod scrape;
 use std::path::Path;
 use std::sync::Arc;
 
-use graviton::core::{Chunker, HashAlgo};
+use graviton::domain::{Chunker, HashAlgo};
 use graviton::meta::{Ino, MetaStore, ROOT_INO, RocksMetaStore};
 use graviton::store::{BlockStore, LocalBlockStore, MemoryBlockStore};
 use graviton::vfs::{Ctx, Fs, FsConfig, OpenFlags};
@@ -61,9 +61,7 @@ pub struct PgVolume {
 
 impl PgVolume {
     pub fn new(cfg: FsConfig) -> PgVolume {
-        let admin = std::env::var("GRAVITON_TEST_PG")
-            .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
-        let url = graviton::meta::pg::create_scratch_database(&admin).expect("scratch database");
+        let url = graviton::testkit::scratch_database();
         PgVolume {
             url,
             store: Arc::new(MemoryBlockStore::new()),

@@ -101,9 +101,7 @@ impl Mounted {
 
     /// A PostgreSQL volume with blocks in `store` (`None`: a folder in the temporary folder).
     pub fn new_pg_with_store(options: &str, store: Option<&str>) -> Mounted {
-        let admin = std::env::var("GRAVITON_TEST_PG")
-            .expect("GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL");
-        let url = graviton::meta::pg::create_scratch_database(&admin).expect("scratch database");
+        let url = graviton::testkit::scratch_database();
         let (dir, vol, mnt) = scratch();
         let store = store
             .map(str::to_string)

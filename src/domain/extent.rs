@@ -126,7 +126,7 @@ pub fn find(extents: &[Extent], offset: u64) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::key::HashAlgo;
+    use crate::domain::key::HashAlgo;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
