@@ -68,8 +68,8 @@ pub fn serve(
     let mut session = Session::new(adapter, mountpoint, &fuse_config(&fsname, opts))
         .with_context(|| format!("mounting on {}", mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
-    if let (Some(shared), Some(kernel)) = (vol.meta.shared(), kernel) {
-        crate::fuse::follow_changes(session.notifier(), shared, kernel)?;
+    if let Some(kernel) = kernel {
+        crate::fuse::follow_changes(session.notifier(), &fs, kernel)?;
     }
     fs.set_kernel_pages(Arc::new(crate::fuse::NotifierPages(session.notifier())));
     if opts.page_fill {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use fuser::INodeNo;
 
-use crate::meta::{Change, Ino, SharedVolume};
+use crate::vfs::{Change, Fs, Ino};
 
 /// Names remembered before old ones (past the TTL) are swept.
 const SWEEP_EVERY: usize = 100_000;
@@ -102,13 +102,13 @@ enum Work {
 /// Applies other mounts' changes to the kernel's caches for as long as the change feed runs.
 pub fn follow_changes(
     notifier: fuser::Notifier,
-    shared: &dyn SharedVolume,
+    fs: &Fs,
     cache: Arc<KernelCache>,
 ) -> std::io::Result<()> {
     let (tx, feed) = std::sync::mpsc::channel::<Work>();
     let tx = Mutex::new(tx);
     let queued = cache.clone();
-    shared.subscribe(Arc::new(move |change: &Change| {
+    let followed = fs.follow_changes(Arc::new(move |change: &Change| {
         let work = match change {
             Change::Inodes(inos) => Work::Inodes(inos.clone()),
             Change::All | Change::Resumed => Work::Everything,
@@ -117,6 +117,9 @@ pub fn follow_changes(
         queued.queued.fetch_add(1, Ordering::SeqCst);
         let _ = tx.lock().expect("lock").send(work);
     }));
+    if !followed {
+        return Ok(());
+    }
     std::thread::Builder::new()
         .name("graviton-inval".into())
         .spawn(move || {

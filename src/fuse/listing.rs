@@ -99,7 +99,7 @@ impl DirHandles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::FileKind;
+    use crate::vfs::FileKind;
 
     fn chunk(after: u64, cookies: &[u64], complete: bool) -> Chunk {
         let entries = cookies

@@ -20,10 +20,9 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::meta::{FileKind, Inode, LockKind, LockRequest, TO_EOF, Timestamp};
 use crate::vfs::{
-    Caller, Ctx, FallocateMode, Fs, FsError, OpenFlags, RenameFlags, SetAttr, TimeSet, Whence,
-    XattrSet,
+    Caller, Ctx, FallocateMode, FileKind, Fs, FsError, Inode, LockKind, LockRequest, OpenFlags,
+    RenameFlags, SetAttr, TO_EOF, TimeSet, Timestamp, Whence, XattrSet,
 };
 
 mod invalidate;
@@ -242,7 +241,7 @@ impl Filesystem for GravitonFuse {
         };
         // On a shared volume locks must hold across mounts: the kernel hands them to us. On an
         // embedded volume the kernel's own lock table is exact (one mount), so it keeps them.
-        let wanted = if self.fs.meta().shared().is_some() {
+        let wanted = if self.fs.is_shared() {
             wanted | InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS
         } else {
             wanted
@@ -456,9 +455,9 @@ impl Filesystem for GravitonFuse {
             }
             // Close-to-open: on a shared volume the kernel keeps its cached pages only when
             // the inode is known unchanged since it cached them.
-            let keep = match fs.meta().revalidate(ino.0) {
+            let keep = match fs.revalidate(ino.0) {
                 Ok(stale) => !stale,
-                Err(e) => return reply.error(errno(&e.into())),
+                Err(e) => return reply.error(errno(&e)),
             };
             match fs.open(ino.0, flags) {
                 Ok(fh) if fs.appends_at_end(fh) => {
@@ -585,7 +584,7 @@ impl Filesystem for GravitonFuse {
             return reply.error(failed(Errno::EINVAL));
         };
         self.background(op, move |fs| {
-            if fs.meta().shared().is_none() {
+            if !fs.is_shared() {
                 return reply.error(failed(Errno::ENOSYS));
             }
             match fs.test_lock(fh.0, &req) {
@@ -625,7 +624,7 @@ impl Filesystem for GravitonFuse {
         };
         let kernel = self.kernel.clone();
         self.background(op, move |fs| {
-            if fs.meta().shared().is_none() {
+            if !fs.is_shared() {
                 return reply.error(failed(Errno::ENOSYS));
             }
             match fs.set_lock(fh.0, &req, sleep) {

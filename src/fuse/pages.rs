@@ -2,7 +2,7 @@
 
 use fuser::{INodeNo, Notifier};
 
-use crate::meta::Ino;
+use crate::vfs::Ino;
 use crate::vfs::KernelPages;
 
 pub struct NotifierPages(pub Notifier);

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::domain::{Chunker, HashAlgo};
-use crate::meta::{Ino, Inode, MetaError, MetaStore, MetaTxn};
+use crate::meta::{MetaError, MetaStore, MetaTxn};
 use crate::store::BlockStore;
 
 pub use coalesce::CoalesceReport;
@@ -34,6 +34,9 @@ pub use file::{FallocateMode, OpenFlags, Whence};
 pub use fill::KernelPages;
 pub use namespace::{Caller, DirListing, FsStats, RenameFlags, SetAttr, TimeSet};
 pub use xattr::XattrSet;
+
+/// The records the core's API speaks in, defined with the metadata port.
+pub use crate::meta::{Change, FileKind, Ino, Inode, LockKind, LockRequest, TO_EOF, Timestamp};
 
 use cache::BlockCache;
 use file::{Handle, OpenFile};
@@ -298,6 +301,30 @@ impl Fs {
 
     pub fn meta(&self) -> &Arc<dyn MetaStore> {
         &self.core.meta
+    }
+
+    /// Whether other mounts share the volume (locks then hold across mounts, and their
+    /// changes arrive through [`Fs::follow_changes`]).
+    pub fn is_shared(&self) -> bool {
+        self.core.meta.shared().is_some()
+    }
+
+    /// Close-to-open, at an open: true when what the kernel cached of `ino` may be stale
+    /// (another mount changed it), so the open drops it.
+    pub fn revalidate(&self, ino: Ino) -> FsResult<bool> {
+        Ok(self.core.meta.revalidate(ino)?)
+    }
+
+    /// Calls `sink` with every change other mounts make (see `SharedVolume::subscribe`);
+    /// false on a volume nothing else mounts.
+    pub fn follow_changes(&self, sink: crate::meta::ChangeSink) -> bool {
+        match self.core.meta.shared() {
+            Some(shared) => {
+                shared.subscribe(sink);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn BlockStore> {
