@@ -6,7 +6,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{CTX, MemVolume, PgVolume, small_cfg};
+use common::stacks::{Remountable, Stack, StackVolume};
+use common::{CTX, small_cfg};
 use graviton::meta::ROOT_INO;
 use graviton::vfs::{FallocateMode, Fs, FsError, OpenFlags, RenameFlags};
 use proptest::prelude::*;
@@ -123,23 +124,6 @@ impl World {
     }
 }
 
-/// A volume the model test can mount again and again.
-trait Remountable {
-    fn mount(&self) -> Fs;
-}
-
-impl Remountable for MemVolume {
-    fn mount(&self) -> Fs {
-        MemVolume::mount(self)
-    }
-}
-
-impl Remountable for PgVolume {
-    fn mount(&self) -> Fs {
-        PgVolume::mount(self)
-    }
-}
-
 fn model_cfg() -> graviton::vfs::FsConfig {
     let mut cfg = small_cfg();
     // small limits so pressure flushes and background coalescing happen in short runs
@@ -152,7 +136,7 @@ fn model_cfg() -> graviton::vfs::FsConfig {
 }
 
 fn run(ops: Vec<Op>) {
-    run_on(&MemVolume::new(model_cfg()), ops)
+    run_on(&StackVolume::new(Stack::Embedded, model_cfg()), ops)
 }
 
 fn run_on(vol: &dyn Remountable, ops: Vec<Op>) {
@@ -391,13 +375,26 @@ proptest! {
 }
 
 proptest! {
-    // The same model over the PostgreSQL engine (fewer cases: each opens a fresh database).
+    // The same model over the other production stacks (fewer cases: each formats a fresh
+    // volume in a scratch database or S3 prefix).
     #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(8)
     ))]
     #[test]
+    fn core_over_replicated_blocks_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
+        run_on(&StackVolume::new(Stack::EmbeddedReplicated, model_cfg()), ops);
+    }
+    #[test]
     fn core_over_postgres_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
-        run_on(&PgVolume::new(model_cfg()), ops);
+        run_on(&StackVolume::new(Stack::Postgres, model_cfg()), ops);
+    }
+    #[test]
+    fn core_over_postgres_and_s3_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
+        run_on(&StackVolume::new(Stack::PostgresS3, model_cfg()), ops);
+    }
+    #[test]
+    fn core_over_writeback_layers_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
+        run_on(&StackVolume::new(Stack::PostgresS3Writeback, model_cfg()), ops);
     }
 }
 

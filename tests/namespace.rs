@@ -6,7 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{CTX, MemVolume, create, random_bytes, small_cfg, write_all};
+use common::stacks::{Remountable, Stack, StackVolume};
+use common::{CTX, create, random_bytes, small_cfg, write_all};
 use graviton::meta::{FileKind, Inode, ROOT_INO};
 use graviton::vfs::{FallocateMode, Fs, FsError, RenameFlags, SetAttr, TimeSet, Whence, XattrSet};
 
@@ -14,9 +15,7 @@ fn pause() {
     std::thread::sleep(Duration::from_millis(15));
 }
 
-#[test]
-fn link_counts_and_times_follow_posix() {
-    let vol = MemVolume::new(small_cfg());
+fn link_counts_and_times_follow_posix(vol: &dyn Remountable) {
     let fs = vol.mount();
     let root0 = fs.getattr(ROOT_INO).unwrap();
     assert_eq!(root0.nlink, 2);
@@ -58,9 +57,7 @@ fn link_counts_and_times_follow_posix() {
     );
 }
 
-#[test]
-fn names_are_checked() {
-    let vol = MemVolume::new(small_cfg());
+fn names_are_checked(vol: &dyn Remountable) {
     let fs = vol.mount();
     let long = vec![b'x'; 256];
     assert!(matches!(
@@ -103,9 +100,7 @@ fn names_are_checked() {
     assert_eq!(fifo.kind, FileKind::Fifo);
 }
 
-#[test]
-fn rename_replace_noreplace_exchange_and_loops() {
-    let vol = MemVolume::new(small_cfg());
+fn rename_replace_noreplace_exchange_and_loops(vol: &dyn Remountable) {
     let fs = vol.mount();
     let a = fs.mkdir(CTX, ROOT_INO, b"a", 0o755).unwrap();
     let b = fs.mkdir(CTX, ROOT_INO, b"b", 0o755).unwrap();
@@ -205,9 +200,7 @@ fn dir_of_100_files(fs: &Fs, name: impl Fn(usize) -> String) -> Inode {
 /// A reader going through a directory while each entry it meets is renamed away and back
 /// meets every entry once (xfstests generic/736): a name renamed within its directory keeps
 /// its place in the listing.
-#[test]
-fn readdir_meets_each_entry_once_while_entries_are_renamed_away_and_back() {
-    let vol = MemVolume::new(small_cfg());
+fn readdir_meets_each_entry_once_while_entries_are_renamed_away_and_back(vol: &dyn Remountable) {
     let fs = vol.mount();
     let d = dir_of_100_files(&fs, |i| format!("{i}"));
     let mut seen: Vec<Vec<u8>> = Vec::new();
@@ -231,9 +224,7 @@ fn readdir_meets_each_entry_once_while_entries_are_renamed_away_and_back() {
     assert_eq!(seen.len(), 100, "each entry once");
 }
 
-#[test]
-fn readdir_offsets_stay_valid_while_the_directory_changes() {
-    let vol = MemVolume::new(small_cfg());
+fn readdir_offsets_stay_valid_while_the_directory_changes(vol: &dyn Remountable) {
     let fs = vol.mount();
     let d = dir_of_100_files(&fs, |i| format!("n{i:03}"));
     let first = fs.readdir(d.ino, 0, 40).unwrap();
@@ -277,9 +268,7 @@ fn readdir_offsets_stay_valid_while_the_directory_changes() {
     );
 }
 
-#[test]
-fn setattr_truncate_and_times() {
-    let vol = MemVolume::new(small_cfg());
+fn setattr_truncate_and_times(vol: &dyn Remountable) {
     let fs = vol.mount();
     let (ino, fh) = create(&fs, "f");
     write_all(&fs, fh, 0, &random_bytes(1, 10_000), 3000);
@@ -336,9 +325,7 @@ fn setattr_truncate_and_times() {
     assert!(matches!(fs.truncate(ROOT_INO, 0), Err(FsError::IsDir)));
 }
 
-#[test]
-fn xattrs_with_flags_and_limits() {
-    let vol = MemVolume::new(small_cfg());
+fn xattrs_with_flags_and_limits(vol: &dyn Remountable) {
     let fs = vol.mount();
     let (ino, _) = create(&fs, "f");
     fs.setxattr(ino, b"user.k", b"v1", XattrSet::Any).unwrap();
@@ -374,9 +361,7 @@ fn xattrs_with_flags_and_limits() {
     ));
 }
 
-#[test]
-fn holes_seek_and_fallocate() {
-    let vol = MemVolume::new(small_cfg());
+fn holes_seek_and_fallocate(vol: &dyn Remountable) {
     let fs = vol.mount();
     let (ino, fh) = create(&fs, "sparse");
     // holes and data are told apart per 4 KiB page: data at 100,000 makes its page data
@@ -441,25 +426,19 @@ fn holes_seek_and_fallocate() {
     ));
 }
 
-#[test]
-fn copy_file_range_shares_blocks() {
-    let vol = MemVolume::new(small_cfg());
+fn copy_file_range_shares_blocks(vol: &dyn Remountable) {
     let fs = vol.mount();
     let (_, src) = create(&fs, "src");
     let data = random_bytes(4, 1 << 20);
     write_all(&fs, src, 0, &data, 1 << 16);
     fs.flush(src).unwrap();
-    let stored = vol.store.stored_bytes();
+    let stored = stored_bytes(&fs);
     let (dst_ino, dst) = create(&fs, "dst");
     assert_eq!(
         fs.copy_file_range(src, 1000, dst, 10, 500_000).unwrap(),
         500_000
     );
-    assert_eq!(
-        vol.store.stored_bytes(),
-        stored,
-        "no block content was copied"
-    );
+    assert_eq!(stored_bytes(&fs), stored, "no block content was copied");
     assert_eq!(fs.getattr(dst_ino).unwrap().size, 500_010);
     assert_eq!(fs.read(dst, 0, 10).unwrap(), vec![0; 10]);
     assert!(common::read_all(&fs, dst, 10, 500_000) == data[1000..501_000]);
@@ -474,9 +453,7 @@ fn copy_file_range_shares_blocks() {
     ));
 }
 
-#[test]
-fn concurrent_creates_renames_and_links_keep_counts_consistent() {
-    let vol = MemVolume::new(small_cfg());
+fn concurrent_creates_renames_and_links_keep_counts_consistent(vol: &dyn Remountable) {
     let fs = Arc::new(vol.mount());
     let shared = fs.mkdir(CTX, ROOT_INO, b"shared", 0o755).unwrap().ino;
     let (target, fh) = create(&fs, "target");
@@ -604,9 +581,7 @@ fn attribute_changes_of_a_file_being_written_commit_with_its_data() {
 /// One file's extended attributes are bounded (ENOSPC past 256 of them, as ext4 refuses new
 /// ones once a file's attribute space is full): a user cannot grow the metadata, and the
 /// daemon's memory when they are listed, without end. Replacing an existing one still works.
-#[test]
-fn a_files_extended_attributes_are_bounded() {
-    let vol = MemVolume::new(small_cfg());
+fn a_files_extended_attributes_are_bounded(vol: &dyn Remountable) {
     let fs = vol.mount();
     let (ino, _) = create(&fs, "f");
     let mut stored = 0;
@@ -634,3 +609,41 @@ fn a_files_extended_attributes_are_bounded() {
         .unwrap();
     assert!(fs.listxattr(ino).unwrap().len() <= 65536);
 }
+
+/// Bytes of block content the volume stores.
+fn stored_bytes(fs: &Fs) -> u64 {
+    common::DiskVolume::stored_bytes(fs.store().as_ref())
+}
+
+/// Each test above, on a fresh volume of each production stack.
+macro_rules! over_every_stack {
+    ($($stack:ident),*; $tests:tt) => {
+        $(over_every_stack!(@one $stack $tests);)*
+    };
+    (@one $stack:ident [$($test:ident),* $(,)?]) => {
+        #[allow(non_snake_case)]
+        mod $stack {
+            use super::*;
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&StackVolume::new(Stack::$stack, small_cfg()));
+                }
+            )*
+        }
+    };
+}
+
+over_every_stack!(Embedded, EmbeddedReplicated, Postgres, PostgresS3, PostgresS3Writeback; [
+    link_counts_and_times_follow_posix,
+    names_are_checked,
+    rename_replace_noreplace_exchange_and_loops,
+    readdir_meets_each_entry_once_while_entries_are_renamed_away_and_back,
+    readdir_offsets_stay_valid_while_the_directory_changes,
+    setattr_truncate_and_times,
+    xattrs_with_flags_and_limits,
+    holes_seek_and_fallocate,
+    copy_file_range_shares_blocks,
+    concurrent_creates_renames_and_links_keep_counts_consistent,
+    a_files_extended_attributes_are_bounded,
+]);

@@ -1254,8 +1254,8 @@ mod tests {
 #[cfg(test)]
 mod pg_tests {
     use super::*;
+    use crate::meta::Timestamp;
     use crate::meta::pg::PgMetaStore;
-    use crate::meta::{Timestamp, conformance};
     use std::time::Instant;
 
     fn fresh_database() -> String {
@@ -1323,12 +1323,6 @@ mod pg_tests {
         );
         n.size = size;
         n
-    }
-
-    #[test]
-    fn conformance_through_the_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        conformance::run_all(cached(&fresh_database(), dir.path()));
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! a conflict) and writes it back. Scans (`list_dir`, `extents`) are therefore guarded by the inode.
 
 pub mod cached;
-pub mod conformance;
 mod journal;
 mod layer;
 mod mirror;

@@ -984,7 +984,7 @@ mod tests {
     #[test]
     fn conformance() {
         let store = Arc::new(PgMetaStore::connect(&fresh_database()).unwrap());
-        super::super::conformance::run_all(store);
+        crate::testkit::meta_conformance::run_all(store);
     }
 
     /// A write-behind journal replayed after a crash sends transactions the database already
@@ -1026,11 +1026,11 @@ mod tests {
         let url = fresh_database();
         let first = {
             let store = PgMetaStore::connect(&url).unwrap();
-            super::super::conformance::write_sample(&store);
+            crate::testkit::meta_conformance::write_sample(&store);
             store.allocate_ino().unwrap()
         };
         let store = PgMetaStore::connect(&url).unwrap();
-        super::super::conformance::check_sample(&store);
+        crate::testkit::meta_conformance::check_sample(&store);
         assert!(
             store.allocate_ino().unwrap() > first,
             "inode numbers are never reused"

@@ -875,14 +875,6 @@ impl MetaTxn for RocksTxn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-
-    #[test]
-    fn conformance() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(RocksMetaStore::open(dir.path()).unwrap());
-        super::super::conformance::run_all(store.clone());
-    }
 
     /// Internal entries (deletions and older versions) RocksDB steps over to answer `lookups`.
     fn stepped_over(store: &RocksMetaStore, lookups: &[(Ino, Range<u64>)]) -> (u64, usize) {
@@ -1079,11 +1071,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = {
             let store = RocksMetaStore::open(dir.path()).unwrap();
-            super::super::conformance::write_sample(&store);
+            crate::testkit::meta_conformance::write_sample(&store);
             store.allocate_ino().unwrap()
         };
         let store = RocksMetaStore::open(dir.path()).unwrap();
-        super::super::conformance::check_sample(&store);
+        crate::testkit::meta_conformance::check_sample(&store);
         assert!(
             store.allocate_ino().unwrap() > first,
             "inode numbers are never reused"

@@ -127,7 +127,7 @@ mod tests {
         {
             let meta = RocksMetaStore::open(dir.path()).unwrap();
             let store = meta.blocks();
-            crate::store::conformance::run_all(&store);
+            crate::testkit::block_conformance::run_all(&store);
             assert_eq!(
                 store.put(&key, &data).unwrap(),
                 crate::store::PutOutcome::Fresh

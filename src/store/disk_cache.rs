@@ -189,7 +189,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner = Arc::new(MemoryBlockStore::new());
         let cache = DiskCache::open(inner.clone(), dir.path(), 2500).unwrap();
-        crate::store::conformance::run_all(&cache);
+        crate::testkit::block_conformance::run_all(&cache);
         let (k1, d1) = block(1);
         let (k2, d2) = block(2);
         let (k3, d3) = block(3);

@@ -412,14 +412,14 @@ mod tests {
     fn conformance() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalBlockStore::open(dir.path()).unwrap();
-        super::super::conformance::run_all(&store);
+        crate::testkit::block_conformance::run_all(&store);
     }
 
     #[test]
     fn corrupt_file_is_an_error_not_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalBlockStore::open(dir.path()).unwrap();
-        super::super::conformance::corruption_is_detected(&store, &|key| {
+        crate::testkit::block_conformance::corruption_is_detected(&store, &|key| {
             let p = store.path_of(key);
             let mut data = fs::read(&p).unwrap();
             data[0] ^= 0xff;

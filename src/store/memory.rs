@@ -79,10 +79,10 @@ mod tests {
     #[test]
     fn conformance() {
         let store = std::sync::Arc::new(super::MemoryBlockStore::new());
-        super::super::conformance::run_all(store.as_ref());
-        super::super::conformance::concurrent_puts_are_safe(store.clone());
+        crate::testkit::block_conformance::run_all(store.as_ref());
+        crate::testkit::block_conformance::concurrent_puts_are_safe(store.clone());
         let s2 = store.clone();
-        super::super::conformance::corruption_is_detected(store.as_ref(), &move |k| {
+        crate::testkit::block_conformance::corruption_is_detected(store.as_ref(), &move |k| {
             s2.tamper(k, |b| b[0] ^= 1)
         });
     }

@@ -5,7 +5,6 @@
 //! (an I/O error to applications, and an error log), never wrong bytes.
 
 mod block_files;
-pub mod conformance;
 pub mod disk_cache;
 mod layer;
 pub mod local;

@@ -205,9 +205,11 @@ mod tests {
     #[test]
     fn conformance() {
         let s = store();
-        super::super::conformance::run_all(s.as_ref());
-        super::super::conformance::concurrent_puts_are_safe(s.clone());
+        crate::testkit::block_conformance::run_all(s.as_ref());
+        crate::testkit::block_conformance::concurrent_puts_are_safe(s.clone());
         let s2 = s.clone();
-        super::super::conformance::corruption_is_detected(s.as_ref(), &move |k| s2.tamper(k));
+        crate::testkit::block_conformance::corruption_is_detected(s.as_ref(), &move |k| {
+            s2.tamper(k)
+        });
     }
 }

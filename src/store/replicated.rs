@@ -214,7 +214,7 @@ mod tests {
         );
         let log = Arc::new(Log::default());
         let r = Replicated::new(vec![a.clone(), b.clone()], log.clone());
-        crate::store::conformance::run_all(&r);
+        crate::testkit::block_conformance::run_all(&r);
         let key = BlockKey::for_data(crate::domain::HashAlgo::Blake3, b"both");
         assert_eq!(r.put(&key, b"both").unwrap(), PutOutcome::Fresh);
         assert_eq!(b.get(&key).unwrap(), b"both", "written to every replica");

@@ -156,7 +156,7 @@ mod tests {
             Arc::new(MemoryBlockStore::new()),
         );
         let t = Tiered::new(small.clone(), large.clone(), 1000);
-        crate::store::conformance::run_all(&t);
+        crate::testkit::block_conformance::run_all(&t);
         let (a, b) = (vec![1u8; 999], vec![2u8; 1000]);
         let (ka, kb) = (
             BlockKey::for_data(HashAlgo::Blake3, &a),

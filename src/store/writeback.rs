@@ -32,6 +32,7 @@ pub type OnDuplicate = Box<dyn Fn(&BlockKey) + Send + Sync>;
 
 pub struct WriteBack {
     shared: Arc<Shared>,
+    uploaders: Vec<std::thread::JoinHandle<()>>,
 }
 
 struct Shared {
@@ -56,7 +57,10 @@ struct State {
     /// An unmount is waiting: no more delay.
     hurry: bool,
     uploading: usize,
+    /// The store is dropped: uploaders take no more blocks (those left are the next mount's).
     closing: bool,
+    /// Uploader threads not yet exited.
+    uploaders: usize,
 }
 
 impl WriteBack {
@@ -78,7 +82,10 @@ impl WriteBack {
         dir: &Path,
         on_duplicate: OnDuplicate,
     ) -> Result<WriteBack, StoreError> {
-        let mut state = State::default();
+        let mut state = State {
+            uploaders: UPLOADERS,
+            ..State::default()
+        };
         let (staging, found) = Staging::open(dir)?;
         for (key, loc) in found {
             state.staged.insert(key, loc);
@@ -100,18 +107,22 @@ impl WriteBack {
             on_duplicate,
             staging_failed: Default::default(),
         });
+        let mut uploaders = Vec::new();
         for n in 0..UPLOADERS {
             let shared = shared.clone();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("graviton-upload-{n}"))
                 .spawn(move || {
                     crate::background::lower_this_threads_priority();
-                    shared.upload_loop()
+                    shared.upload_loop();
+                    shared.lock().uploaders -= 1;
+                    shared.done.notify_all();
                 })
                 .map_err(|e| StoreError::io("write-back", "starting uploader threads", e))?;
+            uploaders.push(thread);
         }
         shared.report();
-        Ok(WriteBack { shared })
+        Ok(WriteBack { shared, uploaders })
     }
 
     /// Blocks still staged (waiting or being uploaded).
@@ -138,6 +149,9 @@ impl Shared {
                 let mut st = self.lock();
                 loop {
                     let now = Instant::now();
+                    if st.closing {
+                        return;
+                    }
                     match st.queue.front() {
                         Some(&(key, at)) if at <= now || st.hurry => {
                             st.queue.pop_front();
@@ -151,7 +165,6 @@ impl Shared {
                                 .expect("write-back state")
                                 .0;
                         }
-                        None if st.closing => return,
                         None => st = self.work.wait(st).expect("write-back state"),
                     }
                 }
@@ -350,10 +363,31 @@ impl super::StoreLayer for WriteBack {
     }
 }
 
+/// How long dropping the store waits for uploads in flight to end.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 impl Drop for WriteBack {
+    /// Stops the uploaders and waits for uploads in flight, so that what they hold (the store
+    /// below, the metadata the duplicate hook marks) is released with the store.
     fn drop(&mut self) {
-        self.shared.lock().closing = true;
-        self.shared.work.notify_all();
+        let s = &self.shared;
+        let mut st = s.lock();
+        st.closing = true;
+        s.work.notify_all();
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while st.uploaders > 0 && Instant::now() < deadline {
+            st = s
+                .done
+                .wait_timeout(st, Duration::from_millis(200))
+                .expect("write-back state")
+                .0;
+        }
+        if st.uploaders == 0 {
+            drop(st);
+            for t in self.uploaders.drain(..) {
+                let _ = t.join();
+            }
+        }
     }
 }
 

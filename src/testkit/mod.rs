@@ -1,8 +1,10 @@
 //! Test support, built only for tests (`cargo test`, or the `testkit` feature for the
-//! integration tests in `tests/`): a fault-injecting block store layer, and the scratch
-//! servers the test command starts.
+//! integration tests in `tests/`): the conformance suites of both ports, a fault-injecting
+//! block store layer, and the scratch servers the test command starts.
 
+pub mod block_conformance;
 mod faulty_store;
+pub mod meta_conformance;
 
 pub use faulty_store::FaultyStore;
 

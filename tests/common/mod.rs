@@ -5,6 +5,7 @@ pub mod mounted;
 pub mod pg_server;
 pub mod relay;
 pub mod scrape;
+pub mod stacks;
 
 use std::path::Path;
 use std::sync::Arc;
