@@ -27,6 +27,8 @@ scripts/install.sh
 source scripts/pg.sh
 # an S3-compatible server on loopback (sets GRAVITON_TEST_S3 and test credentials)
 source scripts/s3.sh
+# a test that needs the servers fails when one is missing (a plain `cargo test` skips it)
+export GRAVITON_TEST_SERVERS=required
 
 # whatever happens, leave no test mount behind
 cleanup() {

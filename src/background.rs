@@ -1,7 +1,7 @@
 //! Threads that work behind the application's back (the write-behind applier, the write-back
 //! uploaders) yield the CPU to the threads answering it: on a small machine they otherwise
-//! compete with FUSE replies for the same cores (a listing timed while 2,000 creates were being
-//! sent to PostgreSQL took about a third longer).
+//! compete with FUSE replies for the same cores, and a listing slows while creates are being
+//! sent to PostgreSQL.
 
 /// Lowers the calling thread's scheduling priority (nice 10). Best effort: a failure only
 /// leaves the thread at normal priority.

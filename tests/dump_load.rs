@@ -163,6 +163,7 @@ fn fill(m: &Mounted) {
 
 #[test]
 fn a_volume_moves_from_rocksdb_to_postgres_and_back() {
+    graviton::needs_servers!();
     let rocks = Mounted::new(&[], "");
     fill(&rocks);
     let before = snapshot(&rocks.mnt);
@@ -275,6 +276,7 @@ fn a_cut_short_or_foreign_dump_changes_nothing() {
 /// dumped volume kept in the block store.
 #[test]
 fn small_blocks_kept_in_the_database_travel_in_the_dump() {
+    graviton::needs_servers!();
     let s3 = common::mounted::s3_scratch_url();
     let m = Mounted::new_pg_with_store("", Some(&s3));
     let (small, large) = (random_bytes(5, 5_000), random_bytes(6, 300_000));

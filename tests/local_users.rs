@@ -135,6 +135,7 @@ fn an_existing_volume_open_to_others_is_tightened_when_mounted() {
 
 #[test]
 fn nobody_reads_a_postgresql_volumes_staged_blocks_caches_or_state() {
+    graviton::needs_servers!();
     let marker = "MARKER-52be09-postgres";
     let mut m = Mounted::new_pg_with_store("", Some("postgres"));
     m.unmount();
@@ -295,6 +296,7 @@ fn graviton_without_home(args: &[&str], cwd: &Path, extra_env: &[(&str, &Path)])
 
 #[test]
 fn a_mount_without_home_keeps_its_state_in_var_lib_and_refuses_a_planted_folder() {
+    graviton::needs_servers!();
     let url = graviton::testkit::scratch_database();
     let dir = tempfile::Builder::new()
         .prefix("graviton-test")

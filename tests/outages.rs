@@ -1,6 +1,7 @@
-//! Outages of a block store, injected in-process through the fault layer
-//! (`testkit::FaultyStore`) under the production retry layer: the filesystem core over
-//! RocksDB metadata and blocks in memory, no mount and no server.
+//! Outages injected in-process through the fault layers: of a block store
+//! (`testkit::FaultyStore`, under the production retry layer) and of the metadata engine's
+//! commits (`testkit::FaultyMeta`). The filesystem core over RocksDB metadata and blocks in
+//! memory, no mount and no server.
 
 mod common;
 
@@ -12,7 +13,7 @@ use graviton::meta::{MetaStore, ROOT_INO, RocksMetaStore};
 use graviton::retry::Backoff;
 use graviton::store::retrying::Retrying;
 use graviton::store::{BlockStore, MemoryBlockStore, Transience};
-use graviton::testkit::FaultyStore;
+use graviton::testkit::{CommitFault, FaultyMeta, FaultyStore};
 use graviton::vfs::{Fs, FsConfig, OpenFlags};
 
 /// A volume whose blocks pass through the fault layer, then the retry layer with `patience`.
@@ -44,6 +45,25 @@ impl Volume {
         };
         let store = Arc::new(Retrying::new(self.faults.clone(), quick, self.patience));
         Fs::new(meta, store, cfg).expect("fs")
+    }
+
+    /// `mount`, with the metadata engine's commits through the fault layer.
+    fn mount_with_commit_faults(&self, cfg: FsConfig) -> (Fs, Arc<FaultyMeta>) {
+        let engine: Arc<dyn MetaStore> =
+            Arc::new(RocksMetaStore::open(self.dir.path().join("meta")).expect("open meta"));
+        let faults = Arc::new(FaultyMeta::new(engine));
+        let fs = Fs::new(faults.clone(), self.faults.clone(), cfg).expect("fs");
+        (fs, faults)
+    }
+
+    /// Every extent the metadata holds for `ino` names a block the store has.
+    fn assert_blocks_stored(&self, fs: &Fs, ino: u64) {
+        let mut tx = fs.meta().read().unwrap();
+        let extents = tx.extents(ino, 0..u64::MAX).unwrap();
+        assert!(!extents.is_empty());
+        for e in extents {
+            assert!(self.blocks.exists(&e.key).unwrap(), "{ino}: {e:?}");
+        }
     }
 }
 
@@ -156,4 +176,56 @@ fn a_power_cut_after_an_fsync_loses_no_block_the_metadata_names() {
         }
     }
     assert!(fs.lookup(ROOT_INO, b"f7").is_ok());
+}
+
+/// Commits refused while the engine is away: the fsync is EIO, and a mount that ends while
+/// they still are leaves the file as its last commit made it, naming only stored blocks.
+#[test]
+fn refused_commits_fail_the_fsync_and_leave_the_last_committed_content() {
+    let vol = Volume::new(Duration::from_secs(20));
+    let (fs, faults) = vol.mount_with_commit_faults(small_cfg());
+    let (ino, fh) = create(&fs, "f");
+    let first = random_bytes(20, 150_000);
+    write_all(&fs, fh, 0, &first, 65536);
+    fs.fsync(fh).unwrap();
+    write_all(&fs, fh, 0, &random_bytes(21, 150_000), 65536);
+    faults.fail_next_commits(1_000, CommitFault::Refused);
+    let e = fs.fsync(fh).expect_err("the engine refuses every commit");
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    let _ = fs.release(fh);
+    drop(fs);
+    assert!(faults.pending_faults() > 0, "the mount ended while refused");
+    drop(faults);
+
+    let fs = vol.mount(small_cfg());
+    vol.assert_blocks_stored(&fs, ino);
+    let fh = fs.open(ino, OpenFlags::READ).unwrap();
+    assert!(
+        read_all(&fs, fh, 0, first.len() as u64) == first,
+        "the first version"
+    );
+}
+
+/// A commit the engine applied but whose answer was lost on the way back: the data is
+/// committed again (the same bytes at the same place), and the file names only stored blocks.
+#[test]
+fn a_commit_whose_answer_was_lost_keeps_the_data_and_its_blocks() {
+    let vol = Volume::new(Duration::from_secs(20));
+    let (fs, faults) = vol.mount_with_commit_faults(small_cfg());
+    let (ino, fh) = create(&fs, "f");
+    let data = random_bytes(22, 200_000);
+    write_all(&fs, fh, 0, &data, 65536);
+    faults.fail_next_commits(1, CommitFault::AnswerLost);
+    let e = fs.fsync(fh).expect_err("the answer was lost");
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    fs.fsync(fh).expect("committed again");
+    fs.release(fh).unwrap();
+    drop(fs);
+    drop(faults);
+
+    let fs = vol.mount(small_cfg());
+    vol.assert_blocks_stored(&fs, ino);
+    assert_eq!(fs.getattr(ino).unwrap().size, data.len() as u64);
+    let fh = fs.open(ino, OpenFlags::READ).unwrap();
+    assert!(read_all(&fs, fh, 0, data.len() as u64) == data);
 }

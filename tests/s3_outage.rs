@@ -124,6 +124,7 @@ impl Drop for Server {
 
 #[test]
 fn a_write_loop_rides_out_twenty_seconds_without_s3() {
+    graviton::needs_servers!();
     let server = Server::new();
     let m = Mounted::new_pg_with_store("", Some(&server.url()));
     let dir: PathBuf = m.path("loop");
@@ -173,6 +174,7 @@ fn a_write_loop_rides_out_twenty_seconds_without_s3() {
 /// (another machine: no staging folder) reads every byte.
 #[test]
 fn writeback_writes_complete_without_s3_and_reach_it_later() {
+    graviton::needs_servers!();
     let server = Server::new();
     let m = Mounted::new_pg_with_store("writeback", Some(&server.url()));
     let dir: PathBuf = m.path("wb");

@@ -31,6 +31,7 @@ fn mount_elsewhere(source: &str) -> Option<String> {
 
 #[test]
 fn a_writeback_mount_has_the_volume_to_itself_and_its_journal_survives_a_kill() {
+    graviton::needs_servers!();
     let m = Mounted::new_pg_with_store("writeback", Some(&s3_scratch_url()));
     let dir = m.path("d");
     std::fs::create_dir(&dir).unwrap();
@@ -79,6 +80,7 @@ fn a_writeback_mount_has_the_volume_to_itself_and_its_journal_survives_a_kill() 
 /// PostgreSQL right after the writes, dump missed them and fsck judged an older tree).
 #[test]
 fn fsck_and_dump_run_in_the_writeback_mount_and_see_its_journal() {
+    graviton::needs_servers!();
     // the daemon logs the requests it runs (nextest gives each test a process of its own)
     // SAFETY: no other thread of this test process reads the environment yet
     unsafe { std::env::set_var("GRAVITON_LOG", "graviton::daemon::control=info") };

@@ -34,11 +34,9 @@ pub struct FormatArgs {
 }
 
 /// Blocks kept in S3: each GET and PUT has a cost and a latency of its own, so blocks are
-/// larger (AWS suggests 8 or 16 MiB per ranged GET). Measured on PostgreSQL + S3 (s3rver):
-/// 1 MiB -> 4 MiB: sequential reads 254-310 -> 321-329 MB/s, sequential writes 145 -> 186
-/// MiB/s. 4 MiB -> 8 MiB: sequential reads 312-337 -> 364-449 MiB/s (s3rver's CPU per 256 MiB
-/// 0.71-0.87 -> 0.53-0.74 s); writes and 4 KiB random writes unchanged; a cold 4 KiB read
-/// fetches twice the bytes (one GET took 24-28 ms instead of 14-16).
+/// larger (AWS suggests 8 or 16 MiB per ranged GET). On PostgreSQL + S3, sequential reads and
+/// writes gain from 1 MiB up to 8 MiB while random writes do not change; the price is a cold
+/// small read, which fetches more bytes (`bench/probe-object-size.sh`, `bench/bench-s3.sh`).
 const S3_CHUNKER: Chunker = Chunker::Fixed(8 << 20);
 
 /// Blocks kept in the database of a PostgreSQL volume with blocks in S3: the size below which

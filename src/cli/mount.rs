@@ -119,8 +119,8 @@ const MALLOC_TUNABLES: &str = "GLIBC_TUNABLES";
 
 /// The daemon's glibc tunables: the caller's, plus transparent huge pages for malloc's heap
 /// (`glibc.malloc.hugetlb=1`) unless the caller chose otherwise. Blocks and dirty spans are
-/// megabytes each, and faulting their memory in 4 KiB pages cost a tenth of a sequential
-/// read's CPU: with huge pages, 0.40-0.42 -> 0.34-0.36 s for 256 MiB.
+/// megabytes each, and faulting their memory in 4 KiB pages costs a sequential read a
+/// noticeable share of its CPU.
 fn malloc_tunables(inherited: Option<String>) -> String {
     match inherited {
         Some(t) if t.contains("glibc.malloc.hugetlb") => t,

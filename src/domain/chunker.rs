@@ -19,7 +19,7 @@ pub enum Chunker {
 
 /// Graviton's default: fixed 1 MiB blocks, cut at file offsets. Whole-file copies dedup exactly
 /// and cutting costs nothing; FastCDC (`fastcdc-256k-1m-4m`) also dedups shifted content, but
-/// its rolling hash took a fifth of the write path's CPU in our profile (docs/benchmarks.md).
+/// its rolling hash is a large share of the write path's CPU.
 pub const DEFAULT_CHUNKER: Chunker = Chunker::Fixed(1 << 20);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -45,10 +45,8 @@ impl HashAlgo {
         match self {
             // One thread per block: the write path already hashes a flush's blocks on threads of
             // their own, and reads hash as the bytes arrive. Spreading each block over rayon's
-            // pool as well cost a sequential write through `-o writeback` a fifth of its speed
-            // (median 738 against 928 MiB/s over 7 alternated runs, daemon CPU 0.29-0.46
-            // against 0.25-0.35 s): the pool's threads spin while they wait for work, on cores
-            // the writer needs.
+            // pool as well slows a sequential write through `-o writeback`: the pool's threads
+            // spin while they wait for work, on cores the writer needs.
             HashAlgo::Blake3 => *blake3::hash(data).as_bytes(),
             HashAlgo::Sha256 => sha2::Sha256::digest(data).into(),
         }

@@ -1087,47 +1087,7 @@ impl CachedTxn<'_> {
     }
 }
 
-impl MetaRead for CachedTxn<'_> {
-    fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
-        self.tx().inode(ino)
-    }
-    fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
-        self.tx().dirent(parent, name)
-    }
-    fn inode_and_dirent(
-        &mut self,
-        dir: Ino,
-        name: &[u8],
-    ) -> MetaResult<(Option<Inode>, Option<DirEntry>)> {
-        self.tx().inode_and_dirent(dir, name)
-    }
-    fn list_dir(
-        &mut self,
-        parent: Ino,
-        after: u64,
-        limit: usize,
-    ) -> MetaResult<Vec<(Vec<u8>, DirEntry)>> {
-        self.tx().list_dir(parent, after, limit)
-    }
-    fn dir_is_empty(&mut self, dir: Ino) -> MetaResult<bool> {
-        self.tx().dir_is_empty(dir)
-    }
-    fn extents(&mut self, ino: Ino, range: Range<u64>) -> MetaResult<Vec<Extent>> {
-        self.tx().extents(ino, range)
-    }
-    fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
-        self.tx().xattr(ino, name)
-    }
-    fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
-        self.tx().xattr_names(ino)
-    }
-    fn inode_numbers(&mut self) -> MetaResult<Vec<(Ino, bool)>> {
-        self.tx().inode_numbers()
-    }
-    fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>> {
-        self.tx().symlink_target(ino)
-    }
-}
+super::layer::forward_reads!(CachedTxn<'_>, self => self.tx());
 
 impl CachedTxn<'_> {
     /// Notes an inode written in a way the cache does not replay.
@@ -1327,6 +1287,7 @@ mod pg_tests {
 
     #[test]
     fn another_mounts_writes_reach_the_cache() {
+        crate::needs_servers!();
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let a = cached(&url, dir.path());
@@ -1378,6 +1339,7 @@ mod pg_tests {
     /// and they match the engine.
     #[test]
     fn own_commits_are_written_through() {
+        crate::needs_servers!();
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let a = cached(&url, dir.path());
@@ -1442,6 +1404,7 @@ mod pg_tests {
     /// that way, creating a file in a fan-out directory it had just made).
     #[test]
     fn a_listing_read_before_a_change_never_hides_the_change() {
+        crate::needs_servers!();
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let a = cached(&url, dir.path());
@@ -1600,6 +1563,7 @@ mod pg_tests {
 
     #[test]
     fn a_reader_that_sees_a_commits_inode_sees_its_extents() {
+        crate::needs_servers!();
         let (_dir, a, x, _) = cache_with_a_mapped_file();
         // a rewrite commits, and its write-through is held where it has written the cache
         let [writer_at] = hold(&a, ["writer"]);
@@ -1631,6 +1595,7 @@ mod pg_tests {
 
     #[test]
     fn an_extent_lookup_racing_an_invalidation_finds_the_map() {
+        crate::needs_servers!();
         let (_dir, a, x, e) = cache_with_a_mapped_file();
         // a lookup finds the map cached, and is held there
         let [reader_at] = hold(&a, ["reader"]);
@@ -1648,6 +1613,7 @@ mod pg_tests {
 
     #[test]
     fn a_map_read_while_an_invalidation_is_written_is_never_cached_empty() {
+        crate::needs_servers!();
         let (_dir, a, x, e) = cache_with_a_mapped_file();
         a.cache.invalidate(&[x]);
         // an invalidation of x (from the change feed) has taken its new generation...
@@ -1673,6 +1639,7 @@ mod pg_tests {
 
     #[test]
     fn a_reopened_cache_catches_up_with_changes_made_while_it_was_closed() {
+        crate::needs_servers!();
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let b = PgMetaStore::connect(&url).unwrap();

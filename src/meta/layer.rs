@@ -153,3 +153,60 @@ impl<L: MetaLayer> MetaStore for L {
         MetaLayer::revalidate(self, ino)
     }
 }
+
+/// `impl MetaRead for $ty`, every read going to the transaction the type wraps: `$s => $inner`
+/// names `self` and the expression of it that gives that transaction.
+macro_rules! forward_reads {
+    ($ty:ty, $s:ident => $inner:expr) => {
+        impl $crate::meta::MetaRead for $ty {
+            fn inode(&mut $s, ino: $crate::meta::Ino) -> $crate::meta::MetaResult<Option<$crate::meta::Inode>> {
+                $inner.inode(ino)
+            }
+            fn dirent(
+                &mut $s,
+                parent: $crate::meta::Ino,
+                name: &[u8],
+            ) -> $crate::meta::MetaResult<Option<$crate::meta::DirEntry>> {
+                $inner.dirent(parent, name)
+            }
+            fn inode_and_dirent(
+                &mut $s,
+                dir: $crate::meta::Ino,
+                name: &[u8],
+            ) -> $crate::meta::MetaResult<(Option<$crate::meta::Inode>, Option<$crate::meta::DirEntry>)> {
+                $inner.inode_and_dirent(dir, name)
+            }
+            fn list_dir(
+                &mut $s,
+                parent: $crate::meta::Ino,
+                after: u64,
+                limit: usize,
+            ) -> $crate::meta::MetaResult<Vec<(Vec<u8>, $crate::meta::DirEntry)>> {
+                $inner.list_dir(parent, after, limit)
+            }
+            fn dir_is_empty(&mut $s, dir: $crate::meta::Ino) -> $crate::meta::MetaResult<bool> {
+                $inner.dir_is_empty(dir)
+            }
+            fn extents(
+                &mut $s,
+                ino: $crate::meta::Ino,
+                range: std::ops::Range<u64>,
+            ) -> $crate::meta::MetaResult<Vec<$crate::domain::Extent>> {
+                $inner.extents(ino, range)
+            }
+            fn xattr(&mut $s, ino: $crate::meta::Ino, name: &[u8]) -> $crate::meta::MetaResult<Option<Vec<u8>>> {
+                $inner.xattr(ino, name)
+            }
+            fn xattr_names(&mut $s, ino: $crate::meta::Ino) -> $crate::meta::MetaResult<Vec<Vec<u8>>> {
+                $inner.xattr_names(ino)
+            }
+            fn symlink_target(&mut $s, ino: $crate::meta::Ino) -> $crate::meta::MetaResult<Option<Vec<u8>>> {
+                $inner.symlink_target(ino)
+            }
+            fn inode_numbers(&mut $s) -> $crate::meta::MetaResult<Vec<($crate::meta::Ino, bool)>> {
+                $inner.inode_numbers()
+            }
+        }
+    };
+}
+pub(crate) use forward_reads;

@@ -11,7 +11,7 @@
 
 pub mod cached;
 mod journal;
-mod layer;
+pub(crate) mod layer;
 mod mirror;
 mod overlay;
 pub mod pg;

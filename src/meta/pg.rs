@@ -983,6 +983,7 @@ mod tests {
 
     #[test]
     fn conformance() {
+        crate::needs_servers!();
         let store = Arc::new(PgMetaStore::connect(&fresh_database()).unwrap());
         crate::testkit::meta_conformance::run_all(store);
     }
@@ -992,6 +993,7 @@ mod tests {
     /// across a rename within a directory (which keeps the entry's cookie).
     #[test]
     fn transactions_sent_again_in_order_end_where_they_did() {
+        crate::needs_servers!();
         use crate::meta::{DirEntry, FileKind, Inode, ROOT_INO, Timestamp};
         let store = PgMetaStore::connect(&fresh_database()).unwrap();
         let x = store.allocate_ino().unwrap();
@@ -1023,6 +1025,7 @@ mod tests {
 
     #[test]
     fn records_survive_reconnect_and_migrations_run_once() {
+        crate::needs_servers!();
         let url = fresh_database();
         let first = {
             let store = PgMetaStore::connect(&url).unwrap();

@@ -1,8 +1,8 @@
 //! Per-thread PostgreSQL connections. The core calls the metadata engine from its own threads
 //! (FUSE readers, blocking pool) and waits for each answer. Driving a statement on the calling
 //! thread, with a connection and a single-threaded runtime of its own, costs one wake-up per
-//! round trip instead of three hops through a shared runtime: `SELECT 1` went from 177 µs to
-//! 76 µs on this machine. The pool (with its waiting and retrying) remains the fallback when a
+//! round trip instead of three hops through a shared runtime, which more than doubled a short
+//! statement's latency. The pool (with its waiting and retrying) remains the fallback when a
 //! thread has no connection, the cap is reached, or the server is unreachable.
 
 use std::cell::RefCell;

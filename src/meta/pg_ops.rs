@@ -1,7 +1,7 @@
 //! The JSON argument of `graviton_apply` (migrations/0004): a transaction's queued writes, each
-//! `{"op": name, "v": row}`, written straight into one text buffer as they are queued. (Built
-//! as `serde_json::Value` trees first, the maps' allocations and their formatting took about
-//! half the CPU time of sending write-behind batches.)
+//! `{"op": name, "v": row}`, written straight into one text buffer as they are queued, without
+//! `serde_json::Value` trees, whose allocations would dominate the CPU time of sending
+//! write-behind batches.
 
 use serde::{Serialize, Serializer};
 

@@ -51,8 +51,7 @@ const MEMTABLE_BYTES: usize = 8 << 20;
 /// One memtable of the extents column family: small, because a lookup in a memtable steps
 /// over every older version and deletion of the keys in its range (a file under random
 /// updates leaves many), and flushing drops the versions and, once compacted, the deletions.
-/// A seeded random-update run (`bench/random-updates.py`) took 24.6 s with 8 MiB, 14.7 s
-/// with 1 MiB, 13.6 s with 256 KiB.
+/// `bench/random-updates.py` measures the effect.
 const EXTENTS_MEMTABLE_BYTES: usize = 1 << 20;
 /// RocksDB's block cache (decoded table blocks, and the tables' index blocks), shared by every
 /// column family.

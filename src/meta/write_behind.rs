@@ -959,6 +959,7 @@ mod tests {
     /// Every read answered from pending records merged with the engine's.
     #[test]
     fn conformance_with_nothing_applied() {
+        crate::needs_servers!();
         let dir = tempfile::tempdir().unwrap();
         let wb = WriteBehind::open_paused(pg(&fresh_database()), dir.path(), "test").unwrap();
         let store: Arc<dyn MetaStore> = Arc::new(wb);
@@ -978,6 +979,7 @@ mod tests {
     /// read the same once everything is applied.
     #[test]
     fn pending_records_merge_with_applied_ones() {
+        crate::needs_servers!();
         use crate::domain::{BlockKey, HashAlgo};
         use crate::meta::{FileKind, Timestamp};
         let dir = tempfile::tempdir().unwrap();
@@ -1088,6 +1090,7 @@ mod tests {
 
     #[test]
     fn a_killed_mounts_journal_reaches_the_engine_at_the_next_open() {
+        crate::needs_servers!();
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         {
@@ -1112,6 +1115,7 @@ mod tests {
 
     #[test]
     fn another_live_mount_keeps_write_behind_out() {
+        crate::needs_servers!();
         let url = fresh_database();
         let info = |mp: &str| crate::meta::SessionInfo {
             host: "h".into(),

@@ -204,6 +204,7 @@ mod tests {
 
     #[test]
     fn conformance() {
+        crate::needs_servers!();
         let s = store();
         crate::testkit::block_conformance::run_all(s.as_ref());
         crate::testkit::block_conformance::concurrent_puts_are_safe(s.clone());

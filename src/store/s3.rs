@@ -381,7 +381,7 @@ impl S3BlockStore {
             if if_absent {
                 req = req.if_none_match("*");
             }
-            // The payload is not signed: SigV4's SHA-256 of every block took a quarter of the
+            // The payload is not signed: SigV4's SHA-256 of every block is a large share of the
             // daemon's CPU in sequential writes. The body's CRC32 (the SDK's default request
             // checksum) still lets the server refuse a damaged upload, and every read checks
             // the block against its key.
@@ -846,6 +846,7 @@ mod server_tests {
     /// over the S3 stacks in `tests/stacks.rs`).
     #[test]
     fn corruption_is_detected() {
+        crate::needs_servers!();
         let store = Arc::new(S3BlockStore::open(&scratch_url()).unwrap());
         let root = std::path::PathBuf::from(
             std::env::var("GRAVITON_TEST_S3_ROOT").expect("GRAVITON_TEST_S3_ROOT"),
@@ -865,6 +866,7 @@ mod server_tests {
     /// it, damage in it is an error, and an object without group hashes is read whole.
     #[test]
     fn parts_of_large_blocks_are_ranged_gets_checked_against_group_hashes() {
+        crate::needs_servers!();
         let log = Arc::new(SseHeaders::default());
         let shared = aws_sdk_s3::config::SharedInterceptor::new(LogRef(log.clone()));
         let store = S3BlockStore::build(&scratch_url(), Some(shared)).unwrap();
@@ -930,6 +932,7 @@ mod server_tests {
 
     #[test]
     fn an_unreachable_server_fails_after_its_retry_time_without_secrets() {
+        crate::needs_servers!();
         let store = crate::store::retrying::Retrying::new(
             Arc::new(S3BlockStore::open("s3://b?endpoint=http://127.0.0.1:1").unwrap()),
             crate::retry::Backoff::S3,
@@ -1022,6 +1025,7 @@ mod server_tests {
 
     #[test]
     fn uploads_carry_the_requested_encryption_headers() {
+        crate::needs_servers!();
         let put = |q: &str| {
             sse_requests(q)
                 .into_iter()
@@ -1050,6 +1054,7 @@ mod server_tests {
 
     #[test]
     fn uploads_carry_a_checksum_instead_of_a_signed_payload_hash() {
+        crate::needs_servers!();
         let sent = sse_requests("region=us-east-1");
         // (the first PUT may be the conditional-PUT probe)
         let put = &sent.iter().rfind(|(m, _)| m == "PUT").expect("a PUT").1;
@@ -1065,6 +1070,7 @@ mod server_tests {
 
     #[test]
     fn sse_c_sends_the_customer_key_on_every_request() {
+        crate::needs_servers!();
         let key = base64_encode(&[3u8; 32]);
         // this test runs in a process of its own (nextest)
         // SAFETY: no other thread of this process reads the environment meanwhile.
@@ -1094,6 +1100,7 @@ mod server_tests {
 
     #[test]
     fn wrong_credentials_are_a_permanent_refusal_not_retried() {
+        crate::needs_servers!();
         // this test runs in a process of its own (nextest): its credentials are its own
         // SAFETY: no other thread of this process reads the environment meanwhile.
         unsafe { std::env::set_var("AWS_SECRET_ACCESS_KEY", "not-the-secret") };

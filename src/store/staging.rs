@@ -11,10 +11,8 @@
 //!
 //! Records are written with `O_DIRECT` where the file system takes it: the header padded to a
 //! page, the bytes padded to a page multiple, so every record starts page-aligned ("GBK2"
-//! records). Through the page cache, each staged byte was copied into a page the kernel had to
-//! find and zero first; on this project's virtual machine that copy was half of the daemon's
-//! CPU in a sequential write, and a 256 MiB buffered write ran at 270-360 MiB/s against
-//! 1,110-1,170 direct. Where `O_DIRECT` is refused (tmpfs), records go through the page cache,
+//! records). Through the page cache, each staged byte is copied into a page the kernel has to
+//! find and zero first, which can be most of the daemon's CPU in a sequential write. Where `O_DIRECT` is refused (tmpfs), records go through the page cache,
 //! unpadded ("GBK1", the older layout; a folder may hold both).
 
 use std::collections::{HashMap, HashSet};
@@ -434,7 +432,7 @@ impl Staging {
 
 /// Starts writing a record to the disk without waiting, so an fsync after a long stream of
 /// writes waits for the last blocks only rather than for everything staged since the last one
-/// (fio's 256 MiB sequential write: its final fsync took 0.13 s of 0.42). Failure is harmless:
+/// (otherwise a large share of a sequential write's time). Failure is harmless:
 /// `sync` still writes whatever this did not. (The local store does the same for its files.)
 pub(super) fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;

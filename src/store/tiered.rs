@@ -3,7 +3,7 @@
 //!
 //! A PostgreSQL volume with blocks in S3 keeps blocks under 64 KiB in its database: a small
 //! file's close then costs one INSERT on the connection the metadata already uses, instead of
-//! an S3 PUT (about 2-5 ms on a loopback S3 server, far more on a real one). The price is
+//! an S3 PUT (milliseconds even on a loopback S3 server, far more on a real one). The price is
 //! database space: small blocks are a small share of most volumes' bytes, and `format
 //! --small-blocks 0` turns it off.
 //!

@@ -1,12 +1,62 @@
 //! Test support, built only for tests (`cargo test`, or the `testkit` feature for the
-//! integration tests in `tests/`): the conformance suites of both ports, a fault-injecting
-//! block store layer, and the scratch servers the test command starts.
+//! integration tests in `tests/`): the conformance suites of both ports, fault-injecting
+//! layers for both, and the scratch servers the test command starts.
 
 pub mod block_conformance;
+mod faulty_meta;
 mod faulty_store;
 pub mod meta_conformance;
 
+pub use faulty_meta::{CommitFault, FaultyMeta};
 pub use faulty_store::FaultyStore;
+
+/// What `scripts/test.sh` sets once it has started the test servers (PostgreSQL and an
+/// S3-compatible server, and the programs of both for tests that start their own).
+const SERVER_VARS: [&str; 5] = [
+    "GRAVITON_TEST_PG",
+    "GRAVITON_PG_BIN",
+    "GRAVITON_TEST_S3",
+    "GRAVITON_TEST_S3_ROOT",
+    "GRAVITON_S3_BIN",
+];
+
+/// Whether the test servers are there. Without them (a plain `cargo test`) a test that needs
+/// them is skipped and says so on the terminal; under `scripts/test.sh`, which sets
+/// `GRAVITON_TEST_SERVERS=required`, a missing server fails it instead.
+pub fn servers_present() -> bool {
+    let missing: Vec<&str> = SERVER_VARS
+        .into_iter()
+        .filter(|v| std::env::var_os(v).is_none_or(|x| x.is_empty()))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    if std::env::var("GRAVITON_TEST_SERVERS").as_deref() == Ok("required") {
+        panic!(
+            "{test} needs the test servers: {} not set",
+            missing.join(", ")
+        );
+    }
+    // straight to the terminal: the harness hides what a passing test prints
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped {test}: needs the test servers (scripts/test.sh starts them)"
+    );
+    false
+}
+
+/// Returns from the calling test when the test servers are missing ([`servers_present`]).
+#[macro_export]
+macro_rules! needs_servers {
+    () => {
+        if !$crate::testkit::servers_present() {
+            return;
+        }
+    };
+}
 
 /// The PostgreSQL server `scripts/test.sh` starts (`GRAVITON_TEST_PG`), if any.
 pub fn pg_server() -> Option<String> {

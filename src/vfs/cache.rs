@@ -58,10 +58,8 @@ impl BlockCache {
     /// not cached, until `PARTS_BEFORE_WHOLE` parts of it were fetched; the next read fetches
     /// it whole (and caches it). Sparse reads of a large file (a database's lookups) then
     /// fetch a few hundred KiB each instead of a whole block, and a block read in many places
-    /// costs one small GET more. With 4 parts before the whole block, 200 random 4 KiB reads
-    /// of a 1 GiB file took 6.8-9.6 ms each (against 16.9-18.8 with whole blocks only), but
-    /// 4 KiB random reads of all of it ran at 82-114 MiB/s against 177-179; with 1 part,
-    /// 12.7-14.4 ms and 153-175 MiB/s (`bench/probe-s3.sh randr`, RAND_MB=1024, RAND_IOS).
+    /// costs one small GET more. More parts before the whole block make sparse reads faster and
+    /// reads of a whole file in random order slower (`bench/probe-s3.sh randr` measures both).
     pub fn take_part(&self, key: &BlockKey) -> bool {
         if self.contains(key) {
             return false;

@@ -222,7 +222,7 @@ impl Fs {
 /// Drops from the block cache the whole blocks a sequential run has read, once the run is
 /// `DROP_BEHIND` past their end (so no late read of theirs is still coming): the kernel's page
 /// cache holds those bytes, and keeping another copy here took fresh memory for every block
-/// read (a tenth of a sequential read's CPU went to page faults). Their freed buffers take the
+/// read, and page faults cost a sequential read CPU. Their freed buffers take the
 /// next blocks read ahead. Blocks read in part, or by random reads, stay cached.
 fn forget_streamed(core: &Core, ra: &mut ReadAhead, extents: &[Extent], read: Range<u64>) {
     if !ra.continues(read.start) || !ra.is_sequential() {

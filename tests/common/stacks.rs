@@ -28,6 +28,13 @@ pub enum Stack {
     PostgresS3Writeback,
 }
 
+impl Stack {
+    /// Whether the stack needs the servers `scripts/test.sh` starts (PostgreSQL, S3).
+    pub fn needs_servers(self) -> bool {
+        self != Stack::Embedded
+    }
+}
+
 /// A volume on one stack, formatted in a folder of its own (or a scratch database).
 pub struct StackVolume {
     pub stack: Stack,
