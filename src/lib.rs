@@ -6,6 +6,7 @@ pub mod cli;
 pub mod daemon;
 pub mod domain;
 pub mod fuse;
+mod layer;
 pub mod maint;
 pub mod meta;
 pub mod metrics;

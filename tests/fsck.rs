@@ -58,11 +58,7 @@ fn fsck_finds_a_missing_block_a_corrupt_block_and_a_dangling_entry() {
     {
         let vol = Volume::open(&Source::parse(&m.source)).unwrap();
         let mut tx = vol.meta.begin().unwrap();
-        let ghost = DirEntry {
-            ino: 999_999,
-            kind: FileKind::File,
-            cookie: 1_000_000,
-        };
+        let ghost = DirEntry::new(999_999, FileKind::File, 1_000_000);
         tx.put_dirent(ROOT_INO, b"ghost", &ghost).unwrap();
         tx.commit().unwrap();
     }

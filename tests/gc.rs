@@ -180,35 +180,21 @@ fn gc_of_an_embedded_volume_mounted_or_not_deletes_exactly_the_unreferenced_bloc
 /// A store where gc deletes a block the moment a writer's store finds it already there.
 struct GcRightAfterTheDuplicate(graviton::store::MemoryBlockStore);
 
-impl graviton::store::BlockStore for GcRightAfterTheDuplicate {
-    fn backend(&self) -> &'static str {
-        "memory"
+impl graviton::store::StoreLayer for GcRightAfterTheDuplicate {
+    fn inner(&self) -> &dyn graviton::store::BlockStore {
+        &self.0
     }
     fn put(
         &self,
         key: &BlockKey,
         data: &[u8],
     ) -> Result<graviton::store::PutOutcome, graviton::store::StoreError> {
+        use graviton::store::BlockStore;
         let outcome = self.0.put(key, data)?;
         if outcome == graviton::store::PutOutcome::Duplicate {
             self.0.delete(key)?;
         }
         Ok(outcome)
-    }
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, graviton::store::StoreError> {
-        self.0.get_unverified(key)
-    }
-    fn exists(&self, key: &BlockKey) -> Result<bool, graviton::store::StoreError> {
-        self.0.exists(key)
-    }
-    fn delete(&self, key: &BlockKey) -> Result<(), graviton::store::StoreError> {
-        self.0.delete(key)
-    }
-    fn list(&self) -> Result<Vec<BlockKey>, graviton::store::StoreError> {
-        self.0.list()
-    }
-    fn sync(&self) -> Result<(), graviton::store::StoreError> {
-        self.0.sync()
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::stacks::{Remountable, Stack, StackVolume};
 use common::{CTX, create, random_bytes, small_cfg, write_all};
 use graviton::meta::{FileKind, Inode, ROOT_INO};
-use graviton::vfs::{FallocateMode, Fs, FsError, RenameFlags, SetAttr, TimeSet, Whence, XattrSet};
+use graviton::vfs::{
+    Caller, FallocateMode, Fs, FsError, RenameFlags, SetAttr, TimeSet, Whence, XattrSet,
+};
 
 fn pause() {
     std::thread::sleep(Duration::from_millis(15));
@@ -611,6 +613,77 @@ fn a_files_extended_attributes_are_bounded(vol: &dyn Remountable) {
     assert!(fs.listxattr(ino).unwrap().len() <= 65536);
 }
 
+/// setuid/setgid go when a caller without CAP_FSETID writes or truncates, and at any chown;
+/// a caller with it keeps them, and setgid without group-execute stays for a writer in the
+/// file's group (as on ext4).
+fn privileges_are_dropped_by_unprivileged_changes_and_chown(vol: &dyn Remountable) {
+    let fs = vol.mount();
+    let (ino, fh) = create(&fs, "f");
+    write_all(&fs, fh, 0, b"#!/bin/sh\n", 64);
+    let chmod = |mode: u32| {
+        let set = SetAttr {
+            mode: Some(mode),
+            ..Default::default()
+        };
+        fs.setattr(ino, set).unwrap();
+    };
+    let perm = || fs.getattr(ino).unwrap().perm;
+    let user = Caller::new(1000, 1000, std::process::id());
+    let outsider = Caller::new(2000, 2000, u32::MAX);
+    let root = Caller::new(0, 0, std::process::id());
+
+    chmod(0o6755);
+    assert!(!fs.written_by(ino, &root).unwrap(), "root keeps them");
+    assert_eq!(perm(), 0o6755);
+    assert!(fs.written_by(ino, &user).unwrap());
+    assert_eq!(
+        perm(),
+        0o755,
+        "a write drops both (setgid with group-execute)"
+    );
+
+    chmod(0o2644);
+    assert!(!fs.written_by(ino, &user).unwrap());
+    assert_eq!(
+        perm(),
+        0o2644,
+        "setgid without group-execute stays for the group"
+    );
+    assert!(fs.written_by(ino, &outsider).unwrap());
+    assert_eq!(perm(), 0o644, "but not for a writer outside the group");
+
+    chmod(0o6755);
+    let truncate = SetAttr {
+        size: Some(3),
+        ..Default::default()
+    };
+    assert_eq!(fs.setattr_by(ino, truncate, &root).unwrap().perm, 0o6755);
+    assert_eq!(fs.setattr_by(ino, truncate, &user).unwrap().perm, 0o755);
+
+    chmod(0o6755);
+    let chown = SetAttr {
+        uid: Some(1000),
+        ..Default::default()
+    };
+    assert_eq!(
+        fs.setattr_by(ino, chown, &root).unwrap().perm,
+        0o755,
+        "any chown drops them"
+    );
+    let chmod_too = SetAttr {
+        mode: Some(0o4755),
+        ..chown
+    };
+    assert_eq!(
+        fs.setattr_by(ino, chmod_too, &user).unwrap().perm,
+        0o4755,
+        "a change that sets the mode keeps what it sets"
+    );
+    fs.release(fh).unwrap();
+    drop(fs);
+    assert_eq!(vol.mount().getattr(ino).unwrap().perm, 0o4755, "committed");
+}
+
 /// Bytes of block content the volume stores.
 fn stored_bytes(fs: &Fs) -> u64 {
     common::DiskVolume::stored_bytes(fs.store().as_ref())
@@ -650,4 +723,5 @@ over_every_stack!(Embedded, EmbeddedReplicated, Postgres, PostgresS3, PostgresS3
     copy_file_range_shares_blocks,
     concurrent_creates_renames_and_links_keep_counts_consistent,
     a_files_extended_attributes_are_bounded,
+    privileges_are_dropped_by_unprivileged_changes_and_chown,
 ]);

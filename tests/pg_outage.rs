@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::pg_server::Server;
 use common::relay::Relay;
 use common::{CTX, small_cfg};
+use graviton::meta::prelude::*;
 use graviton::meta::{MetaStore, PgMetaStore, ROOT_INO, SessionInfo};
 use graviton::store::MemoryBlockStore;
 use graviton::vfs::{Fs, OpenFlags};

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use common::pg_server::Server;
 use common::relay::Relay;
 use common::{CTX, small_cfg};
-use graviton::meta::{
-    Ino, LockKind, LockRequest, MetaStore, PgMetaStore, ROOT_INO, SessionInfo, TO_EOF,
-};
+use graviton::meta::prelude::*;
+use graviton::meta::{Ino, LockKind, LockRequest, PgMetaStore, ROOT_INO, SessionInfo, TO_EOF};
 use graviton::store::MemoryBlockStore;
 use graviton::vfs::{Fs, FsError, OpenFlags};
 

@@ -97,16 +97,20 @@ pub enum OptionError {
     },
 }
 
+fn bad(name: &str, value: impl ToString, why: &'static str) -> OptionError {
+    OptionError::BadValue {
+        name: name.into(),
+        value: value.to_string(),
+        why,
+    }
+}
+
 fn number<T: std::str::FromStr>(
     name: &str,
     value: &str,
     why: &'static str,
 ) -> Result<T, OptionError> {
-    value.parse().map_err(|_| OptionError::BadValue {
-        name: name.into(),
-        value: value.into(),
-        why,
-    })
+    value.parse().map_err(|_| bad(name, value, why))
 }
 
 /// A number (`unit` says what one looks like) within `range` (`why` says which, for errors).
@@ -119,11 +123,7 @@ fn number_in<T: std::str::FromStr + PartialOrd + ToString>(
 ) -> Result<T, OptionError> {
     let n: T = number(name, value, unit)?;
     if !range.contains(&n) {
-        return Err(OptionError::BadValue {
-            name: name.into(),
-            value: n.to_string(),
-            why,
-        });
+        return Err(bad(name, n, why));
     }
     Ok(n)
 }
@@ -199,11 +199,7 @@ impl MountOptions {
                 "cache_dir" | "cache-dir" => {
                     let dir = std::path::PathBuf::from(need()?);
                     if !dir.is_absolute() {
-                        return Err(OptionError::BadValue {
-                            name: name.into(),
-                            value: dir.display().to_string(),
-                            why: "an absolute path",
-                        });
+                        return Err(bad(name, dir.display(), "an absolute path"));
                     }
                     self.cache_dir = Some(dir);
                 }
@@ -211,25 +207,9 @@ impl MountOptions {
                 "metrics" => {
                     self.metrics = Some(number(name, need()?, "an address like 127.0.0.1:9100")?)
                 }
-                "pg_wait" => {
-                    let secs: u64 = number_in(
-                        name,
-                        need()?,
-                        1..=86_400,
-                        "whole seconds",
-                        "1 to 86400 seconds",
-                    )?;
-                    self.pg_wait = Duration::from_secs(secs);
-                }
+                "pg_wait" => self.pg_wait = seconds(name, need()?, 86_400, "1 to 86400 seconds")?,
                 "session_timeout" => {
-                    let secs: u64 = number_in(
-                        name,
-                        need()?,
-                        1..=3600,
-                        "whole seconds",
-                        "1 to 3600 seconds",
-                    )?;
-                    self.session_timeout = Duration::from_secs(secs);
+                    self.session_timeout = seconds(name, need()?, 3600, "1 to 3600 seconds")?
                 }
                 "gc_every" => {
                     self.gc_every = Some(match need()? {
@@ -245,11 +225,7 @@ impl MountOptions {
                         "on" => true,
                         "off" => false,
                         _ => {
-                            return Err(OptionError::BadValue {
-                                name: name.into(),
-                                value: value.unwrap_or_default().into(),
-                                why: "on or off",
-                            });
+                            return Err(bad(name, value.unwrap_or_default(), "on or off"));
                         }
                     };
                     match name {
@@ -264,15 +240,21 @@ impl MountOptions {
     }
 }
 
+/// Whole seconds from 1 to `max` (`why` says so, for errors).
+fn seconds(name: &str, value: &str, max: u64, why: &'static str) -> Result<Duration, OptionError> {
+    let secs = number_in(name, value, 1..=max, "whole seconds", why)?;
+    Ok(Duration::from_secs(secs))
+}
+
 /// A duration like `1h` or `30m` of at least `min`.
 fn duration(name: &str, value: &str, min: Duration) -> Result<Duration, OptionError> {
     match humantime::parse_duration(value) {
         Ok(d) if d >= min => Ok(d),
-        _ => Err(OptionError::BadValue {
-            name: name.into(),
-            value: value.into(),
-            why: "a duration like 1h or 30m (gc_every: at least 1s, or off; gc_grace: at least 1m)",
-        }),
+        _ => Err(bad(
+            name,
+            value,
+            "a duration like 1h or 30m (gc_every: at least 1s, or off; gc_grace: at least 1m)",
+        )),
     }
 }
 

@@ -231,7 +231,7 @@ impl Filesystem for GravitonFuse {
             // the kernel drops the inode: it asks for it by number (lookup of ".")
             | InitFlags::FUSE_EXPORT_SUPPORT;
         // The filesystem clears setuid/setgid on write, truncate and chown itself
-        // (`Fs::drop_privileges`): otherwise the kernel asks for security.capability before
+        // (`Fs::written_by`, `Fs::setattr_by`): otherwise the kernel asks for security.capability before
         // every write, a FUSE round trip that halved 4 KiB random write throughput.
         let wanted = wanted | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let wanted = if self.write_cache {
@@ -301,20 +301,14 @@ impl Filesystem for GravitonFuse {
             ctime: ctime.map(Timestamp::from),
         };
         let ttl = self.ttl;
-        // FUSE_HANDLE_KILLPRIV_V2: a truncate by a caller without CAP_FSETID (taken as
-        // non-root) and a chown clear setuid/setgid here (the kernel no longer sends the mode)
-        let truncate = set.size.is_some() && req.uid() != 0;
-        let kill = truncate || set.uid.is_some() || set.gid.is_some();
-        let caller = truncate.then(|| caller(req));
+        // FUSE_HANDLE_KILLPRIV_V2: the core drops setuid/setgid (the kernel no longer sends
+        // the mode)
+        let caller = caller(req);
         let times_only =
             set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.size.is_none();
         let write_cache = self.write_cache;
         self.inline_unless_pending(op, ino, set.size.is_some(), move |fs| {
-            let set = match kill {
-                true => fs.without_privileges(ino.0, set, caller.as_ref()),
-                false => Ok(set),
-            };
-            match set.and_then(|set| fs.setattr(ino.0, set)) {
+            match fs.setattr_by(ino.0, set, &caller) {
                 Ok(i) => reply.attr(&ttl, &attr(&i)),
                 // With the write cache, the kernel writes back the times of a file it still
                 // holds, also after the file was unlinked and closed (syncfs does): nothing is
@@ -516,11 +510,14 @@ impl Filesystem for GravitonFuse {
                 // (`vfs::append`): the kernel's size and any pages it cached there are stale
                 inval_range(&self.notifier, ino, placed, data.len());
             }
-            // FUSE_HANDLE_KILLPRIV_V2: the writer lacks CAP_FSETID. The reply carries no
-            // attributes, so the kernel's cached mode is dropped (as fallocate does).
-            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-                && self.fs.drop_privileges(ino.0, &caller(req))?
-            {
+            // FUSE_HANDLE_KILLPRIV_V2: the kernel says whether the writer lacks CAP_FSETID.
+            // The reply carries no attributes, so the kernel's cached mode is dropped (as
+            // fallocate does).
+            let writer = Caller {
+                fsetid: !write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+                ..caller(req)
+            };
+            if self.fs.written_by(ino.0, &writer)? {
                 inval_attributes(&self.notifier, ino);
             }
             Ok(data.len())
@@ -850,10 +847,9 @@ impl Filesystem for GravitonFuse {
         reply: ReplyEmpty,
     ) {
         // As a write does (ext4 too, in every mode): an unprivileged caller's fallocate drops
-        // setuid/setgid. FUSE does not say whether the caller has CAP_FSETID; root is taken to.
-        // The reply carries no attributes: the kernel's cached mode is dropped instead
-        // (attributes only, no pages, so no lock the fallocate holds is needed).
-        let unprivileged = (req.uid() != 0).then(|| caller(req));
+        // setuid/setgid. The reply carries no attributes: the kernel's cached mode is dropped
+        // instead (attributes only, no pages, so no lock the fallocate holds is needed).
+        let caller = caller(req);
         let notifier = self.notifier.clone();
         let capacity = self.capacity_path.clone();
         self.background(op("fallocate"), move |fs| {
@@ -863,14 +859,11 @@ impl Filesystem for GravitonFuse {
                     false => fs.check_space(length, capacity.as_deref()).map(|()| m),
                 })
                 .and_then(|m| fs.fallocate(ino.0, offset, length, m))
-                .and_then(|()| match &unprivileged {
-                    Some(c) => fs.drop_privileges(ino.0, c).map(drop),
-                    None => Ok(()),
-                });
-            if unprivileged.is_some() {
+                .and_then(|()| fs.written_by(ino.0, &caller));
+            if let Ok(true) = r {
                 inval_attributes(&notifier, ino);
             }
-            Self::empty(reply, r)
+            Self::empty(reply, r.map(drop))
         });
     }
 
@@ -913,20 +906,23 @@ impl Filesystem for GravitonFuse {
     ) {
         let len = len.min(u32::MAX as u64 & !4095);
         // A write into the target, as ext4 makes it: an unprivileged caller's copy drops
-        // setuid/setgid (FUSE_HANDLE_KILLPRIV_V2 leaves that to us; root is taken to have
-        // CAP_FSETID), and the kernel's cached mode is dropped, as fallocate does.
-        let unprivileged = (req.uid() != 0).then(|| caller(req));
+        // setuid/setgid (FUSE_HANDLE_KILLPRIV_V2 leaves that to us), and the kernel's cached
+        // mode is dropped, as fallocate does.
+        let caller = caller(req);
         let notifier = self.notifier.clone();
         self.background(op("copy_file_range"), move |fs| {
             let copied = fs
                 .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-                .and_then(|n| match &unprivileged {
-                    Some(c) if n > 0 => fs.drop_privileges(ino_out.0, c).map(|_| n),
-                    _ => Ok(n),
+                .and_then(|n| match n {
+                    0 => Ok((0, false)),
+                    n => fs
+                        .written_by(ino_out.0, &caller)
+                        .map(|changed| (n, changed)),
                 });
-            if unprivileged.is_some() {
+            if let Ok((_, true)) = copied {
                 inval_attributes(&notifier, ino_out);
             }
+            let copied = copied.map(|(n, _)| n);
             match copied {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(errno(&e)),
@@ -935,12 +931,9 @@ impl Filesystem for GravitonFuse {
     }
 }
 
-/// The caller of `req`, for the setgid rule of writes (`vfs::Caller`).
+/// The caller of `req`, for the rule that drops setuid/setgid (`vfs::Caller`).
 fn caller(req: &Request) -> Caller {
-    Caller {
-        gid: req.gid(),
-        pid: req.pid(),
-    }
+    Caller::new(req.uid(), req.gid(), req.pid())
 }
 
 /// Drops the kernel's cached attributes of `ino` after a change a reply does not carry

@@ -288,11 +288,7 @@ fn lost_found(tx: &mut dyn MetaTxn, vol: &Volume) -> anyhow::Result<Ino> {
     tx.put_dirent(
         ROOT_INO,
         LOST_FOUND,
-        &DirEntry {
-            ino: dir.ino,
-            kind: FileKind::Dir,
-            cookie,
-        },
+        &DirEntry::new(dir.ino, FileKind::Dir, cookie),
     )?;
     Ok(dir.ino)
 }
@@ -319,11 +315,7 @@ fn apply(vol: &Volume, fix: &Fix) -> anyhow::Result<()> {
             tx.put_dirent(
                 lf,
                 format!("#{ino}").as_bytes(),
-                &DirEntry {
-                    ino: *ino,
-                    kind: inode.kind,
-                    cookie,
-                },
+                &DirEntry::new(*ino, inode.kind, cookie),
             )?;
         }
         Fix::DropEntry { dir, name } => tx.delete_dirent(*dir, name)?,

@@ -332,18 +332,9 @@ mod tests {
         writer: Option<Vec<u8>>,
     }
 
-    impl BlockStore for WriterDuringTheDeletion {
-        fn backend(&self) -> &'static str {
-            "test"
-        }
-        fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-            self.inner.put(key, data)
-        }
-        fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
-            self.inner.get_unverified(key)
-        }
-        fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
-            self.inner.exists(key)
+    impl crate::store::StoreLayer for WriterDuringTheDeletion {
+        fn inner(&self) -> &dyn BlockStore {
+            self.inner.as_ref()
         }
         fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {
             if let Some(data) = &self.writer {
@@ -353,12 +344,6 @@ mod tests {
                     .unwrap();
             }
             self.inner.delete(key)
-        }
-        fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
-            self.inner.list()
-        }
-        fn sync(&self) -> Result<(), StoreError> {
-            self.inner.sync()
         }
     }
 

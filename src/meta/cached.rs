@@ -3,7 +3,7 @@
 //! kept across remounts.
 //!
 //! Validity. Every committed write transaction, on any mount, names the inodes it wrote (see
-//! `pg_shared`); entries are grouped by inode, and a change to an inode drops its group (its
+//! `pg_shared_volume`); entries are grouped by inode, and a change to an inode drops its group (its
 //! attributes, its entries if it is a directory, its extents, xattrs and target).
 //! - This mount's own writes drop their groups right after they commit.
 //! - Other mounts' writes arrive on the change feed within milliseconds.
@@ -32,8 +32,8 @@ use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch};
 use super::mirror::{EntryChange, Mirror, Token};
 use super::types::FIRST_COOKIE;
 use super::{
-    Change, DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn,
-    SharedVolume,
+    Change, DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaRecords, MetaResult,
+    MetaStore, MetaTxn, SharedVolume,
 };
 use crate::domain::extent::Splice;
 use crate::domain::key::KEY_BYTES;
@@ -98,10 +98,7 @@ fn corrupt(what: &str) -> MetaError {
 }
 
 fn cache_err(e: rocksdb::Error) -> MetaError {
-    MetaError::Backend {
-        engine: "rocksdb cache",
-        message: e.to_string(),
-    }
+    MetaError::backend("rocksdb cache", e)
 }
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
@@ -629,10 +626,7 @@ impl CachedMeta {
             let thread = std::thread::Builder::new()
                 .name("graviton-metacache".into())
                 .spawn(move || follow(engine, c, feed))
-                .map_err(|e| MetaError::Backend {
-                    engine: "rocksdb cache",
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| MetaError::backend("rocksdb cache", e))?;
             follower = Some((stop, thread));
         }
         Ok(CachedMeta {
@@ -1194,11 +1188,7 @@ mod tests {
             (b"user.b".to_vec(), vec![0, 1, 2]),
         ];
         assert_eq!(decode_xattrs(&encode_xattrs(&xattrs)).unwrap(), xattrs);
-        let e = DirEntry {
-            ino: 77,
-            kind: FileKind::Symlink,
-            cookie: 12,
-        };
+        let e = DirEntry::new(77, FileKind::Symlink, 12);
         assert_eq!(
             decode_listed(&encode_listed(b"name", &e)).unwrap(),
             (b"name".to_vec(), e)
@@ -1216,6 +1206,7 @@ mod pg_tests {
     use super::*;
     use crate::meta::Timestamp;
     use crate::meta::pg::PgMetaStore;
+    use crate::meta::prelude::*;
     use std::time::Instant;
 
     fn fresh_database() -> String {
@@ -1295,11 +1286,7 @@ mod pg_tests {
         start_session(&b);
         let (d, x) = (b.allocate_ino().unwrap(), b.allocate_ino().unwrap());
         let mut parent = Inode::new(d, FileKind::Dir, 0o755, 0, 0, Timestamp::default());
-        let entry = |ino, cookie| DirEntry {
-            ino,
-            kind: FileKind::File,
-            cookie,
-        };
+        let entry = |ino, cookie| DirEntry::new(ino, FileKind::File, cookie);
         let mut tx = b.begin().unwrap();
         tx.put_inode(&parent).unwrap();
         tx.put_inode(&file(x, 1)).unwrap();
@@ -1349,11 +1336,7 @@ mod pg_tests {
             "a new directory's (empty) listing is known without asking the engine"
         );
         assert!(a.read().unwrap().list_dir(d, 0, 10).unwrap().is_empty());
-        let entry = |ino, cookie| DirEntry {
-            ino,
-            kind: FileKind::File,
-            cookie,
-        };
+        let entry = |ino, cookie| DirEntry::new(ino, FileKind::File, cookie);
         for (i, name) in [b"a", b"b", b"c"].iter().enumerate() {
             let x = a.allocate_ino().unwrap();
             assert!(a.read().unwrap().dirent(d, *name).unwrap().is_none());
@@ -1433,11 +1416,7 @@ mod pg_tests {
             Timestamp::default(),
         ))
         .unwrap();
-        let entry = DirEntry {
-            ino: e1,
-            kind: FileKind::Dir,
-            cookie: 3,
-        };
+        let entry = DirEntry::new(e1, FileKind::Dir, 3);
         tx.put_dirent(d, b"e1", &entry).unwrap();
         tx.commit().unwrap();
         a.cache.invalidate(&[d]);

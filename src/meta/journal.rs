@@ -101,10 +101,7 @@ fn corrupt(what: &str) -> MetaError {
 }
 
 fn io_err(what: &str, e: std::io::Error) -> MetaError {
-    MetaError::Backend {
-        engine: "write-behind journal",
-        message: format!("{what}: {e}"),
-    }
+    MetaError::backend("write-behind journal", format!("{what}: {e}"))
 }
 
 impl Op {
@@ -141,11 +138,11 @@ impl Op {
     }
 
     pub fn decode_dirent(ino: Ino, kind: u8, cookie: u64) -> MetaResult<DirEntry> {
-        Ok(DirEntry {
+        Ok(DirEntry::new(
             ino,
-            kind: FileKind::from_tag(kind).ok_or_else(|| corrupt("entry kind"))?,
+            FileKind::from_tag(kind).ok_or_else(|| corrupt("entry kind"))?,
             cookie,
-        })
+        ))
     }
 
     /// Performs the write in `tx`.

@@ -1,156 +1,44 @@
-//! A metadata store on top of another, overriding only what it changes: every operation it
-//! does not implement goes to the store below (`cached::CachedMeta`, `write_behind::WriteBehind`).
+//! A metadata store on top of another (`crate::layer`): `cached::CachedMeta`,
+//! `write_behind::WriteBehind`.
 
 use super::{
-    Ino, Inode, MetaRead, MetaResult, MetaStore, MetaTxn, SessionInfo, SharedVolume, Usage,
+    Ino, Inode, MetaRead, MetaRecords, MetaResult, MetaStore, MetaTxn, MountSessions, SessionInfo,
+    SharedVolume, Usage, VolumeIndex,
 };
 use crate::domain::BlockKey;
 
-/// A layer of the metadata stack. Every type that implements it is a [`MetaStore`].
-pub trait MetaLayer: Send + Sync {
-    /// The store below.
-    fn inner(&self) -> &dyn MetaStore;
-
-    fn engine(&self) -> &'static str {
-        self.inner().engine()
-    }
-    fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>> {
-        self.inner().begin()
-    }
-    fn read(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
-        self.inner().read()
-    }
-    fn snapshot(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
-        self.inner().snapshot()
-    }
-    fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
-        self.inner().read_inode(ino)
-    }
-    fn allocate_ino(&self) -> MetaResult<Ino> {
-        self.inner().allocate_ino()
-    }
-    fn reserve_inos_through(&self, last: Ino) -> MetaResult<()> {
-        self.inner().reserve_inos_through(last)
-    }
-    fn orphans(&self) -> MetaResult<Vec<Ino>> {
-        self.inner().orphans()
-    }
-    fn setting(&self, name: &str) -> MetaResult<Option<String>> {
-        self.inner().setting(name)
-    }
-    fn put_setting(&self, name: &str, value: &str) -> MetaResult<()> {
-        self.inner().put_setting(name, value)
-    }
-    fn kv_get(&self, key: &str) -> MetaResult<Option<Vec<u8>>> {
-        self.inner().kv_get(key)
-    }
-    fn kv_put(&self, key: &str, value: &[u8]) -> MetaResult<()> {
-        self.inner().kv_put(key, value)
-    }
-    fn kv_delete(&self, key: &str) -> MetaResult<()> {
-        self.inner().kv_delete(key)
-    }
-    fn kv_scan(&self, prefix: &str) -> MetaResult<Vec<(String, Vec<u8>)>> {
-        self.inner().kv_scan(prefix)
-    }
-    fn is_referenced(&self, key: &BlockKey) -> MetaResult<bool> {
-        self.inner().is_referenced(key)
-    }
-    fn referenced_among(&self, keys: &[BlockKey]) -> MetaResult<Vec<BlockKey>> {
-        self.inner().referenced_among(keys)
-    }
-    fn referenced_blocks(&self) -> MetaResult<Vec<BlockKey>> {
-        self.inner().referenced_blocks()
-    }
-    fn usage(&self) -> MetaResult<Usage> {
-        self.inner().usage()
-    }
-    fn sync(&self) -> MetaResult<()> {
-        self.inner().sync()
-    }
-    fn begin_session(&self, info: &SessionInfo) -> MetaResult<()> {
-        self.inner().begin_session(info)
-    }
-    fn end_session(&self) {
-        self.inner().end_session()
-    }
-    fn shared(&self) -> Option<&dyn SharedVolume> {
-        self.inner().shared()
-    }
-    fn revalidate(&self, ino: Ino) -> MetaResult<bool> {
-        self.inner().revalidate(ino)
-    }
-}
-
-impl<L: MetaLayer> MetaStore for L {
-    fn engine(&self) -> &'static str {
-        MetaLayer::engine(self)
-    }
-    fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>> {
-        MetaLayer::begin(self)
-    }
-    fn read(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
-        MetaLayer::read(self)
-    }
-    fn snapshot(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
-        MetaLayer::snapshot(self)
-    }
-    fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
-        MetaLayer::read_inode(self, ino)
-    }
-    fn allocate_ino(&self) -> MetaResult<Ino> {
-        MetaLayer::allocate_ino(self)
-    }
-    fn reserve_inos_through(&self, last: Ino) -> MetaResult<()> {
-        MetaLayer::reserve_inos_through(self, last)
-    }
-    fn orphans(&self) -> MetaResult<Vec<Ino>> {
-        MetaLayer::orphans(self)
-    }
-    fn setting(&self, name: &str) -> MetaResult<Option<String>> {
-        MetaLayer::setting(self, name)
-    }
-    fn put_setting(&self, name: &str, value: &str) -> MetaResult<()> {
-        MetaLayer::put_setting(self, name, value)
-    }
-    fn kv_get(&self, key: &str) -> MetaResult<Option<Vec<u8>>> {
-        MetaLayer::kv_get(self, key)
-    }
-    fn kv_put(&self, key: &str, value: &[u8]) -> MetaResult<()> {
-        MetaLayer::kv_put(self, key, value)
-    }
-    fn kv_delete(&self, key: &str) -> MetaResult<()> {
-        MetaLayer::kv_delete(self, key)
-    }
-    fn kv_scan(&self, prefix: &str) -> MetaResult<Vec<(String, Vec<u8>)>> {
-        MetaLayer::kv_scan(self, prefix)
-    }
-    fn is_referenced(&self, key: &BlockKey) -> MetaResult<bool> {
-        MetaLayer::is_referenced(self, key)
-    }
-    fn referenced_among(&self, keys: &[BlockKey]) -> MetaResult<Vec<BlockKey>> {
-        MetaLayer::referenced_among(self, keys)
-    }
-    fn referenced_blocks(&self) -> MetaResult<Vec<BlockKey>> {
-        MetaLayer::referenced_blocks(self)
-    }
-    fn usage(&self) -> MetaResult<Usage> {
-        MetaLayer::usage(self)
-    }
-    fn sync(&self) -> MetaResult<()> {
-        MetaLayer::sync(self)
-    }
-    fn begin_session(&self, info: &SessionInfo) -> MetaResult<()> {
-        MetaLayer::begin_session(self, info)
-    }
-    fn end_session(&self) {
-        MetaLayer::end_session(self)
-    }
-    fn shared(&self) -> Option<&dyn SharedVolume> {
-        MetaLayer::shared(self)
-    }
-    fn revalidate(&self, ino: Ino) -> MetaResult<bool> {
-        MetaLayer::revalidate(self, ino)
+crate::layer::layer_trait! {
+    /// A layer of the metadata stack. Every type that implements it is a [`MetaStore`].
+    pub trait MetaLayer: MetaStore {
+        impl MetaRecords {
+        fn engine(&self) -> &'static str;
+        fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>>;
+        fn read(&self) -> MetaResult<Box<dyn MetaRead + '_>>;
+        fn snapshot(&self) -> MetaResult<Box<dyn MetaRead + '_>>;
+        fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>>;
+        fn allocate_ino(&self) -> MetaResult<Ino>;
+        fn reserve_inos_through(&self, last: Ino) -> MetaResult<()>;
+        fn orphans(&self) -> MetaResult<Vec<Ino>>;
+        fn usage(&self) -> MetaResult<Usage>;
+        fn sync(&self) -> MetaResult<()>;
+        }
+        impl VolumeIndex {
+        fn setting(&self, name: &str) -> MetaResult<Option<String>>;
+        fn put_setting(&self, name: &str, value: &str) -> MetaResult<()>;
+        fn kv_get(&self, key: &str) -> MetaResult<Option<Vec<u8>>>;
+        fn kv_put(&self, key: &str, value: &[u8]) -> MetaResult<()>;
+        fn kv_delete(&self, key: &str) -> MetaResult<()>;
+        fn kv_scan(&self, prefix: &str) -> MetaResult<Vec<(String, Vec<u8>)>>;
+        fn is_referenced(&self, key: &BlockKey) -> MetaResult<bool>;
+        fn referenced_among(&self, keys: &[BlockKey]) -> MetaResult<Vec<BlockKey>>;
+        fn referenced_blocks(&self) -> MetaResult<Vec<BlockKey>>;
+        }
+        impl MountSessions {
+        fn begin_session(&self, info: &SessionInfo) -> MetaResult<()>;
+        fn end_session(&self) -> ();
+        fn shared(&self) -> Option<&dyn SharedVolume>;
+        fn revalidate(&self, ino: Ino) -> MetaResult<bool>;
+        }
     }
 }
 

@@ -210,11 +210,7 @@ mod tests {
     use crate::meta::FileKind;
 
     fn entry(cookie: u64) -> DirEntry {
-        DirEntry {
-            ino: 100 + cookie,
-            kind: FileKind::File,
-            cookie,
-        }
+        DirEntry::new(100 + cookie, FileKind::File, cookie)
     }
 
     fn change(dir: Ino, old: Option<u64>, new: Option<(&[u8], DirEntry)>) -> EntryChange<'_> {

@@ -19,11 +19,11 @@ mod pg_conn;
 mod pg_holds;
 mod pg_ops;
 mod pg_session;
-mod pg_shared;
+mod pg_shared_volume;
 pub mod pins;
 pub mod rocks;
 pub mod rocks_blocks;
-mod shared;
+mod shared_volume;
 mod types;
 pub mod write_behind;
 
@@ -35,7 +35,7 @@ use crate::domain::{BlockKey, Extent};
 pub use layer::MetaLayer;
 pub use pg::PgMetaStore;
 pub use rocks::RocksMetaStore;
-pub use shared::{
+pub use shared_volume::{
     Change, ChangeSink, HeldLock, LockKind, LockRequest, SessionInfo, SessionRecord, SharedVolume,
     TO_EOF,
 };
@@ -60,7 +60,21 @@ pub enum MetaError {
     },
 }
 
+impl MetaError {
+    pub fn backend(engine: &'static str, message: impl std::fmt::Display) -> MetaError {
+        MetaError::Backend {
+            engine,
+            message: message.to_string(),
+        }
+    }
+}
+
 pub type MetaResult<T> = Result<T, MetaError>;
+
+/// The port's traits, for calling their methods on a concrete store (`use meta::prelude::*`).
+pub mod prelude {
+    pub use super::{MetaRecords as _, MountSessions as _, VolumeIndex as _};
+}
 
 /// Key-value prefix of `graviton gc`'s candidates: blocks seen unreferenced, with the time.
 pub const GC_CANDIDATE_PREFIX: &str = "gc/candidate/";
@@ -149,8 +163,15 @@ pub trait MetaTxn: MetaRead {
     fn commit(self: Box<Self>) -> MetaResult<()>;
 }
 
-/// A metadata engine.
-pub trait MetaStore: Send + Sync {
+/// A metadata engine: the filesystem's records, the volume's index, and mount sessions. Each
+/// concern is a trait of its own; a type with all three is a `MetaStore`.
+pub trait MetaStore: MetaRecords + VolumeIndex + MountSessions {}
+
+impl<T: MetaRecords + VolumeIndex + MountSessions> MetaStore for T {}
+
+/// Records and transactions: inodes, directory entries, extent maps, xattrs and symlinks, the
+/// inode numbers, and what they add up to.
+pub trait MetaRecords: Send + Sync {
     /// Short engine name for logs (`rocksdb`, `postgres`).
     fn engine(&self) -> &'static str;
     fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>>;
@@ -175,7 +196,15 @@ pub trait MetaStore: Send + Sync {
     /// Inodes marked with [`MetaTxn::add_orphan`] and not yet deleted, except those another
     /// live mount of a shared volume still has open.
     fn orphans(&self) -> MetaResult<Vec<Ino>>;
+    /// Counts of inodes and file bytes, for status reports.
+    fn usage(&self) -> MetaResult<Usage>;
+    /// Makes every committed transaction durable (survives power loss).
+    fn sync(&self) -> MetaResult<()>;
+}
 
+/// The volume's settings and key-value entries, and its block index: which blocks files
+/// reference (gc, the write path's dedup).
+pub trait VolumeIndex: Send + Sync {
     /// Volume settings (hash, chunker, format version…), written at format time.
     fn setting(&self, name: &str) -> MetaResult<Option<String>>;
     fn put_setting(&self, name: &str, value: &str) -> MetaResult<()>;
@@ -200,12 +229,11 @@ pub trait MetaStore: Send + Sync {
     }
     /// Every distinct block referenced by some extent, sorted.
     fn referenced_blocks(&self) -> MetaResult<Vec<BlockKey>>;
-    /// Counts of inodes and file bytes, for status reports.
-    fn usage(&self) -> MetaResult<Usage>;
+}
 
-    /// Makes every committed transaction durable (survives power loss).
-    fn sync(&self) -> MetaResult<()>;
-
+/// A mount's session with the engine and, on a volume several mounts share, what hangs on it
+/// (locks, the change feed, open-file holds: [`SharedVolume`]).
+pub trait MountSessions: Send + Sync {
     /// Starts this process's mount session: a no-op for an engine only one mount can open
     /// (RocksDB's file lock makes an embedded volume exclusive); on a shared engine it registers
     /// the mount, starts its heartbeat and its change feed (see [`SharedVolume`]).

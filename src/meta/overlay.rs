@@ -332,11 +332,7 @@ mod tests {
     use crate::meta::FileKind;
 
     fn entry(ino: Ino, cookie: u64) -> Option<DirEntry> {
-        Some(DirEntry {
-            ino,
-            kind: FileKind::File,
-            cookie,
-        })
+        Some(DirEntry::new(ino, FileKind::File, cookie))
     }
 
     fn listed(o: &Overlay, after: u64) -> Vec<(Vec<u8>, u64)> {

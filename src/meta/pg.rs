@@ -17,8 +17,8 @@ use sqlx::{Postgres, Row, Transaction};
 use super::pg_conn::{LocalConn, LocalConns};
 use super::pg_ops::{Ops, i};
 use super::{
-    DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn, Timestamp,
-    Usage,
+    DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaRecords, MetaResult, MetaTxn,
+    MountSessions, Timestamp, Usage, VolumeIndex,
 };
 use crate::domain::extent::Splice;
 use crate::domain::{BlockKey, Extent};
@@ -34,8 +34,8 @@ pub struct PgMetaStore {
     pub(super) rt: tokio::runtime::Runtime,
     /// Connections owned by the calling threads (the fast path; see `pg_conn`).
     local: Option<LocalConns>,
-    /// This mount's session, heartbeat, change feed and lock waiters (see `pg_shared`).
-    pub(super) shared: std::sync::Arc<super::pg_shared::SharedState>,
+    /// This mount's session, heartbeat, change feed and lock waiters (see `pg_shared_volume`).
+    pub(super) shared: std::sync::Arc<super::pg_shared_volume::SharedVolumeState>,
     /// (next inode to hand out, first inode not reserved)
     ino_range: Mutex<(Ino, Ino)>,
 }
@@ -69,10 +69,7 @@ pub(super) fn pg_err(e: sqlx::Error) -> MetaError {
         }
     }
     // sqlx errors name the failure, never the connection string or its password.
-    MetaError::Backend {
-        engine: "postgres",
-        message: e.to_string(),
-    }
+    MetaError::backend("postgres", e)
 }
 
 /// A failed COMMIT. When the server answered with an error, nothing was committed: a server
@@ -157,10 +154,7 @@ impl PgMetaStore {
             .thread_name("graviton-pg")
             .enable_all()
             .build()
-            .map_err(|e| MetaError::Backend {
-                engine: "postgres",
-                message: format!("starting its runtime: {e}"),
-            })?;
+            .map_err(|e| MetaError::backend("postgres", format!("starting its runtime: {e}")))?;
         let pool = rt
             .block_on(
                 PgPoolOptions::new()
@@ -170,10 +164,7 @@ impl PgMetaStore {
             )
             .map_err(pg_err)?;
         rt.block_on(MIGRATOR.run(&pool))
-            .map_err(|e| MetaError::Backend {
-                engine: "postgres",
-                message: format!("applying migrations: {e}"),
-            })?;
+            .map_err(|e| MetaError::backend("postgres", format!("applying migrations: {e}")))?;
         Ok(PgMetaStore {
             pool,
             retry_for: wait,
@@ -241,7 +232,7 @@ impl PgMetaStore {
     }
 }
 
-impl MetaStore for PgMetaStore {
+impl MetaRecords for PgMetaStore {
     fn engine(&self) -> &'static str {
         "postgres"
     }
@@ -329,6 +320,28 @@ impl MetaStore for PgMetaStore {
         Ok(rows.into_iter().map(|v| v as u64).collect())
     }
 
+    fn usage(&self) -> MetaResult<Usage> {
+        let q = sqlx::query(
+            "SELECT count(*) AS inodes, count(*) FILTER (WHERE kind = 0) AS files, \
+             count(*) FILTER (WHERE kind = 1) AS dirs, coalesce(sum(size) FILTER (WHERE kind = 0), 0)::bigint AS bytes \
+             FROM inodes",
+        );
+        let row = self.rt.block_on(q.fetch_one(&self.pool)).map_err(pg_err)?;
+        Ok(Usage {
+            inodes: row.get::<i64, _>("inodes") as u64,
+            files: row.get::<i64, _>("files") as u64,
+            directories: row.get::<i64, _>("dirs") as u64,
+            logical_bytes: row.get::<i64, _>("bytes") as u64,
+        })
+    }
+
+    fn sync(&self) -> MetaResult<()> {
+        // A committed PostgreSQL transaction is already durable (synchronous_commit).
+        Ok(())
+    }
+}
+
+impl VolumeIndex for PgMetaStore {
     fn setting(&self, name: &str) -> MetaResult<Option<String>> {
         self.retrying(async || {
             sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
@@ -426,27 +439,9 @@ impl MetaStore for PgMetaStore {
             .map(|k| BlockKey::from_bytes(k).ok_or_else(|| corrupt("block key")))
             .collect()
     }
+}
 
-    fn usage(&self) -> MetaResult<Usage> {
-        let q = sqlx::query(
-            "SELECT count(*) AS inodes, count(*) FILTER (WHERE kind = 0) AS files, \
-             count(*) FILTER (WHERE kind = 1) AS dirs, coalesce(sum(size) FILTER (WHERE kind = 0), 0)::bigint AS bytes \
-             FROM inodes",
-        );
-        let row = self.rt.block_on(q.fetch_one(&self.pool)).map_err(pg_err)?;
-        Ok(Usage {
-            inodes: row.get::<i64, _>("inodes") as u64,
-            files: row.get::<i64, _>("files") as u64,
-            directories: row.get::<i64, _>("dirs") as u64,
-            logical_bytes: row.get::<i64, _>("bytes") as u64,
-        })
-    }
-
-    fn sync(&self) -> MetaResult<()> {
-        // A committed PostgreSQL transaction is already durable (synchronous_commit).
-        Ok(())
-    }
-
+impl MountSessions for PgMetaStore {
     fn begin_session(&self, info: &super::SessionInfo) -> MetaResult<()> {
         self.start_session(info)
     }
@@ -997,11 +992,7 @@ mod tests {
         use crate::meta::{DirEntry, FileKind, Inode, ROOT_INO, Timestamp};
         let store = PgMetaStore::connect(&fresh_database()).unwrap();
         let x = store.allocate_ino().unwrap();
-        let entry = DirEntry {
-            ino: x,
-            kind: FileKind::File,
-            cookie: 1_000,
-        };
+        let entry = DirEntry::new(x, FileKind::File, 1_000);
         let create = |tx: &mut dyn MetaTxn| {
             let n = Inode::new(x, FileKind::File, 0o644, 0, 0, Timestamp::default());
             tx.put_inode(&n).unwrap();

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use super::pg::{BEGIN, PgMetaStore};
 use super::pg_session::reclaim_unheld;
-use super::pg_shared::SharedState;
+use super::pg_shared_volume::SharedVolumeState;
 use super::{Ino, MetaError, MetaResult};
 
 /// A release waits this long for others to delete with it.
@@ -115,7 +115,7 @@ impl PgMetaStore {
 
 /// Deletes the holds this mount released, gathered for a moment, and reclaims the orphans
 /// nobody holds any more; a failure leaves them for the next round.
-pub(super) async fn release_holds(pool: PgPool, st: Arc<SharedState>) {
+pub(super) async fn release_holds(pool: PgPool, st: Arc<SharedVolumeState>) {
     let holds = &st.holds;
     loop {
         holds.wake.notified().await;

@@ -298,15 +298,7 @@ mod tests {
         };
         ops.put_inode(&inode);
         ops.delete_dirent(9, b"a\"\\");
-        ops.put_dirent(
-            9,
-            b"b",
-            &DirEntry {
-                ino: 10,
-                kind: FileKind::File,
-                cookie: 3,
-            },
-        );
+        ops.put_dirent(9, b"b", &DirEntry::new(10, FileKind::File, 3));
         ops.put_xattr(10, b"user.x", b"");
         ops.delete_xattr(10, b"user.y");
         ops.put_symlink(11, b"/t");

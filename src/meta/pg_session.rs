@@ -1,6 +1,6 @@
 //! Mount sessions on a shared PostgreSQL volume: registration, the heartbeat, expiry judged
 //! only by mounts that stay in touch with the database, and the replacement of an expired
-//! session (see `pg_shared` for what sessions hold, and `vfs::fence` for what an expiry means
+//! session (see `pg_shared_volume` for what sessions hold, and `vfs::fence` for what an expiry means
 //! to open files).
 //!
 //! - A mount refreshes its `sessions` row every quarter of the shortest timeout of the
@@ -20,7 +20,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{Executor, Row};
 
 use super::pg::PgMetaStore;
-use super::pg_shared::{MAX_PAYLOAD, SharedState, trim_changes};
+use super::pg_shared_volume::{MAX_PAYLOAD, SharedVolumeState, trim_changes};
 use super::{Change, SessionInfo};
 
 /// The shortest time between heartbeats (a quarter of the shortest session timeout allowed).
@@ -65,7 +65,7 @@ pub(super) async fn register(
 /// Replaces session `old`, which has expired, by a new one, unless it was replaced already or
 /// the mount's session has ended. The locks and unlinked open files of the old session are
 /// gone (other mounts took them); the blocks this process has pinned are pinned again.
-async fn renew(pool: &PgPool, st: &SharedState, old: i64) -> Result<(), sqlx::Error> {
+async fn renew(pool: &PgPool, st: &SharedVolumeState, old: i64) -> Result<(), sqlx::Error> {
     let _once = st.renewing.lock().await;
     if st.session.load(Ordering::SeqCst) != old {
         return Ok(());
@@ -111,7 +111,7 @@ async fn renew(pool: &PgPool, st: &SharedState, old: i64) -> Result<(), sqlx::Er
 
 /// Refreshes this mount's session, reaps dead ones and trims the change log; replaces the
 /// session when it finds it expired.
-pub(super) async fn heartbeat(pool: PgPool, st: Arc<SharedState>, mut period: Duration) {
+pub(super) async fn heartbeat(pool: PgPool, st: Arc<SharedVolumeState>, mut period: Duration) {
     let mut beats: u64 = 0;
     let mut retry = BEAT_RETRY;
     loop {

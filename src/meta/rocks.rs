@@ -25,7 +25,8 @@ use rocksdb::{
 };
 
 use super::{
-    DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaResult, MetaStore, MetaTxn, Usage,
+    DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaRecords, MetaResult, MetaTxn,
+    MountSessions, Usage, VolumeIndex,
 };
 use crate::domain::extent::Splice;
 use crate::domain::key::KEY_BYTES;
@@ -107,10 +108,7 @@ pub struct RocksMetaStore {
 fn backend(e: rocksdb::Error) -> MetaError {
     match e.kind() {
         ErrorKind::Busy | ErrorKind::TryAgain => MetaError::Conflict,
-        _ => MetaError::Backend {
-            engine: "rocksdb",
-            message: e.into_string(),
-        },
+        _ => MetaError::backend("rocksdb", e.into_string()),
     }
 }
 
@@ -357,7 +355,7 @@ fn export_properties(db: Weak<Db>) {
     }
 }
 
-impl MetaStore for RocksMetaStore {
+impl MetaRecords for RocksMetaStore {
     fn engine(&self) -> &'static str {
         "rocksdb"
     }
@@ -429,6 +427,38 @@ impl MetaStore for RocksMetaStore {
         Ok(out)
     }
 
+    fn usage(&self) -> MetaResult<Usage> {
+        let mut u = Usage::default();
+        let mut bad = false;
+        self.scan_cf("inodes", &[], |_, v| {
+            match postcard::from_bytes::<Inode>(v) {
+                Ok(i) => {
+                    u.inodes += 1;
+                    match i.kind {
+                        FileKind::File => {
+                            u.files += 1;
+                            u.logical_bytes += i.size;
+                        }
+                        FileKind::Dir => u.directories += 1,
+                        _ => {}
+                    }
+                }
+                Err(_) => bad = true,
+            }
+            true
+        })?;
+        if bad {
+            return Err(corrupt("inode"));
+        }
+        Ok(u)
+    }
+
+    fn sync(&self) -> MetaResult<()> {
+        self.db.flush_wal(true).map_err(backend)
+    }
+}
+
+impl VolumeIndex for RocksMetaStore {
     fn setting(&self, name: &str) -> MetaResult<Option<String>> {
         match self.db.get_cf(self.cf("settings"), name).map_err(backend)? {
             None => Ok(None),
@@ -499,37 +529,9 @@ impl MetaStore for RocksMetaStore {
         }
         Ok(out)
     }
-
-    fn usage(&self) -> MetaResult<Usage> {
-        let mut u = Usage::default();
-        let mut bad = false;
-        self.scan_cf("inodes", &[], |_, v| {
-            match postcard::from_bytes::<Inode>(v) {
-                Ok(i) => {
-                    u.inodes += 1;
-                    match i.kind {
-                        FileKind::File => {
-                            u.files += 1;
-                            u.logical_bytes += i.size;
-                        }
-                        FileKind::Dir => u.directories += 1,
-                        _ => {}
-                    }
-                }
-                Err(_) => bad = true,
-            }
-            true
-        })?;
-        if bad {
-            return Err(corrupt("inode"));
-        }
-        Ok(u)
-    }
-
-    fn sync(&self) -> MetaResult<()> {
-        self.db.flush_wal(true).map_err(backend)
-    }
 }
+
+impl MountSessions for RocksMetaStore {}
 
 struct RocksTxn<'a> {
     store: &'a RocksMetaStore,
@@ -649,11 +651,11 @@ impl MetaRead for RocksTxn<'_> {
         if v.len() != 17 {
             return Err(corrupt("directory entry"));
         }
-        Ok(Some(DirEntry {
-            ino: u64_at(&v, 0).expect("length checked"),
-            kind: kind_of(v[8])?,
-            cookie: u64_at(&v, 9).expect("length checked"),
-        }))
+        Ok(Some(DirEntry::new(
+            u64_at(&v, 0).expect("length checked"),
+            kind_of(v[8])?,
+            u64_at(&v, 9).expect("length checked"),
+        )))
     }
 
     fn list_dir(
@@ -673,11 +675,11 @@ impl MetaRead for RocksTxn<'_> {
             if v.len() < 9 {
                 return Err(corrupt("cookie record"));
             }
-            let entry = DirEntry {
-                ino: u64_at(v, 0).expect("length checked"),
-                kind: kind_of(v[8])?,
+            let entry = DirEntry::new(
+                u64_at(v, 0).expect("length checked"),
+                kind_of(v[8])?,
                 cookie,
-            };
+            );
             out.push((v[9..].to_vec(), entry));
             Ok(true)
         })?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::rocks::Db;
 use crate::domain::BlockKey;
-use crate::store::{BlockStore, PutOutcome, StoreError};
+use crate::store::{BlockStore, PutOutcome, StoreError, Unchecked};
 
 const BACKEND: &str = "rocksdb";
 /// The column family that holds them.
@@ -64,7 +64,7 @@ impl BlockStore for RocksBlockStore {
         true
     }
 
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+    fn get_unverified(&self, key: &BlockKey, _: Unchecked) -> Result<Vec<u8>, StoreError> {
         self.db
             .get_cf(self.cf(), key.to_bytes())
             .map_err(|e| io(format!("reading block {key}"), e))?

@@ -19,57 +19,42 @@ pub enum FileKind {
     BlockDevice,
 }
 
+/// Each kind with its `S_IFMT` bits; its index is the kind's stored tag.
+const KINDS: [(FileKind, u32); 7] = [
+    (FileKind::File, libc::S_IFREG),
+    (FileKind::Dir, libc::S_IFDIR),
+    (FileKind::Symlink, libc::S_IFLNK),
+    (FileKind::Fifo, libc::S_IFIFO),
+    (FileKind::Socket, libc::S_IFSOCK),
+    (FileKind::CharDevice, libc::S_IFCHR),
+    (FileKind::BlockDevice, libc::S_IFBLK),
+];
+
 impl FileKind {
     /// The `S_IFMT` bits for this kind.
     pub fn mode_bits(self) -> u32 {
-        match self {
-            FileKind::File => libc::S_IFREG,
-            FileKind::Dir => libc::S_IFDIR,
-            FileKind::Symlink => libc::S_IFLNK,
-            FileKind::Fifo => libc::S_IFIFO,
-            FileKind::Socket => libc::S_IFSOCK,
-            FileKind::CharDevice => libc::S_IFCHR,
-            FileKind::BlockDevice => libc::S_IFBLK,
-        }
+        KINDS[self.tag() as usize].1
     }
 
     /// Stable small number for storage.
     pub fn tag(self) -> u8 {
-        match self {
-            FileKind::File => 0,
-            FileKind::Dir => 1,
-            FileKind::Symlink => 2,
-            FileKind::Fifo => 3,
-            FileKind::Socket => 4,
-            FileKind::CharDevice => 5,
-            FileKind::BlockDevice => 6,
-        }
+        KINDS
+            .iter()
+            .position(|&(k, _)| k == self)
+            .expect("every kind") as u8
     }
 
     pub fn from_tag(tag: u8) -> Option<FileKind> {
-        Some(match tag {
-            0 => FileKind::File,
-            1 => FileKind::Dir,
-            2 => FileKind::Symlink,
-            3 => FileKind::Fifo,
-            4 => FileKind::Socket,
-            5 => FileKind::CharDevice,
-            6 => FileKind::BlockDevice,
-            _ => return None,
-        })
+        KINDS.get(tag as usize).map(|&(k, _)| k)
     }
 
+    /// The kind `mode` names (0: a regular file).
     pub fn from_mode(mode: u32) -> Option<FileKind> {
-        Some(match mode & libc::S_IFMT {
-            libc::S_IFREG | 0 => FileKind::File,
-            libc::S_IFDIR => FileKind::Dir,
-            libc::S_IFLNK => FileKind::Symlink,
-            libc::S_IFIFO => FileKind::Fifo,
-            libc::S_IFSOCK => FileKind::Socket,
-            libc::S_IFCHR => FileKind::CharDevice,
-            libc::S_IFBLK => FileKind::BlockDevice,
-            _ => return None,
-        })
+        let bits = match mode & libc::S_IFMT {
+            0 => libc::S_IFREG,
+            b => b,
+        };
+        KINDS.iter().find(|&&(_, b)| b == bits).map(|&(k, _)| k)
     }
 }
 
@@ -195,4 +180,30 @@ pub struct DirEntry {
     pub kind: FileKind,
     /// Stable position for readdir; unique within the directory.
     pub cookie: u64,
+}
+
+impl DirEntry {
+    pub fn new(ino: Ino, kind: FileKind, cookie: u64) -> DirEntry {
+        DirEntry { ino, kind, cookie }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tags are stored: each kind keeps its own, and modes map both ways.
+    #[test]
+    fn kinds_round_trip_through_tags_and_modes() {
+        for (tag, &(kind, bits)) in KINDS.iter().enumerate() {
+            assert_eq!(
+                (kind.tag() as usize, FileKind::from_tag(tag as u8)),
+                (tag, Some(kind))
+            );
+            assert_eq!(FileKind::from_mode(bits | 0o644), Some(kind));
+        }
+        assert_eq!(FileKind::Dir.tag(), 1, "a stored tag");
+        assert_eq!(FileKind::from_mode(0o644), Some(FileKind::File));
+        assert_eq!(FileKind::from_tag(7), None);
+    }
 }

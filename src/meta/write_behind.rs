@@ -350,9 +350,8 @@ impl WriteBehind {
                 crate::background::lower_this_threads_priority();
                 s.run_applier()
             })
-            .map_err(|e| MetaError::Backend {
-                engine: "write-behind",
-                message: format!("starting the applier: {e}"),
+            .map_err(|e| {
+                MetaError::backend("write-behind", format!("starting the applier: {e}"))
             })?;
         Ok(WriteBehind {
             state,
@@ -404,6 +403,8 @@ struct Layers<'a> {
     state: &'a State,
     local: Overlay,
     below: Option<Box<dyn MetaRead + 'a>>,
+    /// A transaction's: the inodes it read or wrote, checked for conflicts at commit.
+    touched: Option<Vec<Ino>>,
 }
 
 impl<'a> Layers<'a> {
@@ -412,6 +413,7 @@ impl<'a> Layers<'a> {
             state,
             local: Overlay::default(),
             below: None,
+            touched: None,
         }
     }
 
@@ -501,6 +503,9 @@ impl<'a> Layers<'a> {
 
 impl MetaRead for Layers<'_> {
     fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
+        if let Some(t) = &mut self.touched {
+            t.push(ino);
+        }
         match self.known(|o| o.inode(ino)) {
             Some(k) => Ok(k),
             None => self.below()?.inode(ino),
@@ -655,8 +660,6 @@ struct WbTxn<'a> {
     layers: Layers<'a>,
     ops: Vec<Op>,
     began: u64,
-    /// Inodes read or written, checked for conflicts at commit.
-    touched: Vec<Ino>,
     /// Inodes written, marked at commit.
     wrote: Vec<Ino>,
     finished: bool,
@@ -682,7 +685,11 @@ fn release(p: &mut Pending, began: u64) {
 impl WbTxn<'_> {
     /// Records a write of `ino`'s records: in this transaction's layer and its operations.
     fn write(&mut self, ino: Ino, op: Op) -> MetaResult<()> {
-        self.touched.push(ino);
+        self.layers
+            .touched
+            .as_mut()
+            .expect("a transaction's")
+            .push(ino);
         self.wrote.push(ino);
         self.layers.local.record(0, &op)?;
         self.ops.push(op);
@@ -690,41 +697,7 @@ impl WbTxn<'_> {
     }
 }
 
-impl MetaRead for WbTxn<'_> {
-    fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
-        self.touched.push(ino);
-        self.layers.inode(ino)
-    }
-    fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
-        self.layers.dirent(parent, name)
-    }
-    fn list_dir(
-        &mut self,
-        parent: Ino,
-        after: u64,
-        limit: usize,
-    ) -> MetaResult<Vec<(Vec<u8>, DirEntry)>> {
-        self.layers.list_dir(parent, after, limit)
-    }
-    fn dir_is_empty(&mut self, dir: Ino) -> MetaResult<bool> {
-        self.layers.dir_is_empty(dir)
-    }
-    fn extents(&mut self, ino: Ino, range: Range<u64>) -> MetaResult<Vec<Extent>> {
-        self.layers.extents(ino, range)
-    }
-    fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
-        self.layers.xattr(ino, name)
-    }
-    fn xattr_names(&mut self, ino: Ino) -> MetaResult<Vec<Vec<u8>>> {
-        self.layers.xattr_names(ino)
-    }
-    fn symlink_target(&mut self, ino: Ino) -> MetaResult<Option<Vec<u8>>> {
-        self.layers.symlink_target(ino)
-    }
-    fn inode_numbers(&mut self) -> MetaResult<Vec<(Ino, bool)>> {
-        self.layers.inode_numbers()
-    }
-}
+super::layer::forward_reads!(WbTxn<'_>, self => self.layers);
 
 impl MetaTxn for WbTxn<'_> {
     fn put_inode(&mut self, inode: &Inode) -> MetaResult<()> {
@@ -785,8 +758,10 @@ impl MetaTxn for WbTxn<'_> {
             return Ok(());
         }
         if self
+            .layers
             .touched
             .iter()
+            .flatten()
             .any(|ino| p.written.get(ino).is_some_and(|&s| s > self.began))
         {
             return Err(MetaError::Conflict);
@@ -841,10 +816,12 @@ impl super::MetaLayer for WriteBehind {
             s
         };
         Ok(Box::new(WbTxn {
-            layers: Layers::new(&self.state),
+            layers: Layers {
+                touched: Some(Vec::new()),
+                ..Layers::new(&self.state)
+            },
             ops: Vec::new(),
             began,
-            touched: Vec::new(),
             wrote: Vec::new(),
             finished: false,
         }))
@@ -864,10 +841,10 @@ impl super::MetaLayer for WriteBehind {
     /// Everything committed is applied first, so the engine's snapshot has it.
     fn snapshot(&self) -> MetaResult<Box<dyn MetaRead + '_>> {
         if !self.state.drain(Duration::from_secs(60)) {
-            return Err(MetaError::Backend {
-                engine: "write-behind",
-                message: "changes waiting to be applied did not reach the engine".into(),
-            });
+            return Err(MetaError::backend(
+                "write-behind",
+                "changes waiting to be applied did not reach the engine",
+            ));
         }
         self.state.inner.snapshot()
     }
@@ -946,6 +923,7 @@ impl super::MetaLayer for WriteBehind {
 mod tests {
     use super::*;
     use crate::meta::PgMetaStore;
+    use crate::meta::prelude::*;
     use crate::testkit::meta_conformance as conformance;
 
     fn fresh_database() -> String {
@@ -1002,11 +980,7 @@ mod tests {
             block_offset: 0,
             len: 10,
         };
-        let entry = |i: u64| DirEntry {
-            ino: f.ino,
-            kind: FileKind::File,
-            cookie: 3 + i,
-        };
+        let entry = |i: u64| DirEntry::new(f.ino, FileKind::File, 3 + i);
         let mut tx = wb.begin().unwrap();
         tx.put_inode(&d).unwrap();
         tx.put_inode(&f).unwrap();

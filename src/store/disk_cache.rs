@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::{BlockStore, PutOutcome, StoreError, block_files};
+use super::{BlockStore, PutOutcome, StoreError, Unchecked, block_files};
 use crate::domain::BlockKey;
 use crate::domain::groups::GroupHashes;
 
@@ -138,7 +138,7 @@ impl super::StoreLayer for DiskCache {
         Ok(r)
     }
 
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+    fn get_unverified(&self, key: &BlockKey, _: Unchecked) -> Result<Vec<u8>, StoreError> {
         BlockStore::get(self, key)
     }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::pending_sync::{PendingSync, ToSync};
-use super::{BlockStore, PutOutcome, StoreError};
+use super::{BlockStore, PutOutcome, StoreError, Unchecked};
 use crate::domain::{BlockKey, HashAlgo};
 
 const BACKEND: &str = "local";
@@ -339,7 +339,7 @@ impl BlockStore for LocalBlockStore {
         Ok(PutOutcome::Fresh)
     }
 
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+    fn get_unverified(&self, key: &BlockKey, _: Unchecked) -> Result<Vec<u8>, StoreError> {
         match fs::read(self.path_of(key)) {
             Ok(data) => Ok(data),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound(*key, BACKEND)),

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use super::{BlockStore, PutOutcome, StoreError};
+use super::{BlockStore, PutOutcome, StoreError, Unchecked};
 use crate::domain::BlockKey;
 
 #[derive(Default)]
@@ -47,7 +47,7 @@ impl BlockStore for MemoryBlockStore {
         Ok(PutOutcome::Fresh)
     }
 
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+    fn get_unverified(&self, key: &BlockKey, _: Unchecked) -> Result<Vec<u8>, StoreError> {
         self.blocks
             .read()
             .expect("lock")

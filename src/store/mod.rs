@@ -133,6 +133,11 @@ fn part_of(block: &[u8], range: Range<usize>) -> Vec<u8> {
     block.get(range).map(<[u8]>::to_vec).unwrap_or_default()
 }
 
+/// Leave to read a block without checking it against its key, which only this module gives
+/// (`BlockStore::get`, which checks what it reads): no code elsewhere can skip the check.
+#[derive(Clone, Copy, Debug)]
+pub struct Unchecked(());
+
 /// Storage for immutable, content-addressed blocks.
 pub trait BlockStore: Send + Sync {
     /// Short name of the backend, used in logs and metrics (`local`, `memory`, …).
@@ -169,8 +174,9 @@ pub trait BlockStore: Send + Sync {
         false
     }
 
-    /// The stored bytes, unverified. Callers use [`BlockStore::get`].
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError>;
+    /// The stored bytes, unverified: [`BlockStore::get`] checks them. Only this module can
+    /// call it (it alone makes an [`Unchecked`]); a layer passes the one it was given on.
+    fn get_unverified(&self, key: &BlockKey, unchecked: Unchecked) -> Result<Vec<u8>, StoreError>;
 
     /// Whether the block is stored (without reading it).
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError>;
@@ -201,7 +207,7 @@ pub trait BlockStore: Send + Sync {
 
     /// The block's bytes, verified against its key.
     fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
-        let data = self.get_unverified(key)?;
+        let data = self.get_unverified(key, Unchecked(()))?;
         if !key.matches(&data) {
             tracing::error!(block = %key, backend = self.backend(), "block content does not match its key");
             return Err(StoreError::Corrupt(*key, self.backend()));

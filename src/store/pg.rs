@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::{BlockStore, PutOutcome, StoreError, Transience};
+use super::{BlockStore, PutOutcome, StoreError, Transience, Unchecked};
 use crate::domain::BlockKey;
 use crate::postgres::{MIGRATOR, unavailable};
 
@@ -132,7 +132,7 @@ impl BlockStore for PgBlockStore {
         key.size as usize <= PIECE
     }
 
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+    fn get_unverified(&self, key: &BlockKey, _: Unchecked) -> Result<Vec<u8>, StoreError> {
         let q = sqlx::query("SELECT data FROM block_pieces WHERE block_key = $1 ORDER BY piece")
             .bind(key.to_bytes().to_vec());
         let rows = self

@@ -10,7 +10,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{BlockStore, PutOutcome, StoreError};
+use super::{BlockStore, PutOutcome, StoreError, Unchecked};
 use crate::domain::BlockKey;
 use crate::domain::groups::GroupHashes;
 
@@ -129,7 +129,7 @@ impl BlockStore for Replicated {
         self.put_each(key, |r| r.put_new_grouped(key, data, groups))
     }
 
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+    fn get_unverified(&self, key: &BlockKey, _: Unchecked) -> Result<Vec<u8>, StoreError> {
         self.get(key)
     }
 

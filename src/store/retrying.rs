@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{BlockStore, PutOutcome, StoreError, Transience};
+use super::{BlockStore, PutOutcome, StoreError, Transience, Unchecked};
 use crate::domain::BlockKey;
 use crate::domain::groups::GroupHashes;
 use crate::retry::Backoff;
@@ -77,8 +77,10 @@ impl super::StoreLayer for Retrying {
         })
     }
 
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
-        self.retried("GET", Some(key), || self.inner.get_unverified(key))
+    fn get_unverified(&self, key: &BlockKey, unchecked: Unchecked) -> Result<Vec<u8>, StoreError> {
+        self.retried("GET", Some(key), || {
+            self.inner.get_unverified(key, unchecked)
+        })
     }
 
     fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
@@ -106,45 +108,19 @@ impl super::StoreLayer for Retrying {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Instant;
 
     use super::*;
     use crate::domain::HashAlgo;
     use crate::store::MemoryBlockStore;
+    use crate::testkit::FaultyStore;
 
-    /// Fails its first `failures` gets with `transience`.
-    struct Flaky {
-        inner: MemoryBlockStore,
-        failures: AtomicU32,
-        transience: Transience,
-    }
-
-    impl crate::store::StoreLayer for Flaky {
-        fn inner(&self) -> &dyn BlockStore {
-            &self.inner
-        }
-        fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
-            let failing = self
-                .failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            if failing.is_ok() {
-                let e = std::io::Error::other("connection reset");
-                return Err(StoreError::failed("flaky", "GET", e, self.transience));
-            }
-            self.inner.get(key)
-        }
-    }
-
-    fn flaky(failures: u32, transience: Transience) -> (Arc<Flaky>, BlockKey) {
-        let f = Flaky {
-            inner: MemoryBlockStore::default(),
-            failures: AtomicU32::new(failures),
-            transience,
-        };
+    /// A stored block behind the fault layer.
+    fn faulty() -> (Arc<FaultyStore>, BlockKey) {
+        let blocks = Arc::new(MemoryBlockStore::default());
         let key = BlockKey::for_data(HashAlgo::Blake3, b"x");
-        f.inner.put(&key, b"x").unwrap();
-        (Arc::new(f), key)
+        blocks.put(&key, b"x").unwrap();
+        (Arc::new(FaultyStore::new(blocks)), key)
     }
 
     const QUICK: Backoff = Backoff {
@@ -155,11 +131,11 @@ mod tests {
 
     #[test]
     fn transient_failures_are_retried_and_permanent_ones_are_not() {
-        let (f, key) = flaky(3, Transience::Transient);
+        let (f, key) = faulty();
+        f.fail_next(3, Transience::Transient);
         let r = Retrying::new(f.clone(), QUICK, Duration::from_secs(5));
         assert_eq!(r.get(&key).unwrap(), b"x", "the fourth attempt");
-        let (f, key) = flaky(1, Transience::Permanent);
-        let r = Retrying::new(f.clone(), QUICK, Duration::from_secs(5));
+        f.fail_next(1, Transience::Permanent);
         assert!(r.get(&key).is_err());
         assert_eq!(
             r.get(&key).unwrap(),
@@ -170,11 +146,12 @@ mod tests {
 
     #[test]
     fn a_backend_away_longer_than_the_patience_fails_after_it() {
-        let (f, key) = flaky(u32::MAX, Transience::Throttled);
+        let (f, key) = faulty();
+        f.go_down_for(Duration::from_secs(3600));
         let r = Retrying::new(f, QUICK, Duration::from_millis(200));
         let t = Instant::now();
         let e = r.get(&key).unwrap_err();
         assert!(t.elapsed() >= Duration::from_millis(200));
-        assert_eq!(e.transience(), Transience::Throttled, "{e}");
+        assert_eq!(e.transience(), Transience::Transient, "{e}");
     }
 }

@@ -26,7 +26,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 
-use super::{BlockStore, PutOutcome, StoreError, Transience};
+use super::{BlockStore, PutOutcome, StoreError, Transience, Unchecked};
 use crate::domain::groups::{self, GroupHashes};
 use crate::domain::key::BlockHasher;
 use crate::domain::{BlockKey, HashAlgo};
@@ -663,7 +663,7 @@ impl BlockStore for S3BlockStore {
         self.upload(key, data, self.conditional_put(), groups)
     }
 
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+    fn get_unverified(&self, key: &BlockKey, _: Unchecked) -> Result<Vec<u8>, StoreError> {
         self.download(key, false)
     }
 

@@ -19,7 +19,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{BlockStore, PutOutcome, StoreError};
+use super::{BlockStore, PutOutcome, StoreError, Unchecked};
 use crate::domain::BlockKey;
 use crate::domain::groups::GroupHashes;
 
@@ -86,8 +86,8 @@ impl BlockStore for Tiered {
         self.tier(key).cheap_put(key)
     }
 
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
-        self.either(key, |s| s.get_unverified(key))
+    fn get_unverified(&self, key: &BlockKey, unchecked: Unchecked) -> Result<Vec<u8>, StoreError> {
+        self.either(key, |s| s.get_unverified(key, unchecked))
     }
 
     fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {

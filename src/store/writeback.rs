@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::staging::{Loc, Staging};
-use super::{BlockStore, PutOutcome, StoreError};
+use super::{BlockStore, PutOutcome, StoreError, Unchecked};
 use crate::domain::BlockKey;
 
 /// Blocks uploaded at once.
@@ -31,11 +31,11 @@ const UPLOAD_DELAY: Duration = Duration::from_secs(2);
 pub type OnDuplicate = Box<dyn Fn(&BlockKey) + Send + Sync>;
 
 pub struct WriteBack {
-    shared: Arc<Shared>,
+    uploads: Arc<Uploads>,
     uploaders: Vec<std::thread::JoinHandle<()>>,
 }
 
-struct Shared {
+struct Uploads {
     inner: Arc<dyn BlockStore>,
     staging: Staging,
     state: Mutex<State>,
@@ -67,7 +67,7 @@ impl WriteBack {
     /// The block's bytes from the staging area while it is staged; `None` once uploaded (also
     /// when that happens between the lookup and the read).
     fn staged_copy(&self, key: &BlockKey) -> Result<Option<Vec<u8>>, StoreError> {
-        let s = &self.shared;
+        let s = &self.uploads;
         let staged = s.lock().staged.get(key).copied();
         match staged {
             Some(loc) => s.staging.read(loc),
@@ -98,7 +98,7 @@ impl WriteBack {
                 dir.display()
             );
         }
-        let shared = Arc::new(Shared {
+        let uploads = Arc::new(Uploads {
             inner,
             staging,
             state: Mutex::new(state),
@@ -109,29 +109,29 @@ impl WriteBack {
         });
         let mut uploaders = Vec::new();
         for n in 0..UPLOADERS {
-            let shared = shared.clone();
+            let uploads = uploads.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("graviton-upload-{n}"))
                 .spawn(move || {
                     crate::background::lower_this_threads_priority();
-                    shared.upload_loop();
-                    shared.lock().uploaders -= 1;
-                    shared.done.notify_all();
+                    uploads.upload_loop();
+                    uploads.lock().uploaders -= 1;
+                    uploads.done.notify_all();
                 })
                 .map_err(|e| StoreError::io("write-back", "starting uploader threads", e))?;
             uploaders.push(thread);
         }
-        shared.report();
-        Ok(WriteBack { shared, uploaders })
+        uploads.report();
+        Ok(WriteBack { uploads, uploaders })
     }
 
     /// Blocks still staged (waiting or being uploaded).
     pub fn staged(&self) -> usize {
-        self.shared.lock().staged.len()
+        self.uploads.lock().staged.len()
     }
 }
 
-impl Shared {
+impl Uploads {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("write-back state")
     }
@@ -221,11 +221,11 @@ impl Shared {
 
 impl super::StoreLayer for WriteBack {
     fn inner(&self) -> &dyn BlockStore {
-        self.shared.inner.as_ref()
+        self.uploads.inner.as_ref()
     }
 
     fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {
-        let s = &self.shared;
+        let s = &self.uploads;
         if s.lock().staged.contains_key(key) {
             return Ok(PutOutcome::Duplicate);
         }
@@ -274,10 +274,10 @@ impl super::StoreLayer for WriteBack {
         true
     }
 
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+    fn get_unverified(&self, key: &BlockKey, unchecked: Unchecked) -> Result<Vec<u8>, StoreError> {
         match self.staged_copy(key)? {
             Some(data) => Ok(data),
-            None => self.shared.inner.get_unverified(key),
+            None => self.uploads.inner.get_unverified(key, unchecked),
         }
     }
 
@@ -290,36 +290,33 @@ impl super::StoreLayer for WriteBack {
                 tracing::error!(block = %key, "staged block does not match its key");
                 Err(StoreError::Corrupt(*key, "write-back"))
             }
-            None => self.shared.inner.get(key),
+            None => self.uploads.inner.get(key),
         }
     }
 
     fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
-        if self.shared.lock().staged.contains_key(key) {
+        if self.uploads.lock().staged.contains_key(key) {
             let data = BlockStore::get(self, key)?;
             return Ok(super::part_of(&data, range));
         }
-        self.shared.inner.get_range(key, range)
+        self.uploads.inner.get_range(key, range)
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
-        if self.shared.lock().staged.contains_key(key) {
+        if self.uploads.lock().staged.contains_key(key) {
             return Ok(true);
         }
-        self.shared.inner.exists(key)
+        self.uploads.inner.exists(key)
     }
 
-    /// Deletes the store's copy only. A staged copy is a writer's on its way to the store: gc
-    /// may be deleting an old copy of a block a writer has just staged again (a staged put
-    /// reports it fresh, so the writer took no gc mark away). A staged block that really is
-    /// garbage is uploaded, then collected by a later run.
-    fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {
-        self.shared.inner.delete(key)
-    }
+    // `delete` (forwarded) deletes the store's copy only. A staged copy is a writer's on its
+    // way to the store: gc may be deleting an old copy of a block a writer has just staged
+    // again (a staged put reports it fresh, so the writer took no gc mark away). A staged block
+    // that really is garbage is uploaded, then collected by a later run.
 
     fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
-        let mut all = self.shared.inner.list()?;
-        all.extend(self.shared.lock().staged.keys().copied());
+        let mut all = self.uploads.inner.list()?;
+        all.extend(self.uploads.lock().staged.keys().copied());
         all.sort();
         all.dedup();
         Ok(all)
@@ -327,8 +324,8 @@ impl super::StoreLayer for WriteBack {
 
     /// Makes every staged block durable on the local disk (not uploaded: see `drain`).
     fn sync(&self) -> Result<(), StoreError> {
-        self.shared.staging.sync()?;
-        self.shared.inner.sync()
+        self.uploads.staging.sync()?;
+        self.uploads.inner.sync()
     }
 
     /// Staged blocks are synced before a commit names them.
@@ -337,7 +334,7 @@ impl super::StoreLayer for WriteBack {
     }
 
     fn drain(&self, limit: Duration) -> Result<(), StoreError> {
-        let s = &self.shared;
+        let s = &self.uploads;
         let start = Instant::now();
         let mut st = s.lock();
         st.hurry = true;
@@ -370,7 +367,7 @@ impl Drop for WriteBack {
     /// Stops the uploaders and waits for uploads in flight, so that what they hold (the store
     /// below, the metadata the duplicate hook marks) is released with the store.
     fn drop(&mut self) {
-        let s = &self.shared;
+        let s = &self.uploads;
         let mut st = s.lock();
         st.closing = true;
         s.work.notify_all();

@@ -43,10 +43,7 @@ impl FaultyMeta {
 }
 
 fn injected(fault: CommitFault) -> MetaError {
-    MetaError::Backend {
-        engine: "faulty",
-        message: format!("injected commit failure ({fault:?})"),
-    }
+    MetaError::backend("faulty", format!("injected commit failure ({fault:?})"))
 }
 
 impl MetaLayer for FaultyMeta {

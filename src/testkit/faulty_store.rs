@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::domain::BlockKey;
 use crate::domain::groups::GroupHashes;
-use crate::store::{BlockStore, PutOutcome, StoreError, StoreLayer, Transience};
+use crate::store::{BlockStore, PutOutcome, StoreError, StoreLayer, Transience, Unchecked};
 
 pub struct FaultyStore {
     inner: Arc<dyn BlockStore>,
@@ -120,9 +120,9 @@ impl StoreLayer for FaultyStore {
     ) -> Result<PutOutcome, StoreError> {
         self.put_with(key, || self.inner.put_new_grouped(key, data, groups))
     }
-    fn get_unverified(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
+    fn get_unverified(&self, key: &BlockKey, unchecked: Unchecked) -> Result<Vec<u8>, StoreError> {
         self.fault("get")?;
-        self.inner.get_unverified(key)
+        self.inner.get_unverified(key, unchecked)
     }
     fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
         self.fault("get")?;

@@ -64,11 +64,7 @@ pub fn uncommitted_changes_vanish(store: &dyn MetaStore) {
         tx.put_dirent(
             1_000_000,
             b"ghost",
-            &DirEntry {
-                ino: ino.ino,
-                kind: FileKind::File,
-                cookie: 3,
-            },
+            &DirEntry::new(ino.ino, FileKind::File, 3),
         )
         .expect("put");
         assert!(
@@ -88,11 +84,7 @@ pub fn directory_entries_list_in_cookie_order(store: &dyn MetaStore) {
     assert!(tx.dir_is_empty(dir.ino).expect("empty"));
     // names inserted in an order unlike both name order and cookie order
     for (i, name) in ["zeta", "alpha", "mid", "\u{e9}t\u{e9}"].iter().enumerate() {
-        let e = DirEntry {
-            ino: 100 + i as u64,
-            kind: FileKind::File,
-            cookie: 10 - i as u64,
-        };
+        let e = DirEntry::new(100 + i as u64, FileKind::File, 10 - i as u64);
         tx.put_dirent(dir.ino, name.as_bytes(), &e).expect("put");
     }
     commit(tx);
@@ -112,16 +104,8 @@ pub fn directory_entries_list_in_cookie_order(store: &dyn MetaStore) {
         Some(102)
     );
     // replacing an entry moves its cookie; deleting removes it from listings
-    tx.put_dirent(
-        dir.ino,
-        b"mid",
-        &DirEntry {
-            ino: 555,
-            kind: FileKind::Dir,
-            cookie: 20,
-        },
-    )
-    .expect("replace");
+    tx.put_dirent(dir.ino, b"mid", &DirEntry::new(555, FileKind::Dir, 20))
+        .expect("replace");
     tx.delete_dirent(dir.ino, b"zeta").expect("delete");
     commit(tx);
     let mut tx = store.begin().expect("begin");
@@ -280,11 +264,7 @@ pub fn xattrs_symlinks_orphans(store: &dyn MetaStore) {
 pub fn read_views_see_every_commit(store: &dyn MetaStore) {
     let mut dir = sample_inode(store, FileKind::Dir);
     let mut file = sample_inode(store, FileKind::File);
-    let entry = |ino, cookie| DirEntry {
-        ino,
-        kind: FileKind::File,
-        cookie,
-    };
+    let entry = |ino, cookie| DirEntry::new(ino, FileKind::File, cookie);
     let ex = |n| Extent {
         offset: 0,
         key: key(n),
@@ -493,11 +473,7 @@ pub fn snapshots_do_not_see_later_commits(store: &dyn MetaStore) {
     let mut tx = store.begin().expect("begin");
     dir.size = 4242;
     tx.put_inode(&dir).expect("put");
-    let entry = DirEntry {
-        ino: file.ino,
-        kind: FileKind::File,
-        cookie: 3,
-    };
+    let entry = DirEntry::new(file.ino, FileKind::File, 3);
     tx.put_dirent(dir.ino, b"late", &entry).expect("dirent");
     commit(tx);
     assert_eq!(view.inode(dir.ino).expect("inode").expect("dir").size, 0);
@@ -535,16 +511,8 @@ pub fn write_sample(store: &dyn MetaStore) {
     );
     ino.size = 12345;
     tx.put_inode(&ino).expect("put");
-    tx.put_dirent(
-        1,
-        b"sample",
-        &DirEntry {
-            ino: 777,
-            kind: FileKind::File,
-            cookie: 3,
-        },
-    )
-    .expect("dirent");
+    tx.put_dirent(1, b"sample", &DirEntry::new(777, FileKind::File, 3))
+        .expect("dirent");
     let e = Extent {
         offset: 0,
         key: key(9),

@@ -79,17 +79,30 @@ fn dir_inode(tx: &mut dyn MetaRead, ino: Ino) -> FsResult<Inode> {
     Ok(inode)
 }
 
-/// The groups of a caller without CAP_FSETID whose write, truncate or fallocate drops a
-/// file's privileges: as on ext4, setgid on a file that is not group-executable stays only
-/// when the caller is in the file's group.
+/// Who changes a file, for the rule that drops its setuid/setgid bits: a write, truncate,
+/// fallocate or copy into it by a caller without CAP_FSETID drops them (as on ext4, setgid on
+/// a file that is not group-executable stays when the caller is in the file's group), and so
+/// does any chown.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
     pub gid: u32,
     /// Its process, whose supplementary groups are read when they matter (`/proc`).
     pub pid: u32,
+    /// Whether it keeps a file's setuid/setgid when it changes the file (CAP_FSETID).
+    pub fsetid: bool,
 }
 
 impl Caller {
+    /// A caller as FUSE describes one, which does not say whether it has CAP_FSETID: root is
+    /// taken to have it.
+    pub fn new(uid: u32, gid: u32, pid: u32) -> Caller {
+        Caller {
+            gid,
+            pid,
+            fsetid: uid == 0,
+        }
+    }
+
     fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || supplementary_groups(self.pid).contains(&gid)
     }
@@ -488,15 +501,7 @@ impl Fs {
                 return Err(FsError::Exists);
             }
             let cookie = take_cookie(&mut dir);
-            tx.put_dirent(
-                newparent,
-                newname,
-                &DirEntry {
-                    ino,
-                    kind: inode.kind,
-                    cookie,
-                },
-            )?;
+            tx.put_dirent(newparent, newname, &DirEntry::new(ino, inode.kind, cookie))?;
             touch_dir(&mut dir, now);
             tx.put_inode(&dir)?;
             inode.nlink += 1;
@@ -569,23 +574,11 @@ impl Fs {
                     if d.kind == FileKind::Dir && !same_dir {
                         Self::check_not_inside(tx, d.ino, parent)?;
                     }
-                    tx.put_dirent(
-                        parent,
-                        name,
-                        &DirEntry {
-                            ino: d.ino,
-                            kind: d.kind,
-                            cookie: src.cookie,
-                        },
-                    )?;
+                    tx.put_dirent(parent, name, &DirEntry::new(d.ino, d.kind, src.cookie))?;
                     tx.put_dirent(
                         newparent,
                         newname,
-                        &DirEntry {
-                            ino: src.ino,
-                            kind: src.kind,
-                            cookie: d.cookie,
-                        },
+                        &DirEntry::new(src.ino, src.kind, d.cookie),
                     )?;
                     if let Some(np) = np.as_mut() {
                         if src.kind == FileKind::Dir {
@@ -638,11 +631,7 @@ impl Fs {
                     tx.put_dirent(
                         newparent,
                         newname,
-                        &DirEntry {
-                            ino: src.ino,
-                            kind: src.kind,
-                            cookie,
-                        },
+                        &DirEntry::new(src.ino, src.kind, cookie),
                     )?;
                     if src.kind == FileKind::Dir && !same_dir {
                         p.nlink -= 1;
@@ -743,9 +732,23 @@ impl Fs {
         self.getattr(ino)
     }
 
-    /// Drops setuid/setgid as a write by `caller`, who lacks CAP_FSETID, must
-    /// (`without_privileges`). True when the mode changed.
-    pub fn drop_privileges(&self, ino: Ino, caller: &Caller) -> FsResult<bool> {
+    /// `setattr` by `caller`: a truncate by a caller without CAP_FSETID, and any chown, drop
+    /// setuid/setgid unless the change sets the mode itself.
+    pub fn setattr_by(&self, ino: Ino, set: SetAttr, caller: &Caller) -> FsResult<Inode> {
+        let truncate = set.size.is_some() && !caller.fsetid;
+        let set = match truncate || set.uid.is_some() || set.gid.is_some() {
+            true => self.without_privileges(ino, set, truncate.then_some(caller))?,
+            false => set,
+        };
+        self.setattr(ino, set)
+    }
+
+    /// `caller` wrote to `ino` (a write, fallocate or copy into it): setuid/setgid are dropped
+    /// unless it has CAP_FSETID. True when the mode changed.
+    pub fn written_by(&self, ino: Ino, caller: &Caller) -> FsResult<bool> {
+        if caller.fsetid {
+            return Ok(false);
+        }
         let set = self.without_privileges(ino, SetAttr::default(), Some(caller))?;
         if set.mode.is_none() {
             return Ok(false);
@@ -756,7 +759,7 @@ impl Fs {
 
     /// `set` with setuid/setgid cleared as a chown (no caller) or a truncate by `caller`
     /// clears them, unless it sets the mode itself.
-    pub fn without_privileges(
+    fn without_privileges(
         &self,
         ino: Ino,
         mut set: SetAttr,

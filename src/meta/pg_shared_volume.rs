@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 use super::pg::PgMetaStore;
 use super::pg_session::{MIN_BEAT_PERIOD, Registration, heartbeat, register};
-use super::shared::{self, TO_EOF};
+use super::shared_volume::{self, TO_EOF};
 use super::{
     Change, ChangeSink, HeldLock, Ino, LockKind, LockRequest, MetaError, MetaResult, SessionInfo,
     SessionRecord, SharedVolume,
@@ -44,7 +44,7 @@ pub(super) const MAX_PAYLOAD: usize = 7000;
 const WAITER_RECHECK: Duration = Duration::from_secs(10);
 /// Per-store state of the shared-volume machinery.
 #[derive(Default)]
-pub(super) struct SharedState {
+pub(super) struct SharedVolumeState {
     /// This mount's session id; 0 before `start_session` and after `finish_session`.
     pub(super) session: AtomicI64,
     /// What a new session is registered with, while the mount has one.
@@ -70,7 +70,7 @@ pub(super) struct SharedState {
     pub(super) holds: super::pg_holds::Holds,
 }
 
-impl SharedState {
+impl SharedVolumeState {
     pub(super) fn dispatch(&self, change: Change) {
         let sinks = self.sinks.lock().expect("lock").clone();
         for sink in sinks {
@@ -278,14 +278,14 @@ impl PgMetaStore {
         }
     }
 
-    fn shared_handle(&self) -> Arc<SharedState> {
+    fn shared_handle(&self) -> Arc<SharedVolumeState> {
         self.shared.clone()
     }
 }
 
 /// Deletes the pins this mount released from `block_pins`, gathered for a moment so that a
 /// burst of commits costs one statement; a failure leaves them for the next round.
-async fn release_pins(pool: PgPool, st: Arc<SharedState>) {
+async fn release_pins(pool: PgPool, st: Arc<SharedVolumeState>) {
     loop {
         st.unpinned.notified().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -330,7 +330,7 @@ pub(super) async fn trim_changes(pool: &PgPool) -> Result<(), sqlx::Error> {
 }
 
 /// Listens for changes and lock releases, reconnecting while the server is away.
-async fn feed(pool: PgPool, st: Arc<SharedState>) {
+async fn feed(pool: PgPool, st: Arc<SharedVolumeState>) {
     let mut pause = Duration::from_millis(50);
     loop {
         let listening = async {
@@ -409,7 +409,7 @@ async fn try_set(
         .execute(&mut *tx)
         .await?;
     let held = held_locks(&mut *tx, ino).await?;
-    if let Some(c) = shared::conflict(&held, me, req) {
+    if let Some(c) = shared_volume::conflict(&held, me, req) {
         tx.rollback().await?;
         return Ok(Some(c));
     }
@@ -417,7 +417,7 @@ async fn try_set(
         .into_iter()
         .filter(|h| (h.session, h.owner) == (me, req.owner))
         .collect();
-    let after = shared::replace(&mine, me, req);
+    let after = shared_volume::replace(&mine, me, req);
     if after != mine {
         sqlx::query("DELETE FROM locks WHERE ino = $1 AND session = $2 AND owner = $3")
             .bind(ino as i64)
@@ -459,7 +459,11 @@ impl SharedVolume for PgMetaStore {
 
     fn test_lock(&self, ino: Ino, req: &LockRequest) -> MetaResult<Option<HeldLock>> {
         let held = self.retrying(async || held_locks(&self.pool, ino).await)?;
-        Ok(shared::conflict(&held, self.session_id().unwrap_or(0), req))
+        Ok(shared_volume::conflict(
+            &held,
+            self.session_id().unwrap_or(0),
+            req,
+        ))
     }
 
     fn set_lock(&self, ino: Ino, req: &LockRequest, wait: bool) -> MetaResult<Option<i64>> {
@@ -664,7 +668,8 @@ impl SharedVolume for PgMetaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::{FileKind, Inode, MetaStore, Timestamp};
+    use crate::meta::prelude::*;
+    use crate::meta::{FileKind, Inode, Timestamp};
     use std::time::Instant;
 
     fn session(store: &PgMetaStore, secs: u64) {
