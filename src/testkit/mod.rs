@@ -58,6 +58,20 @@ macro_rules! needs_servers {
     };
 }
 
+/// A place on the S3-compatible server `scripts/test.sh` starts (`GRAVITON_TEST_S3`): its URL
+/// with a prefix of the caller's own, so tests never see each other's blocks.
+pub fn s3_scratch_url() -> String {
+    let base = std::env::var("GRAVITON_TEST_S3").expect(
+        "GRAVITON_TEST_S3 is not set: run the tests through scripts/test.sh, which starts an S3 server",
+    );
+    let (head, query) = base.split_once('?').unwrap_or((&base, ""));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{head}/t{}-{nanos}?{query}", std::process::id())
+}
+
 /// The PostgreSQL server `scripts/test.sh` starts (`GRAVITON_TEST_PG`), if any.
 pub fn pg_server() -> Option<String> {
     std::env::var("GRAVITON_TEST_PG")

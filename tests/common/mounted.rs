@@ -261,7 +261,7 @@ impl Mounted {
 
 /// The test S3 server's URL (`scripts/s3.sh`) with a prefix of the caller's own.
 pub fn s3_scratch_url() -> String {
-    graviton::store::s3::scratch_url()
+    graviton::testkit::s3_scratch_url()
 }
 
 /// Whether a process has finished exiting: gone, or a zombie whose threads have all exited.

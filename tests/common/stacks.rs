@@ -46,7 +46,7 @@ pub struct StackVolume {
 impl StackVolume {
     pub fn new(stack: Stack, cfg: FsConfig) -> StackVolume {
         let dir = tempdir(true);
-        let s3 = graviton::store::s3::scratch_url;
+        let s3 = graviton::testkit::s3_scratch_url;
         let (source, blocks, replicas) = match stack {
             Stack::Embedded => (Source::Dir(dir.path().join("vol")), None, vec![]),
             Stack::EmbeddedReplicated => {
