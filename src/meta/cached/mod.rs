@@ -3,7 +3,7 @@
 //! kept across remounts.
 //!
 //! Validity. Every committed write transaction, on any mount, names the inodes it wrote (see
-//! `pg_shared_volume`); entries are grouped by inode, and a change to an inode drops its group (its
+//! `pg::shared_volume`); entries are grouped by inode, and a change to an inode drops its group (its
 //! attributes, its entries if it is a directory, its extents, xattrs and target).
 //! - This mount's own writes drop their groups right after they commit.
 //! - Other mounts' writes arrive on the change feed within milliseconds.

@@ -5,6 +5,16 @@
 //!
 //! The core is synchronous; this adapter owns a small tokio runtime and blocks on sqlx futures
 //! (callers are FUSE reader threads or the core's blocking pool, never async tasks).
+//!
+//! Here the store and its transactions; `ops.rs` a transaction's batched writes, `conn.rs`
+//! per-thread connections; what a volume several mounts share (`SharedVolume`) in
+//! `shared_volume.rs`, with the mount sessions (`session.rs`) and open-file holds (`holds.rs`).
+
+mod conn;
+mod holds;
+mod ops;
+mod session;
+mod shared_volume;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -14,8 +24,6 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
-use super::pg_conn::{LocalConn, LocalConns};
-use super::pg_ops::{Ops, i};
 use super::{
     DirEntry, FileKind, Ino, Inode, MetaError, MetaRead, MetaRecords, MetaResult, MetaTxn,
     MountSessions, Timestamp, Usage, VolumeIndex,
@@ -23,6 +31,8 @@ use super::{
 use crate::domain::extent::Splice;
 use crate::domain::{BlockKey, Extent};
 use crate::postgres::{MIGRATOR, unavailable};
+use conn::{LocalConn, LocalConns};
+use ops::{Ops, i};
 
 /// Inode numbers reserved per sequence step (the sequence's INCREMENT).
 const INO_BATCH: u64 = 1024;
@@ -32,10 +42,10 @@ pub struct PgMetaStore {
     /// How long an operation waits for an unreachable server before it fails (EIO).
     retry_for: Duration,
     pub(super) rt: tokio::runtime::Runtime,
-    /// Connections owned by the calling threads (the fast path; see `pg_conn`).
+    /// Connections owned by the calling threads (the fast path; see `conn`).
     local: Option<LocalConns>,
-    /// This mount's session, heartbeat, change feed and lock waiters (see `pg_shared_volume`).
-    pub(super) shared: std::sync::Arc<super::pg_shared_volume::SharedVolumeState>,
+    /// This mount's session, heartbeat, change feed and lock waiters (see `shared_volume`).
+    shared: std::sync::Arc<shared_volume::SharedVolumeState>,
     /// (next inode to hand out, first inode not reserved)
     ino_range: Mutex<(Ino, Ino)>,
 }

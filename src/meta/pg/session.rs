@@ -1,6 +1,6 @@
 //! Mount sessions on a shared PostgreSQL volume: registration, the heartbeat, expiry judged
 //! only by mounts that stay in touch with the database, and the replacement of an expired
-//! session (see `pg_shared_volume` for what sessions hold, and `vfs::fence` for what an expiry means
+//! session (see `shared_volume` for what sessions hold, and `vfs::fence` for what an expiry means
 //! to open files).
 //!
 //! - A mount refreshes its `sessions` row every quarter of the shortest timeout of the
@@ -19,9 +19,9 @@ use std::time::Duration;
 use sqlx::postgres::PgPool;
 use sqlx::{Executor, Row};
 
-use super::pg::PgMetaStore;
-use super::pg_shared_volume::{MAX_PAYLOAD, SharedVolumeState, trim_changes};
-use super::{Change, SessionInfo};
+use super::PgMetaStore;
+use super::shared_volume::{MAX_PAYLOAD, SharedVolumeState, trim_changes};
+use crate::meta::{Change, SessionInfo};
 
 /// The shortest time between heartbeats (a quarter of the shortest session timeout allowed).
 pub(super) const MIN_BEAT_PERIOD: Duration = Duration::from_millis(250);
@@ -234,7 +234,7 @@ async fn reap(pool: &PgPool, me: i64, b: &Beat) -> Result<(), sqlx::Error> {
 }
 
 /// Deletes the files with no name that no mount needs any more: orphans whose session is gone
-/// (or that have none), which no mount holds open (`pg_holds`); `among`: only these inodes.
+/// (or that have none), which no mount holds open (`holds`); `among`: only these inodes.
 /// Every mount is told, this one included.
 pub(super) async fn reclaim_unheld(
     tx: &mut sqlx::PgConnection,

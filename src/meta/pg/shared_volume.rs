@@ -1,7 +1,7 @@
 //! Shared PostgreSQL volumes: mount sessions with a heartbeat, cleanup after dead sessions,
 //! global byte-range locks, and the change feed (LISTEN/NOTIFY plus the `changes` log).
 //!
-//! - A mount has a session (`pg_session`: the heartbeat, expiry, and a new session with a new
+//! - A mount has a session (`session`: the heartbeat, expiry, and a new session with a new
 //!   id when one expired). Expired sessions lose their locks and the files they had unlinked
 //!   while open; handles that relied on them fail (`vfs::fence`). A transaction that relies on
 //!   its session (the mount holds locks, or it keeps a file unlinked while open) is refused at
@@ -23,10 +23,10 @@ use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{Executor, Postgres, Row};
 use tokio::sync::Notify;
 
-use super::pg::PgMetaStore;
-use super::pg_session::{MIN_BEAT_PERIOD, Registration, heartbeat, register};
-use super::shared_volume::{self, TO_EOF};
-use super::{
+use super::PgMetaStore;
+use super::session::{MIN_BEAT_PERIOD, Registration, heartbeat, register};
+use crate::meta::shared_volume::{self, TO_EOF};
+use crate::meta::{
     Change, ChangeSink, HeldLock, Ino, LockKind, LockRequest, MetaError, MetaResult, SessionInfo,
     SessionRecord, SharedVolume,
 };
@@ -66,8 +66,8 @@ pub(super) struct SharedVolumeState {
     /// Held while pins are written or deleted, so a deletion of released pins never removes a
     /// pin taken again meanwhile.
     pin_order: tokio::sync::Mutex<()>,
-    /// The files this mount has open (`pg_holds`).
-    pub(super) holds: super::pg_holds::Holds,
+    /// The files this mount has open (`holds`).
+    pub(super) holds: super::holds::Holds,
 }
 
 impl SharedVolumeState {
@@ -203,7 +203,7 @@ impl PgMetaStore {
         let unpin = self
             .rt
             .spawn(release_pins(self.pool.clone(), self.shared_handle()));
-        let unhold = self.rt.spawn(super::pg_holds::release_holds(
+        let unhold = self.rt.spawn(super::holds::release_holds(
             self.pool.clone(),
             self.shared_handle(),
         ));
@@ -237,7 +237,7 @@ impl PgMetaStore {
                 .execute(&mut *tx)
                 .await?;
             // files unlinked elsewhere that only this mount still had open
-            super::pg_session::reclaim_unheld(&mut tx, None).await?;
+            super::session::reclaim_unheld(&mut tx, None).await?;
             tx.commit().await
         });
         match ended {

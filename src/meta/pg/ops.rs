@@ -5,9 +5,9 @@
 
 use serde::{Serialize, Serializer};
 
-use super::{DirEntry, Ino, Inode};
 use crate::domain::Extent;
 use crate::domain::key::KEY_BYTES;
+use crate::meta::{DirEntry, Ino, Inode};
 
 /// A JSON array of operations under construction.
 #[derive(Default)]

@@ -8,7 +8,7 @@
 //! - Releases are gathered and deleted by a background task (a close does not wait for the
 //!   database); the same transaction reclaims the orphans nobody holds any more.
 //! - A session's holds go with it (`ON DELETE CASCADE`): when it ends or expires, orphans only
-//!   it held are reclaimed (`pg_session::reclaim_unheld`); a session that replaces an expired
+//!   it held are reclaimed (`session::reclaim_unheld`); a session that replaces an expired
 //!   one holds again what the mount still has open.
 
 use std::collections::HashSet;
@@ -19,10 +19,10 @@ use std::time::Duration;
 use sqlx::postgres::PgPool;
 use tokio::sync::Notify;
 
-use super::pg::{BEGIN, PgMetaStore};
-use super::pg_session::reclaim_unheld;
-use super::pg_shared_volume::SharedVolumeState;
-use super::{Ino, MetaError, MetaResult};
+use super::session::reclaim_unheld;
+use super::shared_volume::SharedVolumeState;
+use super::{BEGIN, PgMetaStore};
+use crate::meta::{Ino, MetaError, MetaResult};
 
 /// A release waits this long for others to delete with it.
 const GATHER: Duration = Duration::from_millis(50);
