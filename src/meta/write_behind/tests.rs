@@ -35,7 +35,8 @@ fn conformance_with_nothing_applied() {
 }
 
 /// Records applied and records pending: listings, maps and xattr names merge both, and
-/// read the same once everything is applied.
+/// read the same once everything is applied. Long because it is one scenario, checked before
+/// and after the applier runs.
 #[test]
 fn pending_records_merge_with_applied_ones() {
     crate::needs_servers!();
