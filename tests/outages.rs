@@ -229,3 +229,76 @@ fn a_commit_whose_answer_was_lost_keeps_the_data_and_its_blocks() {
     let fh = fs.open(ino, OpenFlags::READ).unwrap();
     assert!(read_all(&fs, fh, 0, data.len() as u64) == data);
 }
+
+/// The engine below a write-behind layer (`-o writeback`) refuses commits, or applies them and
+/// loses the answer, for a while: the mount's own commits succeed (they are journaled), the
+/// applier sends its batches again, and once the engine answers, every file is there with its
+/// content, nothing applied twice or lost.
+#[test]
+fn write_behind_rides_out_an_engine_that_refuses_commits_or_loses_answers() {
+    use graviton::meta::prelude::*;
+    use graviton::meta::write_behind::WriteBehind;
+    let dir = tempdir(true);
+    let blocks = Arc::new(MemoryBlockStore::new());
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                format!("f{i}"),
+                random_bytes(30 + i, 3_000 + i as usize * 7_000),
+            )
+        })
+        .collect();
+    {
+        let engine: Arc<dyn MetaStore> =
+            Arc::new(RocksMetaStore::open(dir.path().join("meta")).expect("open meta"));
+        let faults = Arc::new(FaultyMeta::new(engine));
+        let wb = Arc::new(
+            WriteBehind::open(faults.clone(), &dir.path().join("journal"), "test").unwrap(),
+        );
+        let fs = Fs::new(wb.clone(), blocks.clone(), small_cfg()).expect("fs");
+        use CommitFault::{AnswerLost, Refused};
+        faults.fail_commits(&[
+            Refused, AnswerLost, Refused, Refused, AnswerLost, AnswerLost,
+        ]);
+        for (name, body) in &files {
+            let (_, fh) = create(&fs, name);
+            write_all(&fs, fh, 0, body, 65536);
+            fs.release(fh).expect("a commit reaches the journal");
+        }
+        for (name, body) in &files {
+            let ino = fs.lookup(ROOT_INO, name.as_bytes()).unwrap().ino;
+            let fh = fs.open(ino, OpenFlags::READ).unwrap();
+            assert!(
+                read_all(&fs, fh, 0, body.len() as u64) == *body,
+                "{name} on the mount"
+            );
+            fs.release(fh).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (faults.pending_faults() > 0 || wb.queued() > 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            (faults.pending_faults(), wb.queued()),
+            (0, 0),
+            "every fault met, all applied"
+        );
+        wb.end_session();
+    }
+    // the engine alone, without the journal
+    let meta: Arc<dyn MetaStore> =
+        Arc::new(RocksMetaStore::open(dir.path().join("meta")).expect("open meta"));
+    let fs = Fs::new(meta, blocks, small_cfg()).expect("fs");
+    let listed = fs.readdir(ROOT_INO, 0, 1000).unwrap();
+    let names = listed.iter().filter(|e| !e.name.starts_with(b".")).count();
+    assert_eq!(names, files.len(), "each file once");
+    for (name, body) in &files {
+        let attr = fs.lookup(ROOT_INO, name.as_bytes()).unwrap();
+        assert_eq!(attr.nlink, 1, "{name} linked once");
+        let fh = fs.open(attr.ino, OpenFlags::READ).unwrap();
+        assert!(
+            read_all(&fs, fh, 0, body.len() as u64) == *body,
+            "{name} in the engine"
+        );
+    }
+}

@@ -33,7 +33,12 @@ impl FaultyMeta {
 
     /// The next `n` commits meet `fault`.
     pub fn fail_next_commits(&self, n: usize, fault: CommitFault) {
-        *self.plan.lock().unwrap() = vec![fault; n];
+        self.fail_commits(&vec![fault; n]);
+    }
+
+    /// The next commits meet `faults`, in order.
+    pub fn fail_commits(&self, faults: &[CommitFault]) {
+        *self.plan.lock().unwrap() = faults.iter().rev().copied().collect();
     }
 
     /// Commit faults planned and not yet met.
