@@ -52,7 +52,7 @@ const APPLY_BATCH: usize = 512;
 const MAX_BATCH_OPS: usize = 4096;
 /// Commits wait (backpressure) while this many are waiting to be applied.
 const MAX_QUEUED: usize = 20_000;
-/// How long statfs waits for pending changes to reach the engine before it counts there.
+/// How long a usage count (`graviton status`) waits for pending changes to reach the engine.
 const USAGE_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a mount may not use the volume now.
@@ -303,7 +303,7 @@ impl super::MetaLayer for WriteBehind {
     }
 
     /// Counted by the engine: what is pending is given a moment to reach it first, so that
-    /// statfs on this mount sees its own creates and deletes.
+    /// `graviton status` of this mount counts its own creates and deletes.
     fn usage(&self) -> MetaResult<Usage> {
         self.state.drain(USAGE_WAIT);
         self.state.inner.usage()
