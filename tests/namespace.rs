@@ -684,6 +684,28 @@ fn privileges_are_dropped_by_unprivileged_changes_and_chown(vol: &dyn Remountabl
     assert_eq!(vol.mount().getattr(ino).unwrap().perm, 0o4755, "committed");
 }
 
+/// On a volume only one mount uses, lock calls answer ENOSYS: FUSE's way of leaving the locks
+/// to the kernel, which then keeps them itself.
+#[test]
+fn lock_calls_on_an_embedded_volume_leave_locks_to_the_kernel() {
+    use graviton::meta::{LockKind, LockRequest, TO_EOF};
+    let vol = StackVolume::new(Stack::Embedded, small_cfg());
+    let fs = vol.mount();
+    let (_, fh) = create(&fs, "f");
+    let req = LockRequest {
+        owner: 1,
+        kind: LockKind::Exclusive,
+        start: 0,
+        end: TO_EOF,
+        pid: 1,
+    };
+    assert_eq!(fs.test_lock(fh, &req).unwrap_err().errno(), libc::ENOSYS);
+    assert_eq!(
+        fs.set_lock(fh, &req, false).unwrap_err().errno(),
+        libc::ENOSYS
+    );
+}
+
 /// Bytes of block content the volume stores.
 fn stored_bytes(fs: &Fs) -> u64 {
     common::DiskVolume::stored_bytes(fs.store().as_ref())

@@ -580,22 +580,17 @@ impl Filesystem for GravitonFuse {
         let Some(req) = lock_request(lock_owner, start, end, typ, pid) else {
             return reply.error(failed(Errno::EINVAL));
         };
-        self.background(op, move |fs| {
-            if !fs.is_shared() {
-                return reply.error(failed(Errno::ENOSYS));
+        self.background(op, move |fs| match fs.test_lock(fh.0, &req) {
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, pid),
+            Ok(Some(h)) => {
+                let typ = if h.exclusive {
+                    libc::F_WRLCK
+                } else {
+                    libc::F_RDLCK
+                };
+                reply.locked(h.start, h.end, typ, h.pid)
             }
-            match fs.test_lock(fh.0, &req) {
-                Ok(None) => reply.locked(start, end, libc::F_UNLCK, pid),
-                Ok(Some(h)) => {
-                    let typ = if h.exclusive {
-                        libc::F_WRLCK
-                    } else {
-                        libc::F_RDLCK
-                    };
-                    reply.locked(h.start, h.end, typ, h.pid)
-                }
-                Err(e) => reply.error(errno(&e)),
-            }
+            Err(e) => reply.error(errno(&e)),
         });
     }
 
@@ -621,9 +616,6 @@ impl Filesystem for GravitonFuse {
         };
         let kernel = self.kernel.clone();
         self.background(op, move |fs| {
-            if !fs.is_shared() {
-                return reply.error(failed(Errno::ENOSYS));
-            }
             match fs.set_lock(fh.0, &req, sleep) {
                 Ok(true) => {
                     // what the lock's last holder committed is out of the kernel's caches too

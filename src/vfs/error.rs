@@ -56,6 +56,9 @@ pub enum FsError {
     /// A lock call through such a handle.
     #[error("the mount's session expired: this handle's lock is gone")]
     LockLost,
+    /// A lock call on a volume only one mount uses: the kernel keeps such locks itself.
+    #[error("locks are kept by the kernel on this volume")]
+    LocksLocal,
     #[error("metadata: {0}")]
     Meta(#[from] MetaError),
     #[error("block store: {0}")]
@@ -90,6 +93,8 @@ impl FsError {
             FsError::Fenced => libc::EIO,
             FsError::Moved => libc::EIO,
             FsError::LockLost => libc::ENOLCK,
+            // FUSE's answer that makes the kernel keep the mount's locks itself
+            FsError::LocksLocal => libc::ENOSYS,
             FsError::Meta(MetaError::Conflict) => libc::EIO,
             FsError::Meta(MetaError::SessionExpired) => libc::EIO,
             FsError::Meta(MetaError::Corrupt(_)) => libc::EIO,

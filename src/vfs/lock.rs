@@ -22,21 +22,22 @@ fn lock_lost(e: FsError) -> FsError {
 
 impl Fs {
     fn shared_volume(&self) -> FsResult<&dyn SharedVolume> {
-        self.core.meta.shared().ok_or(FsError::NotSupported)
+        self.core.meta.shared().ok_or(FsError::LocksLocal)
     }
 
     /// F_GETLK: the lock that keeps `req` from being granted, if any.
     pub fn test_lock(&self, fh: u64, req: &LockRequest) -> FsResult<Option<HeldLock>> {
+        let shared = self.shared_volume()?;
         let h = self.handle(fh)?;
         self.check_fence(&h).map_err(lock_lost)?;
-        Ok(self.shared_volume()?.test_lock(h.ino, req)?)
+        Ok(shared.test_lock(h.ino, req)?)
     }
 
     /// Sets, changes or releases a lock through handle `fh`; with `wait`, blocks until it can
     /// be granted, else returns false when another holder keeps it from being granted.
     pub fn set_lock(&self, fh: u64, req: &LockRequest, wait: bool) -> FsResult<bool> {
-        let h = self.handle(fh)?;
         let shared = self.shared_volume()?;
+        let h = self.handle(fh)?;
         if req.kind != LockKind::Exclusive {
             // what was written under a write lock is committed before another mount can take
             // it (an unlock, or a downgrade to a read lock)
