@@ -315,8 +315,9 @@ impl super::StoreLayer for WriteBack {
     // that really is garbage is uploaded, then collected by a later run.
 
     fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
-        let mut all = self.uploads.inner.list()?;
-        all.extend(self.uploads.lock().staged.keys().copied());
+        // staged first: a block uploaded meanwhile leaves the staging after it is stored below
+        let mut all: Vec<BlockKey> = self.uploads.lock().staged.keys().copied().collect();
+        all.extend(self.uploads.inner.list()?);
         all.sort();
         all.dedup();
         Ok(all)
@@ -435,6 +436,54 @@ mod tests {
         assert_eq!(wb.get(&key).unwrap(), data, "the staged copy is still read");
         wb.drain(Duration::from_secs(30)).unwrap();
         assert_eq!(inner.get(&key).unwrap(), data, "and it reaches the store");
+    }
+
+    /// A store whose listing is taken before an upload lands and answered after it.
+    struct ListsBeforeAnUpload {
+        inner: Arc<MemoryBlockStore>,
+        key: BlockKey,
+        listed: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    }
+
+    impl crate::store::StoreLayer for ListsBeforeAnUpload {
+        fn inner(&self) -> &dyn BlockStore {
+            self.inner.as_ref()
+        }
+
+        fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
+            let before = self.inner.list()?;
+            if let Some(tx) = self.listed.lock().unwrap().take() {
+                tx.send(()).unwrap();
+                while !self.inner.exists(&self.key)? {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                std::thread::sleep(Duration::from_millis(200)); // the uploader unstages it
+            }
+            Ok(before)
+        }
+    }
+
+    #[test]
+    fn a_block_uploaded_while_the_store_is_listed_is_listed() {
+        let staging = tempfile::tempdir().unwrap();
+        let data = vec![3u8; 10 << 10];
+        let key = BlockKey::for_data(HashAlgo::Blake3, &data);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let inner = Arc::new(ListsBeforeAnUpload {
+            inner: Arc::new(MemoryBlockStore::new()),
+            key,
+            listed: Mutex::new(Some(tx)),
+        });
+        let wb = WriteBack::open(inner, staging.path(), Box::new(|_| {})).unwrap();
+        wb.put(&key, &data).unwrap();
+        std::thread::scope(|s| {
+            let wb = &wb;
+            s.spawn(move || {
+                rx.recv().unwrap();
+                wb.drain(Duration::from_secs(30)).unwrap();
+            });
+            assert!(wb.list().unwrap().contains(&key), "staged, then uploaded: listed");
+        });
     }
 
     #[test]
