@@ -168,19 +168,13 @@ fn a_write_loop_rides_out_twenty_seconds_without_s3() {
     }
 }
 
-/// With `-o writeback`, close and fsync wait for the local disk only: files written while the
-/// server is away are complete and read back at once. A daemon killed with blocks still staged
-/// uploads them at its next mount, and once that mount is unmounted a mount that reads S3 alone
-/// (another machine: no staging folder) reads every byte.
-#[test]
-fn writeback_writes_complete_without_s3_and_reach_it_later() {
-    graviton::needs_servers!();
-    let server = Server::new();
-    let m = Mounted::new_pg_with_store("writeback", Some(&server.url()));
+/// With `-o writeback`, writes `files` files while the server is away (each closed and
+/// fsync'd) and checks that they read back at once. Returns what was written.
+fn write_while_away(server: &Server, m: &Mounted, files: usize) -> Vec<Vec<u8>> {
     let dir: PathBuf = m.path("wb");
     std::fs::create_dir(&dir).unwrap();
     server.stop();
-    let written: Vec<Vec<u8>> = (0..10)
+    let written: Vec<Vec<u8>> = (0..files)
         .map(|i| {
             let body = random_bytes(100 + i as u64, 300_000 + i * 70_000);
             let mut f = std::fs::File::create(dir.join(format!("f{i}"))).unwrap();
@@ -191,24 +185,81 @@ fn writeback_writes_complete_without_s3_and_reach_it_later() {
             body
         })
         .collect();
-    for (i, body) in written.iter().enumerate() {
-        let got = std::fs::read(dir.join(format!("f{i}"))).unwrap();
-        assert!(
-            got == *body,
-            "f{i} reads back from this machine while S3 is away"
-        );
-    }
-    // gone before a single upload could happen
+    assert_reads_back(m, &written, "from this machine while S3 is away");
+    written
+}
+
+/// `write_while_away`, then the daemon is killed before a single upload could happen and the
+/// server comes back.
+fn write_staged_and_kill(server: &Server, m: &Mounted, files: usize) -> Vec<Vec<u8>> {
+    let written = write_while_away(server, m, files);
     m.kill_daemon();
     server.start();
-    m.mount();
-    m.unmount(); // waits for the staged blocks to go up
-    let elsewhere = Mounted::existing(&m.source, "");
+    written
+}
+
+fn assert_reads_back(m: &Mounted, written: &[Vec<u8>], how: &str) {
     for (i, body) in written.iter().enumerate() {
-        let got = std::fs::read(elsewhere.path(&format!("wb/f{i}"))).unwrap();
-        assert!(got == *body, "f{i} reads back from S3 alone");
+        let got = std::fs::read(m.path(&format!("wb/f{i}")))
+            .unwrap_or_else(|e| panic!("reading f{i} {how}: {e}"));
+        assert!(got == *body, "f{i} reads back {how}");
     }
+}
+
+/// Once `m` is unmounted, a mount that reads S3 alone (another machine: no staging folder)
+/// reads every byte, and fsck finds every block whole.
+fn assert_on_s3_alone(m: &Mounted, written: &[Vec<u8>]) {
+    m.unmount();
+    let elsewhere = Mounted::existing(&m.source, "");
+    assert_reads_back(&elsewhere, written, "from S3 alone");
     let fsck = elsewhere.graviton(&["fsck", "--verify-data", &m.source]);
     let report = common::mounted::ok(fsck, "graviton fsck");
     assert!(report.contains("0 problems"), "{report}");
+}
+
+/// With `-o writeback`, close and fsync wait for the local disk only: files written while the
+/// server is away are complete and read back at once. A daemon killed with blocks still staged
+/// uploads them at its next mount.
+#[test]
+fn writeback_writes_complete_without_s3_and_reach_it_later() {
+    graviton::needs_servers!();
+    let server = Server::new();
+    let m = Mounted::new_pg_with_store("writeback", Some(&server.url()));
+    let written = write_staged_and_kill(&server, &m, 10);
+    m.mount();
+    assert_on_s3_alone(&m, &written); // the unmount waits for the staged blocks to go up
+}
+
+/// The next mount on the machine uploads what a killed `-o writeback` mount left staged even
+/// when it is mounted without `-o writeback` (it also sends the journal such a mount left).
+#[test]
+fn a_mount_without_writeback_uploads_what_a_killed_writeback_mount_staged() {
+    graviton::needs_servers!();
+    let server = Server::new();
+    let mut m = Mounted::new_pg_with_store("writeback", Some(&server.url()));
+    let written = write_staged_and_kill(&server, &m, 6);
+    m.options = String::new();
+    m.mount();
+    assert_reads_back(&m, &written, "from the next mount, without -o writeback");
+    assert_on_s3_alone(&m, &written);
+}
+
+/// An unmount that cannot upload every staged block within `upload_wait` fails as a killed
+/// mount would: the volume stays claimed by this machine, so no other machine mounts it (and
+/// reads EIO) before this machine's next mount has uploaded the rest.
+#[test]
+fn an_unmount_that_cannot_upload_keeps_the_volume_for_this_machine() {
+    graviton::needs_servers!();
+    let server = Server::new();
+    let mut m = Mounted::new_pg_with_store("writeback,upload_wait=1", Some(&server.url()));
+    let written = write_while_away(&server, &m, 4);
+    m.unmount();
+    let refused = common::mounted::mount_elsewhere(&m.source)
+        .expect("another machine may not mount it while blocks are staged here");
+    assert!(refused.contains("-o writeback"), "{refused}");
+    server.start();
+    m.options = String::new();
+    m.mount();
+    assert_reads_back(&m, &written, "from the next mount, without -o writeback");
+    assert_on_s3_alone(&m, &written);
 }

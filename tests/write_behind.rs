@@ -7,27 +7,8 @@ mod common;
 
 use std::process::Command;
 
-use common::mounted::{BIN, Mounted, s3_scratch_url};
+use common::mounted::{BIN, Mounted, mount_elsewhere, s3_scratch_url};
 use common::random_bytes;
-
-/// `graviton mount` from another machine (another state folder); returns its stderr, or None
-/// when it mounted (and is unmounted again).
-fn mount_elsewhere(source: &str) -> Option<String> {
-    let other = tempfile::tempdir().unwrap();
-    let mnt = other.path().join("m");
-    std::fs::create_dir(&mnt).unwrap();
-    let out = Command::new("timeout")
-        .args(["-k5", "60", BIN, "mount", source, mnt.to_str().unwrap()])
-        .args(["-o", "allow_other"])
-        .env("XDG_STATE_HOME", other.path().join("state"))
-        .output()
-        .unwrap();
-    if out.status.success() {
-        let _ = Command::new("fusermount3").arg("-uz").arg(&mnt).status();
-        return None;
-    }
-    Some(String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 #[test]
 fn a_writeback_mount_has_the_volume_to_itself_and_its_journal_survives_a_kill() {

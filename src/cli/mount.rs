@@ -19,8 +19,8 @@ use crate::volume::{Source, Volume};
 pub struct MountArgs {
     /// Mount options, comma-separated (allow_other, ro, noatime, attr_timeout=SECS, cache_mb=N,
     /// dirty_mb=N, readahead_mb=N, threads=N, session_timeout=SECS, meta_cache=on|off,
-    /// page_fill=on|off, writeback, write_cache, gc_every=DURATION|off, gc_grace=DURATION, and
-    /// the usual fstab options).
+    /// page_fill=on|off, writeback, write_cache, upload_wait=SECS, gc_every=DURATION|off,
+    /// gc_grace=DURATION, and the usual fstab options).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Serve Prometheus metrics on this address (same as `-o metrics=ADDR`).

@@ -83,6 +83,7 @@ pub fn serve(
         session.unmount_callable(),
         mountpoint,
         &state,
+        opts.upload_wait,
     )?;
     control::serve(vol.clone())?;
     // the daemon is the one process of an embedded volume: it collects its garbage itself
@@ -115,9 +116,7 @@ pub fn serve(
     crate::fuse::readahead::widen(mountpoint);
     session.run().context("serving the mount")?;
     // The session dropped the adapter; commit whatever is still pending before exiting.
-    fs.shutdown()?;
-    fs.store().drain(WRITEBACK_DRAIN)?;
-    fs.meta().end_session();
+    finish(&fs, opts.upload_wait)?;
     drop(fs);
     let _ = std::fs::remove_file(control::socket(&state));
     let _ = std::fs::remove_file(pid_file);
@@ -240,6 +239,7 @@ fn stop_on_signals(
     mut unmounter: fuser::SessionUnmounter,
     mountpoint: &Path,
     state: &Path,
+    upload_wait: Duration,
 ) -> anyhow::Result<()> {
     let (mp, state) = (mountpoint.to_path_buf(), state.to_path_buf());
     std::thread::Builder::new()
@@ -251,13 +251,9 @@ fn stop_on_signals(
                 mp.display()
             );
             fs.freeze();
-            if let Err(e) = fs.shutdown() {
-                tracing::error!("committing pending writes: {e}");
+            if let Err(e) = finish(&fs, upload_wait) {
+                tracing::error!("{e:#}");
             }
-            if let Err(e) = fs.store().drain(WRITEBACK_DRAIN) {
-                tracing::error!("uploading staged blocks: {e}");
-            }
-            fs.meta().end_session();
             if unmounter.unmount().is_err() {
                 // Files are still open (EBUSY): detach the mount and exit; everything written
                 // before the signal is committed, later calls on open files fail.
@@ -271,9 +267,19 @@ fn stop_on_signals(
     Ok(())
 }
 
-/// How long an unmount waits for a write-back mount's uploads; the rest waits for the next
-/// mount in the staging folder.
-const WRITEBACK_DRAIN: Duration = Duration::from_secs(120);
+/// The end of a mount, at an unmount or a signal: commits what is buffered, waits up to
+/// `upload_wait` for a write-back mount's uploads, and ends the session. A mount that could not
+/// do all of it keeps its session, as a killed one would: a write-back mount's claim on the
+/// volume then stays, so no other machine mounts it before the next mount on this one has
+/// uploaded the staged blocks and sent the journal.
+fn finish(fs: &Fs, upload_wait: Duration) -> anyhow::Result<()> {
+    fs.shutdown().context("committing pending writes")?;
+    fs.store()
+        .drain(upload_wait)
+        .context("uploading staged blocks")?;
+    fs.meta().end_session();
+    Ok(())
+}
 
 /// How long a mount waits for the daemon of an earlier mount of the same embedded volume to
 /// let it go, once that mount is gone.

@@ -38,6 +38,8 @@ pub struct MountOptions {
     pub write_cache: bool,
     /// PostgreSQL volumes: how long operations wait for an unreachable server (then EIO).
     pub pg_wait: Duration,
+    /// With `writeback`: how long an unmount waits for the staged blocks' uploads.
+    pub upload_wait: Duration,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
     /// An on-disk block cache (for remote block stores), and its size.
@@ -73,6 +75,7 @@ impl Default for MountOptions {
             writeback: false,
             write_cache: false,
             pg_wait: crate::volume::DEFAULT_PG_WAIT,
+            upload_wait: Duration::from_secs(120),
             metrics: None,
             cache_dir: None,
             cache_dir_mb: 10240,
@@ -208,6 +211,9 @@ impl MountOptions {
                     self.metrics = Some(number(name, need()?, "an address like 127.0.0.1:9100")?)
                 }
                 "pg_wait" => self.pg_wait = seconds(name, need()?, 86_400, "1 to 86400 seconds")?,
+                "upload_wait" => {
+                    self.upload_wait = seconds(name, need()?, 86_400, "1 to 86400 seconds")?
+                }
                 "session_timeout" => {
                     self.session_timeout = seconds(name, need()?, 3600, "1 to 3600 seconds")?
                 }

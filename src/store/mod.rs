@@ -200,7 +200,8 @@ pub trait BlockStore: Send + Sync {
     }
 
     /// Waits (at most `limit`) until blocks accepted for a later upload have reached the
-    /// backend: only a write-back store ([`writeback::WriteBack`]) has any.
+    /// backend, and fails if some have not: only a write-back store ([`writeback::WriteBack`])
+    /// has any.
     fn drain(&self, _limit: std::time::Duration) -> Result<(), StoreError> {
         Ok(())
     }

@@ -79,6 +79,9 @@ pub struct Staging {
     pending: PendingSync<Unsynced>,
     /// New segments are written with `O_DIRECT` (until the file system refuses it).
     direct: AtomicBool,
+    /// An exclusive lock on the folder for as long as it is open: one process stages and
+    /// uploads there at a time (a second would scan and release the first's records).
+    _lock: nix::fcntl::Flock<File>,
 }
 
 #[derive(Default)]
@@ -126,6 +129,19 @@ impl Staging {
         crate::private::dir(&seg_dir)
             .and_then(|()| crate::private::dir(dir))
             .map_err(|e| io(format!("creating {}", seg_dir.display()), e))?;
+        let lock = File::open(dir)
+            .map_err(|e| io(format!("opening {}", dir.display()), e))
+            .and_then(|f| {
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+                    |(_, e)| {
+                        let context = format!(
+                            "the write-back folder {} is in use by another mount of this volume on this machine",
+                            dir.display()
+                        );
+                        io(context, e.into())
+                    },
+                )
+            })?;
         let _ = std::fs::remove_dir_all(dir.join("spare"));
         let mut ids: Vec<u64> = std::fs::read_dir(&seg_dir)
             .map_err(|e| io(format!("listing {}", seg_dir.display()), e))?
@@ -141,6 +157,7 @@ impl Staging {
             }),
             pending: PendingSync::default(),
             direct: direct.into(),
+            _lock: lock,
         };
         let mut found = Vec::new();
         let mut seen = HashSet::new();
@@ -561,6 +578,13 @@ mod tests {
         let (a, b) = (block(1, 1000), block(2, 3000));
         let (s, found) = Staging::open(tmp.path()).unwrap();
         assert!(found.is_empty());
+        let Err(busy) = Staging::open(tmp.path()) else {
+            panic!("a second opener would scan and release the first's records")
+        };
+        assert!(
+            busy.to_string().contains("in use by another mount"),
+            "{busy}"
+        );
         let la = s.append(&a.0, &a.1).unwrap();
         let lb = s.append(&b.0, &b.1).unwrap();
         assert_eq!(

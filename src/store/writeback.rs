@@ -129,6 +129,52 @@ impl WriteBack {
     pub fn staged(&self) -> usize {
         self.uploads.lock().staged.len()
     }
+
+    /// For a mount that stages nothing itself: uploads what a write-back mount left in `dir`
+    /// (one killed, or unmounted while the store was away). Waits as long as uploads go on, and
+    /// fails once none has succeeded for `stall` with blocks still staged. Returns how many
+    /// blocks it uploaded.
+    pub fn upload_left(
+        inner: Arc<dyn BlockStore>,
+        dir: &Path,
+        on_duplicate: OnDuplicate,
+        stall: Duration,
+    ) -> Result<usize, StoreError> {
+        if !dir.exists() {
+            return Ok(0);
+        }
+        let wb = WriteBack::open(inner, dir, on_duplicate)?;
+        let s = &wb.uploads;
+        let mut st = s.lock();
+        st.hurry = true;
+        s.work.notify_all();
+        let found = st.staged.len();
+        let (mut left, mut progress) = (found, Instant::now());
+        while left > 0 {
+            if progress.elapsed() > stall {
+                let why = format!("no upload succeeded for {} s", stall.as_secs());
+                let context = format!(
+                    "uploading the {left} blocks an earlier -o writeback mount left in {}",
+                    dir.display()
+                );
+                return Err(StoreError::failed(
+                    "write-back",
+                    context,
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, why),
+                    super::Transience::Transient,
+                ));
+            }
+            st = s
+                .done
+                .wait_timeout(st, Duration::from_millis(200))
+                .expect("write-back state")
+                .0;
+            if st.staged.len() < left {
+                (left, progress) = (st.staged.len(), Instant::now());
+            }
+        }
+        Ok(found)
+    }
 }
 
 impl Uploads {
@@ -349,15 +395,22 @@ impl super::StoreLayer for WriteBack {
         }
         let left = st.staged.len();
         drop(st);
-        if left > 0 {
-            BlockStore::sync(self)?;
-            tracing::warn!(
-                blocks = left,
-                "blocks not uploaded yet stay in {}; the next mount uploads them",
-                s.staging.dir().display()
-            );
+        if left == 0 {
+            return Ok(());
         }
-        Ok(())
+        BlockStore::sync(self)?;
+        let context = format!(
+            "{left} blocks not uploaded in {} s stay in {}; the next mount on this machine uploads them",
+            limit.as_secs(),
+            s.staging.dir().display()
+        );
+        let why = std::io::Error::new(std::io::ErrorKind::TimedOut, "uploads did not finish");
+        Err(StoreError::failed(
+            "write-back",
+            context,
+            why,
+            super::Transience::Transient,
+        ))
     }
 }
 
@@ -482,7 +535,10 @@ mod tests {
                 rx.recv().unwrap();
                 wb.drain(Duration::from_secs(30)).unwrap();
             });
-            assert!(wb.list().unwrap().contains(&key), "staged, then uploaded: listed");
+            assert!(
+                wb.list().unwrap().contains(&key),
+                "staged, then uploaded: listed"
+            );
         });
     }
 

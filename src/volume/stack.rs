@@ -30,6 +30,7 @@ use crate::retry::Backoff;
 use crate::store::local::Disk;
 use crate::store::replicated::{ReplicaIndex, ReplicaStatus};
 use crate::store::retrying::Retrying;
+use crate::store::writeback::WriteBack;
 use crate::store::{BlockStore, LocalBlockStore, PgBlockStore};
 
 /// The layers of a volume's two stacks, outermost first, as one line each.
@@ -272,9 +273,11 @@ pub fn mount_layers(
         vol.stack.blocks = over(layer, &vol.stack.blocks);
     }
     vol.meta.begin_session(&layers.session)?;
-    if vol.meta.shared().is_some()
-        && let Err(e) = write_behind(vol, &layers.session.host, layers.writeback)
-    {
+    let opened = upload_staged(vol, layers.writeback).and_then(|()| match vol.meta.shared() {
+        Some(_) => write_behind(vol, &layers.session.host, layers.writeback),
+        None => Ok(()),
+    });
+    if let Err(e) = opened {
         vol.meta.end_session();
         return Err(e);
     }
@@ -282,6 +285,45 @@ pub fn mount_layers(
         write_back(vol)?;
     }
     Ok(())
+}
+
+/// How long a mount waits for the first (or next) of the blocks a write-back mount left staged
+/// to be uploaded before it gives up.
+const STAGED_UPLOAD_STALL: Duration = Duration::from_secs(60);
+
+/// A mount without `-o writeback` first uploads what a write-back mount on this machine left in
+/// the volume's staging folder, before any journal it left names those blocks in the engine:
+/// the files would read as EIO until they are. Refused if the folder's lock is held (a live
+/// write-back mount) or uploads stop succeeding.
+fn upload_staged(vol: &Volume, writeback: bool) -> anyhow::Result<()> {
+    if writeback || vol.store_url.is_local() {
+        return Ok(());
+    }
+    let dir = staging_dir(vol);
+    let uploaded =
+        WriteBack::upload_left(vol.store.clone(), &dir, unmark(vol), STAGED_UPLOAD_STALL)?;
+    if uploaded > 0 {
+        tracing::info!(
+            blocks = uploaded,
+            "uploaded the blocks an earlier -o writeback mount left in {}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn staging_dir(vol: &Volume) -> PathBuf {
+    vol.source.state_dir().join("writeback")
+}
+
+/// Clears the gc mark of a block found already stored when it is uploaded (see `OnDuplicate`).
+fn unmark(vol: &Volume) -> crate::store::writeback::OnDuplicate {
+    let meta = vol.meta.clone();
+    Box::new(move |key: &BlockKey| {
+        if let Err(e) = meta.kv_delete(&crate::meta::gc_candidate_key(key)) {
+            tracing::warn!(block = %key, "clearing a gc mark: {e}");
+        }
+    })
 }
 
 /// On a shared (PostgreSQL) volume: with `-o writeback`, metadata commits go to a journal in
@@ -318,14 +360,8 @@ fn write_back(vol: &mut Volume) -> anyhow::Result<()> {
             "writeback applies to remote block stores (S3, PostgreSQL); this volume's blocks are local"
         );
     }
-    let dir = vol.source.state_dir().join("writeback");
-    let meta = vol.meta.clone();
-    let unmark = Box::new(move |key: &BlockKey| {
-        if let Err(e) = meta.kv_delete(&crate::meta::gc_candidate_key(key)) {
-            tracing::warn!(block = %key, "clearing a gc mark: {e}");
-        }
-    });
-    let staged = crate::store::writeback::WriteBack::open(vol.store.clone(), &dir, unmark)
+    let dir = staging_dir(vol);
+    let staged = WriteBack::open(vol.store.clone(), &dir, unmark(vol))
         .with_context(|| format!("opening the write-back folder {}", dir.display()))?;
     vol.store = Arc::new(staged);
     vol.stack.blocks = over(

@@ -264,6 +264,25 @@ pub fn s3_scratch_url() -> String {
     graviton::testkit::s3_scratch_url()
 }
 
+/// `graviton mount` from another machine (another state folder); returns its stderr, or None
+/// when it mounted (and is unmounted again).
+pub fn mount_elsewhere(source: &str) -> Option<String> {
+    let other = tempfile::tempdir().unwrap();
+    let mnt = other.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = Command::new("timeout")
+        .args(["-k5", "60", BIN, "mount", source, mnt.to_str().unwrap()])
+        .args(["-o", "allow_other"])
+        .env("XDG_STATE_HOME", other.path().join("state"))
+        .output()
+        .unwrap();
+    if out.status.success() {
+        let _ = Command::new("fusermount3").arg("-uz").arg(&mnt).status();
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// Whether a process has finished exiting: gone, or a zombie whose threads have all exited.
 /// (The leader shows "Z" as soon as it exits, while other threads may still hold its files.)
 pub fn exited(pid: i32) -> bool {
