@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks a Graviton mount (embedded default: RocksDB + local blocks) against a plain local
-# directory on the same disk, in the same run, and prints a Markdown table of ratios.
+# directory on the same disk and against the FUSE ceiling (examples/null_fuse.rs: a filesystem
+# that stores nothing and answers at once, mounted with Graviton's kernel settings), in the same
+# run, and prints a Markdown table of ratios.
 # usage: bench/bench.sh [WORKDIR]     (default /var/tmp/graviton-bench; needs root for drop_caches)
 #        ENGINE=postgres bench/bench.sh   metadata in a scratch database on the test server
 #                                           (scripts/pg.sh), blocks in WORKDIR/blocks
@@ -11,10 +13,12 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/env.sh
 [ -n "${BENCH_BIN:-}" ] || cargo build --release --locked --bin graviton >/dev/null
+cargo build --release --locked --example null_fuse >/dev/null
+NULL_FUSE="$CARGO_TARGET_DIR/release/examples/null_fuse"
 WORK="${1:-/var/tmp/graviton-bench}"
 SEQ_MB="${SEQ_MB:-1024}" RAND_MB="${RAND_MB:-256}" RSS_MB="${RSS_MB:-2048}" FILES="${FILES:-10000}"
 G="${BENCH_BIN:-$GRAVITON_BIN}"
-VOL="$WORK/vol" MNT="$WORK/mnt" LOCAL="$WORK/local"
+VOL="$WORK/vol" MNT="$WORK/mnt" LOCAL="$WORK/local" CEIL="$WORK/ceiling"
 export XDG_STATE_HOME="$WORK/state"  # a PostgreSQL mount's state, found again below
 STATE="$VOL"  # where the daemon writes graviton.pid
 if [ "${ENGINE:-embedded}" = postgres ]; then
@@ -37,11 +41,14 @@ unmount() { # and wait until the daemon has committed everything and exited
 }
 mount_fresh() { unmount; "$G" mount "$VOL" "$MNT" -o "${MOUNT_OPTS:-allow_other}"; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-cleanup() { unmount; }
+cleanup() { unmount; fusermount3 -u "$CEIL" 2>/dev/null || true; }
 trap cleanup EXIT
 
 unmount
-rm -rf "$WORK" && mkdir -p "$MNT" "$LOCAL"
+fusermount3 -u "$CEIL" 2>/dev/null || true
+rm -rf "$WORK" && mkdir -p "$MNT" "$LOCAL" "$CEIL"
+"$NULL_FUSE" "$CEIL" &
+for _ in $(seq 100); do mountpoint -q "$CEIL" && break; sleep 0.1; done
 if [ "${ENGINE:-embedded}" = postgres ]; then
   "$G" format --store "file://$WORK/blocks" "$VOL" >/dev/null
 else
@@ -60,8 +67,8 @@ fio_bw() { # dir name rw bs size-MB [extra…] → MiB/s (read or write side)
 }
 
 declare -A R
-for target in local graviton; do
-  if [ $target = local ]; then D="$LOCAL"; else D="$MNT"; fi
+for target in local ceiling graviton; do
+  case $target in local) D="$LOCAL" ;; ceiling) D="$CEIL" ;; graviton) D="$MNT" ;; esac
   reopen() { drop_caches; if [ $target = graviton ]; then mount_fresh; fi; }
   R[$target.seqw]=$(fio_bw "$D" seq write 1M "$SEQ_MB" --end_fsync=1)
   reopen
@@ -71,10 +78,22 @@ for target in local graviton; do
   R[$target.randr]=$(fio_bw "$D" rand randread 4k "$RAND_MB" --runtime=30)
   rm -f "$D"/*.dat
   # metadata rates and readdir, from one Python process per target
-  read -r c s u rd < <(python3 - "$D/meta" "$FILES" <<'PY'
+  read -r c s u rd cw u4 < <(python3 - "$D/meta" "$FILES" <<'PY'
 import os, sys, time
 d, n = sys.argv[1], int(sys.argv[2])
 os.makedirs(d, exist_ok=True)
+os.makedirs(d + "-small", exist_ok=True)
+data = b"x" * 4096
+t = time.perf_counter()
+for i in range(n):
+    with open(f"{d}-small/f{i}", "wb") as f:
+        f.write(data)
+cw = n / (time.perf_counter() - t)
+assert len(os.listdir(d + "-small")) == n
+t = time.perf_counter()
+for i in range(n):
+    os.unlink(f"{d}-small/f{i}")
+u4 = n / (time.perf_counter() - t)
 t = time.perf_counter()
 for i in range(n):
     os.close(os.open(f"{d}/f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
@@ -91,10 +110,13 @@ t = time.perf_counter()
 for i in range(n):
     os.unlink(f"{d}/f{i}")
 u = n / (time.perf_counter() - t)
-print(f"{c:.0f} {s:.0f} {u:.0f} {rd:.1f}")
+print(f"{c:.0f} {s:.0f} {u:.0f} {rd:.1f} {cw:.0f} {u4:.0f}")
 PY
 )
   R[$target.create]=$c R[$target.stat]=$s R[$target.unlink]=$u R[$target.readdir]=$rd
+  R[$target.cwc]=$cw R[$target.unlink4k]=$u4
+  # the null filesystem keeps no bytes and has no links: the rows below are for real targets
+  [ $target != ceiling ] || { fusermount3 -u "$CEIL"; continue; }
   # untar of a real source tree (RocksDB's sources, from the cargo registry)
   TARBALL="$WORK/src.tar"
   if [ ! -f "$TARBALL" ]; then
@@ -120,16 +142,27 @@ dd if=/dev/urandom of="$MNT/rss2.dat" bs=1M count="$RSS_MB" conv=fsync status=no
 RSS=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$PID/status)
 
 ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
-echo "| measure | local dir | graviton | ratio (graviton / local) |"
-echo "|---|---|---|---|"
-echo "| fio sequential write 1 MiB, ${SEQ_MB} MiB, end fsync (MiB/s) | ${R[local.seqw]} | ${R[graviton.seqw]} | $(ratio ${R[graviton.seqw]} ${R[local.seqw]}) |"
-echo "| fio sequential read 1 MiB, caches dropped (MiB/s) | ${R[local.seqr]} | ${R[graviton.seqr]} | $(ratio ${R[graviton.seqr]} ${R[local.seqr]}) |"
-echo "| fio random write 4 KiB, ${RAND_MB} MiB, end fsync (MiB/s) | ${R[local.randw]} | ${R[graviton.randw]} | $(ratio ${R[graviton.randw]} ${R[local.randw]}) |"
-echo "| fio random read 4 KiB, caches dropped (MiB/s) | ${R[local.randr]} | ${R[graviton.randr]} | $(ratio ${R[graviton.randr]} ${R[local.randr]}) |"
-echo "| create (files/s, ${FILES} files) | ${R[local.create]} | ${R[graviton.create]} | $(ratio ${R[graviton.create]} ${R[local.create]}) |"
-echo "| stat (files/s) | ${R[local.stat]} | ${R[graviton.stat]} | $(ratio ${R[graviton.stat]} ${R[local.stat]}) |"
-echo "| unlink (files/s) | ${R[local.unlink]} | ${R[graviton.unlink]} | $(ratio ${R[graviton.unlink]} ${R[local.unlink]}) |"
-echo "| readdir of ${FILES} entries (ms) | ${R[local.readdir]} | ${R[graviton.readdir]} | $(ratio ${R[local.readdir]} ${R[graviton.readdir]}) (speed) |"
-echo "| 20,000 seeded random updates after 12,000 files created and deleted (s) | ${R[local.updates]} | ${R[graviton.updates]} | $(ratio ${R[local.updates]} ${R[graviton.updates]}) (speed) |"
-echo "| untar of RocksDB's source tree (s) | ${R[local.untar]} | ${R[graviton.untar]} | $(ratio ${R[local.untar]} ${R[graviton.untar]}) (speed) |"
-echo "| daemon peak RSS writing 2 × ${RSS_MB} MiB (MiB) | – | ${RSS} | – |"
+row() { # label key [speed: the figure is a time, so the ratios are inverted]
+  local l=${R[local.$2]} c=${R[ceiling.$2]:-–} g=${R[graviton.$2]} to_l to_c=–
+  if [ "${3:-}" = speed ]; then
+    to_l=$(ratio "$l" "$g"); [ "$c" = – ] || to_c=$(ratio "$c" "$g")
+  else
+    to_l=$(ratio "$g" "$l"); [ "$c" = – ] || to_c=$(ratio "$g" "$c")
+  fi
+  echo "| $1 | $l | $c | $g | $to_l | $to_c |"
+}
+echo "| measure | local dir | FUSE ceiling | graviton | graviton / local | graviton / ceiling |"
+echo "|---|---|---|---|---|---|"
+row "fio sequential write 1 MiB, ${SEQ_MB} MiB, end fsync (MiB/s)" seqw
+row "fio sequential read 1 MiB, caches dropped (MiB/s)" seqr
+row "fio random write 4 KiB, ${RAND_MB} MiB, end fsync (MiB/s)" randw
+row "fio random read 4 KiB, caches dropped (MiB/s)" randr
+row "create empty files (files/s, ${FILES} files)" create
+row "stat (files/s)" stat
+row "unlink empty files (files/s)" unlink
+row "readdir of ${FILES} entries (ms; ratios are speed)" readdir speed
+row "create + write 4 KiB + close (files/s)" cwc
+row "unlink 4 KiB files after a readdir of them (files/s)" unlink4k
+row "20,000 seeded random updates after 12,000 files created and deleted (s; ratios are speed)" updates speed
+row "untar of RocksDB's source tree (s; ratios are speed)" untar speed
+echo "| daemon peak RSS writing 2 × ${RSS_MB} MiB (MiB) | – | – | ${RSS} | – | – |"

@@ -165,6 +165,48 @@ fn lock_request(owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> O
     })
 }
 
+/// What the mount asks of the kernel at FUSE_INIT: `write_cache` is `-o write_cache`; `shared`,
+/// a volume other mounts use (the kernel hands its locks to the filesystem). Also used by the
+/// null filesystem of the ceiling benchmark (`examples/null_fuse.rs`).
+pub fn negotiate(config: &mut KernelConfig, write_cache: bool, shared: bool) {
+    let _ = config.set_max_write(1 << 20);
+    let _ = config.set_max_readahead(readahead::MAX_READAHEAD);
+    let _ = config.set_max_background(64);
+    let _ = config.set_congestion_threshold(48);
+    // Not FUSE_ATOMIC_O_TRUNC: with it the kernel drops its page cache and size for
+    // open(O_TRUNC) before checking ETXTBSY, which crashes a program running the file.
+    // Without it, the kernel checks first and truncates through setattr.
+    let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        | InitFlags::FUSE_READDIRPLUS_AUTO
+        | InitFlags::FUSE_PARALLEL_DIROPS
+        | InitFlags::FUSE_ASYNC_READ
+        | InitFlags::FUSE_BIG_WRITES
+        | InitFlags::FUSE_MAX_PAGES
+        // file handles (open_by_handle_at, an NFS export of the mount) stay valid after
+        // the kernel drops the inode: it asks for it by number (lookup of ".")
+        | InitFlags::FUSE_EXPORT_SUPPORT;
+    // The filesystem clears setuid/setgid on write, truncate and chown itself
+    // (`Fs::written_by`, `Fs::setattr_by`): otherwise the kernel asks for security.capability before
+    // every write, a FUSE round trip that halved 4 KiB random write throughput.
+    let wanted = wanted | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+    let wanted = if write_cache {
+        wanted | InitFlags::FUSE_WRITEBACK_CACHE
+    } else {
+        wanted
+    };
+    // On a shared volume locks must hold across mounts: the kernel hands them to us. On an
+    // embedded volume the kernel's own lock table is exact (one mount), so it keeps them.
+    let wanted = if shared {
+        wanted | InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS
+    } else {
+        wanted
+    };
+    if let Err(unsupported) = config.add_capabilities(wanted) {
+        tracing::info!("kernel lacks FUSE capabilities {unsupported:?}");
+        let _ = config.add_capabilities(wanted - unsupported);
+    }
+}
+
 impl GravitonFuse {
     fn entry(&self, reply: ReplyEntry, parent: INodeNo, n: &OsStr, r: Result<Inode, FsError>) {
         match r {
@@ -196,7 +238,7 @@ impl GravitonFuse {
     }
 
     /// Runs `f` here when it is cheap, on the blocking pool when it is `slow` or the inode has
-    /// writes to commit.
+    /// writes to commit that may take a while.
     fn inline_unless_pending(
         &self,
         op: Op,
@@ -204,7 +246,7 @@ impl GravitonFuse {
         slow: bool,
         f: impl FnOnce(&Fs) + Send + 'static,
     ) {
-        if slow || self.fs.has_pending_writes(ino.0) {
+        if slow || self.fs.commit_may_wait(ino.0) {
             self.background(op, f);
         } else {
             f(&self.fs);
@@ -214,42 +256,7 @@ impl GravitonFuse {
 
 impl Filesystem for GravitonFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(readahead::MAX_READAHEAD);
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
-        // Not FUSE_ATOMIC_O_TRUNC: with it the kernel drops its page cache and size for
-        // open(O_TRUNC) before checking ETXTBSY, which crashes a program running the file.
-        // Without it, the kernel checks first and truncates through setattr.
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ASYNC_READ
-            | InitFlags::FUSE_BIG_WRITES
-            | InitFlags::FUSE_MAX_PAGES
-            // file handles (open_by_handle_at, an NFS export of the mount) stay valid after
-            // the kernel drops the inode: it asks for it by number (lookup of ".")
-            | InitFlags::FUSE_EXPORT_SUPPORT;
-        // The filesystem clears setuid/setgid on write, truncate and chown itself
-        // (`Fs::written_by`, `Fs::setattr_by`): otherwise the kernel asks for security.capability before
-        // every write, a FUSE round trip that halved 4 KiB random write throughput.
-        let wanted = wanted | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
-        let wanted = if self.write_cache {
-            wanted | InitFlags::FUSE_WRITEBACK_CACHE
-        } else {
-            wanted
-        };
-        // On a shared volume locks must hold across mounts: the kernel hands them to us. On an
-        // embedded volume the kernel's own lock table is exact (one mount), so it keeps them.
-        let wanted = if self.fs.is_shared() {
-            wanted | InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS
-        } else {
-            wanted
-        };
-        if let Err(unsupported) = config.add_capabilities(wanted) {
-            tracing::info!("kernel lacks FUSE capabilities {unsupported:?}");
-            let _ = config.add_capabilities(wanted - unsupported);
-        }
+        negotiate(config, self.write_cache, self.fs.is_shared());
         Ok(())
     }
 

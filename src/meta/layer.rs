@@ -36,6 +36,7 @@ crate::layer::layer_trait! {
         impl MountSessions {
         fn begin_session(&self, info: &SessionInfo) -> MetaResult<()>;
         fn end_session(&self) -> ();
+        fn end_session_unfinished(&self) -> ();
         fn shared(&self) -> Option<&dyn SharedVolume>;
         fn revalidate(&self, ino: Ino) -> MetaResult<bool>;
         }

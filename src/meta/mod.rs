@@ -81,6 +81,17 @@ pub fn gc_candidate_key(block: &BlockKey) -> String {
     format!("{GC_CANDIDATE_PREFIX}{block}")
 }
 
+/// Takes `block`'s gc mark away, if it has one: most blocks have none, and on the local engine
+/// the read costs a fraction of a write (a gc marking it just after is no different from one
+/// marking it just after a blind delete: its re-check before deleting sees the pin).
+pub fn clear_gc_mark(meta: &dyn MetaStore, block: &BlockKey) -> MetaResult<()> {
+    let mark = gc_candidate_key(block);
+    if meta.kv_get(&mark)?.is_some() {
+        meta.kv_delete(&mark)?;
+    }
+    Ok(())
+}
+
 /// What a volume holds, as `graviton status` reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
@@ -240,6 +251,12 @@ pub trait MountSessions: Send + Sync {
     /// when the store is dropped; a daemon calls it explicitly because it exits without
     /// dropping everything.
     fn end_session(&self) {}
+
+    /// `end_session` for a mount that could not finish (its commits or uploads failed): what
+    /// it holds for the next mount on this machine stays (a write-behind claim).
+    fn end_session_unfinished(&self) {
+        self.end_session()
+    }
 
     /// Present when several mounts may use the volume at once.
     fn shared(&self) -> Option<&dyn SharedVolume> {

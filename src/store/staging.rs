@@ -116,6 +116,34 @@ fn header(magic: [u8; 4], key: &BlockKey, len: u32) -> [u8; HEADER] {
     h
 }
 
+/// How long an open waits for the folder's lock: a daemon just killed may hold it a moment
+/// longer, until its last thread has exited.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes the folder's lock, waiting up to `LOCK_WAIT` for another process to let it go.
+fn lock(dir: &Path) -> Result<nix::fcntl::Flock<File>, StoreError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut file = File::open(dir).map_err(|e| io(format!("opening {}", dir.display()), e))?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let context = format!(
+                    "the write-back folder {} is in use by another mount of this volume on this machine",
+                    dir.display()
+                );
+                return Err(io(context, nix::errno::Errno::EWOULDBLOCK.into()));
+            }
+            Err((_, e)) => return Err(io(format!("locking {}", dir.display()), e.into())),
+        }
+    }
+}
+
 impl Staging {
     /// Opens the staging folder `dir` (created if needed) and returns the blocks found in it,
     /// each once. Blocks an older version left as one file each are moved into a segment.
@@ -129,19 +157,7 @@ impl Staging {
         crate::private::dir(&seg_dir)
             .and_then(|()| crate::private::dir(dir))
             .map_err(|e| io(format!("creating {}", seg_dir.display()), e))?;
-        let lock = File::open(dir)
-            .map_err(|e| io(format!("opening {}", dir.display()), e))
-            .and_then(|f| {
-                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-                    |(_, e)| {
-                        let context = format!(
-                            "the write-back folder {} is in use by another mount of this volume on this machine",
-                            dir.display()
-                        );
-                        io(context, e.into())
-                    },
-                )
-            })?;
+        let lock = lock(dir)?;
         let _ = std::fs::remove_dir_all(dir.join("spare"));
         let mut ids: Vec<u64> = std::fs::read_dir(&seg_dir)
             .map_err(|e| io(format!("listing {}", seg_dir.display()), e))?

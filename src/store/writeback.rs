@@ -507,7 +507,9 @@ mod tests {
             let before = self.inner.list()?;
             if let Some(tx) = self.listed.lock().unwrap().take() {
                 tx.send(()).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(30);
                 while !self.inner.exists(&self.key)? {
+                    assert!(Instant::now() < deadline, "the upload never came");
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 std::thread::sleep(Duration::from_millis(200)); // the uploader unstages it

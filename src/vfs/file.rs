@@ -282,11 +282,14 @@ impl Fs {
         Ok(inode)
     }
 
-    /// Whether the inode has writes not yet committed (its flush will do real work).
-    pub fn has_pending_writes(&self, ino: Ino) -> bool {
+    /// Whether committing the inode's pending writes may take a while: it has some, and they
+    /// are more than a quick commit (`FsConfig::quick_commit_max`) or wait for a flush in
+    /// progress.
+    pub fn commit_may_wait(&self, ino: Ino) -> bool {
+        let quick = self.core.cfg.quick_commit_max;
         self.open_file(ino).is_some_and(|f| {
             let st = f.lock();
-            st.has_pending() || st.inflight.is_some()
+            st.inflight.is_some() || (st.has_pending() && (quick == 0 || st.dirty.bytes() > quick))
         })
     }
 
@@ -757,9 +760,7 @@ impl Fs {
         let keys: Vec<_> = keys.into_iter().collect();
         pins.add(&keys)?;
         for k in &keys {
-            self.core
-                .meta
-                .kv_delete(&crate::meta::gc_candidate_key(k))?;
+            crate::meta::clear_gc_mark(self.core.meta.as_ref(), k)?;
             if !self.core.store.exists(k)? {
                 return Err(FsError::Meta(crate::meta::MetaError::Conflict));
             }

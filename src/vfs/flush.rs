@@ -178,7 +178,7 @@ impl Core {
     /// computed with the key.
     fn store_new(&self, key: &BlockKey, data: &[u8], groups: Option<&GroupHashes>) -> FsResult<()> {
         crate::store::store_for_reference(self.store.as_ref(), key, data, groups, |k| {
-            Ok(self.meta.kv_delete(&crate::meta::gc_candidate_key(k))?)
+            Ok(crate::meta::clear_gc_mark(self.meta.as_ref(), k)?)
         })
     }
 

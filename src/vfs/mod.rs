@@ -78,6 +78,10 @@ pub struct FsConfig {
     pub coalesce_interval: Duration,
     /// When an open for reading updates the file's access time (`Fs::touch_atime`).
     pub atime: Atime,
+    /// A close or flush with at most this many bytes to commit commits in the caller's thread
+    /// (`Fs::commit_may_wait`); 0: never. Mounts whose metadata and blocks are both on this
+    /// machine set it: there a small commit costs less than the hop to another thread.
+    pub quick_commit_max: u64,
 }
 
 /// Access-time updates, as the mount options of the same names ask.
@@ -108,6 +112,7 @@ impl FsConfig {
             coalesce_min_avg_extent: 256 << 10,
             coalesce_interval: Duration::from_secs(1),
             atime: Atime::Relative,
+            quick_commit_max: 0,
         }
     }
 }

@@ -301,7 +301,10 @@ fn upload_staged(vol: &Volume, writeback: bool) -> anyhow::Result<()> {
     }
     let dir = staging_dir(vol);
     let uploaded =
-        WriteBack::upload_left(vol.store.clone(), &dir, unmark(vol), STAGED_UPLOAD_STALL)?;
+        WriteBack::upload_left(vol.store.clone(), &dir, unmark(vol), STAGED_UPLOAD_STALL)
+            .context(
+                "not mounting until they are uploaded (-o writeback mounts with them served from this machine meanwhile)",
+            )?;
     if uploaded > 0 {
         tracing::info!(
             blocks = uploaded,
@@ -320,7 +323,7 @@ fn staging_dir(vol: &Volume) -> PathBuf {
 fn unmark(vol: &Volume) -> crate::store::writeback::OnDuplicate {
     let meta = vol.meta.clone();
     Box::new(move |key: &BlockKey| {
-        if let Err(e) = meta.kv_delete(&crate::meta::gc_candidate_key(key)) {
+        if let Err(e) = crate::meta::clear_gc_mark(meta.as_ref(), key) {
             tracing::warn!(block = %key, "clearing a gc mark: {e}");
         }
     })

@@ -258,6 +258,13 @@ impl super::MetaLayer for CachedMeta {
         }
     }
 
+    fn end_session_unfinished(&self) {
+        self.inner.end_session_unfinished();
+        if let Err(e) = self.cache.db.flush() {
+            tracing::warn!("writing out the local metadata cache: {e}");
+        }
+    }
+
     /// True unless the cached inode is the current one: only then may the kernel keep the
     /// pages it cached (the cached copy was invalidated with them).
     fn revalidate(&self, ino: Ino) -> MetaResult<bool> {

@@ -95,6 +95,8 @@ fn process_runs(pid: u32) -> bool {
 pub struct WriteBehind {
     state: Arc<State>,
     applier: Mutex<Option<JoinHandle<()>>>,
+    /// What the claim says while this mount holds it.
+    identity: String,
 }
 
 impl WriteBehind {
@@ -191,6 +193,7 @@ impl WriteBehind {
         Ok(WriteBehind {
             state,
             applier: Mutex::new(Some(handle)),
+            identity: identity.to_string(),
         })
     }
 
@@ -205,7 +208,7 @@ impl WriteBehind {
         let done = self.state.drain(Duration::from_secs(120));
         self.stop_applier();
         if done {
-            if let Err(e) = self.state.inner.kv_delete(CLAIM_KEY) {
+            if let Err(e) = self.release_claim() {
                 tracing::warn!("write-behind: releasing the volume: {e}");
                 return false;
             }
@@ -216,6 +219,15 @@ impl WriteBehind {
             );
         }
         done
+    }
+
+    /// Deletes the claim if it is still this mount's (never another's that came after it).
+    fn release_claim(&self) -> MetaResult<()> {
+        let claim = self.state.inner.kv_get(CLAIM_KEY)?;
+        if claim.as_deref() == Some(self.identity.as_bytes()) {
+            self.state.inner.kv_delete(CLAIM_KEY)?;
+        }
+        Ok(())
     }
 
     fn stop_applier(&self) {
@@ -345,6 +357,12 @@ impl super::MetaLayer for WriteBehind {
     /// and ends the engine's session.
     fn end_session(&self) {
         self.finish();
+        self.state.inner.end_session();
+    }
+
+    /// Keeps the claim: the next mount on this machine finishes what this one could not.
+    fn end_session_unfinished(&self) {
+        self.stop_applier();
         self.state.inner.end_session();
     }
 }

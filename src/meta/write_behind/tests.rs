@@ -193,3 +193,26 @@ fn another_live_mount_keeps_write_behind_out() {
     let wb = WriteBehind::open(mine.clone(), dir.path(), "h:/state").unwrap();
     wb.end_session();
 }
+
+/// A mount that could not finish (its uploads failed) keeps its claim; a mount whose end runs
+/// again after another mount claimed the volume leaves that claim alone.
+#[test]
+fn the_claim_stays_after_an_unfinished_end_and_is_only_ever_released_by_its_owner() {
+    crate::needs_servers!();
+    let url = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let inner = pg(&url);
+    let wb = WriteBehind::open(inner.clone(), dir.path(), "host-a:/state").unwrap();
+    conformance::write_sample(&wb);
+    wb.end_session_unfinished();
+    let err = check_unclaimed(inner.as_ref(), None).unwrap_err();
+    assert!(err.to_string().contains("host-a:/state"), "{err}");
+
+    let wb = WriteBehind::open(inner.clone(), dir.path(), "host-a:/state").unwrap();
+    conformance::check_sample(inner.as_ref());
+    assert!(wb.finish(), "released");
+    inner.kv_put(CLAIM_KEY, b"host-b:/state").unwrap(); // another host's mount, since
+    assert!(wb.finish(), "a second end has nothing to send");
+    let err = check_unclaimed(inner.as_ref(), None).unwrap_err();
+    assert!(err.to_string().contains("host-b:/state"), "{err}");
+}
