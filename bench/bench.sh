@@ -115,8 +115,6 @@ PY
 )
   R[$target.create]=$c R[$target.stat]=$s R[$target.unlink]=$u R[$target.readdir]=$rd
   R[$target.cwc]=$cw R[$target.unlink4k]=$u4
-  # the null filesystem keeps no bytes and has no links: the rows below are for real targets
-  [ $target != ceiling ] || { fusermount3 -u "$CEIL"; continue; }
   # untar, then rsync -a, of a real source tree: the first crates of the cargo registry (by
   # name) that make 10,000 files
   TARBALL="$WORK/src.tar" TREE="$WORK/tree"
@@ -142,6 +140,8 @@ PY
   sync
   R[$target.rsync]=$(timed rsync -a "$TREE/" "$D/rsync/")
   rm -rf "$D/rsync"
+  # the null filesystem keeps no bytes: the rows below are for real targets
+  [ $target != ceiling ] || { fusermount3 -u "$CEIL"; continue; }
   # seeded random updates (writes, mmap, punched holes, truncates) after 12,000 small files
   # were created and deleted; the content's hash must match the local directory's
   read -r R[$target.updates] R[$target.updates_sha] < <(python3 bench/random-updates.py "$D" 20000 1 --history 12000)

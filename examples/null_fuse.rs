@@ -1,7 +1,8 @@
 //! The FUSE ceiling: a filesystem that keeps names and sizes in memory, stores no bytes and
 //! answers every request at once, mounted with the kernel settings a Graviton mount asks for
 //! (`daemon::fuse_config`, `fuse::negotiate`). No FUSE filesystem can beat it on this machine;
-//! `bench/bench.sh` reports each of its rows as a ratio to it. Reads return zeros.
+//! `bench/bench.sh` reports each of its rows as a ratio to it. Reads return zeros; there are no
+//! links, extended attributes (ENOSYS) or times.
 //!
 //! usage: null_fuse MOUNTPOINT      (serves until unmounted)
 
@@ -204,6 +205,35 @@ impl Filesystem for NullFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+
+    /// Moves the entry, replacing what the new name held (rsync renames its temporary files).
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mut n = self.0.lock().unwrap();
+        let Some(ino) = n
+            .all
+            .get_mut(&parent.0)
+            .and_then(|p| p.entries.remove(name))
+        else {
+            return reply.error(Errno::ENOENT);
+        };
+        let replaced = match n.all.get_mut(&newparent.0) {
+            Some(p) => p.entries.insert(newname.to_owned(), ino),
+            None => return reply.error(Errno::ENOENT),
+        };
+        if let Some(old) = replaced {
+            n.all.remove(&old);
+        }
+        reply.ok()
     }
 
     fn create(

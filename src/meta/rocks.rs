@@ -173,13 +173,16 @@ fn ref_key(e: &Extent, ino: Ino) -> Vec<u8> {
     k
 }
 
-/// Tables whose blocks are cached in `cache`, index blocks included (outside it, those grow
-/// with the database).
+/// Tables whose blocks are cached in `cache`, index and filter blocks included (outside it,
+/// those grow with the database). Each table has a Bloom filter of its keys: a lookup of a key
+/// that is not there (a new name, a new block, an absent xattr) skips every table but one in a
+/// hundred instead of reading an index and a data block of each.
 pub(super) fn tables_in(cache: &rocksdb::Cache) -> rocksdb::BlockBasedOptions {
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_bloom_filter(10.0, false);
     table
 }
 

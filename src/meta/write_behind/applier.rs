@@ -124,8 +124,8 @@ impl State {
     pub(super) fn drain(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         self.hurry.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_all();
         let mut p = self.lock();
+        self.changed.notify_all(); // under the lock, as `stop_applier` explains
         while !p.queue.is_empty() && !self.paused.load(Ordering::SeqCst) {
             let now = Instant::now();
             if now >= deadline {

@@ -232,6 +232,9 @@ impl WriteBehind {
 
     fn stop_applier(&self) {
         self.state.stop.store(true, Ordering::SeqCst);
+        // under the lock: the applier checks `stop` and starts waiting with the lock held, so
+        // a notification sent between the two would be lost and it would sleep on
+        drop(self.state.lock());
         self.state.changed.notify_all();
         if let Some(h) = self.applier.lock().expect("lock").take() {
             let _ = h.join();
