@@ -235,9 +235,9 @@ impl Staging {
         Ok((staging, found))
     }
 
-    /// The folder of the segment files.
+    /// The staging folder (the segment files are in its `segments/`).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.parent().unwrap_or(&self.dir)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Segments> {
