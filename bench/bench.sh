@@ -77,6 +77,7 @@ for target in local ceiling graviton; do
   reopen
   R[$target.randr]=$(fio_bw "$D" rand randread 4k "$RAND_MB" --runtime=30)
   rm -f "$D"/*.dat
+  sync  # the disk done with fio's files before the metadata rows (else the local dir's stall)
   # metadata rates and readdir, from one Python process per target
   read -r c s u rd cw u4 < <(python3 - "$D/meta" "$FILES" <<'PY'
 import os, sys, time
