@@ -144,33 +144,22 @@ impl WriteBack {
             return Ok(0);
         }
         let wb = WriteBack::open(inner, dir, on_duplicate)?;
-        let s = &wb.uploads;
-        let mut st = s.lock();
-        st.hurry = true;
-        s.work.notify_all();
-        let found = st.staged.len();
+        let found = wb.staged();
         let (mut left, mut progress) = (found, Instant::now());
-        while left > 0 {
-            if progress.elapsed() > stall {
-                let why = format!("no upload succeeded for {} s", stall.as_secs());
+        // `drain` in short steps, to tell "slow" from "stuck"
+        while let Err(e) = BlockStore::drain(&wb, Duration::from_secs(1)) {
+            let now = wb.staged();
+            if now < left {
+                (left, progress) = (now, Instant::now());
+            } else if progress.elapsed() > stall {
                 let context = format!(
-                    "uploading the {left} blocks an earlier -o writeback mount left in {}",
+                    "no upload succeeded for {} s: the {left} blocks an earlier -o writeback mount left in {} wait",
+                    stall.as_secs(),
                     dir.display()
                 );
-                return Err(StoreError::failed(
-                    "write-back",
-                    context,
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, why),
-                    super::Transience::Transient,
-                ));
-            }
-            st = s
-                .done
-                .wait_timeout(st, Duration::from_millis(200))
-                .expect("write-back state")
-                .0;
-            if st.staged.len() < left {
-                (left, progress) = (st.staged.len(), Instant::now());
+                let transience = e.transience();
+                let why = std::io::Error::other(e.to_string());
+                return Err(StoreError::failed("write-back", context, why, transience));
             }
         }
         Ok(found)

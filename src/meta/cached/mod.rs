@@ -110,6 +110,14 @@ impl Drop for CachedMeta {
 }
 
 impl CachedMeta {
+    /// The cache's writes skip the log: written out at the end of a session, so that the next
+    /// mount finds them.
+    fn write_out(&self) {
+        if let Err(e) = self.cache.db.flush() {
+            tracing::warn!("writing out the local metadata cache: {e}");
+        }
+    }
+
     /// Opens (or creates) the cache in `dir` in front of `inner`. The cache serves nothing
     /// until the engine's change feed is up and caught up (after `begin_session`).
     pub fn open(inner: Arc<dyn MetaStore>, dir: &Path) -> MetaResult<CachedMeta> {
@@ -252,17 +260,12 @@ impl super::MetaLayer for CachedMeta {
 
     fn end_session(&self) {
         self.inner.end_session();
-        // the cache's writes skip the log: write them out so the next mount finds them
-        if let Err(e) = self.cache.db.flush() {
-            tracing::warn!("writing out the local metadata cache: {e}");
-        }
+        self.write_out();
     }
 
     fn end_session_unfinished(&self) {
         self.inner.end_session_unfinished();
-        if let Err(e) = self.cache.db.flush() {
-            tracing::warn!("writing out the local metadata cache: {e}");
-        }
+        self.write_out();
     }
 
     /// True unless the cached inode is the current one: only then may the kernel keep the
