@@ -15,7 +15,5 @@ pub mod private;
 pub mod retry;
 pub mod state;
 pub mod store;
-#[cfg(any(test, feature = "testkit"))]
-pub mod testkit;
 pub mod vfs;
 pub mod volume;

@@ -76,7 +76,7 @@ fn fsynced_data_survives_kill_9_twenty_times() {
 /// fsync survives the daemon's SIGKILL right after (not a power loss, which needs fsync).
 #[test]
 fn closed_files_survive_kill_9_without_fsync() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     for m in [Mounted::new(&[], ""), Mounted::new_pg("")] {
         let files: Vec<(String, Vec<u8>)> = (0..8)
             .map(|i| {

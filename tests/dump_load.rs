@@ -163,7 +163,7 @@ fn fill(m: &Mounted) {
 
 #[test]
 fn a_volume_moves_from_rocksdb_to_postgres_and_back() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let rocks = Mounted::new(&[], "");
     fill(&rocks);
     let before = snapshot(&rocks.mnt);
@@ -176,7 +176,7 @@ fn a_volume_moves_from_rocksdb_to_postgres_and_back() {
     let dump1 = work.join("one.jsonl");
     let out = rocks.graviton(&["dump", "-o", dump1.to_str().unwrap(), &rocks.source]);
     ok(out, "dump");
-    let pg = graviton::testkit::scratch_database();
+    let pg = graviton_testkit::scratch_database();
     ok(
         rocks.graviton(&["format", "--store", &blocks, &pg]),
         "format pg",
@@ -276,7 +276,7 @@ fn a_cut_short_or_foreign_dump_changes_nothing() {
 /// dumped volume kept in the block store.
 #[test]
 fn small_blocks_kept_in_the_database_travel_in_the_dump() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let s3 = common::mounted::s3_scratch_url();
     let m = Mounted::new_pg_with_store("", Some(&s3));
     let (small, large) = (random_bytes(5, 5_000), random_bytes(6, 300_000));
@@ -309,7 +309,7 @@ fn small_blocks_kept_in_the_database_travel_in_the_dump() {
     // that volume's blocks are all in S3: a PostgreSQL target keeping small blocks in its
     // database finds them there too
     let (dump2, _) = dump_to(&m, target.to_str().unwrap(), "e.jsonl");
-    let pg = graviton::testkit::scratch_database();
+    let pg = graviton_testkit::scratch_database();
     ok(m.graviton(&["format", "--store", &s3, &pg]), "format pg");
     ok(
         m.graviton(&["load", dump2.to_str().unwrap(), &pg]),

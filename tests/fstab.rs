@@ -80,7 +80,7 @@ fn an_embedded_volume_mounts_from_fstab_and_umount_waits_for_the_daemon() {
 
 #[test]
 fn a_postgresql_volume_mounts_from_fstab_and_umount_waits_for_the_daemon() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let m = Mounted::new_pg("");
     let cache = m.dir.path().join("cache");
     fstab_round_trip(
@@ -214,8 +214,8 @@ fn umount_clears_a_mount_whose_daemon_died() {
 /// its database is cut off, so ending its mount session waits for the server a few seconds.
 #[test]
 fn umount_of_a_plain_fstab_mount_waits_for_a_daemon_slow_to_exit() {
-    graviton::needs_servers!();
-    let url = graviton::testkit::scratch_database();
+    graviton_testkit::needs_servers!();
+    let url = graviton_testkit::scratch_database();
     let blocks = tempfile::tempdir().unwrap();
     let store = format!("file://{}", blocks.path().display());
     ok(

@@ -23,7 +23,7 @@ fn blocks(source: &str) -> (BTreeSet<BlockKey>, BTreeSet<BlockKey>) {
 
 #[test]
 fn gc_waits_out_the_grace_period_and_spares_blocks_being_committed() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let m = Mounted::new_pg("");
     let kept = random_bytes(1, MIB);
     std::fs::write(m.path("kept"), &kept).unwrap();
@@ -325,6 +325,6 @@ fn gc_with_no_grace_spares_blocks_in_flight_on_an_embedded_volume() {
 
 #[test]
 fn gc_with_no_grace_from_another_process_spares_blocks_in_flight_on_a_postgresql_volume() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     gc_with_no_grace_spares_every_block_being_written(&Mounted::new_pg(""));
 }

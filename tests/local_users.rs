@@ -135,7 +135,7 @@ fn an_existing_volume_open_to_others_is_tightened_when_mounted() {
 
 #[test]
 fn nobody_reads_a_postgresql_volumes_staged_blocks_caches_or_state() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let marker = "MARKER-52be09-postgres";
     let mut m = Mounted::new_pg_with_store("", Some("postgres"));
     m.unmount();
@@ -296,8 +296,8 @@ fn graviton_without_home(args: &[&str], cwd: &Path, extra_env: &[(&str, &Path)])
 
 #[test]
 fn a_mount_without_home_keeps_its_state_in_var_lib_and_refuses_a_planted_folder() {
-    graviton::needs_servers!();
-    let url = graviton::testkit::scratch_database();
+    graviton_testkit::needs_servers!();
+    let url = graviton_testkit::scratch_database();
     let dir = tempfile::Builder::new()
         .prefix("graviton-test")
         .tempdir_in("/tmp")

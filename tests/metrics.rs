@@ -134,7 +134,7 @@ fn an_embedded_mount_exports_fuse_block_store_and_rocksdb_metrics() {
 
 #[test]
 fn a_postgresql_mount_exports_query_latencies_and_metadata_cache_lookups() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let port = free_port();
     let m = Mounted::new_pg(&format!("metrics=127.0.0.1:{port}"));
     let dir = m.mnt.clone();

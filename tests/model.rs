@@ -382,28 +382,28 @@ proptest! {
     ))]
     #[test]
     fn core_over_replicated_blocks_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
-        if !graviton::testkit::servers_present() {
+        if !graviton_testkit::servers_present() {
             return Ok(());
         }
         run_on(&StackVolume::new(Stack::EmbeddedReplicated, model_cfg()), ops);
     }
     #[test]
     fn core_over_postgres_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
-        if !graviton::testkit::servers_present() {
+        if !graviton_testkit::servers_present() {
             return Ok(());
         }
         run_on(&StackVolume::new(Stack::Postgres, model_cfg()), ops);
     }
     #[test]
     fn core_over_postgres_and_s3_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
-        if !graviton::testkit::servers_present() {
+        if !graviton_testkit::servers_present() {
             return Ok(());
         }
         run_on(&StackVolume::new(Stack::PostgresS3, model_cfg()), ops);
     }
     #[test]
     fn core_over_writeback_layers_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
-        if !graviton::testkit::servers_present() {
+        if !graviton_testkit::servers_present() {
             return Ok(());
         }
         run_on(&StackVolume::new(Stack::PostgresS3Writeback, model_cfg()), ops);

@@ -550,21 +550,21 @@ fn sigterm_drains_pending_writes_before_exit() {
 /// Ordinary tools on a volume whose metadata is in PostgreSQL, across a remount.
 #[test]
 fn postgres_volume_works_with_tar_and_git() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     postgres_volume_with(None);
 }
 
 /// The same with the block content in PostgreSQL too.
 #[test]
 fn postgres_volume_with_postgres_blocks_works() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     postgres_volume_with(Some("postgres"));
 }
 
 /// And with the block content in S3 (the loopback test server).
 #[test]
 fn postgres_volume_with_s3_blocks_works() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     postgres_volume_with(Some(&common::mounted::s3_scratch_url()));
 }
 
@@ -701,7 +701,7 @@ fn writes_truncates_and_chowns_drop_setuid_and_setgid() {
 /// remount and by an ordinary mount once the write-back mount is gone.
 #[test]
 fn writeback_mount_with_the_kernels_write_cache_keeps_every_byte() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let m = Mounted::new_pg_with_store(
         "writeback,write_cache",
         Some(&common::mounted::s3_scratch_url()),

@@ -536,7 +536,7 @@ fn concurrent_creates_renames_and_links_keep_counts_consistent(vol: &dyn Remount
 /// a write after utimes moves mtime again.
 #[test]
 fn attribute_changes_of_a_file_being_written_commit_with_its_data() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let vol = common::PgVolume::new(small_cfg());
     let (fs, other) = (vol.mount(), vol.mount());
     let (ino, fh) = create(&fs, "f");
@@ -724,7 +724,7 @@ macro_rules! over_every_stack {
                 #[test]
                 fn $test() {
                     if Stack::$stack.needs_servers() {
-                        graviton::needs_servers!();
+                        graviton_testkit::needs_servers!();
                     }
                     super::$test(&StackVolume::new(Stack::$stack, small_cfg()));
                 }

@@ -13,8 +13,8 @@ use graviton::meta::{MetaStore, ROOT_INO, RocksMetaStore};
 use graviton::retry::Backoff;
 use graviton::store::retrying::Retrying;
 use graviton::store::{BlockStore, MemoryBlockStore, Transience};
-use graviton::testkit::{CommitFault, FaultyMeta, FaultyStore};
 use graviton::vfs::{Fs, FsConfig, OpenFlags};
+use graviton_testkit::{CommitFault, FaultyMeta, FaultyStore};
 
 /// A volume whose blocks pass through the fault layer, then the retry layer with `patience`.
 struct Volume {

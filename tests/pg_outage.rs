@@ -24,7 +24,7 @@ fn mount(url: &str, wait: Duration, store: Arc<MemoryBlockStore>) -> Fs {
 
 #[test]
 fn operations_wait_for_a_restarted_server_then_succeed() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let server = Arc::new(Server::new());
     let fs = mount(
         &server.url(),
@@ -66,7 +66,7 @@ fn operations_wait_for_a_restarted_server_then_succeed() {
 
 #[test]
 fn a_server_that_stays_away_is_eio_and_nothing_half_applied() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let server = Server::new();
     let fs = mount(
         &server.url(),
@@ -99,7 +99,7 @@ fn a_server_that_stays_away_is_eio_and_nothing_half_applied() {
 /// server restarts: every write completes, every byte reads back, and the cache serves again.
 #[test]
 fn a_write_loop_rides_out_a_server_restart() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     use graviton::meta::SessionInfo;
     use graviton::meta::cached::CachedMeta;
     let server = Arc::new(Server::new());
@@ -176,7 +176,7 @@ fn a_write_loop_rides_out_a_server_restart() {
 /// operations on its own inode only: a stat of another open file, an open and a close go on.
 #[test]
 fn an_unlink_waiting_on_the_database_stalls_no_other_file() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     use std::io::Write;
     use std::process::{Command, Stdio};
     let vol = common::PgVolume::new(small_cfg());
@@ -247,8 +247,8 @@ fn an_unlink_waiting_on_the_database_stalls_no_other_file() {
 /// time, and the close succeeds.
 #[test]
 fn appends_whose_commit_answer_was_lost_are_not_committed_twice() {
-    graviton::needs_servers!();
-    let url = graviton::testkit::scratch_database();
+    graviton_testkit::needs_servers!();
+    let url = graviton_testkit::scratch_database();
     let (relay, through_relay) = Relay::in_front_of(&url);
     let meta = PgMetaStore::connect_within(&through_relay, Duration::from_secs(30)).unwrap();
     meta.begin_session(&SessionInfo {

@@ -62,14 +62,14 @@ fn run_suite(m: &Mounted) {
 /// The same suite on a volume whose metadata lives in PostgreSQL.
 #[test]
 fn pjdfstest_on_postgres_has_no_failures() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     run_suite(&Mounted::new_pg(""));
 }
 
 /// And with the blocks in S3 (the loopback test server).
 #[test]
 fn pjdfstest_on_postgres_and_s3_has_no_failures() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let store = common::mounted::s3_scratch_url();
     run_suite(&Mounted::new_pg_with_store("", Some(&store)));
 }
@@ -78,7 +78,7 @@ fn pjdfstest_on_postgres_and_s3_has_no_failures() {
 /// sent to PostgreSQL in the background; every answer must be the same.
 #[test]
 fn pjdfstest_on_postgres_and_s3_with_writeback_has_no_failures() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let store = common::mounted::s3_scratch_url();
     run_suite(&Mounted::new_pg_with_store("writeback", Some(&store)));
 }
@@ -86,7 +86,7 @@ fn pjdfstest_on_postgres_and_s3_with_writeback_has_no_failures() {
 /// `-o writeback,write_cache`: also the kernel's page cache buffers writes.
 #[test]
 fn pjdfstest_on_postgres_and_s3_with_the_write_cache_has_no_failures() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let store = common::mounted::s3_scratch_url();
     run_suite(&Mounted::new_pg_with_store(
         "writeback,write_cache",

@@ -195,8 +195,8 @@ fn after_a_power_cut_every_closed_file_reads_old_or_new_content_embedded() {
 
 #[test]
 fn after_a_power_cut_every_closed_file_reads_old_or_new_content_postgresql() {
-    graviton::needs_servers!();
-    let url = graviton::testkit::scratch_database();
+    graviton_testkit::needs_servers!();
+    let url = graviton_testkit::scratch_database();
     let dir = common::tempdir(false);
     let blocks = dir.path().join("blocks");
     let source = Source::Postgres(url);

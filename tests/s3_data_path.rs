@@ -10,7 +10,7 @@ use common::scrape::{counter, free_port};
 
 #[test]
 fn the_disk_cache_serves_blocks_after_a_remount() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let port = free_port();
     let cache = tempfile::tempdir_in("/var/tmp").unwrap();
     let opts = format!(
@@ -36,7 +36,7 @@ fn the_disk_cache_serves_blocks_after_a_remount() {
 
 #[test]
 fn a_4k_overwrite_in_a_1_gib_file_uploads_under_1_mib() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let port = free_port();
     let m = Mounted::new_pg_with_store(
         &format!("metrics=127.0.0.1:{port}"),
@@ -85,7 +85,7 @@ fn a_4k_overwrite_in_a_1_gib_file_uploads_under_1_mib() {
 /// file's close is an INSERT, not an upload. Reads, fsck, gc and status see both stores.
 #[test]
 fn small_blocks_live_in_the_database_and_large_ones_in_s3() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let port = free_port();
     let m = Mounted::new_pg_with_store(
         &format!("metrics=127.0.0.1:{port}"),
@@ -118,7 +118,7 @@ fn small_blocks_live_in_the_database_and_large_ones_in_s3() {
     assert_eq!(m.status_json()["stored_blocks"], 1);
 
     // only where the blocks are elsewhere than in the database
-    let pg = graviton::testkit::scratch_database();
+    let pg = graviton_testkit::scratch_database();
     let out = m.graviton(&[
         "format",
         "--small-blocks",
@@ -139,7 +139,7 @@ fn small_blocks_live_in_the_database_and_large_ones_in_s3() {
 /// it (256 KiB of an 8 MiB block), verified; a second read in that block fetches it whole.
 #[test]
 fn a_random_read_in_a_large_file_fetches_part_of_its_block() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     use std::os::unix::fs::FileExt;
     let port = free_port();
     // a 16 MiB block cache: files over 4 MiB are not fetched whole on a random read

@@ -124,7 +124,7 @@ impl Drop for Server {
 
 #[test]
 fn a_write_loop_rides_out_twenty_seconds_without_s3() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let server = Server::new();
     let m = Mounted::new_pg_with_store("", Some(&server.url()));
     let dir: PathBuf = m.path("loop");
@@ -222,7 +222,7 @@ fn assert_on_s3_alone(m: &Mounted, written: &[Vec<u8>]) {
 /// uploads them at its next mount.
 #[test]
 fn writeback_writes_complete_without_s3_and_reach_it_later() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let server = Server::new();
     let m = Mounted::new_pg_with_store("writeback", Some(&server.url()));
     let written = write_staged_and_kill(&server, &m, 10);
@@ -234,7 +234,7 @@ fn writeback_writes_complete_without_s3_and_reach_it_later() {
 /// when it is mounted without `-o writeback` (it also sends the journal such a mount left).
 #[test]
 fn a_mount_without_writeback_uploads_what_a_killed_writeback_mount_staged() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let server = Server::new();
     let mut m = Mounted::new_pg_with_store("writeback", Some(&server.url()));
     let written = write_staged_and_kill(&server, &m, 6);
@@ -249,7 +249,7 @@ fn a_mount_without_writeback_uploads_what_a_killed_writeback_mount_staged() {
 /// reads EIO) before this machine's next mount has uploaded the rest.
 #[test]
 fn an_unmount_that_cannot_upload_keeps_the_volume_for_this_machine() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let server = Server::new();
     let mut m = Mounted::new_pg_with_store("writeback,upload_wait=1", Some(&server.url()));
     let written = write_while_away(&server, &m, 4);

@@ -83,9 +83,9 @@ fn errno<T: std::fmt::Debug>(r: Result<T, FsError>, what: &str) -> i32 {
 
 #[test]
 fn a_mount_cut_off_past_its_timeout_loses_its_lock_and_its_handles_fail() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     const TIMEOUT: Duration = Duration::from_secs(2);
-    let url = graviton::testkit::scratch_database();
+    let url = graviton_testkit::scratch_database();
     let (relay, through_relay) = Relay::in_front_of(&url);
     let store = Arc::new(MemoryBlockStore::new());
     let a = mount(&through_relay, &store, TIMEOUT);
@@ -190,7 +190,7 @@ fn a_mount_cut_off_past_its_timeout_loses_its_lock_and_its_handles_fail() {
 
 #[test]
 fn an_outage_of_the_database_expires_no_session() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     const TIMEOUT: Duration = Duration::from_secs(3);
     let server = Server::new();
     let store = Arc::new(MemoryBlockStore::new());

@@ -29,7 +29,7 @@ fn read(path: &Path) -> Vec<u8> {
 
 #[test]
 fn a_file_closed_on_one_mount_opens_with_its_new_content_on_the_other() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let a = Mounted::new_pg(OPTS);
     let b = a.another_mount(OPTS);
     let mut expected = random_bytes(1, 3 << 20);
@@ -171,19 +171,19 @@ fn assert_each_writers_lines(text: &str, n: usize) {
 
 #[test]
 fn appends_under_flock_from_two_mounts_lose_nothing() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     appends_from_two_mounts_lose_nothing(flock);
 }
 
 #[test]
 fn appends_under_fcntl_locks_from_two_mounts_lose_nothing() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     appends_from_two_mounts_lose_nothing(fcntl_lock);
 }
 
 #[test]
 fn locks_conflict_across_mounts_and_a_killed_mount_releases_its_locks() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let a = Mounted::new_pg(OPTS);
     let b = a.another_mount(OPTS);
     std::fs::write(a.path("f"), b"x").unwrap();
@@ -254,7 +254,7 @@ fn locks_conflict_across_mounts_and_a_killed_mount_releases_its_locks() {
 /// content: it follows a chain of renames d0 → d1 → … → d40 while they happen.
 #[test]
 fn a_directory_rename_is_seen_atomically_from_the_other_mount() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     const RENAMES: usize = 40;
     const FILES: usize = 20;
     let a = Mounted::new_pg(OPTS);
@@ -313,7 +313,7 @@ fn a_directory_rename_is_seen_atomically_from_the_other_mount() {
 
 #[test]
 fn other_mounts_changes_reach_a_mount_promptly() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let a = Mounted::new_pg(OPTS);
     let b = a.another_mount(OPTS);
     std::fs::write(a.path("f"), b"hello").unwrap();
@@ -363,7 +363,7 @@ fn other_mounts_changes_reach_a_mount_promptly() {
 /// them from the kernel, and the TTL is only the bound when the feed is down.
 #[test]
 fn kernel_cached_entries_follow_the_other_mount() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let a = Mounted::new_pg(OPTS);
     let b = a.another_mount(&format!("{OPTS},attr_timeout=60"));
     std::fs::create_dir(a.path("d")).unwrap();
@@ -437,13 +437,13 @@ fn appends_to_an_open_log_lose_nothing(lock: Option<fn(&std::fs::File, bool)>) {
 
 #[test]
 fn appends_under_flock_on_the_logs_own_descriptor_from_two_mounts_lose_nothing() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     appends_to_an_open_log_lose_nothing(Some(flock));
 }
 
 #[test]
 fn o_append_writes_from_two_mounts_without_a_lock_lose_nothing() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     appends_to_an_open_log_lose_nothing(None);
 }
 
@@ -452,7 +452,7 @@ fn o_append_writes_from_two_mounts_without_a_lock_lose_nothing() {
 /// overwritten, and both mounts (A's kernel included) see the whole log after A's close.
 #[test]
 fn o_append_writes_are_buffered_and_land_after_another_mounts_append() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let port = common::scrape::free_port();
     let a = Mounted::new_pg(&format!("{OPTS},metrics=127.0.0.1:{port}"));
     let b = a.another_mount(OPTS);
@@ -515,7 +515,7 @@ fn ofd_lock(f: &std::fs::File) -> i32 {
 /// this mount and the other, until the description's last close releases it.
 #[test]
 fn an_ofd_lock_lasts_until_its_descriptions_last_close() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let a = Mounted::new_pg(OPTS);
     let b = a.another_mount(OPTS);
     std::fs::write(a.path("f"), b"0123456789").unwrap();
@@ -628,13 +628,13 @@ fn a_file_open_on_one_mount_outlives_its_name_on_the_other(replace: bool) {
 
 #[test]
 fn a_file_unlinked_on_one_mount_stays_readable_and_writable_where_it_is_open() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     a_file_open_on_one_mount_outlives_its_name_on_the_other(false);
 }
 
 #[test]
 fn a_file_renamed_over_on_one_mount_stays_readable_and_writable_where_it_is_open() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     a_file_open_on_one_mount_outlives_its_name_on_the_other(true);
 }
 
@@ -643,7 +643,7 @@ fn a_file_renamed_over_on_one_mount_stays_readable_and_writable_where_it_is_open
 /// what the metadata cache keeps whole): every clone succeeds and checks out.
 #[test]
 fn twenty_clones_onto_a_postgres_volume_succeed_while_their_objects_are_listed() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     use common::mounted::{ok, run};
     let m = Mounted::new_pg(OPTS);
     let src = tempfile::tempdir().unwrap();

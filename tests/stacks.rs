@@ -8,11 +8,11 @@ mod common;
 
 use common::small_cfg;
 use common::stacks::{Stack, StackVolume};
-use graviton::testkit::{block_conformance, meta_conformance};
+use graviton_testkit::{block_conformance, meta_conformance};
 
 fn conformance(stack: Stack) {
     if stack.needs_servers() {
-        graviton::needs_servers!();
+        graviton_testkit::needs_servers!();
     }
     let vol = StackVolume::new(stack, small_cfg());
     let opened = vol.open();
@@ -63,7 +63,7 @@ fn postgres_s3_writeback() {
 /// The suites above ran over the layers they name.
 #[test]
 fn each_stack_has_the_layers_of_its_kind() {
-    graviton::needs_servers!();
+    graviton_testkit::needs_servers!();
     let expect: [(Stack, &[&str], &[&str]); 5] = [
         (
             Stack::Embedded,

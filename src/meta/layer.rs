@@ -44,7 +44,9 @@ crate::layer::layer_trait! {
 }
 
 /// `impl MetaRead for $ty`, every read going to the transaction the type wraps: `$s => $inner`
-/// names `self` and the expression of it that gives that transaction.
+/// names `self` and the expression of it that gives that transaction. Exported for layers
+/// outside the crate (the testkit's fault layer).
+#[macro_export]
 macro_rules! forward_reads {
     ($ty:ty, $s:ident => $inner:expr) => {
         impl $crate::meta::MetaRead for $ty {
@@ -98,4 +100,3 @@ macro_rules! forward_reads {
         }
     };
 }
-pub(crate) use forward_reads;

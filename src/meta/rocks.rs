@@ -1069,20 +1069,4 @@ mod tests {
             "reaching into the range"
         );
     }
-
-    #[test]
-    fn records_and_inode_numbers_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = {
-            let store = RocksMetaStore::open(dir.path()).unwrap();
-            crate::testkit::meta_conformance::write_sample(&store);
-            store.allocate_ino().unwrap()
-        };
-        let store = RocksMetaStore::open(dir.path()).unwrap();
-        crate::testkit::meta_conformance::check_sample(&store);
-        assert!(
-            store.allocate_ino().unwrap() > first,
-            "inode numbers are never reused"
-        );
-    }
 }

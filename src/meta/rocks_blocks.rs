@@ -113,31 +113,3 @@ impl BlockStore for RocksBlockStore {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::super::RocksMetaStore;
-    use crate::store::BlockStore;
-
-    #[test]
-    fn conformance_and_blocks_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = vec![5u8; 300 << 10];
-        let key = crate::domain::BlockKey::for_data(crate::domain::HashAlgo::Blake3, &data);
-        {
-            let meta = RocksMetaStore::open(dir.path()).unwrap();
-            let store = meta.blocks();
-            crate::testkit::block_conformance::run_all(&store);
-            assert_eq!(
-                store.put(&key, &data).unwrap(),
-                crate::store::PutOutcome::Fresh
-            );
-            assert_eq!(
-                store.put(&key, &data).unwrap(),
-                crate::store::PutOutcome::Duplicate
-            );
-        }
-        let meta = RocksMetaStore::open(dir.path()).unwrap();
-        assert_eq!(meta.blocks().get(&key).unwrap(), data);
-    }
-}

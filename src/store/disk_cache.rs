@@ -185,11 +185,10 @@ mod tests {
     }
 
     #[test]
-    fn conformance_budget_reuse_and_bad_copies() {
+    fn budget_reuse_and_bad_copies() {
         let dir = tempfile::tempdir().unwrap();
         let inner = Arc::new(MemoryBlockStore::new());
         let cache = DiskCache::open(inner.clone(), dir.path(), 2500).unwrap();
-        crate::testkit::block_conformance::run_all(&cache);
         let (k1, d1) = block(1);
         let (k2, d2) = block(2);
         let (k3, d3) = block(3);

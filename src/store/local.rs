@@ -409,25 +409,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn conformance() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalBlockStore::open(dir.path()).unwrap();
-        crate::testkit::block_conformance::run_all(&store);
-    }
-
-    #[test]
-    fn corrupt_file_is_an_error_not_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalBlockStore::open(dir.path()).unwrap();
-        crate::testkit::block_conformance::corruption_is_detected(&store, &|key| {
-            let p = store.path_of(key);
-            let mut data = fs::read(&p).unwrap();
-            data[0] ^= 0xff;
-            fs::write(&p, data).unwrap();
-        });
-    }
-
-    #[test]
     fn reopen_keeps_blocks_and_clears_the_temp_folders_of_processes_that_are_gone() {
         let dir = tempfile::tempdir().unwrap();
         let key = {

@@ -73,17 +73,3 @@ impl BlockStore for MemoryBlockStore {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn conformance() {
-        let store = std::sync::Arc::new(super::MemoryBlockStore::new());
-        crate::testkit::block_conformance::run_all(store.as_ref());
-        crate::testkit::block_conformance::concurrent_puts_are_safe(store.clone());
-        let s2 = store.clone();
-        crate::testkit::block_conformance::corruption_is_detected(store.as_ref(), &move |k| {
-            s2.tamper(k, |b| b[0] ^= 1)
-        });
-    }
-}

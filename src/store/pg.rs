@@ -191,26 +191,3 @@ impl BlockStore for PgBlockStore {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    fn store() -> Arc<PgBlockStore> {
-        let url = crate::testkit::scratch_database();
-        Arc::new(PgBlockStore::connect(&url).unwrap())
-    }
-
-    #[test]
-    fn conformance() {
-        crate::needs_servers!();
-        let s = store();
-        crate::testkit::block_conformance::run_all(s.as_ref());
-        crate::testkit::block_conformance::concurrent_puts_are_safe(s.clone());
-        let s2 = s.clone();
-        crate::testkit::block_conformance::corruption_is_detected(s.as_ref(), &move |k| {
-            s2.tamper(k)
-        });
-    }
-}

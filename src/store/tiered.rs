@@ -150,13 +150,12 @@ mod tests {
     use crate::store::MemoryBlockStore;
 
     #[test]
-    fn conformance_and_blocks_land_by_size() {
+    fn blocks_land_by_size() {
         let (small, large) = (
             Arc::new(MemoryBlockStore::new()),
             Arc::new(MemoryBlockStore::new()),
         );
         let t = Tiered::new(small.clone(), large.clone(), 1000);
-        crate::testkit::block_conformance::run_all(&t);
         let (a, b) = (vec![1u8; 999], vec![2u8; 1000]);
         let (ka, kb) = (
             BlockKey::for_data(HashAlgo::Blake3, &a),

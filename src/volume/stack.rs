@@ -153,7 +153,8 @@ pub(super) struct Blocks {
 }
 
 /// The primary store (with blocks under `small_blocks` bytes in the metadata database, when
-/// set), then a copy of every block in each replica.
+/// set), then a copy of every block in each replica. Each input the stack depends on is named.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn blocks(
     source: &Source,
     url: &StoreUrl,

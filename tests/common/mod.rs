@@ -62,7 +62,7 @@ pub struct PgVolume {
 
 impl PgVolume {
     pub fn new(cfg: FsConfig) -> PgVolume {
-        let url = graviton::testkit::scratch_database();
+        let url = graviton_testkit::scratch_database();
         PgVolume {
             url,
             store: Arc::new(MemoryBlockStore::new()),

@@ -101,7 +101,7 @@ impl Mounted {
 
     /// A PostgreSQL volume with blocks in `store` (`None`: a folder in the temporary folder).
     pub fn new_pg_with_store(options: &str, store: Option<&str>) -> Mounted {
-        let url = graviton::testkit::scratch_database();
+        let url = graviton_testkit::scratch_database();
         let (dir, vol, mnt) = scratch();
         let store = store
             .map(str::to_string)
@@ -261,7 +261,7 @@ impl Mounted {
 
 /// The test S3 server's URL (`scripts/s3.sh`) with a prefix of the caller's own.
 pub fn s3_scratch_url() -> String {
-    graviton::testkit::s3_scratch_url()
+    graviton_testkit::s3_scratch_url()
 }
 
 /// `graviton mount` from another machine (another state folder); returns its stderr, or None

@@ -46,7 +46,7 @@ pub struct StackVolume {
 impl StackVolume {
     pub fn new(stack: Stack, cfg: FsConfig) -> StackVolume {
         let dir = tempdir(true);
-        let s3 = graviton::testkit::s3_scratch_url;
+        let s3 = graviton_testkit::s3_scratch_url;
         let (source, blocks, replicas) = match stack {
             Stack::Embedded => (Source::Dir(dir.path().join("vol")), None, vec![]),
             Stack::EmbeddedReplicated => {
@@ -54,12 +54,12 @@ impl StackVolume {
                 (Source::Dir(dir.path().join("vol")), Some(s3()), vec![files])
             }
             Stack::Postgres => (
-                Source::Postgres(graviton::testkit::scratch_database()),
+                Source::Postgres(graviton_testkit::scratch_database()),
                 Some(POSTGRES_STORE.to_string()),
                 vec![],
             ),
             Stack::PostgresS3 | Stack::PostgresS3Writeback => (
-                Source::Postgres(graviton::testkit::scratch_database()),
+                Source::Postgres(graviton_testkit::scratch_database()),
                 Some(s3()),
                 vec![],
             ),

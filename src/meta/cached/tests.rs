@@ -55,7 +55,7 @@ mod pg_tests {
     use std::time::Instant;
 
     fn fresh_database() -> String {
-        crate::testkit::scratch_database()
+        graviton_testkit::scratch_database()
     }
 
     fn start_session(store: &dyn MetaStore) {
@@ -123,7 +123,7 @@ mod pg_tests {
 
     #[test]
     fn another_mounts_writes_reach_the_cache() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let a = cached(&url, dir.path());
@@ -171,7 +171,7 @@ mod pg_tests {
     /// and they match the engine.
     #[test]
     fn own_commits_are_written_through() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let a = cached(&url, dir.path());
@@ -232,7 +232,7 @@ mod pg_tests {
     /// that way, creating a file in a fan-out directory it had just made).
     #[test]
     fn a_listing_read_before_a_change_never_hides_the_change() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let a = cached(&url, dir.path());
@@ -387,7 +387,7 @@ mod pg_tests {
 
     #[test]
     fn a_reader_that_sees_a_commits_inode_sees_its_extents() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let (_dir, a, x, _) = cache_with_a_mapped_file();
         // a rewrite commits, and its write-through is held where it has written the cache
         let [writer_at] = hold(&a, ["writer"]);
@@ -419,7 +419,7 @@ mod pg_tests {
 
     #[test]
     fn an_extent_lookup_racing_an_invalidation_finds_the_map() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let (_dir, a, x, e) = cache_with_a_mapped_file();
         // a lookup finds the map cached, and is held there
         let [reader_at] = hold(&a, ["reader"]);
@@ -437,7 +437,7 @@ mod pg_tests {
 
     #[test]
     fn a_map_read_while_an_invalidation_is_written_is_never_cached_empty() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let (_dir, a, x, e) = cache_with_a_mapped_file();
         a.cache.invalidate(&[x]);
         // an invalidation of x (from the change feed) has taken its new generation...
@@ -463,7 +463,7 @@ mod pg_tests {
 
     #[test]
     fn a_reopened_cache_catches_up_with_changes_made_while_it_was_closed() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let url = fresh_database();
         let dir = tempfile::tempdir().unwrap();
         let b = PgMetaStore::connect(&url).unwrap();

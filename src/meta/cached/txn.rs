@@ -36,7 +36,7 @@ impl CachedTxn<'_> {
     }
 }
 
-crate::meta::layer::forward_reads!(CachedTxn<'_>, self => self.tx());
+crate::forward_reads!(CachedTxn<'_>, self => self.tx());
 
 impl CachedTxn<'_> {
     /// Notes an inode written in a way the cache does not replay.

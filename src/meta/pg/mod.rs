@@ -980,17 +980,9 @@ impl Drop for PgTxn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn fresh_database() -> String {
-        crate::testkit::scratch_database()
-    }
-
-    #[test]
-    fn conformance() {
-        crate::needs_servers!();
-        let store = Arc::new(PgMetaStore::connect(&fresh_database()).unwrap());
-        crate::testkit::meta_conformance::run_all(store);
+        graviton_testkit::scratch_database()
     }
 
     /// A write-behind journal replayed after a crash sends transactions the database already
@@ -998,7 +990,7 @@ mod tests {
     /// across a rename within a directory (which keeps the entry's cookie).
     #[test]
     fn transactions_sent_again_in_order_end_where_they_did() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         use crate::meta::{DirEntry, FileKind, Inode, ROOT_INO, Timestamp};
         let store = PgMetaStore::connect(&fresh_database()).unwrap();
         let x = store.allocate_ino().unwrap();
@@ -1022,23 +1014,6 @@ mod tests {
             assert_eq!(r.dirent(ROOT_INO, b"new").unwrap(), Some(entry), "{pass}");
             assert_eq!(r.dirent(ROOT_INO, b"old").unwrap(), None, "{pass}");
         }
-    }
-
-    #[test]
-    fn records_survive_reconnect_and_migrations_run_once() {
-        crate::needs_servers!();
-        let url = fresh_database();
-        let first = {
-            let store = PgMetaStore::connect(&url).unwrap();
-            crate::testkit::meta_conformance::write_sample(&store);
-            store.allocate_ino().unwrap()
-        };
-        let store = PgMetaStore::connect(&url).unwrap();
-        crate::testkit::meta_conformance::check_sample(&store);
-        assert!(
-            store.allocate_ino().unwrap() > first,
-            "inode numbers are never reused"
-        );
     }
 
     #[test]

@@ -705,8 +705,8 @@ mod tests {
 
     #[test]
     fn a_commit_of_a_lock_holder_after_its_session_expired_is_refused_and_a_new_session_starts() {
-        crate::needs_servers!();
-        let url = crate::testkit::scratch_database();
+        graviton_testkit::needs_servers!();
+        let url = graviton_testkit::scratch_database();
         let a = PgMetaStore::connect(&url).unwrap();
         session(&a, 60);
         let old = a.session_id().unwrap();
@@ -747,8 +747,8 @@ mod tests {
 
     #[test]
     fn an_expired_session_loses_its_locks_and_its_unlinked_open_files() {
-        crate::needs_servers!();
-        let url = crate::testkit::scratch_database();
+        graviton_testkit::needs_servers!();
+        let url = graviton_testkit::scratch_database();
         let a = PgMetaStore::connect(&url).unwrap();
         let b = PgMetaStore::connect(&url).unwrap();
         session(&a, 1);

@@ -5,33 +5,13 @@ use crate::domain::Extent;
 use crate::domain::extent::Splice;
 use crate::meta::prelude::*;
 use crate::meta::{DirEntry, PgMetaStore};
-use crate::testkit::meta_conformance as conformance;
 
 fn fresh_database() -> String {
-    crate::testkit::scratch_database()
+    graviton_testkit::scratch_database()
 }
 
 fn pg(url: &str) -> Arc<dyn MetaStore> {
     Arc::new(PgMetaStore::connect(url).unwrap())
-}
-
-/// Every read answered from pending records merged with the engine's.
-#[test]
-fn conformance_with_nothing_applied() {
-    crate::needs_servers!();
-    let dir = tempfile::tempdir().unwrap();
-    let wb = WriteBehind::open_paused(pg(&fresh_database()), dir.path(), "test").unwrap();
-    let store: Arc<dyn MetaStore> = Arc::new(wb);
-    conformance::inodes_round_trip(store.as_ref());
-    conformance::uncommitted_changes_vanish(store.as_ref());
-    conformance::directory_entries_list_in_cookie_order(store.as_ref());
-    conformance::extents_and_block_references(store.as_ref());
-    conformance::xattrs_symlinks_orphans(store.as_ref());
-    conformance::read_views_see_every_commit(store.as_ref());
-    conformance::conflicting_writers_do_not_both_commit(store.as_ref());
-    conformance::concurrent_increments_are_isolated(store.clone());
-    conformance::write_sample(store.as_ref());
-    conformance::check_sample(store.as_ref());
 }
 
 /// Records applied and records pending: listings, maps and xattr names merge both, and
@@ -39,7 +19,7 @@ fn conformance_with_nothing_applied() {
 /// and after the applier runs.
 #[test]
 fn pending_records_merge_with_applied_ones() {
-    crate::needs_servers!();
+    graviton_testkit::needs_servers!();
     use crate::domain::{BlockKey, HashAlgo};
     use crate::meta::{FileKind, Timestamp};
     let dir = tempfile::tempdir().unwrap();
@@ -145,33 +125,8 @@ fn pending_records_merge_with_applied_ones() {
 }
 
 #[test]
-fn a_killed_mounts_journal_reaches_the_engine_at_the_next_open() {
-    crate::needs_servers!();
-    let url = fresh_database();
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let wb = WriteBehind::open_paused(pg(&url), dir.path(), "host-a:/state").unwrap();
-        conformance::write_sample(&wb);
-        assert!(wb.queued() > 0);
-        // dropped with nothing applied, like a killed daemon
-    }
-    let inner = pg(&url);
-    let err = check_unclaimed(inner.as_ref(), None).unwrap_err();
-    assert!(err.to_string().contains("host-a:/state"), "{err}");
-    let err = WriteBehind::open(inner.clone(), dir.path(), "host-b:/other")
-        .err()
-        .expect("another host may not take over pending changes");
-    assert!(matches!(err, ClaimError::Claimed(_)), "{err}");
-
-    let wb = WriteBehind::open(inner.clone(), dir.path(), "host-a:/state").unwrap();
-    conformance::check_sample(inner.as_ref());
-    wb.end_session();
-    check_unclaimed(inner.as_ref(), None).expect("the claim is released at a clean end");
-}
-
-#[test]
 fn another_live_mount_keeps_write_behind_out() {
-    crate::needs_servers!();
+    graviton_testkit::needs_servers!();
     let url = fresh_database();
     let info = |mp: &str| crate::meta::SessionInfo {
         host: "h".into(),
@@ -192,27 +147,4 @@ fn another_live_mount_keeps_write_behind_out() {
     other.end_session();
     let wb = WriteBehind::open(mine.clone(), dir.path(), "h:/state").unwrap();
     wb.end_session();
-}
-
-/// A mount that could not finish (its uploads failed) keeps its claim; a mount whose end runs
-/// again after another mount claimed the volume leaves that claim alone.
-#[test]
-fn the_claim_stays_after_an_unfinished_end_and_is_only_ever_released_by_its_owner() {
-    crate::needs_servers!();
-    let url = fresh_database();
-    let dir = tempfile::tempdir().unwrap();
-    let inner = pg(&url);
-    let wb = WriteBehind::open(inner.clone(), dir.path(), "host-a:/state").unwrap();
-    conformance::write_sample(&wb);
-    wb.end_session_unfinished();
-    let err = check_unclaimed(inner.as_ref(), None).unwrap_err();
-    assert!(err.to_string().contains("host-a:/state"), "{err}");
-
-    let wb = WriteBehind::open(inner.clone(), dir.path(), "host-a:/state").unwrap();
-    conformance::check_sample(inner.as_ref());
-    assert!(wb.finish(), "released");
-    inner.kv_put(CLAIM_KEY, b"host-b:/state").unwrap(); // another host's mount, since
-    assert!(wb.finish(), "a second end has nothing to send");
-    let err = check_unclaimed(inner.as_ref(), None).unwrap_err();
-    assert!(err.to_string().contains("host-b:/state"), "{err}");
 }

@@ -54,7 +54,7 @@ impl WbTxn<'_> {
     }
 }
 
-crate::meta::layer::forward_reads!(WbTxn<'_>, self => self.layers);
+crate::forward_reads!(WbTxn<'_>, self => self.layers);
 
 impl MetaTxn for WbTxn<'_> {
     fn put_inode(&mut self, inode: &Inode) -> MetaResult<()> {

@@ -171,7 +171,9 @@ impl S3BlockStore {
         })
     }
 
-    fn object(&self, key: &BlockKey) -> String {
+    /// The name of the object that holds a block: the URL's prefix, the hash's name, two hex
+    /// digits to spread the names, the hash and the size.
+    pub fn object(&self, key: &BlockKey) -> String {
         let hex = key.hex();
         format!(
             "{}{}/{}/{hex}-{}",

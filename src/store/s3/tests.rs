@@ -90,34 +90,15 @@ mod server_tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    /// A damaged object is an error, never bytes (the rest of the conformance suite runs
-    /// over the S3 stacks in `tests/stacks.rs`).
-    #[test]
-    fn corruption_is_detected() {
-        crate::needs_servers!();
-        let store = Arc::new(S3BlockStore::open(&crate::testkit::s3_scratch_url()).unwrap());
-        let root = std::path::PathBuf::from(
-            std::env::var("GRAVITON_TEST_S3_ROOT").expect("GRAVITON_TEST_S3_ROOT"),
-        );
-        let s = store.clone();
-        crate::testkit::block_conformance::corruption_is_detected(store.as_ref(), &move |k| {
-            // flip a byte of the object's file on the server, keeping its length
-            let path = root.join(&s.url().bucket).join(s.object(k));
-            let mut bytes = std::fs::read(&path).expect("the object's file");
-            bytes[0] ^= 0xff;
-            std::fs::write(&path, bytes).unwrap();
-        });
-    }
-
     /// A part of a large BLAKE3 block is one ranged GET of the groups that hold it, checked
     /// against the group hashes the object carries: damage elsewhere in the block does not stop
     /// it, damage in it is an error, and an object without group hashes is read whole.
     #[test]
     fn parts_of_large_blocks_are_ranged_gets_checked_against_group_hashes() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let log = Arc::new(SseHeaders::default());
         let shared = aws_sdk_s3::config::SharedInterceptor::new(LogRef(log.clone()));
-        let store = S3BlockStore::build(&crate::testkit::s3_scratch_url(), Some(shared)).unwrap();
+        let store = S3BlockStore::build(&graviton_testkit::s3_scratch_url(), Some(shared)).unwrap();
         let mut x = 7u64;
         let data: Vec<u8> = (0..2 << 20)
             .map(|_| {
@@ -180,7 +161,7 @@ mod server_tests {
 
     #[test]
     fn an_unreachable_server_fails_after_its_retry_time_without_secrets() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let store = crate::store::retrying::Retrying::new(
             Arc::new(S3BlockStore::open("s3://b?endpoint=http://127.0.0.1:1").unwrap()),
             crate::retry::Backoff::S3,
@@ -237,7 +218,7 @@ mod server_tests {
     /// What a put and a get send, for one SSE setting (the loopback server may not implement
     /// SSE, so only the requests are checked).
     fn sse_requests(query: &str) -> Vec<SentHeaders> {
-        let url = format!("{}&{query}", crate::testkit::s3_scratch_url());
+        let url = format!("{}&{query}", graviton_testkit::s3_scratch_url());
         let log = std::sync::Arc::new(SseHeaders::default());
         let shared = aws_sdk_s3::config::SharedInterceptor::new(LogRef(log.clone()));
         let store = S3BlockStore::build(&url, Some(shared)).unwrap();
@@ -273,7 +254,7 @@ mod server_tests {
 
     #[test]
     fn uploads_carry_the_requested_encryption_headers() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let put = |q: &str| {
             sse_requests(q)
                 .into_iter()
@@ -302,7 +283,7 @@ mod server_tests {
 
     #[test]
     fn uploads_carry_a_checksum_instead_of_a_signed_payload_hash() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let sent = sse_requests("region=us-east-1");
         // (the first PUT may be the conditional-PUT probe)
         let put = &sent.iter().rfind(|(m, _)| m == "PUT").expect("a PUT").1;
@@ -318,7 +299,7 @@ mod server_tests {
 
     #[test]
     fn sse_c_sends_the_customer_key_on_every_request() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         let key = base64_encode(&[3u8; 32]);
         // this test runs in a process of its own (nextest)
         // SAFETY: no other thread of this process reads the environment meanwhile.
@@ -348,12 +329,12 @@ mod server_tests {
 
     #[test]
     fn wrong_credentials_are_a_permanent_refusal_not_retried() {
-        crate::needs_servers!();
+        graviton_testkit::needs_servers!();
         // this test runs in a process of its own (nextest): its credentials are its own
         // SAFETY: no other thread of this process reads the environment meanwhile.
         unsafe { std::env::set_var("AWS_SECRET_ACCESS_KEY", "not-the-secret") };
         let store = crate::store::retrying::Retrying::new(
-            Arc::new(S3BlockStore::open(&crate::testkit::s3_scratch_url()).unwrap()),
+            Arc::new(S3BlockStore::open(&graviton_testkit::s3_scratch_url()).unwrap()),
             crate::retry::Backoff::S3,
             Duration::from_secs(30),
         );

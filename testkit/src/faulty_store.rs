@@ -7,9 +7,9 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::domain::BlockKey;
-use crate::domain::groups::GroupHashes;
-use crate::store::{BlockStore, PutOutcome, StoreError, StoreLayer, Transience, Unchecked};
+use graviton::domain::BlockKey;
+use graviton::domain::groups::GroupHashes;
+use graviton::store::{BlockStore, PutOutcome, StoreError, StoreLayer, Transience, Unchecked};
 
 pub struct FaultyStore {
     inner: Arc<dyn BlockStore>,

@@ -1,6 +1,6 @@
-//! Test support, built only for tests (`cargo test`, or the `testkit` feature for the
-//! integration tests in `tests/`): the conformance suites of both ports, fault-injecting
-//! layers for both, and the scratch servers the test command starts.
+//! Test support for Graviton's tests (unit tests and `tests/`): the conformance suites of both
+//! ports, fault-injecting layers for both, and the scratch servers the test command starts. Not
+//! part of the shipped crate.
 
 pub mod block_conformance;
 mod faulty_meta;
@@ -52,7 +52,7 @@ pub fn servers_present() -> bool {
 #[macro_export]
 macro_rules! needs_servers {
     () => {
-        if !$crate::testkit::servers_present() {
+        if !$crate::servers_present() {
             return;
         }
     };
@@ -85,5 +85,5 @@ pub fn scratch_database() -> String {
     let admin = pg_server().expect(
         "GRAVITON_TEST_PG is not set: run the tests through scripts/test.sh, which starts PostgreSQL",
     );
-    crate::postgres::create_scratch_database(&admin).expect("scratch database")
+    graviton::postgres::create_scratch_database(&admin).expect("scratch database")
 }

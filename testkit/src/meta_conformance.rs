@@ -3,9 +3,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::domain::extent::{self, Splice};
-use crate::domain::{BlockKey, Extent, HashAlgo};
-use crate::meta::{DirEntry, FileKind, Inode, MetaError, MetaStore, MetaTxn, Timestamp};
+use graviton::domain::extent::{self, Splice};
+use graviton::domain::{BlockKey, Extent, HashAlgo};
+use graviton::meta::{DirEntry, FileKind, Inode, MetaError, MetaStore, MetaTxn, Timestamp};
 
 pub fn run_all(store: Arc<dyn MetaStore>) {
     inodes_round_trip(store.as_ref());
@@ -452,7 +452,7 @@ pub fn inode_numbers_are_unique(store: Arc<dyn MetaStore>) {
     let mut seen = HashSet::new();
     for t in threads {
         for ino in t.join().expect("thread") {
-            assert!(ino > crate::meta::ROOT_INO);
+            assert!(ino > graviton::meta::ROOT_INO);
             assert!(seen.insert(ino), "inode {ino} handed out twice");
         }
     }

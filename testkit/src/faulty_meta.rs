@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use crate::domain::extent::Splice;
-use crate::meta::{DirEntry, Ino, Inode, MetaError, MetaLayer, MetaResult, MetaStore, MetaTxn};
+use graviton::domain::extent::Splice;
+use graviton::meta::{DirEntry, Ino, Inode, MetaError, MetaLayer, MetaResult, MetaStore, MetaTxn};
 
 /// What happens to one commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ struct FaultyTxn<'a> {
     layer: &'a FaultyMeta,
 }
 
-crate::meta::layer::forward_reads!(FaultyTxn<'_>, self => self.inner);
+graviton::forward_reads!(FaultyTxn<'_>, self => self.inner);
 
 impl MetaTxn for FaultyTxn<'_> {
     fn put_inode(&mut self, inode: &Inode) -> MetaResult<()> {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::{BlockKey, HashAlgo};
-use crate::store::{BlockStore, PutOutcome, StoreError};
+use graviton::domain::{BlockKey, HashAlgo};
+use graviton::store::{BlockStore, PutOutcome, StoreError};
 
 fn block(seed: u64, len: usize) -> (BlockKey, Vec<u8>) {
     use rand::{RngCore, SeedableRng};
