@@ -67,21 +67,13 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         [src, mp] => (Some(Source::parse(src)), PathBuf::from(mp)),
         _ => bail!("expected [SOURCE] MOUNTPOINT"),
     };
-    let source = match source {
-        Some(Source::Dir(d)) => {
-            if !Volume::is_formatted(&d) {
-                bail!(
-                    "{} is not a Graviton volume (run `graviton format {}` first)",
-                    d.display(),
-                    d.display()
-                );
-            }
-            Source::Dir(
-                d.canonicalize()
-                    .with_context(|| format!("volume {}", d.display()))?,
-            )
-        }
-        Some(pg) => pg,
+    let mut source = match source {
+        Some(Source::Dir(d)) if !Volume::is_formatted(&d) => bail!(
+            "{} is not a Graviton volume (run `graviton format {}` first)",
+            d.display(),
+            d.display()
+        ),
+        Some(source) => source,
         None => {
             let d = super::default_volume()?;
             if !Volume::is_formatted(&d) {
@@ -94,12 +86,14 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("creating the default volume in {}", d.display()))?;
                 eprintln!("created the default volume in {}", d.display());
             }
-            Source::Dir(
-                d.canonicalize()
-                    .with_context(|| format!("volume {}", d.display()))?,
-            )
+            Source::Dir(d)
         }
     };
+    if let Source::Dir(d) = &mut source {
+        *d = d
+            .canonicalize()
+            .with_context(|| format!("volume {}", d.display()))?;
+    }
     if opts.writeback && matches!(source, Source::Postgres(_)) && opts.gc_every.flatten().is_some()
     {
         bail!(

@@ -35,10 +35,9 @@ pub fn serve(
     notify_ready: bool,
 ) -> anyhow::Result<()> {
     // Block stop signals in every thread (threads inherit the mask); one thread waits for them.
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
-    }
+    let signals: SigSet = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]
+        .into_iter()
+        .collect();
     signals.thread_block().context("blocking signals")?;
     tune_the_heap();
     return_freed_memory();

@@ -24,6 +24,7 @@ const SWEEP_EVERY: usize = 100_000;
 /// Entries of one directory the kernel was given: name → (inode, when).
 type Handed = HashMap<Vec<u8>, (Ino, Instant)>;
 
+#[derive(Default)]
 pub struct KernelCache {
     ttl: Duration,
     /// directory → name → (inode, when the kernel was given it)
@@ -37,10 +38,7 @@ impl KernelCache {
     pub fn new(ttl: Duration) -> Arc<KernelCache> {
         Arc::new(KernelCache {
             ttl,
-            names: Mutex::new(HashMap::new()),
-            inserted: AtomicU64::new(0),
-            queued: AtomicU64::new(0),
-            done: AtomicU64::new(0),
+            ..Default::default()
         })
     }
 
@@ -79,13 +77,13 @@ impl KernelCache {
 
     /// Entries under `dir` the kernel may still hold.
     fn take_dir(&self, dir: Ino) -> Vec<(Vec<u8>, Ino)> {
-        let fresh = |(name, (ino, at)): (Vec<u8>, (Ino, Instant))| {
-            (at.elapsed() < self.ttl).then_some((name, ino))
-        };
-        match self.names.lock().expect("lock").remove(&dir) {
-            Some(names) => names.into_iter().filter_map(fresh).collect(),
-            None => Vec::new(),
-        }
+        let names = self.names.lock().expect("lock").remove(&dir);
+        names
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, (_, at))| at.elapsed() < self.ttl)
+            .map(|(name, (ino, _))| (name, ino))
+            .collect()
     }
 
     /// Directories under which the kernel may still hold entries.
@@ -123,26 +121,18 @@ pub fn follow_changes(
     std::thread::Builder::new()
         .name("graviton-inval".into())
         .spawn(move || {
-            // ENOENT answers mean the kernel holds nothing of that inode or entry
-            let forget_entries = |dir: Ino, names: Vec<(Vec<u8>, Ino)>| {
-                for (name, ino) in names {
-                    let _ = notifier.inval_entry(INodeNo(dir), std::ffi::OsStr::from_bytes(&name));
-                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
-                }
-            };
             for work in feed {
-                match work {
-                    Work::Inodes(inos) => {
-                        for ino in inos {
-                            let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
-                            forget_entries(ino, cache.take_dir(ino));
-                        }
-                    }
-                    Work::Everything => {
-                        for dir in cache.dirs() {
-                            let _ = notifier.inval_inode(INodeNo(dir), 0, 0);
-                            forget_entries(dir, cache.take_dir(dir));
-                        }
+                let inos = match work {
+                    Work::Inodes(inos) => inos,
+                    Work::Everything => cache.dirs(),
+                };
+                // ENOENT answers mean the kernel holds nothing of that inode or entry
+                for ino in inos {
+                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+                    for (name, child) in cache.take_dir(ino) {
+                        let name = std::ffi::OsStr::from_bytes(&name);
+                        let _ = notifier.inval_entry(INodeNo(ino), name);
+                        let _ = notifier.inval_inode(INodeNo(child), 0, 0);
                     }
                 }
                 cache.done.fetch_add(1, Ordering::SeqCst);

@@ -99,6 +99,16 @@ fn errno(e: &FsError) -> Errno {
     failed(Errno::from_i32(e.errno()))
 }
 
+/// Replies with `$ok` on the value of `$r`, or with its error.
+macro_rules! answer {
+    ($reply:ident, $r:expr, |$v:pat_param| $ok:expr) => {
+        match $r {
+            Ok($v) => $ok,
+            Err(e) => $reply.error(errno(&e)),
+        }
+    };
+}
+
 fn file_type(kind: FileKind) -> FileType {
     match kind {
         FileKind::File => FileType::RegularFile,
@@ -176,7 +186,7 @@ pub fn negotiate(config: &mut KernelConfig, write_cache: bool, shared: bool) {
     // Not FUSE_ATOMIC_O_TRUNC: with it the kernel drops its page cache and size for
     // open(O_TRUNC) before checking ETXTBSY, which crashes a program running the file.
     // Without it, the kernel checks first and truncates through setattr.
-    let wanted = InitFlags::FUSE_DO_READDIRPLUS
+    let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
         | InitFlags::FUSE_READDIRPLUS_AUTO
         | InitFlags::FUSE_PARALLEL_DIROPS
         | InitFlags::FUSE_ASYNC_READ
@@ -188,19 +198,15 @@ pub fn negotiate(config: &mut KernelConfig, write_cache: bool, shared: bool) {
     // The filesystem clears setuid/setgid on write, truncate and chown itself
     // (`Fs::written_by`, `Fs::setattr_by`): otherwise the kernel asks for security.capability before
     // every write, a FUSE round trip that halved 4 KiB random write throughput.
-    let wanted = wanted | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
-    let wanted = if write_cache {
-        wanted | InitFlags::FUSE_WRITEBACK_CACHE
-    } else {
-        wanted
-    };
+    wanted |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+    if write_cache {
+        wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+    }
     // On a shared volume locks must hold across mounts: the kernel hands them to us. On an
     // embedded volume the kernel's own lock table is exact (one mount), so it keeps them.
-    let wanted = if shared {
-        wanted | InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS
-    } else {
-        wanted
-    };
+    if shared {
+        wanted |= InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS;
+    }
     if let Err(unsupported) = config.add_capabilities(wanted) {
         tracing::info!("kernel lacks FUSE capabilities {unsupported:?}");
         let _ = config.add_capabilities(wanted - unsupported);
@@ -209,22 +215,16 @@ pub fn negotiate(config: &mut KernelConfig, write_cache: bool, shared: bool) {
 
 impl GravitonFuse {
     fn entry(&self, reply: ReplyEntry, parent: INodeNo, n: &OsStr, r: Result<Inode, FsError>) {
-        match r {
-            Ok(i) => {
-                if !matches!(name(n), b"." | b"..") {
-                    self.handed_out(parent, name(n), i.ino);
-                }
-                reply.entry(&self.ttl, &attr(&i), Generation(0))
+        answer!(reply, r, |i| {
+            if !matches!(name(n), b"." | b"..") {
+                self.handed_out(parent, name(n), i.ino);
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+            reply.entry(&self.ttl, &attr(&i), Generation(0))
+        });
     }
 
     fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer!(reply, r, |()| reply.ok());
     }
 
     /// Runs `f` on the blocking pool; the reply travels with it, and `op` times it until then.
@@ -273,10 +273,8 @@ impl Filesystem for GravitonFuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _op = op("getattr");
-        match self.fs.getattr(ino.0) {
-            Ok(i) => reply.attr(&self.ttl, &attr(&i)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let inode = self.fs.getattr(ino.0);
+        answer!(reply, inode, |i| reply.attr(&self.ttl, &attr(&i)));
     }
 
     fn setattr(
@@ -332,10 +330,7 @@ impl Filesystem for GravitonFuse {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _op = op("readlink");
-        match self.fs.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer!(reply, self.fs.readlink(ino.0), |t| reply.data(&t));
     }
 
     fn mknod(
@@ -489,10 +484,8 @@ impl Filesystem for GravitonFuse {
         let _op = op("read");
         // In this thread: the embedded store answers from local disk, and a hop to another
         // thread cost more than a cached 4 KiB read.
-        match self.fs.read_bytes(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let data = self.fs.read_bytes(fh.0, offset, size);
+        answer!(reply, data, |d| reply.data(&d));
     }
 
     fn write(
@@ -529,10 +522,7 @@ impl Filesystem for GravitonFuse {
             }
             Ok(data.len())
         });
-        match written {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer!(reply, written, |n| reply.written(n as u32));
     }
 
     fn flush(
@@ -650,10 +640,9 @@ impl Filesystem for GravitonFuse {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
         let _op = op("opendir");
-        match self.fs.opendir(ino.0) {
-            Ok(()) => reply.opened(FileHandle(self.dirs.open()), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer!(reply, self.fs.opendir(ino.0), |()| {
+            reply.opened(FileHandle(self.dirs.open()), FopenFlags::empty())
+        });
     }
 
     fn releasedir(
@@ -686,10 +675,7 @@ impl Filesystem for GravitonFuse {
                 OsStr::from_bytes(&e.name),
             ))
         });
-        match filled {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer!(reply, filled, |()| reply.ok());
     }
 
     fn readdirplus(
@@ -725,10 +711,7 @@ impl Filesystem for GravitonFuse {
             added += usize::from(!full);
             Ok(full)
         });
-        match filled {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer!(reply, filled, |()| reply.ok());
     }
 
     fn fsyncdir(
@@ -744,19 +727,17 @@ impl Filesystem for GravitonFuse {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let _op = op("statfs");
-        match self.fs.statfs(self.capacity_path.as_deref()) {
-            Ok(s) => reply.statfs(
-                s.blocks,
-                s.blocks_free,
-                s.blocks_avail,
-                s.files,
-                s.files_free,
-                s.block_size,
-                s.name_max,
-                s.block_size,
-            ),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let stats = self.fs.statfs(self.capacity_path.as_deref());
+        answer!(reply, stats, |s| reply.statfs(
+            s.blocks,
+            s.blocks_free,
+            s.blocks_avail,
+            s.files,
+            s.files_free,
+            s.block_size,
+            s.name_max,
+            s.block_size,
+        ));
     }
 
     fn setxattr(
@@ -777,18 +758,13 @@ impl Filesystem for GravitonFuse {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
         let _op = op("getxattr");
-        match self.fs.getxattr(ino.0, name(n)) {
-            Ok(v) => sized(reply, size, &v),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let value = self.fs.getxattr(ino.0, name(n));
+        answer!(reply, value, |v| sized(reply, size, &v));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _op = op("listxattr");
-        match self.fs.listxattr(ino.0) {
-            Ok(v) => sized(reply, size, &v),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer!(reply, self.fs.listxattr(ino.0), |v| sized(reply, size, &v));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
@@ -816,23 +792,16 @@ impl Filesystem for GravitonFuse {
         if libc::S_IFMT & mode != 0 && mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(failed(Errno::EINVAL));
         }
-        match self.fs.create(
-            ctx(req),
-            parent.0,
-            name(n),
-            mode,
-            OpenFlags::from_libc(flags),
-        ) {
-            Ok((i, fh)) => {
-                self.handed_out(parent, name(n), i.ino);
-                let open = match self.fs.appends_at_end(fh) {
-                    true => FopenFlags::FOPEN_DIRECT_IO,
-                    false => FopenFlags::FOPEN_KEEP_CACHE,
-                };
-                reply.created(&self.ttl, &attr(&i), Generation(0), FileHandle(fh), open)
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        let flags = OpenFlags::from_libc(flags);
+        let created = self.fs.create(ctx(req), parent.0, name(n), mode, flags);
+        answer!(reply, created, |(i, fh)| {
+            self.handed_out(parent, name(n), i.ino);
+            let open = match self.fs.appends_at_end(fh) {
+                true => FopenFlags::FOPEN_DIRECT_IO,
+                false => FopenFlags::FOPEN_KEEP_CACHE,
+            };
+            reply.created(&self.ttl, &attr(&i), Generation(0), FileHandle(fh), open)
+        });
     }
 
     fn fallocate(
@@ -884,9 +853,9 @@ impl Filesystem for GravitonFuse {
         if offset < 0 {
             return reply.error(failed(Errno::ENXIO));
         }
-        self.background(op, move |fs| match fs.seek(ino.0, offset as u64, whence) {
-            Ok(o) => reply.offset(o as i64),
-            Err(e) => reply.error(errno(&e)),
+        self.background(op, move |fs| {
+            let found = fs.seek(ino.0, offset as u64, whence);
+            answer!(reply, found, |o| reply.offset(o as i64))
         });
     }
 
@@ -921,11 +890,7 @@ impl Filesystem for GravitonFuse {
             if let Ok((_, true)) = copied {
                 inval_attributes(&notifier, ino_out);
             }
-            let copied = copied.map(|(n, _)| n);
-            match copied {
-                Ok(n) => reply.written(n as u32),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer!(reply, copied, |(n, _)| reply.written(n as u32));
         });
     }
 }

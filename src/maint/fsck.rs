@@ -279,11 +279,9 @@ fn lost_found(tx: &mut dyn MetaTxn, vol: &Volume) -> anyhow::Result<Ino> {
     let mut dir = Inode::new(vol.meta.allocate_ino()?, FileKind::Dir, 0o700, 0, 0, now);
     dir.parent = ROOT_INO;
     tx.put_inode(&dir)?;
-    let cookie = root.next_cookie;
-    root.next_cookie += 1;
+    let cookie = root.take_cookie();
     root.nlink += 1;
-    root.mtime = now;
-    root.ctime = now;
+    root.touch(now);
     tx.put_inode(&root)?;
     tx.put_dirent(
         ROOT_INO,
@@ -302,8 +300,7 @@ fn apply(vol: &Volume, fix: &Fix) -> anyhow::Result<()> {
             let (Some(mut inode), Some(mut dir)) = (tx.inode(*ino)?, tx.inode(lf)?) else {
                 return Ok(());
             };
-            let cookie = dir.next_cookie;
-            dir.next_cookie += 1;
+            let cookie = dir.take_cookie();
             if inode.kind == FileKind::Dir {
                 inode.parent = lf;
                 dir.nlink += 1;

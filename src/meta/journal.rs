@@ -125,15 +125,12 @@ impl Op {
 
     /// The splice's extents, decoded.
     pub fn decode_splice(remove: &[JournalExtent], insert: &[JournalExtent]) -> MetaResult<Splice> {
+        let decode = |es: &[JournalExtent]| -> MetaResult<Vec<Extent>> {
+            es.iter().map(JournalExtent::extent).collect()
+        };
         Ok(Splice {
-            remove: remove
-                .iter()
-                .map(|e| e.extent())
-                .collect::<MetaResult<_>>()?,
-            insert: insert
-                .iter()
-                .map(|e| e.extent())
-                .collect::<MetaResult<_>>()?,
+            remove: decode(remove)?,
+            insert: decode(insert)?,
         })
     }
 

@@ -26,6 +26,14 @@ fn slot<T>(seq: u64, value: T) -> Slot<T> {
     Slot { seq, value }
 }
 
+/// `slots` with their values now written by the commit `seq`.
+fn restamped<K, T>(
+    slots: impl IntoIterator<Item = (K, Slot<T>)>,
+    seq: u64,
+) -> impl Iterator<Item = (K, Slot<T>)> {
+    slots.into_iter().map(move |(k, s)| (k, slot(seq, s.value)))
+}
+
 /// Pending values by name (entries of a directory, xattrs of an inode); None: deleted.
 type ByName<T> = BTreeMap<Vec<u8>, Slot<Option<T>>>;
 
@@ -257,41 +265,27 @@ impl Overlay {
 
     /// Moves everything in `txn` (a transaction's layer) into this one under `seq`.
     pub fn absorb(&mut self, txn: Overlay, seq: u64) {
-        fn restamp<T>(s: Slot<T>, seq: u64) -> Slot<T> {
-            Slot {
-                seq,
-                value: s.value,
-            }
-        }
         for ino in txn.wiped.into_keys() {
             // what this layer held of the inode's records is gone with it
             self.xattrs.remove(&ino);
             self.symlinks.remove(&ino);
             self.wiped.insert(ino, seq);
         }
-        for (k, s) in txn.inodes {
-            self.inodes.insert(k, restamp(s, seq));
-        }
+        self.inodes.extend(restamped(txn.inodes, seq));
         for (dir, entries) in txn.dirents {
-            for (n, s) in entries {
-                self.set_dirent(dir, n, restamp(s, seq));
+            for (n, s) in restamped(entries, seq) {
+                self.set_dirent(dir, n, s);
             }
         }
-        for (k, s) in txn.maps {
-            self.maps.insert(k, restamp(s, seq));
-        }
+        self.maps.extend(restamped(txn.maps, seq));
         for (ino, names) in txn.xattrs {
-            let mine = self.xattrs.entry(ino).or_default();
-            for (n, s) in names {
-                mine.insert(n, restamp(s, seq));
-            }
+            self.xattrs
+                .entry(ino)
+                .or_default()
+                .extend(restamped(names, seq));
         }
-        for (k, s) in txn.symlinks {
-            self.symlinks.insert(k, restamp(s, seq));
-        }
-        for (k, s) in txn.orphans {
-            self.orphans.insert(k, restamp(s, seq));
-        }
+        self.symlinks.extend(restamped(txn.symlinks, seq));
+        self.orphans.extend(restamped(txn.orphans, seq));
     }
 
     /// Drops every record written by a commit up to `applied`: the engine below has them.
@@ -302,13 +296,13 @@ impl Overlay {
         self.dirents.retain(|dir, m| {
             m.retain(|_, s| {
                 let kept = keep(s.seq);
-                if !kept && let Some(e) = s.value {
-                    let index = by_cookie.get_mut(dir);
-                    if let Some(index) = index {
-                        index.remove(&e.cookie);
-                        if index.is_empty() {
-                            by_cookie.remove(dir);
-                        }
+                if !kept
+                    && let Some(e) = s.value
+                    && let Some(index) = by_cookie.get_mut(dir)
+                {
+                    index.remove(&e.cookie);
+                    if index.is_empty() {
+                        by_cookie.remove(dir);
                     }
                 }
                 kept

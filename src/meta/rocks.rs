@@ -131,12 +131,12 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-fn kind_tag(k: FileKind) -> u8 {
-    k.tag()
-}
-
 fn kind_of(tag: u8) -> MetaResult<FileKind> {
     FileKind::from_tag(tag).ok_or_else(|| corrupt("file kind"))
+}
+
+fn decode_inode(v: &[u8]) -> MetaResult<Inode> {
+    postcard::from_bytes(v).map_err(|_| corrupt("inode"))
 }
 
 fn encode_extent(e: &Extent) -> Vec<u8> {
@@ -271,13 +271,10 @@ impl RocksMetaStore {
     /// The length of the longest extent in the database, by reading them all.
     fn longest_stored_extent(&self) -> MetaResult<u64> {
         let mut longest = 0u64;
-        let mut it = self.db.raw_iterator_cf(self.cf("extents"));
-        it.seek_to_first();
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        self.scan_cf("extents", &[], |k, v| {
             longest = longest.max(decode_extent(k, v)?.len as u64);
-            it.next();
-        }
-        it.status().map_err(backend)?;
+            Ok(true)
+        })?;
         Ok(longest)
     }
 
@@ -296,12 +293,12 @@ impl RocksMetaStore {
         &self,
         cf: &str,
         prefix: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+        mut f: impl FnMut(&[u8], &[u8]) -> MetaResult<bool>,
     ) -> MetaResult<()> {
         let mut it = self.db.raw_iterator_cf(self.cf(cf));
         it.seek(prefix);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if !k.starts_with(prefix) || !f(k, v) {
+            if !k.starts_with(prefix) || !f(k, v)? {
                 break;
             }
             it.next();
@@ -384,16 +381,8 @@ impl MetaRecords for RocksMetaStore {
     }
 
     fn read_inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf("inodes"), be(ino))
-            .map_err(backend)?
-        {
-            None => Ok(None),
-            Some(v) => postcard::from_bytes(&v)
-                .map(Some)
-                .map_err(|_| corrupt("inode")),
-        }
+        let v = self.db.get_pinned_cf(self.cf("inodes"), be(ino));
+        v.map_err(backend)?.map(|v| decode_inode(&v)).transpose()
     }
 
     fn allocate_ino(&self) -> MetaResult<Ino> {
@@ -425,34 +414,26 @@ impl MetaRecords for RocksMetaStore {
         let mut out = Vec::new();
         self.scan_cf("orphans", &[], |k, _| {
             out.extend(u64_at(k, 0));
-            true
+            Ok(true)
         })?;
         Ok(out)
     }
 
     fn usage(&self) -> MetaResult<Usage> {
         let mut u = Usage::default();
-        let mut bad = false;
         self.scan_cf("inodes", &[], |_, v| {
-            match postcard::from_bytes::<Inode>(v) {
-                Ok(i) => {
-                    u.inodes += 1;
-                    match i.kind {
-                        FileKind::File => {
-                            u.files += 1;
-                            u.logical_bytes += i.size;
-                        }
-                        FileKind::Dir => u.directories += 1,
-                        _ => {}
-                    }
+            let i = decode_inode(v)?;
+            u.inodes += 1;
+            match i.kind {
+                FileKind::File => {
+                    u.files += 1;
+                    u.logical_bytes += i.size;
                 }
-                Err(_) => bad = true,
+                FileKind::Dir => u.directories += 1,
+                _ => {}
             }
-            true
+            Ok(true)
         })?;
-        if bad {
-            return Err(corrupt("inode"));
-        }
         Ok(u)
     }
 
@@ -463,12 +444,9 @@ impl MetaRecords for RocksMetaStore {
 
 impl VolumeIndex for RocksMetaStore {
     fn setting(&self, name: &str) -> MetaResult<Option<String>> {
-        match self.db.get_cf(self.cf("settings"), name).map_err(backend)? {
-            None => Ok(None),
-            Some(v) => String::from_utf8(v)
-                .map(Some)
-                .map_err(|_| corrupt("setting")),
-        }
+        let v = self.db.get_cf(self.cf("settings"), name).map_err(backend)?;
+        v.map(|v| String::from_utf8(v).map_err(|_| corrupt("setting")))
+            .transpose()
     }
 
     fn put_setting(&self, name: &str, value: &str) -> MetaResult<()> {
@@ -493,17 +471,11 @@ impl VolumeIndex for RocksMetaStore {
 
     fn kv_scan(&self, prefix: &str) -> MetaResult<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
-        let mut bad = false;
         self.scan_cf("kv", prefix.as_bytes(), |k, v| {
-            match std::str::from_utf8(k) {
-                Ok(k) => out.push((k.to_string(), v.to_vec())),
-                Err(_) => bad = true,
-            }
-            true
+            let k = std::str::from_utf8(k).map_err(|_| corrupt("kv key"))?;
+            out.push((k.to_string(), v.to_vec()));
+            Ok(true)
         })?;
-        if bad {
-            return Err(corrupt("kv key"));
-        }
         Ok(out)
     }
 
@@ -511,25 +483,21 @@ impl VolumeIndex for RocksMetaStore {
         let mut found = false;
         self.scan_cf("blockrefs", &key.to_bytes(), |_, _| {
             found = true;
-            false
+            Ok(false)
         })?;
         Ok(found)
     }
 
     fn referenced_blocks(&self) -> MetaResult<Vec<BlockKey>> {
         let mut out: Vec<BlockKey> = Vec::new();
-        let mut bad = false;
         self.scan_cf("blockrefs", &[], |k, _| {
-            match k.get(..KEY_BYTES).and_then(BlockKey::from_bytes) {
-                Some(key) if out.last() != Some(&key) => out.push(key),
-                Some(_) => {}
-                None => bad = true,
+            let key = k.get(..KEY_BYTES).and_then(BlockKey::from_bytes);
+            let key = key.ok_or_else(|| corrupt("block reference"))?;
+            if out.last() != Some(&key) {
+                out.push(key);
             }
-            true
+            Ok(true)
         })?;
-        if bad {
-            return Err(corrupt("block reference"));
-        }
         Ok(out)
     }
 }
@@ -639,12 +607,9 @@ impl RocksTxn<'_> {
 
 impl MetaRead for RocksTxn<'_> {
     fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
-        match self.get("inodes", &be(ino))? {
-            None => Ok(None),
-            Some(v) => postcard::from_bytes(&v)
-                .map(Some)
-                .map_err(|_| corrupt("inode")),
-        }
+        self.get("inodes", &be(ino))?
+            .map(|v| decode_inode(&v))
+            .transpose()
     }
 
     fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
@@ -806,16 +771,13 @@ impl MetaTxn for RocksTxn<'_> {
         {
             self.delete("cookies", &key2(parent, &be(old.cookie)))?;
         }
-        let mut v = Vec::with_capacity(17);
-        v.extend_from_slice(&be(entry.ino));
-        v.push(kind_tag(entry.kind));
-        v.extend_from_slice(&be(entry.cookie));
-        self.put("dirents", &key2(parent, name), &v)?;
-        let mut c = Vec::with_capacity(9 + name.len());
-        c.extend_from_slice(&be(entry.ino));
-        c.push(kind_tag(entry.kind));
-        c.extend_from_slice(name);
-        self.put("cookies", &key2(parent, &be(entry.cookie)), &c)
+        // child ino ‖ kind, then the cookie (dirents) or the name (cookies)
+        let mut child = be(entry.ino).to_vec();
+        child.push(entry.kind.tag());
+        let dirent = [&child[..], &be(entry.cookie)].concat();
+        self.put("dirents", &key2(parent, name), &dirent)?;
+        let cookie = [&child[..], name].concat();
+        self.put("cookies", &key2(parent, &be(entry.cookie)), &cookie)
     }
 
     fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()> {

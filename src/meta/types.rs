@@ -168,6 +168,19 @@ impl Inode {
     pub fn mode(&self) -> u32 {
         self.kind.mode_bits() | self.perm as u32
     }
+
+    /// Sets the modification and change times to `now`.
+    pub fn touch(&mut self, now: Timestamp) {
+        self.mtime = now;
+        self.ctime = now;
+    }
+
+    /// Hands out the directory's next readdir cookie.
+    pub fn take_cookie(&mut self) -> u64 {
+        let cookie = self.next_cookie;
+        self.next_cookie += 1;
+        cookie
+    }
 }
 
 /// A name in a directory.

@@ -63,11 +63,8 @@ impl Disk for RealDisk {
                 opened.as_raw_fd()
             }
         };
-        // SAFETY: syncfs on a descriptor we own, open for the whole call.
-        match unsafe { libc::syncfs(fd) } {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        }
+        // a descriptor we own, open for the whole call
+        Ok(nix::unistd::syncfs(fd)?)
     }
 }
 

@@ -104,10 +104,7 @@ impl super::StoreLayer for Metered {
         let r = self.inner.get_range(key, range);
         histogram!(m::DOWNLOAD_DURATION, "backend" => self.inner.backend())
             .record(t.elapsed().as_secs_f64());
-        if let Err(e) = &r {
-            self.failed(e);
-        }
-        r
+        self.counted(r)
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {

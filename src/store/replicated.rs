@@ -160,10 +160,7 @@ impl BlockStore for Replicated {
     }
 
     fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {
-        for r in &self.replicas {
-            r.delete(key)?;
-        }
-        Ok(())
+        self.replicas.iter().try_for_each(|r| r.delete(key))
     }
 
     fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
@@ -177,17 +174,11 @@ impl BlockStore for Replicated {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        for r in &self.replicas {
-            r.sync()?;
-        }
-        Ok(())
+        self.replicas.iter().try_for_each(|r| r.sync())
     }
 
     fn settle(&self, keys: &[BlockKey]) -> Result<(), StoreError> {
-        for r in &self.replicas {
-            r.settle(keys)?;
-        }
-        Ok(())
+        self.replicas.iter().try_for_each(|r| r.settle(keys))
     }
 }
 

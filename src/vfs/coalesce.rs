@@ -237,11 +237,9 @@ fn coalesce_piece(core: &Arc<Core>, ino: Ino, old: &[Extent]) -> FsResult<Option
             let to = old.partition_point(|e| e.offset < end);
             let data = assemble(core, ino, &old[from..to], pos..end)?;
             let cuts = chunker.cut(pos, &data);
-            let usable = if end == stretch.end || cuts.len() == 1 {
-                cuts.len()
-            } else {
-                cuts.len() - 1
-            };
+            // a window that ends before its stretch does leaves its last cut to the next window
+            // (which cuts it again with what follows), unless that cut is its only one
+            let usable = cuts.len() - usize::from(end < stretch.end && cuts.len() > 1);
             let mut at = 0usize;
             let mut chunks = Vec::new();
             for &len in &cuts[..usable] {
@@ -269,7 +267,7 @@ fn coalesce_piece(core: &Arc<Core>, ino: Ino, old: &[Extent]) -> FsResult<Option
         ..old_map.values().next_back().map_or(0, Extent::end);
     // Hold off this mount's flushes of the file for the (short) swap, so a stream of small
     // commits cannot starve it; writers keep buffering meanwhile.
-    let open = core.files.lock().expect("lock").get(&ino).cloned();
+    let open = core.open_file(ino);
     let _flushes_wait = open
         .as_ref()
         .map(|f| f.flush_lock.lock().expect("flush lock"));

@@ -78,6 +78,7 @@ pub enum Whence {
 }
 
 /// An inode with open handles: its uncommitted writes live here, shared by all its handles.
+#[derive(Default)]
 pub(crate) struct OpenFile {
     pub ino: Ino,
     pub state: Mutex<FileState>,
@@ -104,6 +105,7 @@ pub(crate) struct OpenFile {
     pub kernel_stale: std::sync::atomic::AtomicBool,
 }
 
+#[derive(Default)]
 pub(crate) struct FileState {
     pub dirty: DirtyData,
     /// Time of the last write not yet committed.
@@ -323,24 +325,7 @@ impl Fs {
                 .or_insert_with(|| {
                     Arc::new(OpenFile {
                         ino,
-                        flush_lock: Mutex::new(()),
-                        map: Mutex::new(None),
-                        unlinked: Default::default(),
-                        claim: Default::default(),
-                        written_in: Default::default(),
-                        fences: Default::default(),
-                        kernel_stale: Default::default(),
-                        state: Mutex::new(FileState {
-                            dirty: DirtyData::default(),
-                            mtime: None,
-                            last_write_end: 0,
-                            inflight: None,
-                            flush_scheduled: false,
-                            handles: 0,
-                            writers: 0,
-                            attrs: None,
-                            append_base: None,
-                        }),
+                        ..Default::default()
                     })
                 })
                 .clone();
@@ -663,10 +648,8 @@ impl Fs {
                     inode.extent_count = (inode.extent_count as i64 + s.count_delta()) as u64;
                     inode.data_version += 1;
                 }
-                let now = Timestamp::now();
                 inode.size = size;
-                inode.mtime = now;
-                inode.ctime = now;
+                inode.touch(Timestamp::now());
                 tx.put_inode(&inode)?;
                 Ok(())
             })
@@ -706,9 +689,7 @@ impl Fs {
                     changed = true;
                 }
                 if changed {
-                    let now = Timestamp::now();
-                    inode.mtime = now;
-                    inode.ctime = now;
+                    inode.touch(Timestamp::now());
                     tx.put_inode(&inode)?;
                 }
                 Ok(())
@@ -827,12 +808,10 @@ impl Fs {
             let mut s = extent::punch(&cur, off_out..off_out + n);
             s.insert.extend(moved);
             tx.apply_splice(dst, &s)?;
-            let now = Timestamp::now();
             out.extent_count = (out.extent_count as i64 + s.count_delta()) as u64;
             out.data_version += 1;
             out.size = out.size.max(off_out + n);
-            out.mtime = now;
-            out.ctime = now;
+            out.touch(Timestamp::now());
             tx.put_inode(&out)?;
             Ok(n)
         })

@@ -152,17 +152,6 @@ fn dir_and_entry(
     Ok((inode, entry))
 }
 
-fn touch_dir(dir: &mut Inode, now: Timestamp) {
-    dir.mtime = now;
-    dir.ctime = now;
-}
-
-fn take_cookie(dir: &mut Inode) -> u64 {
-    let c = dir.next_cookie;
-    dir.next_cookie += 1;
-    c
-}
-
 impl Fs {
     /// Volumes formatted before `format` made the root get it at their first mount.
     pub(super) fn ensure_root(&self) -> FsResult<()> {
@@ -286,9 +275,9 @@ impl Fs {
                 // a file created to be opened is held (shared volumes) with its creation
                 tx.hold_open(ino)?;
             }
-            let cookie = take_cookie(&mut dir);
+            let cookie = dir.take_cookie();
             tx.put_dirent(parent, name, &DirEntry { ino, kind, cookie })?;
-            touch_dir(&mut dir, now);
+            dir.touch(now);
             tx.put_inode(&dir)?;
             tx.put_inode(&inode)?;
             Ok(inode)
@@ -338,7 +327,7 @@ impl Fs {
             }
             let mut inode = tx.inode(entry.ino)?.ok_or(FsError::NotFound)?;
             tx.delete_dirent(parent, name)?;
-            touch_dir(&mut dir, now);
+            dir.touch(now);
             tx.put_inode(&dir)?;
             let open = self.core.open_file(entry.ino);
             self.drop_link(tx, &mut inode, now, open.as_ref())
@@ -406,7 +395,7 @@ impl Fs {
             tx.delete_dirent(parent, name)?;
             self.drop_dir(tx, &mut child, now)?;
             dir.nlink -= 1;
-            touch_dir(&mut dir, now);
+            dir.touch(now);
             Ok(tx.put_inode(&dir)?)
         })
     }
@@ -500,9 +489,9 @@ impl Fs {
             if tx.dirent(newparent, newname)?.is_some() {
                 return Err(FsError::Exists);
             }
-            let cookie = take_cookie(&mut dir);
+            let cookie = dir.take_cookie();
             tx.put_dirent(newparent, newname, &DirEntry::new(ino, inode.kind, cookie))?;
-            touch_dir(&mut dir, now);
+            dir.touch(now);
             tx.put_inode(&dir)?;
             inode.nlink += 1;
             inode.ctime = now;
@@ -621,7 +610,7 @@ impl Fs {
                         // listing: a reader going through it while names move (renamed away
                         // and back) never meets one entry twice
                         None if same_dir => src.cookie,
-                        None => take_cookie(target_dir),
+                        None => target_dir.take_cookie(),
                     };
                     if src.kind == FileKind::Dir && !same_dir {
                         target_dir.nlink += 1;
@@ -639,10 +628,10 @@ impl Fs {
                 }
                 s.ctime = now;
                 tx.put_inode(&s)?;
-                touch_dir(&mut p, now);
+                p.touch(now);
                 tx.put_inode(&p)?;
                 if let Some(mut np) = np {
-                    touch_dir(&mut np, now);
+                    np.touch(now);
                     tx.put_inode(&np)?;
                 }
                 Ok(())
@@ -656,21 +645,15 @@ impl Fs {
         let mut tx = self.core.meta.read()?;
         let dir = dir_inode(tx.as_mut(), ino)?;
         let mut out = Vec::with_capacity(limit.min(4096));
-        if offset < 1 {
-            out.push(DirListing {
-                cookie: 1,
-                ino,
-                kind: FileKind::Dir,
-                name: b".".to_vec(),
-            });
-        }
-        if offset < 2 {
-            out.push(DirListing {
-                cookie: 2,
-                ino: dir.parent,
-                kind: FileKind::Dir,
-                name: b"..".to_vec(),
-            });
+        for (cookie, target, name) in [(1, ino, &b"."[..]), (2, dir.parent, &b".."[..])] {
+            if offset < cookie {
+                out.push(DirListing {
+                    cookie,
+                    ino: target,
+                    kind: FileKind::Dir,
+                    name: name.to_vec(),
+                });
+            }
         }
         let want = limit.saturating_sub(out.len());
         for (name, e) in tx.list_dir(ino, offset.max(2), want)? {
@@ -820,8 +803,7 @@ impl Fs {
         if let Some(path) = capacity_of
             && let Ok(v) = nix::sys::statvfs::statvfs(path)
         {
-            let scale = v.fragment_size() / 4096;
-            let scale = scale.max(1);
+            let scale = (v.fragment_size() / 4096).max(1);
             stats.blocks = v.blocks() * scale;
             stats.blocks_free = v.blocks_free() * scale;
             stats.blocks_avail = v.blocks_available() * scale;

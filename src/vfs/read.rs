@@ -88,8 +88,7 @@ impl Fs {
         let (inode, file_size, pending) = {
             let st = h.file.lock();
             let inode = self.core.inode(h.ino)?;
-            let file_size = inode.size.max(st.dirty.end());
-            let file_size = file_size.max(st.inflight_end());
+            let file_size = inode.size.max(st.pending_end());
             let end = offset.saturating_add(size as u64).min(file_size);
             let mut pending = Vec::new();
             if offset < end {

@@ -228,12 +228,10 @@ impl Volume {
         pg_wait: std::time::Duration,
         disk: Option<&Arc<dyn Disk>>,
     ) -> Result<Volume, VolumeError> {
-        if let Source::Dir(d) = source
-            && !Self::is_formatted(d)
-        {
-            return Err(VolumeError::NotFormatted(source.display()));
-        }
         if let Source::Dir(d) = source {
+            if !Self::is_formatted(d) {
+                return Err(VolumeError::NotFormatted(source.display()));
+            }
             // made by an earlier version with the umask's modes: others could read blocks
             crate::private::dir(d).map_err(|source| VolumeError::Io {
                 context: format!("restricting {} to its owner", d.display()),

@@ -109,9 +109,7 @@ impl Source {
             }
         }
     }
-}
 
-impl Source {
     /// Where a mount daemon keeps its state: for a shared (PostgreSQL) volume one folder per
     /// mountpoint, as several mounts of one volume may share a machine.
     pub fn mount_state_dir(&self, mountpoint: &Path) -> PathBuf {
@@ -141,14 +139,12 @@ pub fn redact(url: &str) -> String {
         return url.to_string();
     };
     // the user part first (a password may hold any character but '@'), then the query
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some((auth, host)) => (Some(auth), host),
-        None => (None, rest),
-    };
-    let (host, query) = match host.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (host, None),
-    };
+    let (auth, host) = rest
+        .rsplit_once('@')
+        .map_or((None, rest), |(a, h)| (Some(a), h));
+    let (host, query) = host
+        .split_once('?')
+        .map_or((host, None), |(h, q)| (h, Some(q)));
     let mut out = format!("{scheme}://");
     match auth {
         Some(auth) => match auth.split_once(':') {

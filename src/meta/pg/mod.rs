@@ -193,17 +193,16 @@ impl PgMetaStore {
         &self,
         f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
-        if let Some(mut c) = self.local.as_ref().and_then(|l| l.take()) {
+        if let Some(local) = &self.local
+            && let Some(mut c) = local.take()
+        {
             match round_trip("read", || c.run(async |conn| f(conn).await)) {
-                Ok(v) => {
-                    self.local.as_ref().expect("taken from it").give_back(c);
-                    return Ok(v);
+                // the connection is gone: the pool waits for the server
+                Err(e) if unavailable(&e) => {}
+                r => {
+                    local.give_back(c);
+                    return r.map_err(pg_err);
                 }
-                Err(e) if !unavailable(&e) => {
-                    self.local.as_ref().expect("taken from it").give_back(c);
-                    return Err(pg_err(e));
-                }
-                Err(_) => {} // the connection is gone: the pool waits for the server
             }
         }
         self.retrying_as("read", async || {
@@ -517,10 +516,11 @@ impl PgTxn<'_> {
     }
 
     /// Queues one write to `ino`'s records.
-    fn write(&mut self, ino: Ino, op: impl FnOnce(&mut Ops)) {
+    fn write(&mut self, ino: Ino, op: impl FnOnce(&mut Ops)) -> MetaResult<()> {
         self.queue_splices();
         self.touched.push(ino);
         op(&mut self.pending);
+        Ok(())
     }
 
     /// Queues the netted splices as one `splice` operation.
@@ -810,23 +810,19 @@ impl PgReader<'_> {
 
 impl MetaTxn for PgTxn<'_> {
     fn put_inode(&mut self, n: &Inode) -> MetaResult<()> {
-        self.write(n.ino, |ops| ops.put_inode(n));
-        Ok(())
+        self.write(n.ino, |ops| ops.put_inode(n))
     }
 
     fn delete_inode(&mut self, ino: Ino) -> MetaResult<()> {
-        self.write(ino, |ops| ops.delete_inode(ino));
-        Ok(())
+        self.write(ino, |ops| ops.delete_inode(ino))
     }
 
     fn put_dirent(&mut self, parent: Ino, name: &[u8], e: &DirEntry) -> MetaResult<()> {
-        self.write(parent, |ops| ops.put_dirent(parent, name, e));
-        Ok(())
+        self.write(parent, |ops| ops.put_dirent(parent, name, e))
     }
 
     fn delete_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<()> {
-        self.write(parent, |ops| ops.delete_dirent(parent, name));
-        Ok(())
+        self.write(parent, |ops| ops.delete_dirent(parent, name))
     }
 
     fn apply_splice(&mut self, ino: Ino, s: &Splice) -> MetaResult<()> {
@@ -846,25 +842,21 @@ impl MetaTxn for PgTxn<'_> {
     }
 
     fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()> {
-        self.write(ino, |ops| ops.put_xattr(ino, name, value));
-        Ok(())
+        self.write(ino, |ops| ops.put_xattr(ino, name, value))
     }
 
     fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
-        self.write(ino, |ops| ops.delete_xattr(ino, name));
-        Ok(())
+        self.write(ino, |ops| ops.delete_xattr(ino, name))
     }
 
     fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()> {
-        self.write(ino, |ops| ops.put_symlink(ino, target));
-        Ok(())
+        self.write(ino, |ops| ops.put_symlink(ino, target))
     }
 
     fn add_orphan(&mut self, ino: Ino) -> MetaResult<()> {
         self.adds_orphan = true;
         let session = self.session;
-        self.write(ino, |ops| ops.add_orphan(ino, session));
-        Ok(())
+        self.write(ino, |ops| ops.add_orphan(ino, session))
     }
 
     fn hold_open(&mut self, ino: Ino) -> MetaResult<()> {

@@ -20,7 +20,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{Executor, Row};
 
 use super::PgMetaStore;
-use super::shared_volume::{MAX_PAYLOAD, SharedVolumeState, trim_changes};
+use super::shared_volume::{SharedVolumeState, change_payload, trim_changes};
 use crate::meta::{Change, SessionInfo};
 
 /// The shortest time between heartbeats (a quarter of the shortest session timeout allowed).
@@ -261,22 +261,12 @@ pub(super) async fn reclaim_unheld(
         )
         .await?;
     }
-    let list = orphans
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let payload = if list.len() > MAX_PAYLOAD {
-        "0:*".to_string()
-    } else {
-        format!("0:{list}")
-    };
     sqlx::query(
         "WITH logged AS (INSERT INTO changes (inos) VALUES ($1)) \
          SELECT pg_notify('graviton_changes', $2)",
     )
     .bind(&orphans)
-    .bind(&payload)
+    .bind(change_payload(0, &orphans))
     .execute(&mut *tx)
     .await?;
     tracing::info!(

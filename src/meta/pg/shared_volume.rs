@@ -24,6 +24,7 @@ use sqlx::{Executor, Postgres, Row};
 use tokio::sync::Notify;
 
 use super::PgMetaStore;
+use super::holds::release_holds;
 use super::session::{MIN_BEAT_PERIOD, Registration, heartbeat, register};
 use crate::meta::shared_volume::{self, TO_EOF};
 use crate::meta::{
@@ -39,7 +40,7 @@ const SYNC_CHANNEL: &str = "graviton_sync";
 /// How long the change log keeps its rows; a local cache older than this starts empty.
 const CHANGE_LOG_KEEP: &str = "1 day";
 /// A NOTIFY payload must stay under 8,000 bytes; larger change sets say "everything".
-pub(super) const MAX_PAYLOAD: usize = 7000;
+const MAX_PAYLOAD: usize = 7000;
 /// A blocked lock waiter re-checks this often even without a notification.
 const WAITER_RECHECK: Duration = Duration::from_secs(10);
 /// Per-store state of the shared-volume machinery.
@@ -133,10 +134,18 @@ impl SharedVolumeState {
     }
 }
 
-fn backend(message: String) -> MetaError {
-    MetaError::Backend {
-        engine: "postgres",
-        message,
+/// The NOTIFY payload of a change by `session` (0 for none) to `inos`: `<session>:<ino,...>`,
+/// or `<session>:*` when the list is too long.
+pub(super) fn change_payload(session: i64, inos: &[impl std::fmt::Display]) -> String {
+    let list = inos
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    if list.len() > MAX_PAYLOAD {
+        format!("{session}:*")
+    } else {
+        format!("{session}:{list}")
     }
 }
 
@@ -160,22 +169,8 @@ impl PgMetaStore {
     ) -> (Option<i64>, Vec<i64>, String) {
         touched.sort_unstable();
         touched.dedup();
-        let mut payload = format!("{}:", session.unwrap_or(0));
-        let list = touched
-            .iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        if list.len() > MAX_PAYLOAD {
-            payload.push('*');
-        } else {
-            payload.push_str(&list);
-        }
-        (
-            session,
-            touched.iter().map(|&i| i as i64).collect(),
-            payload,
-        )
+        let inos = touched.iter().map(|&i| i as i64).collect();
+        (session, inos, change_payload(session.unwrap_or(0), touched))
     }
 
     pub(super) fn start_session(&self, info: &SessionInfo) -> MetaResult<()> {
@@ -196,22 +191,14 @@ impl PgMetaStore {
         self.shared.session.store(id, Ordering::SeqCst);
         tracing::info!(session = id, "mount session started");
         let period = (info.timeout / 4).max(MIN_BEAT_PERIOD);
-        let beat = self
-            .rt
-            .spawn(heartbeat(self.pool.clone(), self.shared_handle(), period));
-        let feed = self.rt.spawn(feed(self.pool.clone(), self.shared_handle()));
-        let unpin = self
-            .rt
-            .spawn(release_pins(self.pool.clone(), self.shared_handle()));
-        let unhold = self.rt.spawn(super::holds::release_holds(
-            self.pool.clone(),
-            self.shared_handle(),
-        ));
-        self.shared
-            .tasks
-            .lock()
-            .expect("lock")
-            .extend([beat, feed, unpin, unhold]);
+        let (pool, st) = (&self.pool, &self.shared);
+        let tasks = [
+            self.rt.spawn(heartbeat(pool.clone(), st.clone(), period)),
+            self.rt.spawn(feed(pool.clone(), st.clone())),
+            self.rt.spawn(release_pins(pool.clone(), st.clone())),
+            self.rt.spawn(release_holds(pool.clone(), st.clone())),
+        ];
+        self.shared.tasks.lock().expect("lock").extend(tasks);
         Ok(())
     }
 
@@ -276,10 +263,6 @@ impl PgMetaStore {
         if let Err(e) = sent {
             tracing::debug!("change feed barrier: {e}");
         }
-    }
-
-    fn shared_handle(&self) -> Arc<SharedVolumeState> {
-        self.shared.clone()
     }
 }
 
@@ -469,7 +452,7 @@ impl SharedVolume for PgMetaStore {
     fn set_lock(&self, ino: Ino, req: &LockRequest, wait: bool) -> MetaResult<Option<i64>> {
         let me = self
             .session_id()
-            .ok_or_else(|| backend("locks need a mount session".into()))?;
+            .ok_or_else(|| MetaError::backend("postgres", "locks need a mount session"))?;
         loop {
             let waiter = self.shared.waiter(ino);
             {
@@ -636,8 +619,9 @@ impl SharedVolume for PgMetaStore {
         })?;
         rows.iter()
             .map(|k| {
-                crate::domain::BlockKey::from_bytes(k)
-                    .ok_or_else(|| backend("a block pin that is no block key".into()))
+                crate::domain::BlockKey::from_bytes(k).ok_or_else(|| {
+                    MetaError::backend("postgres", "a block pin that is no block key")
+                })
             })
             .collect()
     }

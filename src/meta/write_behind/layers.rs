@@ -187,16 +187,7 @@ impl MetaRead for Layers<'_> {
         if range.start >= range.end {
             return Ok(Vec::new());
         }
-        if let Some(m) = self.local.map(ino) {
-            return Ok(Overlay::extents_in(m, &range));
-        }
-        if let Some(v) = self
-            .state
-            .lock()
-            .overlay
-            .map(ino)
-            .map(|m| Overlay::extents_in(m, &range))
-        {
+        if let Some(v) = self.known(|o| o.map(ino).map(|m| Overlay::extents_in(m, &range))) {
             return Ok(v);
         }
         if self.wiped(ino) {

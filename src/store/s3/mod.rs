@@ -291,18 +291,11 @@ impl S3BlockStore {
             (HashAlgo::Blake3, None) => GroupHashes::of(data).map(|g| g.encode()),
             (HashAlgo::Sha256, _) => None,
         };
-        Ok(
-            match self.put_object(
-                &self.object(key),
-                Some(key),
-                body,
-                if_absent,
-                groups.as_deref(),
-            )? {
-                true => PutOutcome::Fresh,
-                false => PutOutcome::Duplicate,
-            },
-        )
+        let object = self.object(key);
+        match self.put_object(&object, Some(key), body, if_absent, groups.as_deref())? {
+            true => Ok(PutOutcome::Fresh),
+            false => Ok(PutOutcome::Duplicate),
+        }
     }
 
     /// Whether conditional PUTs work here: a probe object is written twice with
@@ -359,7 +352,7 @@ impl S3BlockStore {
     /// Whether the object exists (HEAD); a 404 is `false`.
     fn head(&self, key: &BlockKey) -> Result<bool, StoreError> {
         let object = self.object(key);
-        let r = self.call("checking", Some(key), || {
+        self.call("checking", Some(key), || {
             let req = self
                 .client
                 .head_object()
@@ -373,8 +366,7 @@ impl S3BlockStore {
                     Err(e) => Err(e),
                 }
             }
-        })?;
-        Ok(r)
+        })
     }
 
     /// The URL this store was opened with, parsed (no secrets in it).
