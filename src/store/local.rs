@@ -20,6 +20,10 @@ const BACKEND: &str = "local";
 const EARLY_WRITEBACK_FROM: usize = 512 << 10;
 /// Past this many files and folders to make durable, one syncfs is cheaper than an fsync each.
 const SYNCFS_ABOVE: usize = 32;
+/// Blocks up to this size are stored without asking the block index first (`cheap_put`):
+/// reading and checking a copy already on the local disk costs less than the question, a
+/// round trip to the database on a PostgreSQL volume.
+const CHEAP_PUT_UP_TO: u32 = 64 << 10;
 /// Another process's temp folder is removed only once nobody holds its lock and it is at least
 /// this old (a process creates its folder, then locks it, a moment later).
 const STALE_TMP_AFTER: Duration = Duration::from_secs(60);
@@ -314,6 +318,10 @@ fn remove_stale_tmp(tmp: &Path) {
 impl BlockStore for LocalBlockStore {
     fn backend(&self) -> &'static str {
         BACKEND
+    }
+
+    fn cheap_put(&self, key: &BlockKey) -> bool {
+        key.size <= CHEAP_PUT_UP_TO
     }
 
     fn put(&self, key: &BlockKey, data: &[u8]) -> Result<PutOutcome, StoreError> {

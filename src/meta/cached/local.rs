@@ -42,6 +42,8 @@ pub(super) const MAX_LISTING: usize = 100_000;
 /// coalescing would be fetched whole after every commit).
 pub(super) const MAX_MAP: usize = 20_000;
 pub(super) const PAGE: usize = 4096;
+/// How many allocated, not yet committed inode numbers `LocalCache::allocated` keeps.
+const MAX_ALLOCATED: usize = 65_536;
 
 pub(super) fn key(tag: u8, ino: Ino) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
@@ -209,6 +211,9 @@ pub(super) struct LocalCache {
     pub(super) misses: AtomicU64,
     /// In-memory copies of the inodes and listings most used, kept in step with RocksDB.
     pub(super) mirror: Mirror,
+    /// Inode numbers this mount allocated and has not committed yet: an inode first written
+    /// under one of them is new, and has no xattrs but those its transaction sets.
+    pub(super) allocated: std::sync::Mutex<std::collections::HashSet<Ino>>,
     /// Tests hold a fill at a named point with this.
     #[cfg(test)]
     pub(super) pause: std::sync::Mutex<Option<Pause>>,
@@ -243,6 +248,29 @@ impl LocalCache {
     }
 
     /// Counts a lookup (also exported as `graviton_meta_cache_total`).
+    /// Notes an inode number this mount allocated (see `allocated`); a set grown past
+    /// `MAX_ALLOCATED` by numbers never committed is emptied (it only saves lookups).
+    pub(super) fn allocated(&self, ino: Ino) {
+        let mut set = self.allocated.lock().expect("lock");
+        if set.len() >= MAX_ALLOCATED {
+            set.clear();
+        }
+        set.insert(ino);
+    }
+
+    pub(super) fn is_allocated(&self, ino: Ino) -> bool {
+        self.allocated.lock().expect("lock").contains(&ino)
+    }
+
+    fn committed_allocations(&self, inos: &[Ino]) {
+        if !inos.is_empty() {
+            let mut set = self.allocated.lock().expect("lock");
+            for ino in inos {
+                set.remove(ino);
+            }
+        }
+    }
+
     pub(super) fn count(&self, hit: bool) {
         let (counter, result) = if hit {
             (&self.hits, "hit")
@@ -298,6 +326,7 @@ impl LocalCache {
     /// still answered here. Falls back to dropping the inodes when any invalidation came in
     /// since `epoch` was sampled (before the commit), since then the cache may be behind.
     pub(super) fn write_through(&self, epoch: u64, w: &Written) {
+        self.committed_allocations(&w.new_inodes);
         let _one_writer = self.writing.lock().expect("lock");
         if !self.live.load(Ordering::SeqCst) || self.epoch.load(Ordering::SeqCst) != epoch {
             self.invalidate_locked(&w.touched);
@@ -368,6 +397,10 @@ impl LocalCache {
             // had no entry when this transaction first wrote it: its listing is known, and
             // holds exactly the entries written above
             batch.put(key(LISTED, *dir), []);
+        }
+        for ino in &w.new_inodes {
+            // an xattr the transaction set made the inode opaque: dropped below
+            batch.put(key(XATTRS, *ino), encode_xattrs(&[]));
         }
         drop.sort_unstable();
         drop.dedup();

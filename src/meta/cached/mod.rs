@@ -147,6 +147,7 @@ impl CachedMeta {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             mirror: Mirror::default(),
+            allocated: Default::default(),
             #[cfg(test)]
             pause: Default::default(),
         });
@@ -256,6 +257,12 @@ impl super::MetaLayer for CachedMeta {
             self.fill_inode(epoch, token, n);
         }
         Ok(n)
+    }
+
+    fn allocate_ino(&self) -> MetaResult<Ino> {
+        let ino = self.inner.allocate_ino()?;
+        self.cache.allocated(ino);
+        Ok(ino)
     }
 
     fn end_session(&self) {

@@ -241,6 +241,15 @@ impl MetaRead for CachedReader<'_> {
             if complete {
                 return Ok(None); // the cached listing is complete: no such entry
             }
+            drop(snap);
+            // a small directory is read whole, in one query like the entry's: the next
+            // lookups in it (a create's of its new name, most often) are answered here
+            if let Some(dir) = self.meta.cached_inode(parent)?
+                && dir.next_cookie.saturating_sub(FIRST_COOKIE) <= PAGE as u64
+                && let Some(all) = self.fill_listing(parent)?
+            {
+                return Ok(all.into_iter().find(|(n, _)| n == name).map(|(_, e)| e));
+            }
         }
         let e = self.engine()?.dirent(parent, name)?;
         if let Some(e) = &e {

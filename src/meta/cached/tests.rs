@@ -226,6 +226,68 @@ mod pg_tests {
         assert_eq!(names(r.as_mut()), [b"a".to_vec(), b"z".to_vec()]);
     }
 
+    /// The reads a create makes before and after it (a lookup of the new name, then the
+    /// kernel's xattr lookup on the new file) are answered by the cache: in a directory
+    /// created elsewhere, once its small listing was read at the first miss; on a new file,
+    /// whose xattrs are known to be none. A name another mount adds still turns up.
+    #[test]
+    fn lookups_around_a_create_are_answered_by_the_cache() {
+        graviton_testkit::needs_servers!();
+        let url = fresh_database();
+        let dir = tempfile::tempdir().unwrap();
+        let b = PgMetaStore::connect(&url).unwrap();
+        start_session(&b);
+        let d = b.allocate_ino().unwrap();
+        let mut parent = Inode::new(d, FileKind::Dir, 0o755, 0, 0, Timestamp::default());
+        let mut tx = b.begin().unwrap();
+        tx.put_inode(&parent).unwrap();
+        tx.commit().unwrap();
+        let a = cached(&url, dir.path());
+        assert!(a.read_inode(d).unwrap().is_some());
+        let entry = |ino, cookie| DirEntry::new(ino, FileKind::File, cookie);
+        let misses = |a: &CachedMeta| a.hit_counts().1;
+        assert!(a.read().unwrap().dirent(d, b"first").unwrap().is_none());
+        let before = misses(&a);
+        for (i, name) in [b"a", b"b", b"c"].iter().enumerate() {
+            assert!(a.read().unwrap().dirent(d, *name).unwrap().is_none());
+            let x = a.allocate_ino().unwrap();
+            let mut tx = a.begin().unwrap();
+            parent.next_cookie += 1;
+            tx.put_inode(&parent).unwrap();
+            tx.put_inode(&file(x, 0)).unwrap();
+            tx.put_dirent(d, *name, &entry(x, 3 + i as u64)).unwrap();
+            tx.commit().unwrap();
+            assert!(
+                a.cache.has(&key(XATTRS, x)),
+                "a new file's xattrs are known"
+            );
+            assert_eq!(
+                a.read().unwrap().xattr(x, b"security.capability").unwrap(),
+                None
+            );
+        }
+        assert_eq!(misses(&a), before, "no lookup went to the engine");
+        // another mount's new name reaches the listing the cache now holds
+        let y = b.allocate_ino().unwrap();
+        let mut tx = b.begin().unwrap();
+        tx.put_inode(&file(y, 0)).unwrap();
+        tx.put_dirent(d, b"other", &entry(y, 10)).unwrap();
+        tx.commit().unwrap();
+        eventually("another mount's entry is found", || {
+            a.read().unwrap().dirent(d, b"other").unwrap().is_some()
+        });
+        // and an xattr set on a new file is found
+        let z = a.allocate_ino().unwrap();
+        let mut tx = a.begin().unwrap();
+        tx.put_inode(&file(z, 0)).unwrap();
+        tx.put_xattr(z, b"user.k", b"v").unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            a.read().unwrap().xattr(z, b"user.k").unwrap(),
+            Some(b"v".to_vec())
+        );
+    }
+
     /// A listing read from the engine before a directory changed must never be served after
     /// the change, not even for a moment: a lookup of a name made meanwhile would be answered
     /// "no such entry" from the stale listing (a `git clone` onto a PostgreSQL volume failed

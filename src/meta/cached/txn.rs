@@ -25,6 +25,8 @@ pub(super) struct Written {
     pub(super) entries: Vec<(Ino, Vec<u8>, Option<DirEntry>)>,
     /// Directories that had never had an entry when this transaction first wrote them.
     pub(super) fresh_dirs: Vec<Ino>,
+    /// Inodes first written under a number this mount allocated: new ones.
+    pub(super) new_inodes: Vec<Ino>,
     /// Inodes written in ways the cache does not replay (extents, xattrs, symlink targets,
     /// deletion, orphans): dropped.
     pub(super) opaque: Vec<Ino>,
@@ -54,6 +56,9 @@ impl MetaTxn for CachedTxn<'_> {
             && !self.written.inodes.contains_key(&inode.ino)
         {
             self.written.fresh_dirs.push(inode.ino);
+        }
+        if !self.written.inodes.contains_key(&inode.ino) && self.cache.is_allocated(inode.ino) {
+            self.written.new_inodes.push(inode.ino);
         }
         self.written.inodes.insert(inode.ino, inode.clone());
         self.tx().put_inode(inode)
