@@ -10,8 +10,11 @@
 #        TOOLS="local graviton" bench/bench-s3.sh    (a subset of the columns)
 #        ROUNDS=3 bench/bench-s3.sh    (every column three times in turn: medians and ranges)
 # Columns: local dir, graviton (default: close and fsync wait for S3), graviton-wb (`-o
-# writeback`: they wait for the local disk, as rclone's), s3fs, rclone. Every unmount waits for
-# its daemon to exit (uploads of write-back data included) before the next step.
+# writeback`: they wait for the local disk, as rclone's), s3fs, rclone, and `plain`: a plain
+# S3 client (rclone copyto, multipart PUT and ranged GETs four at a time, no FUSE) moving a
+# file of the same size to and from the same server, the ceiling of the sequential rows. Every
+# unmount waits for its daemon to exit (uploads of write-back data included) before the next
+# step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -46,7 +49,7 @@ rm -rf "$WORK" && mkdir -p "$WORK"/{graviton,graviton-wb,s3fs,rclone,local,s3}
 "$S3RVER_HOME/node_modules/.bin/s3rver" -d "$WORK/s3" -a 127.0.0.1 -p "$S3_PORT" -s \
   --no-vhost-buckets --configure-bucket bench-graviton --configure-bucket bench-graviton-wb \
   --configure-bucket bench-s3fs \
-  --configure-bucket bench-rclone >"$WORK/s3rver.log" 2>&1 &
+  --configure-bucket bench-rclone --configure-bucket bench-plain >"$WORK/s3rver.log" 2>&1 &
 S3RVER_PID=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break; sleep 0.1; done
 
@@ -116,6 +119,16 @@ SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/*librocksdb-sys-*/ 2>/d
 tar cf "$TARBALL" -C "$SRC" .
 
 declare -A R
+# rclone as a plain S3 client, for the `plain` column
+plain_s3() {
+  env -u AWS_CA_BUNDLE rclone --s3-provider Other --s3-endpoint "$ENDPOINT" --s3-region us-east-1 \
+    --s3-access-key-id "$AWS_ACCESS_KEY_ID" --s3-secret-access-key "$AWS_SECRET_ACCESS_KEY" \
+    --s3-upload-concurrency 4 --s3-chunk-size 8M --multi-thread-streams 4 \
+    --multi-thread-cutoff 8M "$@"
+}
+mib_per_s() { # MiB, start, end → MiB/s
+  python3 -c "import sys; m, a, b = map(float, sys.argv[1:]); print('%.1f' % (m / (b - a)))" "$@"
+}
 # Every column starts on an idle machine: the previous one's objects are written out and its
 # after-work (PostgreSQL's checkpoints and vacuum, s3rver) is done, not timed with this column.
 # (Without this, the write-back column's sequential write, right after the default column, ran
@@ -143,6 +156,19 @@ column() { # one pass of every measure on tool $1, in a folder of its own for ro
   # fio's files in the mount's root (rclone lost a new folder's file over a remount)
   local t=$1 M="$WORK/$1" D="$WORK/$1/r$2" c s rd t0 t1
   settle
+  if [ "$t" = plain ]; then # PUT of a file in the page cache; GET into memory, caches dropped
+    head -c "${SEQ_MB}M" /dev/urandom > "$WORK/plain.dat"
+    t0=$(date +%s.%N)
+    plain_s3 copyto "$WORK/plain.dat" ":s3:bench-plain/seq$2.dat"
+    t1=$(date +%s.%N); add plain.seqw "$(mib_per_s "$SEQ_MB" "$t0" "$t1")"
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    t0=$(date +%s.%N)
+    plain_s3 copyto ":s3:bench-plain/seq$2.dat" /dev/shm/graviton-bench-plain.dat
+    t1=$(date +%s.%N); add plain.seqr "$(mib_per_s "$SEQ_MB" "$t0" "$t1")"
+    rm -f /dev/shm/graviton-bench-plain.dat "$WORK/plain.dat"
+    echo "plain S3 client, round $2: PUT ${R[plain.seqw]##* } GET ${R[plain.seqr]##* } MiB/s" >&2
+    return 0
+  fi
   mount_target "$t"
   add "$t.seqw" "$(fio_bw "$M" seq write 1M "$SEQ_MB" --end_fsync=1)"
   remount "$t"
@@ -186,7 +212,7 @@ PY
 # median (with its range): one pass gives one sample per row, and this machine's noise moved
 # single samples by a third. Each round starts one column later than the one before, so no
 # column always follows the same one (and whatever it leaves running).
-read -ra ORDER <<< "${TOOLS:-local graviton graviton-wb s3fs rclone}"
+read -ra ORDER <<< "${TOOLS:-local plain graviton graviton-wb s3fs rclone}"
 for r in $(seq "${ROUNDS:-1}"); do
   for i in "${!ORDER[@]}"; do
     column "${ORDER[$(( (i + r - 1) % ${#ORDER[@]} ))]}" "$r"
@@ -198,8 +224,8 @@ for d in "$DB" "${DB}_wb"; do
   runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $d" || true
 done
 
-echo "| measure | local dir | graviton (PostgreSQL + S3) | graviton -o writeback | s3fs | rclone mount (vfs-cache writes) |"
-echo "|---|---|---|---|---|---|"
+echo "| measure | local dir | plain S3 client | graviton (PostgreSQL + S3) | graviton -o writeback | s3fs | rclone mount (vfs-cache writes) |"
+echo "|---|---|---|---|---|---|---|"
 median() { # of the samples in $1: "m" for one, "m (lo-hi)" for more; a failed one shows
   python3 - "$1" <<'PY'
 import sys
@@ -214,7 +240,7 @@ PY
 }
 cell() { median "${R[$1]:-}"; }
 row() {
-  echo "| $1 | $(cell "local.$2") | $(cell "graviton.$2") | $(cell "graviton-wb.$2") | $(cell "s3fs.$2") | $(cell "rclone.$2") |"
+  echo "| $1 | $(cell "local.$2") | $(cell "plain.$2") | $(cell "graviton.$2") | $(cell "graviton-wb.$2") | $(cell "s3fs.$2") | $(cell "rclone.$2") |"
 }
 row "fio sequential write 1 MiB, ${SEQ_MB} MiB, end fsync (MiB/s)" seqw
 row "fio sequential read 1 MiB, remounted, caches dropped (MiB/s)" seqr
@@ -225,3 +251,18 @@ row "stat (files/s)" stat
 row "readdir of ${FILES} entries (ms)" readdir
 row "untar of RocksDB's source tree (s)" untar
 row "peak RSS of the mount daemon (MiB)" rss
+ratio() { # medians of $1 over $2, as "x.xx"
+  python3 - "${R[$1]:-}" "${R[$2]:-}" <<'PY'
+import sys
+def med(s):
+    v = sorted(float(x) for x in s.split() if x != "failed")
+    return v[len(v) // 2] if v else None
+a, b = med(sys.argv[1]), med(sys.argv[2])
+print("%.2f" % (a / b) if a and b else "n/a")
+PY
+}
+echo
+echo "Against the plain S3 client (the sequential rows' ceiling on this server):"
+for t in graviton graviton-wb s3fs rclone; do
+  echo "- $t: sequential write $(ratio "$t.seqw" plain.seqw), sequential read $(ratio "$t.seqr" plain.seqr)"
+done

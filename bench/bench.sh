@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/env.sh
+source bench/source-tree.sh
 [ -n "${BENCH_BIN:-}" ] || cargo build --release --locked --bin graviton >/dev/null
 cargo build --release --locked --example null_fuse >/dev/null
 NULL_FUSE="$CARGO_TARGET_DIR/release/examples/null_fuse"
@@ -116,23 +117,9 @@ PY
 )
   R[$target.create]=$c R[$target.stat]=$s R[$target.unlink]=$u R[$target.readdir]=$rd
   R[$target.cwc]=$cw R[$target.unlink4k]=$u4
-  # untar, then rsync -a, of a real source tree: the first crates of the cargo registry (by
-  # name) that make 10,000 files
+  # untar, then rsync -a, of a real source tree (bench/source-tree.sh)
+  source_tree "$WORK"
   TARBALL="$WORK/src.tar" TREE="$WORK/tree"
-  if [ ! -f "$TARBALL" ]; then
-    REG=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/ | head -1)
-    python3 - "$REG" > "$WORK/crates" <<'PY'
-import os, sys
-reg, total = sys.argv[1], 0
-for c in sorted(os.listdir(reg)):
-    if total >= 10000:
-        break
-    total += sum(len(files) for _, _, files in os.walk(os.path.join(reg, c)))
-    print(c)
-PY
-    tar cf "$TARBALL" -C "$REG" -T "$WORK/crates"
-    mkdir -p "$TREE" && tar xf "$TARBALL" -C "$TREE"
-  fi
   timed() { local t0 t1; t0=$(date +%s.%N); "$@"; sync -f "$D" 2>/dev/null || sync; t1=$(date +%s.%N); python3 -c "print('%.2f' % ($t1 - $t0))"; }
   mkdir -p "$D/untar"
   sync

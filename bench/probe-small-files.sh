@@ -3,6 +3,7 @@
 # closed by one Python loop; prints files per second. For comparing two builds alternately.
 # usage: bench/probe-small-files.sh GRAVITON_BINARY embedded|pg
 #   pg: metadata in a scratch database on the test server (scripts/pg.sh), blocks in a folder
+#   FORMAT_OPTS="--small-blocks 64k": more options for `graviton format`
 set -euo pipefail
 BIN=$(realpath "$1") KIND=$2
 cd "$(dirname "$0")/.."
@@ -14,10 +15,10 @@ if [ "$KIND" = pg ]; then
   DB="graviton_probe_$$"
   runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
   SRC="${GRAVITON_TEST_PG%/*}/$DB"
-  "$BIN" format --store "file://$W/blocks" "$SRC" >/dev/null
+  "$BIN" format ${FORMAT_OPTS:-} --store "file://$W/blocks" "$SRC" >/dev/null
 else
   SRC="$W/vol"
-  "$BIN" format "$SRC" >/dev/null
+  "$BIN" format ${FORMAT_OPTS:-} "$SRC" >/dev/null
 fi
 cleanup() {
   fusermount3 -u "$W/mnt" 2>/dev/null || true
