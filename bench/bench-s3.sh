@@ -11,8 +11,9 @@
 #        ROUNDS=3 bench/bench-s3.sh    (every column three times in turn: medians and ranges)
 # Columns: local dir, graviton (default: close and fsync wait for S3), graviton-wb (`-o
 # writeback`: they wait for the local disk, as rclone's), s3fs, rclone, and `plain`: a plain
-# S3 client (rclone copyto, multipart PUT and ranged GETs four at a time, no FUSE) moving a
-# file of the same size to and from the same server, the ceiling of the sequential rows. Every
+# S3 client (examples/s3_ceiling.rs: the AWS SDK, 8 MiB objects, 8 requests at a time, no
+# FUSE, no hashing) moving as many bytes to and from the same server, the ceiling of the
+# sequential rows. Every
 # unmount waits for its daemon to exit (uploads of write-back data included) before the next
 # step.
 set -euo pipefail
@@ -22,6 +23,7 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq s3fs rclone >/dev/null
 command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 source scripts/env.sh
 cargo build --release --locked --bin graviton >/dev/null
+cargo build --release --locked --example s3_ceiling >/dev/null
 source scripts/pg.sh
 WORK="${1:-/var/tmp/graviton-bench-s3}"
 SEQ_MB="${SEQ_MB:-256}" RAND_MB="${RAND_MB:-64}" FILES="${FILES:-2000}"
@@ -119,23 +121,6 @@ SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/*librocksdb-sys-*/ 2>/d
 tar cf "$TARBALL" -C "$SRC" .
 
 declare -A R
-# rclone as a plain S3 client, for the `plain` column
-plain_s3() {
-  env -u AWS_CA_BUNDLE rclone --s3-provider Other --s3-endpoint "$ENDPOINT" --s3-region us-east-1 \
-    --s3-access-key-id "$AWS_ACCESS_KEY_ID" --s3-secret-access-key "$AWS_SECRET_ACCESS_KEY" \
-    --s3-upload-concurrency 4 --s3-chunk-size 8M --multi-thread-streams 4 \
-    --multi-thread-cutoff 8M "$@"
-}
-mib_per_s() { # MiB, start, end → MiB/s
-  python3 -c "import sys; m, a, b = map(float, sys.argv[1:]); print('%.1f' % (m / (b - a)))" "$@"
-}
-# Every column starts on an idle machine: the previous one's objects are written out and its
-# after-work (PostgreSQL's checkpoints and vacuum, s3rver) is done, not timed with this column.
-# (Without this, the write-back column's sequential write, right after the default column, ran
-# at 470-550 MiB/s in full runs and at 684-883 MiB/s alone. With one idle second, three rounds
-# of that column alone wrote at 373-600 MiB/s; with three more seconds after the mount,
-# 609-629.) PostgreSQL writes its dirty buffers now (CHECKPOINT) rather than during a later
-# column, and the machine must then stay idle for two seconds in a row.
 settle() { # until two one-second samples in a row are 90% idle, for at most 30 s
   local _c u n s i w t0 i0 quiet=0
   sync
@@ -156,16 +141,10 @@ column() { # one pass of every measure on tool $1, in a folder of its own for ro
   # fio's files in the mount's root (rclone lost a new folder's file over a remount)
   local t=$1 M="$WORK/$1" D="$WORK/$1/r$2" c s rd t0 t1
   settle
-  if [ "$t" = plain ]; then # PUT of a file in the page cache; GET into memory, caches dropped
-    head -c "${SEQ_MB}M" /dev/urandom > "$WORK/plain.dat"
-    t0=$(date +%s.%N)
-    plain_s3 copyto "$WORK/plain.dat" ":s3:bench-plain/seq$2.dat"
-    t1=$(date +%s.%N); add plain.seqw "$(mib_per_s "$SEQ_MB" "$t0" "$t1")"
+  if [ "$t" = plain ]; then # PUT, then GET with every cache dropped
+    add plain.seqw "$("$CARGO_TARGET_DIR/release/examples/s3_ceiling" "$ENDPOINT" bench-plain "$SEQ_MB" 8 put)"
     sync; echo 3 > /proc/sys/vm/drop_caches
-    t0=$(date +%s.%N)
-    plain_s3 copyto ":s3:bench-plain/seq$2.dat" /dev/shm/graviton-bench-plain.dat
-    t1=$(date +%s.%N); add plain.seqr "$(mib_per_s "$SEQ_MB" "$t0" "$t1")"
-    rm -f /dev/shm/graviton-bench-plain.dat "$WORK/plain.dat"
+    add plain.seqr "$("$CARGO_TARGET_DIR/release/examples/s3_ceiling" "$ENDPOINT" bench-plain "$SEQ_MB" 8 get)"
     echo "plain S3 client, round $2: PUT ${R[plain.seqw]##* } GET ${R[plain.seqr]##* } MiB/s" >&2
     return 0
   fi
