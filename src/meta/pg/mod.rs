@@ -193,10 +193,21 @@ impl PgMetaStore {
         &self,
         f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
+        self.on_own_connection("read", f)
+    }
+
+    /// Runs a statement outside any transaction on this thread's own connection (one wake-up
+    /// per round trip), or on the pool, waiting for an unreachable server like `retrying`;
+    /// timed as a round trip of `kind`.
+    pub(super) fn on_own_connection<T>(
+        &self,
+        kind: &'static str,
+        f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+    ) -> MetaResult<T> {
         if let Some(local) = &self.local
             && let Some(mut c) = local.take()
         {
-            match round_trip("read", || c.run(async |conn| f(conn).await)) {
+            match round_trip(kind, || c.run(async |conn| f(conn).await)) {
                 // the connection is gone: the pool waits for the server
                 Err(e) if unavailable(&e) => {}
                 r => {
@@ -205,7 +216,7 @@ impl PgMetaStore {
                 }
             }
         }
-        self.retrying_as("read", async || {
+        self.retrying_as(kind, async || {
             let mut conn = self.pool.acquire().await?;
             f(&mut conn).await
         })
@@ -371,13 +382,13 @@ impl VolumeIndex for PgMetaStore {
     }
 
     fn kv_get(&self, key: &str) -> MetaResult<Option<Vec<u8>>> {
-        self.rt
-            .block_on(
-                sqlx::query_scalar("SELECT value FROM kv WHERE key = $1")
-                    .bind(key)
-                    .fetch_optional(&self.pool),
-            )
-            .map_err(pg_err)
+        // on the write path (a stored copy's gc mark): this thread's connection
+        self.read_query(async |conn| {
+            sqlx::query_scalar("SELECT value FROM kv WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await
+        })
     }
 
     fn kv_put(&self, key: &str, value: &[u8]) -> MetaResult<()> {
@@ -421,14 +432,15 @@ impl VolumeIndex for PgMetaStore {
 
     fn referenced_among(&self, keys: &[BlockKey]) -> MetaResult<Vec<BlockKey>> {
         let wanted: Vec<Vec<u8>> = keys.iter().map(|k| k.to_bytes().to_vec()).collect();
-        // on the write path: waits out a server restart like a transaction does
-        let rows: Vec<Vec<u8>> = self.retrying(async || {
+        // on the write path: this thread's connection; waits out a server restart like a
+        // transaction does
+        let rows: Vec<Vec<u8>> = self.read_query(async |conn| {
             sqlx::query_scalar(
                 "SELECT k FROM unnest($1::bytea[]) AS k \
                  WHERE EXISTS (SELECT 1 FROM extents WHERE block_key = k)",
             )
             .bind(&wanted)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
         })?;
         rows.iter()

@@ -557,7 +557,7 @@ impl SharedVolume for PgMetaStore {
     fn pin_blocks(&self, keys: &[crate::domain::BlockKey]) -> MetaResult<()> {
         let pins: Vec<Vec<u8>> = keys.iter().map(|k| k.to_bytes().to_vec()).collect();
         let pin = |session: i64| {
-            self.retrying(async || {
+            self.on_own_connection("other", async |conn| {
                 // after a deletion of released pins that may include these (`release_pins`)
                 let _in_order = self.shared.pin_order.lock().await;
                 sqlx::query(
@@ -566,7 +566,7 @@ impl SharedVolume for PgMetaStore {
                 )
                 .bind(session)
                 .bind(&pins)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await
             })
             .map(drop)
