@@ -247,7 +247,6 @@ impl LocalCache {
         v
     }
 
-    /// Counts a lookup (also exported as `graviton_meta_cache_total`).
     /// Notes an inode number this mount allocated (see `allocated`); a set grown past
     /// `MAX_ALLOCATED` by numbers never committed is emptied (it only saves lookups).
     pub(super) fn allocated(&self, ino: Ino) {
@@ -262,6 +261,7 @@ impl LocalCache {
         self.allocated.lock().expect("lock").contains(&ino)
     }
 
+    /// Forgets the numbers a commit wrote: from now on their inodes are not new.
     fn committed_allocations(&self, inos: &[Ino]) {
         if !inos.is_empty() {
             let mut set = self.allocated.lock().expect("lock");
@@ -271,6 +271,7 @@ impl LocalCache {
         }
     }
 
+    /// Counts a lookup (also exported as `graviton_meta_cache_total`).
     pub(super) fn count(&self, hit: bool) {
         let (counter, result) = if hit {
             (&self.hits, "hit")
