@@ -38,8 +38,9 @@ pub const FUSE_OP_DURATION: &str = "graviton_fuse_op_duration_seconds";
 /// FUSE requests answered with an error (counter; labels `op`, `errno`: e.g. ENOENT).
 pub const FUSE_OP_ERRORS: &str = "graviton_fuse_op_errors_total";
 /// One round trip to the metadata server (histogram, seconds; labels `engine`: postgres,
-/// `kind`: begin, read, write (queued writes sent before a read), commit (the rest of the writes
-/// with the COMMIT), rollback, other
+/// `kind`: begin (a pooled connection's; a thread's own sends its BEGIN with the first
+/// statement), read, write (queued writes sent before a read), commit (the rest of the writes
+/// with the COMMIT), rollback, prepare (a connection's prepared reads, once), other
 /// (statements outside a file operation's transaction: inode numbers, sessions, locks)).
 pub const META_QUERY_DURATION: &str = "graviton_meta_query_duration_seconds";
 /// Statements sent again because the metadata server could not be reached (counter; label

@@ -155,7 +155,7 @@ fn a_postgresql_mount_exports_query_latencies_and_metadata_cache_lookups() {
         }
     });
     assert_fuse_ops(&text, &["lookup", "create", "write", "read", "fsync"]);
-    for kind in ["begin", "read", "commit"] {
+    for kind in ["read", "commit"] {
         let label = format!("kind=\"{kind}\"");
         let n = sample(
             &text,

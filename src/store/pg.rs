@@ -1,6 +1,7 @@
 //! PostgreSQL block store: block content in the volume's database, in pieces of at most 1 MiB
 //! (`migrations/0002_block_store.sql`). For small deployments that want one system to back up.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
@@ -8,6 +9,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::{BlockStore, PutOutcome, StoreError, Transience, Unchecked};
 use crate::domain::BlockKey;
+use crate::postgres::conn::LocalConns;
 use crate::postgres::{MIGRATOR, unavailable};
 
 const BACKEND: &str = "postgres";
@@ -16,6 +18,10 @@ const PIECE: usize = 1 << 20;
 pub struct PgBlockStore {
     pool: PgPool,
     rt: tokio::runtime::Runtime,
+    /// The calling thread's connection, shared with the metadata engine of the same database
+    /// (`postgres::conn`): a small block's statement costs one wake-up, not three hops
+    /// through the pool's runtime.
+    local: Option<Arc<LocalConns>>,
 }
 
 /// A failure, transient when the server could not be reached (the retry layer above,
@@ -57,7 +63,36 @@ impl PgBlockStore {
                 std::io::Error::other(e.to_string()),
             )
         })?;
-        Ok(PgBlockStore { pool, rt })
+        Ok(PgBlockStore {
+            pool,
+            rt,
+            local: LocalConns::for_url(url),
+        })
+    }
+
+    /// Runs one statement on the calling thread's connection, or on the pool when the thread
+    /// has none (threads that make metadata calls have one; hashing threads come and go) or
+    /// has just lost it.
+    fn run<T>(
+        &self,
+        f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        if let Some(local) = &self.local
+            && let Some(mut c) = local.take_existing()
+        {
+            match c.run(async |conn| f(conn).await) {
+                // the connection is gone (dropped here): the pool reconnects
+                Err(e) if unavailable(&e) => {}
+                r => {
+                    local.give_back(c);
+                    return r;
+                }
+            }
+        }
+        self.rt.block_on(async {
+            let mut conn = self.pool.acquire().await?;
+            f(&mut conn).await
+        })
     }
 
     /// Test hook: overwrites the first bytes of a stored block without changing its key.
@@ -78,16 +113,18 @@ impl BlockStore for PgBlockStore {
         if data.len() <= PIECE {
             // one statement, one round trip: the record and its only piece, or nothing when
             // the block is there (a concurrent put of it waits for the first to commit)
-            let q = sqlx::query(
-                "WITH b AS (INSERT INTO blocks VALUES ($1, $2, 1) ON CONFLICT DO NOTHING \
-                 RETURNING block_key) INSERT INTO block_pieces SELECT block_key, 0, $3 FROM b",
-            )
-            .bind(&k)
-            .bind(data.len() as i32)
-            .bind(data);
             let fresh = self
-                .rt
-                .block_on(q.execute(&self.pool))
+                .run(async |c| {
+                    sqlx::query(
+                        "WITH b AS (INSERT INTO blocks VALUES ($1, $2, 1) ON CONFLICT DO NOTHING \
+                         RETURNING block_key) INSERT INTO block_pieces SELECT block_key, 0, $3 FROM b",
+                    )
+                    .bind(&k)
+                    .bind(data.len() as i32)
+                    .bind(data)
+                    .execute(c)
+                    .await
+                })
                 .map_err(|e| err(&format!("storing block {key}"), e))?
                 .rows_affected()
                 == 1;
@@ -133,11 +170,14 @@ impl BlockStore for PgBlockStore {
     }
 
     fn get_unverified(&self, key: &BlockKey, _: Unchecked) -> Result<Vec<u8>, StoreError> {
-        let q = sqlx::query("SELECT data FROM block_pieces WHERE block_key = $1 ORDER BY piece")
-            .bind(key.to_bytes().to_vec());
+        let k = key.to_bytes().to_vec();
         let rows = self
-            .rt
-            .block_on(q.fetch_all(&self.pool))
+            .run(async |c| {
+                sqlx::query("SELECT data FROM block_pieces WHERE block_key = $1 ORDER BY piece")
+                    .bind(&k)
+                    .fetch_all(c)
+                    .await
+            })
             .map_err(|e| err(&format!("reading block {key}"), e))?;
         if rows.is_empty() {
             return Err(StoreError::NotFound(*key, BACKEND));
@@ -150,11 +190,14 @@ impl BlockStore for PgBlockStore {
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
-        let q = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blocks WHERE block_key = $1)")
-            .bind(key.to_bytes().to_vec());
-        self.rt
-            .block_on(q.fetch_one(&self.pool))
-            .map_err(|e| err("checking a block", e))
+        let k = key.to_bytes().to_vec();
+        self.run(async |c| {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blocks WHERE block_key = $1)")
+                .bind(&k)
+                .fetch_one(c)
+                .await
+        })
+        .map_err(|e| err("checking a block", e))
     }
 
     fn delete(&self, key: &BlockKey) -> Result<(), StoreError> {

@@ -10,7 +10,6 @@
 //! per-thread connections; what a volume several mounts share (`SharedVolume`) in
 //! `shared_volume.rs`, with the mount sessions (`session.rs`) and open-file holds (`holds.rs`).
 
-mod conn;
 mod holds;
 mod ops;
 mod session;
@@ -30,8 +29,8 @@ use super::{
 };
 use crate::domain::extent::Splice;
 use crate::domain::{BlockKey, Extent};
+use crate::postgres::conn::{LocalConn, LocalConns};
 use crate::postgres::{MIGRATOR, unavailable};
-use conn::{LocalConn, LocalConns};
 use ops::{Ops, i};
 
 /// Inode numbers reserved per sequence step (the sequence's INCREMENT).
@@ -43,7 +42,7 @@ pub struct PgMetaStore {
     retry_for: Duration,
     pub(super) rt: tokio::runtime::Runtime,
     /// Connections owned by the calling threads (the fast path; see `conn`).
-    local: Option<LocalConns>,
+    local: Option<std::sync::Arc<LocalConns>>,
     /// This mount's session, heartbeat, change feed and lock waiters (see `shared_volume`).
     shared: std::sync::Arc<shared_volume::SharedVolumeState>,
     /// (next inode to hand out, first inode not reserved)
@@ -179,7 +178,7 @@ impl PgMetaStore {
             pool,
             retry_for: wait,
             rt,
-            local: LocalConns::new(url),
+            local: LocalConns::for_url(url),
             shared: Default::default(),
             ino_range: Mutex::new((0, 0)),
         })
@@ -258,24 +257,16 @@ impl MetaRecords for PgMetaStore {
     }
 
     fn begin(&self) -> MetaResult<Box<dyn MetaTxn + '_>> {
-        let local = self
-            .local
-            .as_ref()
-            .and_then(|l| l.take())
-            .and_then(|mut c| {
-                round_trip("begin", || {
-                    c.run(async |conn| sqlx::raw_sql(BEGIN).execute(conn).await)
-                })
-                .ok()
-                .map(|_| TxConn::Local(c))
-            });
-        let conn = match local {
-            Some(c) => c,
+        // On this thread's own connection the BEGIN waits for the transaction's first
+        // statement and travels in its message (`PgTxn::begun`).
+        let conn = match self.local.as_ref().and_then(|l| l.take()) {
+            Some(c) => TxConn::Local(c),
             None => {
                 TxConn::Pool(self.retrying_as("begin", async || self.pool.begin_with(BEGIN).await)?)
             }
         };
         Ok(Box::new(PgTxn {
+            begun: matches!(conn, TxConn::Pool(_)),
             store: self,
             session: self.session_id(),
             adds_orphan: false,
@@ -489,6 +480,24 @@ impl Drop for PgMetaStore {
 
 pub(super) const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
 
+const INODE: &str = "SELECT * FROM inodes WHERE ino = $1";
+const DIRENT: &str = "SELECT ino, kind, cookie FROM dirents WHERE parent = $1 AND name = $2";
+const INODE_AND_DIRENT: &str = "SELECT i.*, d.ino AS entry_ino, d.kind AS entry_kind, \
+    d.cookie AS entry_cookie FROM inodes i LEFT JOIN dirents d \
+    ON d.parent = i.ino AND d.name = $2 WHERE i.ino = $1";
+
+/// The reads a transaction starts with, prepared once on each thread's own connection
+/// (`PgTxn::query_row`): a statement sent in a message with others, as SQL text, is planned
+/// each time it runs, a prepared one once.
+const FIRST_READS: &str = concat!(
+    "PREPARE graviton_inode (bigint) AS SELECT * FROM inodes WHERE ino = $1; ",
+    "PREPARE graviton_dirent (bigint, bytea) AS ",
+    "SELECT ino, kind, cookie FROM dirents WHERE parent = $1 AND name = $2; ",
+    "PREPARE graviton_inode_and_dirent (bigint, bytea) AS ",
+    "SELECT i.*, d.ino AS entry_ino, d.kind AS entry_kind, d.cookie AS entry_cookie ",
+    "FROM inodes i LEFT JOIN dirents d ON d.parent = i.ino AND d.name = $2 WHERE i.ino = $1"
+);
+
 /// A transaction's connection: this thread's own, or one from the pool.
 enum TxConn {
     Local(LocalConn),
@@ -499,6 +508,10 @@ enum TxConn {
 /// or before the next read so the transaction reads what it wrote.
 struct PgTxn<'a> {
     store: &'a PgMetaStore,
+    /// The server has been sent the BEGIN. On a thread's own connection it goes with the
+    /// first statement: a transaction's snapshot is taken at its first statement anyway, so
+    /// this saves a round trip and changes nothing else.
+    begun: bool,
     /// The mount's session when the transaction began: its orphans belong to it, and a commit
     /// that relies on it is refused if it has expired by then (see `Apply::guarded`).
     session: Option<i64>,
@@ -525,6 +538,37 @@ impl PgTxn<'_> {
     ) -> MetaResult<T> {
         self.apply_pending(false)?;
         self.run("read", f)
+    }
+
+    /// One of the `FIRST_READS`, which fetch one row of integer columns: as the
+    /// transaction's first statement on a thread's own connection it travels with the BEGIN
+    /// in one message, as `execute` (an EXECUTE of the prepared statement with the values in
+    /// it); otherwise `f` runs it.
+    fn query_row(
+        &mut self,
+        execute: impl FnOnce() -> String,
+        f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<Option<PgRow>, sqlx::Error>,
+    ) -> MetaResult<Option<PgRow>> {
+        let first = !self.begun && self.pending.is_empty() && self.splices.is_none();
+        let Some(TxConn::Local(c)) = self.tx.as_mut().filter(|_| first) else {
+            return self.query(f);
+        };
+        if !c.prepared {
+            let prepared = round_trip("prepare", || {
+                c.run(async |conn| sqlx::raw_sql(FIRST_READS).execute(conn).await)
+            });
+            match prepared {
+                Ok(_) => c.prepared = true,
+                Err(_) => return self.query(f),
+            }
+        }
+        let sql = format!("{BEGIN}; {}", execute());
+        self.begun = true;
+        self.run("read", async |c| {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .fetch_optional(c)
+                .await
+        })
     }
 
     /// Queues one write to `ino`'s records.
@@ -616,7 +660,14 @@ impl PgTxn<'_> {
         f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
         let store = self.store;
+        let begin = !std::mem::replace(&mut self.begun, true);
         let result = match self.tx.as_mut() {
+            Some(TxConn::Local(c)) if begin => round_trip(kind, || {
+                c.run(async |conn| {
+                    sqlx::raw_sql(BEGIN).execute(&mut *conn).await?;
+                    f(conn).await
+                })
+            }),
             Some(TxConn::Local(c)) => round_trip(kind, || c.run(f)),
             Some(TxConn::Pool(tx)) => round_trip(kind, || store.rt.block_on(f(&mut **tx))),
             None => return Err(MetaError::Conflict),
@@ -654,8 +705,9 @@ macro_rules! pg_reads {
     ($ty:ty) => {
         impl MetaRead for $ty {
             fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
-                let row = self.query(async |c| {
-                    sqlx::query("SELECT * FROM inodes WHERE ino = $1")
+                let execute = || format!("EXECUTE graviton_inode({})", i(ino));
+                let row = self.query_row(execute, async |c| {
+                    sqlx::query(INODE)
                         .bind(i(ino))
                         .fetch_optional(c)
                         .await
@@ -664,8 +716,11 @@ macro_rules! pg_reads {
             }
 
             fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
-                let row = self.query(async |c| {
-                    sqlx::query("SELECT ino, kind, cookie FROM dirents WHERE parent = $1 AND name = $2")
+                let execute = || {
+                    format!("EXECUTE graviton_dirent({}, {})", i(parent), bytea_literal(name))
+                };
+                let row = self.query_row(execute, async |c| {
+                    sqlx::query(DIRENT)
                         .bind(i(parent))
                         .bind(name)
                         .fetch_optional(c)
@@ -679,12 +734,15 @@ macro_rules! pg_reads {
                 dir: Ino,
                 name: &[u8],
             ) -> MetaResult<(Option<Inode>, Option<DirEntry>)> {
-                let row = self.query(async |c| {
-                    sqlx::query(
-                        "SELECT i.*, d.ino AS entry_ino, d.kind AS entry_kind, \
-                         d.cookie AS entry_cookie FROM inodes i LEFT JOIN dirents d \
-                         ON d.parent = i.ino AND d.name = $2 WHERE i.ino = $1",
+                let execute = || {
+                    format!(
+                        "EXECUTE graviton_inode_and_dirent({}, {})",
+                        i(dir),
+                        bytea_literal(name)
                     )
+                };
+                let row = self.query_row(execute, async |c| {
+                    sqlx::query(INODE_AND_DIRENT)
                     .bind(i(dir))
                     .bind(name)
                     .fetch_optional(c)
@@ -818,6 +876,14 @@ impl PgReader<'_> {
     ) -> MetaResult<T> {
         self.store.read_query(f)
     }
+
+    fn query_row(
+        &mut self,
+        _execute: impl FnOnce() -> String,
+        f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<Option<PgRow>, sqlx::Error>,
+    ) -> MetaResult<Option<PgRow>> {
+        self.query(f)
+    }
 }
 
 impl MetaTxn for PgTxn<'_> {
@@ -895,11 +961,24 @@ impl PgTxn<'_> {
         }
         match self.tx.take() {
             Some(TxConn::Local(mut c)) => {
-                // the writes and the COMMIT in one round trip (one simple-protocol message)
-                let sql = match self.take_pending(true) {
-                    Some(apply) => format!("{}; COMMIT", apply.to_sql()),
-                    None => "COMMIT".to_string(),
+                // the writes and the COMMIT in one round trip (one simple-protocol message),
+                // with the BEGIN when nothing was sent before
+                let begin = match self.begun {
+                    true => "",
+                    false => "BEGIN ISOLATION LEVEL SERIALIZABLE; ",
                 };
+                let sql = match (self.take_pending(true), self.begun) {
+                    (Some(apply), _) => format!("{begin}{}; COMMIT", apply.to_sql()),
+                    (None, true) => "COMMIT".to_string(),
+                    // nothing sent and nothing to send: nothing to commit
+                    (None, false) => {
+                        if let Some(l) = &self.store.local {
+                            l.give_back(c);
+                        }
+                        return Ok(());
+                    }
+                };
+                self.begun = true;
                 round_trip("commit", || {
                     c.run(async |conn| sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await)
                 })
@@ -915,6 +994,13 @@ impl PgTxn<'_> {
             None => Err(MetaError::Conflict),
         }
     }
+}
+
+/// `bytes` as an SQL bytea value made of hex digits only, whatever the bytes (and whatever
+/// the server's `standard_conforming_strings`).
+fn bytea_literal(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("decode('{hex}', 'hex')")
 }
 
 /// One `graviton_apply` call's arguments.
@@ -964,6 +1050,11 @@ impl Apply {
 impl Drop for PgTxn<'_> {
     fn drop(&mut self) {
         match self.tx.take() {
+            Some(TxConn::Local(c)) if !self.begun => {
+                if let Some(l) = &self.store.local {
+                    l.give_back(c);
+                }
+            }
             Some(TxConn::Local(mut c)) => {
                 let rolled_back = round_trip("rollback", || {
                     c.run(async |conn| sqlx::raw_sql("ROLLBACK").execute(conn).await)
@@ -1018,6 +1109,73 @@ mod tests {
             assert_eq!(r.dirent(ROOT_INO, b"new").unwrap(), Some(entry), "{pass}");
             assert_eq!(r.dirent(ROOT_INO, b"old").unwrap(), None, "{pass}");
         }
+    }
+
+    /// A transaction's first read travels with its BEGIN, the values written into the SQL
+    /// text: a name of any bytes is found (and only it), and the read belongs to the
+    /// transaction (a write to what it read, committed meanwhile, makes its commit fail).
+    #[test]
+    fn a_first_read_sent_with_the_begin_finds_any_name_and_is_isolated() {
+        graviton_testkit::needs_servers!();
+        use crate::meta::{DirEntry, FileKind, Inode, ROOT_INO, Timestamp};
+        let store = PgMetaStore::connect(&fresh_database()).unwrap();
+        let names: [&[u8]; 4] = [
+            b"it's",
+            b"\\x41'); DROP TABLE inodes; --",
+            b"$1 $2",
+            &[0xff, 0x27, 0x5c, 0x01],
+        ];
+        let mut tx = store.begin().unwrap();
+        let root = Inode::new(ROOT_INO, FileKind::Dir, 0o755, 0, 0, Timestamp::default());
+        tx.put_inode(&root).unwrap();
+        for (n, name) in names.iter().enumerate() {
+            let ino = store.allocate_ino().unwrap();
+            tx.put_inode(&Inode::new(
+                ino,
+                FileKind::File,
+                0o644,
+                0,
+                0,
+                Timestamp::default(),
+            ))
+            .unwrap();
+            let entry = DirEntry::new(ino, FileKind::File, 100 + n as u64);
+            tx.put_dirent(ROOT_INO, name, &entry).unwrap();
+        }
+        tx.commit().unwrap();
+        for name in names {
+            let want = store.read().unwrap().dirent(ROOT_INO, name).unwrap();
+            assert!(want.is_some(), "{name:?} stored");
+            let mut tx = store.begin().unwrap();
+            assert_eq!(tx.dirent(ROOT_INO, name).unwrap(), want, "{name:?}");
+            drop(tx);
+            let mut tx = store.begin().unwrap();
+            let (dir, entry) = tx.inode_and_dirent(ROOT_INO, name).unwrap();
+            assert_eq!(
+                (dir.map(|d| d.ino), entry),
+                (Some(ROOT_INO), want),
+                "{name:?}"
+            );
+            drop(tx);
+        }
+        let mut tx = store.begin().unwrap();
+        assert_eq!(tx.dirent(ROOT_INO, b"it'").unwrap(), None);
+        drop(tx);
+
+        // isolation: the first read is the transaction's
+        let mut a = store.begin().unwrap();
+        let mut root = a.inode(ROOT_INO).unwrap().expect("root");
+        let mut b = store.begin().unwrap();
+        let mut other = b.inode(ROOT_INO).unwrap().expect("root");
+        other.perm = 0o700;
+        b.put_inode(&other).unwrap();
+        b.commit().unwrap();
+        root.perm = 0o755;
+        a.put_inode(&root).unwrap();
+        assert!(
+            matches!(a.commit(), Err(MetaError::Conflict)),
+            "a commit over a read that changed meanwhile must fail"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! store, `store::pg`): the schema's migrations, how a failure is classified, and scratch
 //! databases for tests and tools.
 
+pub(crate) mod conn;
+
 use sqlx::postgres::PgPoolOptions;
 
 /// The schema, applied by every PostgreSQL adapter when it connects.

@@ -4,12 +4,15 @@
 //! round trip instead of three hops through a shared runtime, which more than doubled a short
 //! statement's latency. The pool (with its waiting and retrying) remains the fallback when a
 //! thread has no connection, the cap is reached, or the server is unreachable.
+//!
+//! Both adapters of one database share a thread's connection (`LocalConns::for_url`): the
+//! metadata engine's and the block store's statements of one file operation run one after
+//! the other on the same thread, so they need only one connection between them.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
@@ -21,16 +24,18 @@ const MAX_LOCAL: usize = 12;
 const BACKOFF: Duration = Duration::from_secs(1);
 
 /// A connection bound to one thread, with the runtime that drives it there.
-pub(super) struct LocalConn {
+pub(crate) struct LocalConn {
     // dropped before the runtime whose reactor it is registered with
-    pub(super) conn: PgConnection,
+    pub(crate) conn: PgConnection,
+    /// The metadata engine's SQL-level prepared statements exist on this connection.
+    pub(crate) prepared: bool,
     rt: tokio::runtime::Runtime,
     open: Arc<AtomicUsize>,
 }
 
 impl LocalConn {
     /// Runs `f` on this thread until it completes.
-    pub(super) fn run<T>(
+    pub(crate) fn run<T>(
         &mut self,
         f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, sqlx::Error> {
@@ -51,7 +56,7 @@ thread_local! {
 }
 
 /// The per-thread connections of one store.
-pub(super) struct LocalConns {
+pub(crate) struct LocalConns {
     id: u64,
     opts: PgConnectOptions,
     open: Arc<AtomicUsize>,
@@ -59,19 +64,39 @@ pub(super) struct LocalConns {
 }
 
 impl LocalConns {
-    pub(super) fn new(url: &str) -> Option<LocalConns> {
+    /// The per-thread connections to the database at `url`, shared by every adapter of this
+    /// process that uses it (None when the URL does not parse: such adapters use their pool).
+    pub(crate) fn for_url(url: &str) -> Option<Arc<LocalConns>> {
+        static BY_URL: Mutex<Vec<(String, Weak<LocalConns>)>> = Mutex::new(Vec::new());
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Some(LocalConns {
+        let mut by_url = BY_URL.lock().unwrap_or_else(|e| e.into_inner());
+        by_url.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(c) = by_url
+            .iter()
+            .find(|(u, _)| u == url)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Some(c);
+        }
+        let conns = Arc::new(LocalConns {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             opts: url.parse().ok()?,
             open: Arc::new(AtomicUsize::new(0)),
             failed_at: Mutex::new(None),
-        })
+        });
+        by_url.push((url.to_string(), Arc::downgrade(&conns)));
+        Some(conns)
+    }
+
+    /// This thread's connection if it has one (None: "use the pool"), for callers that may
+    /// run on short-lived threads, where a connection would not outlive its first statement.
+    pub(crate) fn take_existing(&self) -> Option<LocalConn> {
+        CONNS.with(|m| m.borrow_mut().remove(&self.id))
     }
 
     /// This thread's connection, connecting it if there is none; None means "use the pool".
-    pub(super) fn take(&self) -> Option<LocalConn> {
-        if let Some(c) = CONNS.with(|m| m.borrow_mut().remove(&self.id)) {
+    pub(crate) fn take(&self) -> Option<LocalConn> {
+        if let Some(c) = self.take_existing() {
             return Some(c);
         }
         if self
@@ -106,6 +131,7 @@ impl LocalConns {
         match connected {
             Ok(Ok(conn)) => Some(LocalConn {
                 conn,
+                prepared: false,
                 rt,
                 open: self.open.clone(),
             }),
@@ -118,7 +144,7 @@ impl LocalConns {
     }
 
     /// Hands a healthy connection back to this thread.
-    pub(super) fn give_back(&self, c: LocalConn) {
+    pub(crate) fn give_back(&self, c: LocalConn) {
         CONNS.with(|m| m.borrow_mut().insert(self.id, c));
     }
 }
