@@ -24,8 +24,9 @@ pub struct FormatArgs {
     pub replicas: Vec<String>,
     /// Blocks shorter than SIZE (e.g. 64k) are kept in the metadata database (PostgreSQL,
     /// or an embedded volume's RocksDB) instead of the block store: closing a small file
-    /// costs an INSERT, not an upload, and (embedded) no fsync. Default: for an embedded
-    /// volume with blocks in files, the chunker's shortest full block (1m by default); 64k for a PostgreSQL volume with blocks in S3, else 0 (off).
+    /// costs an INSERT, not an upload or a synced file. Default: for an embedded volume with
+    /// blocks in files, the chunker's shortest full block (1m by default); 64k for a
+    /// PostgreSQL volume with blocks in S3 or files; else 0 (off).
     #[arg(long, value_name = "SIZE", value_parser = size)]
     pub small_blocks: Option<u32>,
     /// A directory for an embedded volume, or a postgres:// URL (password from the URL or
@@ -39,10 +40,12 @@ pub struct FormatArgs {
 /// small read, which fetches more bytes (`bench/probe-object-size.sh`, `bench/bench-s3.sh`).
 const S3_CHUNKER: Chunker = Chunker::Fixed(8 << 20);
 
-/// Blocks kept in the database of a PostgreSQL volume with blocks in S3: the size below which
-/// the write path packs pieces (`vfs::pack`), i.e. small files and tails. Measured on untar of
-/// RocksDB's source tree into PostgreSQL + S3 (s3rver): see docs/benchmarks.md.
-const SMALL_BLOCKS_ON_S3: u32 = 64 << 10;
+/// Blocks kept in the database of a PostgreSQL volume with blocks in S3 or in files: the size
+/// below which the write path packs pieces (`vfs::pack`), i.e. small files and tails. A small
+/// file's close then sends its block with the metadata's statements, instead of an S3 PUT or
+/// a block file written and synced before the commit. Measured on untars into PostgreSQL + S3
+/// (s3rver) and PostgreSQL + files: see docs/benchmarks.md.
+const SMALL_BLOCKS_ON_POSTGRES: u32 = 64 << 10;
 
 fn size(s: &str) -> Result<u32, String> {
     crate::domain::chunker::parse_size(s)
@@ -50,17 +53,18 @@ fn size(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: FormatArgs) -> anyhow::Result<()> {
-    let on_s3 = matches!(
-        args.store.as_deref().map(StoreUrl::parse),
-        Some(Ok(StoreUrl::S3(_)))
-    );
+    let store = args.store.as_deref().map(StoreUrl::parse);
+    let on_s3 = matches!(store, Some(Ok(StoreUrl::S3(_))));
+    let blocks_elsewhere = on_s3 || matches!(store, Some(Ok(StoreUrl::File(_))));
     let chunker = args
         .chunker
         .unwrap_or(if on_s3 { S3_CHUNKER } else { DEFAULT_CHUNKER });
     let source = Source::parse(&args.source);
     let small_blocks = match args.small_blocks {
         Some(n) => n,
-        None if on_s3 && matches!(source, Source::Postgres(_)) => SMALL_BLOCKS_ON_S3,
+        None if blocks_elsewhere && matches!(source, Source::Postgres(_)) => {
+            SMALL_BLOCKS_ON_POSTGRES
+        }
         None if !on_s3 && matches!(source, Source::Dir(_)) => {
             crate::volume::embedded_small_blocks(&chunker)
         }
