@@ -4,7 +4,8 @@
 //! stays readable and writable on another that has it open, until no mount holds it.
 //!
 //! - A hold is written in a serializable transaction that also reads the inode, so an open and
-//!   a deletion racing on two mounts cannot both miss each other: one of them runs again.
+//!   a deletion racing on two mounts cannot both miss each other: one of them runs again. The
+//!   transaction is one message on the opening thread's own connection (one round trip).
 //! - Releases are gathered and deleted by a background task (a close does not wait for the
 //!   database); the same transaction reclaims the orphans nobody holds any more.
 //! - A session's holds go with it (`ON DELETE CASCADE`): when it ends or expires, orphans only
@@ -66,23 +67,28 @@ impl PgMetaStore {
             return Ok(()); // created by this mount to be opened: held with its creation
         }
         loop {
-            let written = self.retrying(async || {
+            // one message on the thread's own connection: the transaction and its COMMIT
+            // (the values are integers)
+            let sql = format!(
+                "{BEGIN}; INSERT INTO holds (ino, session) SELECT {ino}, {session} \
+                 FROM (SELECT count(*) FROM inodes WHERE ino = {ino}) AS seen \
+                 ON CONFLICT DO NOTHING; COMMIT",
+                ino = ino as i64,
+            );
+            let written = self.on_own_connection("hold", async |c| {
                 let _in_order = holds.order.read().await;
                 if holds.released.lock().expect("lock").remove(&ino) {
                     return Ok(()); // its row was never deleted
                 }
-                let mut tx = self.pool.begin_with(BEGIN).await?;
                 // reads the inode, there or not, so that a deletion racing with it conflicts
-                sqlx::query(
-                    "INSERT INTO holds (ino, session) \
-                     SELECT $1, $2 FROM (SELECT count(*) FROM inodes WHERE ino = $1) AS seen \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(ino as i64)
-                .bind(session)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await
+                let sent = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
+                    .execute(&mut *c)
+                    .await;
+                if sent.is_err() {
+                    // a failed statement leaves the transaction open, aborted
+                    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *c).await;
+                }
+                sent.map(drop)
             });
             match written {
                 Ok(()) => {
