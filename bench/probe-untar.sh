@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Untar, then rsync -a, of a 10,000-file source tree (bench/source-tree.sh) onto an embedded
-# volume and onto a PostgreSQL volume in the default mode (blocks in a folder), with one build,
-# the two taking turns; prints each time and the PostgreSQL / embedded ratio.
+# volume and onto a PostgreSQL volume in the default mode (blocks in a folder, those under
+# 64 KiB in the database), with one build, the two taking turns; prints each time and the
+# PostgreSQL / embedded ratio.
 # usage: bench/probe-untar.sh [GRAVITON_BINARY]    ROUNDS=2 (default)
 #   MOUNT_OPTS=…: more mount options for both; PG_FORMAT_OPTS=…: more format options for the
-#   PostgreSQL volume (e.g. "--small-blocks 64k")
+#   PostgreSQL volume (e.g. "--small-blocks 0" for every block in the folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
