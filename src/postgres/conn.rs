@@ -143,6 +143,27 @@ impl LocalConns {
         }
     }
 
+    /// Runs `g` on this thread's connection (`connect`: made first if the thread has none)
+    /// and keeps the connection for the thread. None when there is no connection, or when
+    /// `g` found it lost (it is dropped): the caller then uses its pool.
+    pub(crate) fn with<T>(
+        &self,
+        connect: bool,
+        g: impl FnOnce(&mut LocalConn) -> Result<T, sqlx::Error>,
+    ) -> Option<Result<T, sqlx::Error>> {
+        let mut c = match connect {
+            true => self.take(),
+            false => self.take_existing(),
+        }?;
+        match g(&mut c) {
+            Err(e) if crate::postgres::unavailable(&e) => None,
+            r => {
+                self.give_back(c);
+                Some(r)
+            }
+        }
+    }
+
     /// Hands a healthy connection back to this thread.
     pub(crate) fn give_back(&self, c: LocalConn) {
         CONNS.with(|m| m.borrow_mut().insert(self.id, c));

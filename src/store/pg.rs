@@ -77,17 +77,12 @@ impl PgBlockStore {
         &self,
         f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, sqlx::Error> {
-        if let Some(local) = &self.local
-            && let Some(mut c) = local.take_existing()
-        {
-            match c.run(async |conn| f(conn).await) {
-                // the connection is gone (dropped here): the pool reconnects
-                Err(e) if unavailable(&e) => {}
-                r => {
-                    local.give_back(c);
-                    return r;
-                }
-            }
+        let here = self
+            .local
+            .as_ref()
+            .and_then(|local| local.with(false, |c| c.run(async |conn| f(conn).await)));
+        if let Some(r) = here {
+            return r;
         }
         self.rt.block_on(async {
             let mut conn = self.pool.acquire().await?;

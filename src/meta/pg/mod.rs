@@ -203,22 +203,27 @@ impl PgMetaStore {
         kind: &'static str,
         f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
-        if let Some(local) = &self.local
-            && let Some(mut c) = local.take()
-        {
-            match round_trip(kind, || c.run(async |conn| f(conn).await)) {
-                // the connection is gone: the pool waits for the server
-                Err(e) if unavailable(&e) => {}
-                r => {
-                    local.give_back(c);
-                    return r.map_err(pg_err);
-                }
-            }
+        // without a connection of its own (or having just lost it), the pool waits for the
+        // server
+        let here = self.local.as_ref().and_then(|local| {
+            local.with(true, |c| {
+                round_trip(kind, || c.run(async |conn| f(conn).await))
+            })
+        });
+        if let Some(r) = here {
+            return r.map_err(pg_err);
         }
         self.retrying_as(kind, async || {
             let mut conn = self.pool.acquire().await?;
             f(&mut conn).await
         })
+    }
+
+    /// Hands a transaction's connection, done with, back to the thread.
+    fn give_back(&self, c: LocalConn) {
+        if let Some(l) = &self.local {
+            l.give_back(c);
+        }
     }
 
     /// `retrying_as` for statements outside a file operation's transaction.
@@ -486,17 +491,16 @@ const INODE_AND_DIRENT: &str = "SELECT i.*, d.ino AS entry_ino, d.kind AS entry_
     d.cookie AS entry_cookie FROM inodes i LEFT JOIN dirents d \
     ON d.parent = i.ino AND d.name = $2 WHERE i.ino = $1";
 
-/// The reads a transaction starts with, prepared once on each thread's own connection
+/// The reads a transaction starts with (`INODE`, `DIRENT`, `INODE_AND_DIRENT`), prepared once on each thread's own connection
 /// (`PgTxn::query_row`): a statement sent in a message with others, as SQL text, is planned
 /// each time it runs, a prepared one once.
-const FIRST_READS: &str = concat!(
-    "PREPARE graviton_inode (bigint) AS SELECT * FROM inodes WHERE ino = $1; ",
-    "PREPARE graviton_dirent (bigint, bytea) AS ",
-    "SELECT ino, kind, cookie FROM dirents WHERE parent = $1 AND name = $2; ",
-    "PREPARE graviton_inode_and_dirent (bigint, bytea) AS ",
-    "SELECT i.*, d.ino AS entry_ino, d.kind AS entry_kind, d.cookie AS entry_cookie ",
-    "FROM inodes i LEFT JOIN dirents d ON d.parent = i.ino AND d.name = $2 WHERE i.ino = $1"
-);
+fn first_reads() -> String {
+    format!(
+        "PREPARE graviton_inode (bigint) AS {INODE}; \
+         PREPARE graviton_dirent (bigint, bytea) AS {DIRENT}; \
+         PREPARE graviton_inode_and_dirent (bigint, bytea) AS {INODE_AND_DIRENT}"
+    )
+}
 
 /// A transaction's connection: this thread's own, or one from the pool.
 enum TxConn {
@@ -540,7 +544,7 @@ impl PgTxn<'_> {
         self.run("read", f)
     }
 
-    /// One of the `FIRST_READS`, which fetch one row of integer columns: as the
+    /// One of the `first_reads`, which fetch one row of integer columns: as the
     /// transaction's first statement on a thread's own connection it travels with the BEGIN
     /// in one message, as `execute` (an EXECUTE of the prepared statement with the values in
     /// it); otherwise `f` runs it.
@@ -555,7 +559,8 @@ impl PgTxn<'_> {
         };
         if !c.prepared {
             let prepared = round_trip("prepare", || {
-                c.run(async |conn| sqlx::raw_sql(FIRST_READS).execute(conn).await)
+                let sql = first_reads();
+                c.run(async |conn| sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await)
             });
             match prepared {
                 Ok(_) => c.prepared = true,
@@ -964,17 +969,15 @@ impl PgTxn<'_> {
                 // the writes and the COMMIT in one round trip (one simple-protocol message),
                 // with the BEGIN when nothing was sent before
                 let begin = match self.begun {
-                    true => "",
-                    false => "BEGIN ISOLATION LEVEL SERIALIZABLE; ",
+                    true => String::new(),
+                    false => format!("{BEGIN}; "),
                 };
                 let sql = match (self.take_pending(true), self.begun) {
                     (Some(apply), _) => format!("{begin}{}; COMMIT", apply.to_sql()),
                     (None, true) => "COMMIT".to_string(),
                     // nothing sent and nothing to send: nothing to commit
                     (None, false) => {
-                        if let Some(l) = &self.store.local {
-                            l.give_back(c);
-                        }
+                        self.store.give_back(c);
                         return Ok(());
                     }
                 };
@@ -983,9 +986,7 @@ impl PgTxn<'_> {
                     c.run(async |conn| sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await)
                 })
                 .map_err(|e| self.expired_if(commit_err(e)))?;
-                if let Some(l) = &self.store.local {
-                    l.give_back(c);
-                }
+                self.store.give_back(c);
                 Ok(())
             }
             Some(TxConn::Pool(tx)) => {
@@ -1051,16 +1052,14 @@ impl Drop for PgTxn<'_> {
     fn drop(&mut self) {
         match self.tx.take() {
             Some(TxConn::Local(c)) if !self.begun => {
-                if let Some(l) = &self.store.local {
-                    l.give_back(c);
-                }
+                self.store.give_back(c);
             }
             Some(TxConn::Local(mut c)) => {
                 let rolled_back = round_trip("rollback", || {
                     c.run(async |conn| sqlx::raw_sql("ROLLBACK").execute(conn).await)
                 });
-                if let (Ok(_), Some(l)) = (rolled_back, &self.store.local) {
-                    l.give_back(c);
+                if rolled_back.is_ok() {
+                    self.store.give_back(c);
                 }
             }
             // roll back explicitly: dropping an open transaction outside the runtime cannot
