@@ -7,7 +7,7 @@ use crate::domain::{BlockKey, Extent};
 use crate::meta::{DirEntry, FileKind};
 
 #[cfg(test)]
-mod tests {
+mod encodings {
     use super::*;
 
     #[test]

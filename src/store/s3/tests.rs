@@ -5,7 +5,7 @@ use super::url::{base64_encode, md5_digest};
 use super::*;
 
 #[cfg(test)]
-mod tests {
+mod s3_tests {
     use super::*;
 
     #[test]
