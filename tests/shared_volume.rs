@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::mounted::Mounted;
 use common::random_bytes;
+use common::relay::Relay;
 
 /// Short sessions so a crashed mount is noticed within seconds.
 const OPTS: &str = "session_timeout=2";
@@ -73,6 +74,66 @@ fn a_file_closed_on_one_mount_opens_with_its_new_content_on_the_other() {
             "round {round}: content seen by the other mount"
         );
     }
+}
+
+/// Close-to-open does not wait for the change feed: with the other mount's notifications held
+/// back, an open there still finds the file changed, and the size and bytes it then sees are
+/// the new ones (the kernel's cached attributes are dropped with its pages).
+#[test]
+fn an_open_sees_the_new_size_and_content_while_the_change_feed_is_late() {
+    graviton_testkit::needs_servers!();
+    let a = Mounted::new_pg(OPTS);
+    let (relay, through) = Relay::in_front_of(a.source());
+    let b = Mounted::existing(&through, OPTS);
+    std::fs::write(a.path("f"), b"first version").unwrap();
+    // b's kernel now caches the entry and its attributes (for the TTL)
+    assert_eq!(read(&b.path("f")), b"first version");
+    assert_eq!(std::fs::metadata(b.path("f")).unwrap().len(), 13);
+    relay.hold_notifications();
+    for (round, content) in [&b"the second, longer version"[..], b"third"]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(a.path("f"), content).unwrap();
+        let mut f = std::fs::File::open(b.path("f")).unwrap();
+        assert_eq!(
+            f.metadata().unwrap().len(),
+            content.len() as u64,
+            "round {round}: the size seen on the other mount after an open"
+        );
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert_eq!(got, content, "round {round}: the content seen there");
+    }
+    relay.release_notifications();
+}
+
+/// The pattern of editors and configuration tools, a new version written aside and renamed
+/// over the old, with the other mount's notifications held back: an open there by name finds
+/// the new file, not the one it replaced (nor an error).
+#[test]
+fn an_open_finds_a_file_renamed_over_the_name_while_the_change_feed_is_late() {
+    graviton_testkit::needs_servers!();
+    let a = Mounted::new_pg(OPTS);
+    let (relay, through) = Relay::in_front_of(a.source());
+    let b = Mounted::existing(&through, OPTS);
+    std::fs::write(a.path("f"), b"first version").unwrap();
+    assert_eq!(read(&b.path("f")), b"first version");
+    relay.hold_notifications();
+    for content in [&b"second version"[..], b"third"] {
+        std::fs::write(a.path("f.tmp"), content).unwrap();
+        std::fs::rename(a.path("f.tmp"), a.path("f")).unwrap();
+        assert_eq!(
+            read(&b.path("f")),
+            content,
+            "the other mount opens the new file"
+        );
+    }
+    // removed and made again under the same name
+    std::fs::remove_file(a.path("f")).unwrap();
+    std::fs::write(a.path("f"), b"made again").unwrap();
+    assert_eq!(read(&b.path("f")), b"made again");
+    relay.release_notifications();
 }
 
 /// Appends a line to `data` `n` times, each under an exclusive lock taken with `lock`.

@@ -268,7 +268,19 @@ impl Filesystem for GravitonFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let _op = op("lookup");
-        self.entry(reply, parent, n, self.fs.lookup(parent.0, name(n)));
+        let mut found = self.fs.lookup(parent.0, name(n));
+        // An open found this inode removed by another mount: the entry came from a cache the
+        // change feed has not updated yet. The directory is checked against the engine (which
+        // drops its cached entries if it changed) and the name looked up again.
+        if let (Ok(i), Some(kernel)) = (&found, &self.kernel)
+            && kernel.found_gone(i.ino)
+        {
+            found = self
+                .fs
+                .revalidate(parent.0)
+                .and_then(|_| self.fs.lookup(parent.0, name(n)));
+        }
+        self.entry(reply, parent, n, found);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -438,29 +450,47 @@ impl Filesystem for GravitonFuse {
         let op = op("open");
         let flags = OpenFlags::from_libc(flags.0);
         let notifier = self.notifier.clone();
+        let kernel = self.kernel.clone();
         // a writer may wait for a page fill, and a fill for a read these threads answer
         let open = move |fs: &Fs| {
-            // an open for reading may update the access time: the kernel's cached one is
-            // dropped (the reply carries no attributes)
-            if flags.read {
-                match fs.touch_atime(ino.0) {
-                    Ok(true) => inval_attributes(&notifier, ino),
-                    Ok(false) => {}
-                    Err(e) => return reply.error(errno(&e)),
+            let opened = (|| -> Result<(u64, FopenFlags), FsError> {
+                // Close-to-open: on a shared volume the kernel keeps its cached pages only
+                // when the inode is known unchanged since it cached them. A changed inode's
+                // cached attributes go too, before the reply: the change feed that would drop
+                // them may not have arrived yet, and the size bounds what the kernel reads.
+                let keep = !fs.revalidate(ino.0)?;
+                if !keep {
+                    inval_attributes(&notifier, ino);
+                    if kernel.is_some() && fs.gone_for_open(ino.0)? {
+                        return Err(FsError::NotFound);
+                    }
                 }
-            }
-            // Close-to-open: on a shared volume the kernel keeps its cached pages only when
-            // the inode is known unchanged since it cached them.
-            let keep = match fs.revalidate(ino.0) {
-                Ok(stale) => !stale,
-                Err(e) => return reply.error(errno(&e)),
-            };
-            match fs.open(ino.0, flags) {
-                Ok(fh) if fs.appends_at_end(fh) => {
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                // an open for reading may update the access time: the kernel's cached one is
+                // dropped (the reply carries no attributes)
+                if flags.read && fs.touch_atime(ino.0)? {
+                    inval_attributes(&notifier, ino);
                 }
-                Ok(fh) if keep => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                let fh = fs.open(ino.0, flags)?;
+                let how = if fs.appends_at_end(fh) {
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else if keep {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                Ok((fh, how))
+            })();
+            match opened {
+                Ok((fh, how)) => reply.opened(FileHandle(fh), how),
+                // On a shared volume, an inode another mount removed, reached through an entry
+                // the kernel still held (the change feed has not dropped it yet): ESTALE makes
+                // the kernel look the name up again (`lookup`) and open what it finds.
+                Err(FsError::NotFound) if kernel.is_some() => {
+                    if let Some(kernel) = &kernel {
+                        kernel.opened_gone(ino.0);
+                    }
+                    reply.error(errno(&FsError::Stale))
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         };

@@ -45,7 +45,8 @@ crate::layer::layer_trait! {
 
 /// `impl MetaRead for $ty`, every read going to the transaction the type wraps: `$s => $inner`
 /// names `self` and the expression of it that gives that transaction. Exported for layers
-/// outside the crate (the testkit's fault layer).
+/// outside the crate (the testkit's fault layer). A layer that changes the two inode reads
+/// writes its own `impl MetaRead` with them and `forward_reads!(@others $s => $inner)` inside.
 #[macro_export]
 macro_rules! forward_reads {
     ($ty:ty, $s:ident => $inner:expr) => {
@@ -53,19 +54,23 @@ macro_rules! forward_reads {
             fn inode(&mut $s, ino: $crate::meta::Ino) -> $crate::meta::MetaResult<Option<$crate::meta::Inode>> {
                 $inner.inode(ino)
             }
-            fn dirent(
-                &mut $s,
-                parent: $crate::meta::Ino,
-                name: &[u8],
-            ) -> $crate::meta::MetaResult<Option<$crate::meta::DirEntry>> {
-                $inner.dirent(parent, name)
-            }
             fn inode_and_dirent(
                 &mut $s,
                 dir: $crate::meta::Ino,
                 name: &[u8],
             ) -> $crate::meta::MetaResult<(Option<$crate::meta::Inode>, Option<$crate::meta::DirEntry>)> {
                 $inner.inode_and_dirent(dir, name)
+            }
+            $crate::forward_reads!(@others $s => $inner);
+        }
+    };
+    (@others $s:ident => $inner:expr) => {
+            fn dirent(
+                &mut $s,
+                parent: $crate::meta::Ino,
+                name: &[u8],
+            ) -> $crate::meta::MetaResult<Option<$crate::meta::DirEntry>> {
+                $inner.dirent(parent, name)
             }
             fn list_dir(
                 &mut $s,
@@ -97,6 +102,5 @@ macro_rules! forward_reads {
             fn inode_numbers(&mut $s) -> $crate::meta::MetaResult<Vec<($crate::meta::Ino, bool)>> {
                 $inner.inode_numbers()
             }
-        }
     };
 }

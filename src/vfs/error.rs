@@ -53,6 +53,10 @@ pub enum FsError {
     /// (`Core::gates`): the operation starts again (never reaches an application).
     #[error("the name was moved meanwhile")]
     Moved,
+    /// An open reached an inode another mount removed, through an entry the kernel still
+    /// held: the kernel looks the name up again (`GravitonFuse::open`).
+    #[error("the file was removed or replaced by another mount")]
+    Stale,
     /// A lock call through such a handle.
     #[error("the mount's session expired: this handle's lock is gone")]
     LockLost,
@@ -92,6 +96,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::Fenced => libc::EIO,
             FsError::Moved => libc::EIO,
+            FsError::Stale => libc::ESTALE,
             FsError::LockLost => libc::ENOLCK,
             // FUSE's answer that makes the kernel keep the mount's locks itself
             FsError::LocksLocal => libc::ENOSYS,

@@ -302,6 +302,19 @@ impl Fs {
         self.open_registered(ino, flags, gate)
     }
 
+    /// After `revalidate` found `ino` changed: whether an open of it by name came through a
+    /// stale entry, the inode being gone or unlinked (by another mount) and not open here.
+    pub fn gone_for_open(&self, ino: Ino) -> FsResult<bool> {
+        if self.core.files.lock().expect("lock").contains_key(&ino) {
+            return Ok(false);
+        }
+        match self.core.inode(ino) {
+            Ok(inode) => Ok(inode.nlink == 0),
+            Err(FsError::NotFound) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether opening `ino` with `flags` may wait for a page fill (see `vfs::fill`).
     pub fn open_may_wait(&self, ino: Ino, flags: OpenFlags) -> bool {
         flags.write && self.core.fill.busy(ino)

@@ -192,6 +192,11 @@ impl Mounted {
         Self::mount_pg(dir, vol, mnt, self.source.clone(), options)
     }
 
+    /// What was mounted: a folder, or a postgres:// URL.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     pub fn daemon_pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.state.join("graviton.pid"))
             .ok()?

@@ -1,7 +1,8 @@
 //! A TCP relay on loopback between one client and a server, which a test can cut: every
 //! connection through it is closed at once, and new ones are closed as they arrive, until it is
 //! restored. Cuts one client off while the server stays up for the others. It can also lose
-//! the answer to one commit: the server commits, the client never hears so.
+//! the answer to one commit: the server commits, the client never hears so; and it can hold
+//! back the notifications a listening connection would receive (a late change feed).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -24,6 +25,8 @@ struct State {
     lose: Mutex<Option<Vec<u8>>>,
     /// Answers lost so far.
     lost: AtomicUsize,
+    /// Set by `hold_notifications`: connections that sent a LISTEN receive nothing.
+    hold: AtomicBool,
 }
 
 impl Relay {
@@ -81,6 +84,16 @@ impl Relay {
         *self.state.lose.lock().unwrap() = Some(marker.to_vec());
     }
 
+    /// Until `release_notifications`, nothing the server sends reaches a client on a
+    /// connection where the client sent a LISTEN: its change notifications arrive late.
+    pub fn hold_notifications(&self) {
+        self.state.hold.store(true, Ordering::SeqCst);
+    }
+
+    pub fn release_notifications(&self) {
+        self.state.hold.store(false, Ordering::SeqCst);
+    }
+
     /// How many answers `lose_answer_to_commit_with` has lost.
     pub fn answers_lost(&self) -> usize {
         self.state.lost.load(Ordering::SeqCst)
@@ -110,12 +123,19 @@ fn relay(st: &Arc<State>, client: TcpStream, server: TcpStream) {
         }
     }
     let deaf = Arc::new(AtomicBool::new(false));
+    let listens = Arc::new(AtomicBool::new(false));
     let upstream = Upstream {
         st: st.clone(),
         deaf: deaf.clone(),
+        listens: listens.clone(),
+    };
+    let downstream = Downstream {
+        st: st.clone(),
+        deaf,
+        listens,
     };
     std::thread::spawn(move || pipe(client, s2, Some(upstream), None));
-    std::thread::spawn(move || pipe(server, c2, None, Some(deaf)));
+    std::thread::spawn(move || pipe(server, c2, None, Some(downstream)));
 }
 
 /// The client-to-server side of a connection, watching for the commit whose answer is lost.
@@ -123,11 +143,36 @@ struct Upstream {
     st: Arc<State>,
     /// Set once the server's answers on this connection are to be dropped.
     deaf: Arc<AtomicBool>,
+    /// Set once the client sent a LISTEN on this connection.
+    listens: Arc<AtomicBool>,
+}
+
+/// The server-to-client side of a connection.
+struct Downstream {
+    st: Arc<State>,
+    deaf: Arc<AtomicBool>,
+    listens: Arc<AtomicBool>,
+}
+
+impl Downstream {
+    /// Whether what the server sent is dropped; waits first while notifications are held.
+    fn drops(&self) -> bool {
+        while self.listens.load(Ordering::SeqCst)
+            && self.st.hold.load(Ordering::SeqCst)
+            && !self.st.stopping.load(Ordering::SeqCst)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.deaf.load(Ordering::SeqCst)
+    }
 }
 
 impl Upstream {
     /// After `sent` reached the server: whether its answer is the one to lose.
     fn loses_answer_to(&self, sent: &[u8]) -> bool {
+        if contains(sent, b"LISTEN") {
+            self.listens.store(true, Ordering::SeqCst);
+        }
         let mut lose = self.st.lose.lock().unwrap();
         let hit = lose
             .as_ref()
@@ -146,19 +191,20 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Copies `from` into `to` until either side closes, then closes both. Upstream, watches for
-/// the commit whose answer is lost; downstream, drops what comes once `deaf` is set.
+/// the commit whose answer is lost and for a LISTEN; downstream, drops what comes once the
+/// connection is deaf, and holds it while notifications are held.
 fn pipe(
     mut from: TcpStream,
     mut to: TcpStream,
     upstream: Option<Upstream>,
-    deaf: Option<Arc<AtomicBool>>,
+    downstream: Option<Downstream>,
 ) {
     let mut buf = [0u8; 16 << 10];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if deaf.as_ref().is_some_and(|d| d.load(Ordering::SeqCst)) {
+                if downstream.as_ref().is_some_and(Downstream::drops) {
                     continue;
                 }
                 if to.write_all(&buf[..n]).is_err() {

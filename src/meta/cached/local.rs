@@ -326,6 +326,28 @@ impl LocalCache {
     /// dropping it, so the next lookup in a directory this mount just created a file in is
     /// still answered here. Falls back to dropping the inodes when any invalidation came in
     /// since `epoch` was sampled (before the commit), since then the cache may be behind.
+    /// The inodes a transaction read from the engine, then wrote, whose cached copy is not
+    /// the one it read: the cache was behind on them (another mount's change not yet on the
+    /// feed), so whatever else it holds of them may be stale. (Writes without a read come
+    /// from the write-behind applier, on a volume no other mount changes.)
+    fn behind(&self, w: &Written) -> Vec<Ino> {
+        let cached = |ino: Ino| -> Option<crate::meta::Inode> {
+            let v = self.db.get(key(INODE, ino)).ok()??;
+            postcard::from_bytes(&v).ok()
+        };
+        let written = w
+            .inodes
+            .keys()
+            .copied()
+            .chain(w.entries.iter().map(|e| e.0));
+        let mut behind: Vec<Ino> = written
+            .filter(|ino| w.read.get(ino).is_some_and(|read| cached(*ino) != *read))
+            .collect();
+        behind.sort_unstable();
+        behind.dedup();
+        behind
+    }
+
     pub(super) fn write_through(&self, epoch: u64, w: &Written) {
         self.committed_allocations(&w.new_inodes);
         let _one_writer = self.writing.lock().expect("lock");
@@ -336,7 +358,9 @@ impl LocalCache {
         // fills that read the engine before this commit are undone when they land; the new
         // value also keys what this commit drops
         let generation = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let behind = self.behind(w);
         let mut drop = w.opaque.clone();
+        drop.extend(&behind);
         let mut batch = WriteBatch::default();
         // entries of one name may change several times (a write-behind batch): each change
         // undoes the one before it, read from here rather than from the cache
@@ -344,6 +368,9 @@ impl LocalCache {
             std::collections::HashMap::new();
         let mut changes = Vec::with_capacity(w.entries.len());
         for (dir, name, entry) in &w.entries {
+            if drop.contains(dir) {
+                continue;
+            }
             let generation = self.generation(*dir);
             let by_name = entry_key(DIRENT, *dir, generation, name);
             let listed = w.fresh_dirs.contains(dir) || self.has(&key(LISTED, *dir));
@@ -386,6 +413,9 @@ impl LocalCache {
         }
         let mut stored = std::collections::HashSet::new();
         for inode in w.inodes.values() {
+            if behind.contains(&inode.ino) {
+                continue;
+            }
             match postcard::to_stdvec(inode) {
                 Ok(v) => {
                     batch.put(key(INODE, inode.ino), v);

@@ -276,21 +276,16 @@ impl super::MetaLayer for CachedMeta {
     }
 
     /// True unless the cached inode is the current one: only then may the kernel keep the
-    /// pages it cached (the cached copy was invalidated with them).
+    /// pages it cached (the cached copy was invalidated with them). Otherwise everything
+    /// cached of the inode goes: with no current copy of the attributes to vouch for it,
+    /// its extent map may be stale too.
     fn revalidate(&self, ino: Ino) -> MetaResult<bool> {
-        let (epoch, token) = (
-            self.cache.epoch.load(Ordering::SeqCst),
-            self.cache.mirror.token(),
-        );
         let cached = self.cached_inode(ino)?;
         let fresh = self.inner.read_inode(ino)?;
         if cached.is_some() && cached == fresh {
             return Ok(false);
         }
-        match &fresh {
-            Some(n) if cached.is_none() => self.fill_inode(epoch, token, n),
-            _ => self.cache.invalidate(&[ino]),
-        }
+        self.cache.invalidate(&[ino]);
         Ok(true)
     }
 }

@@ -30,6 +30,11 @@ pub(super) struct Written {
     /// Inodes written in ways the cache does not replay (extents, xattrs, symlink targets,
     /// deletion, orphans): dropped.
     pub(super) opaque: Vec<Ino>,
+    /// Each inode as the transaction first read it from the engine. Where the cache held
+    /// another copy, the cache was behind (another mount's change not yet on the feed): what
+    /// the transaction wrote is then dropped rather than stored, since a current inode
+    /// record next to a stale extent map or listing would vouch for them.
+    pub(super) read: std::collections::HashMap<Ino, Option<Inode>>,
 }
 
 impl CachedTxn<'_> {
@@ -38,7 +43,29 @@ impl CachedTxn<'_> {
     }
 }
 
-crate::forward_reads!(CachedTxn<'_>, self => self.tx());
+impl crate::meta::MetaRead for CachedTxn<'_> {
+    fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
+        let inode = self.tx().inode(ino)?;
+        self.written
+            .read
+            .entry(ino)
+            .or_insert_with(|| inode.clone());
+        Ok(inode)
+    }
+    fn inode_and_dirent(
+        &mut self,
+        dir: Ino,
+        name: &[u8],
+    ) -> MetaResult<(Option<Inode>, Option<DirEntry>)> {
+        let (inode, entry) = self.tx().inode_and_dirent(dir, name)?;
+        self.written
+            .read
+            .entry(dir)
+            .or_insert_with(|| inode.clone());
+        Ok((inode, entry))
+    }
+    crate::forward_reads!(@others self => self.tx());
+}
 
 impl CachedTxn<'_> {
     /// Notes an inode written in a way the cache does not replay.
