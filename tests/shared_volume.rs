@@ -121,6 +121,8 @@ fn an_open_finds_a_file_renamed_over_the_name_while_the_change_feed_is_late() {
     assert_eq!(read(&b.path("f")), b"first version");
     relay.hold_notifications();
     for content in [&b"second version"[..], b"third"] {
+        // the other mount's close is behind it: the file renamed over is deleted, not kept
+        std::thread::sleep(std::time::Duration::from_millis(200));
         std::fs::write(a.path("f.tmp"), content).unwrap();
         std::fs::rename(a.path("f.tmp"), a.path("f")).unwrap();
         assert_eq!(
@@ -130,6 +132,7 @@ fn an_open_finds_a_file_renamed_over_the_name_while_the_change_feed_is_late() {
         );
     }
     // removed and made again under the same name
+    std::thread::sleep(std::time::Duration::from_millis(200));
     std::fs::remove_file(a.path("f")).unwrap();
     std::fs::write(a.path("f"), b"made again").unwrap();
     assert_eq!(read(&b.path("f")), b"made again");

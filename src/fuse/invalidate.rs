@@ -8,7 +8,7 @@
 //! process that takes a lock sees everything committed before the lock was released, as it does
 //! with a TTL of 0.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,14 +32,7 @@ pub struct KernelCache {
     inserted: AtomicU64,
     queued: AtomicU64,
     done: AtomicU64,
-    /// Inodes an open found removed by another mount (`GravitonFuse::open`): the kernel
-    /// reached them through an entry the change feed had not dropped yet, and looks the name
-    /// up again.
-    gone: Mutex<HashSet<Ino>>,
 }
-
-/// Removed inodes remembered for a lookup that may follow; a set this large is emptied.
-const GONE_KEPT: usize = 1024;
 
 impl KernelCache {
     pub fn new(ttl: Duration) -> Arc<KernelCache> {
@@ -71,20 +64,6 @@ impl KernelCache {
                 !dir.is_empty()
             });
         }
-    }
-
-    /// Notes that an open found `ino` removed: the next lookup that finds it checks again.
-    pub fn opened_gone(&self, ino: Ino) {
-        let mut gone = self.gone.lock().expect("lock");
-        if gone.len() >= GONE_KEPT {
-            gone.clear();
-        }
-        gone.insert(ino);
-    }
-
-    /// Whether a lookup that found `ino` must check again (an open found it removed).
-    pub fn found_gone(&self, ino: Ino) -> bool {
-        self.gone.lock().expect("lock").remove(&ino)
     }
 
     /// Waits (at most `limit`) until every invalidation queued so far has reached the kernel.

@@ -268,19 +268,7 @@ impl Filesystem for GravitonFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let _op = op("lookup");
-        let mut found = self.fs.lookup(parent.0, name(n));
-        // An open found this inode removed by another mount: the entry came from a cache the
-        // change feed has not updated yet. The directory is checked against the engine (which
-        // drops its cached entries if it changed) and the name looked up again.
-        if let (Ok(i), Some(kernel)) = (&found, &self.kernel)
-            && kernel.found_gone(i.ino)
-        {
-            found = self
-                .fs
-                .revalidate(parent.0)
-                .and_then(|_| self.fs.lookup(parent.0, name(n)));
-        }
-        self.entry(reply, parent, n, found);
+        self.entry(reply, parent, n, self.fs.lookup(parent.0, name(n)));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -450,7 +438,7 @@ impl Filesystem for GravitonFuse {
         let op = op("open");
         let flags = OpenFlags::from_libc(flags.0);
         let notifier = self.notifier.clone();
-        let kernel = self.kernel.clone();
+        let shared = self.kernel.is_some();
         // a writer may wait for a page fill, and a fill for a read these threads answer
         let open = move |fs: &Fs| {
             let opened = (|| -> Result<(u64, FopenFlags), FsError> {
@@ -461,7 +449,7 @@ impl Filesystem for GravitonFuse {
                 let keep = !fs.revalidate(ino.0)?;
                 if !keep {
                     inval_attributes(&notifier, ino);
-                    if kernel.is_some() && fs.gone_for_open(ino.0)? {
+                    if shared && fs.gone_for_open(ino.0)? {
                         return Err(FsError::NotFound);
                     }
                 }
@@ -484,13 +472,9 @@ impl Filesystem for GravitonFuse {
                 Ok((fh, how)) => reply.opened(FileHandle(fh), how),
                 // On a shared volume, an inode another mount removed, reached through an entry
                 // the kernel still held (the change feed has not dropped it yet): ESTALE makes
-                // the kernel look the name up again (`lookup`) and open what it finds.
-                Err(FsError::NotFound) if kernel.is_some() => {
-                    if let Some(kernel) = &kernel {
-                        kernel.opened_gone(ino.0);
-                    }
-                    reply.error(errno(&FsError::Stale))
-                }
+                // the kernel look the name up again (`Fs::lookup` checks a stale entry) and
+                // open what it finds.
+                Err(FsError::NotFound) if shared => reply.error(errno(&FsError::Stale)),
                 Err(e) => reply.error(errno(&e)),
             }
         };

@@ -1,7 +1,10 @@
 //! Namespace operations: lookup, attributes, create/mkdir/mknod/symlink, link, unlink, rmdir,
 //! rename (with no-replace and exchange) and readdir. Each is one metadata transaction.
 
+use std::sync::Arc;
+
 use super::file::AttrChange;
+use super::flush::FlushMode;
 use super::{Ctx, Fs, FsError, FsResult, NAME_MAX, PATH_MAX};
 use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaRead, MetaTxn, ROOT_INO, Timestamp};
 
@@ -55,6 +58,9 @@ pub struct FsStats {
 
 /// Most links one inode may have (ext4's limit).
 const LINK_MAX: u32 = 65_000;
+/// How long a change of mode, owner or times deferred to a file's next flush waits for one
+/// (`Fs::defer_attributes`).
+const ATTRIBUTES_DEFERRED_AT_MOST: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) fn check_name(name: &[u8]) -> FsResult<()> {
     if name.len() > NAME_MAX {
@@ -177,14 +183,32 @@ impl Fs {
             // or open_by_handle_at handle once it has dropped it from its cache
             return self.attributes(parent);
         }
-        let mut tx = self.core.meta.read()?;
-        let dir = dir_inode(tx.as_mut(), parent)?;
-        let ino = match name {
-            b".." => dir.parent,
-            _ => tx.dirent(parent, name)?.ok_or(FsError::NotFound)?.ino,
-        };
-        drop(tx);
-        self.attributes(ino)
+        for checked in [false, true] {
+            let mut tx = self.core.meta.read()?;
+            let dir = dir_inode(tx.as_mut(), parent)?;
+            let ino = match name {
+                b".." => dir.parent,
+                _ => tx.dirent(parent, name)?.ok_or(FsError::NotFound)?.ino,
+            };
+            drop(tx);
+            // On a shared volume an entry can come from a cache the change feed has not
+            // caught up with yet: one naming an inode that is gone, or has no links left, is
+            // stale. The directory is checked against the database (its cached entries go
+            // if it changed) and the name looked up again.
+            let found = self.attributes(ino);
+            let stale = match &found {
+                Ok(i) => i.nlink == 0,
+                Err(e) => matches!(e, FsError::NotFound),
+            };
+            if !stale || !self.is_shared() {
+                return found;
+            }
+            if checked {
+                return Err(FsError::NotFound);
+            }
+            self.revalidate(parent)?;
+        }
+        Err(FsError::NotFound)
     }
 
     /// Creates a file, device, fifo or socket; `mode` carries the type bits.
@@ -758,16 +782,39 @@ impl Fs {
         Ok(set)
     }
 
-    /// A file with writes not yet committed takes mode, owner and time changes into its
-    /// pending state; its next flush (at the latest, close) commits them with the data. True
-    /// when deferred.
+    /// A file being written (writes not yet committed, or open for writing here) takes mode,
+    /// owner and time changes into its pending state; its next flush (at the latest, close)
+    /// commits them with the data: `fchmod` or `futimens` before a close costs no transaction
+    /// of its own. Changes made while no write was pending are committed after
+    /// `ATTRIBUTES_DEFERRED_AT_MOST` if nothing committed them by then (with the writes
+    /// buffered since, if they make whole blocks). True when deferred.
     fn defer_attributes(&self, ino: Ino, attr: &SetAttr) -> bool {
         let Some(file) = self.open_file(ino) else {
             return false;
         };
         let mut st = file.lock();
-        if !st.has_pending() {
+        let first = !st.has_pending();
+        if first && st.writers == 0 {
             return false;
+        }
+        if first {
+            // weak: a filesystem dropped meanwhile is not kept, nor dropped, by this task
+            let (core, file) = (Arc::downgrade(&self.core), Arc::downgrade(&file));
+            self.runtime.spawn(async move {
+                tokio::time::sleep(ATTRIBUTES_DEFERRED_AT_MOST).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    let (Some(core), Some(file)) = (core.upgrade(), file.upgrade()) else {
+                        return Ok(());
+                    };
+                    // a write's unfinished tail stays buffered, as in a background flush
+                    let mode = match file.lock().dirty.is_empty() {
+                        true => FlushMode::All,
+                        false => FlushMode::Completed,
+                    };
+                    core.flush_file(&file, mode, false)
+                })
+                .await;
+            });
         }
         let now = Timestamp::now();
         let resolve = |t: TimeSet| match t {
