@@ -581,43 +581,6 @@ fn attribute_changes_of_a_file_being_written_commit_with_its_data() {
     assert!(d.mtime > t && d.size == 10_001 && d.perm == 0o640, "{d:?}");
 }
 
-/// A mode change of a file open for writing before anything is written (rsync's fchmod right
-/// after its create) waits for the data and is committed with it at close: no transaction of
-/// its own. One made while the writer writes nothing more is committed within moments anyway.
-#[test]
-fn attribute_changes_of_a_file_open_for_writing_wait_for_its_data_but_not_long() {
-    graviton_testkit::needs_servers!();
-    let vol = common::PgVolume::new(small_cfg());
-    let (fs, other) = (vol.mount(), vol.mount());
-    let (ino, fh) = create(&fs, "f");
-    let mode = |perm: u32| SetAttr {
-        mode: Some(perm),
-        ..Default::default()
-    };
-    assert_eq!(fs.setattr(ino, mode(0o600)).unwrap().perm, 0o600);
-    assert_eq!(
-        other.getattr(ino).unwrap().perm,
-        0o644,
-        "the mode waits for the data"
-    );
-    write_all(&fs, fh, 0, &random_bytes(3, 10_000), 4096);
-    fs.flush(fh).unwrap();
-    let c = other.getattr(ino).unwrap();
-    assert_eq!((c.perm, c.size), (0o600, 10_000), "committed with the data");
-    // the file stays open for writing, and nothing more is written
-    assert_eq!(fs.setattr(ino, mode(0o640)).unwrap().perm, 0o640);
-    let t = std::time::Instant::now();
-    while other.getattr(ino).unwrap().perm != 0o640 {
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(5),
-            "a change no write carries is committed within moments"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    fs.release(fh).unwrap();
-    assert_eq!(other.getattr(ino).unwrap().perm, 0o640);
-}
-
 /// One file's extended attributes are bounded (ENOSPC past 256 of them, as ext4 refuses new
 /// ones once a file's attribute space is full): a user cannot grow the metadata, and the
 /// daemon's memory when they are listed, without end. Replacing an existing one still works.

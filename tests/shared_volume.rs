@@ -108,6 +108,24 @@ fn an_open_sees_the_new_size_and_content_while_the_change_feed_is_late() {
     relay.release_notifications();
 }
 
+/// A change this mount makes to a file that another mount rewrote in place (same size), made
+/// before the change feed says so, does not vouch for the pages the kernel kept of the old
+/// content: the next open here reads the new bytes.
+#[test]
+fn an_open_after_a_chmod_here_reads_what_another_mount_rewrote_while_the_change_feed_is_late() {
+    graviton_testkit::needs_servers!();
+    let a = Mounted::new_pg(OPTS);
+    let (relay, through) = Relay::in_front_of(a.source());
+    let b = Mounted::existing(&through, OPTS);
+    std::fs::write(a.path("f"), b"version one!").unwrap();
+    assert_eq!(read(&b.path("f")), b"version one!");
+    relay.hold_notifications();
+    std::fs::write(a.path("f"), b"version two!").unwrap();
+    std::fs::set_permissions(b.path("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(read(&b.path("f")), b"version two!");
+    relay.release_notifications();
+}
+
 /// The pattern of editors and configuration tools, a new version written aside and renamed
 /// over the old, with the other mount's notifications held back: an open there by name finds
 /// the new file, not the one it replaced (nor an error).

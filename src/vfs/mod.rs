@@ -316,7 +316,13 @@ impl Fs {
     /// Close-to-open, at an open: true when what the kernel cached of `ino` may be stale
     /// (another mount changed it), so the open drops it.
     pub fn revalidate(&self, ino: Ino) -> FsResult<bool> {
-        Ok(self.core.meta.revalidate(ino)?)
+        let stale = self.core.meta.revalidate(ino)?;
+        if stale {
+            // a page fill read before this point must not put the old pages back after the
+            // open drops them (`vfs::fill`)
+            self.core.fill.remote_change();
+        }
+        Ok(stale)
     }
 
     /// Calls `sink` with every change other mounts make (see `SharedVolume::subscribe`);

@@ -1,10 +1,7 @@
 //! Namespace operations: lookup, attributes, create/mkdir/mknod/symlink, link, unlink, rmdir,
 //! rename (with no-replace and exchange) and readdir. Each is one metadata transaction.
 
-use std::sync::Arc;
-
 use super::file::AttrChange;
-use super::flush::FlushMode;
 use super::{Ctx, Fs, FsError, FsResult, NAME_MAX, PATH_MAX};
 use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaRead, MetaTxn, ROOT_INO, Timestamp};
 
@@ -58,9 +55,6 @@ pub struct FsStats {
 
 /// Most links one inode may have (ext4's limit).
 const LINK_MAX: u32 = 65_000;
-/// How long a change of mode, owner or times deferred to a file's next flush waits for one
-/// (`Fs::defer_attributes`).
-const ATTRIBUTES_DEFERRED_AT_MOST: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) fn check_name(name: &[u8]) -> FsResult<()> {
     if name.len() > NAME_MAX {
@@ -782,39 +776,16 @@ impl Fs {
         Ok(set)
     }
 
-    /// A file being written (writes not yet committed, or open for writing here) takes mode,
-    /// owner and time changes into its pending state; its next flush (at the latest, close)
-    /// commits them with the data: `fchmod` or `futimens` before a close costs no transaction
-    /// of its own. Changes made while no write was pending are committed after
-    /// `ATTRIBUTES_DEFERRED_AT_MOST` if nothing committed them by then (with the writes
-    /// buffered since, if they make whole blocks). True when deferred.
+    /// A file with writes not yet committed takes mode, owner and time changes into its
+    /// pending state; its next flush (at the latest, close) commits them with the data. True
+    /// when deferred.
     fn defer_attributes(&self, ino: Ino, attr: &SetAttr) -> bool {
         let Some(file) = self.open_file(ino) else {
             return false;
         };
         let mut st = file.lock();
-        let first = !st.has_pending();
-        if first && st.writers == 0 {
+        if !st.has_pending() {
             return false;
-        }
-        if first {
-            // weak: a filesystem dropped meanwhile is not kept, nor dropped, by this task
-            let (core, file) = (Arc::downgrade(&self.core), Arc::downgrade(&file));
-            self.runtime.spawn(async move {
-                tokio::time::sleep(ATTRIBUTES_DEFERRED_AT_MOST).await;
-                let _ = tokio::task::spawn_blocking(move || {
-                    let (Some(core), Some(file)) = (core.upgrade(), file.upgrade()) else {
-                        return Ok(());
-                    };
-                    // a write's unfinished tail stays buffered, as in a background flush
-                    let mode = match file.lock().dirty.is_empty() {
-                        true => FlushMode::All,
-                        false => FlushMode::Completed,
-                    };
-                    core.flush_file(&file, mode, false)
-                })
-                .await;
-            });
         }
         let now = Timestamp::now();
         let resolve = |t: TimeSet| match t {

@@ -211,6 +211,9 @@ pub(super) struct LocalCache {
     pub(super) misses: AtomicU64,
     /// In-memory copies of the inodes and listings most used, kept in step with RocksDB.
     pub(super) mirror: Mirror,
+    /// Inodes a commit found the cache behind on (`behind`): the kernel may hold their old
+    /// pages too, which the next `revalidate` drops even if the cache has caught up by then.
+    pub(super) kernel_behind: std::sync::Mutex<std::collections::HashSet<Ino>>,
     /// Inode numbers this mount allocated and has not committed yet: an inode first written
     /// under one of them is new, and has no xattrs but those its transaction sets.
     pub(super) allocated: std::sync::Mutex<std::collections::HashSet<Ino>>,
@@ -359,6 +362,9 @@ impl LocalCache {
         // value also keys what this commit drops
         let generation = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let behind = self.behind(w);
+        if !behind.is_empty() {
+            self.kernel_behind.lock().expect("lock").extend(&behind);
+        }
         let mut drop = w.opaque.clone();
         drop.extend(&behind);
         let mut batch = WriteBatch::default();

@@ -147,6 +147,7 @@ impl CachedMeta {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             mirror: Mirror::default(),
+            kernel_behind: Default::default(),
             allocated: Default::default(),
             #[cfg(test)]
             pause: Default::default(),
@@ -276,13 +277,15 @@ impl super::MetaLayer for CachedMeta {
     }
 
     /// True unless the cached inode is the current one: only then may the kernel keep the
-    /// pages it cached (the cached copy was invalidated with them). Otherwise everything
-    /// cached of the inode goes: with no current copy of the attributes to vouch for it,
-    /// its extent map may be stale too.
+    /// pages it cached (the cached copy was invalidated with them; one a commit found behind
+    /// is not vouched for, however it was filled since). Otherwise everything cached of the
+    /// inode goes: with no current copy of the attributes to vouch for it, its extent map
+    /// may be stale too.
     fn revalidate(&self, ino: Ino) -> MetaResult<bool> {
+        let behind = self.cache.kernel_behind.lock().expect("lock").remove(&ino);
         let cached = self.cached_inode(ino)?;
         let fresh = self.inner.read_inode(ino)?;
-        if cached.is_some() && cached == fresh {
+        if !behind && cached.is_some() && cached == fresh {
             return Ok(false);
         }
         self.cache.invalidate(&[ino]);
