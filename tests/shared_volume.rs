@@ -76,20 +76,27 @@ fn a_file_closed_on_one_mount_opens_with_its_new_content_on_the_other() {
     }
 }
 
+/// Two mounts of a new volume, the second through a relay, with `f` written on the first and
+/// read on the second (whose kernel then caches its entry, attributes and pages for the TTL);
+/// from then on the second mount's change notifications are held back.
+fn late_feed(first: &[u8]) -> (Mounted, Relay, Mounted) {
+    let a = Mounted::new_pg(OPTS);
+    let (relay, through) = Relay::in_front_of(a.source());
+    let b = Mounted::existing(&through, OPTS);
+    std::fs::write(a.path("f"), first).unwrap();
+    assert_eq!(read(&b.path("f")), first);
+    relay.hold_notifications();
+    (a, relay, b)
+}
+
 /// Close-to-open does not wait for the change feed: with the other mount's notifications held
 /// back, an open there still finds the file changed, and the size and bytes it then sees are
 /// the new ones (the kernel's cached attributes are dropped with its pages).
 #[test]
 fn an_open_sees_the_new_size_and_content_while_the_change_feed_is_late() {
     graviton_testkit::needs_servers!();
-    let a = Mounted::new_pg(OPTS);
-    let (relay, through) = Relay::in_front_of(a.source());
-    let b = Mounted::existing(&through, OPTS);
-    std::fs::write(a.path("f"), b"first version").unwrap();
-    // b's kernel now caches the entry and its attributes (for the TTL)
-    assert_eq!(read(&b.path("f")), b"first version");
+    let (a, relay, b) = late_feed(b"first version");
     assert_eq!(std::fs::metadata(b.path("f")).unwrap().len(), 13);
-    relay.hold_notifications();
     for (round, content) in [&b"the second, longer version"[..], b"third"]
         .into_iter()
         .enumerate()
@@ -114,12 +121,7 @@ fn an_open_sees_the_new_size_and_content_while_the_change_feed_is_late() {
 #[test]
 fn an_open_after_a_chmod_here_reads_what_another_mount_rewrote_while_the_change_feed_is_late() {
     graviton_testkit::needs_servers!();
-    let a = Mounted::new_pg(OPTS);
-    let (relay, through) = Relay::in_front_of(a.source());
-    let b = Mounted::existing(&through, OPTS);
-    std::fs::write(a.path("f"), b"version one!").unwrap();
-    assert_eq!(read(&b.path("f")), b"version one!");
-    relay.hold_notifications();
+    let (a, relay, b) = late_feed(b"version one!");
     std::fs::write(a.path("f"), b"version two!").unwrap();
     std::fs::set_permissions(b.path("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(read(&b.path("f")), b"version two!");
@@ -132,12 +134,7 @@ fn an_open_after_a_chmod_here_reads_what_another_mount_rewrote_while_the_change_
 #[test]
 fn an_open_finds_a_file_renamed_over_the_name_while_the_change_feed_is_late() {
     graviton_testkit::needs_servers!();
-    let a = Mounted::new_pg(OPTS);
-    let (relay, through) = Relay::in_front_of(a.source());
-    let b = Mounted::existing(&through, OPTS);
-    std::fs::write(a.path("f"), b"first version").unwrap();
-    assert_eq!(read(&b.path("f")), b"first version");
-    relay.hold_notifications();
+    let (a, relay, b) = late_feed(b"first version");
     for content in [&b"second version"[..], b"third"] {
         // the other mount's close is behind it: the file renamed over is deleted, not kept
         std::thread::sleep(std::time::Duration::from_millis(200));
