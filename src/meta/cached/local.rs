@@ -325,14 +325,10 @@ impl LocalCache {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// After this mount's own commit: stores what the transaction wrote (`w`) instead of
-    /// dropping it, so the next lookup in a directory this mount just created a file in is
-    /// still answered here. Falls back to dropping the inodes when any invalidation came in
-    /// since `epoch` was sampled (before the commit), since then the cache may be behind.
     /// The inodes a transaction read from the engine, then wrote, whose cached copy is not
     /// the one it read: the cache was behind on them (another mount's change not yet on the
     /// feed), so whatever else it holds of them may be stale. (Writes without a read come
-    /// from the write-behind applier, on a volume no other mount changes.)
+    /// from the write-behind applier, on a volume no other mount changes.) Sorted.
     fn behind(&self, w: &Written) -> Vec<Ino> {
         let cached = |ino: Ino| -> Option<crate::meta::Inode> {
             let v = self.db.get(key(INODE, ino)).ok()??;
@@ -351,6 +347,10 @@ impl LocalCache {
         behind
     }
 
+    /// After this mount's own commit: stores what the transaction wrote (`w`) instead of
+    /// dropping it, so the next lookup in a directory this mount just created a file in is
+    /// still answered here. Falls back to dropping the inodes when any invalidation came in
+    /// since `epoch` was sampled (before the commit), since then the cache may be behind.
     pub(super) fn write_through(&self, epoch: u64, w: &Written) {
         self.committed_allocations(&w.new_inodes);
         let _one_writer = self.writing.lock().expect("lock");
@@ -374,7 +374,7 @@ impl LocalCache {
             std::collections::HashMap::new();
         let mut changes = Vec::with_capacity(w.entries.len());
         for (dir, name, entry) in &w.entries {
-            if drop.contains(dir) {
+            if behind.binary_search(dir).is_ok() {
                 continue;
             }
             let generation = self.generation(*dir);
@@ -419,7 +419,7 @@ impl LocalCache {
         }
         let mut stored = std::collections::HashSet::new();
         for inode in w.inodes.values() {
-            if behind.contains(&inode.ino) {
+            if behind.binary_search(&inode.ino).is_ok() {
                 continue;
             }
             match postcard::to_stdvec(inode) {
