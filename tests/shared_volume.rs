@@ -154,6 +154,55 @@ fn an_open_finds_a_file_renamed_over_the_name_while_the_change_feed_is_late() {
     relay.release_notifications();
 }
 
+/// A mount answers from its local cache of records, and its changes are read-modify-writes of
+/// them. With its notifications held back, its copy of a file another mount has grown is
+/// stale: a chmod there keeps the other mount's size and bytes, and takes effect.
+#[test]
+fn a_chmod_while_the_change_feed_is_late_keeps_what_another_mount_wrote() {
+    graviton_testkit::needs_servers!();
+    let (a, relay, b) = late_feed(b"short");
+    let grown = b"a much longer version of the file";
+    std::fs::write(a.path("f"), grown).unwrap();
+    std::fs::set_permissions(b.path("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    relay.release_notifications();
+    for (m, which) in [(&a, "the writer"), (&b, "the mount that changed the mode")] {
+        let f = std::fs::File::open(m.path("f")).unwrap();
+        let meta = f.metadata().unwrap();
+        assert_eq!(meta.len(), grown.len() as u64, "the size seen by {which}");
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "the mode seen by {which}"
+        );
+        assert_eq!(read(&m.path("f")), grown, "the content seen by {which}");
+    }
+}
+
+/// With its notifications held back, a mount's cached listing misses a name another mount
+/// has just created there: an exclusive create of that name fails (EEXIST) and leaves the
+/// other mount's file, rather than replacing its entry.
+#[test]
+fn an_exclusive_create_while_the_change_feed_is_late_does_not_replace_another_mounts_file() {
+    graviton_testkit::needs_servers!();
+    let (a, relay, b) = late_feed(b"x");
+    // the listing is cached on the second mount, without the name
+    assert_eq!(std::fs::read_dir(b.path("")).unwrap().count(), 1);
+    std::fs::write(a.path("g"), b"made on the first mount").unwrap();
+    let made = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(b.path("g"));
+    assert_eq!(
+        made.map(drop).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::AlreadyExists),
+        "an exclusive create of a name another mount created"
+    );
+    std::fs::create_dir(b.path("g")).expect_err("a mkdir of that name");
+    relay.release_notifications();
+    assert_eq!(read(&a.path("g")), b"made on the first mount");
+    assert_eq!(read(&b.path("g")), b"made on the first mount");
+}
+
 /// Appends a line to `data` `n` times, each under an exclusive lock taken with `lock`.
 fn append_locked(
     lockfile: &Path,
