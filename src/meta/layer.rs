@@ -46,8 +46,7 @@ crate::layer::layer_trait! {
 /// `impl MetaRead for $ty`, every read going to the transaction the type wraps: `$s => $inner`
 /// names `self` and the expression of it that gives that transaction. Exported for layers
 /// outside the crate (the testkit's fault layer). A layer that changes the two inode reads
-/// writes its own `impl MetaRead` with them and `forward_reads!(@others $s => $inner)` inside;
-/// one that also changes `dirent`, `forward_reads!(@others_but_dirent $s => $inner)`.
+/// writes its own `impl MetaRead` with them and `forward_reads!(@others $s => $inner)` inside.
 #[macro_export]
 macro_rules! forward_reads {
     ($ty:ty, $s:ident => $inner:expr) => {
@@ -73,9 +72,6 @@ macro_rules! forward_reads {
             ) -> $crate::meta::MetaResult<Option<$crate::meta::DirEntry>> {
                 $inner.dirent(parent, name)
             }
-            $crate::forward_reads!(@others_but_dirent $s => $inner);
-    };
-    (@others_but_dirent $s:ident => $inner:expr) => {
             fn list_dir(
                 &mut $s,
                 parent: $crate::meta::Ino,

@@ -166,25 +166,6 @@ pub trait MetaTxn: MetaRead {
         Ok(())
     }
 
-    /// Takes `inode` as read, from a copy of the engine's records (a mount's cache) rather
-    /// than from the engine: the commit fails with [`MetaError::Conflict`] unless the engine's
-    /// record is still `inode`, so the transaction is as if it had read the engine. False
-    /// where the engine cannot check that; the caller then reads the engine.
-    fn expect_inode(&mut self, _inode: &Inode) -> bool {
-        false
-    }
-    /// `expect_inode` for a directory entry: `parent` has `entry` under `name` (None: no
-    /// entry there).
-    fn expect_dirent(&mut self, _parent: Ino, _name: &[u8], _entry: Option<&DirEntry>) -> bool {
-        false
-    }
-    /// Checks now what the transaction took as read (`expect_inode`): Conflict if any of it
-    /// changed. A transaction that ends in an error without committing calls it, so that an
-    /// error found in a stale copy is not reported.
-    fn validate(&mut self) -> MetaResult<()> {
-        Ok(())
-    }
-
     fn commit(self: Box<Self>) -> MetaResult<()>;
 }
 

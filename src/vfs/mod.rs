@@ -202,11 +202,7 @@ impl Core {
                     Err(e) => return Err(e.into()),
                 },
                 Err(FsError::Meta(MetaError::Conflict)) => {}
-                // an error found in records taken from a cache stands only if they were current
-                Err(e) => match tx.validate() {
-                    Err(MetaError::Conflict) => {}
-                    _ => return Err(e),
-                },
+                Err(e) => return Err(e),
             }
             // a conflict: run again
             metrics::counter!(crate::metrics::META_RETRIES).increment(1);

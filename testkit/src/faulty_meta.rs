@@ -102,15 +102,6 @@ impl MetaTxn for FaultyTxn<'_> {
     fn hold_open(&mut self, ino: Ino) -> MetaResult<()> {
         self.inner.hold_open(ino)
     }
-    fn expect_inode(&mut self, inode: &Inode) -> bool {
-        self.inner.expect_inode(inode)
-    }
-    fn expect_dirent(&mut self, parent: Ino, name: &[u8], entry: Option<&DirEntry>) -> bool {
-        self.inner.expect_dirent(parent, name, entry)
-    }
-    fn validate(&mut self) -> MetaResult<()> {
-        self.inner.validate()
-    }
     fn commit(self: Box<Self>) -> MetaResult<()> {
         let fault = self.layer.plan.lock().unwrap().pop();
         match fault {

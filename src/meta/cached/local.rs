@@ -11,7 +11,7 @@ use super::txn::*;
 use crate::domain::key::KEY_BYTES;
 use crate::domain::{BlockKey, Extent};
 use crate::meta::mirror::{EntryChange, Mirror};
-use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaError, MetaResult, SharedVolume};
+use crate::meta::{DirEntry, FileKind, Ino, MetaError, MetaResult, SharedVolume};
 
 /// One memtable of the cache (two at most: one filling, one being flushed).
 pub(super) const CACHE_MEMTABLE_BYTES: usize = 8 << 20;
@@ -287,47 +287,6 @@ impl LocalCache {
 
     pub(super) fn has(&self, k: &[u8]) -> bool {
         self.live.load(Ordering::SeqCst) && matches!(self.db.get_pinned(k), Ok(Some(_)))
-    }
-
-    /// The cached record of `ino` (None: not cached, or the cache is not serving).
-    pub(super) fn inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
-        if !self.live.load(Ordering::SeqCst) {
-            return Ok(None);
-        }
-        if let Some(n) = self.mirror.inode(ino) {
-            self.count(true);
-            return Ok(Some(n));
-        }
-        let token = self.mirror.token();
-        match self.get(&key(INODE, ino)) {
-            Some(v) => {
-                let n: Inode = postcard::from_bytes(&v).map_err(|_| corrupt("inode"))?;
-                self.mirror.put_inode(token, &n);
-                Ok(Some(n))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// `parent`'s entry `name` as cached: Some(None) when the cached listing is complete and
-    /// has no such name, None when the cache cannot say (or is not serving).
-    pub(super) fn dirent(&self, parent: Ino, name: &[u8]) -> MetaResult<Option<Option<DirEntry>>> {
-        if !self.live.load(Ordering::SeqCst) {
-            return Ok(None);
-        }
-        // one snapshot for the generation, the entry and the listing's marker: read one by
-        // one, a fill landing in between could pair "not under this generation" with "the
-        // listing is complete"
-        let snap = self.db.snapshot();
-        let generation = generation_of(snap.get_pinned(key(GENERATION, parent)));
-        if let Ok(Some(v)) = snap.get_pinned(entry_key(DIRENT, parent, generation, name)) {
-            self.count(true);
-            return decode_dirent(&v).map(|e| Some(Some(e)));
-        }
-        let complete = matches!(snap.get_pinned(key(LISTED, parent)), Ok(Some(_)));
-        self.count(complete);
-        // a complete listing without the name: no such entry
-        Ok(complete.then_some(None))
     }
 
     /// The generation a directory's cached entries are keyed under.

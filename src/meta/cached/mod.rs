@@ -17,13 +17,8 @@
 //! - A commit's attributes and the drop of what it made stale (its extent map) are one write:
 //!   a reader that finds the new attributes never finds the old map.
 //!
-//! Read-only views ([`MetaRecords::read`](super::MetaRecords::read), `read_inode`) are
-//! answered here. A transaction reads inodes and directory entries here too, but only as the
-//! engine's transaction takes them ([`MetaTxn::expect_inode`](super::MetaTxn::expect_inode)):
-//! its commit checks that each is still the engine's record and fails as a lost race
-//! otherwise; what it read is then dropped from the cache and the operation runs again on the
-//! engine's records. An operation that ends in an error checks them before reporting it.
-//! Everything else a transaction reads (extent maps, listings, xattrs) comes from the engine.
+//! Transactions always read the engine, never the cache: only read-only views
+//! ([`MetaRecords::read`](super::MetaRecords::read), `read_inode`) are answered here.
 //!
 //! Here the layer and the follower of the change feed; `local.rs` the cache's RocksDB
 //! database (key layout, record encodings, fills and invalidations); `reader.rs` the read-only
@@ -200,7 +195,23 @@ impl CachedMeta {
     }
 
     fn cached_inode(&self, ino: Ino) -> MetaResult<Option<Inode>> {
-        self.cache.inode(ino)
+        let cache = &self.cache;
+        if !cache.live.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        if let Some(n) = cache.mirror.inode(ino) {
+            cache.count(true);
+            return Ok(Some(n));
+        }
+        let token = cache.mirror.token();
+        match cache.get(&key(INODE, ino)) {
+            Some(v) => {
+                let n: Inode = postcard::from_bytes(&v).map_err(|_| corrupt("inode"))?;
+                cache.mirror.put_inode(token, &n);
+                Ok(Some(n))
+            }
+            None => Ok(None),
+        }
     }
 
     fn fill_inode(&self, epoch: u64, token: Token, inode: &Inode) {

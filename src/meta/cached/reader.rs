@@ -224,18 +224,32 @@ impl MetaRead for CachedReader<'_> {
 
     fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
         let epoch = self.epoch();
-        if let Some(known) = self.cache().dirent(parent, name)? {
-            return Ok(known);
-        }
-        let generation = self.cache().generation(parent);
-        // a small directory is read whole, in one query like the entry's: the next lookups in
-        // it (a create's of its new name, most often) are answered here
-        if self.meta.is_live()
-            && let Some(dir) = self.meta.cached_inode(parent)?
-            && dir.next_cookie.saturating_sub(FIRST_COOKIE) <= PAGE as u64
-            && let Some(all) = self.fill_listing(parent)?
-        {
-            return Ok(all.into_iter().find(|(n, _)| n == name).map(|(_, e)| e));
+        let cache = self.cache();
+        let mut generation = cache.generation(parent);
+        if cache.live.load(Ordering::SeqCst) {
+            // one snapshot for the generation, the entry and the listing's marker: read one by
+            // one, a fill landing in between could pair "not under this generation" with "the
+            // listing is complete"
+            let snap = cache.db.snapshot();
+            generation = generation_of(snap.get_pinned(key(GENERATION, parent)));
+            if let Ok(Some(v)) = snap.get_pinned(entry_key(DIRENT, parent, generation, name)) {
+                cache.count(true);
+                return decode_dirent(&v).map(Some);
+            }
+            let complete = matches!(snap.get_pinned(key(LISTED, parent)), Ok(Some(_)));
+            cache.count(complete);
+            if complete {
+                return Ok(None); // the cached listing is complete: no such entry
+            }
+            drop(snap);
+            // a small directory is read whole, in one query like the entry's: the next
+            // lookups in it (a create's of its new name, most often) are answered here
+            if let Some(dir) = self.meta.cached_inode(parent)?
+                && dir.next_cookie.saturating_sub(FIRST_COOKIE) <= PAGE as u64
+                && let Some(all) = self.fill_listing(parent)?
+            {
+                return Ok(all.into_iter().find(|(n, _)| n == name).map(|(_, e)| e));
+            }
         }
         let e = self.engine()?.dirent(parent, name)?;
         if let Some(e) = &e {

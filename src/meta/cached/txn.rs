@@ -35,10 +35,6 @@ pub(super) struct Written {
     /// the transaction wrote is then dropped rather than stored, since a current inode
     /// record next to a stale extent map or listing would vouch for them.
     pub(super) read: std::collections::HashMap<Ino, Option<Inode>>,
-    /// Inodes (and directories, for their entries) read from the cache and taken as read by
-    /// the engine's transaction (`MetaTxn::expect_inode`): dropped from the cache when the
-    /// transaction fails, so that it runs again on the engine's records.
-    pub(super) expected: Vec<Ino>,
 }
 
 impl CachedTxn<'_> {
@@ -47,58 +43,8 @@ impl CachedTxn<'_> {
     }
 }
 
-impl CachedTxn<'_> {
-    /// `ino`'s record from the cache, taken as read by the engine's transaction, which
-    /// checks it at commit; None when the transaction must read the engine: nothing cached,
-    /// or the transaction wrote `ino` (what it wrote is in the engine's transaction only).
-    fn cached_inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
-        if self.written.touched.contains(&ino) {
-            return Ok(None);
-        }
-        let Some(n) = self.cache.inode(ino)? else {
-            return Ok(None);
-        };
-        if !self.tx().expect_inode(&n) {
-            return Ok(None);
-        }
-        self.written.expected.push(ino);
-        self.written
-            .read
-            .entry(ino)
-            .or_insert_with(|| Some(n.clone()));
-        Ok(Some(n))
-    }
-
-    /// `parent`'s entry `name` from the cache, taken as read like `cached_inode`: Some(None)
-    /// for a name the cached listing does not have.
-    fn cached_dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<Option<DirEntry>>> {
-        if self.written.touched.contains(&parent) {
-            return Ok(None);
-        }
-        let Some(entry) = self.cache.dirent(parent, name)? else {
-            return Ok(None);
-        };
-        if !self.tx().expect_dirent(parent, name, entry.as_ref()) {
-            return Ok(None);
-        }
-        self.written.expected.push(parent);
-        Ok(Some(entry))
-    }
-
-    /// Drops what the transaction took from the cache, after a failure that may be due to it.
-    fn drop_expected(&mut self) {
-        let mut expected = std::mem::take(&mut self.written.expected);
-        expected.sort_unstable();
-        expected.dedup();
-        self.cache.invalidate(&expected);
-    }
-}
-
 impl crate::meta::MetaRead for CachedTxn<'_> {
     fn inode(&mut self, ino: Ino) -> MetaResult<Option<Inode>> {
-        if let Some(n) = self.cached_inode(ino)? {
-            return Ok(Some(n));
-        }
         let inode = self.tx().inode(ino)?;
         self.written
             .read
@@ -111,14 +57,6 @@ impl crate::meta::MetaRead for CachedTxn<'_> {
         dir: Ino,
         name: &[u8],
     ) -> MetaResult<(Option<Inode>, Option<DirEntry>)> {
-        if !self.written.touched.contains(&dir)
-            && self.cache.inode(dir)?.is_some()
-            && self.cache.dirent(dir, name)?.is_some()
-            && let Some(n) = self.cached_inode(dir)?
-            && let Some(entry) = self.cached_dirent(dir, name)?
-        {
-            return Ok((Some(n), entry));
-        }
         let (inode, entry) = self.tx().inode_and_dirent(dir, name)?;
         self.written
             .read
@@ -126,13 +64,7 @@ impl crate::meta::MetaRead for CachedTxn<'_> {
             .or_insert_with(|| inode.clone());
         Ok((inode, entry))
     }
-    fn dirent(&mut self, parent: Ino, name: &[u8]) -> MetaResult<Option<DirEntry>> {
-        match self.cached_dirent(parent, name)? {
-            Some(entry) => Ok(entry),
-            None => self.tx().dirent(parent, name),
-        }
-    }
-    crate::forward_reads!(@others_but_dirent self => self.tx());
+    crate::forward_reads!(@others self => self.tx());
 }
 
 impl CachedTxn<'_> {
@@ -200,22 +132,6 @@ impl MetaTxn for CachedTxn<'_> {
         self.tx().hold_open(ino)
     }
 
-    fn expect_inode(&mut self, inode: &Inode) -> bool {
-        self.tx().expect_inode(inode)
-    }
-
-    fn expect_dirent(&mut self, parent: Ino, name: &[u8], entry: Option<&DirEntry>) -> bool {
-        self.tx().expect_dirent(parent, name, entry)
-    }
-
-    fn validate(&mut self) -> MetaResult<()> {
-        let checked = self.tx().validate();
-        if checked.is_err() {
-            self.drop_expected();
-        }
-        checked
-    }
-
     fn commit(mut self: Box<Self>) -> MetaResult<()> {
         let tx = self.inner.take().expect("open until commit");
         let epoch = self.cache.epoch.load(Ordering::SeqCst);
@@ -226,10 +142,7 @@ impl MetaTxn for CachedTxn<'_> {
         match result {
             Ok(()) => self.cache.write_through(epoch, w),
             // also when the commit failed: its outcome may be unknown (connection lost)
-            Err(_) => {
-                self.cache.invalidate(&w.touched);
-                self.drop_expected();
-            }
+            Err(_) => self.cache.invalidate(&w.touched),
         }
         result
     }

@@ -10,7 +10,6 @@
 //! per-thread connections; what a volume several mounts share (`SharedVolume`) in
 //! `shared_volume.rs`, with the mount sessions (`session.rs`) and open-file holds (`holds.rs`).
 
-mod expected;
 mod holds;
 mod ops;
 mod session;
@@ -32,7 +31,6 @@ use crate::domain::extent::Splice;
 use crate::domain::{BlockKey, Extent};
 use crate::postgres::conn::{LocalConn, LocalConns};
 use crate::postgres::{MIGRATOR, unavailable};
-use expected::Expected;
 use ops::{Ops, i};
 
 /// Inode numbers reserved per sequence step (the sequence's INCREMENT).
@@ -279,7 +277,6 @@ impl MetaRecords for PgMetaStore {
             adds_orphan: false,
             tx: Some(conn),
             pending: Ops::default(),
-            expected: Expected::default(),
             splices: None,
             touched: Vec::new(),
             holds: Vec::new(),
@@ -501,31 +498,8 @@ fn first_reads() -> String {
     format!(
         "PREPARE graviton_inode (bigint) AS {INODE}; \
          PREPARE graviton_dirent (bigint, bytea) AS {DIRENT}; \
-         PREPARE graviton_inode_and_dirent (bigint, bytea) AS {INODE_AND_DIRENT}; {}",
-        expected::prepare()
+         PREPARE graviton_inode_and_dirent (bigint, bytea) AS {INODE_AND_DIRENT}"
     )
-}
-
-/// Prepares the `first_reads` and the check of `expected` on a thread's own connection, once.
-/// The statement that checks the records taken as read, if any, prepared on `c` (the
-/// transaction's connection: only a thread's own takes records as read).
-fn check_of(expected: &mut Expected, c: &mut LocalConn) -> MetaResult<Option<String>> {
-    if expected.is_empty() {
-        return Ok(None);
-    }
-    prepare(c).map_err(pg_err)?;
-    Ok(Some(expected.take_sql()))
-}
-
-fn prepare(c: &mut LocalConn) -> Result<(), sqlx::Error> {
-    if !c.prepared {
-        round_trip("prepare", || {
-            let sql = first_reads();
-            c.run(async |conn| sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await)
-        })?;
-        c.prepared = true;
-    }
-    Ok(())
 }
 
 /// A transaction's connection: this thread's own, or one from the pool.
@@ -551,9 +525,6 @@ struct PgTxn<'a> {
     tx: Option<TxConn>,
     /// Writes not sent yet, in order.
     pending: Ops,
-    /// Records taken as read from a mount's cache (`expect_inode`), checked in the commit's
-    /// message before its writes.
-    expected: Expected,
     /// Consecutive splices of one inode, netted per extent key (offset → the extent it ends
     /// up as, or None for removed) and queued as one: a flush of 2,000 scattered writes is one
     /// DELETE and one INSERT on the server, not 2,000 of each.
@@ -586,8 +557,15 @@ impl PgTxn<'_> {
         let Some(TxConn::Local(c)) = self.tx.as_mut().filter(|_| first) else {
             return self.query(f);
         };
-        if prepare(c).is_err() {
-            return self.query(f);
+        if !c.prepared {
+            let prepared = round_trip("prepare", || {
+                let sql = first_reads();
+                c.run(async |conn| sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await)
+            });
+            match prepared {
+                Ok(_) => c.prepared = true,
+                Err(_) => return self.query(f),
+            }
         }
         let sql = format!("{BEGIN}; {}", execute());
         self.begun = true;
@@ -964,41 +942,6 @@ impl MetaTxn for PgTxn<'_> {
         self.write(ino, |ops| ops.add_orphan(ino, session))
     }
 
-    /// Only on a thread's own connection, where the check is prepared.
-    fn expect_inode(&mut self, inode: &Inode) -> bool {
-        let local = matches!(self.tx, Some(TxConn::Local(_)));
-        if local {
-            self.expected.inode(inode);
-        }
-        local
-    }
-
-    fn expect_dirent(&mut self, parent: Ino, name: &[u8], entry: Option<&DirEntry>) -> bool {
-        let local = matches!(self.tx, Some(TxConn::Local(_)));
-        if local {
-            self.expected.dirent(parent, name, entry);
-        }
-        local
-    }
-
-    fn validate(&mut self) -> MetaResult<()> {
-        let Some(TxConn::Local(c)) = self.tx.as_mut() else {
-            return Ok(());
-        };
-        let Some(check) = check_of(&mut self.expected, c)? else {
-            return Ok(());
-        };
-        let sql = match self.begun {
-            false => format!("{BEGIN}; {check}"),
-            true => check,
-        };
-        self.begun = true;
-        self.run("read", async |c| {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(c).await
-        })
-        .map(drop)
-    }
-
     fn hold_open(&mut self, ino: Ino) -> MetaResult<()> {
         if let Some(session) = self.session {
             self.queue_splices();
@@ -1029,16 +972,9 @@ impl PgTxn<'_> {
                     true => String::new(),
                     false => format!("{BEGIN}; "),
                 };
-                let check = match check_of(&mut self.expected, &mut c) {
-                    Ok(check) => check.map(|c| c + "; ").unwrap_or_default(),
-                    Err(e) => {
-                        self.tx = Some(TxConn::Local(c));
-                        return Err(e);
-                    }
-                };
-                let sql = match (self.take_pending(true), self.begun || !check.is_empty()) {
-                    (Some(apply), _) => format!("{begin}{check}{}; COMMIT", apply.to_sql()),
-                    (None, true) => format!("{begin}{check}COMMIT"),
+                let sql = match (self.take_pending(true), self.begun) {
+                    (Some(apply), _) => format!("{begin}{}; COMMIT", apply.to_sql()),
+                    (None, true) => "COMMIT".to_string(),
                     // nothing sent and nothing to send: nothing to commit
                     (None, false) => {
                         self.store.give_back(c);
@@ -1046,22 +982,10 @@ impl PgTxn<'_> {
                     }
                 };
                 self.begun = true;
-                let committed = round_trip("commit", || {
+                round_trip("commit", || {
                     c.run(async |conn| sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await)
-                });
-                if let Err(e) = committed {
-                    // The server answered with an error (a lost race, a changed record): the
-                    // connection is sound. It ends the failed transaction and serves the next.
-                    if e.as_database_error().is_some() {
-                        let ended = round_trip("rollback", || {
-                            c.run(async |conn| sqlx::raw_sql("ROLLBACK").execute(conn).await)
-                        });
-                        if ended.is_ok() {
-                            self.store.give_back(c);
-                        }
-                    }
-                    return Err(self.expired_if(commit_err(e)));
-                }
+                })
+                .map_err(|e| self.expired_if(commit_err(e)))?;
                 self.store.give_back(c);
                 Ok(())
             }
@@ -1184,111 +1108,6 @@ mod tests {
             assert_eq!(r.dirent(ROOT_INO, b"new").unwrap(), Some(entry), "{pass}");
             assert_eq!(r.dirent(ROOT_INO, b"old").unwrap(), None, "{pass}");
         }
-    }
-
-    /// Records a transaction takes as read from a cache (`expect_inode`, `expect_dirent`)
-    /// are checked at its commit: a copy that is not the database's record any more (another
-    /// field changed, an entry added or replaced since) fails the commit as a lost race, and
-    /// nothing it wrote is kept; current copies commit. An error found in a stale copy is
-    /// caught the same way by `validate`, which the core calls before reporting the error.
-    #[test]
-    fn records_taken_from_a_cache_are_checked_at_commit() {
-        graviton_testkit::needs_servers!();
-        use crate::meta::{DirEntry, FileKind, Inode, ROOT_INO, Timestamp};
-        let store = PgMetaStore::connect(&fresh_database()).unwrap();
-        let x = store.allocate_ino().unwrap();
-        let mut old = Inode::new(
-            x,
-            FileKind::File,
-            0o644,
-            0,
-            0,
-            Timestamp { secs: 5, nanos: 7 },
-        );
-        let entry = DirEntry::new(x, FileKind::File, 1_000);
-        let mut tx = store.begin().unwrap();
-        tx.put_inode(&old).unwrap();
-        tx.put_dirent(ROOT_INO, b"f", &entry).unwrap();
-        tx.commit().unwrap();
-        old = store.read_inode(x).unwrap().unwrap();
-        // another mount's write: the size and the time of change
-        let mut current = old.clone();
-        current.size = 4096;
-        current.ctime = Timestamp { secs: 6, nanos: 1 };
-        let mut tx = store.begin().unwrap();
-        tx.put_inode(&current).unwrap();
-        tx.commit().unwrap();
-
-        let chmod = |seen: &Inode| {
-            let mut tx = store.begin().unwrap();
-            assert!(tx.expect_inode(seen));
-            let mut n = seen.clone();
-            n.perm = 0o600;
-            tx.put_inode(&n).unwrap();
-            tx.commit()
-        };
-        assert!(
-            matches!(chmod(&old), Err(MetaError::Conflict)),
-            "a stale copy"
-        );
-        assert_eq!(
-            store.read_inode(x).unwrap().unwrap(),
-            current,
-            "nothing written"
-        );
-        chmod(&current).expect("a current copy");
-        assert_eq!(store.read_inode(x).unwrap().unwrap().perm, 0o600);
-
-        let create = |name: &[u8], seen: Option<&DirEntry>| {
-            let mut tx = store.begin().unwrap();
-            assert!(tx.expect_dirent(ROOT_INO, name, seen));
-            let cookie = 2_000 + name[0] as u64;
-            tx.put_dirent(ROOT_INO, name, &DirEntry::new(x, FileKind::File, cookie))
-                .unwrap();
-            tx.commit()
-        };
-        let replaced = DirEntry::new(x, FileKind::File, 999);
-        assert!(
-            matches!(create(b"f", None), Err(MetaError::Conflict)),
-            "a name taken since"
-        );
-        assert!(
-            matches!(create(b"f", Some(&replaced)), Err(MetaError::Conflict)),
-            "replaced"
-        );
-        assert_eq!(
-            store.read().unwrap().dirent(ROOT_INO, b"f").unwrap(),
-            Some(entry)
-        );
-        create(b"g", None).expect("a name still free");
-        assert!(create(b"f", Some(&entry)).is_ok(), "the entry as it is");
-        // a directory's record and one of its entries, checked in one statement
-        let mut tx = store.begin().unwrap();
-        let root = Inode::new(
-            ROOT_INO,
-            FileKind::Dir,
-            0o755,
-            0,
-            0,
-            Timestamp { secs: 1, nanos: 0 },
-        );
-        tx.put_inode(&root).unwrap();
-        tx.commit().unwrap();
-        for (name, fails) in [(&b"f"[..], true), (b"h", false)] {
-            let mut tx = store.begin().unwrap();
-            assert!(tx.expect_inode(&root) && tx.expect_dirent(ROOT_INO, name, None));
-            assert_eq!(tx.validate().is_err(), fails, "{name:?} taken as free");
-        }
-
-        let mut tx = store.begin().unwrap();
-        assert!(tx.expect_inode(&old));
-        assert!(matches!(tx.validate(), Err(MetaError::Conflict)));
-        drop(tx);
-        let mut tx = store.begin().unwrap();
-        let g = DirEntry::new(x, FileKind::File, 2_000 + b'g' as u64);
-        assert!(tx.expect_dirent(ROOT_INO, b"g", Some(&g)));
-        tx.validate().expect("current");
-        tx.commit().unwrap();
     }
 
     /// A transaction's first read travels with its BEGIN, the values written into the SQL
