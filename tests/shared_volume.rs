@@ -154,6 +154,34 @@ fn an_open_finds_a_file_renamed_over_the_name_while_the_change_feed_is_late() {
     relay.release_notifications();
 }
 
+/// A change feed that stalls without its connection failing (the server's notifications to
+/// the mount held back) is noticed within seconds: the mount stops answering from its local
+/// cache, and a stat there (no kernel attribute cache) shows another mount's chmod.
+#[test]
+fn a_stalled_change_feed_is_noticed_and_the_cache_is_bypassed() {
+    graviton_testkit::needs_servers!();
+    let a = Mounted::new_pg(OPTS);
+    let (relay, through) = Relay::in_front_of(a.source());
+    let b = Mounted::existing(&through, &format!("{OPTS},attr_timeout=0"));
+    std::fs::write(a.path("f"), b"x").unwrap();
+    let mode = || std::fs::metadata(b.path("f")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(), 0o644);
+    relay.hold_notifications();
+    std::fs::set_permissions(a.path("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let start = Instant::now();
+    while mode() != 0o600 && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let waited = start.elapsed();
+    relay.release_notifications();
+    assert_eq!(
+        mode(),
+        0o600,
+        "the chmod seen on the mount whose feed stalled"
+    );
+    assert!(waited < Duration::from_secs(10), "seen after {waited:?}");
+}
+
 /// A mount answers from its local cache of records, and its changes are read-modify-writes of
 /// them. With its notifications held back, its copy of a file another mount has grown is
 /// stale: a chmod there keeps the other mount's size and bytes, and takes effect.

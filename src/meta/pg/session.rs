@@ -21,7 +21,7 @@ use sqlx::{Executor, Row};
 
 use super::PgMetaStore;
 use super::shared_volume::{SharedVolumeState, change_payload, trim_changes};
-use crate::meta::{Change, SessionInfo};
+use crate::meta::SessionInfo;
 
 /// The shortest time between heartbeats (a quarter of the shortest session timeout allowed).
 pub(super) const MIN_BEAT_PERIOD: Duration = Duration::from_millis(250);
@@ -135,9 +135,8 @@ pub(super) async fn heartbeat(pool: PgPool, st: Arc<SharedVolumeState>, mut peri
             }
         };
         retry = BEAT_RETRY;
-        if st.feed_up.load(Ordering::SeqCst) {
-            st.dispatch(Change::Alive(b.now));
-        }
+        // the feed is known up to this beat once a probe sent now comes back through it
+        st.probe_feed(&pool, b.now).await;
         period = (Duration::from_millis(b.shortest_timeout_ms as u64) / 4).max(MIN_BEAT_PERIOD);
         if let Err(e) = reap(&pool, id, &b).await {
             tracing::warn!("cleaning up after expired sessions failed: {e}");

@@ -43,6 +43,20 @@ const CHANGE_LOG_KEEP: &str = "1 day";
 const MAX_PAYLOAD: usize = 7000;
 /// A blocked lock waiter re-checks this often even without a notification.
 const WAITER_RECHECK: Duration = Duration::from_secs(10);
+/// A probe of the change feed (`Probe`) that has not come back through it after this long
+/// means the feed has stalled without its connection failing.
+const FEED_STALL: Duration = Duration::from_secs(2);
+
+/// A notification this mount sent itself through the change feed at a heartbeat: when it
+/// comes back, every change committed before the heartbeat has arrived too (notifications
+/// arrive in commit order).
+struct Probe {
+    token: u64,
+    /// The heartbeat's database time (microseconds since the Unix epoch).
+    at: i64,
+    sent: std::time::Instant,
+}
+
 /// Per-store state of the shared-volume machinery.
 #[derive(Default)]
 pub(super) struct SharedVolumeState {
@@ -69,6 +83,10 @@ pub(super) struct SharedVolumeState {
     pin_order: tokio::sync::Mutex<()>,
     /// The files this mount has open (`holds`).
     pub(super) holds: super::holds::Holds,
+    /// The probe of the feed sent and not yet back.
+    probe: Mutex<Option<Probe>>,
+    /// Tells the feed to drop its connection and start again: a probe did not come back.
+    feed_stalled: Notify,
 }
 
 impl SharedVolumeState {
@@ -100,8 +118,57 @@ impl SharedVolumeState {
         }
     }
 
+    /// At a heartbeat (database time `at`): sends a probe through the change feed, unless
+    /// one is still on its way; one on its way for longer than `FEED_STALL` restarts the feed
+    /// (its connection stalled without failing, and changes may be missed meanwhile).
+    pub(super) async fn probe_feed(&self, pool: &PgPool, at: i64) {
+        if !self.feed_up.load(Ordering::SeqCst) {
+            return;
+        }
+        let token: u64 = {
+            let mut probe = self.probe.lock().expect("lock");
+            if let Some(p) = probe.as_ref() {
+                if p.sent.elapsed() > FEED_STALL {
+                    tracing::warn!(
+                        "change feed: nothing has come through it for {:?}; reconnecting",
+                        p.sent.elapsed()
+                    );
+                    *probe = None;
+                    self.feed_stalled.notify_one();
+                }
+                return;
+            }
+            let token = rand::random();
+            *probe = Some(Probe {
+                token,
+                at,
+                sent: std::time::Instant::now(),
+            });
+            token
+        };
+        let sent = sqlx::query("SELECT pg_notify('graviton_sync', $1)")
+            .bind(format!("probe:{token}"))
+            .execute(pool)
+            .await;
+        if let Err(e) = sent {
+            // not sent: nothing to wait for
+            tracing::debug!("change feed probe: {e}");
+            *self.probe.lock().expect("lock") = None;
+        }
+    }
+
     /// Handles one notification from the server.
     fn on_notification(&self, channel: &str, payload: &str) {
+        if let Some(token) = payload.strip_prefix("probe:")
+            && channel == SYNC_CHANNEL
+        {
+            let mut probe = self.probe.lock().expect("lock");
+            if let Some(p) = probe.take_if(|p| token.parse() == Ok(p.token)) {
+                drop(probe);
+                self.dispatch(Change::Alive(p.at));
+            }
+            return;
+        }
         if channel == SYNC_CHANNEL {
             if let Some(done) = payload
                 .parse()
@@ -332,11 +399,16 @@ async fn feed(pool: PgPool, st: Arc<SharedVolumeState>) {
             }
         };
         pause = Duration::from_millis(50);
+        *st.probe.lock().expect("lock") = None;
         st.feed_up.store(true, Ordering::SeqCst);
         st.dispatch(Change::Resumed);
         st.wake_all();
         loop {
-            match listener.try_recv().await {
+            let received = tokio::select! {
+                r = listener.try_recv() => r,
+                () = st.feed_stalled.notified() => break,
+            };
+            match received {
                 Ok(Some(n)) => st.on_notification(n.channel(), n.payload()),
                 Ok(None) => {
                     // the connection was lost and re-established: catch up
