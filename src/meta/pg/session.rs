@@ -135,8 +135,6 @@ pub(super) async fn heartbeat(pool: PgPool, st: Arc<SharedVolumeState>, mut peri
             }
         };
         retry = BEAT_RETRY;
-        // the feed is known up to this beat once a probe sent now comes back through it
-        st.probe_feed(&pool, b.now).await;
         period = (Duration::from_millis(b.shortest_timeout_ms as u64) / 4).max(MIN_BEAT_PERIOD);
         if let Err(e) = reap(&pool, id, &b).await {
             tracing::warn!("cleaning up after expired sessions failed: {e}");

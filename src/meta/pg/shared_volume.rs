@@ -43,19 +43,16 @@ const CHANGE_LOG_KEEP: &str = "1 day";
 const MAX_PAYLOAD: usize = 7000;
 /// A blocked lock waiter re-checks this often even without a notification.
 const WAITER_RECHECK: Duration = Duration::from_secs(10);
-/// A probe of the change feed (`Probe`) that has not come back through it after this long
-/// means the feed has stalled without its connection failing.
-const FEED_STALL: Duration = Duration::from_secs(2);
-
-/// A notification this mount sent itself through the change feed at a heartbeat: when it
-/// comes back, every change committed before the heartbeat has arrived too (notifications
-/// arrive in commit order).
-struct Probe {
-    token: u64,
-    /// The heartbeat's database time (microseconds since the Unix epoch).
-    at: i64,
-    sent: std::time::Instant,
-}
+/// The change feed sends itself a probe this long after the last one came back (`feed`).
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// A probe that has not come back through the feed this long after it was sent means the
+/// feed has stalled without its connection failing.
+const FEED_STALL: Duration = Duration::from_secs(3);
+/// A probe: a notification on the feed's own channel whose payload is the database's time
+/// when it was sent (microseconds since the Unix epoch). Notifications arrive in commit order:
+/// once it is back, every change committed before that time has arrived too.
+const PROBE: &str = "SELECT pg_notify($1, \
+    (extract(epoch FROM statement_timestamp()) * 1000000)::bigint::text)";
 
 /// Per-store state of the shared-volume machinery.
 #[derive(Default)]
@@ -83,10 +80,6 @@ pub(super) struct SharedVolumeState {
     pin_order: tokio::sync::Mutex<()>,
     /// The files this mount has open (`holds`).
     pub(super) holds: super::holds::Holds,
-    /// The probe of the feed sent and not yet back.
-    probe: Mutex<Option<Probe>>,
-    /// Tells the feed to drop its connection and start again: a probe did not come back.
-    feed_stalled: Notify,
 }
 
 impl SharedVolumeState {
@@ -118,57 +111,8 @@ impl SharedVolumeState {
         }
     }
 
-    /// At a heartbeat (database time `at`): sends a probe through the change feed, unless
-    /// one is still on its way; one on its way for longer than `FEED_STALL` restarts the feed
-    /// (its connection stalled without failing, and changes may be missed meanwhile).
-    pub(super) async fn probe_feed(&self, pool: &PgPool, at: i64) {
-        if !self.feed_up.load(Ordering::SeqCst) {
-            return;
-        }
-        let token: u64 = {
-            let mut probe = self.probe.lock().expect("lock");
-            if let Some(p) = probe.as_ref() {
-                if p.sent.elapsed() > FEED_STALL {
-                    tracing::warn!(
-                        "change feed: nothing has come through it for {:?}; reconnecting",
-                        p.sent.elapsed()
-                    );
-                    *probe = None;
-                    self.feed_stalled.notify_one();
-                }
-                return;
-            }
-            let token = rand::random();
-            *probe = Some(Probe {
-                token,
-                at,
-                sent: std::time::Instant::now(),
-            });
-            token
-        };
-        let sent = sqlx::query("SELECT pg_notify('graviton_sync', $1)")
-            .bind(format!("probe:{token}"))
-            .execute(pool)
-            .await;
-        if let Err(e) = sent {
-            // not sent: nothing to wait for
-            tracing::debug!("change feed probe: {e}");
-            *self.probe.lock().expect("lock") = None;
-        }
-    }
-
     /// Handles one notification from the server.
     fn on_notification(&self, channel: &str, payload: &str) {
-        if let Some(token) = payload.strip_prefix("probe:")
-            && channel == SYNC_CHANNEL
-        {
-            let mut probe = self.probe.lock().expect("lock");
-            if let Some(p) = probe.take_if(|p| token.parse() == Ok(p.token)) {
-                drop(probe);
-                self.dispatch(Change::Alive(p.at));
-            }
-            return;
-        }
         if channel == SYNC_CHANNEL {
             if let Some(done) = payload
                 .parse()
@@ -379,13 +323,25 @@ pub(super) async fn trim_changes(pool: &PgPool) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
-/// Listens for changes and lock releases, reconnecting while the server is away.
+/// Listens for changes and lock releases, reconnecting while the server is away. It probes
+/// itself (`PROBE`): a probe back says the feed is up to the time it was sent (`Change::Alive`,
+/// from which a cache catches up after the feed was down); one not back within `FEED_STALL`
+/// means the connection stalled without failing, and the feed starts again, so a cache never
+/// goes on trusting a feed that has stopped delivering.
 async fn feed(pool: PgPool, st: Arc<SharedVolumeState>) {
+    let probes = format!("graviton_probe_{:016x}", rand::random::<u64>());
     let mut pause = Duration::from_millis(50);
     loop {
+        // The listener's connection comes from a pool of its own: one dropped while stalled
+        // waits there for its UNLISTEN, not in the volume's pool.
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with((*pool.connect_options()).clone());
         let listening = async {
-            let mut l = PgListener::connect_with(&pool).await?;
-            l.listen_all([CHANGES_CHANNEL, LOCKS_CHANNEL, SYNC_CHANNEL])
+            let mut l = PgListener::connect_with(&own).await?;
+            l.listen_all([CHANGES_CHANNEL, LOCKS_CHANNEL, SYNC_CHANNEL, &probes])
                 .await?;
             Ok::<_, sqlx::Error>(l)
         };
@@ -399,19 +355,45 @@ async fn feed(pool: PgPool, st: Arc<SharedVolumeState>) {
             }
         };
         pause = Duration::from_millis(50);
-        *st.probe.lock().expect("lock") = None;
         st.feed_up.store(true, Ordering::SeqCst);
         st.dispatch(Change::Resumed);
         st.wake_all();
+        let mut next_probe = tokio::time::Instant::now();
+        // when the probe on its way was sent
+        let mut probing: Option<tokio::time::Instant> = None;
         loop {
+            let wake = probing.map_or(next_probe, |sent| sent + FEED_STALL);
             let received = tokio::select! {
                 r = listener.try_recv() => r,
-                () = st.feed_stalled.notified() => break,
+                () = tokio::time::sleep_until(wake) => {
+                    if probing.is_some() {
+                        tracing::warn!(
+                            "change feed: nothing came through it for {FEED_STALL:?}; reconnecting"
+                        );
+                        break;
+                    }
+                    probing = Some(tokio::time::Instant::now());
+                    let (pool, probes) = (pool.clone(), probes.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = sqlx::query(PROBE).bind(probes).execute(&pool).await {
+                            tracing::debug!("change feed probe: {e}");
+                        }
+                    });
+                    continue;
+                }
             };
             match received {
+                Ok(Some(n)) if n.channel() == probes => {
+                    if let Ok(at) = n.payload().parse() {
+                        st.dispatch(Change::Alive(at));
+                    }
+                    probing = None;
+                    next_probe = tokio::time::Instant::now() + PROBE_EVERY;
+                }
                 Ok(Some(n)) => st.on_notification(n.channel(), n.payload()),
                 Ok(None) => {
                     // the connection was lost and re-established: catch up
+                    probing = None;
                     st.dispatch(Change::Lost);
                     st.dispatch(Change::Resumed);
                     st.wake_all();
