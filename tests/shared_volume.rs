@@ -80,9 +80,14 @@ fn a_file_closed_on_one_mount_opens_with_its_new_content_on_the_other() {
 /// read on the second (whose kernel then caches its entry, attributes and pages for the TTL);
 /// from then on the second mount's change notifications are held back.
 fn late_feed(first: &[u8]) -> (Mounted, Relay, Mounted) {
+    late_feed_with(first, OPTS)
+}
+
+/// `late_feed`, the second mount with the options `b_opts`.
+fn late_feed_with(first: &[u8], b_opts: &str) -> (Mounted, Relay, Mounted) {
     let a = Mounted::new_pg(OPTS);
     let (relay, through) = Relay::in_front_of(a.source());
-    let b = Mounted::existing(&through, OPTS);
+    let b = Mounted::existing(&through, b_opts);
     std::fs::write(a.path("f"), first).unwrap();
     assert_eq!(read(&b.path("f")), first);
     relay.hold_notifications();
@@ -160,13 +165,9 @@ fn an_open_finds_a_file_renamed_over_the_name_while_the_change_feed_is_late() {
 #[test]
 fn a_stalled_change_feed_is_noticed_and_the_cache_is_bypassed() {
     graviton_testkit::needs_servers!();
-    let a = Mounted::new_pg(OPTS);
-    let (relay, through) = Relay::in_front_of(a.source());
-    let b = Mounted::existing(&through, &format!("{OPTS},attr_timeout=0"));
-    std::fs::write(a.path("f"), b"x").unwrap();
+    let (a, relay, b) = late_feed_with(b"x", &format!("{OPTS},attr_timeout=0"));
     let mode = || std::fs::metadata(b.path("f")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(), 0o644);
-    relay.hold_notifications();
     std::fs::set_permissions(a.path("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let start = Instant::now();
     while mode() != 0o600 && start.elapsed() < Duration::from_secs(15) {
@@ -228,6 +229,11 @@ fn an_exclusive_create_while_the_change_feed_is_late_does_not_replace_another_mo
     std::fs::create_dir(b.path("g")).expect_err("a mkdir of that name");
     relay.release_notifications();
     assert_eq!(read(&a.path("g")), b"made on the first mount");
+    // a lookup on the second mount answers from its listing until the released feed arrives
+    let start = Instant::now();
+    while !b.path("g").exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(read(&b.path("g")), b"made on the first mount");
 }
 

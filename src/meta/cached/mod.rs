@@ -8,10 +8,10 @@
 //! - This mount's own writes drop their groups right after they commit.
 //! - Other mounts' writes arrive on the change feed within milliseconds.
 //! - While the feed is down the cache is bypassed (a feed whose connection stalls without
-//!   failing is found out within seconds and restarted: `pg::shared_volume::feed`);
-//!   when it comes back (and after a remount)
-//!   the change log is replayed from the last time the feed was known up, minus a one-minute
-//!   margin, or the cache is emptied if the log no longer reaches back that far.
+//!   failing is found out within seconds and restarted: `pg::shared_volume::feed`); when it
+//!   comes back (and after a remount) the change log is replayed from the last time the feed
+//!   was known up, minus a one-minute margin, or the cache is emptied if the log no longer
+//!   reaches back that far.
 //! - A fill is checked against an epoch counter bumped before and after every invalidation's
 //!   write: a value read from the engine before an invalidation never outlives it, and one
 //!   read while the invalidation was being written is never stored under the generation it
