@@ -5,12 +5,16 @@
 # PostgreSQL / embedded ratio.
 # usage: bench/probe-untar.sh [GRAVITON_BINARY]    ROUNDS=2 (default)
 #   MOUNT_OPTS=…: more mount options for both; PG_FORMAT_OPTS=…: more format options for the
-#   PostgreSQL volume (e.g. "--small-blocks 0" for every block in the folder)
+#   PostgreSQL volume (e.g. "--small-blocks 0" for every block in the folder);
+#   PROBE_PG_PORT=…: another loopback server than the test server (which runs with fsync=off),
+#   e.g. one with the default fsync=on
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 source bench/source-tree.sh
 source scripts/pg.sh >/dev/null
+PG_PORT=${PROBE_PG_PORT:-$PG_PORT}
+GRAVITON_TEST_PG="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 if [ -n "${1:-}" ]; then BIN=$(realpath "$1"); else
   cargo build --release --locked --bin graviton >/dev/null; BIN=$GRAVITON_BIN; fi
 W=/var/tmp/graviton-probe-untar

@@ -10,6 +10,8 @@ pub struct Server {
     sock: PathBuf,
     port: u16,
     bin: PathBuf,
+    /// More server settings (`-c name=value …`).
+    extra: String,
 }
 
 impl Server {
@@ -30,6 +32,11 @@ impl Server {
     }
 
     pub fn new() -> Server {
+        Self::with_settings("")
+    }
+
+    /// A server started with more settings (`-c name=value …`).
+    pub fn with_settings(extra: &str) -> Server {
         let bin = PathBuf::from(std::env::var("GRAVITON_PG_BIN").expect(
             "GRAVITON_PG_BIN is not set: run the tests through scripts/test.sh, which finds PostgreSQL",
         ));
@@ -66,6 +73,7 @@ impl Server {
             data,
             port,
             bin,
+            extra: extra.to_string(),
         };
         s.start();
         s
@@ -73,9 +81,10 @@ impl Server {
 
     pub fn start(&self) {
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off {}",
             self.port,
-            self.sock.display()
+            self.sock.display(),
+            self.extra
         );
         let log = self.sock.join("log");
         self.pg_ctl(&["-w", "-l", log.to_str().unwrap(), "-o", &opts, "start"]);
@@ -83,6 +92,16 @@ impl Server {
 
     pub fn stop(&self) {
         self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+    }
+
+    /// Stops the server as a crash would: its processes quit at once, without writing what
+    /// they hold in memory (log records of commits not yet written out are lost).
+    pub fn crash(&self) {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn url(&self) -> String {

@@ -142,7 +142,8 @@ impl State {
     }
 }
 
-/// Sends `records` to the engine in one transaction.
+/// Sends `records` to the engine in one transaction, durable there (`MetaStore::sync`)
+/// before it returns: the journal forgets them next.
 pub(super) fn apply(inner: &dyn MetaStore, records: &[impl AsRef<Record>]) -> MetaResult<()> {
     let mut tx = inner.begin()?;
     for r in records {
@@ -150,7 +151,8 @@ pub(super) fn apply(inner: &dyn MetaStore, records: &[impl AsRef<Record>]) -> Me
             op.apply(tx.as_mut())?;
         }
     }
-    tx.commit()
+    tx.commit()?;
+    inner.sync()
 }
 
 /// Sends records (those an earlier run left) in batches; gives up with the first error.
