@@ -1,13 +1,12 @@
-//! A crash of the PostgreSQL server under a mount. A mount's commits are asynchronous on the
-//! server (they return before the server's log is on disk): what an fsync covered survives the
-//! crash, and what the crash lost is not served afterwards from the mount's metadata cache.
-//! The private server writes its log out only every 10 s (`wal_writer_delay`), so a commit no
-//! barrier made durable is still in its memory when the test crashes it.
+//! A crash of the PostgreSQL server under a mount: what an fsync covered survives it, and
+//! afterwards the mount shows what the database has, not what the crash may have lost. The
+//! private server writes its log out only every 10 s (`wal_writer_delay`), so a commit the server
+//! acknowledged before its log record was on disk (asynchronous commit) would still be in its
+//! memory when the test crashes it.
 
 mod common;
 
 use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::mounted::{BIN, Mounted, ok, run};
@@ -15,15 +14,19 @@ use common::pg_server::Server;
 
 const SLOW_LOG_WRITER: &str = "-c wal_writer_delay=10000";
 
-/// Formats a volume in the server's database, its blocks in a folder of `dir`.
-fn format(server: &Server, dir: &Path) -> String {
+/// A private server that writes its log out slowly, a volume formatted in its database (blocks
+/// in a folder of the returned temporary folder), mounted.
+fn crashable_volume() -> (Server, tempfile::TempDir, String, Mounted) {
+    let server = Server::with_settings(SLOW_LOG_WRITER);
+    let scratch = tempfile::tempdir().unwrap();
     let url = server.url();
-    let store = format!("file://{}", dir.join("blocks").display());
+    let store = format!("file://{}", scratch.path().join("blocks").display());
     ok(
-        run(BIN, &["format", "--store", &store, &url], dir),
+        run(BIN, &["format", "--store", &store, &url], scratch.path()),
         "graviton format",
     );
-    url
+    let mounted = Mounted::existing(&url, "");
+    (server, scratch, url, mounted)
 }
 
 /// Runs `sql` on the server's database with psql; its output.
@@ -53,10 +56,7 @@ fn entry_in_database(server: &Server, name: &str) -> bool {
 #[test]
 fn an_fsynced_file_survives_a_crash_of_the_metadata_server() {
     graviton_testkit::needs_servers!();
-    let server = Server::with_settings(SLOW_LOG_WRITER);
-    let scratch = tempfile::tempdir().unwrap();
-    let url = format(&server, scratch.path());
-    let a = Mounted::existing(&url, "");
+    let (server, _scratch, url, a) = crashable_volume();
     let mut f = std::fs::File::create(a.path("synced")).unwrap();
     f.write_all(b"made durable by fsync").unwrap();
     f.sync_all().unwrap();
@@ -77,10 +77,7 @@ fn an_fsynced_file_survives_a_crash_of_the_metadata_server() {
 #[test]
 fn a_mount_does_not_serve_what_a_crash_of_the_metadata_server_lost() {
     graviton_testkit::needs_servers!();
-    let server = Server::with_settings(SLOW_LOG_WRITER);
-    let scratch = tempfile::tempdir().unwrap();
-    let url = format(&server, scratch.path());
-    let a = Mounted::existing(&url, "");
+    let (server, _scratch, _url, a) = crashable_volume();
     // listed once, so the cache holds the folder's entries
     assert!(std::fs::read_dir(a.path("")).unwrap().next().is_none());
     // The volume's changes so far (its format) are made older than the minute a reconnected

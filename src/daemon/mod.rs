@@ -140,8 +140,6 @@ fn tune_the_heap() {
 
 /// The volume with the mount's layers on its stacks and its session begun.
 fn open_stacks(source: &Source, mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<Volume> {
-    // durability comes from the barriers of fsync, the journal and session ends
-    crate::postgres::conn::commit_asynchronously();
     let mut vol = open_volume(source, opts.pg_wait)?;
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())

@@ -233,11 +233,6 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
     for batch in due.chunks(BATCH) {
         let mut again = crate::meta::pins::pinned_blocks(vol.meta.as_ref())?;
         again.extend(vol.meta.referenced_among(batch)?);
-        // what made these blocks unreferenced must outlive a crash before they go: a mount's
-        // commits may not be on disk yet (asynchronous commits, an unsynced log)
-        if !dry_run {
-            vol.meta.sync()?;
-        }
         for key in batch {
             if again.contains(key) {
                 report.unmarked += 1;

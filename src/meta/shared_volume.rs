@@ -161,12 +161,6 @@ pub trait SharedVolume: Send + Sync {
     /// Inodes changed since `since` (server microseconds), or None when the change log no
     /// longer reaches back that far; with the server's time when it answered.
     fn changes_since(&self, since: i64) -> MetaResult<(Option<Vec<Ino>>, i64)>;
-    /// Which run of the engine's server the change feed is connected to (None: not known).
-    /// A cache filled from another run drops everything: a crash of the server may have lost
-    /// commits it had acknowledged, with their trace in the change log.
-    fn server_instance(&self) -> Option<String> {
-        None
-    }
     /// The mounts using the volume now.
     fn sessions(&self) -> MetaResult<Vec<SessionRecord>>;
     /// Pins blocks for this mount's session (`meta::pins`): every host's gc spares them until

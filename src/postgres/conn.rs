@@ -8,14 +8,6 @@
 //! Both adapters of one database share a thread's connection (`LocalConns::for_url`): the
 //! metadata engine's and the block store's statements of one file operation run one after
 //! the other on the same thread, so they need only one connection between them.
-//!
-//! In a mount daemon these connections commit asynchronously (`commit_asynchronously`): a
-//! commit returns once the server has applied it, before its log record is on disk, so it costs
-//! no disk flush on the server (3 ms per commit on this machine's disk). What must survive a
-//! crash of the server waits for a barrier (`MetaStore::sync`: fsync, the write-behind journal,
-//! gc): one synchronous commit, which makes the server's log durable through every commit
-//! before it, of any connection. Pool connections (sessions, locks, releases) commit
-//! synchronously, so each of those is such a barrier too.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,16 +22,6 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 const MAX_LOCAL: usize = 12;
 /// After a failed connect, threads use the pool for this long.
 const BACKOFF: Duration = Duration::from_secs(1);
-
-/// Connections made from now on commit asynchronously (`synchronous_commit = off`).
-static ASYNC_COMMIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Makes the per-thread connections of this process commit asynchronously: called by the mount
-/// daemon before it opens its volume, whose durability points are barriers (`MetaStore::sync`).
-/// Command-line tools keep synchronous commits.
-pub(crate) fn commit_asynchronously() {
-    ASYNC_COMMIT.store(true, Ordering::SeqCst);
-}
 
 /// A connection bound to one thread, with the runtime that drives it there.
 pub(crate) struct LocalConn {
@@ -96,13 +78,9 @@ impl LocalConns {
         {
             return Some(c);
         }
-        let mut opts: PgConnectOptions = url.parse().ok()?;
-        if ASYNC_COMMIT.load(Ordering::SeqCst) {
-            opts = opts.options([("synchronous_commit", "off")]);
-        }
         let conns = Arc::new(LocalConns {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            opts,
+            opts: url.parse().ok()?,
             open: Arc::new(AtomicUsize::new(0)),
             failed_at: Mutex::new(None),
         });

@@ -31,8 +31,6 @@ pub(super) const SYMLINK: u8 = b's';
 pub(super) const GENERATION: u8 = b'g';
 /// Bookkeeping keys sort after every data key.
 pub(super) const SYNCED_AT: &[u8] = b"~synced_at";
-/// The engine's server instance the cache was filled from (`SharedVolume::server_instance`).
-pub(super) const SERVER: &[u8] = b"~server";
 pub(super) const VOLUME: &[u8] = b"~volume";
 /// Generations handed out by earlier opens stay below this.
 pub(super) const GENERATION_FLOOR: &[u8] = b"~generation_floor";
@@ -504,17 +502,6 @@ impl LocalCache {
 
     /// Replays the change log from the last time the feed was known up; goes live after.
     pub(super) fn catch_up(&self, shared: &dyn SharedVolume) -> MetaResult<()> {
-        // a server that restarted may have lost commits this cache holds (the change log has
-        // no trace of them)
-        if let Some(server) = shared.server_instance() {
-            if self.db.get(SERVER).ok().flatten().as_deref() != Some(server.as_bytes()) {
-                self.wipe();
-                let _ = self.db.put_opt(SERVER, server.as_bytes(), &no_wal());
-                tracing::info!(
-                    "local metadata cache emptied: filled from another run of the server"
-                );
-            }
-        }
         let since = self.synced_at().saturating_sub(REPLAY_MARGIN_MICROS);
         match shared.changes_since(since)? {
             (Some(inos), now) => {

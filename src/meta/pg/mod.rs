@@ -45,9 +45,8 @@ pub struct PgMetaStore {
     local: Option<std::sync::Arc<LocalConns>>,
     /// This mount's session, heartbeat, change feed and lock waiters (see `shared_volume`).
     shared: std::sync::Arc<shared_volume::SharedVolumeState>,
-    /// (next inode to hand out, first inode not reserved, the server restarts seen when
-    /// reserved: a restart may have lost the reservation)
-    ino_range: Mutex<(Ino, Ino, u64)>,
+    /// (next inode to hand out, first inode not reserved)
+    ino_range: Mutex<(Ino, Ino)>,
 }
 
 /// Runs one round trip to the server, recording its duration under `kind` (see
@@ -181,7 +180,7 @@ impl PgMetaStore {
             rt,
             local: LocalConns::for_url(url),
             shared: Default::default(),
-            ino_range: Mutex::new((0, 0, 0)),
+            ino_range: Mutex::new((0, 0)),
         })
     }
 }
@@ -294,17 +293,13 @@ impl MetaRecords for PgMetaStore {
 
     fn allocate_ino(&self) -> MetaResult<Ino> {
         let mut range = self.ino_range.lock().expect("lock");
-        let restarts = self
-            .shared
-            .server_restarts
-            .load(std::sync::atomic::Ordering::SeqCst);
-        if range.0 >= range.1 || range.2 != restarts {
+        if range.0 >= range.1 {
             let start: i64 = self.retrying(async || {
                 sqlx::query_scalar("SELECT nextval('inode_numbers')")
                     .fetch_one(&self.pool)
                     .await
             })?;
-            *range = (start as u64, start as u64 + INO_BATCH, restarts);
+            *range = (start as u64, start as u64 + INO_BATCH);
         }
         let ino = range.0;
         range.0 += 1;
@@ -321,7 +316,7 @@ impl MetaRecords for PgMetaStore {
         .bind((last + 1) as i64);
         self.rt.block_on(q.execute(&self.pool)).map_err(pg_err)?;
         if range.0 <= last {
-            *range = (0, 0, 0);
+            *range = (0, 0);
         }
         Ok(())
     }
@@ -356,21 +351,9 @@ impl MetaRecords for PgMetaStore {
         })
     }
 
-    /// A barrier: one synchronous commit, after which every transaction committed before, on
-    /// any connection, asynchronously or not, survives a crash of the server
-    /// (`postgres::conn`). The commit must write to the log to wait for it (the server commits
-    /// a transaction that wrote nothing asynchronously whatever the setting): it writes a
-    /// transactional logical-decoding message, which touches no table.
     fn sync(&self) -> MetaResult<()> {
-        self.on_own_connection("sync", async |c| {
-            sqlx::raw_sql(
-                "BEGIN; SET LOCAL synchronous_commit TO on; \
-                 SELECT pg_logical_emit_message(true, 'graviton_barrier', ''); COMMIT",
-            )
-            .execute(c)
-            .await
-        })
-        .map(drop)
+        // A committed PostgreSQL transaction is already durable (synchronous_commit).
+        Ok(())
     }
 }
 

@@ -75,7 +75,27 @@ async fn renew(pool: &PgPool, st: &SharedVolumeState, old: i64) -> Result<(), sq
     };
     let mut tx = pool.begin().await?;
     let id = register(&mut tx, &registration).await?;
-    write_holds(&mut tx, st, id).await?;
+    let held: Vec<Vec<u8>> = crate::meta::pins::held()
+        .iter()
+        .map(|k| k.to_bytes().to_vec())
+        .collect();
+    sqlx::query(
+        "INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(&held)
+    .execute(&mut *tx)
+    .await?;
+    // the files the mount has open, unless reclaimed meanwhile (their handles fail)
+    sqlx::query(
+        "INSERT INTO holds (ino, session) SELECT ino, $1 FROM inodes WHERE ino = ANY($2) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(st.holds.held())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     st.lockers.lock().expect("lock").clear();
     st.session.store(id, Ordering::SeqCst);
@@ -87,55 +107,6 @@ async fn renew(pool: &PgPool, st: &SharedVolumeState, old: i64) -> Result<(), sq
          deleted; the handles that held them fail from now on, and a new session has started"
     );
     Ok(())
-}
-
-/// Writes session `id`'s pins (the blocks this process has pinned) and holds (the files the
-/// mount has open, unless reclaimed meanwhile: their handles fail) again.
-async fn write_holds(
-    tx: &mut sqlx::PgConnection,
-    st: &SharedVolumeState,
-    id: i64,
-) -> Result<(), sqlx::Error> {
-    let pinned: Vec<Vec<u8>> = crate::meta::pins::held()
-        .iter()
-        .map(|k| k.to_bytes().to_vec())
-        .collect();
-    sqlx::query(
-        "INSERT INTO block_pins (session, block_key) SELECT $1, k FROM unnest($2::bytea[]) AS k \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(&pinned)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO holds (ino, session) SELECT ino, $1 FROM inodes WHERE ino = ANY($2) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(st.holds.held())
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Writes the pins and holds of session `id` again, after a restart of the server that may
-/// have lost them (`shared_volume::check_server_start`); nothing when the session is gone.
-pub(super) async fn hold_again(
-    pool: &PgPool,
-    st: &SharedVolumeState,
-    id: i64,
-) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let live: Option<i64> =
-        sqlx::query_scalar("SELECT id FROM sessions WHERE id = $1 FOR KEY SHARE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if live.is_some() {
-        write_holds(&mut tx, st, id).await?;
-    }
-    tx.commit().await
 }
 
 /// Refreshes this mount's session, reaps dead ones and trims the change log; replaces the

@@ -15,7 +15,7 @@
 //!   adapter's kernel invalidation).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,11 +80,6 @@ pub(super) struct SharedVolumeState {
     pin_order: tokio::sync::Mutex<()>,
     /// The files this mount has open (`holds`).
     pub(super) holds: super::holds::Holds,
-    /// When the server last started (`pg_postmaster_start_time`), as the feed last saw it.
-    pub(super) server_started: Mutex<Option<String>>,
-    /// How many restarts of the server the feed has seen: inode numbers reserved before one
-    /// are not used after it.
-    pub(super) server_restarts: AtomicU64,
 }
 
 impl SharedVolumeState {
@@ -360,11 +355,6 @@ async fn feed(pool: PgPool, st: Arc<SharedVolumeState>) {
             }
         };
         pause = Duration::from_millis(50);
-        if let Err(e) = check_server_start(&pool, &st).await {
-            tracing::debug!("change feed: asking when the server started: {e}");
-            tokio::time::sleep(pause).await;
-            continue;
-        }
         st.feed_up.store(true, Ordering::SeqCst);
         st.dispatch(Change::Resumed);
         st.wake_all();
@@ -405,10 +395,6 @@ async fn feed(pool: PgPool, st: Arc<SharedVolumeState>) {
                     // the connection was lost and re-established: catch up
                     probing = None;
                     st.dispatch(Change::Lost);
-                    if let Err(e) = check_server_start(&pool, &st).await {
-                        tracing::warn!("change feed: asking when the server started: {e}");
-                        break;
-                    }
                     st.dispatch(Change::Resumed);
                     st.wake_all();
                 }
@@ -421,35 +407,6 @@ async fn feed(pool: PgPool, st: Arc<SharedVolumeState>) {
         st.feed_up.store(false, Ordering::SeqCst);
         st.dispatch(Change::Lost);
     }
-}
-
-/// Notes when the server started. After a restart, which a crash of the server may have
-/// preceded, the commits it acknowledged without making them durable (`postgres::conn`) may be
-/// gone: everything this mount cached is dropped, the inode numbers it had reserved are not
-/// used, and its pins and holds are written again.
-async fn check_server_start(pool: &PgPool, st: &SharedVolumeState) -> Result<(), sqlx::Error> {
-    let started: String = sqlx::query_scalar("SELECT pg_postmaster_start_time()::text")
-        .fetch_one(pool)
-        .await?;
-    let before = st
-        .server_started
-        .lock()
-        .expect("lock")
-        .replace(started.clone());
-    if before.is_none_or(|b| b == started) {
-        return Ok(());
-    }
-    st.server_restarts.fetch_add(1, Ordering::SeqCst);
-    tracing::warn!(
-        "the metadata server has restarted: this mount drops what it cached and writes its \
-         open files and pinned blocks again"
-    );
-    st.dispatch(Change::All);
-    let id = st.session.load(Ordering::SeqCst);
-    if id != 0 {
-        super::session::hold_again(pool, st, id).await?;
-    }
-    Ok(())
 }
 
 fn lock_from(row: &sqlx::postgres::PgRow) -> HeldLock {
@@ -649,10 +606,6 @@ impl SharedVolume for PgMetaStore {
             return Ok((None, now));
         }
         Ok((Some(inos.into_iter().map(|i| i as u64).collect()), now))
-    }
-
-    fn server_instance(&self) -> Option<String> {
-        self.shared.server_started.lock().expect("lock").clone()
     }
 
     fn pin_blocks(&self, keys: &[crate::domain::BlockKey]) -> MetaResult<()> {

@@ -142,8 +142,7 @@ impl State {
     }
 }
 
-/// Sends `records` to the engine in one transaction, durable there (`MetaStore::sync`)
-/// before it returns: the journal forgets them next.
+/// Sends `records` to the engine in one transaction.
 pub(super) fn apply(inner: &dyn MetaStore, records: &[impl AsRef<Record>]) -> MetaResult<()> {
     let mut tx = inner.begin()?;
     for r in records {
@@ -151,8 +150,7 @@ pub(super) fn apply(inner: &dyn MetaStore, records: &[impl AsRef<Record>]) -> Me
             op.apply(tx.as_mut())?;
         }
     }
-    tx.commit()?;
-    inner.sync()
+    tx.commit()
 }
 
 /// Sends records (those an earlier run left) in batches; gives up with the first error.
