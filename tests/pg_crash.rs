@@ -93,10 +93,10 @@ fn a_mount_does_not_serve_what_a_crash_of_the_metadata_server_lost() {
     assert!(a.path("unsynced").exists());
     server.crash();
     server.start();
-    // The crash lost the creation (unless the server wrote its log out just before it). Once
-    // the change feed has reconnected (it retries within 2 s) and the cache serves again, the
-    // mount agrees with the database. Nothing is written meanwhile: a change to the folder
-    // would drop its cached entries anyway.
+    // A crash loses the creation if the server acknowledged it before it was durable. Either
+    // way, once the change feed has reconnected (it retries within 2 s) and the cache serves
+    // again, the mount agrees with the database. Nothing is written meanwhile: a change to the
+    // folder would drop its cached entries anyway.
     let kept = entry_in_database(&server, "unsynced");
     std::thread::sleep(Duration::from_secs(6));
     let start = Instant::now();
