@@ -2,7 +2,10 @@
 //! answers every request at once, mounted with the kernel settings a Graviton mount asks for
 //! (`daemon::fuse_config`, `fuse::negotiate`). No FUSE filesystem can beat it on this machine;
 //! `bench/bench.sh` reports each of its rows as a ratio to it. Reads return zeros; there are no
-//! links, extended attributes (ENOSYS) or times.
+//! links or times. Files have no extended attributes, and asking for one is answered at once
+//! (ENODATA), as a filesystem that has them must answer: the kernel asks each file for
+//! `security.capability` before its first write, and stops asking only a filesystem that says
+//! it has no extended attributes at all (ENOSYS), which xattr users (and pjdfstest) cannot use.
 //!
 //! usage: null_fuse MOUNTPOINT      (serves until unmounted)
 
@@ -14,8 +17,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    Session, TimeOrNow, WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, Session, TimeOrNow, WriteFlags,
 };
 use graviton::daemon::{MountOptions, fuse_config};
 
@@ -381,6 +384,21 @@ impl Filesystem for NullFs {
         reply: ReplyEmpty,
     ) {
         reply.ok()
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _n: &OsStr, _size: u32, reply: ReplyXattr) {
+        match self.attr_of(ino) {
+            Ok(_) => reply.error(Errno::NO_XATTR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.attr_of(ino) {
+            Ok(_) if size == 0 => reply.size(0),
+            Ok(_) => reply.data(&[]),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
