@@ -2,6 +2,7 @@
 
 pub mod chunker;
 pub mod extent;
+pub mod frames;
 pub mod groups;
 pub mod key;
 pub mod ranges;

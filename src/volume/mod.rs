@@ -3,6 +3,7 @@
 //! `file://` directory recorded at format time). Settings chosen at format time (hash, chunker,
 //! block store) are recorded in the metadata and read back on every open.
 
+pub mod data_key;
 mod source;
 pub mod stack;
 mod store_url;

@@ -1,0 +1,366 @@
+//! Stored form of a block on a volume that compresses or encrypts: a header, an index and
+//! one frame per verification group (`domain::groups::group_len`), so a ranged read fetches and
+//! opens only the frames it needs.
+//!
+//! ```text
+//! header  "GVF" | version (1) | compression | cipher | 0 0 | group length (u32) | frames (u32)
+//! index   the stored length of each frame (u32 each)
+//! frames  each: sealed (nonce 24 | ciphertext | tag 16) or, without a cipher, as is;
+//!         inside: a flag (0 raw, 1 compressed) and the bytes
+//! ```
+//!
+//! Integers are little-endian. A frame is compressed only when that makes it smaller. Sealing
+//! is XChaCha20-Poly1305 with a random nonce per frame; the associated data is the header, the
+//! block's identity (its key's digest) and the frame's number, so a frame moved to another
+//! block or another place, or a header changed, fails to open. The tag is checked before
+//! anything is decompressed, and a frame must open to exactly its group's length. The block's
+//! length is not in the header: only whole groups show, and compression blurs those.
+
+use std::ops::Range;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use super::groups::group_len;
+
+const MAGIC: &[u8; 3] = b"GVF";
+const VERSION: u8 = 1;
+/// Bytes before the index.
+pub const HEADER_LEN: usize = 16;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+const RAW: u8 = 0;
+const COMPRESSED: u8 = 1;
+
+/// How frames are compressed; recorded in each object's header, so a volume can change it
+/// and still read what it stored before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    /// zstd at this level (1–22; 3 is zstd's default).
+    Zstd(i32),
+    Lz4,
+}
+
+impl Compression {
+    fn tag(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd(_) => 1,
+            Compression::Lz4 => 2,
+        }
+    }
+
+    /// `zstd[:LEVEL]`, `lz4` or `none`.
+    pub fn parse(s: &str) -> Result<Compression, FrameError> {
+        let bad = || {
+            FrameError::Setting(format!(
+                "unknown compression {s:?} (zstd[:LEVEL], lz4 or none)"
+            ))
+        };
+        match s.split_once(':') {
+            None if s == "none" => Ok(Compression::None),
+            None if s == "lz4" => Ok(Compression::Lz4),
+            None if s == "zstd" => Ok(Compression::Zstd(3)),
+            Some(("zstd", level)) => match level.parse() {
+                Ok(level @ 1..=22) => Ok(Compression::Zstd(level)),
+                _ => Err(FrameError::Setting(format!(
+                    "zstd level {level:?} is outside 1..=22"
+                ))),
+            },
+            _ => Err(bad()),
+        }
+    }
+
+    /// The setting as `parse` reads it.
+    pub fn name(self) -> String {
+        match self {
+            Compression::None => "none".into(),
+            Compression::Zstd(level) => format!("zstd:{level}"),
+            Compression::Lz4 => "lz4".into(),
+        }
+    }
+
+    /// `data` compressed, or None when that does not make it smaller.
+    fn compress(self, data: &[u8]) -> Option<Vec<u8>> {
+        let packed = match self {
+            Compression::None => return None,
+            Compression::Zstd(level) => zstd::bulk::compress(data, level).ok()?,
+            Compression::Lz4 => lz4_flex::block::compress(data),
+        };
+        (packed.len() < data.len()).then_some(packed)
+    }
+}
+
+/// Decompresses with the algorithm `tag` names, into at most `room` bytes.
+fn decompress(tag: u8, packed: &[u8], room: usize) -> Result<Vec<u8>, FrameError> {
+    match tag {
+        1 => zstd::bulk::decompress(packed, room).map_err(|_| FrameError::Damaged),
+        2 => {
+            let mut out = vec![0u8; room];
+            let len = lz4_flex::block::decompress_into(packed, &mut out)
+                .map_err(|_| FrameError::Damaged)?;
+            out.truncate(len);
+            Ok(out)
+        }
+        _ => Err(FrameError::Damaged),
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The object is not frames this version reads, or a frame does not decode to its group.
+    #[error("stored block is damaged or not in Graviton's frame format")]
+    Damaged,
+    /// A frame's tag does not match: changed bytes, a frame from elsewhere, or another key.
+    #[error("a frame of the stored block fails its authentication tag")]
+    Forged,
+    /// The object is sealed and this codec has no key, or the other way round.
+    #[error("stored block is {0}")]
+    CipherMismatch(&'static str),
+    #[error("{0}")]
+    Setting(String),
+}
+
+/// Turns a block's bytes into frames and back, with a volume's compression and, on an
+/// encrypted volume, its sealing key.
+pub struct FrameCodec {
+    compression: Compression,
+    cipher: Option<XChaCha20Poly1305>,
+}
+
+/// Where a stored block's frames are: read from its header and index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    header: [u8; HEADER_LEN],
+    group: u64,
+    /// Offset of each frame in the object, and one past the last.
+    starts: Vec<u64>,
+}
+
+impl Layout {
+    /// Bytes to fetch for the header and index of an object whose block has at most
+    /// `max_frames` frames.
+    pub fn prefix_len(max_frames: u64) -> u64 {
+        HEADER_LEN as u64 + 4 * max_frames
+    }
+
+    /// The header and index from the start of a stored object (`prefix` may run past them).
+    pub fn parse(prefix: &[u8]) -> Result<Layout, FrameError> {
+        let header: [u8; HEADER_LEN] = prefix
+            .get(..HEADER_LEN)
+            .ok_or(FrameError::Damaged)?
+            .try_into()
+            .expect("length checked");
+        if &header[..3] != MAGIC || header[3] != VERSION || header[6..8] != [0, 0] {
+            return Err(FrameError::Damaged);
+        }
+        let group = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) as u64;
+        let count = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) as usize;
+        if group == 0 || count == 0 {
+            return Err(FrameError::Damaged);
+        }
+        let index = prefix
+            .get(HEADER_LEN..HEADER_LEN + 4 * count)
+            .ok_or(FrameError::Damaged)?;
+        let mut at = (HEADER_LEN + 4 * count) as u64;
+        let mut starts = Vec::with_capacity(count + 1);
+        for len in index.chunks_exact(4) {
+            starts.push(at);
+            at += u32::from_le_bytes(len.try_into().expect("4 bytes")) as u64;
+        }
+        starts.push(at);
+        Ok(Layout {
+            header,
+            group,
+            starts,
+        })
+    }
+
+    /// The frames that hold the block's bytes `range`: their numbers, and where they are in
+    /// the object.
+    pub fn frames_for(&self, range: Range<u64>) -> (Range<usize>, Range<u64>) {
+        let count = self.starts.len() - 1;
+        let first = ((range.start / self.group) as usize).min(count);
+        let end = (range.end.div_ceil(self.group) as usize).clamp(first, count);
+        (first..end, self.starts[first]..self.starts[end])
+    }
+
+    /// The stored object's length.
+    pub fn stored_len(&self) -> u64 {
+        *self.starts.last().expect("one start at least")
+    }
+}
+
+impl FrameCodec {
+    /// A codec that compresses and, with `sealing_key`, encrypts.
+    pub fn new(compression: Compression, sealing_key: Option<&[u8; 32]>) -> FrameCodec {
+        FrameCodec {
+            compression,
+            cipher: sealing_key.map(|k| XChaCha20Poly1305::new(k.into())),
+        }
+    }
+
+    /// The stored object for a block's bytes; `id` is the block's identity (its key's digest).
+    pub fn encode(&self, id: &[u8; 32], data: &[u8]) -> Vec<u8> {
+        let group = group_len(data.len() as u64) as usize;
+        let count = data.len().div_ceil(group).max(1);
+        let mut header = [0u8; HEADER_LEN];
+        header[..3].copy_from_slice(MAGIC);
+        header[3] = VERSION;
+        header[4] = self.compression.tag();
+        header[5] = u8::from(self.cipher.is_some());
+        header[8..12].copy_from_slice(&(group as u32).to_le_bytes());
+        header[12..16].copy_from_slice(&(count as u32).to_le_bytes());
+        let frames: Vec<Vec<u8>> = (0..count)
+            .map(|i| {
+                let part = &data[(i * group).min(data.len())..((i + 1) * group).min(data.len())];
+                self.frame(&header, id, i, part)
+            })
+            .collect();
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + 4 * count + frames.iter().map(Vec::len).sum::<usize>());
+        out.extend_from_slice(&header);
+        for f in &frames {
+            out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        }
+        for f in frames {
+            out.extend_from_slice(&f);
+        }
+        out
+    }
+
+    fn frame(
+        &self,
+        header: &[u8; HEADER_LEN],
+        id: &[u8; 32],
+        index: usize,
+        part: &[u8],
+    ) -> Vec<u8> {
+        let mut inner = Zeroizing::new(Vec::with_capacity(part.len() + 1));
+        match self.compression.compress(part) {
+            Some(packed) => {
+                inner.push(COMPRESSED);
+                inner.extend_from_slice(&packed);
+            }
+            None => {
+                inner.push(RAW);
+                inner.extend_from_slice(part);
+            }
+        }
+        let Some(cipher) = &self.cipher else {
+            return std::mem::take(&mut *inner);
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let aad = associated(header, id, index);
+        let sealed = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &inner,
+                    aad: &aad,
+                },
+            )
+            .expect("XChaCha20-Poly1305 seals any frame shorter than 256 GiB");
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// A whole block's bytes from its stored object.
+    pub fn decode(&self, id: &[u8; 32], stored: &[u8]) -> Result<Vec<u8>, FrameError> {
+        let layout = Layout::parse(stored)?;
+        if layout.stored_len() != stored.len() as u64 {
+            return Err(FrameError::Damaged);
+        }
+        let count = layout.starts.len() - 1;
+        let body = &stored[layout.starts[0] as usize..];
+        self.open(id, &layout, 0..count, body)
+    }
+
+    /// The bytes of the frames `frames` (numbers from [`Layout::frames_for`]), from `bytes`,
+    /// the object's bytes where `frames_for` placed them. The last frame of the block may be
+    /// shorter than a group; any other must open to a whole group.
+    pub fn open(
+        &self,
+        id: &[u8; 32],
+        layout: &Layout,
+        frames: Range<usize>,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, FrameError> {
+        let sealed = layout.header[5] == 1;
+        match (sealed, &self.cipher) {
+            (true, None) => {
+                return Err(FrameError::CipherMismatch("encrypted and no key was given"));
+            }
+            (false, Some(_)) => {
+                return Err(FrameError::CipherMismatch(
+                    "not encrypted on an encrypted volume",
+                ));
+            }
+            _ => {}
+        }
+        let count = layout.starts.len() - 1;
+        let base = layout.starts[frames.start];
+        if frames.end > count || bytes.len() as u64 != layout.starts[frames.end] - base {
+            return Err(FrameError::Damaged);
+        }
+        let mut out = Vec::with_capacity(frames.len() * layout.group as usize);
+        for i in frames {
+            let at = (layout.starts[i] - base) as usize..(layout.starts[i + 1] - base) as usize;
+            let stored = &bytes[at];
+            let inner = match &self.cipher {
+                None => Zeroizing::new(stored.to_vec()),
+                Some(cipher) => {
+                    if stored.len() < NONCE_LEN + TAG_LEN {
+                        return Err(FrameError::Damaged);
+                    }
+                    let (nonce, sealed) = stored.split_at(NONCE_LEN);
+                    let aad = associated(&layout.header, id, i);
+                    Zeroizing::new(
+                        cipher
+                            .decrypt(
+                                XNonce::from_slice(nonce),
+                                Payload {
+                                    msg: sealed,
+                                    aad: &aad,
+                                },
+                            )
+                            .map_err(|_| FrameError::Forged)?,
+                    )
+                }
+            };
+            let (&flag, body) = inner.split_first().ok_or(FrameError::Damaged)?;
+            let group = layout.group as usize;
+            let before = out.len();
+            match flag {
+                RAW => out.extend_from_slice(body),
+                COMPRESSED => out.extend_from_slice(&decompress(layout.header[4], body, group)?),
+                _ => return Err(FrameError::Damaged),
+            }
+            // every frame holds a whole group but the block's last, which holds 1 to a group
+            let len = out.len() - before;
+            let whole = len == group;
+            if !(whole || (i + 1 == count && (1..group).contains(&len))) {
+                return Err(FrameError::Damaged);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What a frame's tag also covers: the header, the block's identity and the frame's number.
+fn associated(header: &[u8; HEADER_LEN], id: &[u8; 32], index: usize) -> [u8; HEADER_LEN + 36] {
+    let mut aad = [0u8; HEADER_LEN + 36];
+    aad[..HEADER_LEN].copy_from_slice(header);
+    aad[HEADER_LEN..HEADER_LEN + 32].copy_from_slice(id);
+    aad[HEADER_LEN + 32..].copy_from_slice(&(index as u32).to_le_bytes());
+    aad
+}
+
+#[cfg(test)]
+mod tests;
