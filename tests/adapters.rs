@@ -5,16 +5,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use graviton::domain::frames::{Compression, FrameCodec};
 use graviton::domain::{BlockKey, HashAlgo};
 use graviton::meta::prelude::*;
 use graviton::meta::{PgMetaStore, RocksMetaStore};
 use graviton::retry::Backoff;
 use graviton::store::disk_cache::DiskCache;
+use graviton::store::framed::Framed;
 use graviton::store::replicated::{ReplicaIndex, ReplicaStatus, Replicated};
 use graviton::store::retrying::Retrying;
 use graviton::store::tiered::Tiered;
 use graviton::store::{
-    BlockStore, LocalBlockStore, MemoryBlockStore, PgBlockStore, S3BlockStore, Transience,
+    BlockStore, LocalBlockStore, MemoryBlockStore, PgBlockStore, PutOutcome, S3BlockStore,
+    Transience,
 };
 use graviton_testkit::{FaultyStore, block_conformance, meta_conformance, needs_servers};
 
@@ -33,6 +36,42 @@ fn local_directory() {
         data[0] ^= 0xff;
         std::fs::write(&p, data).unwrap();
     });
+}
+
+/// The frames layer over files, with each compression: a copy the files hold is checked as
+/// frames, and damage anywhere in the frames is an error.
+#[test]
+fn frames_over_a_local_directory() {
+    for compression in [Compression::Zstd(3), Compression::Lz4, Compression::None] {
+        let dir = tempfile::tempdir().unwrap();
+        let codec = Arc::new(FrameCodec::new(compression, None));
+        let c = codec.clone();
+        let local = Arc::new(
+            LocalBlockStore::open(dir.path())
+                .unwrap()
+                .with_stored_check(Arc::new(move |k, b| Framed::holds(&c, k, b))),
+        );
+        let store: Arc<dyn BlockStore> = Arc::new(Framed::new(local.clone(), codec));
+        block_conformance::run_all(store.as_ref());
+        block_conformance::concurrent_puts_are_safe(store.clone());
+        let damage = |key: &BlockKey| {
+            let p = local.path_of(key);
+            let mut data = std::fs::read(&p).unwrap();
+            let middle = data.len() / 2;
+            data[middle] ^= 0x55;
+            std::fs::write(&p, data).unwrap();
+        };
+        block_conformance::corruption_is_detected(store.as_ref(), &damage);
+        // a damaged copy is written again by the next put of the block
+        let data = vec![b'g'; 300_000];
+        let key = BlockKey::for_data(HashAlgo::Blake3, &data);
+        store.put(&key, &data).unwrap();
+        damage(&key);
+        assert!(store.get(&key).is_err(), "{compression:?}");
+        assert_eq!(store.put(&key, &data).unwrap(), PutOutcome::Fresh);
+        assert_eq!(store.get(&key).unwrap(), data, "{compression:?}");
+        assert_eq!(store.put(&key, &data).unwrap(), PutOutcome::Duplicate);
+    }
 }
 
 #[test]

@@ -60,11 +60,16 @@ fn postgres_s3_writeback() {
     conformance(Stack::PostgresS3Writeback);
 }
 
+#[test]
+fn compressed() {
+    conformance(Stack::Compressed);
+}
+
 /// The suites above ran over the layers they name.
 #[test]
 fn each_stack_has_the_layers_of_its_kind() {
     graviton_testkit::needs_servers!();
-    let expect: [(Stack, &[&str], &[&str]); 5] = [
+    let expect: [(Stack, &[&str], &[&str]); 6] = [
         (
             Stack::Embedded,
             &["RocksDB"],
@@ -93,6 +98,17 @@ fn each_stack_has_the_layers_of_its_kind() {
                 "disk cache",
                 "retrying",
                 "metered → S3",
+            ],
+        ),
+        (
+            Stack::Compressed,
+            &["metadata cache", "PostgreSQL"],
+            &[
+                "disk cache",
+                "replicated",
+                "frames (zstd:3) → retrying",
+                "metered → S3",
+                "frames (zstd:3) → metered → files",
             ],
         ),
     ];

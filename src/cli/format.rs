@@ -2,8 +2,9 @@
 
 use clap::Args;
 
+use crate::domain::frames::Compression;
 use crate::domain::{Chunker, DEFAULT_CHUNKER, HashAlgo};
-use crate::volume::{Source, StoreUrl, Volume};
+use crate::volume::{BlockFormat, Source, StoreUrl, Volume};
 
 #[derive(Args, Debug)]
 pub struct FormatArgs {
@@ -29,6 +30,11 @@ pub struct FormatArgs {
     /// PostgreSQL volume with blocks in S3 or files; else 0 (off).
     #[arg(long, value_name = "SIZE", value_parser = size)]
     pub small_blocks: Option<u32>,
+    /// Compress blocks: zstd[:LEVEL] (1–22, default 3), lz4 or none. Each block is stored as
+    /// frames of at most 64 KiB (more for blocks over 2 MiB), each compressed only when that
+    /// makes it smaller. Deduplication works as without it.
+    #[arg(long, value_name = "ALGO", default_value = "none", value_parser = compression)]
+    pub compress: Compression,
     /// A directory for an embedded volume, or a postgres:// URL (password from the URL or
     /// PGPASSWORD-style settings of the URL; never printed).
     pub source: String,
@@ -46,6 +52,10 @@ const S3_CHUNKER: Chunker = Chunker::Fixed(8 << 20);
 /// a block file written and synced before the commit. Measured on untars into PostgreSQL + S3
 /// (s3rver) and PostgreSQL + files: see docs/benchmarks.md.
 const SMALL_BLOCKS_ON_POSTGRES: u32 = 64 << 10;
+
+fn compression(s: &str) -> Result<Compression, String> {
+    Compression::parse(s).map_err(|e| e.to_string())
+}
 
 fn size(s: &str) -> Result<u32, String> {
     crate::domain::chunker::parse_size(s)
@@ -76,13 +86,17 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
         chunker,
         args.store.as_deref(),
         &args.replicas,
-        small_blocks,
+        BlockFormat {
+            small_blocks,
+            compression: args.compress,
+        },
     )?;
     println!(
-        "formatted {} (hash {}, chunker {})\nmetadata: {}\nblocks:   {}",
+        "formatted {} (hash {}, chunker {}, compression {})\nmetadata: {}\nblocks:   {}",
         vol.source.display(),
         vol.settings.hash,
         vol.settings.chunker,
+        vol.settings.compression.as_deref().unwrap_or("none"),
         vol.stack.metadata,
         vol.stack.blocks,
     );

@@ -36,8 +36,9 @@ const COMPRESSED: u8 = 1;
 
 /// How frames are compressed; recorded in each object's header, so a volume can change it
 /// and still read what it stored before.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Compression {
+    #[default]
     None,
     /// zstd at this level (1–22; 3 is zstd's default).
     Zstd(i32),
@@ -200,6 +201,14 @@ impl FrameCodec {
         FrameCodec {
             compression,
             cipher: sealing_key.map(|k| XChaCha20Poly1305::new(k.into())),
+        }
+    }
+
+    /// What the frames are, for a volume's description: `zstd:3`, `lz4, sealed`.
+    pub fn describe(&self) -> String {
+        match self.cipher {
+            None => self.compression.name(),
+            Some(_) => format!("{}, sealed", self.compression.name()),
         }
     }
 

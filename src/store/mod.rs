@@ -6,6 +6,7 @@
 
 mod block_files;
 pub mod disk_cache;
+pub mod framed;
 mod layer;
 pub mod local;
 pub mod memory;

@@ -15,6 +15,7 @@ pub use source::{FROM_ENV, Source, has_password, hide_passwords_from_the_process
 pub use stack::{MetaReplicaIndex, StackDescription};
 pub use store_url::{POSTGRES_STORE, StoreUrl};
 
+use crate::domain::frames::{Compression, FrameCodec};
 use crate::domain::{Chunker, HashAlgo};
 use crate::meta::{Inode, MetaError, MetaStore, ROOT_INO, Timestamp};
 use crate::store::local::Disk;
@@ -28,8 +29,14 @@ pub const SMALL_BLOCKS_FORMAT_VERSION: &str = "2";
 /// The format of an embedded volume that keeps small blocks in its RocksDB database
 /// (`meta::rocks_blocks`).
 pub const EMBEDDED_SMALL_BLOCKS_FORMAT_VERSION: &str = "3";
+/// The format of a volume whose blocks are stored as frames (`domain::frames`, the
+/// `compression` setting), whatever its other settings: a build that predates frames would
+/// read them as damaged blocks, so it must refuse the volume.
+pub const FRAMES_FORMAT_VERSION: &str = "4";
 /// Setting: blocks shorter than this many bytes are kept in the metadata database (0: none).
 pub const SMALL_BLOCKS: &str = "small_blocks";
+/// Setting: how blocks are compressed (`domain::frames::Compression`); absent: not framed.
+pub const COMPRESSION: &str = "compression";
 /// An embedded volume's `small_blocks` unless format says otherwise: blocks shorter than
 /// any the chunker cuts inside a stream (1 MiB with the default chunker), that is small
 /// files, tails and packed pieces. Those reach RocksDB's log before the commit that names
@@ -81,6 +88,19 @@ pub struct VolumeSettings {
     /// Blocks shorter than this many bytes are kept in the PostgreSQL database (0: none).
     #[serde(default)]
     pub small_blocks: u32,
+    /// How blocks are compressed in frames (`zstd:3`, `lz4`, `none`); None: stored as they are.
+    #[serde(default)]
+    pub compression: Option<String>,
+}
+
+/// How a new volume stores its blocks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockFormat {
+    /// Blocks shorter than this many bytes go to the metadata database (0: none).
+    pub small_blocks: u32,
+    /// Each block stored as frames, compressed where that makes them smaller
+    /// (`Compression::None`: stored as they are, unframed).
+    pub compression: Compression,
 }
 
 pub struct Volume {
@@ -124,19 +144,27 @@ impl Volume {
             }
             _ => 0,
         };
-        Self::format_replicated(source, hash, chunker, store_url, &[], small_blocks)
+        let blocks = BlockFormat {
+            small_blocks,
+            ..BlockFormat::default()
+        };
+        Self::format_replicated(source, hash, chunker, store_url, &[], blocks)
     }
 
-    /// `format`, with blocks also kept in each of `replicas` (block store URLs), and blocks
-    /// shorter than `small_blocks` bytes in the volume's PostgreSQL database (0: none).
+    /// `format`, with blocks also kept in each of `replicas` (block store URLs), stored as
+    /// `blocks` says.
     pub fn format_replicated(
         source: &Source,
         hash: HashAlgo,
         chunker: Chunker,
         store_url: Option<&str>,
         replicas: &[String],
-        small_blocks: u32,
+        blocks: BlockFormat,
     ) -> Result<Volume, VolumeError> {
+        let BlockFormat {
+            small_blocks,
+            compression,
+        } = blocks;
         if small_blocks > 0
             && matches!(source, Source::Postgres(_))
             && store_url == Some(POSTGRES_STORE)
@@ -185,6 +213,9 @@ impl Volume {
         meta.put_setting("block_store", &url.recorded())?;
         meta.put_setting("replicas", &replicas.join(","))?;
         meta.put_setting(SMALL_BLOCKS, &small_blocks.to_string())?;
+        if compression != Compression::None {
+            meta.put_setting(COMPRESSION, &compression.name())?;
+        }
         // tells a volume from another later created behind the same URL (local caches)
         meta.put_setting("volume_id", &format!("{:032x}", rand::random::<u128>()))?;
         let mut tx = meta.begin()?;
@@ -196,6 +227,7 @@ impl Volume {
         meta.put_setting(
             "format_version",
             match (small_blocks, source) {
+                _ if compression != Compression::None => FRAMES_FORMAT_VERSION,
                 (_, Source::Dir(_)) => EMBEDDED_SMALL_BLOCKS_FORMAT_VERSION,
                 (0, Source::Postgres(_)) => FORMAT_VERSION,
                 (_, Source::Postgres(_)) => SMALL_BLOCKS_FORMAT_VERSION,
@@ -270,6 +302,7 @@ impl Volume {
             FORMAT_VERSION,
             SMALL_BLOCKS_FORMAT_VERSION,
             EMBEDDED_SMALL_BLOCKS_FORMAT_VERSION,
+            FRAMES_FORMAT_VERSION,
         ];
         if !known.contains(&version.as_str()) {
             return Err(invalid(format!(
@@ -287,6 +320,7 @@ impl Volume {
                     .map_err(|_| invalid(format!("setting {SMALL_BLOCKS} is not a size: {v:?}")))?,
                 None => 0,
             },
+            compression: meta.setting(COMPRESSION)?,
         };
         let hash: HashAlgo = settings.hash.parse().map_err(|e| invalid(format!("{e}")))?;
         let chunker: Chunker = settings
@@ -299,6 +333,16 @@ impl Volume {
             None => Vec::new(),
         };
         let small_blocks = settings.small_blocks;
+        let frames = match &settings.compression {
+            None if settings.format_version == FRAMES_FORMAT_VERSION => {
+                return Err(invalid(format!("setting {COMPRESSION:?} is missing")));
+            }
+            None => None,
+            Some(c) => Some(Arc::new(FrameCodec::new(
+                Compression::parse(c).map_err(|e| invalid(format!("{e}")))?,
+                None,
+            ))),
+        };
         let blocks = stack::blocks(
             source,
             &store_url,
@@ -308,6 +352,7 @@ impl Volume {
             &meta,
             disk,
             pg_wait,
+            frames.as_ref(),
         )?;
         Ok(Volume {
             state_dir: source.state_dir(),
@@ -356,8 +401,15 @@ mod tests {
             crate::domain::BlockKey::for_data(HashAlgo::Blake3, &new),
         );
         {
-            let vol = Volume::format_replicated(&source, HashAlgo::Blake3, chunker, None, &[], 0)
-                .unwrap();
+            let vol = Volume::format_replicated(
+                &source,
+                HashAlgo::Blake3,
+                chunker,
+                None,
+                &[],
+                BlockFormat::default(),
+            )
+            .unwrap();
             vol.store.put(&old_key, &old).unwrap();
             vol.meta
                 .put_setting("format_version", FORMAT_VERSION)

@@ -5,7 +5,7 @@
 //! ```text
 //! metadata: RocksDB <dir>/meta | PostgreSQL <url>
 //! blocks:   [replicated →] [tiered: small blocks in the metadata database, the rest in]
-//!           [retrying →] metered → files | S3 | PostgreSQL
+//!           [frames →] [retrying →] metered → files | S3 | PostgreSQL
 //! ```
 //! Mounted (`mount_layers`), on top of that:
 //! ```text
@@ -25,8 +25,10 @@ use serde::{Deserialize, Serialize};
 use super::source::redact;
 use super::{Source, StoreUrl, Volume, VolumeError};
 use crate::domain::BlockKey;
+use crate::domain::frames::FrameCodec;
 use crate::meta::{MetaError, MetaStore, PgMetaStore, RocksMetaStore, SessionInfo};
 use crate::retry::Backoff;
+use crate::store::framed::Framed;
 use crate::store::local::Disk;
 use crate::store::replicated::{ReplicaIndex, ReplicaStatus};
 use crate::store::retrying::Retrying;
@@ -91,9 +93,10 @@ fn adapter(
     source: &Source,
     disk: Option<&Arc<dyn Disk>>,
     pg_wait: Duration,
+    frames: Option<&Arc<FrameCodec>>,
 ) -> Result<Adapter, VolumeError> {
     url.fits(source)?;
-    Ok(match (url, source) {
+    let a = match (url, source) {
         (StoreUrl::Postgres, Source::Postgres(db)) => {
             let store = Arc::new(PgBlockStore::connect(db)?);
             let a = metered(store, "PostgreSQL", source.state_dir());
@@ -110,15 +113,34 @@ fn adapter(
                 (_, Source::Dir(d)) => d.join("blocks"),
                 _ => unreachable!("checked by fits"),
             };
-            let store = match disk {
+            let mut store = match disk {
                 Some(disk) => LocalBlockStore::open_on(&root, disk.clone())?,
                 None => LocalBlockStore::open(&root)?,
             };
+            if let Some(codec) = frames {
+                let codec = codec.clone();
+                store = store.with_stored_check(Arc::new(move |key, stored| {
+                    Framed::holds(&codec, key, stored)
+                }));
+            }
             let description = format!("files {}", root.display());
             metered(Arc::new(store), &description, root)
         }
         (StoreUrl::Postgres, Source::Dir(_)) => unreachable!("checked by fits"),
-    })
+    };
+    Ok(framed(a, frames))
+}
+
+/// The adapter storing frames, on a volume that compresses.
+fn framed(a: Adapter, frames: Option<&Arc<FrameCodec>>) -> Adapter {
+    match frames {
+        None => a,
+        Some(codec) => Adapter {
+            store: Arc::new(Framed::new(a.store, codec.clone())),
+            description: over(format!("frames ({})", codec.describe()), &a.description),
+            capacity_path: a.capacity_path,
+        },
+    }
 }
 
 /// A remote adapter whose transient failures are retried (the meter below counts each
@@ -164,13 +186,14 @@ pub(super) fn blocks(
     meta: &Arc<dyn MetaStore>,
     disk: Option<&Arc<dyn Disk>>,
     pg_wait: Duration,
+    frames: Option<&Arc<FrameCodec>>,
 ) -> Result<Blocks, VolumeError> {
-    let main = adapter(url, source, disk, pg_wait)?;
+    let main = adapter(url, source, disk, pg_wait, frames)?;
     let (mut primary, mut description) = (main.store, main.description);
     if small_blocks > 0 {
         let db = match engine_blocks {
-            Some(blocks) => metered(blocks, "RocksDB", PathBuf::new()),
-            None => adapter(&StoreUrl::Postgres, source, None, pg_wait)?,
+            Some(blocks) => framed(metered(blocks, "RocksDB", PathBuf::new()), frames),
+            None => adapter(&StoreUrl::Postgres, source, None, pg_wait, frames)?,
         };
         primary = Arc::new(crate::store::tiered::Tiered::new(
             db.store,
@@ -185,7 +208,7 @@ pub(super) fn blocks(
     let mut replicas = vec![(url.recorded(), primary.clone())];
     let mut described = vec![description.clone()];
     for r in replica_urls.iter().filter(|r| !r.is_empty()) {
-        let a = adapter(&StoreUrl::parse_replica(r)?, source, None, pg_wait)?;
+        let a = adapter(&StoreUrl::parse_replica(r)?, source, None, pg_wait, frames)?;
         replicas.push((r.clone(), a.store));
         described.push(a.description);
     }

@@ -26,6 +26,9 @@ pub enum Stack {
     /// `-o writeback,cache_dir=…`: a write-behind journal in front of the metadata cache, and
     /// a write-back staging folder in front of the disk cache.
     PostgresS3Writeback,
+    /// `format --compress zstd`: PostgreSQL behind the metadata cache, blocks as compressed
+    /// frames in S3 (behind a disk cache) and a copy of each in files.
+    Compressed,
 }
 
 impl Stack {
@@ -63,6 +66,18 @@ impl StackVolume {
                 Some(s3()),
                 vec![],
             ),
+            Stack::Compressed => {
+                let files = format!("file://{}", dir.path().join("copy").display());
+                (
+                    Source::Postgres(graviton_testkit::scratch_database()),
+                    Some(s3()),
+                    vec![files],
+                )
+            }
+        };
+        let compression = match stack {
+            Stack::Compressed => graviton::domain::frames::Compression::Zstd(3),
+            _ => Default::default(),
         };
         let small_blocks = match stack {
             Stack::Embedded => graviton::volume::embedded_small_blocks(&cfg.chunker),
@@ -74,7 +89,10 @@ impl StackVolume {
             cfg.chunker,
             blocks.as_deref(),
             &replicas,
-            small_blocks,
+            graviton::volume::BlockFormat {
+                small_blocks,
+                compression,
+            },
         )
         .unwrap_or_else(|e| panic!("formatting a {stack:?} volume: {e}"));
         StackVolume {
@@ -88,7 +106,10 @@ impl StackVolume {
     /// The volume opened with the layers a mount puts on it, its session begun.
     pub fn open(&self) -> Volume {
         let mut vol = Volume::open(&self.source).expect("open");
-        let remote = matches!(self.stack, Stack::PostgresS3 | Stack::PostgresS3Writeback);
+        let remote = matches!(
+            self.stack,
+            Stack::PostgresS3 | Stack::PostgresS3Writeback | Stack::Compressed
+        );
         let layers = MountLayers {
             meta_cache: true,
             disk_cache: remote.then(|| (self.dir.path().join("cache"), 64 << 20)),

@@ -1,0 +1,126 @@
+//! Volumes formatted with `--compress`: blocks are stored as compressed frames, read back as
+//! written, and a damaged frame reads as EIO.
+
+mod common;
+
+use std::path::Path;
+
+use common::mounted::Mounted;
+
+/// Every regular file under `dir`, with its size.
+fn files(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            out.extend(files(&entry.path()));
+        } else if meta.is_file() {
+            out.push((entry.path(), meta.len()));
+        }
+    }
+    out
+}
+
+/// Lines of text no two alike, as source code and logs are: zstd shrinks them severalfold.
+fn text(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 100);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(
+            format!(
+                "line {i}: block {} of volume {} moved to frame {}\n",
+                i * 7,
+                i % 13,
+                i % 5
+            )
+            .as_bytes(),
+        );
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn a_compressed_volume_stores_text_in_fewer_bytes_and_reads_it_back() {
+    for algo in ["zstd", "lz4"] {
+        let m = Mounted::new(&["--compress", algo], "");
+        let data = text(8 << 20);
+        std::fs::write(m.mnt.join("log.txt"), &data).unwrap();
+        let small = text(5000);
+        std::fs::write(m.mnt.join("small.txt"), &small).unwrap();
+        m.unmount();
+        // the 1 MiB blocks are files; what is under 1 MiB is in RocksDB
+        let stored: u64 = files(&m.vol.join("blocks"))
+            .iter()
+            .filter(|(p, _)| !p.starts_with(m.vol.join("blocks/tmp")))
+            .map(|(_, len)| len)
+            .sum();
+        assert!(
+            stored > 0 && stored < data.len() as u64 / 3,
+            "{algo}: 8 MiB of text stored in {stored} bytes"
+        );
+        m.mount();
+        assert_eq!(
+            std::fs::read(m.mnt.join("log.txt")).unwrap(),
+            data,
+            "{algo}"
+        );
+        assert_eq!(
+            std::fs::read(m.mnt.join("small.txt")).unwrap(),
+            small,
+            "{algo}"
+        );
+        let status = common::mounted::ok(m.graviton(&["status", m.source()]), "status");
+        assert!(status.contains("frames ("), "{status}");
+    }
+}
+
+#[test]
+fn a_damaged_frame_reads_as_eio_and_the_rest_of_the_file_still_reads() {
+    let m = Mounted::new(&["--compress", "zstd"], "");
+    let data = text(3 << 20);
+    std::fs::write(m.mnt.join("log.txt"), &data).unwrap();
+    m.unmount();
+    let mut blocks: Vec<_> = files(&m.vol.join("blocks"))
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(m.vol.join("blocks/tmp")))
+        .collect();
+    assert_eq!(blocks.len(), 3, "{blocks:?}");
+    blocks.sort();
+    let (victim, len) = &blocks[0];
+    let mut stored = std::fs::read(victim).unwrap();
+    stored[*len as usize / 2] ^= 0x40;
+    std::fs::write(victim, stored).unwrap();
+    m.mount();
+    let err = std::fs::read(m.mnt.join("log.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // the block that is not damaged reads: every block is checked on its own
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(m.mnt.join("log.txt")).unwrap();
+    let mut good = 0;
+    for i in 0..3u64 {
+        let mut buf = vec![0u8; 1 << 20];
+        if f.read_exact_at(&mut buf, i << 20).is_ok() {
+            assert_eq!(buf, data[(i << 20) as usize..((i + 1) << 20) as usize]);
+            good += 1;
+        }
+    }
+    assert_eq!(good, 2, "one damaged block of three");
+}
+
+#[test]
+fn an_unknown_compression_is_a_clear_error_and_formats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = dir.path().join("vol");
+    let out = common::mounted::run(
+        common::mounted::BIN,
+        &["format", "--compress", "brotli", vol.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown compression"), "{err}");
+    assert!(!vol.join("meta").exists(), "nothing formatted");
+}
