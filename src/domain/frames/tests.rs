@@ -202,3 +202,21 @@ fn compression_settings_parse() {
         assert_eq!(Compression::parse(&c.name()), Ok(c));
     }
 }
+
+#[test]
+fn random_bytes_skip_zstd_and_skewed_ones_do_not() {
+    assert!(looks_incompressible(&random(65536, 3)));
+    // hex digits: no repeats for LZ4, but 4 bits a byte for zstd's entropy coder
+    let hex: Vec<u8> = random(32768, 4)
+        .iter()
+        .map(|b| b"0123456789abcdef"[(b & 15) as usize])
+        .collect();
+    assert!(!looks_incompressible(&hex));
+    let codec = FrameCodec::new(Compression::Zstd(3), None);
+    assert!(codec.encode(&ID, &hex).len() < hex.len() * 6 / 10);
+    // random bytes, twice: evenly spread, but LZ4 finds the repeat
+    let mut twice = random(32768, 5);
+    twice.extend_from_within(..);
+    assert!(!looks_incompressible(&twice));
+    assert!(codec.encode(&ID, &twice).len() < twice.len() * 6 / 10);
+}
