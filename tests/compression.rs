@@ -124,3 +124,53 @@ fn an_unknown_compression_is_a_clear_error_and_formats_nothing() {
     assert!(err.contains("unknown compression"), "{err}");
     assert!(!vol.join("meta").exists(), "nothing formatted");
 }
+
+/// A dump names the blocks of its volume's store: a target loading it over the same store
+/// must read them as that volume stored them, or it would read every block as damaged (and a
+/// plain store could rewrite the framed copies it finds there as damaged ones).
+#[test]
+fn a_dump_of_a_compressed_volume_loads_only_into_one_that_compresses_alike() {
+    let m = Mounted::new(&["--compress", "zstd"], "");
+    let data = text(3 << 20);
+    std::fs::write(m.mnt.join("log.txt"), &data).unwrap();
+    m.unmount();
+    let work = m.dir.path();
+    let dump = work.join("d.jsonl");
+    common::mounted::ok(
+        m.graviton(&["dump", "-o", dump.to_str().unwrap(), &m.source]),
+        "dump",
+    );
+    let blocks = format!("file://{}", m.vol.join("blocks").display());
+    let plain = work.join("plain");
+    common::mounted::ok(
+        m.graviton(&["format", "--store", &blocks, plain.to_str().unwrap()]),
+        "format",
+    );
+    let out = m.graviton(&["load", dump.to_str().unwrap(), plain.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--compress zstd:3"),
+        "{err}"
+    );
+    let alike = work.join("alike");
+    common::mounted::ok(
+        m.graviton(&[
+            "format",
+            "--compress",
+            "zstd",
+            "--store",
+            &blocks,
+            alike.to_str().unwrap(),
+        ]),
+        "format",
+    );
+    common::mounted::ok(
+        m.graviton(&["load", dump.to_str().unwrap(), alike.to_str().unwrap()]),
+        "load",
+    );
+    let copy = Mounted::existing(alike.to_str().unwrap(), "");
+    assert_eq!(std::fs::read(copy.mnt.join("log.txt")).unwrap(), data);
+    drop(copy);
+    m.mount();
+    assert_eq!(std::fs::read(m.mnt.join("log.txt")).unwrap(), data);
+}

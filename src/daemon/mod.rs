@@ -172,7 +172,7 @@ fn fs_config(vol: &Volume, opts: &MountOptions) -> FsConfig {
     if !vol.store_url.is_local() {
         cfg.whole_file_prefetch_max = cfg.block_cache_bytes / 4;
     }
-    cfg.ranged_reads = vol.store_url.ranged_reads();
+    cfg.ranged_reads = vol.ranged_reads();
     if vol.store_url.is_local() && vol.meta.shared().is_none() {
         cfg.quick_commit_max = QUICK_COMMIT_MAX;
     }

@@ -1,6 +1,7 @@
 //! Stored form of a block on a volume that compresses or encrypts: a header, an index and
-//! one frame per verification group (`domain::groups::group_len`), so a ranged read fetches and
-//! opens only the frames it needs.
+//! one frame per verification group (`domain::groups::group_len`), so that a part of a block
+//! can be opened from its own frames (`Layout::frames_for`, `FrameCodec::open`; the store
+//! layer, `store::framed`, reads whole objects).
 //!
 //! ```text
 //! header  "GVF" | version (1) | compression | cipher | 0 0 | group length (u32) | frames (u32)
@@ -13,8 +14,9 @@
 //! is XChaCha20-Poly1305 with a random nonce per frame; the associated data is the header, the
 //! block's identity (its key's digest) and the frame's number, so a frame moved to another
 //! block or another place, or a header changed, fails to open. The tag is checked before
-//! anything is decompressed, and a frame must open to exactly its group's length. The block's
-//! length is not in the header: only whole groups show, and compression blurs those.
+//! anything is decompressed, and a frame must open to exactly its length. The block's length
+//! is not in the header: its key gives it, and the header's group and count must agree with
+//! it, so no allocation is sized from what a store returned.
 
 use std::ops::Range;
 
@@ -207,6 +209,8 @@ pub struct FrameCodec {
 pub struct Layout {
     header: [u8; HEADER_LEN],
     group: u64,
+    /// The block's length.
+    size: u64,
     /// Offset of each frame in the object, and one past the last.
     starts: Vec<u64>,
 }
@@ -218,8 +222,10 @@ impl Layout {
         HEADER_LEN as u64 + 4 * max_frames
     }
 
-    /// The header and index from the start of a stored object (`prefix` may run past them).
-    pub fn parse(prefix: &[u8]) -> Result<Layout, FrameError> {
+    /// The header and index from the start of the stored object of a block of `size` bytes
+    /// (`prefix` may run past them). A header whose group or frame count is not the one a
+    /// block of that size has is damage: nothing is sized from what the store says.
+    pub fn parse(prefix: &[u8], size: u64) -> Result<Layout, FrameError> {
         let header: [u8; HEADER_LEN] = prefix
             .get(..HEADER_LEN)
             .ok_or(FrameError::Damaged)?
@@ -230,7 +236,7 @@ impl Layout {
         }
         let group = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) as u64;
         let count = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) as usize;
-        if group == 0 || count == 0 {
+        if group != group_len(size) || count as u64 != frame_count(size) {
             return Err(FrameError::Damaged);
         }
         let index = prefix
@@ -246,8 +252,19 @@ impl Layout {
         Ok(Layout {
             header,
             group,
+            size,
             starts,
         })
+    }
+
+    /// The plaintext length of frame `i`: a group, less for the block's last.
+    fn frame_len(&self, i: usize) -> usize {
+        let count = self.starts.len() - 1;
+        if i + 1 < count {
+            self.group as usize
+        } else {
+            (self.size - (count as u64 - 1) * self.group) as usize
+        }
     }
 
     /// The frames that hold the block's bytes `range`: their numbers, and where they are in
@@ -285,7 +302,7 @@ impl FrameCodec {
     /// The stored object for a block's bytes; `id` is the block's identity (its key's digest).
     pub fn encode(&self, id: &[u8; 32], data: &[u8]) -> Vec<u8> {
         let group = group_len(data.len() as u64) as usize;
-        let count = data.len().div_ceil(group).max(1);
+        let count = frame_count(data.len() as u64) as usize;
         let mut header = [0u8; HEADER_LEN];
         header[..3].copy_from_slice(MAGIC);
         header[3] = VERSION;
@@ -350,9 +367,9 @@ impl FrameCodec {
         out
     }
 
-    /// A whole block's bytes from its stored object.
-    pub fn decode(&self, id: &[u8; 32], stored: &[u8]) -> Result<Vec<u8>, FrameError> {
-        let layout = Layout::parse(stored)?;
+    /// A whole block's bytes from its stored object; `size` is the block's length.
+    pub fn decode(&self, id: &[u8; 32], size: u64, stored: &[u8]) -> Result<Vec<u8>, FrameError> {
+        let layout = Layout::parse(stored, size)?;
         if layout.stored_len() != stored.len() as u64 {
             return Err(FrameError::Damaged);
         }
@@ -362,8 +379,8 @@ impl FrameCodec {
     }
 
     /// The bytes of the frames `frames` (numbers from [`Layout::frames_for`]), from `bytes`,
-    /// the object's bytes where `frames_for` placed them. The last frame of the block may be
-    /// shorter than a group; any other must open to a whole group.
+    /// the object's bytes where `frames_for` placed them. Each frame must open to exactly its
+    /// length: a group, or what is left of the block for its last.
     pub fn open(
         &self,
         id: &[u8; 32],
@@ -384,8 +401,11 @@ impl FrameCodec {
             _ => {}
         }
         let count = layout.starts.len() - 1;
+        if frames.start > frames.end || frames.end > count {
+            return Err(FrameError::Damaged);
+        }
         let base = layout.starts[frames.start];
-        if frames.end > count || bytes.len() as u64 != layout.starts[frames.end] - base {
+        if bytes.len() as u64 != layout.starts[frames.end] - base {
             return Err(FrameError::Damaged);
         }
         let mut out = Vec::with_capacity(frames.len() * layout.group as usize);
@@ -414,22 +434,24 @@ impl FrameCodec {
                 }
             };
             let (&flag, body) = inner.split_first().ok_or(FrameError::Damaged)?;
-            let group = layout.group as usize;
+            let len = layout.frame_len(i);
             let before = out.len();
             match flag {
                 RAW => out.extend_from_slice(body),
-                COMPRESSED => out.extend_from_slice(&decompress(layout.header[4], body, group)?),
+                COMPRESSED => out.extend_from_slice(&decompress(layout.header[4], body, len)?),
                 _ => return Err(FrameError::Damaged),
             }
-            // every frame holds a whole group but the block's last, which holds 1 to a group
-            let len = out.len() - before;
-            let whole = len == group;
-            if !(whole || (i + 1 == count && (1..group).contains(&len))) {
+            if out.len() - before != len {
                 return Err(FrameError::Damaged);
             }
         }
         Ok(out)
     }
+}
+
+/// How many frames a block of `size` bytes has: one a group, and one at least.
+fn frame_count(size: u64) -> u64 {
+    size.div_ceil(group_len(size)).max(1)
 }
 
 /// What a frame's tag also covers: the header, the block's identity and the frame's number.

@@ -89,6 +89,10 @@ pub enum Record {
         /// dump as `block` records, since the database does not move with it.
         #[serde(default)]
         small_blocks: u32,
+        /// How the volume's blocks were stored (`--compress`): a target that loads the dump
+        /// with the same block store must read them the same way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compression: Option<String>,
     },
     Inode(Inode),
     Entry {
@@ -138,6 +142,7 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
         chunker: vol.settings.chunker.clone(),
         block_store: crate::volume::redact(&vol.settings.block_store),
         small_blocks: vol.settings.small_blocks,
+        compression: vol.settings.compression.clone(),
     })?;
     let mut in_db: std::collections::BTreeSet<crate::domain::BlockKey> = Default::default();
     let mut tx = vol.meta.snapshot()?;

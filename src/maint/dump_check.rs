@@ -569,6 +569,7 @@ mod tests {
                 chunker: "fixed".into(),
                 block_store: String::new(),
                 small_blocks: 0,
+                compression: None,
             },
             Record::Inode(root),
             entry(ROOT_INO, b"dir", 2, FileKind::Dir, 3),

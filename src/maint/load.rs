@@ -60,6 +60,7 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
                 format,
                 hash,
                 chunker,
+                compression,
                 ..
             } => {
                 anyhow::ensure!(
@@ -70,6 +71,14 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
                     hash == vol.settings.hash,
                     "the dump's blocks are named by {hash}, the target's by {}: format the target with --hash {hash}",
                     vol.settings.hash
+                );
+                let stored_as = |c: &Option<String>| c.clone().unwrap_or_else(|| "none".into());
+                anyhow::ensure!(
+                    compression == vol.settings.compression,
+                    "the dump's blocks were stored with --compress {}, the target's are stored with --compress {}: format the target with --compress {}",
+                    stored_as(&compression),
+                    stored_as(&vol.settings.compression),
+                    stored_as(&compression)
                 );
                 if chunker != vol.settings.chunker {
                     // new writes cut blocks as the dumped volume did, so they dedup with it

@@ -22,11 +22,20 @@ impl Framed {
         Framed { inner, codec }
     }
 
+    /// A damaged stored copy, counted as the meter below counts those it sees itself (the
+    /// damage shows only once the frames are open, above it).
+    fn corrupt(&self, key: &BlockKey) -> StoreError {
+        let backend = self.inner.backend();
+        metrics::counter!(crate::metrics::BACKEND_FAILURES, "backend" => backend, "class" => "corrupt")
+            .increment(1);
+        StoreError::Corrupt(*key, backend)
+    }
+
     /// Whether `stored` is a framed copy of the block `key` names (an adapter's check of a
     /// copy it finds already stored: `LocalBlockStore::with_stored_check`).
     pub fn holds(codec: &FrameCodec, key: &BlockKey, stored: &[u8]) -> bool {
         codec
-            .decode(&key.digest, stored)
+            .decode(&key.digest, key.size as u64, stored)
             .is_ok_and(|data| key.matches(&data))
     }
 }
@@ -54,17 +63,19 @@ impl StoreLayer for Framed {
     /// The frames opened (a frame that does not open is damage); the key is checked by `get`.
     fn get_unverified(&self, key: &BlockKey, unchecked: Unchecked) -> Result<Vec<u8>, StoreError> {
         let stored = self.inner.get_unverified(key, unchecked)?;
-        self.codec.decode(&key.digest, &stored).map_err(|e| {
-            tracing::error!(block = %key, backend = self.inner.backend(), "stored block does not open: {e}");
-            StoreError::Corrupt(*key, self.inner.backend())
-        })
+        self.codec
+            .decode(&key.digest, key.size as u64, &stored)
+            .map_err(|e| {
+                tracing::error!(block = %key, backend = self.inner.backend(), "stored block does not open: {e}");
+                self.corrupt(key)
+            })
     }
 
     fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
         let data = StoreLayer::get_unverified(self, key, Unchecked(()))?;
         if !key.matches(&data) {
             tracing::error!(block = %key, backend = self.inner.backend(), "block content does not match its key");
-            return Err(StoreError::Corrupt(*key, self.inner.backend()));
+            return Err(self.corrupt(key));
         }
         Ok(data)
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use metrics::{counter, histogram};
 
-use super::{BlockStore, PutOutcome, StoreError};
+use super::{BlockStore, PutOutcome, StoreError, Unchecked};
 use crate::domain::BlockKey;
 use crate::domain::groups::GroupHashes;
 use crate::metrics as m;
@@ -36,6 +36,24 @@ impl Metered {
     fn counted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(e) = &r {
             self.failed(e);
+        }
+        r
+    }
+
+    /// Runs one download, recording its time and the bytes it fetched.
+    fn fetched(
+        &self,
+        get: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let backend = self.inner.backend();
+        let t = Instant::now();
+        let r = get();
+        histogram!(m::DOWNLOAD_DURATION, "backend" => backend).record(t.elapsed().as_secs_f64());
+        match &r {
+            Ok(data) => {
+                counter!(m::BYTES_FETCHED, "backend" => backend).increment(data.len() as u64)
+            }
+            Err(e) => self.failed(e),
         }
         r
     }
@@ -84,17 +102,12 @@ impl super::StoreLayer for Metered {
 
     /// Verified by the inner store's `get`; timed and counted here.
     fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
-        let backend = self.inner.backend();
-        let t = Instant::now();
-        let r = self.inner.get(key);
-        histogram!(m::DOWNLOAD_DURATION, "backend" => backend).record(t.elapsed().as_secs_f64());
-        match &r {
-            Ok(data) => {
-                counter!(m::BYTES_FETCHED, "backend" => backend).increment(data.len() as u64)
-            }
-            Err(e) => self.failed(e),
-        }
-        r
+        self.fetched(|| self.inner.get(key))
+    }
+
+    /// Metered as `get`: the frames layer above reads through here (`store::framed`).
+    fn get_unverified(&self, key: &BlockKey, unchecked: Unchecked) -> Result<Vec<u8>, StoreError> {
+        self.fetched(|| self.inner.get_unverified(key, unchecked))
     }
 
     /// Timed here; the bytes it cost are counted by the store, which alone knows how much it

@@ -333,11 +333,20 @@ impl Volume {
             None => Vec::new(),
         };
         let small_blocks = settings.small_blocks;
+        // a volume is framed exactly when its version says so: a setting alone (written by hand,
+        // or by a damaged copy) would read every block of a plain volume as damaged
+        let framed = settings.format_version == FRAMES_FORMAT_VERSION;
         let frames = match &settings.compression {
-            None if settings.format_version == FRAMES_FORMAT_VERSION => {
+            None if framed => {
                 return Err(invalid(format!("setting {COMPRESSION:?} is missing")));
             }
             None => None,
+            Some(_) if !framed => {
+                return Err(invalid(format!(
+                    "setting {COMPRESSION:?} on a volume of format version {}",
+                    settings.format_version
+                )));
+            }
             Some(c) => Some(Arc::new(FrameCodec::new(
                 Compression::parse(c).map_err(|e| invalid(format!("{e}")))?,
                 None,
@@ -375,6 +384,12 @@ impl Volume {
     /// The core's configuration for this volume, with default tunables.
     pub fn fs_config(&self) -> FsConfig {
         FsConfig::new(self.hash, self.chunker)
+    }
+
+    /// Whether reads may fetch parts of blocks: the store can serve a verified range, and
+    /// blocks are not framed (the frames layer reads whole objects).
+    pub fn ranged_reads(&self) -> bool {
+        self.store_url.ranged_reads() && self.settings.compression.is_none()
     }
 
     /// Starts the filesystem core on this volume.
@@ -435,5 +450,39 @@ mod tests {
         let mut both = vec![old_key, new_key];
         both.sort();
         assert_eq!(listed, both);
+    }
+
+    /// A volume is framed exactly when its format version says so: a `compression` setting
+    /// on a plain volume, or a framed volume without one, is refused rather than read wrong.
+    #[test]
+    fn framing_follows_the_format_version_and_nothing_else() {
+        let format = |compression| {
+            let dir = tempfile::tempdir().unwrap();
+            let source = Source::Dir(dir.path().join("vol"));
+            let blocks = BlockFormat {
+                compression,
+                ..BlockFormat::default()
+            };
+            let chunker = crate::domain::DEFAULT_CHUNKER;
+            Volume::format_replicated(&source, HashAlgo::Blake3, chunker, None, &[], blocks)
+                .unwrap();
+            (dir, source)
+        };
+        let (_plain_dir, plain) = format(Compression::None);
+        Volume::open(&plain)
+            .unwrap()
+            .meta
+            .put_setting(COMPRESSION, "zstd:3")
+            .unwrap();
+        let err = Volume::open(&plain).err().expect("refused").to_string();
+        assert!(err.contains("format version 3"), "{err}");
+        let (_framed_dir, framed) = format(Compression::Lz4);
+        let vol = Volume::open(&framed).unwrap();
+        assert_eq!(vol.settings.format_version, FRAMES_FORMAT_VERSION);
+        assert!(!vol.ranged_reads());
+        vol.meta.put_setting(COMPRESSION, "").unwrap();
+        drop(vol);
+        let err = Volume::open(&framed).err().expect("refused").to_string();
+        assert!(err.contains("compression"), "{err}");
     }
 }

@@ -129,7 +129,7 @@ impl StackVolume {
     pub fn mount(&self) -> Fs {
         let vol = self.open();
         let mut cfg = self.cfg.clone();
-        cfg.ranged_reads = vol.store_url.ranged_reads();
+        cfg.ranged_reads = vol.ranged_reads();
         vol.filesystem(cfg).expect("filesystem")
     }
 

@@ -38,7 +38,11 @@ fn every_codec_gives_back_the_bytes_it_stored() {
         for &len in &sizes {
             for data in [random(len, len as u64), text(len)] {
                 let stored = codec.encode(&ID, &data);
-                assert_eq!(codec.decode(&ID, &stored).unwrap(), data, "{len} bytes");
+                assert_eq!(
+                    codec.decode(&ID, len as u64, &stored).unwrap(),
+                    data,
+                    "{len} bytes"
+                );
             }
         }
     }
@@ -87,15 +91,19 @@ fn any_changed_byte_of_a_sealed_block_fails_to_open() {
             let mut bad = stored.clone();
             bad[at] ^= 0x20;
             assert!(
-                codec.decode(&ID, &bad).is_err(),
+                codec.decode(&ID, data.len() as u64, &bad).is_err(),
                 "{c:?}: byte {at} of {}",
                 stored.len()
             );
         }
-        assert!(codec.decode(&ID, &stored[..stored.len() - 1]).is_err());
+        assert!(
+            codec
+                .decode(&ID, data.len() as u64, &stored[..stored.len() - 1])
+                .is_err()
+        );
         let mut longer = stored.clone();
         longer.push(0);
-        assert!(codec.decode(&ID, &longer).is_err());
+        assert!(codec.decode(&ID, data.len() as u64, &longer).is_err());
     }
 }
 
@@ -105,10 +113,16 @@ fn a_frame_opens_only_with_its_key_in_its_block_at_its_place() {
     let data = random(3 * 65536, 5);
     let stored = codec.encode(&ID, &data);
     let other_key = FrameCodec::new(Compression::None, Some(&[8; 32]));
-    assert_eq!(other_key.decode(&ID, &stored), Err(FrameError::Forged));
-    assert_eq!(codec.decode(&[2; 32], &stored), Err(FrameError::Forged));
+    assert_eq!(
+        other_key.decode(&ID, data.len() as u64, &stored),
+        Err(FrameError::Forged)
+    );
+    assert_eq!(
+        codec.decode(&[2; 32], data.len() as u64, &stored),
+        Err(FrameError::Forged)
+    );
     // the first two frames swapped (same length: neither compressed)
-    let layout = Layout::parse(&stored).unwrap();
+    let layout = Layout::parse(&stored, data.len() as u64).unwrap();
     let (a, b, c) = (
         layout.starts[0] as usize,
         layout.starts[1] as usize,
@@ -118,13 +132,19 @@ fn a_frame_opens_only_with_its_key_in_its_block_at_its_place() {
     swapped.extend_from_slice(&stored[b..c]);
     swapped.extend_from_slice(&stored[a..b]);
     swapped.extend_from_slice(&stored[c..]);
-    assert_eq!(codec.decode(&ID, &swapped), Err(FrameError::Forged));
+    assert_eq!(
+        codec.decode(&ID, data.len() as u64, &swapped),
+        Err(FrameError::Forged)
+    );
     // a frame of another block with the same layout, put in this one's place
     let other = codec.encode(&[2; 32], &random(3 * 65536, 6));
     let mut mixed = stored[..b].to_vec();
     mixed.extend_from_slice(&other[b..c]);
     mixed.extend_from_slice(&stored[c..]);
-    assert_eq!(codec.decode(&ID, &mixed), Err(FrameError::Forged));
+    assert_eq!(
+        codec.decode(&ID, data.len() as u64, &mixed),
+        Err(FrameError::Forged)
+    );
 }
 
 #[test]
@@ -133,17 +153,17 @@ fn a_sealed_block_needs_the_key_and_a_plain_one_refuses_it() {
     let sealed = FrameCodec::new(Compression::Lz4, Some(&KEY)).encode(&ID, &data);
     let plain = FrameCodec::new(Compression::Lz4, None).encode(&ID, &data);
     assert!(matches!(
-        FrameCodec::new(Compression::Lz4, None).decode(&ID, &sealed),
+        FrameCodec::new(Compression::Lz4, None).decode(&ID, data.len() as u64, &sealed),
         Err(FrameError::CipherMismatch(_))
     ));
     assert!(matches!(
-        FrameCodec::new(Compression::Lz4, Some(&KEY)).decode(&ID, &plain),
+        FrameCodec::new(Compression::Lz4, Some(&KEY)).decode(&ID, data.len() as u64, &plain),
         Err(FrameError::CipherMismatch(_))
     ));
     // the header names the compression: a volume that changed its setting still reads it
     assert_eq!(
         FrameCodec::new(Compression::None, Some(&KEY))
-            .decode(&ID, &sealed)
+            .decode(&ID, data.len() as u64, &sealed)
             .unwrap(),
         data
     );
@@ -155,7 +175,7 @@ fn a_range_reads_only_the_frames_that_hold_it() {
     for codec in codecs() {
         let stored = codec.encode(&ID, &data);
         let prefix = &stored[..Layout::prefix_len(32) as usize];
-        let layout = Layout::parse(prefix).unwrap();
+        let layout = Layout::parse(prefix, data.len() as u64).unwrap();
         assert_eq!(layout.stored_len(), stored.len() as u64);
         for range in [
             0usize..1,
@@ -185,8 +205,26 @@ fn damaged_objects_are_errors_not_panics() {
         b"GVF",
         b"GVF\x01\x01\x00\x00\x00\x00\x00\x01\x00\x01\x00\x00\x00",
     ] {
-        assert!(codec.decode(&ID, junk).is_err());
+        assert!(codec.decode(&ID, 65536, junk).is_err());
     }
+    // a header that claims huge groups or many frames is damage, not an allocation
+    let data = text(8 << 20);
+    let stored = codec.encode(&ID, &data);
+    for (at, value) in [(11, 0x80), (10, 0xff), (14, 0x01), (12, 0xff)] {
+        let mut bad = stored.clone();
+        bad[at] = value;
+        assert_eq!(
+            codec.decode(&ID, data.len() as u64, &bad),
+            Err(FrameError::Damaged),
+            "header byte {at}"
+        );
+    }
+    // nor may a header disagree with the block's length its key gives
+    assert!(codec.decode(&ID, data.len() as u64 / 2, &stored).is_err());
+    assert!(codec.decode(&ID, data.len() as u64 - 1, &stored).is_err());
+    // a range of frames outside the block is an error, not a panic
+    let layout = Layout::parse(&stored, data.len() as u64).unwrap();
+    assert!(codec.open(&ID, &layout, 40..41, &[]).is_err());
 }
 
 #[test]
@@ -233,7 +271,7 @@ fn damaged_unsealed_frames_decode_without_crashing() {
             for flip in [0x01, 0x80, 0xff] {
                 let mut bad = stored.clone();
                 bad[at] ^= flip;
-                if let Ok(out) = codec.decode(&ID, &bad) {
+                if let Ok(out) = codec.decode(&ID, data.len() as u64, &bad) {
                     assert!(out.len() <= data.len() + 65536);
                 }
             }
