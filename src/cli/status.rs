@@ -46,10 +46,14 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             s.usage.files, s.usage.directories, s.usage.inodes
         );
         println!("logical bytes: {}", s.usage.logical_bytes);
+        // each block's content, before compression
         println!(
-            "stored bytes:  {} in {} blocks",
+            "block bytes:   {} in {} blocks",
             s.stored_bytes, s.stored_blocks
         );
+        if let Some(c) = &s.settings.compression {
+            println!("compression:   {c} (frames)");
+        }
         println!(
             "referenced:    {} blocks, {} bytes",
             s.referenced_blocks, s.referenced_bytes

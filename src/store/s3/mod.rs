@@ -277,7 +277,8 @@ impl S3BlockStore {
     }
 
     /// Stores the block, with its group hashes in the object's metadata (BLAKE3 blocks of more
-    /// than one group): `groups` when the caller has them, else computed here.
+    /// than one group): `groups` when the caller has them, else computed here; a framed copy
+    /// (`store::framed`) carries none.
     fn upload(
         &self,
         key: &BlockKey,
@@ -286,10 +287,14 @@ impl S3BlockStore {
         groups: Option<&GroupHashes>,
     ) -> Result<PutOutcome, StoreError> {
         let body = bytes::Bytes::copy_from_slice(data);
+        // bytes of another length than the block's are its stored form (`store::framed`):
+        // their group hashes would not merge into the key
         let groups = match (key.algo, groups) {
             (HashAlgo::Blake3, Some(g)) => Some(g.encode()),
-            (HashAlgo::Blake3, None) => GroupHashes::of(data).map(|g| g.encode()),
-            (HashAlgo::Sha256, _) => None,
+            (HashAlgo::Blake3, None) if data.len() as u64 == key.size as u64 => {
+                GroupHashes::of(data).map(|g| g.encode())
+            }
+            (HashAlgo::Blake3, None) | (HashAlgo::Sha256, _) => None,
         };
         let object = self.object(key);
         match self.put_object(&object, Some(key), body, if_absent, groups.as_deref())? {
