@@ -19,6 +19,19 @@ use crate::volume::Volume;
 
 /// The first line's `format`: what `graviton load` understands.
 pub const DUMP_FORMAT: u32 = 1;
+/// The format of a dump of a volume whose blocks are frames (`--compress`): a build that
+/// predates frames must refuse it, or it would load it over the same block store as a plain
+/// volume, which reads each framed block as damaged.
+pub const FRAMED_DUMP_FORMAT: u32 = 2;
+
+/// Whether this build reads dumps of `format`.
+pub fn readable(format: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        format == DUMP_FORMAT || format == FRAMED_DUMP_FORMAT,
+        "dump format {format} is not one this graviton reads ({DUMP_FORMAT} or {FRAMED_DUMP_FORMAT})"
+    );
+    Ok(())
+}
 
 /// Bytes as text when they are UTF-8, else as hex: names and xattr values stay readable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,7 +150,10 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
         Ok(())
     };
     line(&Record::Header {
-        format: DUMP_FORMAT,
+        format: match vol.settings.compression {
+            None => DUMP_FORMAT,
+            Some(_) => FRAMED_DUMP_FORMAT,
+        },
         hash: vol.settings.hash.clone(),
         chunker: vol.settings.chunker.clone(),
         block_store: crate::volume::redact(&vol.settings.block_store),

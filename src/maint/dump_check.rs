@@ -17,7 +17,7 @@ use crate::domain::{BlockKey, HashAlgo};
 use crate::meta::{FIRST_COOKIE, FileKind, Ino, Inode, ROOT_INO};
 use crate::vfs::{MAX_FILE_SIZE, NAME_MAX, PATH_MAX};
 
-use super::dump::{Bytes, DUMP_FORMAT, MappedSpan, Record};
+use super::dump::{Bytes, MappedSpan, Record};
 
 /// Longest xattr name and value the file system takes (Linux's limits).
 const XATTR_NAME_MAX: usize = 255;
@@ -83,10 +83,7 @@ impl Dump {
             let Record::Header { format, hash, .. } = record else {
                 anyhow::bail!("not a graviton dump: the first line is not its header");
             };
-            anyhow::ensure!(
-                format == DUMP_FORMAT,
-                "dump format {format} is not one this graviton reads ({DUMP_FORMAT})"
-            );
+            super::dump::readable(format)?;
             self.hash = Some(hash.parse()?);
             return Ok(());
         }
@@ -564,7 +561,7 @@ mod tests {
         };
         vec![
             Record::Header {
-                format: DUMP_FORMAT,
+                format: super::super::dump::DUMP_FORMAT,
                 hash: "blake3".into(),
                 chunker: "fixed".into(),
                 block_store: String::new(),

@@ -15,7 +15,7 @@ use crate::domain::extent::Splice;
 use crate::meta::{DirEntry, Ino, MetaTxn, ROOT_INO};
 use crate::volume::Volume;
 
-use super::dump::{DUMP_FORMAT, Record};
+use super::dump::{FRAMED_DUMP_FORMAT, Record};
 
 /// Records written per transaction.
 const BATCH: usize = 512;
@@ -63,18 +63,21 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
                 compression,
                 ..
             } => {
+                super::dump::readable(format)?;
                 anyhow::ensure!(
-                    format == DUMP_FORMAT,
-                    "dump format {format} is not one this graviton reads ({DUMP_FORMAT})"
+                    (format == FRAMED_DUMP_FORMAT) == compression.is_some(),
+                    "the dump's header is damaged: format {format} with compression {compression:?}"
                 );
                 anyhow::ensure!(
                     hash == vol.settings.hash,
                     "the dump's blocks are named by {hash}, the target's by {}: format the target with --hash {hash}",
                     vol.settings.hash
                 );
+                // frames name their own compression: any framed target reads a framed
+                // volume's blocks, a plain one none of them (nor the other way round)
                 let stored_as = |c: &Option<String>| c.clone().unwrap_or_else(|| "none".into());
                 anyhow::ensure!(
-                    compression == vol.settings.compression,
+                    compression.is_some() == vol.settings.compression.is_some(),
                     "the dump's blocks were stored with --compress {}, the target's are stored with --compress {}: format the target with --compress {}",
                     stored_as(&compression),
                     stored_as(&vol.settings.compression),

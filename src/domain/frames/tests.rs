@@ -48,6 +48,24 @@ fn every_codec_gives_back_the_bytes_it_stored() {
     }
 }
 
+/// Larger blocks have larger groups (128 KiB past 2 MiB, 512 KiB at 16 MiB): still 32 frames.
+#[test]
+fn blocks_past_two_mib_round_trip_in_larger_groups() {
+    for len in [(2 << 20) + 1, 3 << 20, 16 << 20] {
+        let data = text(len);
+        for codec in codecs() {
+            let stored = codec.encode(&ID, &data);
+            let layout = Layout::parse(&stored, len as u64).unwrap();
+            assert!(layout.starts.len() - 1 <= 32, "{len}");
+            assert_eq!(
+                codec.decode(&ID, len as u64, &stored).unwrap(),
+                data,
+                "{len}"
+            );
+        }
+    }
+}
+
 #[test]
 fn compression_shrinks_text_and_barely_grows_random_bytes() {
     let data = text(1 << 20);

@@ -40,6 +40,9 @@ pub use url::{S3Url, SSE_C_KEY_ENV, Sse};
 const BACKEND: &str = "s3";
 /// The object's user metadata holding its block's group hashes (`x-amz-meta-graviton-groups`).
 const GROUPS_META: &str = "graviton-groups";
+/// The most a GET's buffer reserves before the body arrives: a block and its frames' overhead
+/// (a body that is longer grows the buffer as it comes).
+const FETCH_CAPACITY_MAX: usize = crate::domain::key::MAX_BLOCK_SIZE as usize + (1 << 20);
 /// What kind of failure an S3 call had: decides retrying, and names it in logs.
 fn classify<E: ProvideErrorMetadata>(
     e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
@@ -420,7 +423,9 @@ impl S3BlockStore {
                 match req.send().await {
                     // one copy, into a buffer of the announced size
                     Ok(mut out) => {
-                        let len = out.content_length.unwrap_or(0).max(0) as usize;
+                        // the server's word sizes the buffer only up to a block's bound
+                        let len = (out.content_length.unwrap_or(0).max(0) as usize)
+                            .min(FETCH_CAPACITY_MAX);
                         let groups = out.metadata.as_mut().and_then(|m| m.remove(GROUPS_META));
                         let mut data = Vec::with_capacity(len);
                         let mut hasher = verify.then(|| BlockHasher::new(algo));
