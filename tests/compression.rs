@@ -7,6 +7,27 @@ use std::path::Path;
 
 use common::mounted::Mounted;
 
+/// The block files of an embedded volume, with their sizes (not the temporary ones).
+fn block_files(vol: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let tmp = vol.join("blocks/tmp");
+    let mut out: Vec<_> = files(&vol.join("blocks"))
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(&tmp))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A volume formatted with `--compress compress`, holding `log.txt` of `len` bytes of text,
+/// unmounted.
+fn written(compress: &str, len: usize) -> (Mounted, Vec<u8>) {
+    let m = Mounted::new(&["--compress", compress], "");
+    let data = text(len);
+    std::fs::write(m.mnt.join("log.txt"), &data).unwrap();
+    m.unmount();
+    (m, data)
+}
+
 /// Every regular file under `dir`, with its size.
 fn files(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
     let mut out = Vec::new();
@@ -45,18 +66,13 @@ fn text(len: usize) -> Vec<u8> {
 #[test]
 fn a_compressed_volume_stores_text_in_fewer_bytes_and_reads_it_back() {
     for algo in ["zstd", "lz4"] {
-        let m = Mounted::new(&["--compress", algo], "");
-        let data = text(8 << 20);
-        std::fs::write(m.mnt.join("log.txt"), &data).unwrap();
+        let (m, data) = written(algo, 8 << 20);
+        m.mount();
         let small = text(5000);
         std::fs::write(m.mnt.join("small.txt"), &small).unwrap();
         m.unmount();
         // the 1 MiB blocks are files; what is under 1 MiB is in RocksDB
-        let stored: u64 = files(&m.vol.join("blocks"))
-            .iter()
-            .filter(|(p, _)| !p.starts_with(m.vol.join("blocks/tmp")))
-            .map(|(_, len)| len)
-            .sum();
+        let stored: u64 = block_files(&m.vol).iter().map(|(_, len)| len).sum();
         assert!(
             stored > 0 && stored < data.len() as u64 / 3,
             "{algo}: 8 MiB of text stored in {stored} bytes"
@@ -79,16 +95,9 @@ fn a_compressed_volume_stores_text_in_fewer_bytes_and_reads_it_back() {
 
 #[test]
 fn a_damaged_frame_reads_as_eio_and_the_rest_of_the_file_still_reads() {
-    let m = Mounted::new(&["--compress", "zstd"], "");
-    let data = text(3 << 20);
-    std::fs::write(m.mnt.join("log.txt"), &data).unwrap();
-    m.unmount();
-    let mut blocks: Vec<_> = files(&m.vol.join("blocks"))
-        .into_iter()
-        .filter(|(p, _)| !p.starts_with(m.vol.join("blocks/tmp")))
-        .collect();
+    let (m, data) = written("zstd", 3 << 20);
+    let blocks = block_files(&m.vol);
     assert_eq!(blocks.len(), 3, "{blocks:?}");
-    blocks.sort();
     let (victim, len) = &blocks[0];
     let mut stored = std::fs::read(victim).unwrap();
     stored[*len as usize / 2] ^= 0x40;
@@ -131,10 +140,7 @@ fn an_unknown_compression_is_a_clear_error_and_formats_nothing() {
 /// each stored block names its own.
 #[test]
 fn a_dump_of_a_compressed_volume_loads_only_into_one_that_compresses() {
-    let m = Mounted::new(&["--compress", "zstd"], "");
-    let data = text(3 << 20);
-    std::fs::write(m.mnt.join("log.txt"), &data).unwrap();
-    m.unmount();
+    let (m, data) = written("zstd", 3 << 20);
     let work = m.dir.path();
     let dump = work.join("d.jsonl");
     common::mounted::ok(
