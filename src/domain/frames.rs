@@ -110,17 +110,18 @@ fn looks_incompressible(data: &[u8]) -> bool {
     if data.len() < 4096 {
         return false;
     }
-    let sample: Vec<u8> = if data.len() < 2 * SLICES * SLICE {
-        data.to_vec()
+    let sample: std::borrow::Cow<[u8]> = if data.len() < 2 * SLICES * SLICE {
+        data.into()
     } else {
         let step = data.len() / SLICES;
         (0..SLICES)
             .flat_map(|i| &data[i * step..i * step + SLICE])
             .copied()
-            .collect()
+            .collect::<Vec<u8>>()
+            .into()
     };
     let mut counts = [0u32; 256];
-    for &b in &sample {
+    for &b in sample.iter() {
         counts[b as usize] += 1;
     }
     let n = sample.len() as f64;
@@ -310,45 +311,42 @@ impl FrameCodec {
         header[5] = u8::from(self.cipher.is_some());
         header[8..12].copy_from_slice(&(group as u32).to_le_bytes());
         header[12..16].copy_from_slice(&(count as u32).to_le_bytes());
-        let frames: Vec<Vec<u8>> = (0..count)
-            .map(|i| {
-                let part = &data[(i * group).min(data.len())..((i + 1) * group).min(data.len())];
-                self.frame(&header, id, i, part)
-            })
-            .collect();
-        let mut out =
-            Vec::with_capacity(HEADER_LEN + 4 * count + frames.iter().map(Vec::len).sum::<usize>());
+        // the index is filled in as the frames are appended after it
+        let mut out = Vec::with_capacity(HEADER_LEN + 4 * count + data.len() + count * 48);
         out.extend_from_slice(&header);
-        for f in &frames {
-            out.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        }
-        for f in frames {
-            out.extend_from_slice(&f);
+        out.resize(HEADER_LEN + 4 * count, 0);
+        for i in 0..count {
+            let part = &data[(i * group).min(data.len())..((i + 1) * group).min(data.len())];
+            let start = out.len();
+            self.append_frame(&header, id, i, part, &mut out);
+            let len = (out.len() - start) as u32;
+            out[HEADER_LEN + 4 * i..HEADER_LEN + 4 * (i + 1)].copy_from_slice(&len.to_le_bytes());
         }
         out
     }
 
-    fn frame(
+    /// Appends frame `index`, the block's bytes `part`, to `out`.
+    fn append_frame(
         &self,
         header: &[u8; HEADER_LEN],
         id: &[u8; 32],
         index: usize,
         part: &[u8],
-    ) -> Vec<u8> {
-        let mut inner = Zeroizing::new(Vec::with_capacity(part.len() + 1));
-        match self.compression.compress(part) {
-            Some(packed) => {
-                inner.push(COMPRESSED);
-                inner.extend_from_slice(&packed);
-            }
-            None => {
-                inner.push(RAW);
-                inner.extend_from_slice(part);
-            }
-        }
-        let Some(cipher) = &self.cipher else {
-            return std::mem::take(&mut *inner);
+        out: &mut Vec<u8>,
+    ) {
+        let packed = self.compression.compress(part);
+        let (flag, body) = match &packed {
+            Some(packed) => (COMPRESSED, packed.as_slice()),
+            None => (RAW, part),
         };
+        let Some(cipher) = &self.cipher else {
+            out.push(flag);
+            out.extend_from_slice(body);
+            return;
+        };
+        let mut inner = Zeroizing::new(Vec::with_capacity(body.len() + 1));
+        inner.push(flag);
+        inner.extend_from_slice(body);
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
         let aad = associated(header, id, index);
@@ -361,10 +359,8 @@ impl FrameCodec {
                 },
             )
             .expect("XChaCha20-Poly1305 seals any frame shorter than 256 GiB");
-        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
-        out
     }
 
     /// A whole block's bytes from its stored object; `size` is the block's length.
@@ -412,15 +408,16 @@ impl FrameCodec {
         for i in frames {
             let at = (layout.starts[i] - base) as usize..(layout.starts[i + 1] - base) as usize;
             let stored = &bytes[at];
-            let inner = match &self.cipher {
-                None => Zeroizing::new(stored.to_vec()),
+            let opened: Zeroizing<Vec<u8>>;
+            let inner: &[u8] = match &self.cipher {
+                None => stored,
                 Some(cipher) => {
                     if stored.len() < NONCE_LEN + TAG_LEN {
                         return Err(FrameError::Damaged);
                     }
                     let (nonce, sealed) = stored.split_at(NONCE_LEN);
                     let aad = associated(&layout.header, id, i);
-                    Zeroizing::new(
+                    opened = Zeroizing::new(
                         cipher
                             .decrypt(
                                 XNonce::from_slice(nonce),
@@ -430,7 +427,8 @@ impl FrameCodec {
                                 },
                             )
                             .map_err(|_| FrameError::Forged)?,
-                    )
+                    );
+                    &opened
                 }
             };
             let (&flag, body) = inner.split_first().ok_or(FrameError::Damaged)?;
