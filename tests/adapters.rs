@@ -10,6 +10,7 @@ use graviton::domain::{BlockKey, HashAlgo};
 use graviton::meta::prelude::*;
 use graviton::meta::{PgMetaStore, RocksMetaStore};
 use graviton::retry::Backoff;
+use graviton::store::at_rest::AtRest;
 use graviton::store::disk_cache::DiskCache;
 use graviton::store::framed::Framed;
 use graviton::store::replicated::{ReplicaIndex, ReplicaStatus, Replicated};
@@ -42,9 +43,16 @@ fn local_directory() {
 /// frames, and damage anywhere in the frames is an error.
 #[test]
 fn frames_over_a_local_directory() {
-    for compression in [Compression::Zstd(3), Compression::Lz4, Compression::None] {
+    let sealed = Some(&[7u8; 32]);
+    for (compression, sealing) in [
+        (Compression::Zstd(3), None),
+        (Compression::Lz4, None),
+        (Compression::None, None),
+        (Compression::Zstd(3), sealed),
+        (Compression::None, sealed),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let codec = Arc::new(FrameCodec::new(compression, None));
+        let codec = Arc::new(FrameCodec::new(compression, sealing));
         let c = codec.clone();
         let local = Arc::new(
             LocalBlockStore::open(dir.path())
@@ -146,7 +154,62 @@ fn replicas() {
 #[test]
 fn disk_cache() {
     let dir = tempfile::tempdir().unwrap();
-    block_conformance::run_all(&DiskCache::open(memory(), dir.path(), 1 << 20).unwrap());
+    block_conformance::run_all(
+        &DiskCache::open(memory(), dir.path(), 1 << 20, AtRest::Plain).unwrap(),
+    );
+}
+
+/// A sealed disk cache passes the suite, keeps nothing readable, and never serves a damaged
+/// copy.
+#[test]
+fn sealed_disk_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let codec = Arc::new(FrameCodec::new(Compression::None, Some(&[3; 32])));
+    let inner = memory();
+    let cache = DiskCache::open(inner.clone(), dir.path(), 1 << 20, AtRest::Sealed(codec)).unwrap();
+    block_conformance::run_all(&cache);
+    let data = b"a line that must not be found on the disk ".repeat(100);
+    let key = BlockKey::for_data(HashAlgo::Blake3, &data);
+    cache.put(&key, &data).unwrap();
+    let files = all_files(dir.path());
+    assert!(!files.is_empty());
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            !bytes.windows(20).any(|w| w == &data[..20]),
+            "{} holds plaintext",
+            f.display()
+        );
+    }
+    inner.tamper(&key, |d| d[0] ^= 1);
+    assert_eq!(
+        cache.get(&key).unwrap(),
+        data,
+        "served from the sealed copy"
+    );
+    for f in &files {
+        let mut bytes = std::fs::read(f).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::write(f, bytes).unwrap();
+    }
+    assert!(
+        cache.get(&key).is_err(),
+        "the damaged sealed copy is dropped, the store's is bad"
+    );
+}
+
+fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(all_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[test]

@@ -409,11 +409,11 @@ proptest! {
         run_on(&StackVolume::new(Stack::PostgresS3Writeback, model_cfg()), ops);
     }
     #[test]
-    fn core_over_compressed_blocks_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
+    fn core_over_sealed_blocks_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
         if !graviton_testkit::servers_present() {
             return Ok(());
         }
-        run_on(&StackVolume::new(Stack::Compressed, model_cfg()), ops);
+        run_on(&StackVolume::new(Stack::Sealed, model_cfg()), ops);
     }
 }
 

@@ -733,7 +733,7 @@ macro_rules! over_every_stack {
     };
 }
 
-over_every_stack!(Embedded, EmbeddedReplicated, Postgres, PostgresS3, PostgresS3Writeback, Compressed; [
+over_every_stack!(Embedded, EmbeddedReplicated, Postgres, PostgresS3, PostgresS3Writeback, Sealed; [
     link_counts_and_times_follow_posix,
     names_are_checked,
     rename_replace_noreplace_exchange_and_loops,

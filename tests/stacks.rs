@@ -61,8 +61,8 @@ fn postgres_s3_writeback() {
 }
 
 #[test]
-fn compressed() {
-    conformance(Stack::Compressed);
+fn sealed() {
+    conformance(Stack::Sealed);
 }
 
 /// The suites above ran over the layers they name.
@@ -101,14 +101,14 @@ fn each_stack_has_the_layers_of_its_kind() {
             ],
         ),
         (
-            Stack::Compressed,
+            Stack::Sealed,
             &["metadata cache", "PostgreSQL"],
             &[
                 "disk cache",
                 "replicated",
-                "frames (zstd:3) → retrying",
+                "frames (zstd:3, sealed) → retrying",
                 "metered → S3",
-                "frames (zstd:3) → metered → files",
+                "frames (zstd:3, sealed) → metered → files",
             ],
         ),
     ];

@@ -35,6 +35,12 @@ pub struct FormatArgs {
     /// makes it smaller. Deduplication works as without it.
     #[arg(long, value_name = "ALGO", default_value = "none", value_parser = compression)]
     pub compress: Compression,
+    /// Encrypt: every block stored as frames sealed with XChaCha20-Poly1305 and named by a
+    /// keyed hash, under a new random data key kept only wrapped by the passphrase (from
+    /// --key-file, else GRAVITON_PASSPHRASE, else asked twice on the terminal). Losing the
+    /// passphrase or key file loses the data.
+    #[arg(long)]
+    pub encrypt: bool,
     /// A directory for an embedded volume, or a postgres:// URL (password from the URL or
     /// PGPASSWORD-style settings of the URL; never printed).
     pub source: String,
@@ -62,7 +68,7 @@ fn size(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not a size (e.g. 65536, 64k, 1m)"))
 }
 
-pub fn run(args: FormatArgs) -> anyhow::Result<()> {
+pub fn run(args: FormatArgs, key_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let store = args.store.as_deref().map(StoreUrl::parse);
     let on_s3 = matches!(store, Some(Ok(StoreUrl::S3(_))));
     let blocks_elsewhere = on_s3 || matches!(store, Some(Ok(StoreUrl::File(_))));
@@ -80,6 +86,14 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
         }
         None => 0,
     };
+    let passphrase = match args.encrypt {
+        true => Some(crate::volume::unlock::new_passphrase(
+            crate::volume::unlock::PASSPHRASE_ENV,
+            key_file,
+            &source.display(),
+        )?),
+        false => None,
+    };
     let vol = Volume::format_replicated(
         &source,
         args.hash,
@@ -89,6 +103,7 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
         BlockFormat {
             small_blocks,
             compression: args.compress,
+            passphrase: passphrase.as_deref().map(Vec::as_slice),
         },
     )?;
     println!(
@@ -100,5 +115,10 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
         vol.stack.metadata,
         vol.stack.blocks,
     );
+    if vol.encrypted() {
+        println!(
+            "encrypted: the data key is stored only wrapped under the passphrase; whoever loses the passphrase (or key file) loses the data"
+        );
+    }
     Ok(())
 }

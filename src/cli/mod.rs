@@ -7,6 +7,7 @@ mod dump;
 mod format;
 mod fsck;
 mod gc;
+mod key;
 mod load;
 mod mount;
 mod scrub;
@@ -28,6 +29,11 @@ use crate::volume::Source;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// An encrypted volume's passphrase is this file's content, less one trailing newline (it
+    /// must be readable by its owner only). Without it: GRAVITON_PASSPHRASE, else a question
+    /// on the terminal.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,6 +60,8 @@ pub enum Command {
     /// Restore a dump into a freshly formatted volume of either engine whose block store
     /// holds the dump's blocks.
     Load(load::LoadArgs),
+    /// An encrypted volume's passphrase: `key change` wraps its data key under a new one.
+    Key(key::KeyArgs),
     /// The pid of the daemon serving a Graviton mount (for the umount helper).
     #[command(hide = true)]
     DaemonPid(daemon_pid::DaemonPidArgs),
@@ -85,9 +93,23 @@ pub fn source_or_default(source: Option<String>) -> anyhow::Result<Source> {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let key_file = match &cli.key_file {
+        Some(path) => Some(std::path::absolute(path)?),
+        None => None,
+    };
+    if let Some(path) = &key_file {
+        crate::volume::unlock::use_key_file(path);
+    }
     match cli.command {
-        Command::Format(args) => format::run(args),
-        Command::Mount(args) => mount::run(args),
+        Command::Format(args) => format::run(args, key_file.as_deref()),
+        Command::Mount(mut args) => {
+            if let Some(path) = &key_file {
+                // the daemon reads it too
+                args.options.push(format!("key_file={}", path.display()));
+            }
+            mount::run(args)
+        }
+        Command::Key(args) => key::run(args),
         Command::Status(args) => status::run(args),
         Command::Scrub(args) => scrub::run(args),
         Command::Fsck(args) => fsck::run(args),

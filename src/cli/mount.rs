@@ -2,7 +2,7 @@
 //! a daemon (this program again, with `--foreground`) serves it; SIGTERM, SIGINT or `umount`
 //! make the daemon commit pending writes and exit.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -56,6 +56,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     for o in &options {
         opts.apply(o)?;
     }
+    if let Some(path) = &opts.key_file {
+        crate::volume::unlock::use_key_file(path);
+    }
     if opts.write_cache && !opts.writeback {
         bail!(
             "mount option write_cache needs writeback: the kernel may keep writes only on a mount that has its volume to itself"
@@ -102,10 +105,29 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     }
     let mountpoint = prepare_mountpoint(&mountpoint)?;
     if args.foreground {
+        if args.notify_ready {
+            crate::volume::unlock::ask_with(ask_the_launcher);
+        }
         crate::daemon::serve(&source, &mountpoint, &opts, args.notify_ready)
     } else {
         launch_daemon(&options, &source, &mountpoint)
     }
+}
+
+/// What a daemon started by `graviton mount` prints when it needs the volume's passphrase; the
+/// launcher asks on its terminal and writes the answer as one line to the daemon's stdin.
+const ASK_PASSPHRASE: &str = "passphrase?";
+
+/// A daemon's way to ask for a passphrase (`volume::unlock::ask_with`): through its launcher.
+fn ask_the_launcher(
+    _prompt: &str,
+    _confirm: bool,
+) -> Result<crate::volume::unlock::Passphrase, crate::volume::unlock::UnlockError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(format!("{ASK_PASSPHRASE}\n").as_bytes())?;
+    out.flush()?;
+    drop(out);
+    crate::volume::unlock::read_line(&mut std::io::stdin().lock())
 }
 
 /// glibc reads its tunables when a process starts, so the daemon gets them from its launcher.
@@ -144,7 +166,7 @@ fn launch_daemon(options: &[String], source: &Source, mountpoint: &Path) -> anyh
             .arg(format!("{}{SOURCE_ENV}", crate::volume::FROM_ENV)),
     };
     cmd.arg(mountpoint)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: setsid is async-signal-safe; the daemon leaves the caller's session and terminal.
@@ -162,14 +184,26 @@ fn launch_daemon(options: &[String], source: &Source, mountpoint: &Path) -> anyh
         let _ = stderr.read_to_string(&mut err);
         err
     });
-    let mut line = String::new();
-    let stdout = child.stdout.take().expect("piped");
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .context("waiting for the mount daemon")?;
-    if line.trim() == "ready" {
-        // the daemon's output now goes to its log; what it said before is not needed
-        return Ok(());
+    let mut stdin = child.stdin.take();
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    loop {
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .context("waiting for the mount daemon")?;
+        match line.trim() {
+            // the daemon's output now goes to its log; what it said before is not needed
+            "ready" => return Ok(()),
+            ASK_PASSPHRASE => {
+                let prompt = format!("passphrase of {}: ", source.display());
+                let answer = crate::volume::unlock::ask_terminal(&prompt, false)?;
+                if let Some(mut to) = stdin.take() {
+                    // an empty line when there is no terminal: the daemon says what to do
+                    let _ = to.write_all(&answer).and_then(|()| to.write_all(b"\n"));
+                }
+            }
+            _ => break,
+        }
     }
     let status = child.wait()?;
     let err = errors.join().unwrap_or_default();

@@ -45,6 +45,8 @@ pub struct MountOptions {
     /// An on-disk block cache (for remote block stores), and its size.
     pub cache_dir: Option<std::path::PathBuf>,
     pub cache_dir_mb: u64,
+    /// An encrypted volume's passphrase is this file's content (`volume::unlock`).
+    pub key_file: Option<std::path::PathBuf>,
     /// How often the mount collects garbage itself (`graviton gc`): `Some(None)` never; by
     /// default hourly on embedded volumes, never on PostgreSQL ones.
     pub gc_every: Option<Option<Duration>>,
@@ -79,6 +81,7 @@ impl Default for MountOptions {
             metrics: None,
             cache_dir: None,
             cache_dir_mb: 10240,
+            key_file: None,
             gc_every: None,
             gc_grace: crate::maint::gc::DEFAULT_GRACE,
             mount_table: Vec::new(),
@@ -207,6 +210,13 @@ impl MountOptions {
                     self.cache_dir = Some(dir);
                 }
                 "cache_dir_mb" => self.cache_dir_mb = number(name, need()?, "megabytes")?,
+                "key_file" | "key-file" => {
+                    let file = std::path::PathBuf::from(need()?);
+                    if !file.is_absolute() {
+                        return Err(bad(name, file.display(), "an absolute path"));
+                    }
+                    self.key_file = Some(file);
+                }
                 "metrics" => {
                     self.metrics = Some(number(name, need()?, "an address like 127.0.0.1:9100")?)
                 }

@@ -203,6 +203,8 @@ pub enum FrameError {
 pub struct FrameCodec {
     compression: Compression,
     cipher: Option<XChaCha20Poly1305>,
+    /// A sealing codec keeps its volume's identity key installed while it is in use.
+    _identity: Option<std::sync::Arc<super::key::IdentityKeyHold>>,
 }
 
 /// Where a stored block's frames are: read from its header and index.
@@ -289,7 +291,14 @@ impl FrameCodec {
         FrameCodec {
             compression,
             cipher: sealing_key.map(|k| XChaCha20Poly1305::new(k.into())),
+            _identity: None,
         }
+    }
+
+    /// This codec, keeping `hold`'s identity key installed for as long as it lives.
+    pub fn holding(mut self, hold: std::sync::Arc<super::key::IdentityKeyHold>) -> FrameCodec {
+        self._identity = Some(hold);
+        self
     }
 
     /// What the frames are, for a volume's description: `zstd:3`, `lz4, sealed`.

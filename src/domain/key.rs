@@ -1,8 +1,15 @@
 //! Block identity: `(algorithm, digest, length)`, rendered `algo:lowerhex:size`.
 //! Only content decides a key, so equal bytes are stored once.
+//!
+//! An encrypted volume names its blocks with BLAKE3 in keyed mode (`blake3-keyed`), under an
+//! identity key derived from the volume's data key: equal bytes still share a name within the
+//! volume, and a name says nothing about the bytes to whoever lacks the key. The identity key
+//! is the process's ([`install_identity_key`]): a process serves one encrypted volume at a
+//! time, and another's key is refused while the first one's is held.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -15,6 +22,54 @@ pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
 pub enum HashAlgo {
     Blake3,
     Sha256,
+    /// BLAKE3 keyed with the process's identity key (an encrypted volume).
+    Blake3Keyed,
+}
+
+/// The identity key of the encrypted volume this process serves.
+static IDENTITY_KEY: RwLock<Option<[u8; 32]>> = RwLock::new(None);
+/// How many holds the installed key has: another key may replace it only at none.
+static HOLDS: Mutex<usize> = Mutex::new(0);
+
+/// The process already holds another encrypted volume's identity key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("this process already serves another encrypted volume")]
+pub struct OtherIdentityKey;
+
+/// Keeps the installed identity key from being replaced while a volume uses it (its sealing
+/// codecs hold one each).
+#[derive(Debug)]
+pub struct IdentityKeyHold(());
+
+impl Drop for IdentityKeyHold {
+    fn drop(&mut self) {
+        *HOLDS.lock().expect("identity key holds") -= 1;
+    }
+}
+
+/// Makes `key` the identity key that names `blake3-keyed` blocks in this process, held until
+/// the hold returned is dropped. The same key again is another hold; a different one is
+/// refused while the installed one is held, since the blocks named under it would no longer
+/// verify.
+pub fn install_identity_key(key: &[u8; 32]) -> Result<Arc<IdentityKeyHold>, OtherIdentityKey> {
+    let mut holds = HOLDS.lock().expect("identity key holds");
+    let mut installed = IDENTITY_KEY.write().expect("identity key");
+    match *installed {
+        Some(k) if k != *key && *holds > 0 => return Err(OtherIdentityKey),
+        _ => *installed = Some(*key),
+    }
+    *holds += 1;
+    Ok(Arc::new(IdentityKeyHold(())))
+}
+
+/// The installed identity key. A volume installs it when it opens, before any block is named
+/// or checked, so reaching here without one is a bug: naming blocks under some other key would
+/// lose them.
+fn identity_key() -> [u8; 32] {
+    IDENTITY_KEY
+        .read()
+        .expect("identity key")
+        .expect("a blake3-keyed block is named only once the volume's data key is unlocked")
 }
 
 impl HashAlgo {
@@ -22,6 +77,7 @@ impl HashAlgo {
         match self {
             HashAlgo::Blake3 => "blake3",
             HashAlgo::Sha256 => "sha-256",
+            HashAlgo::Blake3Keyed => "blake3-keyed",
         }
     }
 
@@ -29,6 +85,7 @@ impl HashAlgo {
         match self {
             HashAlgo::Blake3 => 1,
             HashAlgo::Sha256 => 2,
+            HashAlgo::Blake3Keyed => 3,
         }
     }
 
@@ -36,6 +93,7 @@ impl HashAlgo {
         match tag {
             1 => Some(HashAlgo::Blake3),
             2 => Some(HashAlgo::Sha256),
+            3 => Some(HashAlgo::Blake3Keyed),
             _ => None,
         }
     }
@@ -49,6 +107,7 @@ impl HashAlgo {
             // spin while they wait for work, on cores the writer needs.
             HashAlgo::Blake3 => *blake3::hash(data).as_bytes(),
             HashAlgo::Sha256 => sha2::Sha256::digest(data).into(),
+            HashAlgo::Blake3Keyed => *blake3::keyed_hash(&identity_key(), data).as_bytes(),
         }
     }
 }
@@ -65,6 +124,9 @@ impl BlockHasher {
         match algo {
             HashAlgo::Blake3 => BlockHasher::Blake3(Box::new(blake3::Hasher::new())),
             HashAlgo::Sha256 => BlockHasher::Sha256(sha2::Sha256::new()),
+            HashAlgo::Blake3Keyed => {
+                BlockHasher::Blake3(Box::new(blake3::Hasher::new_keyed(&identity_key())))
+            }
         }
     }
 
@@ -91,6 +153,7 @@ impl FromStr for HashAlgo {
         match s {
             "blake3" => Ok(HashAlgo::Blake3),
             "sha-256" | "sha256" => Ok(HashAlgo::Sha256),
+            "blake3-keyed" => Ok(HashAlgo::Blake3Keyed),
             other => Err(KeyError::UnknownAlgo(other.to_string())),
         }
     }
@@ -104,7 +167,7 @@ impl fmt::Display for HashAlgo {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("unknown hash algorithm {0:?} (expected blake3 or sha-256)")]
+    #[error("unknown hash algorithm {0:?} (expected blake3, sha-256 or blake3-keyed)")]
     UnknownAlgo(String),
     #[error("malformed block key {0:?} (expected algo:hex:size)")]
     Malformed(String),
@@ -136,7 +199,8 @@ impl BlockKey {
 
     /// The key naming `data`, with its group hashes when it has some (BLAKE3 blocks of more
     /// than one group): a block store may keep them for verified ranged reads. One pass over
-    /// the bytes, as `for_data`.
+    /// the bytes, as `for_data`. Keyed blocks have none: their frames are sealed, and each
+    /// frame's tag checks it.
     pub fn for_data_grouped(
         algo: HashAlgo,
         data: &[u8],
@@ -144,7 +208,7 @@ impl BlockKey {
         assert!(!data.is_empty(), "empty blocks do not exist");
         let (digest, groups) = match algo {
             HashAlgo::Blake3 => super::groups::digest_and_groups(data),
-            HashAlgo::Sha256 => (algo.digest(data), None),
+            HashAlgo::Sha256 | HashAlgo::Blake3Keyed => (algo.digest(data), None),
         };
         let key = BlockKey {
             algo,
@@ -261,6 +325,37 @@ mod tests {
         assert_eq!(zero.parse::<BlockKey>(), Err(KeyError::BadSize(0)));
         let upper = format!("blake3:{}:1", "A".repeat(64));
         assert!(upper.parse::<BlockKey>().is_err());
+    }
+
+    /// Keyed names depend on the key as well as the bytes, check as unkeyed ones do, and the
+    /// process refuses a second, different key while the first is held.
+    #[test]
+    fn keyed_names_need_the_key() {
+        let key = [9u8; 32];
+        let hold = install_identity_key(&key).unwrap();
+        let again = install_identity_key(&key).unwrap();
+        assert_eq!(install_identity_key(&[8; 32]).err(), Some(OtherIdentityKey));
+        drop(hold);
+        assert_eq!(install_identity_key(&[8; 32]).err(), Some(OtherIdentityKey));
+        drop(again);
+        drop(install_identity_key(&[8; 32]).unwrap());
+        let _hold = install_identity_key(&key).unwrap();
+        let data = b"the same bytes".repeat(1000);
+        let keyed = BlockKey::for_data(HashAlgo::Blake3Keyed, &data);
+        let plain = BlockKey::for_data(HashAlgo::Blake3, &data);
+        assert_ne!(keyed.digest, plain.digest);
+        assert_eq!(keyed.digest, *blake3::keyed_hash(&key, &data).as_bytes());
+        assert!(keyed.matches(&data) && !plain.matches(&data[1..]));
+        assert_eq!(
+            BlockKey::for_data_grouped(HashAlgo::Blake3Keyed, &data),
+            (keyed, None)
+        );
+        let mut h = BlockHasher::new(HashAlgo::Blake3Keyed);
+        h.update(&data[..7]);
+        h.update(&data[7..]);
+        assert!(keyed.matches_hashed(data.len(), h.finalize()));
+        assert_eq!(keyed.to_string().parse::<BlockKey>().unwrap(), keyed);
+        assert_eq!(BlockKey::from_bytes(&keyed.to_bytes()).unwrap(), keyed);
     }
 
     proptest! {

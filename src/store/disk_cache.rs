@@ -1,13 +1,15 @@
 //! An on-disk block cache in front of a remote store (`-o cache_dir=PATH`): blocks read or
 //! written are kept as files, least recently used first out past the size budget, and reused
 //! after a remount. A cached copy is checked against its key on every read; a bad one is
-//! dropped and the block fetched again, never served.
+//! dropped and the block fetched again, never served. On an encrypted volume the files are
+//! sealed (`AtRest`).
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::at_rest::AtRest;
 use super::{BlockStore, PutOutcome, StoreError, Unchecked, block_files};
 use crate::domain::BlockKey;
 use crate::domain::groups::GroupHashes;
@@ -17,6 +19,7 @@ pub struct DiskCache {
     dir: PathBuf,
     budget: u64,
     state: Mutex<Lru>,
+    at_rest: AtRest,
 }
 
 /// Cached blocks by recency: a counter stamps each use.
@@ -33,6 +36,7 @@ impl DiskCache {
         inner: Arc<dyn BlockStore>,
         dir: &Path,
         budget: u64,
+        at_rest: AtRest,
     ) -> Result<DiskCache, StoreError> {
         let mut found: Vec<(std::time::SystemTime, BlockKey, u64)> =
             block_files::scan(dir, "disk cache")?
@@ -54,6 +58,7 @@ impl DiskCache {
             dir: dir.to_path_buf(),
             budget,
             state: Mutex::new(lru),
+            at_rest,
         };
         cache.evict();
         Ok(cache)
@@ -73,7 +78,7 @@ impl DiskCache {
     fn keep(&self, key: &BlockKey, data: &[u8]) {
         let path = self.path(key);
         let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, data)
+        if std::fs::write(&tmp, self.at_rest.seal(key, data))
             .and_then(|()| std::fs::rename(&tmp, &path))
             .is_err()
         {
@@ -143,7 +148,8 @@ impl super::StoreLayer for DiskCache {
     }
 
     fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError> {
-        if let Ok(data) = std::fs::read(self.path(key)) {
+        if let Ok(stored) = std::fs::read(self.path(key)) {
+            let data = self.at_rest.open(key, stored);
             if key.matches(&data) {
                 self.touch(key);
                 metrics::counter!(crate::metrics::BLOCK_CACHE, "result" => "disk_hit").increment(1);
@@ -188,7 +194,7 @@ mod tests {
     fn budget_reuse_and_bad_copies() {
         let dir = tempfile::tempdir().unwrap();
         let inner = Arc::new(MemoryBlockStore::new());
-        let cache = DiskCache::open(inner.clone(), dir.path(), 2500).unwrap();
+        let cache = DiskCache::open(inner.clone(), dir.path(), 2500, AtRest::Plain).unwrap();
         let (k1, d1) = block(1);
         let (k2, d2) = block(2);
         let (k3, d3) = block(3);
@@ -203,7 +209,7 @@ mod tests {
         assert!(!cache.path(&k1).exists(), "the oldest went first");
         drop(cache);
         // reopened: what was cached is still there, and is served without the inner store
-        let cache = DiskCache::open(inner.clone(), dir.path(), 2500).unwrap();
+        let cache = DiskCache::open(inner.clone(), dir.path(), 2500, AtRest::Plain).unwrap();
         inner.tamper(&k3, |d| d[0] ^= 1);
         assert_eq!(cache.get(&k3).unwrap(), d3, "served from the disk copy");
         // a damaged disk copy is never served

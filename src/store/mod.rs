@@ -4,6 +4,7 @@
 //! a block, and it verifies the bytes against the key. A mismatch is [`StoreError::Corrupt`]
 //! (an I/O error to applications, and an error log), never wrong bytes.
 
+pub mod at_rest;
 mod block_files;
 pub mod disk_cache;
 pub mod framed;

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use super::at_rest::AtRest;
 use super::pending_sync::PendingSync;
 use super::{StoreError, block_files};
 use crate::domain::BlockKey;
@@ -79,6 +80,8 @@ pub struct Staging {
     pending: PendingSync<Unsynced>,
     /// New segments are written with `O_DIRECT` (until the file system refuses it).
     direct: AtomicBool,
+    /// How records hold their blocks (sealed on an encrypted volume).
+    at_rest: AtRest,
     /// An exclusive lock on the folder for as long as it is open: one process stages and
     /// uploads there at a time (a second would scan and release the first's records).
     _lock: nix::fcntl::Flock<File>,
@@ -147,12 +150,20 @@ fn lock(dir: &Path) -> Result<nix::fcntl::Flock<File>, StoreError> {
 impl Staging {
     /// Opens the staging folder `dir` (created if needed) and returns the blocks found in it,
     /// each once. Blocks an older version left as one file each are moved into a segment.
-    pub fn open(dir: &Path) -> Result<(Staging, Vec<(BlockKey, Loc)>), StoreError> {
-        Self::open_with(dir, true)
+    /// Records are kept as `at_rest` says (sealed on an encrypted volume).
+    pub fn open(
+        dir: &Path,
+        at_rest: AtRest,
+    ) -> Result<(Staging, Vec<(BlockKey, Loc)>), StoreError> {
+        Self::open_with(dir, true, at_rest)
     }
 
     /// As `open`; `direct` false writes every record through the page cache.
-    fn open_with(dir: &Path, direct: bool) -> Result<(Staging, Vec<(BlockKey, Loc)>), StoreError> {
+    fn open_with(
+        dir: &Path,
+        direct: bool,
+        at_rest: AtRest,
+    ) -> Result<(Staging, Vec<(BlockKey, Loc)>), StoreError> {
         let seg_dir = dir.join("segments");
         crate::private::dir(&seg_dir)
             .and_then(|()| crate::private::dir(dir))
@@ -173,6 +184,7 @@ impl Staging {
             }),
             pending: PendingSync::default(),
             direct: direct.into(),
+            at_rest,
             _lock: lock,
         };
         let mut found = Vec::new();
@@ -184,7 +196,8 @@ impl Staging {
                 .write(true)
                 .open(&path)
                 .map_err(|e| io(format!("opening {}", path.display()), e))?;
-            let records = scan(&file).map_err(|e| io(format!("reading {}", path.display()), e))?;
+            let records = scan(&file, &staging.at_rest)
+                .map_err(|e| io(format!("reading {}", path.display()), e))?;
             let mut live = 0;
             for (key, offset, len, aligned) in records {
                 if seen.insert(key) {
@@ -262,6 +275,7 @@ impl Staging {
     /// Appends `data` (named by `key`) to an open segment, creating one when every open
     /// segment is being written.
     pub fn append(&self, key: &BlockKey, data: &[u8]) -> Result<Loc, StoreError> {
+        let data = &*self.at_rest.seal(key, data);
         let len = u32::try_from(data.len()).map_err(|_| {
             io(
                 "staging a block".into(),
@@ -369,15 +383,16 @@ impl Staging {
         }
     }
 
-    /// The bytes at `loc` (unverified), or None once its segment was deleted.
-    pub fn read(&self, loc: Loc) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The bytes of the block `key` at `loc` (unverified: see `AtRest::open`), or None once its
+    /// segment was deleted.
+    pub fn read(&self, key: &BlockKey, loc: Loc) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(file) = self.lock().all.get(&loc.segment).map(|s| s.file.clone()) else {
             return Ok(None);
         };
         let mut data = vec![0u8; loc.len as usize];
         file.read_exact_at(&mut data, loc.data_at())
             .map_err(|e| io(format!("reading staged segment {}", loc.segment), e))?;
-        Ok(Some(data))
+        Ok(Some(self.at_rest.open(key, data)))
     }
 
     /// The record at `loc` is no longer needed; its segment goes with its last record (an
@@ -530,7 +545,7 @@ impl std::ops::Deref for AlignedBuf {
 
 /// The whole records of a segment, in order: (key, offset, length, page-aligned). The scan
 /// stops at the first record that is short, lacks a magic, or whose bytes do not match its key.
-fn scan(file: &File) -> std::io::Result<Vec<(BlockKey, u64, u32, bool)>> {
+fn scan(file: &File, at_rest: &AtRest) -> std::io::Result<Vec<(BlockKey, u64, u32, bool)>> {
     let mut r = std::io::BufReader::with_capacity(1 << 20, file);
     let mut out = Vec::new();
     let mut offset = 0u64;
@@ -565,7 +580,7 @@ fn scan(file: &File) -> std::io::Result<Vec<(BlockKey, u64, u32, bool)>> {
         };
         r.seek_relative(before as i64)?;
         data.resize(len as usize, 0);
-        if r.read_exact(&mut data).is_err() || !key.matches(&data) {
+        if r.read_exact(&mut data).is_err() || !at_rest.holds(&key, &data) {
             return Ok(out);
         }
         r.seek_relative(after as i64)?;
@@ -592,9 +607,9 @@ mod tests {
     fn records_survive_reopen_and_segments_go_with_their_last_record() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (block(1, 1000), block(2, 3000));
-        let (s, found) = Staging::open(tmp.path()).unwrap();
+        let (s, found) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         assert!(found.is_empty());
-        let Err(busy) = Staging::open(tmp.path()) else {
+        let Err(busy) = Staging::open(tmp.path(), AtRest::Plain) else {
             panic!("a second opener would scan and release the first's records")
         };
         assert!(
@@ -607,13 +622,13 @@ mod tests {
             la.segment, lb.segment,
             "one writer at a time reuses the open segment"
         );
-        assert_eq!(s.read(lb).unwrap().unwrap(), b.1);
+        assert_eq!(s.read(&b.0, lb).unwrap().unwrap(), b.1);
         s.sync().unwrap();
         drop(s);
 
-        let (s, found) = Staging::open(tmp.path()).unwrap();
+        let (s, found) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         assert_eq!(found, vec![(a.0, la), (b.0, lb)]);
-        assert_eq!(s.read(la).unwrap().unwrap(), a.1);
+        assert_eq!(s.read(&a.0, la).unwrap().unwrap(), a.1);
         s.release(la);
         assert_eq!(segment_files(tmp.path()), 1, "a record is still needed");
         s.release(lb);
@@ -622,24 +637,24 @@ mod tests {
             0,
             "the reopened segment went with its last record"
         );
-        assert_eq!(s.read(lb).unwrap(), None);
+        assert_eq!(s.read(&b.0, lb).unwrap(), None);
     }
 
     #[test]
     fn released_records_of_an_open_segment_do_not_come_back() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b, c) = (block(1, 100), block(2, 200), block(3, 300));
-        let (s, _) = Staging::open(tmp.path()).unwrap();
+        let (s, _) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         let la = s.append(&a.0, &a.1).unwrap();
         let lb = s.append(&b.0, &b.1).unwrap();
         s.release(la);
         assert_eq!(segment_files(tmp.path()), 1);
         drop(s);
-        let (s, found) = Staging::open(tmp.path()).unwrap();
+        let (s, found) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         assert_eq!(found, vec![(b.0, lb)], "the released record stays released");
         drop(s);
         // an idle open segment goes with its last record
-        let (s, found) = Staging::open(tmp.path()).unwrap();
+        let (s, found) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         s.release(found[0].1);
         assert_eq!(segment_files(tmp.path()), 0);
         let lc = s.append(&c.0, &c.1).unwrap();
@@ -650,14 +665,19 @@ mod tests {
             "nothing left to upload, nothing on disk"
         );
         drop(s);
-        assert!(Staging::open(tmp.path()).unwrap().1.is_empty());
+        assert!(
+            Staging::open(tmp.path(), AtRest::Plain)
+                .unwrap()
+                .1
+                .is_empty()
+        );
     }
 
     #[test]
     fn a_torn_or_damaged_record_ends_the_segment_at_reopen() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b, c) = (block(1, 500), block(2, 500), block(3, 500));
-        let (s, _) = Staging::open(tmp.path()).unwrap();
+        let (s, _) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         let la = s.append(&a.0, &a.1).unwrap();
         let lb = s.append(&b.0, &b.1).unwrap();
         let lc = s.append(&c.0, &c.1).unwrap();
@@ -669,11 +689,11 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         // the last record's bytes cut short, as by a crash mid-write
         f.set_len(lc.data_at() + 490).unwrap();
-        let (_, found) = Staging::open(tmp.path()).unwrap();
+        let (_, found) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         assert_eq!(found, vec![(a.0, la), (b.0, lb)]);
         // a flipped byte in the second record's data
         f.write_all_at(b"x", lb.data_at() + 7).unwrap();
-        let (_, found) = Staging::open(tmp.path()).unwrap();
+        let (_, found) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         assert_eq!(
             found,
             vec![(a.0, la)],
@@ -686,12 +706,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b, c) = (block(1, 5000), block(2, 8192), block(3, 1));
         // through the page cache (as where O_DIRECT is refused), then direct where it is not
-        let (s, _) = Staging::open_with(tmp.path(), false).unwrap();
+        let (s, _) = Staging::open_with(tmp.path(), false, AtRest::Plain).unwrap();
         let la = s.append(&a.0, &a.1).unwrap();
         let lb = s.append(&b.0, &b.1).unwrap();
         assert!(!la.aligned && !lb.aligned);
         drop(s);
-        let (s, found) = Staging::open(tmp.path()).unwrap();
+        let (s, found) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         assert_eq!(found, vec![(a.0, la), (b.0, lb)]);
         let lc = s.append(&c.0, &c.1).unwrap();
         let ld = s.append(&a.0, &b.1[..100]).unwrap(); // a wrong key: never staged again
@@ -703,20 +723,20 @@ mod tests {
                 "one page of header, one of bytes"
             );
         }
-        assert_eq!(s.read(lc).unwrap().unwrap(), c.1);
+        assert_eq!(s.read(&c.0, lc).unwrap().unwrap(), c.1);
         s.release(la);
         s.sync().unwrap();
         drop(s);
-        let (s, found) = Staging::open(tmp.path()).unwrap();
+        let (s, found) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         assert_eq!(found, vec![(b.0, lb), (c.0, lc)]);
-        assert_eq!(s.read(lb).unwrap().unwrap(), b.1);
-        assert_eq!(s.read(lc).unwrap().unwrap(), c.1);
+        assert_eq!(s.read(&b.0, lb).unwrap().unwrap(), b.1);
+        assert_eq!(s.read(&c.0, lc).unwrap().unwrap(), c.1);
     }
 
     #[test]
     fn concurrent_appends_all_read_back() {
         let tmp = tempfile::tempdir().unwrap();
-        let (s, _) = Staging::open(tmp.path()).unwrap();
+        let (s, _) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         let s = Arc::new(s);
         let handles: Vec<_> = (0..4u8)
             .map(|t| {
@@ -735,11 +755,11 @@ mod tests {
             .into_iter()
             .flat_map(|h| h.join().unwrap())
             .collect();
-        for (_, loc, data) in &all {
-            assert_eq!(s.read(*loc).unwrap().as_ref(), Some(data));
+        for (key, loc, data) in &all {
+            assert_eq!(s.read(key, *loc).unwrap().as_ref(), Some(data));
         }
         drop(s);
-        let (_, found) = Staging::open(tmp.path()).unwrap();
+        let (_, found) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         assert_eq!(found.len(), all.len());
     }
 
@@ -750,10 +770,10 @@ mod tests {
         std::fs::write(block_files::path(tmp.path(), &a.0), &a.1).unwrap();
         std::fs::write(block_files::path(tmp.path(), &b.0), b"damaged").unwrap();
         std::fs::create_dir_all(tmp.path().join("spare")).unwrap();
-        let (s, found) = Staging::open(tmp.path()).unwrap();
+        let (s, found) = Staging::open(tmp.path(), AtRest::Plain).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, a.0);
-        assert_eq!(s.read(found[0].1).unwrap().unwrap(), a.1);
+        assert_eq!(s.read(&found[0].0, found[0].1).unwrap().unwrap(), a.1);
         assert!(!block_files::path(tmp.path(), &a.0).exists());
         assert!(!tmp.path().join("spare").exists());
     }

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::at_rest::AtRest;
 use super::staging::{Loc, Staging};
 use super::{BlockStore, PutOutcome, StoreError, Unchecked};
 use crate::domain::BlockKey;
@@ -70,23 +71,24 @@ impl WriteBack {
         let s = &self.uploads;
         let staged = s.lock().staged.get(key).copied();
         match staged {
-            Some(loc) => s.staging.read(loc),
+            Some(loc) => s.staging.read(key, loc),
             None => Ok(None),
         }
     }
 
-    /// Opens the staging folder (created if needed) and starts uploading what an earlier mount
-    /// left there.
+    /// Opens the staging folder (created if needed), whose records are kept as `at_rest` says,
+    /// and starts uploading what an earlier mount left there.
     pub fn open(
         inner: Arc<dyn BlockStore>,
         dir: &Path,
         on_duplicate: OnDuplicate,
+        at_rest: AtRest,
     ) -> Result<WriteBack, StoreError> {
         let mut state = State {
             uploaders: UPLOADERS,
             ..State::default()
         };
-        let (staging, found) = Staging::open(dir)?;
+        let (staging, found) = Staging::open(dir, at_rest)?;
         for (key, loc) in found {
             state.staged.insert(key, loc);
             state.queue.push_back((key, Instant::now()));
@@ -139,11 +141,12 @@ impl WriteBack {
         dir: &Path,
         on_duplicate: OnDuplicate,
         stall: Duration,
+        at_rest: AtRest,
     ) -> Result<usize, StoreError> {
         if !dir.exists() {
             return Ok(0);
         }
-        let wb = WriteBack::open(inner, dir, on_duplicate)?;
+        let wb = WriteBack::open(inner, dir, on_duplicate, at_rest)?;
         let found = wb.staged();
         let (mut left, mut progress) = (found, Instant::now());
         // `drain` in short steps, to tell "slow" from "stuck"
@@ -234,7 +237,7 @@ impl Uploads {
         let Some(loc) = self.lock().staged.get(key).copied() else {
             return Ok(()); // deleted meanwhile (`delete`)
         };
-        let Some(data) = self.staging.read(loc)? else {
+        let Some(data) = self.staging.read(key, loc)? else {
             return Ok(());
         };
         // checked and group-hashed in one pass (the S3 store keeps the group hashes)
@@ -469,7 +472,13 @@ mod tests {
         let data = vec![7u8; 100 << 10];
         let key = BlockKey::for_data(HashAlgo::Blake3, &data);
         inner.put(&key, &data).unwrap(); // the old copy, unreferenced and marked by gc
-        let wb = WriteBack::open(inner.clone(), staging.path(), Box::new(|_| {})).unwrap();
+        let wb = WriteBack::open(
+            inner.clone(),
+            staging.path(),
+            Box::new(|_| {}),
+            AtRest::Plain,
+        )
+        .unwrap();
         // a writer stores the same bytes again: staged, reported fresh, so no mark is taken
         assert_eq!(wb.put(&key, &data).unwrap(), PutOutcome::Fresh);
         // gc's deletion, decided before the writer's commit
@@ -518,7 +527,7 @@ mod tests {
             key,
             listed: Mutex::new(Some(tx)),
         });
-        let wb = WriteBack::open(inner, staging.path(), Box::new(|_| {})).unwrap();
+        let wb = WriteBack::open(inner, staging.path(), Box::new(|_| {}), AtRest::Plain).unwrap();
         wb.put(&key, &data).unwrap();
         std::thread::scope(|s| {
             let wb = &wb;
@@ -538,7 +547,13 @@ mod tests {
         // (the suite runs as root, as its FUSE tests need)
         let disk = SmallDisk::new(1 << 20).expect("mounting a 1 MiB tmpfs (as root)");
         let inner = Arc::new(MemoryBlockStore::new());
-        let wb = WriteBack::open(inner.clone(), disk.0.path(), Box::new(|_| {})).unwrap();
+        let wb = WriteBack::open(
+            inner.clone(),
+            disk.0.path(),
+            Box::new(|_| {}),
+            AtRest::Plain,
+        )
+        .unwrap();
         let blocks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 400 << 10]).collect();
         let key = |b: &[u8]| BlockKey::for_data(HashAlgo::Blake3, b);
         for b in &blocks {

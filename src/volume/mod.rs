@@ -7,6 +7,7 @@ pub mod data_key;
 mod source;
 pub mod stack;
 mod store_url;
+pub mod unlock;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub use store_url::{POSTGRES_STORE, StoreUrl};
 use crate::domain::frames::{Compression, FrameCodec};
 use crate::domain::{Chunker, HashAlgo};
 use crate::meta::{Inode, MetaError, MetaStore, ROOT_INO, Timestamp};
+use crate::store::at_rest::AtRest;
 use crate::store::local::Disk;
 use crate::store::{BlockStore, StoreError};
 use crate::vfs::{Fs, FsConfig, FsError};
@@ -37,6 +39,8 @@ pub const FRAMES_FORMAT_VERSION: &str = "4";
 pub const SMALL_BLOCKS: &str = "small_blocks";
 /// Setting: how blocks are compressed (`domain::frames::Compression`); absent: not framed.
 pub const COMPRESSION: &str = "compression";
+/// Setting: an encrypted volume's data key, wrapped under its passphrase (`data_key`).
+pub const DATA_KEY: &str = "data_key";
 /// An embedded volume's `small_blocks` unless format says otherwise: blocks shorter than
 /// any the chunker cuts inside a stream (1 MiB with the default chunker), that is small
 /// files, tails and packed pieces. Those reach RocksDB's log before the commit that names
@@ -65,6 +69,15 @@ pub enum VolumeError {
     )]
     StoreRequired,
     #[error(transparent)]
+    Unlock(#[from] unlock::UnlockError),
+    #[error("{path}: {reason}")]
+    Key {
+        path: String,
+        reason: data_key::KeyError,
+    },
+    #[error(transparent)]
+    OtherKey(#[from] crate::domain::key::OtherIdentityKey),
+    #[error(transparent)]
     Meta(#[from] MetaError),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -91,16 +104,22 @@ pub struct VolumeSettings {
     /// How blocks are compressed in frames (`zstd:3`, `lz4`, `none`); None: stored as they are.
     #[serde(default)]
     pub compression: Option<String>,
+    /// Whether frames are sealed under the volume's data key (`--encrypt`).
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// How a new volume stores its blocks.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BlockFormat {
+#[derive(Clone, Copy, Default)]
+pub struct BlockFormat<'a> {
     /// Blocks shorter than this many bytes go to the metadata database (0: none).
     pub small_blocks: u32,
     /// Each block stored as frames, compressed where that makes them smaller
-    /// (`Compression::None`: stored as they are, unframed).
+    /// (`Compression::None` and no encryption: stored as they are, unframed).
     pub compression: Compression,
+    /// Encrypted: frames sealed under a new data key, which is kept wrapped under this
+    /// passphrase; blocks named by a keyed hash.
+    pub passphrase: Option<&'a [u8]>,
 }
 
 pub struct Volume {
@@ -121,6 +140,9 @@ pub struct Volume {
     pub store_url: StoreUrl,
     /// The layers `meta` and `store` pass through (`stack`).
     pub stack: StackDescription,
+    /// How a mount keeps its local copies of blocks (disk cache, write-back staging): sealed
+    /// on an encrypted volume.
+    pub at_rest: AtRest,
 }
 
 /// How long PostgreSQL operations wait for an unreachable server before they fail with EIO.
@@ -164,7 +186,15 @@ impl Volume {
         let BlockFormat {
             small_blocks,
             compression,
+            passphrase,
         } = blocks;
+        if passphrase.is_some() && hash != HashAlgo::Blake3 {
+            return Err(VolumeError::Invalid {
+                path: source.display(),
+                message: "an encrypted volume names its blocks with keyed BLAKE3: leave --hash out"
+                    .into(),
+            });
+        }
         if small_blocks > 0
             && matches!(source, Source::Postgres(_))
             && store_url == Some(POSTGRES_STORE)
@@ -208,12 +238,29 @@ impl Volume {
         if meta.setting("format_version")?.is_some() {
             return Err(VolumeError::AlreadyFormatted(source.display()));
         }
+        let key = match passphrase {
+            None => None,
+            Some(p) => {
+                let key = data_key::DataKey::generate();
+                let path = source.display();
+                let wrapped = key
+                    .wrap(p, data_key::KdfCost::DEFAULT)
+                    .map_err(|reason| VolumeError::Key { path, reason })?;
+                meta.put_setting(DATA_KEY, &wrapped)?;
+                Some(key)
+            }
+        };
+        let hash = match key {
+            Some(_) => HashAlgo::Blake3Keyed,
+            None => hash,
+        };
+        let framed = compression != Compression::None || key.is_some();
         meta.put_setting("hash", hash.name())?;
         meta.put_setting("chunker", &chunker.to_string())?;
         meta.put_setting("block_store", &url.recorded())?;
         meta.put_setting("replicas", &replicas.join(","))?;
         meta.put_setting(SMALL_BLOCKS, &small_blocks.to_string())?;
-        if compression != Compression::None {
+        if framed {
             meta.put_setting(COMPRESSION, &compression.name())?;
         }
         // tells a volume from another later created behind the same URL (local caches)
@@ -227,14 +274,14 @@ impl Volume {
         meta.put_setting(
             "format_version",
             match (small_blocks, source) {
-                _ if compression != Compression::None => FRAMES_FORMAT_VERSION,
+                _ if framed => FRAMES_FORMAT_VERSION,
                 (_, Source::Dir(_)) => EMBEDDED_SMALL_BLOCKS_FORMAT_VERSION,
                 (0, Source::Postgres(_)) => FORMAT_VERSION,
                 (_, Source::Postgres(_)) => SMALL_BLOCKS_FORMAT_VERSION,
             },
         )?;
         drop(meta);
-        Self::open(source)
+        Self::open_with(source, DEFAULT_PG_WAIT, None, key)
     }
 
     pub fn open(source: &Source) -> Result<Volume, VolumeError> {
@@ -246,20 +293,22 @@ impl Volume {
         source: &Source,
         pg_wait: std::time::Duration,
     ) -> Result<Volume, VolumeError> {
-        Self::open_with(source, pg_wait, None)
+        Self::open_with(source, pg_wait, None, None)
     }
 
     /// `open`, with a local block store making its files durable through `disk`.
     pub fn open_on_disk(source: &Source, disk: Arc<dyn Disk>) -> Result<Volume, VolumeError> {
-        Self::open_with(source, DEFAULT_PG_WAIT, Some(&disk))
+        Self::open_with(source, DEFAULT_PG_WAIT, Some(&disk), None)
     }
 
     /// Long because an older volume is brought up to date (format versions) before its
-    /// settings are read, in this order.
+    /// settings are read, in this order. An encrypted volume is unlocked with `key` when given
+    /// (at format), else with its passphrase (`unlock`), before anything is read or written.
     fn open_with(
         source: &Source,
         pg_wait: std::time::Duration,
         disk: Option<&Arc<dyn Disk>>,
+        key: Option<data_key::DataKey>,
     ) -> Result<Volume, VolumeError> {
         if let Source::Dir(d) = source {
             if !Self::is_formatted(d) {
@@ -321,6 +370,7 @@ impl Volume {
                 None => 0,
             },
             compression: meta.setting(COMPRESSION)?,
+            encrypted: false,
         };
         let hash: HashAlgo = settings.hash.parse().map_err(|e| invalid(format!("{e}")))?;
         let chunker: Chunker = settings
@@ -347,10 +397,35 @@ impl Volume {
                     settings.format_version
                 )));
             }
-            Some(c) => Some(Arc::new(FrameCodec::new(
-                Compression::parse(c).map_err(|e| invalid(format!("{e}")))?,
-                None,
-            ))),
+            Some(c) => Some(Compression::parse(c).map_err(|e| invalid(format!("{e}")))?),
+        };
+        let wrapped = meta.setting(DATA_KEY)?;
+        if wrapped.is_some() != (hash == HashAlgo::Blake3Keyed) || wrapped.is_some() && !framed {
+            return Err(invalid(format!(
+                "settings {DATA_KEY:?}, \"hash\" ({hash}) and format version {} disagree",
+                settings.format_version
+            )));
+        }
+        let sealing = match (&wrapped, key) {
+            (None, _) => None,
+            (Some(_), Some(key)) => Some(key),
+            (Some(w), None) => Some(unlock(source, w)?),
+        }
+        .map(|key| -> Result<_, VolumeError> {
+            let hold = crate::domain::key::install_identity_key(&key.identity_key())?;
+            Ok((key.sealing_key(), hold))
+        })
+        .transpose()?;
+        let mut settings = settings;
+        settings.encrypted = sealing.is_some();
+        let codec = |compression| match &sealing {
+            Some((key, hold)) => FrameCodec::new(compression, Some(key)).holding(hold.clone()),
+            None => FrameCodec::new(compression, None),
+        };
+        let frames = frames.map(|c| Arc::new(codec(c)));
+        let at_rest = match &sealing {
+            Some(_) => AtRest::Sealed(Arc::new(codec(Compression::None))),
+            None => AtRest::Plain,
         };
         let blocks = stack::blocks(
             source,
@@ -378,7 +453,37 @@ impl Volume {
                 metadata: engine.description,
                 blocks: blocks.description,
             },
+            at_rest,
         })
+    }
+
+    /// Wraps the data key of the encrypted volume `source` under the passphrase `new` gives
+    /// (`graviton key change`), once its current passphrase unlocks it. Only the metadata is
+    /// opened: blocks and the data key stay as they are.
+    pub fn change_passphrase(
+        source: &Source,
+        new: impl FnOnce() -> Result<unlock::Passphrase, unlock::UnlockError>,
+    ) -> Result<(), VolumeError> {
+        let meta = stack::engine(source, DEFAULT_PG_WAIT)?.meta;
+        let Some(wrapped) = meta.setting(DATA_KEY)? else {
+            return Err(VolumeError::Invalid {
+                path: source.display(),
+                message: "the volume is not encrypted: it has no key to change".into(),
+            });
+        };
+        let key = unlock(source, &wrapped)?;
+        let path = source.display();
+        let rewrapped = key
+            .wrap(&new()?, data_key::KdfCost::DEFAULT)
+            .map_err(|reason| VolumeError::Key { path, reason })?;
+        meta.put_setting(DATA_KEY, &rewrapped)?;
+        meta.sync()?;
+        Ok(())
+    }
+
+    /// Whether this volume's blocks are sealed (`--encrypt`).
+    pub fn encrypted(&self) -> bool {
+        self.settings.encrypted
     }
 
     /// The core's configuration for this volume, with default tunables.
@@ -396,6 +501,14 @@ impl Volume {
     pub fn filesystem(&self, cfg: FsConfig) -> Result<Fs, VolumeError> {
         Ok(Fs::new(self.meta.clone(), self.store.clone(), cfg)?)
     }
+}
+
+/// The data key of the encrypted volume `source`, unwrapped from `wrapped` with its passphrase.
+fn unlock(source: &Source, wrapped: &str) -> Result<data_key::DataKey, VolumeError> {
+    let path = source.display();
+    let passphrase = unlock::passphrase(&path)?;
+    data_key::DataKey::unwrap(wrapped, &passphrase)
+        .map_err(|reason| VolumeError::Key { path, reason })
 }
 
 #[cfg(test)]

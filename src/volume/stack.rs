@@ -290,8 +290,13 @@ pub fn mount_layers(
     }
     if let Some((dir, budget)) = &layers.disk_cache {
         vol.store = Arc::new(
-            crate::store::disk_cache::DiskCache::open(vol.store.clone(), dir, *budget)
-                .with_context(|| format!("opening the block cache in {}", dir.display()))?,
+            crate::store::disk_cache::DiskCache::open(
+                vol.store.clone(),
+                dir,
+                *budget,
+                vol.at_rest.clone(),
+            )
+            .with_context(|| format!("opening the block cache in {}", dir.display()))?,
         );
         let layer = format!("disk cache {} ({} MiB)", dir.display(), budget >> 20);
         vol.stack.blocks = over(layer, &vol.stack.blocks);
@@ -324,8 +329,13 @@ fn upload_staged(vol: &Volume, writeback: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = staging_dir(vol);
-    let uploaded =
-        WriteBack::upload_left(vol.store.clone(), &dir, unmark(vol), STAGED_UPLOAD_STALL)
+    let uploaded = WriteBack::upload_left(
+        vol.store.clone(),
+        &dir,
+        unmark(vol),
+        STAGED_UPLOAD_STALL,
+        vol.at_rest.clone(),
+    )
             .context(
                 "not mounting until they are uploaded (-o writeback mounts with them served from this machine meanwhile)",
             )?;
@@ -388,7 +398,7 @@ fn write_back(vol: &mut Volume) -> anyhow::Result<()> {
         );
     }
     let dir = staging_dir(vol);
-    let staged = WriteBack::open(vol.store.clone(), &dir, unmark(vol))
+    let staged = WriteBack::open(vol.store.clone(), &dir, unmark(vol), vol.at_rest.clone())
         .with_context(|| format!("opening the write-back folder {}", dir.display()))?;
     vol.store = Arc::new(staged);
     vol.stack.blocks = over(

@@ -101,15 +101,21 @@ impl Mounted {
 
     /// A PostgreSQL volume with blocks in `store` (`None`: a folder in the temporary folder).
     pub fn new_pg_with_store(options: &str, store: Option<&str>) -> Mounted {
+        Self::new_pg_formatted(&[], options, store)
+    }
+
+    /// A PostgreSQL volume formatted with `format_args` as well, blocks in `store` (`None`: a
+    /// folder in the temporary folder).
+    pub fn new_pg_formatted(format_args: &[&str], options: &str, store: Option<&str>) -> Mounted {
         let url = graviton_testkit::scratch_database();
         let (dir, vol, mnt) = scratch();
         let store = store
             .map(str::to_string)
             .unwrap_or_else(|| format!("file://{}", vol.join("blocks").display()));
-        ok(
-            run(BIN, &["format", "--store", &store, &url], dir.path()),
-            "graviton format postgres",
-        );
+        let mut args = vec!["format", "--store", &store];
+        args.extend_from_slice(format_args);
+        args.push(&url);
+        ok(run(BIN, &args, dir.path()), "graviton format postgres");
         Self::mount_pg(dir, vol, mnt, url, options)
     }
 

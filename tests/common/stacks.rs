@@ -13,6 +13,9 @@ use graviton::volume::{POSTGRES_STORE, Source, Volume};
 
 use super::tempdir;
 
+/// The passphrase of `Stack::Sealed` volumes.
+const PASSPHRASE: &[u8] = b"a passphrase for the sealed stack";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stack {
     /// The default: RocksDB, small blocks in RocksDB and the rest in files.
@@ -26,9 +29,10 @@ pub enum Stack {
     /// `-o writeback,cache_dir=…`: a write-behind journal in front of the metadata cache, and
     /// a write-back staging folder in front of the disk cache.
     PostgresS3Writeback,
-    /// `format --compress zstd`: PostgreSQL behind the metadata cache, blocks as compressed
-    /// frames in S3 (behind a disk cache) and a copy of each in files.
-    Compressed,
+    /// `format --compress zstd --encrypt`: PostgreSQL behind the metadata cache, blocks as
+    /// compressed, sealed frames in S3 (behind a disk cache, itself sealed) and a copy of each
+    /// in files.
+    Sealed,
 }
 
 impl Stack {
@@ -66,7 +70,7 @@ impl StackVolume {
                 Some(s3()),
                 vec![],
             ),
-            Stack::Compressed => {
+            Stack::Sealed => {
                 let files = format!("file://{}", dir.path().join("copy").display());
                 (
                     Source::Postgres(graviton_testkit::scratch_database()),
@@ -76,7 +80,7 @@ impl StackVolume {
             }
         };
         let compression = match stack {
-            Stack::Compressed => graviton::domain::frames::Compression::Zstd(3),
+            Stack::Sealed => graviton::domain::frames::Compression::Zstd(3),
             _ => Default::default(),
         };
         let small_blocks = match stack {
@@ -92,9 +96,14 @@ impl StackVolume {
             graviton::volume::BlockFormat {
                 small_blocks,
                 compression,
+                passphrase: (stack == Stack::Sealed).then_some(PASSPHRASE),
             },
         )
         .unwrap_or_else(|e| panic!("formatting a {stack:?} volume: {e}"));
+        if stack == Stack::Sealed {
+            // how every later opening in this process unlocks it, as a terminal would
+            graviton::volume::unlock::ask_with(|_, _| Ok(PASSPHRASE.to_vec().into()));
+        }
         StackVolume {
             stack,
             source,
@@ -108,7 +117,7 @@ impl StackVolume {
         let mut vol = Volume::open(&self.source).expect("open");
         let remote = matches!(
             self.stack,
-            Stack::PostgresS3 | Stack::PostgresS3Writeback | Stack::Compressed
+            Stack::PostgresS3 | Stack::PostgresS3Writeback | Stack::Sealed
         );
         let layers = MountLayers {
             meta_cache: true,

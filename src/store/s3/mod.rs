@@ -297,7 +297,7 @@ impl S3BlockStore {
             (HashAlgo::Blake3, None) if data.len() as u64 == key.size as u64 => {
                 GroupHashes::of(data).map(|g| g.encode())
             }
-            (HashAlgo::Blake3, None) | (HashAlgo::Sha256, _) => None,
+            _ => None,
         };
         let object = self.object(key);
         match self.put_object(&object, Some(key), body, if_absent, groups.as_deref())? {

@@ -1,0 +1,300 @@
+//! Volumes formatted with `--encrypt`: nothing readable in any store, cache or staging folder;
+//! a damaged frame reads as EIO; a wrong passphrase mounts nothing; `key change` re-wraps the
+//! key.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::mounted::{BIN, Mounted, ok, run};
+
+/// A key file holding `passphrase`, readable by its owner only.
+fn key_file(dir: &Path, name: &str, passphrase: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, passphrase).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// 64 random characters, found nowhere by chance.
+fn marker() -> String {
+    (0..2)
+        .map(|_| format!("{:032x}", rand::random::<u128>()))
+        .collect()
+}
+
+/// The regular files under `dir` (none when it is missing).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => out.extend(files(&path)),
+            Ok(meta) if meta.is_file() => out.push(path),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The files under `dir` whose bytes contain `needle`.
+fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files(dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(p).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
+}
+
+/// Writes the marker into 1,000 small files and, eight times over, into a 3 MiB one (blocks
+/// of every size: in the database, in S3, in files); returns the big file's bytes.
+fn write_marked(mnt: &Path, marker: &str) -> Vec<u8> {
+    for i in 0..1000 {
+        let body = format!("file {i}\n{marker}\nthe end of file {i}\n");
+        std::fs::write(mnt.join(format!("f{i}")), body).unwrap();
+    }
+    let mut big = Vec::with_capacity(3 << 20);
+    let mut n = 0u64;
+    while big.len() < 3 << 20 {
+        if n.is_multiple_of(50_000) {
+            big.extend_from_slice(marker.as_bytes());
+        }
+        big.extend_from_slice(format!("{n:08}\n").as_bytes());
+        n += 1;
+    }
+    std::fs::write(mnt.join("big"), &big).unwrap();
+    big
+}
+
+/// The S3 server's folder for the URL `s3` (`scripts/s3.sh` serves `GRAVITON_TEST_S3_ROOT`):
+/// the bucket's, where s3s-fs keeps objects and their metadata.
+fn s3_folder(s3: &str) -> PathBuf {
+    let root = PathBuf::from(std::env::var("GRAVITON_TEST_S3_ROOT").expect("S3 root"));
+    let bucket = s3
+        .trim_start_matches("s3://")
+        .split(['/', '?'])
+        .next()
+        .unwrap();
+    root.join(bucket)
+}
+
+/// The rows of the PostgreSQL tables that hold small blocks, as hex.
+fn block_tables_hex(url: &str) -> String {
+    let out = run(
+        "psql",
+        &[
+            url,
+            "-At",
+            "-c",
+            "SELECT encode(block_key, 'hex') || ':' || encode(data, 'hex') FROM block_pieces",
+        ],
+        Path::new("/"),
+    );
+    ok(out, "psql")
+}
+
+/// The acceptance test of `--encrypt`: a marker written into 1,000 files is found in a plain
+/// volume's block folder and S3 objects, and nowhere at rest for an encrypted, compressed
+/// PostgreSQL + S3 volume: not in its S3 objects or their metadata, its replica's folder, the
+/// database's block tables, its disk cache or its write-back staging folder.
+#[test]
+fn nothing_written_to_an_encrypted_volume_is_readable_at_rest() {
+    graviton_testkit::needs_servers!();
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path(), "key", "an encrypted volume's passphrase");
+    let key_arg = key.to_str().unwrap();
+
+    // plain: the marker is in the block files and the S3 objects
+    let plain_marker = marker();
+    let plain_s3 = common::mounted::s3_scratch_url();
+    let scratch = tempfile::tempdir().unwrap();
+    let replica = scratch.path().join("replica");
+    let plain = Mounted::new_pg_formatted(
+        &[
+            "--small-blocks",
+            "0",
+            "--replica",
+            &format!("file://{}", replica.display()),
+        ],
+        "",
+        Some(&plain_s3),
+    );
+    write_marked(&plain.mnt, &plain_marker);
+    plain.unmount();
+    assert!(!holding(&replica, plain_marker.as_bytes()).is_empty());
+    assert!(!holding(&s3_folder(&plain_s3), plain_marker.as_bytes()).is_empty());
+
+    // encrypted: blocks in S3, small ones in the database, a copy of each in files; the
+    // mount stages writes (-o writeback) and caches blocks on its disk
+    let secret = marker();
+    let s3 = common::mounted::s3_scratch_url();
+    let (copy, cache) = (scratch.path().join("copy"), scratch.path().join("cache"));
+    let m = Mounted::new_pg_formatted(
+        &[
+            "--encrypt",
+            "--compress",
+            "zstd",
+            "--key-file",
+            key_arg,
+            "--replica",
+            &format!("file://{}", copy.display()),
+        ],
+        &format!("writeback,key_file={key_arg},cache_dir={}", cache.display()),
+        Some(&s3),
+    );
+    let big = write_marked(&m.mnt, &secret);
+    ok(run("sync", &[], Path::new("/")), "sync");
+    // killed with its blocks still staged: the staging folder holds them as the daemon left it
+    m.kill_daemon();
+    let _ = Command::new("fusermount3").arg("-uz").arg(&m.mnt).output();
+    let state = m.dir.path().join("state");
+    let staged: Vec<PathBuf> = files(&state)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    let everywhere = vec![state.clone(), copy.clone(), cache.clone(), s3_folder(&s3)];
+    let found = |dirs: &[PathBuf]| -> Vec<PathBuf> {
+        dirs.iter()
+            .flat_map(|d| holding(d, secret.as_bytes()))
+            .collect()
+    };
+    assert_eq!(found(&everywhere), Vec::<PathBuf>::new(), "after a kill");
+
+    // mounted again there (without write-back): the journal is sent and what was staged is
+    // uploaded; everything reads back
+    let options = format!("key_file={key_arg},cache_dir={}", cache.display());
+    let mnt = m.mnt.to_str().unwrap();
+    ok(
+        m.graviton(&["mount", m.source(), mnt, "-o", &options]),
+        "mount again",
+    );
+    for i in (0..1000).step_by(97) {
+        let body = std::fs::read_to_string(m.mnt.join(format!("f{i}"))).unwrap();
+        assert!(body.contains(&secret), "f{i}");
+    }
+    assert!(std::fs::read(m.mnt.join("big")).unwrap() == big);
+    m.unmount();
+    assert_eq!(found(&everywhere), Vec::<PathBuf>::new(), "after a remount");
+    let tables = block_tables_hex(m.source());
+    assert!(!tables.is_empty(), "small blocks are in the database");
+    assert!(
+        !tables.contains(&hex::encode(&secret)),
+        "a block table holds the marker"
+    );
+    assert!(
+        !files(&cache).is_empty() && !files(&copy).is_empty(),
+        "the cache and the replica hold blocks"
+    );
+    assert!(
+        !staged.is_empty(),
+        "the kill left staged records to look at"
+    );
+}
+
+/// A flipped byte in a stored frame reads as EIO, never as other bytes; a wrong passphrase
+/// or none fails the mount with a clear message; `key change` makes the new passphrase the
+/// one that opens the volume.
+#[test]
+fn damage_reads_as_eio_and_only_the_passphrase_mounts() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path(), "key", "the first passphrase");
+    let wrong = key_file(keys.path(), "wrong", "not the passphrase");
+    let new = key_file(keys.path(), "new", "the second passphrase");
+    let opt = |k: &Path| format!("key_file={}", k.display());
+    let m = Mounted::new(
+        &["--encrypt", "--key-file", key.to_str().unwrap()],
+        &opt(&key),
+    );
+    let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(m.mnt.join("data"), &data).unwrap();
+    m.unmount();
+
+    // nobody's passphrase: a clear error (no terminal to ask: setsid leaves it behind)
+    let out = Command::new("setsid")
+        .args(["-w", "timeout", "60", BIN, "mount", &m.source])
+        .arg(&m.mnt)
+        .env_remove("GRAVITON_PASSPHRASE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is encrypted: give its passphrase"),
+        "{err}"
+    );
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .contains(m.mnt.to_str().unwrap())
+    };
+    assert!(!mounted());
+    // a wrong one
+    let out = m.graviton(&[
+        "mount",
+        &m.source,
+        m.mnt.to_str().unwrap(),
+        "-o",
+        &opt(&wrong),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("wrong passphrase"),
+        "{err}"
+    );
+    assert!(!mounted());
+
+    // a byte flipped in the middle of a stored block file
+    let blocks = m.vol.join("blocks");
+    let stored: Vec<PathBuf> = files(&blocks)
+        .into_iter()
+        .filter(|p| !p.starts_with(blocks.join("tmp")))
+        .collect();
+    assert!(!stored.is_empty());
+    let victim = &stored[0];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(victim, bytes).unwrap();
+    m.mount();
+    let err = std::fs::read(m.mnt.join("data")).expect_err("a damaged block is not read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    m.unmount();
+
+    // key change: the old passphrase no longer opens the volume, the new one does
+    let out = m.graviton(&[
+        "key",
+        "change",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--new-key-file",
+        new.to_str().unwrap(),
+        &m.source,
+    ]);
+    ok(out, "graviton key change");
+    let out = m.graviton(&[
+        "mount",
+        &m.source,
+        m.mnt.to_str().unwrap(),
+        "-o",
+        &opt(&key),
+    ]);
+    assert!(!out.status.success(), "the old passphrase still mounts");
+    let out = m.graviton(&[
+        "mount",
+        &m.source,
+        m.mnt.to_str().unwrap(),
+        "-o",
+        &opt(&new),
+    ]);
+    ok(out, "mount with the new passphrase");
+    assert_eq!(
+        std::fs::metadata(m.mnt.join("data")).unwrap().len(),
+        data.len() as u64
+    );
+    m.unmount();
+}
