@@ -19,7 +19,7 @@ pub struct LoadArgs {
 }
 
 pub fn run(args: LoadArgs) -> anyhow::Result<()> {
-    let vol = Volume::open(&crate::volume::Source::parse(&args.target))?;
+    let target = crate::volume::Source::parse(&args.target);
     let mut input = if args.input.as_os_str() == "-" {
         spool_stdin()?
     } else {
@@ -28,6 +28,12 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     // checked whole before anything is written: a cut-short or broken dump changes nothing
     crate::maint::dump_check::check(BufReader::new(&input))?;
     input.seek(SeekFrom::Start(0))?;
+    if let Some(wrapped) = wrapped_key(&mut input)? {
+        // the target takes the dump's key (and its passphrase) before it is opened
+        Volume::adopt_data_key(&target, &wrapped)?;
+        eprintln!("the target now opens with the dumped volume's passphrase");
+    }
+    let vol = Volume::open(&target)?;
     let r = load(&vol, Box::new(BufReader::new(input)))?;
     println!(
         "loaded {} inodes and {} entries into {}",
@@ -43,6 +49,18 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The wrapped data key the dump's header carries (an encrypted volume's dump); the input is
+/// left at its start.
+fn wrapped_key(input: &mut File) -> anyhow::Result<Option<String>> {
+    let mut header = String::new();
+    std::io::BufRead::read_line(&mut BufReader::new(&*input), &mut header)?;
+    input.seek(SeekFrom::Start(0))?;
+    match serde_json::from_str(&header)? {
+        crate::maint::dump::Record::Header { data_key, .. } => Ok(data_key),
+        _ => anyhow::bail!("not a graviton dump: the first line is not its header"),
+    }
 }
 
 /// Standard input, copied to a file only this process can open (private, and unlinked at

@@ -73,6 +73,9 @@ fn identity_key() -> [u8; 32] {
 }
 
 impl HashAlgo {
+    /// Every algorithm, for whatever lists blocks by algorithm.
+    pub const ALL: [HashAlgo; 3] = [HashAlgo::Blake3, HashAlgo::Sha256, HashAlgo::Blake3Keyed];
+
     pub fn name(self) -> &'static str {
         match self {
             HashAlgo::Blake3 => "blake3",

@@ -106,6 +106,10 @@ pub enum Record {
         /// with the same block store must read them the same way.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         compression: Option<String>,
+        /// An encrypted volume's data key, wrapped under its passphrase (never in the clear):
+        /// the volume a dump is loaded into takes it, and `block` records are sealed with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data_key: Option<String>,
     },
     Inode(Inode),
     Entry {
@@ -128,7 +132,8 @@ pub enum Record {
         ino: Ino,
         target: Bytes,
     },
-    /// A block that lived in the dumped volume's database (hex).
+    /// A block that lived in the dumped volume's database (hex; sealed as the volume's local
+    /// copies are, `AtRest`, when the volume is encrypted).
     Block {
         key: String,
         data: String,
@@ -159,6 +164,10 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
         block_store: crate::volume::redact(&vol.settings.block_store),
         small_blocks: vol.settings.small_blocks,
         compression: vol.settings.compression.clone(),
+        data_key: match vol.encrypted() {
+            true => vol.meta.setting(crate::volume::DATA_KEY)?,
+            false => None,
+        },
     })?;
     let mut in_db: std::collections::BTreeSet<crate::domain::BlockKey> = Default::default();
     let mut tx = vol.meta.snapshot()?;
@@ -234,7 +243,7 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
     for key in &in_db {
         line(&Record::Block {
             key: key.to_string(),
-            data: hex::encode(vol.store.get(key)?),
+            data: hex::encode(vol.at_rest.seal(key, &vol.store.get(key)?)),
         })?;
         bar.inc(1);
     }

@@ -139,7 +139,7 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
             Record::Symlink { ino, target } => tx.put_symlink_target(ino, &target.to_vec()?)?,
             Record::Block { key, data } => {
                 let key: BlockKey = key.parse()?;
-                let data = hex::decode(&data)?;
+                let data = vol.at_rest.open(&key, hex::decode(&data)?);
                 anyhow::ensure!(
                     key.matches(&data),
                     "dump line {}: block {key} does not match its key",

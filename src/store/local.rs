@@ -385,7 +385,7 @@ impl BlockStore for LocalBlockStore {
 
     fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
         let mut out = Vec::new();
-        for algo in [HashAlgo::Blake3, HashAlgo::Sha256] {
+        for algo in HashAlgo::ALL {
             let dir = self.root.join(algo.name());
             let prefixes = match fs::read_dir(&dir) {
                 Ok(p) => p,

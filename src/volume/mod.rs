@@ -481,6 +481,30 @@ impl Volume {
         Ok(())
     }
 
+    /// Makes `wrapped` (from a dump of an encrypted volume) the data key of the empty encrypted
+    /// volume `source`, which `graviton load` then fills: the dump's blocks are named and
+    /// sealed under it, and its passphrase opens the volume from then on.
+    pub fn adopt_data_key(source: &Source, wrapped: &str) -> Result<(), VolumeError> {
+        let meta = stack::engine(source, DEFAULT_PG_WAIT)?.meta;
+        let invalid = |message: &str| VolumeError::Invalid {
+            path: source.display(),
+            message: message.into(),
+        };
+        if meta.setting(DATA_KEY)?.is_none() {
+            return Err(invalid(
+                "the dump is of an encrypted volume: format the target with --encrypt",
+            ));
+        }
+        if meta.usage()?.inodes > 1 {
+            return Err(invalid(
+                "not empty: load restores into a freshly formatted volume",
+            ));
+        }
+        meta.put_setting(DATA_KEY, wrapped)?;
+        meta.sync()?;
+        Ok(())
+    }
+
     /// Whether this volume's blocks are sealed (`--encrypt`).
     pub fn encrypted(&self) -> bool {
         self.settings.encrypted
