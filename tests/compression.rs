@@ -90,6 +90,13 @@ fn a_compressed_volume_stores_text_in_fewer_bytes_and_reads_it_back() {
         );
         let status = common::mounted::ok(m.graviton(&["status", m.source()]), "status");
         assert!(status.contains("frames ("), "{status}");
+        // status reports the bytes after dedup and, fewer, the bytes stored
+        let status = m.status_json();
+        let (content, stored) = (&status["stored_bytes"], &status["stored_form_bytes"]);
+        assert!(
+            stored.as_u64().unwrap() * 3 < content.as_u64().unwrap(),
+            "{algo}: {status}"
+        );
     }
 }
 

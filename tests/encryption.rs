@@ -325,6 +325,11 @@ fn a_dump_of_an_encrypted_volume_loads_with_its_key() {
     let status: serde_json::Value =
         serde_json::from_str(&ok(graviton(&["status", "--json", &m.source]), "status")).unwrap();
     assert_eq!(status["settings"]["encrypted"], true, "{status}");
+    let (content, stored) = (&status["stored_bytes"], &status["stored_form_bytes"]);
+    assert!(
+        stored.as_u64().unwrap() > content.as_u64().unwrap(),
+        "sealed frames are a little longer: {status}"
+    );
     assert!(
         status["referenced_blocks"].as_u64().unwrap() >= 1001,
         "{status}"

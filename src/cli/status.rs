@@ -46,13 +46,20 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             s.usage.files, s.usage.directories, s.usage.inodes
         );
         println!("logical bytes: {}", s.usage.logical_bytes);
-        // each block's content, before compression
+        // each block's content once (after dedup), before compression
         println!(
-            "block bytes:   {} in {} blocks",
+            "block bytes:   {} in {} blocks (after dedup)",
             s.stored_bytes, s.stored_blocks
         );
+        if let Some(stored) = s.stored_form_bytes {
+            println!("stored bytes:  {stored} (as stored in the primary store)");
+        }
         if let Some(c) = &s.settings.compression {
             println!("compression:   {c} (frames)");
+        }
+        match s.settings.encrypted {
+            true => println!("encryption:    sealed frames (XChaCha20-Poly1305), keyed names"),
+            false => println!("encryption:    none"),
         }
         println!(
             "referenced:    {} blocks, {} bytes",

@@ -22,7 +22,12 @@ pub struct Status {
     pub stack: StackDescription,
     pub usage: Usage,
     pub stored_blocks: u64,
+    /// The blocks' content, after dedup and before compression.
     pub stored_bytes: u64,
+    /// What the primary store holds for them: frames after compression (and sealing), when
+    /// the store can tell.
+    #[serde(default)]
+    pub stored_form_bytes: Option<u64>,
     pub referenced_blocks: u64,
     pub referenced_bytes: u64,
     pub unreferenced_blocks: u64,
@@ -68,6 +73,10 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
         usage,
         stored_blocks: stored.len() as u64,
         stored_bytes: rbytes + ubytes,
+        stored_form_bytes: match vol.replicas.first() {
+            Some((_, primary)) => primary.stored_bytes()?,
+            None => vol.store.stored_bytes()?,
+        },
         referenced_blocks: rb,
         referenced_bytes: rbytes,
         unreferenced_blocks: ub,

@@ -101,6 +101,19 @@ impl BlockStore for RocksBlockStore {
         Ok(out)
     }
 
+    fn stored_bytes(&self) -> Result<Option<u64>, StoreError> {
+        let mut total = 0u64;
+        let mut it = self.db.raw_iterator_cf(self.cf());
+        it.seek_to_first();
+        while let Some(v) = it.value() {
+            total += v.len() as u64;
+            it.next();
+        }
+        it.status()
+            .map_err(|e| io("summing block sizes".to_string(), e))?;
+        Ok(Some(total))
+    }
+
     /// The write-ahead log, synced: every block put so far, and every commit before it.
     fn sync(&self) -> Result<(), StoreError> {
         self.db

@@ -29,6 +29,7 @@ crate::layer::layer_trait! {
         fn exists(&self, key: &BlockKey) -> Result<bool, StoreError>;
         fn delete(&self, key: &BlockKey) -> Result<(), StoreError>;
         fn list(&self) -> Result<Vec<BlockKey>, StoreError>;
+        fn stored_bytes(&self) -> Result<Option<u64>, StoreError>;
         fn sync(&self) -> Result<(), StoreError>;
         fn settle(&self, keys: &[BlockKey]) -> Result<(), StoreError>;
         fn drain(&self, limit: Duration) -> Result<(), StoreError>;

@@ -161,6 +161,32 @@ impl LocalBlockStore {
             .join(format!("{hex}-{}", key.size))
     }
 
+    /// Each block file, with its key.
+    fn each_file(&self, mut each: impl FnMut(BlockKey, &fs::DirEntry)) -> Result<(), StoreError> {
+        for algo in HashAlgo::ALL {
+            let dir = self.root.join(algo.name());
+            let prefixes = match fs::read_dir(&dir) {
+                Ok(p) => p,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(format!("listing {}", dir.display()), e)),
+            };
+            for prefix in prefixes {
+                let prefix = prefix.map_err(|e| io("listing blocks", e))?;
+                for entry in fs::read_dir(prefix.path()).map_err(|e| io("listing blocks", e))? {
+                    let entry = entry.map_err(|e| io("listing blocks", e))?;
+                    if let Some(key) = entry
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| Self::key_of(algo, n))
+                    {
+                        each(key, &entry);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn key_of(algo: HashAlgo, file_name: &str) -> Option<BlockKey> {
         let (hex, size) = file_name.split_once('-')?;
         format!("{algo}:{hex}:{size}").parse().ok()
@@ -385,28 +411,16 @@ impl BlockStore for LocalBlockStore {
 
     fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
         let mut out = Vec::new();
-        for algo in HashAlgo::ALL {
-            let dir = self.root.join(algo.name());
-            let prefixes = match fs::read_dir(&dir) {
-                Ok(p) => p,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(format!("listing {}", dir.display()), e)),
-            };
-            for prefix in prefixes {
-                let prefix = prefix.map_err(|e| io("listing blocks", e))?;
-                for entry in fs::read_dir(prefix.path()).map_err(|e| io("listing blocks", e))? {
-                    let entry = entry.map_err(|e| io("listing blocks", e))?;
-                    if let Some(key) = entry
-                        .file_name()
-                        .to_str()
-                        .and_then(|n| Self::key_of(algo, n))
-                    {
-                        out.push(key);
-                    }
-                }
-            }
-        }
+        self.each_file(|key, _| out.push(key))?;
         Ok(out)
+    }
+
+    fn stored_bytes(&self) -> Result<Option<u64>, StoreError> {
+        let mut total = 0;
+        self.each_file(|_, entry| {
+            total += entry.metadata().map_or(0, |m| m.len());
+        })?;
+        Ok(Some(total))
     }
 
     fn sync(&self) -> Result<(), StoreError> {

@@ -69,6 +69,11 @@ impl BlockStore for MemoryBlockStore {
         Ok(self.blocks.read().expect("lock").keys().copied().collect())
     }
 
+    fn stored_bytes(&self) -> Result<Option<u64>, StoreError> {
+        let blocks = self.blocks.read().expect("lock");
+        Ok(Some(blocks.values().map(|b| b.len() as u64).sum()))
+    }
+
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }

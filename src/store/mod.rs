@@ -189,6 +189,12 @@ pub trait BlockStore: Send + Sync {
     /// Every stored block key, in no particular order.
     fn list(&self) -> Result<Vec<BlockKey>, StoreError>;
 
+    /// The bytes the store holds for its blocks, in their stored form (frames: compressed,
+    /// sealed), when it can tell without reading them.
+    fn stored_bytes(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// Makes every block `put` so far durable (survives power loss).
     fn sync(&self) -> Result<(), StoreError>;
 

@@ -224,6 +224,17 @@ impl BlockStore for PgBlockStore {
             .collect())
     }
 
+    fn stored_bytes(&self) -> Result<Option<u64>, StoreError> {
+        let total: Option<i64> = self
+            .rt
+            .block_on(
+                sqlx::query_scalar("SELECT sum(length(data))::bigint FROM block_pieces")
+                    .fetch_one(&self.pool),
+            )
+            .map_err(|e| err("summing block sizes", e))?;
+        Ok(Some(total.unwrap_or(0) as u64))
+    }
+
     fn sync(&self) -> Result<(), StoreError> {
         // Every put committed its own transaction, which PostgreSQL made durable.
         Ok(())

@@ -173,6 +173,11 @@ impl BlockStore for Replicated {
         Ok(all)
     }
 
+    /// The first replica's (the primary store's).
+    fn stored_bytes(&self) -> Result<Option<u64>, StoreError> {
+        self.replicas[0].stored_bytes()
+    }
+
     fn sync(&self) -> Result<(), StoreError> {
         self.replicas.iter().try_for_each(|r| r.sync())
     }

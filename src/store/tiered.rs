@@ -125,6 +125,15 @@ impl BlockStore for Tiered {
         Ok(all)
     }
 
+    fn stored_bytes(&self) -> Result<Option<u64>, StoreError> {
+        Ok(
+            match (self.small.stored_bytes()?, self.large.stored_bytes()?) {
+                (Some(a), Some(b)) => Some(a + b),
+                _ => None,
+            },
+        )
+    }
+
     fn sync(&self) -> Result<(), StoreError> {
         self.small.sync()?;
         self.large.sync()

@@ -187,6 +187,34 @@ impl S3BlockStore {
         )
     }
 
+    /// Each block object under the prefix, with its size.
+    fn each_object(&self, mut each: impl FnMut(BlockKey, u64)) -> Result<(), StoreError> {
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.call("listing", None, || {
+                let mut req = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.url.bucket)
+                    .prefix(&self.url.prefix);
+                if let Some(t) = &token {
+                    req = req.continuation_token(t);
+                }
+                async move { req.send().await }
+            })?;
+            for o in page.contents() {
+                if let Some(k) = o.key().and_then(|k| self.key_of(k)) {
+                    each(k, o.size().unwrap_or(0).max(0) as u64);
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
     fn key_of(&self, object: &str) -> Option<BlockKey> {
         let rest = object.strip_prefix(&self.url.prefix)?;
         let mut parts = rest.split('/');
@@ -587,30 +615,14 @@ impl BlockStore for S3BlockStore {
 
     fn list(&self) -> Result<Vec<BlockKey>, StoreError> {
         let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.call("listing", None, || {
-                let mut req = self
-                    .client
-                    .list_objects_v2()
-                    .bucket(&self.url.bucket)
-                    .prefix(&self.url.prefix);
-                if let Some(t) = &token {
-                    req = req.continuation_token(t);
-                }
-                async move { req.send().await }
-            })?;
-            for o in page.contents() {
-                if let Some(k) = o.key().and_then(|k| self.key_of(k)) {
-                    out.push(k);
-                }
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
+        self.each_object(|key, _| out.push(key))?;
         Ok(out)
+    }
+
+    fn stored_bytes(&self) -> Result<Option<u64>, StoreError> {
+        let mut total = 0u64;
+        self.each_object(|_, size| total += size)?;
+        Ok(Some(total))
     }
 
     /// A successful PUT is already durable on S3.
