@@ -297,6 +297,28 @@ fn damage_reads_as_eio_and_only_the_passphrase_mounts() {
         data.len() as u64
     );
     m.unmount();
+
+    // asked on a terminal (script(1) gives the command one): the daemon asks its launcher
+    let on_a_terminal = |answer: &str| {
+        let command = format!("{BIN} mount {} {}", m.source, m.mnt.display());
+        let script =
+            format!("(sleep 1; printf '%s\\n' '{answer}') | script -qec '{command}' /dev/null");
+        let out = run("sh", &["-c", &script], m.dir.path());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = on_a_terminal("not it");
+    assert!(
+        said.contains("passphrase of") && said.contains("wrong passphrase"),
+        "{said}"
+    );
+    assert!(!mounted());
+    let said = on_a_terminal("the second passphrase");
+    assert!(mounted(), "{said}");
+    assert_eq!(
+        std::fs::metadata(m.mnt.join("data")).unwrap().len(),
+        data.len() as u64
+    );
+    m.unmount();
 }
 
 /// A dump of an encrypted volume carries its wrapped key and its database's blocks sealed: it
