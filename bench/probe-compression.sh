@@ -2,7 +2,7 @@
 # Compressed and encrypted volumes against plain ones, with one build: the stored bytes of the
 # source tree (bench/source-tree.sh) untarred onto an embedded volume with every block a file,
 # for each `--compress`; what a second copy of a 1 GiB random file adds on a zstd volume; and
-# fio's sequential write (end fsync) and read, and 4 KiB random read (caches dropped, after a
+# fio's sequential write (end fsync) and read, and one pass of 4 KiB random reads (caches dropped, after a
 # remount) of 512 MiB on a fresh volume: plain, zstd, and zstd with --encrypt alternated
 # (ROUNDS, default 2).
 # usage: bench/probe-compression.sh GRAVITON_BINARY      (as root: drop_caches)
@@ -53,7 +53,7 @@ for _ in $(seq "${ROUNDS:-2}"); do
     r=$(bw read)
     reopen
     rr=$(fio --name=r --directory="$W/mnt" --filename=s.dat --rw=randread --bs=4k --size=512M \
-        --ioengine=psync --runtime=20 --time_based --output-format=json 2>/dev/null |
+        --ioengine=psync --runtime=30 --output-format=json 2>/dev/null |
       python3 -c 'import json,sys; print("%.1f" % (json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1048576))')
     echo "fio, $v: sequential write $w MiB/s, read $r MiB/s, 4 KiB random read $rr MiB/s"
   done

@@ -70,6 +70,32 @@ fn frames_over_a_local_directory() {
             std::fs::write(&p, data).unwrap();
         };
         block_conformance::corruption_is_detected(store.as_ref(), &damage);
+        if sealing.is_some() {
+            // a part of a large sealed block comes from its frames: damage elsewhere in the
+            // block does not stop it, damage inside it does
+            let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
+            let key = BlockKey::for_data(HashAlgo::Blake3, &data);
+            store.put(&key, &data).unwrap();
+            let part = 3_000_000..3_100_000;
+            assert_eq!(
+                store.get_range(&key, part.clone()).unwrap(),
+                &data[part.clone()]
+            );
+            let p = local.path_of(&key);
+            let mut stored = std::fs::read(&p).unwrap();
+            stored[200] ^= 1; // in the first frame
+            std::fs::write(&p, &stored).unwrap();
+            assert_eq!(
+                store.get_range(&key, part.clone()).unwrap(),
+                &data[part.clone()]
+            );
+            assert!(store.get_range(&key, 0..10).is_err(), "{compression:?}");
+            let n = stored.len();
+            stored[n - 100] ^= 1; // in the last frame
+            std::fs::write(&p, &stored).unwrap();
+            assert!(store.get_range(&key, part).is_err(), "{compression:?}");
+            store.delete(&key).unwrap();
+        }
         // a damaged copy is written again by the next put of the block
         let data = vec![b'g'; 300_000];
         let key = BlockKey::for_data(HashAlgo::Blake3, &data);

@@ -93,3 +93,22 @@ fn pjdfstest_on_postgres_and_s3_with_the_write_cache_has_no_failures() {
         Some(&store),
     ));
 }
+
+/// `format --compress zstd --encrypt`: every block a sealed, compressed frame in S3 and in
+/// PostgreSQL, named by a keyed hash; every answer must be the same.
+#[test]
+fn pjdfstest_on_an_encrypted_compressed_postgres_and_s3_volume_has_no_failures() {
+    graviton_testkit::needs_servers!();
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("key");
+    std::fs::write(&key, "pjdfstest's passphrase").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = key.to_str().unwrap();
+    let store = common::mounted::s3_scratch_url();
+    run_suite(&Mounted::new_pg_formatted(
+        &["--compress", "zstd", "--encrypt", "--key-file", key],
+        &format!("key_file={key}"),
+        Some(&store),
+    ));
+}

@@ -28,12 +28,21 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     // checked whole before anything is written: a cut-short or broken dump changes nothing
     crate::maint::dump_check::check(BufReader::new(&input))?;
     input.seek(SeekFrom::Start(0))?;
-    if let Some(wrapped) = wrapped_key(&mut input)? {
-        // the target takes the dump's key (and its passphrase) before it is opened
-        Volume::adopt_data_key(&target, &wrapped)?;
-        eprintln!("the target now opens with the dumped volume's passphrase");
-    }
-    let vol = Volume::open(&target)?;
+    let vol = match wrapped_key(&mut input)? {
+        None => Volume::open(&target)?,
+        Some(wrapped) => {
+            // the dump's key, unlocked first: a wrong passphrase changes nothing
+            let key = Volume::unwrap_key(&target, &wrapped)?;
+            // the target (encrypted, empty, unmounted) takes it, and its passphrase
+            Volume::adopt_data_key(&target, &wrapped)?;
+            eprintln!("the target now opens with the dumped volume's passphrase");
+            let vol = Volume::open_with_key(&target, key)?;
+            // the sealed blocks, checked before anything else is written
+            crate::maint::dump_check::check_sealed_blocks(BufReader::new(&input), &vol.at_rest)?;
+            input.seek(SeekFrom::Start(0))?;
+            vol
+        }
+    };
     let r = load(&vol, Box::new(BufReader::new(input)))?;
     println!(
         "loaded {} inodes and {} entries into {}",

@@ -127,7 +127,10 @@ fn ask_the_launcher(
     out.write_all(format!("{ASK_PASSPHRASE}\n").as_bytes())?;
     out.flush()?;
     drop(out);
-    crate::volume::unlock::read_line(&mut std::io::stdin().lock())
+    // from the descriptor itself: standard input's buffer would keep a copy
+    use std::os::fd::AsFd;
+    let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    crate::volume::unlock::read_line(&stdin)
 }
 
 /// glibc reads its tunables when a process starts, so the daemon gets them from its launcher.
@@ -165,6 +168,11 @@ fn launch_daemon(options: &[String], source: &Source, mountpoint: &Path) -> anyh
             .env(SOURCE_ENV, url)
             .arg(format!("{}{SOURCE_ENV}", crate::volume::FROM_ENV)),
     };
+    // a passphrase in the environment reaches the daemon over the pipe, when it asks: not in
+    // its environment, which would keep it readable for as long as the mount lives
+    let env_passphrase = std::env::var_os(crate::volume::unlock::PASSPHRASE_ENV)
+        .map(|p| zeroize::Zeroizing::new(p.into_encoded_bytes()));
+    cmd.env_remove(crate::volume::unlock::PASSPHRASE_ENV);
     cmd.arg(mountpoint)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -196,7 +204,10 @@ fn launch_daemon(options: &[String], source: &Source, mountpoint: &Path) -> anyh
             "ready" => return Ok(()),
             ASK_PASSPHRASE => {
                 let prompt = format!("passphrase of {}: ", source.display());
-                let answer = crate::volume::unlock::ask_terminal(&prompt, false)?;
+                let answer = match &env_passphrase {
+                    Some(p) => p.clone(),
+                    None => crate::volume::unlock::ask_terminal(&prompt, false)?,
+                };
                 if let Some(mut to) = stdin.take() {
                     // an empty line when there is no terminal: the daemon says what to do
                     let _ = to.write_all(&answer).and_then(|()| to.write_all(b"\n"));

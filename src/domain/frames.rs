@@ -6,22 +6,23 @@
 //! ```text
 //! header  "GVF" | version (1) | compression | cipher | 0 0 | group length (u32) | frames (u32)
 //! index   the stored length of each frame (u32 each)
-//! frames  each: sealed (nonce 24 | ciphertext | tag 16) or, without a cipher, as is;
-//!         inside: a flag (0 raw, 1 compressed) and the bytes
+//! frames  each: a flag (0 raw, 1 compressed), then the bytes: as they are, or sealed
+//!         (nonce 24 | ciphertext | tag 16)
 //! ```
 //!
 //! Integers are little-endian. A frame is compressed only when that makes it smaller. Sealing
 //! is XChaCha20-Poly1305 with a random nonce per frame; the associated data is the header, the
-//! block's identity (its key's digest) and the frame's number, so a frame moved to another
-//! block or another place, or a header changed, fails to open. The tag is checked before
+//! block's identity (its key's digest), the frame's number and its flag, so a frame moved to
+//! another block or another place, or a header or flag changed, fails to open. Frames are
+//! sealed and opened in place: a raw frame's bytes are copied once each way. The tag is checked before
 //! anything is decompressed, and a frame must open to exactly its length. The block's length
 //! is not in the header: its key gives it, and the header's group and count must agree with
 //! it, so no allocation is sized from what a store returned.
 
 use std::ops::Range;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
@@ -279,6 +280,11 @@ impl Layout {
         (first..end, self.starts[first]..self.starts[end])
     }
 
+    /// The plaintext length of every frame but the last.
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
     /// The stored object's length.
     pub fn stored_len(&self) -> u64 {
         *self.starts.last().expect("one start at least")
@@ -293,6 +299,12 @@ impl FrameCodec {
             cipher: sealing_key.map(|k| XChaCha20Poly1305::new(k.into())),
             _identity: None,
         }
+    }
+
+    /// Whether frames are sealed: each one then authenticates itself (its tag binds the block
+    /// and its place), so a part of a block can be read and trusted without the rest.
+    pub fn sealed(&self) -> bool {
+        self.cipher.is_some()
     }
 
     /// This codec, keeping `hold`'s identity key installed for as long as it lives.
@@ -348,28 +360,21 @@ impl FrameCodec {
             Some(packed) => (COMPRESSED, packed.as_slice()),
             None => (RAW, part),
         };
+        out.push(flag);
         let Some(cipher) = &self.cipher else {
-            out.push(flag);
             out.extend_from_slice(body);
             return;
         };
-        let mut inner = Zeroizing::new(Vec::with_capacity(body.len() + 1));
-        inner.push(flag);
-        inner.extend_from_slice(body);
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let aad = associated(header, id, index);
-        let sealed = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &inner,
-                    aad: &aad,
-                },
-            )
-            .expect("XChaCha20-Poly1305 seals any frame shorter than 256 GiB");
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        let start = out.len();
+        out.extend_from_slice(body);
+        let aad = associated(header, id, index, flag);
+        let tag = cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, &mut out[start..])
+            .expect("XChaCha20-Poly1305 seals any frame shorter than 256 GiB");
+        out.extend_from_slice(&tag);
     }
 
     /// A whole block's bytes from its stored object; `size` is the block's length.
@@ -416,37 +421,36 @@ impl FrameCodec {
         let mut out = Vec::with_capacity(frames.len() * layout.group as usize);
         for i in frames {
             let at = (layout.starts[i] - base) as usize..(layout.starts[i + 1] - base) as usize;
-            let stored = &bytes[at];
-            let opened: Zeroizing<Vec<u8>>;
-            let inner: &[u8] = match &self.cipher {
-                None => stored,
-                Some(cipher) => {
-                    if stored.len() < NONCE_LEN + TAG_LEN {
-                        return Err(FrameError::Damaged);
-                    }
-                    let (nonce, sealed) = stored.split_at(NONCE_LEN);
-                    let aad = associated(&layout.header, id, i);
-                    opened = Zeroizing::new(
-                        cipher
-                            .decrypt(
-                                XNonce::from_slice(nonce),
-                                Payload {
-                                    msg: sealed,
-                                    aad: &aad,
-                                },
-                            )
-                            .map_err(|_| FrameError::Forged)?,
-                    );
-                    &opened
-                }
-            };
-            let (&flag, body) = inner.split_first().ok_or(FrameError::Damaged)?;
+            let (&flag, rest) = bytes[at].split_first().ok_or(FrameError::Damaged)?;
             let len = layout.frame_len(i);
             let before = out.len();
-            match flag {
-                RAW => out.extend_from_slice(body),
-                COMPRESSED => out.extend_from_slice(&decompress(layout.header[4], body, len)?),
-                _ => return Err(FrameError::Damaged),
+            let compression = layout.header[4];
+            match (&self.cipher, flag) {
+                (_, f) if f != RAW && f != COMPRESSED => return Err(FrameError::Damaged),
+                (None, RAW) => out.extend_from_slice(rest),
+                (None, _) => out.extend_from_slice(&decompress(compression, rest, len)?),
+                (Some(cipher), _) => {
+                    if rest.len() < NONCE_LEN + TAG_LEN {
+                        return Err(FrameError::Damaged);
+                    }
+                    let (nonce, sealed) = rest.split_at(NONCE_LEN);
+                    let (ciphertext, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+                    let (nonce, tag) = (XNonce::from_slice(nonce), Tag::from_slice(tag));
+                    let aad = associated(&layout.header, id, i, flag);
+                    if flag == RAW {
+                        // opened where it lands: the tag is checked before anything is written
+                        out.extend_from_slice(ciphertext);
+                        cipher
+                            .decrypt_in_place_detached(nonce, &aad, &mut out[before..], tag)
+                            .map_err(|_| FrameError::Forged)?;
+                    } else {
+                        let mut packed = Zeroizing::new(ciphertext.to_vec());
+                        cipher
+                            .decrypt_in_place_detached(nonce, &aad, &mut packed, tag)
+                            .map_err(|_| FrameError::Forged)?;
+                        out.extend_from_slice(&decompress(compression, &packed, len)?);
+                    }
+                }
             }
             if out.len() - before != len {
                 return Err(FrameError::Damaged);
@@ -457,16 +461,23 @@ impl FrameCodec {
 }
 
 /// How many frames a block of `size` bytes has: one a group, and one at least.
-fn frame_count(size: u64) -> u64 {
+pub fn frame_count(size: u64) -> u64 {
     size.div_ceil(group_len(size)).max(1)
 }
 
-/// What a frame's tag also covers: the header, the block's identity and the frame's number.
-fn associated(header: &[u8; HEADER_LEN], id: &[u8; 32], index: usize) -> [u8; HEADER_LEN + 36] {
-    let mut aad = [0u8; HEADER_LEN + 36];
+/// What a frame's tag also covers: the header, the block's identity, the frame's number and
+/// its flag.
+fn associated(
+    header: &[u8; HEADER_LEN],
+    id: &[u8; 32],
+    index: usize,
+    flag: u8,
+) -> [u8; HEADER_LEN + 37] {
+    let mut aad = [0u8; HEADER_LEN + 37];
     aad[..HEADER_LEN].copy_from_slice(header);
     aad[HEADER_LEN..HEADER_LEN + 32].copy_from_slice(id);
-    aad[HEADER_LEN + 32..].copy_from_slice(&(index as u32).to_le_bytes());
+    aad[HEADER_LEN + 32..HEADER_LEN + 36].copy_from_slice(&(index as u32).to_le_bytes());
+    aad[HEADER_LEN + 36] = flag;
     aad
 }
 

@@ -62,13 +62,17 @@ pub fn install_identity_key(key: &[u8; 32]) -> Result<Arc<IdentityKeyHold>, Othe
     Ok(Arc::new(IdentityKeyHold(())))
 }
 
-/// The installed identity key. A volume installs it when it opens, before any block is named
-/// or checked, so reaching here without one is a bug: naming blocks under some other key would
-/// lose them.
+/// The installed identity key, if any.
+fn installed_key() -> Option<[u8; 32]> {
+    *IDENTITY_KEY.read().expect("identity key")
+}
+
+/// The installed identity key, to name a block. An encrypted volume installs it when it opens,
+/// before any block is named, so naming one without it is a bug: a name under some other key
+/// would lose the block. (Checking a block is another matter: without the key no keyed block
+/// matches, `BlockKey::matches`.)
 fn identity_key() -> [u8; 32] {
-    IDENTITY_KEY
-        .read()
-        .expect("identity key")
+    installed_key()
         .expect("a blake3-keyed block is named only once the volume's data key is unlocked")
 }
 
@@ -127,9 +131,11 @@ impl BlockHasher {
         match algo {
             HashAlgo::Blake3 => BlockHasher::Blake3(Box::new(blake3::Hasher::new())),
             HashAlgo::Sha256 => BlockHasher::Sha256(sha2::Sha256::new()),
-            HashAlgo::Blake3Keyed => {
-                BlockHasher::Blake3(Box::new(blake3::Hasher::new_keyed(&identity_key())))
-            }
+            // without the key (a keyed block where none was installed: a planted or foreign
+            // one), a key of chance: the digest matches nothing, and the block is damage
+            HashAlgo::Blake3Keyed => BlockHasher::Blake3(Box::new(blake3::Hasher::new_keyed(
+                &installed_key().unwrap_or_else(rand::random),
+            ))),
         }
     }
 
@@ -221,8 +227,12 @@ impl BlockKey {
         (key, groups)
     }
 
-    /// True when `data` is exactly the content this key names.
+    /// True when `data` is exactly the content this key names (never for a keyed block in a
+    /// process without the identity key).
     pub fn matches(&self, data: &[u8]) -> bool {
+        if self.algo == HashAlgo::Blake3Keyed && installed_key().is_none() {
+            return false;
+        }
         data.len() as u64 == self.size as u64 && self.algo.digest(data) == self.digest
     }
 
@@ -334,6 +344,17 @@ mod tests {
     /// process refuses a second, different key while the first is held.
     #[test]
     fn keyed_names_need_the_key() {
+        // before any key: a keyed block (planted, or named in foreign metadata) matches nothing,
+        // and checking it does not panic
+        let foreign = BlockKey {
+            algo: HashAlgo::Blake3Keyed,
+            digest: [1; 32],
+            size: 3,
+        };
+        assert!(!foreign.matches(b"abc"));
+        let mut h = BlockHasher::new(HashAlgo::Blake3Keyed);
+        h.update(b"abc");
+        assert!(!foreign.matches_hashed(3, h.finalize()));
         let key = [9u8; 32];
         let hold = install_identity_key(&key).unwrap();
         let again = install_identity_key(&key).unwrap();

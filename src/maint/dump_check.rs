@@ -40,6 +40,26 @@ pub fn check(input: impl BufRead) -> anyhow::Result<()> {
     dump.whole()
 }
 
+/// The sealed blocks of an encrypted volume's dump, each opened with the volume's key
+/// (`at_rest`, the volume the dump goes into having taken the dump's key) and checked against
+/// its key: `check` could not, without the key.
+pub fn check_sealed_blocks(
+    input: impl BufRead,
+    at_rest: &crate::store::at_rest::AtRest,
+) -> anyhow::Result<()> {
+    for (n, line) in input.lines().enumerate() {
+        if let Record::Block { key, data } = serde_json::from_str(&line?)? {
+            let key: BlockKey = key.parse()?;
+            anyhow::ensure!(
+                at_rest.holds(&key, &hex::decode(data)?),
+                "dump line {}: block {key} does not open, or does not match its key",
+                n + 1
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What a directory entry says, and where.
 struct Entry {
     line: usize,

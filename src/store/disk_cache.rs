@@ -22,10 +22,10 @@ pub struct DiskCache {
     at_rest: AtRest,
 }
 
-/// Cached blocks by recency: a counter stamps each use.
+/// Cached blocks by recency (a counter stamps each use), with their files' lengths.
 #[derive(Default)]
 struct Lru {
-    used: HashMap<BlockKey, u64>,
+    used: HashMap<BlockKey, (u64, u64)>,
     clock: u64,
     bytes: u64,
 }
@@ -50,7 +50,7 @@ impl DiskCache {
         let mut lru = Lru::default();
         for (_, key, len) in found {
             lru.clock += 1;
-            lru.used.insert(key, lru.clock);
+            lru.used.insert(key, (lru.clock, len));
             lru.bytes += len;
         }
         let cache = DiskCache {
@@ -72,24 +72,29 @@ impl DiskCache {
         let mut s = self.state.lock().expect("lock");
         s.clock += 1;
         let c = s.clock;
-        s.used.insert(*key, c);
+        if let Some(entry) = s.used.get_mut(key) {
+            entry.0 = c;
+        }
     }
 
     fn keep(&self, key: &BlockKey, data: &[u8]) {
         let path = self.path(key);
         let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, self.at_rest.seal(key, data))
+        let stored = self.at_rest.seal(key, data);
+        if std::fs::write(&tmp, &stored)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .is_err()
         {
             let _ = std::fs::remove_file(&tmp);
             return; // a cache that cannot write just caches less
         }
+        let len = stored.len() as u64;
         let mut s = self.state.lock().expect("lock");
         s.clock += 1;
         let c = s.clock;
-        if s.used.insert(*key, c).is_none() {
-            s.bytes += data.len() as u64;
+        match s.used.insert(*key, (c, len)) {
+            Some((_, was)) => s.bytes = s.bytes - was + len,
+            None => s.bytes += len,
         }
         drop(s);
         self.evict();
@@ -98,8 +103,8 @@ impl DiskCache {
     fn forget(&self, key: &BlockKey) {
         let _ = std::fs::remove_file(self.path(key));
         let mut s = self.state.lock().expect("lock");
-        if s.used.remove(key).is_some() {
-            s.bytes = s.bytes.saturating_sub(key.size as u64);
+        if let Some((_, len)) = s.used.remove(key) {
+            s.bytes = s.bytes.saturating_sub(len);
         }
     }
 
@@ -107,9 +112,13 @@ impl DiskCache {
     fn evict(&self) {
         let mut s = self.state.lock().expect("lock");
         while s.bytes > self.budget && !s.used.is_empty() {
-            let (&oldest, _) = s.used.iter().min_by_key(|(_, t)| **t).expect("not empty");
+            let (&oldest, &(_, len)) = s
+                .used
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .expect("not empty");
             s.used.remove(&oldest);
-            s.bytes = s.bytes.saturating_sub(oldest.size as u64);
+            s.bytes = s.bytes.saturating_sub(len);
             let _ = std::fs::remove_file(self.path(&oldest));
         }
     }

@@ -26,6 +26,12 @@ crate::layer::layer_trait! {
         fn get_unverified(&self, key: &BlockKey, unchecked: Unchecked) -> Result<Vec<u8>, StoreError>;
         fn get(&self, key: &BlockKey) -> Result<Vec<u8>, StoreError>;
         fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError>;
+        fn get_unverified_range(
+            &self,
+            key: &BlockKey,
+            range: Range<u64>,
+            unchecked: Unchecked
+        ) -> Result<Vec<u8>, StoreError>;
         fn exists(&self, key: &BlockKey) -> Result<bool, StoreError>;
         fn delete(&self, key: &BlockKey) -> Result<(), StoreError>;
         fn list(&self) -> Result<Vec<BlockKey>, StoreError>;

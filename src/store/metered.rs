@@ -120,6 +120,20 @@ impl super::StoreLayer for Metered {
         self.counted(r)
     }
 
+    /// Timed as `get_range`; the store counts the bytes.
+    fn get_unverified_range(
+        &self,
+        key: &BlockKey,
+        range: Range<u64>,
+        unchecked: Unchecked,
+    ) -> Result<Vec<u8>, StoreError> {
+        let t = Instant::now();
+        let r = self.inner.get_unverified_range(key, range, unchecked);
+        histogram!(m::DOWNLOAD_DURATION, "backend" => self.inner.backend())
+            .record(t.elapsed().as_secs_f64());
+        self.counted(r)
+    }
+
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
         self.counted(self.inner.exists(key))
     }

@@ -180,6 +180,20 @@ pub trait BlockStore: Send + Sync {
     /// call it (it alone makes an [`Unchecked`]); a layer passes the one it was given on.
     fn get_unverified(&self, key: &BlockKey, unchecked: Unchecked) -> Result<Vec<u8>, StoreError>;
 
+    /// Bytes `range` of the block's stored object (its frames, on a framed volume), unverified:
+    /// the frames layer above checks what it opens (`framed`). By default the whole object is
+    /// read and cut; a store that can fetch a range (S3) fetches only it.
+    fn get_unverified_range(
+        &self,
+        key: &BlockKey,
+        range: Range<u64>,
+        unchecked: Unchecked,
+    ) -> Result<Vec<u8>, StoreError> {
+        let all = self.get_unverified(key, unchecked)?;
+        let end = (range.end as usize).min(all.len());
+        Ok(all[(range.start as usize).min(end)..end].to_vec())
+    }
+
     /// Whether the block is stored (without reading it).
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError>;
 

@@ -93,6 +93,18 @@ impl super::StoreLayer for Retrying {
         })
     }
 
+    fn get_unverified_range(
+        &self,
+        key: &BlockKey,
+        range: Range<u64>,
+        unchecked: Unchecked,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.retried("GET", Some(key), || {
+            self.inner
+                .get_unverified_range(key, range.clone(), unchecked)
+        })
+    }
+
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {
         self.retried("HEAD", Some(key), || self.inner.exists(key))
     }

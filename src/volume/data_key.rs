@@ -150,9 +150,11 @@ fn parse_cost(params: &str) -> Option<KdfCost> {
             _ => return None,
         }
     }
-    let sane = (8..=4 << 20).contains(&cost.memory_kib)
-        && (1..=64).contains(&cost.passes)
-        && (1..=16).contains(&cost.lanes)
+    // bounded, so that a wrapped key from a changed database or a hostile dump cannot make an
+    // unlock take minutes or all the memory: 1 GiB and 16 passes at most
+    let sane = (8..=1 << 20).contains(&cost.memory_kib)
+        && (1..=16).contains(&cost.passes)
+        && (1..=8).contains(&cost.lanes)
         && cost.memory_kib >= 8 * cost.lanes;
     sane.then_some(cost)
 }

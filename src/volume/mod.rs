@@ -406,6 +406,11 @@ impl Volume {
                 settings.format_version
             )));
         }
+        if wrapped.is_none() && unlock::key_file_given() {
+            return Err(invalid(
+                "a key file was given, but the volume says it is not encrypted: refused, since whoever can write its settings could have turned encryption off (leave the key file out for a plain volume)".into(),
+            ));
+        }
         let sealing = match (&wrapped, key) {
             (None, _) => None,
             (Some(_), Some(key)) => Some(key),
@@ -500,9 +505,25 @@ impl Volume {
                 "not empty: load restores into a freshly formatted volume",
             ));
         }
+        if let Some(shared) = meta.shared()
+            && !shared.sessions()?.is_empty()
+        {
+            return Err(invalid("mounted: load restores into a volume nothing uses"));
+        }
         meta.put_setting(DATA_KEY, wrapped)?;
         meta.sync()?;
         Ok(())
+    }
+
+    /// The data key `wrapped` holds, unwrapped with the passphrase of `source` (as for an
+    /// opening: key file, environment, terminal).
+    pub fn unwrap_key(source: &Source, wrapped: &str) -> Result<data_key::DataKey, VolumeError> {
+        unlock(source, wrapped)
+    }
+
+    /// `open`, unlocking an encrypted volume with `key` rather than asking for its passphrase.
+    pub fn open_with_key(source: &Source, key: data_key::DataKey) -> Result<Volume, VolumeError> {
+        Self::open_with(source, DEFAULT_PG_WAIT, None, Some(key))
     }
 
     /// Whether this volume's blocks are sealed (`--encrypt`).
@@ -516,9 +537,10 @@ impl Volume {
     }
 
     /// Whether reads may fetch parts of blocks: the store can serve a verified range, and
-    /// blocks are not framed (the frames layer reads whole objects).
+    /// blocks are plain (checked by group hashes) or sealed (each frame checks itself); only
+    /// compressed blocks are read whole.
     pub fn ranged_reads(&self) -> bool {
-        self.store_url.ranged_reads() && self.settings.compression.is_none()
+        self.store_url.ranged_reads() && (self.settings.compression.is_none() || self.encrypted())
     }
 
     /// Starts the filesystem core on this volume.

@@ -9,7 +9,7 @@
 //!
 //! The passphrase never appears on a command line, in a log or in a file Graviton writes.
 
-use std::io::{BufRead, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -46,6 +46,13 @@ pub enum UnlockError {
 /// Makes `path` this process's key file. The first one named wins.
 pub fn use_key_file(path: &Path) {
     let _ = KEY_FILE.set(path.to_path_buf());
+}
+
+/// Whether a key file was named for this process: whoever names one expects an encrypted
+/// volume, and a volume that says it is plain is refused (its settings may have been changed
+/// to turn encryption off).
+pub fn key_file_given() -> bool {
+    KEY_FILE.get().is_some()
 }
 
 /// Makes `ask` the way this process asks for a passphrase no key file or environment gives
@@ -141,17 +148,18 @@ fn ask_once(tty: &std::fs::File, prompt: &str) -> Result<Passphrase, UnlockError
     quiet.local_flags.insert(LocalFlags::ECHONL);
     (&*tty).write_all(prompt.as_bytes())?;
     tcsetattr(tty, SetArg::TCSAFLUSH, &quiet).map_err(std::io::Error::from)?;
-    let line = read_line(&mut std::io::BufReader::new(tty));
+    let line = read_line(tty);
     tcsetattr(tty, SetArg::TCSAFLUSH, &saved).map_err(std::io::Error::from)?;
     line
 }
 
-/// One line (without its newline), into memory that is wiped after use.
-pub fn read_line(from: &mut dyn BufRead) -> Result<Passphrase, UnlockError> {
-    let mut line = Zeroizing::new(Vec::new());
-    from.read_until(b'\n', &mut line)?;
-    if line.last() == Some(&b'\n') {
-        line.pop();
+/// One line (without its newline) from `from`, a byte at a time (no buffer keeps a copy), into
+/// memory that is wiped after use.
+pub fn read_line(mut from: &std::fs::File) -> Result<Passphrase, UnlockError> {
+    let mut line = Zeroizing::new(Vec::with_capacity(256));
+    let mut byte = [0u8; 1];
+    while from.read(&mut byte)? == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
     }
     Ok(line)
 }
