@@ -199,6 +199,14 @@ fn sealed_disk_cache() {
     cache.put(&key, &data).unwrap();
     let files = all_files(dir.path());
     assert!(!files.is_empty());
+    // the budget counts what the sealed files take, also after a reopen
+    let on_disk: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+    assert_eq!(cache.usage().1, on_disk);
+    let codec = Arc::new(FrameCodec::new(Compression::None, Some(&[3; 32])));
+    let reopened =
+        DiskCache::open(inner.clone(), dir.path(), 1 << 20, AtRest::Sealed(codec)).unwrap();
+    assert_eq!(reopened.usage().1, on_disk);
+    drop(reopened);
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         assert!(

@@ -402,9 +402,67 @@ fn a_dump_of_an_encrypted_volume_loads_with_its_key() {
         t,
     ];
     ok(m.graviton(&fmt), "format the target");
+    // the target's own passphrase does not open the dump's key: refused, the target unchanged
+    let wrong = [
+        "--key-file",
+        other.to_str().unwrap(),
+        "load",
+        dump.to_str().unwrap(),
+        t,
+    ];
+    let out = m.graviton(&wrong);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("wrong passphrase"),
+        "{err}"
+    );
+    let own = ["--key-file", other.to_str().unwrap(), "status", t];
+    ok(
+        m.graviton(&own),
+        "the target still opens with its own passphrase",
+    );
     ok(graviton(&["load", dump.to_str().unwrap(), t]), "load");
     let copy = Mounted::existing(t, &format!("key_file={}", key.display()));
     assert_eq!(std::fs::read(copy.mnt.join("big")).unwrap(), big);
     let f5 = std::fs::read_to_string(copy.mnt.join("f5")).unwrap();
     assert!(f5.contains(&secret));
+}
+
+/// Whoever names a key file expects an encrypted volume: a volume that says it is plain (its
+/// settings may have been changed to turn encryption off) is refused. And a passphrase in the
+/// environment of `graviton mount` does not stay in its daemon's environment.
+#[test]
+fn a_key_file_for_a_plain_volume_is_refused_and_the_daemon_keeps_no_passphrase_in_its_environment()
+{
+    let keys = tempfile::tempdir().unwrap();
+    let key = key_file(keys.path(), "key", "a passphrase");
+    let plain = Mounted::new(&[], "");
+    plain.unmount();
+    let out = plain.graviton(&["--key-file", key.to_str().unwrap(), "status", &plain.source]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("says it is not encrypted"),
+        "{err}"
+    );
+    drop(plain);
+
+    let m = Mounted::new(
+        &["--encrypt", "--key-file", key.to_str().unwrap()],
+        &format!("key_file={}", key.display()),
+    );
+    m.unmount();
+    let out = Command::new("timeout")
+        .args(["60", BIN, "mount", &m.source, m.mnt.to_str().unwrap()])
+        .env("GRAVITON_PASSPHRASE", "a passphrase")
+        .output()
+        .unwrap();
+    ok(out, "mount with the passphrase in the environment");
+    let pid = m.daemon_pid().expect("daemon pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        !environ.windows(19).any(|w| w == b"GRAVITON_PASSPHRASE"),
+        "the daemon's environment holds the passphrase"
+    );
+    std::fs::write(m.mnt.join("f"), b"x").unwrap();
+    m.unmount();
 }
