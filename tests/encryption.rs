@@ -211,6 +211,8 @@ fn damage_reads_as_eio_and_only_the_passphrase_mounts() {
         &["--encrypt", "--key-file", key.to_str().unwrap()],
         &opt(&key),
     );
+    let mount_with =
+        |k: &Path| m.graviton(&["mount", &m.source, m.mnt.to_str().unwrap(), "-o", &opt(k)]);
     let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(m.mnt.join("data"), &data).unwrap();
     m.unmount();
@@ -234,13 +236,7 @@ fn damage_reads_as_eio_and_only_the_passphrase_mounts() {
     };
     assert!(!mounted());
     // a wrong one
-    let out = m.graviton(&[
-        "mount",
-        &m.source,
-        m.mnt.to_str().unwrap(),
-        "-o",
-        &opt(&wrong),
-    ]);
+    let out = mount_with(&wrong);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("wrong passphrase"),
@@ -276,21 +272,9 @@ fn damage_reads_as_eio_and_only_the_passphrase_mounts() {
         &m.source,
     ]);
     ok(out, "graviton key change");
-    let out = m.graviton(&[
-        "mount",
-        &m.source,
-        m.mnt.to_str().unwrap(),
-        "-o",
-        &opt(&key),
-    ]);
+    let out = mount_with(&key);
     assert!(!out.status.success(), "the old passphrase still mounts");
-    let out = m.graviton(&[
-        "mount",
-        &m.source,
-        m.mnt.to_str().unwrap(),
-        "-o",
-        &opt(&new),
-    ]);
+    let out = mount_with(&new);
     ok(out, "mount with the new passphrase");
     assert_eq!(
         std::fs::metadata(m.mnt.join("data")).unwrap().len(),
