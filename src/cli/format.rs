@@ -35,7 +35,7 @@ pub struct FormatArgs {
     /// makes it smaller. Deduplication works as without it.
     #[arg(long, value_name = "ALGO", default_value = "none", value_parser = compression)]
     pub compress: Compression,
-    /// Encrypt: every block stored as frames sealed with XChaCha20-Poly1305 and named by a
+    /// Encrypt: every block stored as frames sealed with AES-256-GCM and named by a
     /// keyed hash, under a new random data key kept only wrapped by the passphrase (from
     /// --key-file, else GRAVITON_PASSPHRASE, else asked twice on the terminal). Losing the
     /// passphrase or key file loses the data.

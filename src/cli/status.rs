@@ -58,7 +58,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             println!("compression:   {c} (frames)");
         }
         match s.settings.encrypted {
-            true => println!("encryption:    sealed frames (XChaCha20-Poly1305), keyed names"),
+            true => println!("encryption:    sealed frames (AES-256-GCM), keyed names"),
             false => println!("encryption:    none"),
         }
         println!(
