@@ -84,6 +84,13 @@ fn s3_folder(s3: &str) -> PathBuf {
     root.join(bucket)
 }
 
+/// The S3 server's folder of the objects under the URL `s3`'s prefix.
+fn s3_objects(s3: &str) -> PathBuf {
+    let path = s3.trim_start_matches("s3://").split('?').next().unwrap();
+    let prefix = path.split_once('/').map_or("", |(_, p)| p);
+    s3_folder(s3).join(prefix)
+}
+
 /// The rows of the PostgreSQL tables that hold small blocks, as hex.
 fn block_tables_hex(url: &str) -> String {
     let out = run(
@@ -125,8 +132,15 @@ fn nothing_written_to_an_encrypted_volume_is_readable_at_rest() {
         "",
         Some(&plain_s3),
     );
-    write_marked(&plain.mnt, &plain_marker);
+    let plain_big = write_marked(&plain.mnt, &plain_marker);
     plain.unmount();
+    // a plain object's name ends in its block's length (the big file is one 8 MiB-chunked block)
+    let named_by = |dir: &Path, len: usize| {
+        files(dir)
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(&format!("-{len}")))
+    };
+    assert!(named_by(&replica, plain_big.len()));
     assert!(!holding(&replica, plain_marker.as_bytes()).is_empty());
     assert!(!holding(&s3_folder(&plain_s3), plain_marker.as_bytes()).is_empty());
 
@@ -190,6 +204,12 @@ fn nothing_written_to_an_encrypted_volume_is_readable_at_rest() {
     assert!(
         !files(&cache).is_empty() && !files(&copy).is_empty(),
         "the cache and the replica hold blocks"
+    );
+    assert!(
+        !files(&s3_objects(&s3)).is_empty()
+            && !named_by(&copy, big.len())
+            && !named_by(&s3_objects(&s3), big.len()),
+        "an encrypted volume's object names hide its blocks' lengths"
     );
     assert!(
         !staged.is_empty(),
@@ -345,6 +365,7 @@ fn a_dump_of_an_encrypted_volume_loads_with_its_key() {
         graviton(&["fsck", "--verify-data", &m.source]),
         "fsck --verify-data",
     );
+    ok(graviton(&["scrub", &m.source]), "scrub");
     ok(graviton(&["gc", "--grace", "0s", &m.source]), "gc");
     ok(graviton(&["gc", "--grace", "0s", &m.source]), "gc");
     let status: serde_json::Value =

@@ -1,7 +1,7 @@
 //! Stored form of a block on a volume that compresses or encrypts: a header, an index and
 //! one frame per verification group (`domain::groups::group_len`), so that a part of a block
 //! can be opened from its own frames (`Layout::frames_for`, `FrameCodec::open`; the store
-//! layer, `store::framed`, reads whole objects).
+//! layer, `store::framed`, does so for sealed blocks, whose frames each check themselves).
 //!
 //! ```text
 //! header  "GVF" | version (1) | compression | cipher | 0 0 | group length (u32) | frames (u32)

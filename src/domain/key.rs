@@ -246,6 +246,39 @@ impl BlockKey {
         hex::encode(self.digest)
     }
 
+    /// The length a stored object's name carries: the block's, except for a keyed block, whose
+    /// name hides it (XOR a mask only the identity key gives), so that a store's listing tells
+    /// no more than its objects' own lengths.
+    pub fn name_len(&self) -> u32 {
+        self.size ^ self.length_mask()
+    }
+
+    /// The key an object's name gives (`name_len` undone): its algorithm, hex digest and name
+    /// length. `None` for a name that is not a block's, or a keyed one without the key.
+    pub fn from_name(algo: HashAlgo, hex: &str, name_len: &str) -> Option<BlockKey> {
+        let masked: BlockKey = format!("{}:{hex}:1", algo.name()).parse().ok()?;
+        if algo == HashAlgo::Blake3Keyed && installed_key().is_none() {
+            return None;
+        }
+        let size = name_len.parse::<u32>().ok()? ^ masked.length_mask();
+        (1..=MAX_BLOCK_SIZE)
+            .contains(&size)
+            .then_some(BlockKey { size, ..masked })
+    }
+
+    fn length_mask(&self) -> u32 {
+        match (self.algo, installed_key()) {
+            (HashAlgo::Blake3Keyed, Some(k)) => {
+                let mut h = blake3::Hasher::new_keyed(&k);
+                h.update(b"graviton object name length");
+                h.update(&self.digest);
+                u32::from_le_bytes(h.finalize().as_bytes()[..4].try_into().expect("4 bytes"))
+            }
+            // without the key, a keyed block's object is not found: damage, not a panic
+            _ => 0,
+        }
+    }
+
     /// Compact binary form used inside metadata records (tag, digest, size).
     pub fn to_bytes(&self) -> [u8; KEY_BYTES] {
         let mut out = [0u8; KEY_BYTES];
@@ -355,6 +388,11 @@ mod tests {
         let mut h = BlockHasher::new(HashAlgo::Blake3Keyed);
         h.update(b"abc");
         assert!(!foreign.matches_hashed(3, h.finalize()));
+        assert_eq!(
+            BlockKey::from_name(HashAlgo::Blake3Keyed, &foreign.hex(), "3"),
+            None,
+            "a keyed object's length is unknown without the key"
+        );
         let key = [9u8; 32];
         let hold = install_identity_key(&key).unwrap();
         let again = install_identity_key(&key).unwrap();
@@ -379,6 +417,18 @@ mod tests {
         h.update(&data[7..]);
         assert!(keyed.matches_hashed(data.len(), h.finalize()));
         assert_eq!(keyed.to_string().parse::<BlockKey>().unwrap(), keyed);
+        // object names hide a keyed block's length, and give it back with the key
+        assert_ne!(keyed.name_len(), keyed.size);
+        let name_len = keyed.name_len().to_string();
+        assert_eq!(
+            BlockKey::from_name(HashAlgo::Blake3Keyed, &keyed.hex(), &name_len),
+            Some(keyed)
+        );
+        assert_eq!(
+            plain.name_len(),
+            plain.size,
+            "plain names keep their length"
+        );
         assert_eq!(BlockKey::from_bytes(&keyed.to_bytes()).unwrap(), keyed);
     }
 

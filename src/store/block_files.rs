@@ -6,9 +6,19 @@ use std::path::{Path, PathBuf};
 use super::StoreError;
 use crate::domain::BlockKey;
 
-/// Where `key`'s file is in `dir`.
+/// Where `key`'s file is in `dir` (a keyed block's length hidden, `BlockKey::name_len`).
 pub fn path(dir: &Path, key: &BlockKey) -> PathBuf {
-    dir.join(key.to_string().replace(':', "_"))
+    dir.join(format!("{}_{}_{}", key.algo, key.hex(), key.name_len()))
+}
+
+/// The key a file's name gives.
+fn key_of(name: &str) -> Option<BlockKey> {
+    let mut parts = name.split('_');
+    let (algo, hex, len) = (parts.next()?, parts.next()?, parts.next()?);
+    match parts.next() {
+        None => BlockKey::from_name(algo.parse().ok()?, hex, len),
+        Some(_) => None,
+    }
 }
 
 /// Creates `dir` if needed and lists the blocks in it, with their metadata. Any other file (the
@@ -26,7 +36,7 @@ pub fn scan(
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        let key = name.replace('_', ":").parse::<BlockKey>().ok();
+        let key = key_of(&name);
         match (key, entry.metadata()) {
             (Some(key), Ok(meta)) => found.push((key, meta)),
             _ => drop(std::fs::remove_file(entry.path())),

@@ -158,7 +158,7 @@ impl LocalBlockStore {
         self.root
             .join(key.algo.name())
             .join(&hex[..2])
-            .join(format!("{hex}-{}", key.size))
+            .join(format!("{hex}-{}", key.name_len()))
     }
 
     /// Each block file, with its key.
@@ -188,8 +188,8 @@ impl LocalBlockStore {
     }
 
     fn key_of(algo: HashAlgo, file_name: &str) -> Option<BlockKey> {
-        let (hex, size) = file_name.split_once('-')?;
-        format!("{algo}:{hex}:{size}").parse().ok()
+        let (hex, len) = file_name.split_once('-')?;
+        BlockKey::from_name(algo, hex, len)
     }
 
     /// This process's temp folder, created and locked on first use.

@@ -183,7 +183,7 @@ impl S3BlockStore {
             self.url.prefix,
             key.algo.name(),
             &hex[..2],
-            key.size
+            key.name_len()
         )
     }
 
@@ -220,8 +220,8 @@ impl S3BlockStore {
         let mut parts = rest.split('/');
         let (algo, _, file) = (parts.next()?, parts.next()?, parts.next()?);
         let algo: HashAlgo = algo.parse().ok()?;
-        let (hex, size) = file.split_once('-')?;
-        format!("{algo}:{hex}:{size}").parse().ok()
+        let (hex, len) = file.split_once('-')?;
+        BlockKey::from_name(algo, hex, len)
     }
 
     /// Runs one S3 call: a failure is classified (`Transience`) and described without
