@@ -440,7 +440,8 @@ impl FrameCodec {
                     let tag: &[u8; TAG_LEN] = tag.try_into().expect("split at its length");
                     let aad = associated(&layout.header, id, i, flag);
                     if flag == RAW {
-                        // opened where it lands: the tag is checked before anything is written
+                        // opened where it lands; on a wrong tag the bytes are wiped and `out`
+                        // goes with the error, so nothing unchecked leaves here
                         out.extend_from_slice(ciphertext);
                         cipher.open(nonce, &aad, &mut out[before..], tag)?;
                     } else {
@@ -480,7 +481,8 @@ impl Sealer {
         tag.as_ref().try_into().expect("a 16-byte tag")
     }
 
-    /// Decrypts `buf` in place if `tag` is right; otherwise `Forged` (and `buf` is garbage).
+    /// Decrypts `buf` in place and checks `tag`: `Forged` when it is wrong (`buf` is then
+    /// wiped, and must not be used).
     fn open(
         &self,
         nonce: &[u8; NONCE_LEN],

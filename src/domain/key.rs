@@ -260,7 +260,11 @@ impl BlockKey {
         if algo == HashAlgo::Blake3Keyed && installed_key().is_none() {
             return None;
         }
-        let size = name_len.parse::<u32>().ok()? ^ masked.length_mask();
+        let written: u32 = name_len.parse().ok()?;
+        if written.to_string() != name_len {
+            return None; // `+5` or `005`: not a name this program wrote
+        }
+        let size = written ^ masked.length_mask();
         (1..=MAX_BLOCK_SIZE)
             .contains(&size)
             .then_some(BlockKey { size, ..masked })
@@ -269,10 +273,10 @@ impl BlockKey {
     fn length_mask(&self) -> u32 {
         match (self.algo, installed_key()) {
             (HashAlgo::Blake3Keyed, Some(k)) => {
-                let mut h = blake3::Hasher::new_keyed(&k);
-                h.update(b"graviton object name length");
-                h.update(&self.digest);
-                u32::from_le_bytes(h.finalize().as_bytes()[..4].try_into().expect("4 bytes"))
+                // a key of its own: a block's digest under the identity key never gives a mask
+                let mask_key = blake3::derive_key("graviton 2026 object name length", &k);
+                let mask = blake3::keyed_hash(&mask_key, &self.digest);
+                u32::from_le_bytes(mask.as_bytes()[..4].try_into().expect("4 bytes"))
             }
             // without the key, a keyed block's object is not found: damage, not a panic
             _ => 0,
@@ -428,6 +432,11 @@ mod tests {
             plain.name_len(),
             plain.size,
             "plain names keep their length"
+        );
+        assert_eq!(
+            BlockKey::from_name(HashAlgo::Blake3, &plain.hex(), &format!("0{}", plain.size)),
+            None,
+            "one name per key"
         );
         assert_eq!(BlockKey::from_bytes(&keyed.to_bytes()).unwrap(), keyed);
     }
