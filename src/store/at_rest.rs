@@ -40,9 +40,7 @@ impl AtRest {
     pub fn holds(&self, key: &BlockKey, stored: &[u8]) -> bool {
         match self {
             AtRest::Plain => key.matches(stored),
-            AtRest::Sealed(codec) => codec
-                .decode(&key.digest, key.size as u64, stored)
-                .is_ok_and(|data| key.matches(&data)),
+            AtRest::Sealed(codec) => super::framed::Framed::holds(codec, key, stored),
         }
     }
 }

@@ -41,6 +41,19 @@ impl Metered {
     }
 
     /// Runs one download, recording its time and the bytes it fetched.
+    /// A part of a block, timed: the store counts the bytes it cost, which it alone knows (the
+    /// S3 store: the groups or frames that hold the part, or the whole block).
+    fn fetched_part(
+        &self,
+        get: impl FnOnce() -> Result<Vec<u8>, StoreError>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let t = Instant::now();
+        let r = get();
+        histogram!(m::DOWNLOAD_DURATION, "backend" => self.inner.backend())
+            .record(t.elapsed().as_secs_f64());
+        self.counted(r)
+    }
+
     fn fetched(
         &self,
         get: impl FnOnce() -> Result<Vec<u8>, StoreError>,
@@ -113,11 +126,7 @@ impl super::StoreLayer for Metered {
     /// Timed here; the bytes it cost are counted by the store, which alone knows how much it
     /// fetched for the part (the S3 store: the groups that hold it, or the whole block).
     fn get_range(&self, key: &BlockKey, range: Range<usize>) -> Result<Vec<u8>, StoreError> {
-        let t = Instant::now();
-        let r = self.inner.get_range(key, range);
-        histogram!(m::DOWNLOAD_DURATION, "backend" => self.inner.backend())
-            .record(t.elapsed().as_secs_f64());
-        self.counted(r)
+        self.fetched_part(|| self.inner.get_range(key, range))
     }
 
     /// Timed as `get_range`; the store counts the bytes.
@@ -127,11 +136,7 @@ impl super::StoreLayer for Metered {
         range: Range<u64>,
         unchecked: Unchecked,
     ) -> Result<Vec<u8>, StoreError> {
-        let t = Instant::now();
-        let r = self.inner.get_unverified_range(key, range, unchecked);
-        histogram!(m::DOWNLOAD_DURATION, "backend" => self.inner.backend())
-            .record(t.elapsed().as_secs_f64());
-        self.counted(r)
+        self.fetched_part(|| self.inner.get_unverified_range(key, range, unchecked))
     }
 
     fn exists(&self, key: &BlockKey) -> Result<bool, StoreError> {

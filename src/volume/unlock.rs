@@ -63,17 +63,13 @@ pub fn ask_with(ask: Ask) {
 
 /// The passphrase of the encrypted volume `volume` (its name, for messages).
 pub fn passphrase(volume: &str) -> Result<Passphrase, UnlockError> {
-    if let Some(path) = KEY_FILE.get() {
-        return read_key_file(path);
-    }
-    if let Some(p) = std::env::var_os(PASSPHRASE_ENV) {
-        return Ok(Zeroizing::new(p.into_encoded_bytes()));
-    }
     let ask = ASK.get().copied().unwrap_or(ask_terminal);
-    match ask(&format!("passphrase of {volume}: "), false)? {
-        p if p.is_empty() => Err(UnlockError::NoPassphrase(volume.to_string())),
-        p => Ok(p),
-    }
+    first_given(
+        KEY_FILE.get().map(PathBuf::as_path),
+        PASSPHRASE_ENV,
+        || ask(&format!("passphrase of {volume}: "), false),
+        volume,
+    )
 }
 
 /// The passphrase a new key is wrapped under (`format --encrypt`, `key change`): the key
@@ -83,13 +79,28 @@ pub fn new_passphrase(
     key_file: Option<&Path>,
     volume: &str,
 ) -> Result<Passphrase, UnlockError> {
+    first_given(
+        key_file,
+        env,
+        || ask_terminal(&format!("new passphrase of {volume}: "), true),
+        volume,
+    )
+}
+
+/// The key file's passphrase, else the environment's, else `ask`'s (an empty answer: none).
+fn first_given(
+    key_file: Option<&Path>,
+    env: &str,
+    ask: impl FnOnce() -> Result<Passphrase, UnlockError>,
+    volume: &str,
+) -> Result<Passphrase, UnlockError> {
     if let Some(path) = key_file {
         return read_key_file(path);
     }
     if let Some(p) = std::env::var_os(env) {
         return Ok(Zeroizing::new(p.into_encoded_bytes()));
     }
-    match ask_terminal(&format!("new passphrase of {volume}: "), true)? {
+    match ask()? {
         p if p.is_empty() => Err(UnlockError::NoPassphrase(volume.to_string())),
         p => Ok(p),
     }
