@@ -15,5 +15,6 @@ pub mod private;
 pub mod retry;
 pub mod state;
 pub mod store;
+pub mod tree;
 pub mod vfs;
 pub mod volume;

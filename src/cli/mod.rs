@@ -2,6 +2,7 @@
 //! (through a mount daemon's control socket when the volume is mounted here), `daemon` for a
 //! mount.
 
+mod clone;
 mod daemon_pid;
 mod dump;
 mod format;
@@ -11,6 +12,7 @@ mod key;
 mod load;
 mod mount;
 mod scrub;
+mod snapshot;
 mod status;
 
 use std::path::PathBuf;
@@ -60,6 +62,11 @@ pub enum Command {
     /// Restore a dump into a freshly formatted volume of either engine whose block store
     /// holds the dump's blocks.
     Load(load::LoadArgs),
+    /// Copy a file or a directory tree inside a mounted volume as metadata only: no block is
+    /// read or written, and the copy appears whole at once.
+    Clone(clone::CloneArgs),
+    /// Read-only, point-in-time copies of a volume or a directory, under /.snapshots.
+    Snapshot(snapshot::SnapshotArgs),
     /// An encrypted volume's passphrase: `key change` wraps its data key under a new one.
     Key(key::KeyArgs),
     /// The pid of the daemon serving a Graviton mount (for the umount helper).
@@ -110,6 +117,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             mount::run(args)
         }
         Command::Key(args) => key::run(args),
+        Command::Clone(args) => clone::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
         Command::Status(args) => status::run(args),
         Command::Scrub(args) => scrub::run(args),
         Command::Fsck(args) => fsck::run(args),

@@ -41,6 +41,16 @@ pub enum Request {
         dry_run: bool,
     },
     Dump,
+    Snapshot(SnapshotRequest),
+}
+
+/// `graviton snapshot`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum SnapshotRequest {
+    Create { name: String, path: Option<String> },
+    List { json: bool },
+    Delete { name: String },
 }
 
 const TRAILER: &[u8] = b"\x01graviton: ";
@@ -116,6 +126,7 @@ pub fn execute(
         ),
         Request::Scrub { dry_run } => crate::maint::scrub::check(vol, !dry_run, out),
         Request::Dump => crate::maint::dump::dump(vol, out).map(drop),
+        Request::Snapshot(s) => crate::maint::snapshot::run(vol, s, out),
     }
 }
 
@@ -127,7 +138,8 @@ pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Resul
     // write-back mount's blocks may not have arrived yet.
     let to_a_mount = match (source, req) {
         (Source::Dir(_), _) => true,
-        (_, Request::Status | Request::Fsck { .. } | Request::Dump) => true,
+        // a snapshot holds what a write-back mount has committed too
+        (_, Request::Status | Request::Fsck { .. } | Request::Dump | Request::Snapshot(_)) => true,
         (_, Request::Gc { .. } | Request::Scrub { .. }) => false,
     };
     if to_a_mount && let Some(conn) = live_daemon(source) {

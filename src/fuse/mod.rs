@@ -14,10 +14,10 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags as FuseOpenFlags,
-    RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner,
+    OpenFlags as FuseOpenFlags, RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::vfs::{
@@ -26,6 +26,7 @@ use crate::vfs::{
 };
 
 mod invalidate;
+pub mod ioctl;
 mod listing;
 mod op;
 mod pages;
@@ -905,6 +906,44 @@ impl Filesystem for GravitonFuse {
                 inval_attributes(&notifier, ino_out);
             }
             answer!(reply, copied, |(n, _)| reply.written(n as u32));
+        });
+    }
+    /// The mount's own requests (`ioctl.rs`): `graviton clone`. Run on the blocking pool (a
+    /// big tree takes a while); the new entry is then dropped from the kernel's caches.
+    fn ioctl(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let op = op("ioctl");
+        if cmd != ioctl::CLONE {
+            reply.error(failed(Errno::ENOTTY));
+            return;
+        }
+        let Some((src, dst)) = ioctl::decode_clone(in_data) else {
+            reply.error(failed(Errno::EINVAL));
+            return;
+        };
+        let who = crate::vfs::access::Who::of_process(req.uid(), req.gid(), req.pid());
+        let notifier = self.notifier.clone();
+        self.background(op, move |fs| {
+            answer!(reply, fs.clone_path(&who, &src, &dst), |(
+                parent,
+                name,
+                _,
+            )| {
+                if let Some(n) = notifier.get() {
+                    let _ = n.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+                }
+                inval_attributes(&notifier, INodeNo(parent));
+                reply.ioctl(0, &[])
+            });
         });
     }
 }

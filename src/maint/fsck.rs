@@ -224,7 +224,15 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
             Ok(())
         })?;
     }
-    for inode in lost.iter().filter(|n| !inside.contains(&n.ino)) {
+    // copies being made and snapshots being removed (`tree::detached`) are named by no entry
+    let detached: HashSet<Ino> = crate::tree::detached::roots(vol.meta.as_ref())?
+        .into_iter()
+        .map(|(root, _)| root)
+        .collect();
+    for inode in lost
+        .iter()
+        .filter(|n| !inside.contains(&n.ino) && !detached.contains(&n.ino))
+    {
         report.problems.push(format!(
             "inode {} ({:?}, {} bytes) is named by no entry",
             inode.ino, inode.kind, inode.size

@@ -165,6 +165,9 @@ fn now_secs() -> u64 {
 /// order in one function, where a reader can check that no block in flight is deleted.
 pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcReport> {
     let _one_at_a_time = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    if !dry_run {
+        crate::tree::detached::sweep(vol.meta.as_ref(), crate::tree::detached::ABANDONED_AFTER)?;
+    }
     let mut report = GcReport::default();
     let now = now_secs();
     // listed before the pins and then the references are read: a block stored after the
@@ -230,9 +233,16 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
         }
     }
 
-    for batch in due.chunks(BATCH) {
+    for (n, batch) in due.chunks(BATCH).enumerate() {
         let mut again = crate::meta::pins::pinned_blocks(vol.meta.as_ref())?;
         again.extend(vol.meta.referenced_among(batch)?);
+        // A copy (`tree::copy`) commits references to the blocks its source had at one moment,
+        // which may be before the re-check above: while one is in progress, nothing goes. One
+        // that starts after this check reads a moment after the re-check.
+        if crate::tree::detached::in_progress(vol.meta.as_ref())? {
+            report.waiting += (due.len() - n * BATCH) as u64;
+            break;
+        }
         for key in batch {
             if again.contains(key) {
                 report.unmarked += 1;

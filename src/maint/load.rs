@@ -106,7 +106,8 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
         match parse(line, n + 1)? {
             Record::Header { .. } => anyhow::bail!("dump line {}: a second header", n + 1),
             Record::Inode(inode) => {
-                max_ino = max_ino.max(inode.ino);
+                // a snapshot's numbers are ordinary ones with the frozen bit set
+                max_ino = max_ino.max(inode.ino & !crate::meta::FROZEN);
                 tx.put_inode(&inode)?;
                 report.inodes += 1;
             }

@@ -1,6 +1,6 @@
 //! Maintenance of a volume, the same whether the CLI runs it on a volume it opened or a mount
-//! daemon runs it on its own (`daemon::control`): `status`, `fsck`, `gc`, `scrub`, `dump` and
-//! `load`.
+//! daemon runs it on its own (`daemon::control`): `status`, `fsck`, `gc`, `scrub`, `dump`,
+//! `load` and `snapshot`.
 
 pub mod dump;
 pub mod dump_check;
@@ -9,6 +9,7 @@ pub mod gc;
 pub mod load;
 mod progress;
 pub mod scrub;
+pub mod snapshot;
 pub mod status;
 
 use crate::meta::{DirEntry, Ino, MetaRead};

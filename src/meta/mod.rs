@@ -34,7 +34,9 @@ pub use shared_volume::{
     Change, ChangeSink, HeldLock, LockKind, LockRequest, SessionInfo, SessionRecord, SharedVolume,
     TO_EOF,
 };
-pub use types::{DirEntry, FIRST_COOKIE, FileKind, Ino, Inode, ROOT_INO, Timestamp};
+pub use types::{
+    DirEntry, FIRST_COOKIE, FROZEN, FileKind, Ino, Inode, ROOT_INO, Timestamp, is_frozen,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {

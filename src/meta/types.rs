@@ -8,6 +8,17 @@ pub type Ino = u64;
 /// The root directory's inode number (FUSE's convention).
 pub const ROOT_INO: Ino = 1;
 
+/// The bit that marks the inodes of snapshots: read-only to every operation of a mount (EROFS).
+/// Ordinary numbers come from [`crate::meta::MetaRecords::allocate_ino`] and stay far below it;
+/// a snapshot's copies take a fresh number with this bit set, so whether an inode may change is
+/// known from its number, with no read.
+pub const FROZEN: Ino = 1 << 62;
+
+/// Whether `ino` belongs to a snapshot (see [`FROZEN`]).
+pub fn is_frozen(ino: Ino) -> bool {
+    ino & FROZEN != 0
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FileKind {
     File,

@@ -45,6 +45,13 @@ pub enum FsError {
     NoSpace,
     #[error("the filesystem is being unmounted")]
     ReadOnly,
+    /// A change to an inode of a snapshot (`meta::FROZEN`).
+    #[error("snapshots are read-only")]
+    Frozen,
+    /// A caller without the permission an operation the daemon checks itself needs (a clone
+    /// of what the caller may not read, into a directory it may not write).
+    #[error("permission denied")]
+    Denied,
     /// The handle relied on a lock or an unlinked open file that this mount lost when its
     /// session on the shared volume expired (`vfs::fence`).
     #[error("the mount's session expired: this handle's lock or unlinked file is gone")]
@@ -94,6 +101,8 @@ impl FsError {
             FsError::NoXattrSpace => libc::ENOSPC,
             FsError::NoSpace => libc::ENOSPC,
             FsError::ReadOnly => libc::EROFS,
+            FsError::Frozen => libc::EROFS,
+            FsError::Denied => libc::EACCES,
             FsError::Fenced => libc::EIO,
             FsError::Moved => libc::EIO,
             FsError::Stale => libc::ESTALE,

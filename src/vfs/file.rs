@@ -297,6 +297,9 @@ impl Fs {
 
     /// Opens a regular file and returns a handle number.
     pub fn open(&self, ino: Ino, flags: OpenFlags) -> FsResult<u64> {
+        if flags.write || flags.truncate {
+            super::changeable(ino)?;
+        }
         // A writer waits for a page fill of the file in progress, and none starts after it.
         let gate = flags.write.then(|| self.core.fill.exclude(ino));
         self.open_registered(ino, flags, gate)
@@ -389,6 +392,9 @@ impl Fs {
     /// says; returns whether it changed. The kernel serves most reads from its page cache
     /// without asking the daemon, so the open stands for the reads that follow it.
     pub fn touch_atime(&self, ino: Ino) -> FsResult<bool> {
+        if crate::meta::is_frozen(ino) {
+            return Ok(false);
+        }
         use super::Atime;
         const DAY_SECS: i64 = 24 * 3600;
         let due = |inode: &Inode, now: Timestamp| match self.core.cfg.atime {
@@ -670,6 +676,7 @@ impl Fs {
     }
 
     pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: FallocateMode) -> FsResult<()> {
+        super::changeable(ino)?;
         if len == 0 {
             return Err(FsError::Invalid);
         }

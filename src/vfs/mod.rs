@@ -2,8 +2,10 @@
 //! types. The FUSE adapter (and the tests) call these methods; each namespace operation is one
 //! metadata transaction, run again when it loses a race with another.
 
+pub mod access;
 mod append;
 mod cache;
+mod clone;
 mod coalesce;
 mod dirty;
 mod error;
@@ -186,34 +188,9 @@ impl Core {
         self.files.lock().expect("lock").get(&ino).cloned()
     }
 
-    /// Runs `f` as one metadata transaction, again from the start while it loses races.
-    /// `f` must only touch the transaction and its own locals: it may run several times. A
-    /// transaction that relied on a shared-volume session that has expired (the mount held
-    /// locks, or it keeps a file unlinked) fails (EIO) and is not run again: what the caller
-    /// did may have relied on a lock that is gone (`vfs::fence`).
-    pub fn txn<T>(&self, mut f: impl FnMut(&mut dyn MetaTxn) -> FsResult<T>) -> FsResult<T> {
-        const MAX_ATTEMPTS: u32 = 500;
-        for attempt in 0..MAX_ATTEMPTS {
-            let mut tx = self.meta.begin()?;
-            match f(tx.as_mut()) {
-                Ok(v) => match tx.commit() {
-                    Ok(()) => return Ok(v),
-                    Err(MetaError::Conflict) => {}
-                    Err(e) => return Err(e.into()),
-                },
-                Err(FsError::Meta(MetaError::Conflict)) => {}
-                Err(e) => return Err(e),
-            }
-            // a conflict: run again
-            metrics::counter!(crate::metrics::META_RETRIES).increment(1);
-            if attempt > 2 {
-                // back off with jitter so contending writers stop colliding
-                let micros = 50u64 << attempt.min(8);
-                std::thread::sleep(Duration::from_micros(rand::random::<u64>() % micros + 1));
-            }
-        }
-        tracing::error!("metadata transaction still conflicting after {MAX_ATTEMPTS} attempts");
-        Err(FsError::Meta(MetaError::Conflict))
+    /// Runs `f` as one metadata transaction (see [`run_txn`]).
+    pub fn txn<T>(&self, f: impl FnMut(&mut dyn MetaTxn) -> FsResult<T>) -> FsResult<T> {
+        run_txn(self.meta.as_ref(), f)
     }
 
     pub fn inode(&self, ino: Ino) -> FsResult<Inode> {
@@ -226,6 +203,47 @@ impl Core {
             let st = file.lock();
             st.writers == 0 && st.dirty.is_empty() && st.inflight.is_none()
         })
+    }
+}
+
+/// Runs `f` as one metadata transaction, again from the start while it loses races.
+/// `f` must only touch the transaction and its own locals: it may run several times. A
+/// transaction that relied on a shared-volume session that has expired (the mount held
+/// locks, or it keeps a file unlinked) fails (EIO) and is not run again: what the caller
+/// did may have relied on a lock that is gone (`vfs::fence`).
+pub fn run_txn<T>(
+    meta: &dyn MetaStore,
+    mut f: impl FnMut(&mut dyn MetaTxn) -> FsResult<T>,
+) -> FsResult<T> {
+    const MAX_ATTEMPTS: u32 = 500;
+    for attempt in 0..MAX_ATTEMPTS {
+        let mut tx = meta.begin()?;
+        match f(tx.as_mut()) {
+            Ok(v) => match tx.commit() {
+                Ok(()) => return Ok(v),
+                Err(MetaError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Err(FsError::Meta(MetaError::Conflict)) => {}
+            Err(e) => return Err(e),
+        }
+        // a conflict: run again
+        metrics::counter!(crate::metrics::META_RETRIES).increment(1);
+        if attempt > 2 {
+            // back off with jitter so contending writers stop colliding
+            let micros = 50u64 << attempt.min(8);
+            std::thread::sleep(Duration::from_micros(rand::random::<u64>() % micros + 1));
+        }
+    }
+    tracing::error!("metadata transaction still conflicting after {MAX_ATTEMPTS} attempts");
+    Err(FsError::Meta(MetaError::Conflict))
+}
+
+/// Refuses any change to an inode of a snapshot (EROFS).
+pub(crate) fn changeable(ino: Ino) -> FsResult<()> {
+    match crate::meta::is_frozen(ino) {
+        true => Err(FsError::Frozen),
+        false => Ok(()),
     }
 }
 
@@ -284,6 +302,14 @@ impl Fs {
         };
         fs.ensure_root()?;
         fs.reclaim_orphans()?;
+        // copies and removals cut short: on a volume only this mount opens, none is running
+        let idle = match fs.is_shared() {
+            true => crate::tree::detached::ABANDONED_AFTER,
+            false => Duration::ZERO,
+        };
+        if let Err(e) = crate::tree::detached::sweep(fs.core.meta.as_ref(), idle) {
+            tracing::warn!("detached trees left by a copy or removal cut short stay: {e}");
+        }
         Ok(fs)
     }
 

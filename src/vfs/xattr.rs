@@ -55,6 +55,7 @@ fn check_name(name: &[u8]) -> FsResult<()> {
 
 impl Fs {
     pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], how: XattrSet) -> FsResult<()> {
+        super::changeable(ino)?;
         check_name(name)?;
         if value.len() > XATTR_SIZE_MAX {
             return Err(FsError::TooBig);
@@ -103,6 +104,7 @@ impl Fs {
     }
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        super::changeable(ino)?;
         if name.len() > XATTR_NAME_MAX {
             return Err(FsError::Range);
         }

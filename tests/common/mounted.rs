@@ -326,3 +326,44 @@ impl Drop for Mounted {
         }
     }
 }
+
+/// A process of its own holding `path` open with `committed` written and fsync'd, then
+/// `pending` written and not committed (no close, no fsync), until the returned handle is
+/// dropped. A descriptor of the test process itself would not do: each child the test starts
+/// closes it at exec (close-on-exec), and every close commits.
+pub struct PendingWriter(std::process::Child);
+
+impl PendingWriter {
+    pub fn start(path: &Path, committed: &str, pending: &str) -> PendingWriter {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import os,sys\n\
+                 f=open(sys.argv[1],'ab')\n\
+                 f.write(sys.argv[2].encode()); f.flush(); os.fsync(f.fileno())\n\
+                 f.write(sys.argv[3].encode()); f.flush()\n\
+                 print('written', flush=True); sys.stdin.readline()",
+                path.to_str().unwrap(),
+                committed,
+                pending,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "written\n", "the writer did not write");
+        PendingWriter(child)
+    }
+}
+
+impl Drop for PendingWriter {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,136 @@
+//! `graviton clone`: a copy of a file or a directory tree made of metadata only, requested
+//! through the mount (an ioctl, `fuse::ioctl`) so that it carries the caller's identity. The
+//! paths are walked and checked here as the kernel would for the caller; the copy itself is
+//! `tree::copy`'s, and appears at its destination in one transaction.
+
+use super::access::{EXEC, WRITE, Who};
+use super::namespace::check_name;
+use super::{Fs, FsError, FsResult};
+use crate::meta::{FileKind, Ino, MetaRead, ROOT_INO, is_frozen};
+use crate::tree::copy::{Copied, Plan, copy_detached, link};
+
+/// A path from the volume's root, as components; `.` and `..` are refused (the client sends
+/// canonical paths).
+fn components(path: &[u8]) -> FsResult<Vec<&[u8]>> {
+    let parts: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    for p in &parts {
+        if *p == b"." || *p == b".." {
+            return Err(FsError::Invalid);
+        }
+        check_name(p)?;
+    }
+    Ok(parts)
+}
+
+/// The directory `parts` names, walked from the root as `who`: every directory on the way
+/// must be searchable by it, and no component may be a symlink.
+fn walk(view: &mut dyn MetaRead, who: &Who, parts: &[&[u8]]) -> FsResult<Ino> {
+    let mut dir = ROOT_INO;
+    for part in parts {
+        let inode = view.inode(dir)?.ok_or(FsError::NotFound)?;
+        if inode.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !who.may(&inode, EXEC) {
+            return Err(FsError::Denied);
+        }
+        let entry = view.dirent(dir, part)?.ok_or(FsError::NotFound)?;
+        if entry.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        dir = entry.ino;
+    }
+    let inode = view.inode(dir)?.ok_or(FsError::NotFound)?;
+    if inode.kind != FileKind::Dir {
+        return Err(FsError::NotDir);
+    }
+    if !who.may(&inode, EXEC) {
+        return Err(FsError::Denied);
+    }
+    Ok(dir)
+}
+
+impl Fs {
+    /// Copies `src` to `dst` (paths from the volume's root) as `who`, as metadata only. The
+    /// destination must not exist; its directory must be writable by `who` and not inside a
+    /// snapshot (EROFS) or inside the source (EINVAL). Writes this mount has not committed yet
+    /// are committed first, so the copy holds everything written before the request.
+    /// Returns the destination's directory and name (for the kernel's caches) and the copy.
+    pub fn clone_path(
+        &self,
+        who: &Who,
+        src: &[u8],
+        dst: &[u8],
+    ) -> FsResult<(Ino, Vec<u8>, Copied)> {
+        let src_parts = components(src)?;
+        let dst_parts = components(dst)?;
+        let (name, dst_dirs) = dst_parts.split_last().ok_or(FsError::Exists)?;
+        let meta = self.core.meta.as_ref();
+        let (source, parent) = {
+            let mut view = meta.read()?;
+            let source = match src_parts.split_last() {
+                None => ROOT_INO,
+                Some((last, dirs)) => {
+                    let dir = walk(view.as_mut(), who, dirs)?;
+                    view.dirent(dir, last)?.ok_or(FsError::NotFound)?.ino
+                }
+            };
+            let parent = walk(view.as_mut(), who, dst_dirs)?;
+            let dir = view.inode(parent)?.ok_or(FsError::NotFound)?;
+            if is_frozen(parent) {
+                return Err(FsError::Frozen);
+            }
+            if !who.may(&dir, WRITE | EXEC) {
+                return Err(FsError::Denied);
+            }
+            if view.dirent(parent, name)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            // a directory copied into itself would never end
+            let mut up = parent;
+            loop {
+                if up == source {
+                    return Err(FsError::Invalid);
+                }
+                if up == ROOT_INO {
+                    break;
+                }
+                up = view.inode(up)?.ok_or(FsError::NotFound)?.parent;
+            }
+            (source, parent)
+        };
+        self.commit_open_files()?;
+        let skip: Vec<Ino> = crate::tree::snapshot::folder(meta)?.into_iter().collect();
+        let plan = Plan {
+            who,
+            exact: false,
+            frozen: false,
+            skip: &skip,
+        };
+        let copied = {
+            let mut view = meta.snapshot()?;
+            copy_detached(meta, view.as_mut(), source, &plan)?
+        };
+        link(meta, &copied, parent, name)?;
+        Ok((parent, name.to_vec(), copied))
+    }
+
+    /// Commits every open file's pending writes on this mount.
+    fn commit_open_files(&self) -> FsResult<()> {
+        let open: Vec<Ino> = self
+            .core
+            .files
+            .lock()
+            .expect("lock")
+            .keys()
+            .copied()
+            .collect();
+        for ino in open {
+            self.flush_inode(ino, false)?;
+        }
+        Ok(())
+    }
+}
