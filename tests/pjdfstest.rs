@@ -11,6 +11,11 @@ fn pjdfstest_has_no_failures() {
     run_suite(&Mounted::new(&[], ""));
 }
 
+#[test]
+fn pjdfstest_with_the_trash_on_has_no_failures() {
+    run_suite(&Mounted::new(&["--trash-days", "1"], ""));
+}
+
 fn run_suite(m: &Mounted) {
     let which = std::process::Command::new("sh")
         .args(["-c", "command -v pjdfstest"])

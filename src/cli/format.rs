@@ -41,6 +41,10 @@ pub struct FormatArgs {
     /// passphrase or key file loses the data.
     #[arg(long)]
     pub encrypt: bool,
+    /// Keep removed files and directories in /.trash this many days (fractions allowed; 0:
+    /// off); `graviton settings set trash_days` changes it later.
+    #[arg(long, value_name = "DAYS", default_value = "0")]
+    pub trash_days: String,
     /// A directory for an embedded volume, or a postgres:// URL (password from the URL or
     /// PGPASSWORD-style settings of the URL; never printed).
     pub source: String,
@@ -86,6 +90,11 @@ pub fn run(args: FormatArgs, key_file: Option<&std::path::Path>) -> anyhow::Resu
         }
         None => 0,
     };
+    anyhow::ensure!(
+        crate::tree::trash::parse_days(&args.trash_days).is_some(),
+        "--trash-days: {:?} is not a number of days",
+        args.trash_days
+    );
     let passphrase = match args.encrypt {
         true => Some(crate::volume::unlock::new_passphrase(
             crate::volume::unlock::PASSPHRASE_ENV,
@@ -115,6 +124,10 @@ pub fn run(args: FormatArgs, key_file: Option<&std::path::Path>) -> anyhow::Resu
         vol.stack.metadata,
         vol.stack.blocks,
     );
+    if crate::tree::trash::parse_days(&args.trash_days).is_some_and(|d| !d.is_zero()) {
+        let mut out = std::io::stdout();
+        crate::maint::settings::set(&vol, "trash_days", &args.trash_days, &mut out)?;
+    }
     if vol.encrypted() {
         println!(
             "encrypted: the data key is stored only wrapped under the passphrase; whoever loses the passphrase (or key file) loses the data"

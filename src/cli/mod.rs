@@ -12,8 +12,10 @@ mod key;
 mod load;
 mod mount;
 mod scrub;
+mod settings;
 mod snapshot;
 mod status;
+mod trash;
 
 use std::path::PathBuf;
 
@@ -67,6 +69,10 @@ pub enum Command {
     Clone(clone::CloneArgs),
     /// Read-only, point-in-time copies of a volume or a directory, under /.snapshots.
     Snapshot(snapshot::SnapshotArgs),
+    /// What the trash holds (volume setting trash_days): list, restore, purge.
+    Trash(trash::TrashArgs),
+    /// Show a volume's settings, or change one that may change after format (`set NAME VALUE`).
+    Settings(settings::SettingsArgs),
     /// An encrypted volume's passphrase: `key change` wraps its data key under a new one.
     Key(key::KeyArgs),
     /// The pid of the daemon serving a Graviton mount (for the umount helper).
@@ -119,6 +125,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(args) => key::run(args),
         Command::Clone(args) => clone::run(args),
         Command::Snapshot(args) => snapshot::run(args),
+        Command::Trash(args) => trash::run(args),
+        Command::Settings(args) => settings::run(args),
         Command::Status(args) => status::run(args),
         Command::Scrub(args) => scrub::run(args),
         Command::Fsck(args) => fsck::run(args),

@@ -42,6 +42,20 @@ pub enum Request {
     },
     Dump,
     Snapshot(SnapshotRequest),
+    Trash(TrashRequest),
+    /// `graviton settings`: show them, or change one.
+    Settings {
+        set: Option<(String, String)>,
+    },
+}
+
+/// `graviton trash`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum TrashRequest {
+    List { json: bool },
+    Restore { names: Vec<String> },
+    Purge { names: Vec<String> },
 }
 
 /// `graviton snapshot`.
@@ -127,6 +141,11 @@ pub fn execute(
         Request::Scrub { dry_run } => crate::maint::scrub::check(vol, !dry_run, out),
         Request::Dump => crate::maint::dump::dump(vol, out).map(drop),
         Request::Snapshot(s) => crate::maint::snapshot::run(vol, s, out),
+        Request::Trash(t) => crate::maint::trash::run(vol, t, out),
+        Request::Settings { set: None } => crate::maint::settings::show(vol, out),
+        Request::Settings {
+            set: Some((name, value)),
+        } => crate::maint::settings::set(vol, name, value, out),
     }
 }
 
@@ -139,7 +158,15 @@ pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Resul
     let to_a_mount = match (source, req) {
         (Source::Dir(_), _) => true,
         // a snapshot holds what a write-back mount has committed too
-        (_, Request::Status | Request::Fsck { .. } | Request::Dump | Request::Snapshot(_)) => true,
+        (
+            _,
+            Request::Status
+            | Request::Fsck { .. }
+            | Request::Dump
+            | Request::Snapshot(_)
+            | Request::Trash(_)
+            | Request::Settings { .. },
+        ) => true,
         (_, Request::Gc { .. } | Request::Scrub { .. }) => false,
     };
     if to_a_mount && let Some(conn) = live_daemon(source) {

@@ -93,6 +93,9 @@ pub fn serve(
     if let Some(every) = gc_every.filter(|_| !opts.read_only) {
         crate::maint::gc::run_every(vol.clone(), every, opts.gc_grace)?;
     }
+    if !opts.read_only {
+        trash_every(fs.clone(), vol.clone(), opts.trash_every)?;
+    }
     let pid_file = state.join("graviton.pid");
     crate::private::write(&pid_file, format!("{}\n", std::process::id()).as_bytes())
         .with_context(|| format!("writing {}", pid_file.display()))?;
@@ -364,4 +367,27 @@ fn return_freed_memory() {
     if let Err(e) = spawned {
         tracing::warn!("not returning freed memory to the system: {e}");
     }
+}
+
+/// Every `every`, on a low-priority thread: reads the trash settings again (`graviton settings`
+/// may have changed them) and deletes what the trash has held longer than `trash_days`.
+fn trash_every(fs: Arc<Fs>, vol: Arc<Volume>, every: Duration) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("graviton-trash".into())
+        .spawn(move || {
+            crate::background::lower_this_threads_priority();
+            loop {
+                std::thread::sleep(every);
+                if let Err(e) = fs.refresh_trash() {
+                    tracing::warn!("trash: reading its settings: {e}");
+                }
+                match crate::tree::trash::expire(vol.meta.as_ref()) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("trash: {n} inodes held past trash_days deleted"),
+                    Err(e) => tracing::warn!("trash: expiry failed: {e:#}"),
+                }
+            }
+        })
+        .context("starting the trash thread")?;
+    Ok(())
 }

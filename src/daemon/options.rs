@@ -52,6 +52,9 @@ pub struct MountOptions {
     pub gc_every: Option<Option<Duration>>,
     /// The grace period of those runs (`graviton gc --grace`).
     pub gc_grace: Duration,
+    /// How often the mount reads the trash settings again and deletes what the trash has held
+    /// longer than `trash_days` (`tree::trash`).
+    pub trash_every: Duration,
     /// Options for mount(8) and systemd (`_netdev`, `nofail`, `x-systemd.*`…): nothing to the
     /// filesystem, kept in the mount table for them (`super::mount_table`).
     pub mount_table: Vec<String>,
@@ -84,6 +87,7 @@ impl Default for MountOptions {
             key_file: None,
             gc_every: None,
             gc_grace: crate::maint::gc::DEFAULT_GRACE,
+            trash_every: Duration::from_secs(60),
             mount_table: Vec::new(),
         }
     }
@@ -236,6 +240,9 @@ impl MountOptions {
                 // a mount's volume is in use: a block may wait unreferenced between its upload
                 // and its commit, and a grace shorter than that deletes it
                 "gc_grace" => self.gc_grace = duration(name, need()?, Duration::from_secs(60))?,
+                "trash_every" => {
+                    self.trash_every = duration(name, need()?, Duration::from_secs(1))?
+                }
                 "meta_cache" | "page_fill" => {
                     let on = match need()? {
                         "on" => true,
@@ -269,7 +276,7 @@ fn duration(name: &str, value: &str, min: Duration) -> Result<Duration, OptionEr
         _ => Err(bad(
             name,
             value,
-            "a duration like 1h or 30m (gc_every: at least 1s, or off; gc_grace: at least 1m)",
+            "a duration like 1h or 30m (gc_every: at least 1s, or off; gc_grace: at least 1m; trash_every: at least 1s)",
         )),
     }
 }

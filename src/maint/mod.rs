@@ -1,6 +1,6 @@
 //! Maintenance of a volume, the same whether the CLI runs it on a volume it opened or a mount
 //! daemon runs it on its own (`daemon::control`): `status`, `fsck`, `gc`, `scrub`, `dump`,
-//! `load` and `snapshot`.
+//! `load`, `snapshot`, `trash` and `settings`.
 
 pub mod dump;
 pub mod dump_check;
@@ -9,8 +9,10 @@ pub mod gc;
 pub mod load;
 mod progress;
 pub mod scrub;
+pub mod settings;
 pub mod snapshot;
 pub mod status;
+pub mod trash;
 
 use crate::meta::{DirEntry, Ino, MetaRead};
 

@@ -11,11 +11,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::PAGE;
 use crate::meta::{FileKind, Ino, MetaStore};
 use crate::vfs::{FsResult, run_txn};
 
 const PREFIX: &str = "detached/";
+/// Entries removed in one transaction: each takes a file's records with it, and a smaller
+/// transaction holds up the writers committing after it less (PostgreSQL orders commits).
+const REMOVE_PAGE: usize = 256;
 /// Transactions between two records of progress.
 const PROGRESS_EVERY: u64 = 16;
 /// A record with no progress for this long belongs to a process that is gone.
@@ -115,7 +117,7 @@ fn remove_tree(meta: &dyn MetaStore, top: Ino) -> FsResult<u64> {
     let mut todo: Vec<(Ino, Option<Named>)> = vec![(top, None)];
     while let Some((dir, named)) = todo.last().cloned() {
         let (subdirs, gone, emptied) = run_txn(meta, |tx| {
-            let page = tx.list_dir(dir, 2, PAGE)?;
+            let page = tx.list_dir(dir, 2, REMOVE_PAGE)?;
             let mut subdirs = Vec::new();
             let mut gone = 0u64;
             for (name, e) in &page {

@@ -12,6 +12,49 @@
 pub mod copy;
 pub mod detached;
 pub mod snapshot;
+pub mod trash;
 
 /// Entries read from a directory at once.
 const PAGE: usize = 1000;
+
+use crate::meta::{
+    DirEntry, FROZEN, FileKind, Ino, Inode, MetaStore, ROOT_INO, Timestamp, is_frozen,
+};
+use crate::vfs::{FsError, run_txn};
+
+/// The folder `name` at the root (frozen, root's, `mode`), made unless it is there: an
+/// ordinary entry of that name is refused, so a feature never takes a name in use. `setting`
+/// names the volume setting that chooses the name, for the message.
+pub fn reserved_folder(
+    meta: &dyn MetaStore,
+    name: &[u8],
+    mode: u16,
+    setting: &str,
+) -> anyhow::Result<Ino> {
+    let fresh = meta.allocate_ino()? | FROZEN;
+    let found = run_txn(meta, |tx| {
+        let (root, entry) = tx.inode_and_dirent(ROOT_INO, name)?;
+        if let Some(e) = entry {
+            return Ok(Some(e.ino));
+        }
+        let mut root = root.ok_or(FsError::NotFound)?;
+        let now = Timestamp::now();
+        let mut dir = Inode::new(fresh, FileKind::Dir, mode, 0, 0, now);
+        dir.parent = ROOT_INO;
+        let cookie = root.take_cookie();
+        root.nlink += 1;
+        root.touch(now);
+        tx.put_inode(&dir)?;
+        tx.put_inode(&root)?;
+        tx.put_dirent(ROOT_INO, name, &DirEntry::new(fresh, FileKind::Dir, cookie))?;
+        Ok(None)
+    })?;
+    match found {
+        None => Ok(fresh),
+        Some(ino) if is_frozen(ino) => Ok(ino),
+        Some(_) => anyhow::bail!(
+            "the volume's root already has an entry named {}: rename it, or name the folder otherwise (volume setting {setting})",
+            String::from_utf8_lossy(name)
+        ),
+    }
+}

@@ -11,9 +11,7 @@ use std::time::Instant;
 
 use super::copy::{Plan, copy_detached, link};
 use super::detached;
-use crate::meta::{
-    DirEntry, FROZEN, FileKind, Ino, Inode, MetaStore, ROOT_INO, Timestamp, is_frozen,
-};
+use crate::meta::{FileKind, Ino, MetaStore, ROOT_INO, Timestamp, is_frozen};
 use crate::vfs::access::Who;
 use crate::vfs::{FsError, FsResult, run_txn};
 
@@ -56,42 +54,6 @@ pub struct Created {
     pub seconds: f64,
 }
 
-/// The folder, made (frozen, owned by root, mode 0755) when missing. An ordinary entry
-/// already using its name is refused: the feature does not take a name that is in use.
-fn ensure_folder(meta: &dyn MetaStore) -> anyhow::Result<Ino> {
-    let name = folder_name(meta)?;
-    let fresh = meta.allocate_ino()? | FROZEN;
-    let made = run_txn(meta, |tx| {
-        let (root, entry) = tx.inode_and_dirent(ROOT_INO, &name)?;
-        if let Some(e) = entry {
-            return Ok(Some(e.ino));
-        }
-        let mut root = root.ok_or(FsError::NotFound)?;
-        let now = Timestamp::now();
-        let mut dir = Inode::new(fresh, FileKind::Dir, 0o755, 0, 0, now);
-        dir.parent = ROOT_INO;
-        let cookie = root.take_cookie();
-        root.nlink += 1;
-        root.touch(now);
-        tx.put_inode(&dir)?;
-        tx.put_inode(&root)?;
-        tx.put_dirent(
-            ROOT_INO,
-            &name,
-            &DirEntry::new(fresh, FileKind::Dir, cookie),
-        )?;
-        Ok(None)
-    })?;
-    match made {
-        None => Ok(fresh),
-        Some(ino) if is_frozen(ino) => Ok(ino),
-        Some(_) => anyhow::bail!(
-            "the volume's root already has an entry named {}: rename it, or name the snapshots folder otherwise (volume setting {FOLDER_SETTING})",
-            String::from_utf8_lossy(&name)
-        ),
-    }
-}
-
 /// The directory `path` names (from the root; no symlinks).
 fn directory(meta: &dyn MetaStore, path: &str) -> anyhow::Result<Ino> {
     let mut view = meta.read()?;
@@ -120,7 +82,7 @@ fn valid_name(name: &str) -> anyhow::Result<()> {
 pub fn create(meta: &dyn MetaStore, name: &str, path: Option<&str>) -> anyhow::Result<Created> {
     valid_name(name)?;
     let start = Instant::now();
-    let folder = ensure_folder(meta)?;
+    let folder = super::reserved_folder(meta, &folder_name(meta)?, 0o755, FOLDER_SETTING)?;
     if meta.read()?.dirent(folder, name.as_bytes())?.is_some() {
         anyhow::bail!("a snapshot named {name} exists already");
     }

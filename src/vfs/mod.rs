@@ -156,6 +156,9 @@ pub(crate) struct Core {
     pub fill: fill::PageFill,
     /// The kernel's caches of this mount, once the FUSE adapter has handed them over.
     pub kernel: std::sync::OnceLock<Arc<dyn KernelPages>>,
+    /// Where removed inodes go, while the volume's trash is on (`tree::trash`); read at mount
+    /// and again by `Fs::refresh_trash`.
+    pub trash: RwLock<Option<crate::tree::trash::Bin>>,
 }
 
 /// Stripes of `Core::gates`.
@@ -292,6 +295,7 @@ impl Fs {
             runtime: runtime.handle().clone(),
             fill: fill::PageFill::new(),
             kernel: std::sync::OnceLock::new(),
+            trash: RwLock::new(None),
         });
         let fs = Fs {
             core,
@@ -302,6 +306,7 @@ impl Fs {
         };
         fs.ensure_root()?;
         fs.reclaim_orphans()?;
+        fs.refresh_trash()?;
         // copies and removals cut short: on a volume only this mount opens, none is running
         let idle = match fs.is_shared() {
             true => crate::tree::detached::ABANDONED_AFTER,
@@ -311,6 +316,13 @@ impl Fs {
             tracing::warn!("detached trees left by a copy or removal cut short stay: {e}");
         }
         Ok(fs)
+    }
+
+    /// Reads the volume's trash settings again (`graviton settings` may have changed them).
+    pub fn refresh_trash(&self) -> FsResult<()> {
+        let bin = crate::tree::trash::bin(self.core.meta.as_ref())?;
+        *self.core.trash.write().expect("lock") = bin;
+        Ok(())
     }
 
     /// The kernel's caches of this mount, for changes the kernel cannot know of (appends

@@ -150,8 +150,14 @@ impl Fs {
     }
 
     /// Attributes, including the size and mtime of writes not yet committed.
+    /// An inode in the trash shows the links it had outside it (none, for a file or
+    /// directory removed while open), as it would had it been deleted.
     pub fn getattr(&self, ino: Ino) -> FsResult<Inode> {
-        self.attributes(ino)
+        let mut inode = self.attributes(ino)?;
+        if crate::tree::trash::holds(&inode) {
+            inode.nlink = 0;
+        }
+        Ok(inode)
     }
 
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Inode> {
@@ -299,13 +305,24 @@ impl Fs {
     }
 
     /// Drops one link; an inode left with none is deleted, or kept as an orphan while open.
+    /// Drops one link; an inode left with none goes to the trash when it is on (`tree::trash`),
+    /// is kept as an orphan while open, or is deleted. `from`: the name that went.
     fn drop_link(
         &self,
         tx: &mut dyn MetaTxn,
         inode: &mut Inode,
         now: Timestamp,
         open: Option<&std::sync::Arc<super::file::OpenFile>>,
+        from: (Ino, &[u8]),
     ) -> FsResult<()> {
+        if inode.nlink == 1
+            && let Some(bin) = *self.core.trash.read().expect("lock")
+        {
+            let fresh = || self.core.meta.allocate_ino();
+            return Ok(crate::tree::trash::put(
+                tx, &bin, inode, from.0, from.1, now, &fresh,
+            )?);
+        }
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime = now;
         if inode.nlink > 0 {
@@ -335,7 +352,7 @@ impl Fs {
             dir.touch(now);
             tx.put_inode(&dir)?;
             let open = self.core.open_file(entry.ino);
-            self.drop_link(tx, &mut inode, now, open.as_ref())
+            self.drop_link(tx, &mut inode, now, open.as_ref(), (parent, name))
         })
     }
 
@@ -401,7 +418,13 @@ impl Fs {
                 return Err(FsError::NotEmpty);
             }
             tx.delete_dirent(parent, name)?;
-            self.drop_dir(tx, &mut child, now)?;
+            match *self.core.trash.read().expect("lock") {
+                Some(bin) => {
+                    let fresh = || self.core.meta.allocate_ino();
+                    crate::tree::trash::put(tx, &bin, &mut child, parent, name, now, &fresh)?
+                }
+                None => self.drop_dir(tx, &mut child, now)?,
+            }
             dir.nlink -= 1;
             dir.touch(now);
             Ok(tx.put_inode(&dir)?)
@@ -618,7 +641,8 @@ impl Fs {
                                 }
                                 (false, false) => {
                                     let open = self.core.open_file(d.ino);
-                                    self.drop_link(tx, &mut di, now, open.as_ref())?
+                                    let from = (newparent, newname);
+                                    self.drop_link(tx, &mut di, now, open.as_ref(), from)?
                                 }
                             }
                             d.cookie

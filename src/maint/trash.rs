@@ -1,0 +1,44 @@
+//! `graviton trash list|restore|purge` on an open volume (`tree::trash` does the work).
+
+use std::io::Write;
+
+use crate::daemon::control::TrashRequest;
+use crate::tree::trash;
+use crate::volume::Volume;
+
+pub fn run(vol: &Volume, req: &TrashRequest, out: &mut dyn Write) -> anyhow::Result<()> {
+    let meta = vol.meta.as_ref();
+    match req {
+        TrashRequest::List { json } => {
+            let all = trash::list(meta)?;
+            if *json {
+                serde_json::to_writer(&mut *out, &all)?;
+                writeln!(out)?;
+            } else {
+                for e in all {
+                    writeln!(out, "{}\t{}\t{}\t{}", e.name, e.kind, e.size, e.origin)?;
+                }
+            }
+        }
+        TrashRequest::Restore { names } => {
+            let r = trash::restore(meta, names)?;
+            for s in &r.skipped {
+                writeln!(out, "left in the trash: {s}")?;
+            }
+            writeln!(out, "restored {} entries", r.restored)?;
+            anyhow::ensure!(
+                r.skipped.is_empty(),
+                "{} entries could not be restored",
+                r.skipped.len()
+            );
+        }
+        TrashRequest::Purge { names } => {
+            let n = trash::purge(meta, names)?;
+            writeln!(
+                out,
+                "purged: {n} inodes deleted; `graviton gc` frees the blocks only they referenced"
+            )?;
+        }
+    }
+    Ok(())
+}
