@@ -179,6 +179,10 @@ fn an_ordinary_user_clones_only_what_it_may_read_and_owns_the_copy() {
     )
     .unwrap();
     std::fs::create_dir(m.path("mixed")).unwrap();
+    // enough readable files before it that part of the copy is committed when it fails
+    for i in 0..1500 {
+        std::fs::write(m.path(&format!("mixed/{i}")), b"x").unwrap();
+    }
     std::fs::write(m.path("mixed/secret"), b"root only").unwrap();
     std::fs::set_permissions(
         m.path("mixed/secret"),
@@ -216,9 +220,16 @@ fn an_ordinary_user_clones_only_what_it_may_read_and_owns_the_copy() {
         b"for all"
     );
 
-    // a tree with one file it may not read: nothing is made
+    // a tree with one file it may not read: nothing is made, and nothing is left behind
+    let inodes = |m: &Mounted| m.status_json()["usage"]["inodes"].as_u64().unwrap();
+    let before = inodes(&m);
     failed_with(&nobody_clone("mixed", "drop/theirs"), "Permission denied");
     assert!(!m.path("drop/theirs").exists());
+    assert_eq!(inodes(&m), before, "a failed clone left inodes behind");
+    ok(
+        m.graviton(&["fsck", &m.source]),
+        "fsck after a failed clone",
+    );
     // into a directory it may not write
     failed_with(&nobody_clone("open", "mixed/x"), "Permission denied");
     // through a directory it may not search, whatever the file's own mode: the daemon walks
@@ -306,4 +317,14 @@ fn walkdir_count(root: &Path) -> usize {
         };
     }
     n
+}
+
+#[test]
+fn a_read_only_mount_refuses_a_clone() {
+    let m = Mounted::new(&[], "");
+    std::fs::write(m.path("f"), b"f").unwrap();
+    m.unmount();
+    let ro = Mounted::existing(&m.source, "ro");
+    failed_with(&clone(&ro, "f", "g"), "Read-only file system");
+    assert!(!ro.path("g").exists());
 }

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::mounted::{Mounted, ok, run};
+use common::mounted::{Mounted, PendingWriter, ok, run};
 
 fn make_tree(root: &Path) {
     for d in ["a/b/c", "a/d", "e"] {
@@ -142,6 +142,24 @@ fn rm_rf_then_restore_brings_every_file_back() {
     );
     assert_eq!(std::fs::read(m.path("open")).unwrap(), b"before and after");
 
+    // nothing is made in a directory in the trash, through a descriptor still open on it
+    std::fs::create_dir(m.path("dir")).unwrap();
+    let made = run(
+        "python3",
+        &[
+            "-c",
+            "import os,sys; fd=os.open(sys.argv[1],os.O_RDONLY); os.rmdir(sys.argv[1]); \
+             os.open('new', os.O_CREAT|os.O_WRONLY, 0o644, dir_fd=fd)",
+            m.path("dir").to_str().unwrap(),
+        ],
+        Path::new("/"),
+    );
+    let err = String::from_utf8_lossy(&made.stderr);
+    assert!(
+        !made.status.success() && err.contains("FileNotFoundError"),
+        "{err}"
+    );
+
     // and the trash folder itself is read-only to the mount
     std::fs::remove_file(m.path("open")).unwrap();
     let hour = std::fs::read_dir(m.path(".trash"))
@@ -150,13 +168,12 @@ fn rm_rf_then_restore_brings_every_file_back() {
         .unwrap()
         .unwrap()
         .path();
-    let entry = std::fs::read_dir(&hour)
+    let file = std::fs::read_dir(&hour)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let err = std::fs::remove_file(&entry).unwrap_err();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file())
+        .unwrap();
+    let err = std::fs::remove_file(&file).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
 }
 
@@ -179,11 +196,15 @@ fn expired_entries_are_deleted_and_gc_frees_their_blocks() {
     let blocks = |m: &Mounted| m.status_json()["stored_blocks"].as_u64().unwrap();
     std::fs::write(m.path("kept"), common::random_bytes(1, 1 << 20)).unwrap();
     std::fs::write(m.path("gone"), common::random_bytes(2, 3 << 20)).unwrap();
+    // a file removed while a process of its own keeps it open (a log, say)
+    let held = PendingWriter::start(&m.path("held"), "committed", "");
+    std::fs::remove_file(m.path("held")).unwrap();
     std::fs::remove_file(m.path("gone")).unwrap();
     ok(m.graviton(&["gc", "--grace", "0s", &m.source]), "gc");
-    assert_eq!(blocks(&m), 4, "the trash holds the removed file's blocks");
+    assert_eq!(blocks(&m), 5, "the trash holds the removed files' blocks");
+    let list = |m: &Mounted| ok(m.graviton(&["trash", "list", &m.source]), "trash list");
     let start = Instant::now();
-    while !ok(m.graviton(&["trash", "list", &m.source]), "trash list").is_empty() {
+    while list(&m).contains("/gone") {
         assert!(start.elapsed() < Duration::from_secs(60), "nothing expired");
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -191,6 +212,20 @@ fn expired_entries_are_deleted_and_gc_frees_their_blocks() {
         start.elapsed() >= Duration::from_secs(5),
         "expired before its time"
     );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        list(&m).contains("/held"),
+        "an open file expired: {}",
+        list(&m)
+    );
+    drop(held);
+    while !list(&m).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the closed file never expired"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     ok(m.graviton(&["gc", "--grace", "0s", &m.source]), "gc");
     assert_eq!(
         blocks(&m),
@@ -234,5 +269,77 @@ fn the_trash_does_not_take_a_name_in_use_and_turns_on_later() {
     assert!(
         !out.status.success(),
         "the folder's name changes only while it does not exist"
+    );
+}
+
+/// Snapshots, the trash and the settings that name them move with a dump to another engine.
+#[test]
+fn snapshots_and_the_trash_travel_in_a_dump() {
+    if !graviton_testkit::servers_present() {
+        return;
+    }
+    let m = Mounted::new(&["--trash-days", "3"], "");
+    std::fs::write(m.path("kept"), b"kept").unwrap();
+    std::fs::write(m.path("gone"), common::random_bytes(9, 2 << 20)).unwrap();
+    ok(
+        m.graviton(&["snapshot", "create", "s", &m.source]),
+        "snapshot",
+    );
+    std::fs::remove_file(m.path("gone")).unwrap();
+    let dump = m.dir.path().join("dump.jsonl");
+    ok(
+        m.graviton(&["dump", "-o", dump.to_str().unwrap(), &m.source]),
+        "dump",
+    );
+    let pg = graviton_testkit::scratch_database();
+    let blocks = format!("file://{}", m.vol.join("blocks").display());
+    ok(
+        m.graviton(&["format", "--store", &blocks, &pg]),
+        "format pg",
+    );
+    m.unmount();
+    ok(m.graviton(&["load", dump.to_str().unwrap(), &pg]), "load");
+    let other = Mounted::existing(&pg, "");
+    let shown = ok(other.graviton(&["settings", &pg]), "settings");
+    assert!(shown.contains("trash_days = 3\n"), "{shown}");
+    let list = ok(other.graviton(&["trash", "list", &pg]), "trash list");
+    assert!(list.contains("\t/gone\n"), "{list}");
+    assert_eq!(
+        std::fs::read(other.path(".snapshots/s/kept")).unwrap(),
+        b"kept"
+    );
+    let err = std::fs::write(other.path(".snapshots/s/new"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "still a snapshot");
+    ok(other.graviton(&["trash", "restore", &pg]), "trash restore");
+    assert_eq!(
+        std::fs::read(other.path("gone")).unwrap(),
+        common::random_bytes(9, 2 << 20)
+    );
+    // new inodes take numbers after the loaded ones, not after the snapshot's frozen ones
+    std::fs::write(other.path("new"), b"new").unwrap();
+    assert!(std::fs::metadata(other.path("new")).unwrap().ino() < graviton::meta::FROZEN);
+    ok(other.graviton(&["fsck", &pg]), "fsck");
+}
+
+/// The folders left out of the root's listing take no other entry with them.
+#[test]
+fn the_root_lists_every_entry_beside_the_hidden_folders() {
+    let m = Mounted::new(&["--trash-days", "1"], "");
+    ok(
+        m.graviton(&["snapshot", "create", "s", &m.source]),
+        "snapshot",
+    );
+    for i in 0..5000 {
+        std::fs::write(m.path(&format!("f{i}")), b"").unwrap();
+    }
+    assert_eq!(std::fs::read_dir(&m.mnt).unwrap().count(), 5000);
+    let ls = ok(
+        run("ls", &["-f", m.mnt.to_str().unwrap()], Path::new("/")),
+        "ls -f",
+    );
+    assert_eq!(
+        ls.lines().count(),
+        5002,
+        "ls -f lists . and .. and every file"
     );
 }

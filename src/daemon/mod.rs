@@ -84,6 +84,10 @@ pub fn serve(
         &state,
         opts.upload_wait,
     )?;
+    let weak = Arc::downgrade(&fs);
+    let _ = vol.in_use.set(Box::new(move |ino| {
+        weak.upgrade().is_some_and(|fs| fs.in_use(ino))
+    }));
     control::serve(vol.clone())?;
     // the daemon is the one process of an embedded volume: it collects its garbage itself
     let gc_every = opts.gc_every.unwrap_or(match source {
@@ -165,6 +169,7 @@ fn open_stacks(source: &Source, mountpoint: &Path, opts: &MountOptions) -> anyho
 /// The core's tunables for this mount.
 fn fs_config(vol: &Volume, opts: &MountOptions) -> FsConfig {
     let mut cfg = vol.fs_config();
+    cfg.read_only = opts.read_only;
     cfg.atime = match opts.read_only {
         true => Atime::Never,
         false => opts.atime,
@@ -381,7 +386,8 @@ fn trash_every(fs: Arc<Fs>, vol: Arc<Volume>, every: Duration) -> anyhow::Result
                 if let Err(e) = fs.refresh_trash() {
                     tracing::warn!("trash: reading its settings: {e}");
                 }
-                match crate::tree::trash::expire(vol.meta.as_ref()) {
+                let in_use = |ino| fs.in_use(ino);
+                match crate::tree::trash::expire(vol.meta.as_ref(), &in_use) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!("trash: {n} inodes held past trash_days deleted"),
                     Err(e) => tracing::warn!("trash: expiry failed: {e:#}"),

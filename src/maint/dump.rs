@@ -110,6 +110,9 @@ pub enum Record {
         /// the volume a dump is loaded into takes it, and `block` records are sealed with it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data_key: Option<String>,
+        /// The settings `graviton settings` changes (trash, folder names), as set.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        settings: std::collections::BTreeMap<String, String>,
     },
     Inode(Inode),
     Entry {
@@ -167,6 +170,15 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
         data_key: match vol.encrypted() {
             true => vol.meta.setting(crate::volume::DATA_KEY)?,
             false => None,
+        },
+        settings: {
+            let mut set = std::collections::BTreeMap::new();
+            for name in super::settings::CHANGEABLE {
+                if let Some(v) = vol.meta.setting(name)? {
+                    set.insert(name.to_string(), v);
+                }
+            }
+            set
         },
     })?;
     let mut in_db: std::collections::BTreeSet<crate::domain::BlockKey> = Default::default();

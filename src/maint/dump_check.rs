@@ -599,6 +599,7 @@ mod tests {
                 small_blocks: 0,
                 compression: None,
                 data_key: None,
+                settings: Default::default(),
             },
             Record::Inode(root),
             entry(ROOT_INO, b"dir", 2, FileKind::Dir, 3),

@@ -61,6 +61,7 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
                 hash,
                 chunker,
                 compression,
+                settings,
                 ..
             } => {
                 super::dump::readable(format)?;
@@ -83,6 +84,11 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
                     stored_as(&vol.settings.compression),
                     stored_as(&compression)
                 );
+                for (name, value) in &settings {
+                    if super::settings::CHANGEABLE.contains(&name.as_str()) {
+                        vol.meta.put_setting(name, value)?;
+                    }
+                }
                 if chunker != vol.settings.chunker {
                     // new writes cut blocks as the dumped volume did, so they dedup with it
                     vol.meta.put_setting("chunker", &chunker)?;

@@ -66,10 +66,14 @@ pub fn set(vol: &Volume, name: &str, value: &str, out: &mut dyn Write) -> anyhow
                 && value != "."
                 && value != "..";
             anyhow::ensure!(ok, "{name}: {value:?} is not a file name");
-            let current = match name {
-                trash::FOLDER_SETTING => trash::folder_name(meta)?,
-                _ => snapshot::folder_name(meta)?,
+            let (current, other) = match name {
+                trash::FOLDER_SETTING => (trash::folder_name(meta)?, snapshot::folder_name(meta)?),
+                _ => (snapshot::folder_name(meta)?, trash::folder_name(meta)?),
             };
+            anyhow::ensure!(
+                value.as_bytes() != other,
+                "{name}: {value} names the other feature's folder"
+            );
             anyhow::ensure!(
                 !folder_exists(vol, &current)?,
                 "{name}: the folder /{} exists; its name changes only while it does not",

@@ -33,7 +33,8 @@ pub fn run(vol: &Volume, req: &TrashRequest, out: &mut dyn Write) -> anyhow::Res
             );
         }
         TrashRequest::Purge { names } => {
-            let n = trash::purge(meta, names)?;
+            let in_use = |ino| vol.in_use.get().is_some_and(|f| f(ino));
+            let n = trash::purge(meta, names, &in_use)?;
             writeln!(
                 out,
                 "purged: {n} inodes deleted; `graviton gc` frees the blocks only they referenced"

@@ -42,15 +42,26 @@ pub struct Copied {
     pub bytes: u64,
 }
 
-/// Copies the tree at `src`, as `view` sees it, into new inodes no entry names (a detached
-/// tree, recorded before anything is written). On an error what was written is removed.
-pub fn copy_detached(
-    meta: &dyn MetaStore,
-    view: &mut dyn MetaRead,
-    src: Ino,
-    plan: &Plan,
-) -> FsResult<Copied> {
-    let source = view.inode(src)?.ok_or(FsError::NotFound)?;
+/// Copies the tree at `src` into new inodes no entry names (a detached tree), as one
+/// consistent view of the volume sees it. The tree is recorded before that view is taken (gc
+/// spares every block from then on: `detached`), and its root is written first, then each
+/// entry before the inode it names, so whatever a crash leaves is reachable from the root
+/// for `detached::sweep`. On an error what was written is removed.
+pub fn copy_detached(meta: &dyn MetaStore, src: Ino, plan: &Plan) -> FsResult<Copied> {
+    let root = if plan.frozen {
+        meta.allocate_ino()? | FROZEN
+    } else {
+        meta.allocate_ino()?
+    };
+    detached::record(meta, root)?;
+    let mut view = meta.snapshot()?;
+    let source = match view.inode(src)? {
+        Some(s) => s,
+        None => {
+            detached::forget(meta, root)?;
+            return Err(FsError::NotFound);
+        }
+    };
     let mut copier = Copier {
         meta,
         plan,
@@ -65,10 +76,8 @@ pub fn copy_detached(
             bytes: 0,
         },
     };
-    let root = copier.fresh()?;
     copier.copied.root = root;
-    detached::record(meta, root)?;
-    let done = copier.run(view, source, root);
+    let done = copier.run(view.as_mut(), source, root);
     match done {
         Ok(()) => Ok(copier.copied),
         Err(e) => {
@@ -147,6 +156,10 @@ impl Copier<'_> {
         let mut inode = source.clone();
         inode.ino = ino;
         inode.data_version = 0;
+        if inode.kind != FileKind::Dir {
+            // (a file's `parent` marks one in the trash)
+            inode.parent = 0;
+        }
         if self.plan.exact {
             return inode;
         }
@@ -187,9 +200,12 @@ impl Copier<'_> {
 
     fn copy_xattrs(&mut self, view: &mut dyn MetaRead, from: Ino, to: Ino) -> FsResult<()> {
         for name in view.xattr_names(from)? {
-            let copied = self.plan.who.is_root()
-                || name.starts_with(b"user.")
-                || name.starts_with(b"system.");
+            // the filesystem's own marks (a snapshot's origin, a trashed file's) stay behind
+            let own = name.starts_with(b"trusted.graviton.");
+            let copied = !own
+                && (self.plan.who.is_root()
+                    || name.starts_with(b"user.")
+                    || name.starts_with(b"system."));
             if !copied {
                 continue;
             }
@@ -201,20 +217,26 @@ impl Copier<'_> {
     }
 
     /// Copies a file, symlink or special file as `ino`, with one link.
-    fn copy_leaf(&mut self, view: &mut dyn MetaRead, source: &Inode, ino: Ino) -> FsResult<Inode> {
+    fn copy_leaf(
+        &mut self,
+        view: &mut dyn MetaRead,
+        source: &Inode,
+        ino: Ino,
+        nlink: u32,
+    ) -> FsResult<Inode> {
         self.check(source)?;
         let mut inode = self.shaped(source, ino);
-        inode.nlink = 1;
+        inode.nlink = nlink;
         let extents: Vec<Extent> = match source.kind {
             FileKind::File => view.extents(source.ino, 0..u64::MAX)?,
             _ => Vec::new(),
         };
         inode.extent_count = extents.len() as u64;
         self.push(Put::Inode(inode.clone()))?;
-        if !extents.is_empty() {
+        for part in extents.chunks(BATCH_RECORDS) {
             let splice = Splice {
                 remove: Vec::new(),
-                insert: extents,
+                insert: part.to_vec(),
             };
             self.push(Put::Extents(ino, splice))?;
         }
@@ -231,32 +253,17 @@ impl Copier<'_> {
         Ok(inode)
     }
 
-    /// The copy of the entry's inode: a new one, or, for a file with several names already
-    /// copied under another, that copy with one more link.
-    fn copy_entry(&mut self, view: &mut dyn MetaRead, source: &Inode) -> FsResult<Ino> {
-        if let Some(copy) = self.links.get_mut(&source.ino) {
-            copy.nlink += 1;
-            let copy = copy.clone();
-            let ino = copy.ino;
-            self.push(Put::Inode(copy))?;
-            return Ok(ino);
-        }
-        let ino = self.fresh()?;
-        let copy = self.copy_leaf(view, source, ino)?;
-        if source.nlink > 1 {
-            self.links.insert(source.ino, copy);
-        }
-        Ok(ino)
-    }
-
     fn run(&mut self, view: &mut dyn MetaRead, source: Inode, root: Ino) -> FsResult<()> {
         if source.kind != FileKind::Dir {
-            let mut copy = self.copy_leaf(view, &source, root)?;
             // no name yet: `link` gives it its one
-            copy.nlink = 0;
-            self.push(Put::Inode(copy))?;
+            self.copy_leaf(view, &source, root, 0)?;
             return self.flush();
         }
+        // the root first, on its own: a crash leaves a tree `detached::sweep` can walk
+        let mut top = self.shaped(&source, root);
+        top.parent = 0;
+        self.push(Put::Inode(top))?;
+        self.flush()?;
         // (source directory, its copy, the copy's parent: 0 for the root, linked last)
         let mut todo = vec![(source, root, 0)];
         while let Some((dir, copy, parent)) = todo.pop() {
@@ -275,17 +282,37 @@ impl Copier<'_> {
                             dir.ino, entry.ino
                         )))
                     })?;
-                    let child_copy = match child.kind {
-                        FileKind::Dir => {
-                            subdirs += 1;
-                            let ino = self.fresh()?;
-                            todo.push((child, ino, copy));
-                            ino
-                        }
-                        _ => self.copy_entry(view, &child)?,
+                    // each entry goes before the inode it names (a directory's own, final
+                    // record comes once its entries are done)
+                    let named = |ino| {
+                        Put::Entry(
+                            copy,
+                            name.clone(),
+                            DirEntry::new(ino, entry.kind, entry.cookie),
+                        )
                     };
-                    let entry = DirEntry::new(child_copy, entry.kind, entry.cookie);
-                    self.push(Put::Entry(copy, name.clone(), entry))?;
+                    if child.kind == FileKind::Dir {
+                        subdirs += 1;
+                        let ino = self.fresh()?;
+                        self.push(named(ino))?;
+                        let mut placeholder = self.shaped(&child, ino);
+                        placeholder.parent = copy;
+                        self.push(Put::Inode(placeholder))?;
+                        todo.push((child, ino, copy));
+                    } else if let Some(linked) = self.links.get_mut(&child.ino) {
+                        // a further name of a file copied already
+                        linked.nlink += 1;
+                        let linked = linked.clone();
+                        self.push(named(linked.ino))?;
+                        self.push(Put::Inode(linked))?;
+                    } else {
+                        let ino = self.fresh()?;
+                        self.push(named(ino))?;
+                        let copy = self.copy_leaf(view, &child, ino, 1)?;
+                        if child.nlink > 1 {
+                            self.links.insert(child.ino, copy);
+                        }
+                    }
                 }
                 match page.last() {
                     Some((_, last)) if page.len() == PAGE => after = last.cookie,
@@ -313,7 +340,7 @@ pub fn link(meta: &dyn MetaStore, copied: &Copied, parent: Ino, name: &[u8]) -> 
         if dir.kind != FileKind::Dir {
             return Err(FsError::NotDir);
         }
-        if dir.nlink == 0 {
+        if dir.nlink == 0 || super::trash::holds(&dir) {
             return Err(FsError::NotFound);
         }
         if existing.is_some() {
@@ -321,6 +348,9 @@ pub fn link(meta: &dyn MetaStore, copied: &Copied, parent: Ino, name: &[u8]) -> 
         }
         let mut root = tx.inode(copied.root)?.ok_or(FsError::NotFound)?;
         if root.kind == FileKind::Dir {
+            if dir.nlink >= crate::vfs::LINK_MAX {
+                return Err(FsError::TooManyLinks);
+            }
             root.parent = parent;
             dir.nlink += 1;
         } else {
@@ -335,6 +365,8 @@ pub fn link(meta: &dyn MetaStore, copied: &Copied, parent: Ino, name: &[u8]) -> 
     });
     match linked {
         Ok(()) => {
+            // the link durable before its record goes (a write-behind journal included)
+            meta.sync()?;
             detached::forget(meta, copied.root)?;
             Ok(())
         }

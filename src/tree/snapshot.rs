@@ -54,18 +54,30 @@ pub struct Created {
     pub seconds: f64,
 }
 
-/// The directory `path` names (from the root; no symlinks).
-fn directory(meta: &dyn MetaStore, path: &str) -> anyhow::Result<Ino> {
+/// The directory `path` names (from the root; no symlinks), with the permission bits its
+/// directories above leave to group and others: a snapshot of it appears under the snapshots
+/// folder, outside them, and must not open to anyone what they closed.
+fn directory(meta: &dyn MetaStore, path: &str) -> anyhow::Result<(Ino, u16)> {
     let mut view = meta.read()?;
     let mut dir = ROOT_INO;
+    let mut open = 0o7777;
     for part in path.split('/').filter(|p| !p.is_empty()) {
+        let above = view
+            .inode(dir)?
+            .ok_or_else(|| anyhow::anyhow!("{path}: no such directory in the volume"))?;
+        if above.perm & 0o010 == 0 {
+            open &= !0o070;
+        }
+        if above.perm & 0o001 == 0 {
+            open &= !0o007;
+        }
         let e = view
             .dirent(dir, part.as_bytes())?
             .ok_or_else(|| anyhow::anyhow!("{path}: no such directory in the volume"))?;
         anyhow::ensure!(e.kind == FileKind::Dir, "{path}: not a directory");
         dir = e.ino;
     }
-    Ok(dir)
+    Ok((dir, open))
 }
 
 fn valid_name(name: &str) -> anyhow::Result<()> {
@@ -87,7 +99,7 @@ pub fn create(meta: &dyn MetaStore, name: &str, path: Option<&str>) -> anyhow::R
         anyhow::bail!("a snapshot named {name} exists already");
     }
     let path = path.unwrap_or("/");
-    let source = directory(meta, path)?;
+    let (source, open) = directory(meta, path)?;
     anyhow::ensure!(
         !is_frozen(source),
         "{path} is inside a snapshot: copy it with graviton clone instead"
@@ -100,12 +112,15 @@ pub fn create(meta: &dyn MetaStore, name: &str, path: Option<&str>) -> anyhow::R
         frozen: true,
         skip: &skip,
     };
-    let copied = {
-        let mut view = meta.snapshot()?;
-        copy_detached(meta, view.as_mut(), source, &plan)?
-    };
+    let copied = copy_detached(meta, source, &plan)?;
     let origin = format!("created={};path={path}", Timestamp::now().secs);
     let marked = run_txn(meta, |tx| {
+        if let Some(mut top) = tx.inode(copied.root)?
+            && top.perm & open != top.perm
+        {
+            top.perm &= open;
+            tx.put_inode(&top)?;
+        }
         Ok(tx.put_xattr(copied.root, ORIGIN_XATTR, origin.as_bytes())?)
     });
     if let Err(e) = marked {
@@ -190,7 +205,8 @@ pub fn delete(meta: &dyn MetaStore, name: &str) -> anyhow::Result<u64> {
         Ok(true)
     })?;
     if !unlinked {
-        detached::forget(meta, root)?;
+        // another removal took it: the record is that one's now (`detached::sweep` drops it
+        // once nothing is left to remove)
         anyhow::bail!("snapshot {name} was deleted or replaced meanwhile");
     }
     Ok(detached::remove(meta, root)?)

@@ -29,6 +29,10 @@ pub struct Bin {
     pub keep: Duration,
 }
 
+/// Whether this mount has an inode open: the trash keeps such an entry past its time (a
+/// program may keep writing a log it removed). Mounts on other machines are not asked.
+pub type InUse = dyn Fn(Ino) -> bool + Send + Sync;
+
 /// Whether `inode` is in the trash (its parent is an hour folder).
 pub fn holds(inode: &Inode) -> bool {
     !is_frozen(inode.ino) && is_frozen(inode.parent)
@@ -41,9 +45,10 @@ pub fn keep(meta: &dyn MetaStore) -> FsResult<Option<Duration>> {
     Ok(parse_days(&days).filter(|d| !d.is_zero()))
 }
 
+/// `trash_days` as a duration: a number of days from 0 to 100 years.
 pub fn parse_days(days: &str) -> Option<Duration> {
     let d: f64 = days.trim().parse().ok()?;
-    (d.is_finite() && d >= 0.0).then(|| Duration::from_secs_f64(d * 86_400.0))
+    (d.is_finite() && (0.0..=36_500.0).contains(&d)).then(|| Duration::from_secs_f64(d * 86_400.0))
 }
 
 pub fn folder_name(meta: &dyn MetaStore) -> FsResult<Vec<u8>> {
@@ -80,7 +85,8 @@ fn hour_start(name: &[u8]) -> Option<i64> {
     if s.len() != 13 {
         return None;
     }
-    let t = humantime::parse_rfc3339(&format!("{}T{}:00:00Z", &s[..10], &s[11..13])).ok()?;
+    let t =
+        humantime::parse_rfc3339(&format!("{}T{}:00:00Z", s.get(..10)?, s.get(11..13)?)).ok()?;
     Some(t.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64)
 }
 
@@ -394,6 +400,20 @@ fn put_back(meta: &dyn MetaStore, hour: Ino, entry: &[u8], ino: Ino) -> FsResult
         if taken.is_some() {
             return Ok(Back::Skipped("its name is in use again"));
         }
+        // its directory may have moved into it meanwhile (another mount renamed it there)
+        let mut up = dir;
+        for depth in 0.. {
+            if up == ino || depth > 4096 {
+                return Ok(Back::Skipped("its directory is inside it now"));
+            }
+            if up == ROOT_INO {
+                break;
+            }
+            up = match tx.inode(up)? {
+                Some(i) => i.parent,
+                None => return Ok(Back::Skipped("its directory is gone")),
+            };
+        }
         let mut hour_dir = tx.inode(hour)?.ok_or(FsError::NotFound)?;
         tx.delete_dirent(hour, entry)?;
         let cookie = dir_inode.take_cookie();
@@ -438,7 +458,7 @@ fn drop_entry(meta: &dyn MetaStore, hour: Ino, entry: &[u8], e: DirEntry) -> FsR
             Ok(true)
         })?;
         if !unlinked {
-            detached::forget(meta, e.ino)?;
+            // another removal took it: the record is that one's now
             return Ok(0);
         }
         return detached::remove(meta, e.ino);
@@ -468,19 +488,23 @@ fn drop_entry(meta: &dyn MetaStore, hour: Ino, entry: &[u8], e: DirEntry) -> FsR
 
 /// Deletes the picked entries (`names` as for `restore`; none: all) for good, with the hour
 /// folders left empty; the number of inodes deleted. gc then frees their blocks.
-pub fn purge(meta: &dyn MetaStore, names: &[String]) -> anyhow::Result<u64> {
-    remove_where(meta, |r, _| picked(r, names))
+pub fn purge(
+    meta: &dyn MetaStore,
+    names: &[String],
+    in_use: &dyn Fn(Ino) -> bool,
+) -> anyhow::Result<u64> {
+    remove_where(meta, in_use, |r, _| picked(r, names))
 }
 
 /// Deletes the entries removed more than the volume's `trash_days` ago, with the hour folders
 /// whose hour is over and that are left empty. Every mount runs it now and then.
-pub fn expire(meta: &dyn MetaStore) -> anyhow::Result<u64> {
+pub fn expire(meta: &dyn MetaStore, in_use: &dyn Fn(Ino) -> bool) -> anyhow::Result<u64> {
     let Some(keep) = keep(meta)? else {
         return Ok(0);
     };
     let now = Timestamp::now().secs;
     let keep = keep.as_secs() as i64;
-    remove_where(meta, |r, inode| {
+    remove_where(meta, in_use, |r, inode| {
         let old_hour = hour_start(&r.hour_name).is_some_and(|start| start + keep <= now);
         old_hour && inode.is_some_and(|i| i.ctime.secs + keep <= now)
     })
@@ -488,6 +512,7 @@ pub fn expire(meta: &dyn MetaStore) -> anyhow::Result<u64> {
 
 fn remove_where(
     meta: &dyn MetaStore,
+    in_use: &dyn Fn(Ino) -> bool,
     pick: impl Fn(&Raw, Option<&Inode>) -> bool,
 ) -> anyhow::Result<u64> {
     let name = folder_name(meta)?;
@@ -501,7 +526,8 @@ fn remove_where(
     let mut removed = 0;
     for r in raw_entries(meta, folder.ino)? {
         let inode = meta.read_inode(r.entry.ino)?;
-        if pick(&r, inode.as_ref()) {
+        // a file removed while open stays until it is closed
+        if pick(&r, inode.as_ref()) && !in_use(r.entry.ino) {
             removed += drop_entry(meta, r.hour, &r.name, r.entry)?;
         }
     }

@@ -9,6 +9,9 @@ use super::{Fs, FsError, FsResult};
 use crate::meta::{FileKind, Ino, MetaRead, ROOT_INO, is_frozen};
 use crate::tree::copy::{Copied, Plan, copy_detached, link};
 
+/// Directories above one another, at most (a path walked further is refused).
+const MAX_DEPTH: usize = 4096;
+
 /// A path from the volume's root, as components; `.` and `..` are refused (the client sends
 /// canonical paths).
 fn components(path: &[u8]) -> FsResult<Vec<&[u8]>> {
@@ -65,6 +68,10 @@ impl Fs {
         src: &[u8],
         dst: &[u8],
     ) -> FsResult<(Ino, Vec<u8>, Copied)> {
+        // the kernel passes ioctls on even on a read-only mount
+        if self.core.cfg.read_only || self.is_frozen() {
+            return Err(FsError::ReadOnly);
+        }
         let src_parts = components(src)?;
         let dst_parts = components(dst)?;
         let (name, dst_dirs) = dst_parts.split_last().ok_or(FsError::Exists)?;
@@ -91,8 +98,8 @@ impl Fs {
             }
             // a directory copied into itself would never end
             let mut up = parent;
-            loop {
-                if up == source {
+            for depth in 0.. {
+                if up == source || depth > MAX_DEPTH {
                     return Err(FsError::Invalid);
                 }
                 if up == ROOT_INO {
@@ -110,10 +117,7 @@ impl Fs {
             frozen: false,
             skip: &skip,
         };
-        let copied = {
-            let mut view = meta.snapshot()?;
-            copy_detached(meta, view.as_mut(), source, &plan)?
-        };
+        let copied = copy_detached(meta, source, &plan)?;
         link(meta, &copied, parent, name)?;
         Ok((parent, name.to_vec(), copied))
     }

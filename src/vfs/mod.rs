@@ -45,6 +45,8 @@ use file::{Handle, OpenFile};
 
 /// Longest file name, as on ext4.
 pub const NAME_MAX: usize = 255;
+/// Most links one inode may have (ext4's limit).
+pub const LINK_MAX: u32 = 65_000;
 /// Longest symlink target.
 pub const PATH_MAX: usize = 4095;
 /// Largest file size we accept (as ext4 with 4 KiB blocks: 16 TiB).
@@ -84,6 +86,9 @@ pub struct FsConfig {
     /// (`Fs::commit_may_wait`); 0: never. Mounts whose metadata and blocks are both on this
     /// machine set it: there a small commit costs less than the hop to another thread.
     pub quick_commit_max: u64,
+    /// A read-only mount (`-o ro`): the kernel refuses writes itself, but passes requests
+    /// such as a clone's ioctl on.
+    pub read_only: bool,
 }
 
 /// Access-time updates, as the mount options of the same names ask.
@@ -115,6 +120,7 @@ impl FsConfig {
             coalesce_interval: Duration::from_secs(1),
             atime: Atime::Relative,
             quick_commit_max: 0,
+            read_only: false,
         }
     }
 }
@@ -316,6 +322,11 @@ impl Fs {
             tracing::warn!("detached trees left by a copy or removal cut short stay: {e}");
         }
         Ok(fs)
+    }
+
+    /// Whether this mount has `ino` open (a file or a directory).
+    pub fn in_use(&self, ino: Ino) -> bool {
+        self.core.open_file(ino).is_some() || self.core.dir_is_open(ino)
     }
 
     /// Reads the volume's trash settings again (`graviton settings` may have changed them).

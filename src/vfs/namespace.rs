@@ -2,7 +2,7 @@
 //! rename (with no-replace and exchange) and readdir. Each is one metadata transaction.
 
 use super::file::AttrChange;
-use super::{Ctx, Fs, FsError, FsResult, NAME_MAX, PATH_MAX};
+use super::{Ctx, Fs, FsError, FsResult, LINK_MAX, NAME_MAX, PATH_MAX};
 use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaRead, MetaTxn, ROOT_INO, Timestamp};
 
 /// How a timestamp is set by `setattr`.
@@ -52,9 +52,6 @@ pub struct FsStats {
     pub files_free: u64,
     pub name_max: u32,
 }
-
-/// Most links one inode may have (ext4's limit).
-const LINK_MAX: u32 = 65_000;
 
 pub(super) fn check_name(name: &[u8]) -> FsResult<()> {
     if name.len() > NAME_MAX {
@@ -257,7 +254,7 @@ impl Fs {
         self.core.txn(|tx| {
             let now = Timestamp::now();
             let (mut dir, existing) = dir_and_entry(tx, parent, name)?;
-            if dir.nlink == 0 {
+            if dir.nlink == 0 || crate::tree::trash::holds(&dir) {
                 return Err(FsError::NotFound); // removed directory
             }
             if existing.is_some() {
@@ -519,6 +516,9 @@ impl Fs {
                 return Err(FsError::TooManyLinks);
             }
             let mut dir = dir_inode(tx, newparent)?;
+            if dir.nlink == 0 || crate::tree::trash::holds(&dir) {
+                return Err(FsError::NotFound);
+            }
             if tx.dirent(newparent, newname)?.is_some() {
                 return Err(FsError::Exists);
             }
@@ -576,7 +576,11 @@ impl Fs {
                 let mut np = if same_dir {
                     None
                 } else {
-                    Some(dir_inode(tx, newparent)?)
+                    let np = dir_inode(tx, newparent)?;
+                    if np.nlink == 0 || crate::tree::trash::holds(&np) {
+                        return Err(FsError::NotFound);
+                    }
+                    Some(np)
                 };
                 let src = tx.dirent(parent, name)?.ok_or(FsError::NotFound)?;
                 let dst = tx.dirent(newparent, newname)?;
@@ -698,13 +702,13 @@ impl Fs {
         }
         let mut want = limit.saturating_sub(out.len());
         if ino == ROOT_INO {
-            // one more, in place of the snapshots folder if the page has it
-            want += 1;
+            // more, in place of the folders left out (the snapshots and the trash)
+            want += 2;
         }
         for (name, e) in tx.list_dir(ino, offset.max(2), want)? {
             if ino == ROOT_INO && crate::meta::is_frozen(e.ino) {
-                // the snapshots folder: found by name, not listed (as users of other
-                // snapshot systems expect)
+                // the snapshots and trash folders: found by name, not listed (as users of
+                // other snapshot systems expect)
                 continue;
             }
             out.push(DirListing {

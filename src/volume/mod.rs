@@ -143,6 +143,9 @@ pub struct Volume {
     /// How a mount keeps its local copies of blocks (disk cache, write-back staging): sealed
     /// on an encrypted volume.
     pub at_rest: AtRest,
+    /// Set by the mount daemon: whether its mount has an inode open (`tree::trash` keeps such
+    /// entries).
+    pub in_use: std::sync::OnceLock<Box<crate::tree::trash::InUse>>,
 }
 
 /// How long PostgreSQL operations wait for an unreachable server before they fail with EIO.
@@ -459,6 +462,7 @@ impl Volume {
                 blocks: blocks.description,
             },
             at_rest,
+            in_use: std::sync::OnceLock::new(),
         })
     }
 
