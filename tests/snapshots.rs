@@ -141,6 +141,10 @@ fn points_in_time_and_refuses_writes(m: &Mounted) {
     let out = snapshot(m, &["create", "part"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("exists"));
     ok(m.graviton(&["fsck", &m.source]), "fsck");
+    assert_eq!(
+        m.status_json()["snapshots"],
+        serde_json::json!(["first", "part"])
+    );
 }
 
 #[test]

@@ -58,6 +58,7 @@ fn rm_rf_and_restore(m: &Mounted) {
         list.contains("\t/tree/a/b/c/1\n") && list.contains("\tdir\t"),
         "{list}"
     );
+    assert_eq!(m.status_json()["trash_entries"], 12);
 
     let out = ok(
         m.graviton(&["trash", "restore", &m.source]),

@@ -74,6 +74,15 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             s.gc_candidates
         );
         println!("dedup ratio:   {:.2}", s.dedup_ratio);
+        if !s.snapshots.is_empty() {
+            println!("snapshots:     {}", s.snapshots.join(", "));
+        }
+        if s.trash_entries > 0 {
+            println!(
+                "trash:         {} entries, {} bytes of files",
+                s.trash_entries, s.trash_bytes
+            );
+        }
         for m in &s.sessions {
             println!(
                 "mount:         session {} on {} pid {} at {} (heartbeat {:.1} s ago)",

@@ -40,6 +40,14 @@ pub struct Status {
     /// Mounts of a shared volume (host, pid, mountpoint, seconds since their heartbeat).
     #[serde(default)]
     pub sessions: Vec<SessionRecord>,
+    /// Snapshots (`graviton snapshot`), by name.
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+    /// What the trash holds: entries, and the sizes of its files (counted in `usage` too).
+    #[serde(default)]
+    pub trash_entries: u64,
+    #[serde(default)]
+    pub trash_bytes: u64,
 }
 
 pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
@@ -56,7 +64,12 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
             ubytes += k.size as u64;
         }
     }
+    let trash = crate::tree::trash::list(vol.meta.as_ref())?;
+    let snapshots = crate::tree::snapshot::list(vol.meta.as_ref())?;
     Ok(Status {
+        snapshots: snapshots.into_iter().map(|s| s.name).collect(),
+        trash_entries: trash.len() as u64,
+        trash_bytes: trash.iter().map(|e| e.size).sum(),
         volume: vol.source.display(),
         engine: vol.meta.engine().to_string(),
         block_store: format!("{} ({})", vol.store.backend(), vol.capacity_path.display()),
