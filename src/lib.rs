@@ -15,6 +15,5 @@ pub mod private;
 pub mod retry;
 pub mod state;
 pub mod store;
-pub mod tree;
 pub mod vfs;
 pub mod volume;

@@ -91,7 +91,7 @@ pub fn run(args: FormatArgs, key_file: Option<&std::path::Path>) -> anyhow::Resu
         None => 0,
     };
     anyhow::ensure!(
-        crate::tree::trash::parse_days(&args.trash_days).is_some(),
+        crate::vfs::tree::trash::parse_days(&args.trash_days).is_some(),
         "--trash-days: {:?} is not a number of days",
         args.trash_days
     );
@@ -124,7 +124,7 @@ pub fn run(args: FormatArgs, key_file: Option<&std::path::Path>) -> anyhow::Resu
         vol.stack.metadata,
         vol.stack.blocks,
     );
-    if crate::tree::trash::parse_days(&args.trash_days).is_some_and(|d| !d.is_zero()) {
+    if crate::vfs::tree::trash::parse_days(&args.trash_days).is_some_and(|d| !d.is_zero()) {
         let mut out = std::io::stdout();
         crate::maint::settings::set(&vol, "trash_days", &args.trash_days, &mut out)?;
     }

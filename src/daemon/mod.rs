@@ -387,7 +387,7 @@ fn trash_every(fs: Arc<Fs>, vol: Arc<Volume>, every: Duration) -> anyhow::Result
                     tracing::warn!("trash: reading its settings: {e}");
                 }
                 let in_use = |ino| fs.in_use(ino);
-                match crate::tree::trash::expire(vol.meta.as_ref(), &in_use) {
+                match crate::vfs::tree::trash::expire(vol.meta.as_ref(), &in_use) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!("trash: {n} inodes held past trash_days deleted"),
                     Err(e) => tracing::warn!("trash: expiry failed: {e:#}"),

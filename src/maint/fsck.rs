@@ -225,7 +225,7 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
         })?;
     }
     // copies being made and snapshots being removed (`tree::detached`) are named by no entry
-    let detached: HashSet<Ino> = crate::tree::detached::roots(vol.meta.as_ref())?
+    let detached: HashSet<Ino> = crate::vfs::tree::detached::roots(vol.meta.as_ref())?
         .into_iter()
         .map(|(root, _)| root)
         .collect();

@@ -166,7 +166,10 @@ fn now_secs() -> u64 {
 pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcReport> {
     let _one_at_a_time = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     if !dry_run {
-        crate::tree::detached::sweep(vol.meta.as_ref(), crate::tree::detached::ABANDONED_AFTER)?;
+        crate::vfs::tree::detached::sweep(
+            vol.meta.as_ref(),
+            crate::vfs::tree::detached::ABANDONED_AFTER,
+        )?;
     }
     let mut report = GcReport::default();
     let now = now_secs();
@@ -239,7 +242,7 @@ pub fn gc(vol: &Volume, grace: Duration, dry_run: bool) -> anyhow::Result<GcRepo
         // A copy (`tree::copy`) commits references to the blocks its source had at one moment,
         // which may be before the re-check above: while one is in progress, nothing goes. One
         // that starts after this check reads a moment after the re-check.
-        if crate::tree::detached::in_progress(vol.meta.as_ref())? {
+        if crate::vfs::tree::detached::in_progress(vol.meta.as_ref())? {
             report.waiting += (due.len() - n * BATCH) as u64;
             break;
         }

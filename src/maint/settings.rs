@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use crate::meta::{ROOT_INO, is_frozen};
-use crate::tree::{snapshot, trash};
+use crate::vfs::tree::{snapshot, trash};
 use crate::volume::Volume;
 
 /// The settings `set` may change.
@@ -56,7 +56,7 @@ pub fn set(vol: &Volume, name: &str, value: &str, out: &mut dyn Write) -> anyhow
                 .ok_or_else(|| anyhow::anyhow!("{name}: {value:?} is not a number of days"))?;
             if !keep.is_zero() {
                 let folder = trash::folder_name(meta)?;
-                crate::tree::reserved_folder(meta, &folder, 0o700, trash::FOLDER_SETTING)?;
+                crate::vfs::tree::reserved_folder(meta, &folder, 0o700, trash::FOLDER_SETTING)?;
             }
         }
         _ => {

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::daemon::control::SnapshotRequest;
-use crate::tree::snapshot;
+use crate::vfs::tree::snapshot;
 use crate::volume::Volume;
 
 pub fn run(vol: &Volume, req: &SnapshotRequest, out: &mut dyn Write) -> anyhow::Result<()> {

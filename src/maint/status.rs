@@ -64,8 +64,8 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
             ubytes += k.size as u64;
         }
     }
-    let trash = crate::tree::trash::list(vol.meta.as_ref())?;
-    let snapshots = crate::tree::snapshot::list(vol.meta.as_ref())?;
+    let trash = crate::vfs::tree::trash::list(vol.meta.as_ref())?;
+    let snapshots = crate::vfs::tree::snapshot::list(vol.meta.as_ref())?;
     Ok(Status {
         snapshots: snapshots.into_iter().map(|s| s.name).collect(),
         trash_entries: trash.len() as u64,

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::daemon::control::TrashRequest;
-use crate::tree::trash;
+use crate::vfs::tree::trash;
 use crate::volume::Volume;
 
 pub fn run(vol: &Volume, req: &TrashRequest, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use super::access::{EXEC, WRITE, Who};
 use super::namespace::check_name;
 use super::{Fs, FsError, FsResult};
 use crate::meta::{FileKind, Ino, MetaRead, ROOT_INO, is_frozen};
-use crate::tree::copy::{Copied, Plan, copy_detached, link};
+use crate::vfs::tree::copy::{Copied, Plan, copy_detached, link};
 
 /// Directories above one another, at most (a path walked further is refused).
 const MAX_DEPTH: usize = 4096;
@@ -110,7 +110,9 @@ impl Fs {
             (source, parent)
         };
         self.commit_open_files()?;
-        let skip: Vec<Ino> = crate::tree::snapshot::folder(meta)?.into_iter().collect();
+        let skip: Vec<Ino> = crate::vfs::tree::snapshot::folder(meta)?
+            .into_iter()
+            .collect();
         let plan = Plan {
             who,
             exact: false,

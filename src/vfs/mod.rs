@@ -17,6 +17,7 @@ mod lock;
 mod namespace;
 mod pack;
 mod read;
+pub mod tree;
 pub use read::ReadBytes;
 mod xattr;
 
@@ -164,7 +165,7 @@ pub(crate) struct Core {
     pub kernel: std::sync::OnceLock<Arc<dyn KernelPages>>,
     /// Where removed inodes go, while the volume's trash is on (`tree::trash`); read at mount
     /// and again by `Fs::refresh_trash`.
-    pub trash: RwLock<Option<crate::tree::trash::Bin>>,
+    pub trash: RwLock<Option<crate::vfs::tree::trash::Bin>>,
 }
 
 /// Stripes of `Core::gates`.
@@ -315,10 +316,10 @@ impl Fs {
         fs.refresh_trash()?;
         // copies and removals cut short: on a volume only this mount opens, none is running
         let idle = match fs.is_shared() {
-            true => crate::tree::detached::ABANDONED_AFTER,
+            true => crate::vfs::tree::detached::ABANDONED_AFTER,
             false => Duration::ZERO,
         };
-        if let Err(e) = crate::tree::detached::sweep(fs.core.meta.as_ref(), idle) {
+        if let Err(e) = crate::vfs::tree::detached::sweep(fs.core.meta.as_ref(), idle) {
             tracing::warn!("detached trees left by a copy or removal cut short stay: {e}");
         }
         Ok(fs)
@@ -331,7 +332,7 @@ impl Fs {
 
     /// Reads the volume's trash settings again (`graviton settings` may have changed them).
     pub fn refresh_trash(&self) -> FsResult<()> {
-        let bin = crate::tree::trash::bin(self.core.meta.as_ref())?;
+        let bin = crate::vfs::tree::trash::bin(self.core.meta.as_ref())?;
         *self.core.trash.write().expect("lock") = bin;
         Ok(())
     }

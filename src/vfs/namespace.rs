@@ -151,7 +151,7 @@ impl Fs {
     /// directory removed while open), as it would had it been deleted.
     pub fn getattr(&self, ino: Ino) -> FsResult<Inode> {
         let mut inode = self.attributes(ino)?;
-        if crate::tree::trash::holds(&inode) {
+        if crate::vfs::tree::trash::holds(&inode) {
             inode.nlink = 0;
         }
         Ok(inode)
@@ -254,7 +254,7 @@ impl Fs {
         self.core.txn(|tx| {
             let now = Timestamp::now();
             let (mut dir, existing) = dir_and_entry(tx, parent, name)?;
-            if dir.nlink == 0 || crate::tree::trash::holds(&dir) {
+            if dir.nlink == 0 || crate::vfs::tree::trash::holds(&dir) {
                 return Err(FsError::NotFound); // removed directory
             }
             if existing.is_some() {
@@ -316,7 +316,7 @@ impl Fs {
             && let Some(bin) = *self.core.trash.read().expect("lock")
         {
             let fresh = || self.core.meta.allocate_ino();
-            return Ok(crate::tree::trash::put(
+            return Ok(crate::vfs::tree::trash::put(
                 tx, &bin, inode, from.0, from.1, now, &fresh,
             )?);
         }
@@ -418,7 +418,7 @@ impl Fs {
             match *self.core.trash.read().expect("lock") {
                 Some(bin) => {
                     let fresh = || self.core.meta.allocate_ino();
-                    crate::tree::trash::put(tx, &bin, &mut child, parent, name, now, &fresh)?
+                    crate::vfs::tree::trash::put(tx, &bin, &mut child, parent, name, now, &fresh)?
                 }
                 None => self.drop_dir(tx, &mut child, now)?,
             }
@@ -516,7 +516,7 @@ impl Fs {
                 return Err(FsError::TooManyLinks);
             }
             let mut dir = dir_inode(tx, newparent)?;
-            if dir.nlink == 0 || crate::tree::trash::holds(&dir) {
+            if dir.nlink == 0 || crate::vfs::tree::trash::holds(&dir) {
                 return Err(FsError::NotFound);
             }
             if tx.dirent(newparent, newname)?.is_some() {
@@ -577,7 +577,7 @@ impl Fs {
                     None
                 } else {
                     let np = dir_inode(tx, newparent)?;
-                    if np.nlink == 0 || crate::tree::trash::holds(&np) {
+                    if np.nlink == 0 || crate::vfs::tree::trash::holds(&np) {
                         return Err(FsError::NotFound);
                     }
                     Some(np)

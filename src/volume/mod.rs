@@ -145,7 +145,7 @@ pub struct Volume {
     pub at_rest: AtRest,
     /// Set by the mount daemon: whether its mount has an inode open (`tree::trash` keeps such
     /// entries).
-    pub in_use: std::sync::OnceLock<Box<crate::tree::trash::InUse>>,
+    pub in_use: std::sync::OnceLock<Box<crate::vfs::tree::trash::InUse>>,
 }
 
 /// How long PostgreSQL operations wait for an unreachable server before they fail with EIO.

@@ -170,8 +170,8 @@ mod tests {
     use crate::domain::{BlockKey, Extent, HashAlgo};
     use crate::meta::prelude::*;
     use crate::meta::{DirEntry, Inode, ROOT_INO, RocksMetaStore, Timestamp};
-    use crate::tree::copy::{Plan, copy_detached, link};
     use crate::vfs::access::Who;
+    use crate::vfs::tree::copy::{Plan, copy_detached, link};
 
     /// `/src` with a subdirectory, a file with an extent and a file with two names.
     fn volume() -> (tempfile::TempDir, RocksMetaStore, Ino) {
