@@ -126,15 +126,7 @@ impl Fs {
 
     /// Commits every open file's pending writes on this mount.
     fn commit_open_files(&self) -> FsResult<()> {
-        let open: Vec<Ino> = self
-            .core
-            .files
-            .lock()
-            .expect("lock")
-            .keys()
-            .copied()
-            .collect();
-        for ino in open {
+        for ino in self.open_files() {
             self.flush_inode(ino, false)?;
         }
         Ok(())

@@ -419,19 +419,22 @@ impl Fs {
         self.frozen.load(Ordering::SeqCst)
     }
 
-    /// Commits every open file's dirty data and makes all of it durable; background work is
-    /// waited for. Called before unmount.
-    pub fn shutdown(&self) -> FsResult<()> {
-        self.core.closing.store(true, Ordering::Relaxed);
-        let files: Vec<Ino> = self
-            .core
+    /// The files open on this mount.
+    pub(crate) fn open_files(&self) -> Vec<Ino> {
+        self.core
             .files
             .lock()
             .expect("lock")
             .keys()
             .copied()
-            .collect();
-        for ino in files {
+            .collect()
+    }
+
+    /// Commits every open file's dirty data and makes all of it durable; background work is
+    /// waited for. Called before unmount.
+    pub fn shutdown(&self) -> FsResult<()> {
+        self.core.closing.store(true, Ordering::Relaxed);
+        for ino in self.open_files() {
             self.flush_inode(ino, true)?;
         }
         self.core.store.sync()?;

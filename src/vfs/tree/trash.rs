@@ -58,17 +58,18 @@ pub fn folder_name(meta: &dyn MetaStore) -> FsResult<Vec<u8>> {
         .into_bytes())
 }
 
-/// The trash of the volume, when it is on and its folder made (`turn_on`).
+/// The trash of the volume, when it is on and its folder made (`graviton settings`).
 pub fn bin(meta: &dyn MetaStore) -> FsResult<Option<Bin>> {
     let Some(keep) = keep(meta)? else {
         return Ok(None);
     };
-    let name = folder_name(meta)?;
-    let entry = meta.read()?.dirent(ROOT_INO, &name)?;
-    Ok(entry.filter(|e| is_frozen(e.ino)).map(|e| Bin {
-        folder: e.ino,
-        keep,
-    }))
+    Ok(folder(meta)?.map(|folder| Bin { folder, keep }))
+}
+
+/// The trash folder, once made.
+fn folder(meta: &dyn MetaStore) -> FsResult<Option<Ino>> {
+    let entry = meta.read()?.dirent(ROOT_INO, &folder_name(meta)?)?;
+    Ok(entry.map(|e| e.ino).filter(|&ino| is_frozen(ino)))
 }
 
 /// The hour folder's name for `t` (UTC), `YYYY-MM-DD-HH`.
@@ -268,15 +269,10 @@ fn path_of(view: &mut dyn MetaRead, dir: Ino, depth: usize) -> FsResult<Option<S
 
 /// What the trash holds, oldest hour first.
 pub fn list(meta: &dyn MetaStore) -> anyhow::Result<Vec<Entry>> {
-    let name = folder_name(meta)?;
-    let Some(folder) = meta
-        .read()?
-        .dirent(ROOT_INO, &name)?
-        .filter(|e| is_frozen(e.ino))
-    else {
+    let Some(folder) = folder(meta)? else {
         return Ok(Vec::new());
     };
-    let raw = raw_entries(meta, folder.ino)?;
+    let raw = raw_entries(meta, folder)?;
     let mut view = meta.read()?;
     let mut out = Vec::new();
     for r in raw {
@@ -325,15 +321,10 @@ pub struct Restored {
 /// directory in the trash comes back before what was in it; an entry whose name is taken
 /// again, or whose directory is gone, stays in the trash and is reported.
 pub fn restore(meta: &dyn MetaStore, names: &[String]) -> anyhow::Result<Restored> {
-    let name = folder_name(meta)?;
-    let Some(folder) = meta
-        .read()?
-        .dirent(ROOT_INO, &name)?
-        .filter(|e| is_frozen(e.ino))
-    else {
+    let Some(folder) = folder(meta)? else {
         return Ok(Restored::default());
     };
-    let raw = raw_entries(meta, folder.ino)?;
+    let raw = raw_entries(meta, folder)?;
     // where each trashed inode sits, to bring a trashed directory back first
     let place: std::collections::HashMap<Ino, (Ino, Vec<u8>)> = raw
         .iter()
@@ -515,16 +506,11 @@ fn remove_where(
     in_use: &dyn Fn(Ino) -> bool,
     pick: impl Fn(&Raw, Option<&Inode>) -> bool,
 ) -> anyhow::Result<u64> {
-    let name = folder_name(meta)?;
-    let Some(folder) = meta
-        .read()?
-        .dirent(ROOT_INO, &name)?
-        .filter(|e| is_frozen(e.ino))
-    else {
+    let Some(folder) = folder(meta)? else {
         return Ok(0);
     };
     let mut removed = 0;
-    for r in raw_entries(meta, folder.ino)? {
+    for r in raw_entries(meta, folder)? {
         let inode = meta.read_inode(r.entry.ino)?;
         // a file removed while open stays until it is closed
         if pick(&r, inode.as_ref()) && !in_use(r.entry.ino) {
@@ -533,7 +519,7 @@ fn remove_where(
     }
     // hour folders left empty, once their hour is over
     let now = Timestamp::now().secs;
-    let hours = hour_folders(meta.read()?.as_mut(), folder.ino)?;
+    let hours = hour_folders(meta.read()?.as_mut(), folder)?;
     for (hour_name, hour) in hours {
         if hour_start(&hour_name).is_none_or(|start| start + 3600 > now) {
             continue;
@@ -542,10 +528,10 @@ fn remove_where(
             if !tx.dir_is_empty(hour)? {
                 return Ok(());
             }
-            let Some(mut top) = tx.inode(folder.ino)? else {
+            let Some(mut top) = tx.inode(folder)? else {
                 return Ok(());
             };
-            tx.delete_dirent(folder.ino, &hour_name)?;
+            tx.delete_dirent(folder, &hour_name)?;
             tx.delete_inode(hour)?;
             top.nlink = top.nlink.saturating_sub(1);
             tx.put_inode(&top).map_err(FsError::from)
