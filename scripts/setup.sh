@@ -2,7 +2,7 @@
 # Installs the system packages Graviton needs to build, mount and be tested on a fresh Debian
 # machine (idempotent: installs only what is missing).
 set -euo pipefail
-packages=(fuse3 libfuse3-dev pkg-config clang libclang-dev fio rsync git sqlite3 tar postgresql python3)
+packages=(fuse3 libfuse3-dev pkg-config clang libclang-dev fio rsync git sqlite3 tar postgresql python3 attr)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

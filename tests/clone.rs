@@ -239,8 +239,9 @@ fn an_ordinary_user_clones_only_what_it_may_read_and_owns_the_copy() {
     assert!(!m.path("drop/inner").exists());
     // the request itself, sent with a path the client did not check: refused by the daemon
     let arg = graviton::fuse::ioctl::encode_clone(b"closed/inner", b"drop/sneaked").unwrap();
+    // Debian's python3, which any user may run (`scripts/setup.sh` installs it)
     let out = as_nobody(
-        "python3",
+        "/usr/bin/python3",
         &[
             "-c",
             "import fcntl,os,sys; fd=os.open(sys.argv[1],os.O_RDONLY); \
