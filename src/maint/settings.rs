@@ -60,12 +60,10 @@ pub fn set(vol: &Volume, name: &str, value: &str, out: &mut dyn Write) -> anyhow
             }
         }
         _ => {
-            let ok = !value.is_empty()
-                && value.len() <= crate::vfs::NAME_MAX
-                && !value.contains(['/', '\0'])
-                && value != "."
-                && value != "..";
-            anyhow::ensure!(ok, "{name}: {value:?} is not a file name");
+            anyhow::ensure!(
+                crate::vfs::tree::is_file_name(value),
+                "{name}: {value:?} is not a file name"
+            );
             let (current, other) = match name {
                 trash::FOLDER_SETTING => (trash::folder_name(meta)?, snapshot::folder_name(meta)?),
                 _ => (snapshot::folder_name(meta)?, trash::folder_name(meta)?),

@@ -22,6 +22,16 @@ use crate::meta::{
 };
 use crate::vfs::{FsError, run_txn};
 
+/// Whether `name` may name an entry: not empty, `.` or `..`, no `/` or NUL, at most
+/// `NAME_MAX` bytes (snapshot names, the folders' names).
+pub fn is_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= crate::vfs::NAME_MAX
+        && !name.contains(['/', '\0'])
+        && name != "."
+        && name != ".."
+}
+
 /// The folder `name` at the root (frozen, root's, `mode`), made unless it is there: an
 /// ordinary entry of that name is refused, so a feature never takes a name in use. `setting`
 /// names the volume setting that chooses the name, for the message.

@@ -81,12 +81,10 @@ fn directory(meta: &dyn MetaStore, path: &str) -> anyhow::Result<(Ino, u16)> {
 }
 
 fn valid_name(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= crate::vfs::NAME_MAX
-        && !name.contains(['/', '\0'])
-        && name != "."
-        && name != "..";
-    anyhow::ensure!(ok, "{name:?} is not a valid snapshot name");
+    anyhow::ensure!(
+        super::is_file_name(name),
+        "{name:?} is not a valid snapshot name"
+    );
     Ok(())
 }
 
