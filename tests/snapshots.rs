@@ -25,26 +25,26 @@ fn erofs(r: std::io::Result<impl Sized>, what: &str) {
 }
 
 fn points_in_time_and_refuses_writes(m: &Mounted) {
-    std::fs::create_dir_all(m.path("work/sub")).unwrap();
+    std::fs::create_dir_all(m.path("data/sub")).unwrap();
     let big = common::random_bytes(7, 3 << 20);
-    std::fs::write(m.path("work/big"), &big).unwrap();
-    std::fs::write(m.path("work/sub/kept"), b"before").unwrap();
-    std::fs::write(m.path("work/doomed"), b"soon gone").unwrap();
+    std::fs::write(m.path("data/big"), &big).unwrap();
+    std::fs::write(m.path("data/sub/kept"), b"before").unwrap();
+    std::fs::write(m.path("data/doomed"), b"soon gone").unwrap();
     ok(snapshot(m, &["create", "first"]), "snapshot create");
 
     // changes after it
-    std::fs::write(m.path("work/sub/kept"), b"after").unwrap();
-    std::fs::remove_file(m.path("work/doomed")).unwrap();
-    std::fs::rename(m.path("work/big"), m.path("work/moved")).unwrap();
+    std::fs::write(m.path("data/sub/kept"), b"after").unwrap();
+    std::fs::remove_file(m.path("data/doomed")).unwrap();
+    std::fs::rename(m.path("data/big"), m.path("data/moved")).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
-        .open(m.path("work/moved"))
+        .open(m.path("data/moved"))
         .unwrap()
         .set_len(10)
         .unwrap();
-    std::fs::write(m.path("work/new"), b"new").unwrap();
+    std::fs::write(m.path("data/new"), b"new").unwrap();
 
-    let snap = m.path(".snapshots/first/work");
+    let snap = m.path(".snapshots/first/data");
     assert_eq!(std::fs::read(snap.join("sub/kept")).unwrap(), b"before");
     assert_eq!(std::fs::read(snap.join("doomed")).unwrap(), b"soon gone");
     assert_eq!(std::fs::read(snap.join("big")).unwrap(), big);
@@ -55,7 +55,7 @@ fn points_in_time_and_refuses_writes(m: &Mounted) {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(root, vec!["work".to_string()]);
+    assert_eq!(root, vec!["data".to_string()]);
     let names: Vec<_> = std::fs::read_dir(m.path(".snapshots")).unwrap().collect();
     assert_eq!(names.len(), 1);
 
@@ -73,11 +73,11 @@ fn points_in_time_and_refuses_writes(m: &Mounted) {
         "rename inside",
     );
     erofs(
-        std::fs::rename(snap.join("doomed"), m.path("work/out")),
+        std::fs::rename(snap.join("doomed"), m.path("data/out")),
         "rename out",
     );
     erofs(
-        std::fs::rename(m.path("work/new"), snap.join("in")),
+        std::fs::rename(m.path("data/new"), snap.join("in")),
         "rename in",
     );
     erofs(
@@ -86,11 +86,11 @@ fn points_in_time_and_refuses_writes(m: &Mounted) {
     );
     erofs(std::fs::create_dir(snap.join("d")), "mkdir");
     erofs(
-        std::fs::hard_link(snap.join("big"), m.path("work/l")),
+        std::fs::hard_link(snap.join("big"), m.path("data/l")),
         "link from a snapshot",
     );
     erofs(
-        std::fs::remove_dir(m.path(".snapshots/first/work/sub")),
+        std::fs::remove_dir(m.path(".snapshots/first/data/sub")),
         "rmdir",
     );
     erofs(
@@ -119,11 +119,11 @@ fn points_in_time_and_refuses_writes(m: &Mounted) {
         m.graviton(&[
             "clone",
             snap.join("sub").to_str().unwrap(),
-            m.path("work/restored").to_str().unwrap(),
+            m.path("data/restored").to_str().unwrap(),
         ]),
         "clone out of a snapshot",
     );
-    std::fs::write(m.path("work/restored/kept"), b"writable again").unwrap();
+    std::fs::write(m.path("data/restored/kept"), b"writable again").unwrap();
 
     let list = ok(snapshot(m, &["list"]), "snapshot list");
     assert!(
@@ -131,7 +131,7 @@ fn points_in_time_and_refuses_writes(m: &Mounted) {
         "{list}"
     );
     ok(
-        snapshot(m, &["create", "part", "--path", "/work/sub"]),
+        snapshot(m, &["create", "part", "--path", "/data/sub"]),
         "snapshot of a directory",
     );
     assert_eq!(
@@ -155,7 +155,7 @@ fn a_snapshot_keeps_the_moment_it_was_taken_and_refuses_every_change() {
     m.unmount();
     m.mount();
     assert_eq!(
-        std::fs::read(m.path(".snapshots/first/work/sub/kept")).unwrap(),
+        std::fs::read(m.path(".snapshots/first/data/sub/kept")).unwrap(),
         b"before"
     );
     let file = m.dir.path().join("dump.jsonl");
@@ -186,11 +186,11 @@ fn a_snapshot_of_a_postgres_volume_is_seen_by_every_mount() {
     points_in_time_and_refuses_writes(&m);
     let other = m.another_mount("");
     assert_eq!(
-        std::fs::read(other.path(".snapshots/first/work/sub/kept")).unwrap(),
+        std::fs::read(other.path(".snapshots/first/data/sub/kept")).unwrap(),
         b"before"
     );
     erofs(
-        std::fs::write(other.path(".snapshots/first/work/x"), b"x"),
+        std::fs::write(other.path(".snapshots/first/data/x"), b"x"),
         "create on another mount",
     );
 }
