@@ -22,6 +22,25 @@ use crate::meta::{
 };
 use crate::vfs::{FsError, run_txn};
 
+/// The name of a feature's folder at the root: the volume setting `setting`, or `default`.
+fn folder_name(
+    meta: &dyn MetaStore,
+    setting: &str,
+    default: &str,
+) -> crate::vfs::FsResult<Vec<u8>> {
+    Ok(meta
+        .setting(setting)?
+        .unwrap_or_else(|| default.to_string())
+        .into_bytes())
+}
+
+/// The feature's folder `name` at the root, once made (frozen: an ordinary entry of that
+/// name is not it).
+fn made_folder(meta: &dyn MetaStore, name: &[u8]) -> crate::vfs::FsResult<Option<Ino>> {
+    let entry = meta.read()?.dirent(ROOT_INO, name)?;
+    Ok(entry.map(|e| e.ino).filter(|&ino| is_frozen(ino)))
+}
+
 /// Whether `name` may name an entry: not empty, `.` or `..`, no `/` or NUL, at most
 /// `NAME_MAX` bytes (snapshot names, the folders' names).
 pub fn is_file_name(name: &str) -> bool {

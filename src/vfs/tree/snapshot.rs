@@ -23,17 +23,12 @@ const ORIGIN_XATTR: &[u8] = b"trusted.graviton.snapshot";
 
 /// The snapshots folder's name.
 pub fn folder_name(meta: &dyn MetaStore) -> FsResult<Vec<u8>> {
-    Ok(meta
-        .setting(FOLDER_SETTING)?
-        .unwrap_or_else(|| DEFAULT_FOLDER.to_string())
-        .into_bytes())
+    super::folder_name(meta, FOLDER_SETTING, DEFAULT_FOLDER)
 }
 
 /// The snapshots folder, once the first snapshot made it.
 pub fn folder(meta: &dyn MetaStore) -> FsResult<Option<Ino>> {
-    let name = folder_name(meta)?;
-    let entry = meta.read()?.dirent(ROOT_INO, &name)?;
-    Ok(entry.map(|e| e.ino).filter(|&ino| is_frozen(ino)))
+    super::made_folder(meta, &folder_name(meta)?)
 }
 
 /// One snapshot, as `graviton snapshot list` shows it.

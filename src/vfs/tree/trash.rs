@@ -52,10 +52,7 @@ pub fn parse_days(days: &str) -> Option<Duration> {
 }
 
 pub fn folder_name(meta: &dyn MetaStore) -> FsResult<Vec<u8>> {
-    Ok(meta
-        .setting(FOLDER_SETTING)?
-        .unwrap_or_else(|| DEFAULT_FOLDER.to_string())
-        .into_bytes())
+    super::folder_name(meta, FOLDER_SETTING, DEFAULT_FOLDER)
 }
 
 /// The trash of the volume, when it is on and its folder made (`graviton settings`).
@@ -68,8 +65,7 @@ pub fn bin(meta: &dyn MetaStore) -> FsResult<Option<Bin>> {
 
 /// The trash folder, once made.
 fn folder(meta: &dyn MetaStore) -> FsResult<Option<Ino>> {
-    let entry = meta.read()?.dirent(ROOT_INO, &folder_name(meta)?)?;
-    Ok(entry.map(|e| e.ino).filter(|&ino| is_frozen(ino)))
+    super::made_folder(meta, &folder_name(meta)?)
 }
 
 /// The hour folder's name for `t` (UTC), `YYYY-MM-DD-HH`.
