@@ -43,6 +43,12 @@ pub enum FsError {
     NoXattrSpace,
     #[error("no space left on the volume's storage")]
     NoSpace,
+    /// A change that would take a quota's usage past its limit (`vfs::quota`).
+    #[error("disk quota exceeded")]
+    QuotaExceeded,
+    /// A hard link between trees under different directory quotas.
+    #[error("a hard link cannot join trees under different directory quotas")]
+    CrossQuota,
     #[error("the filesystem is being unmounted")]
     ReadOnly,
     /// A change to an inode of a snapshot (`meta::FROZEN`).
@@ -100,6 +106,8 @@ impl FsError {
             FsError::TooManyLinks => libc::EMLINK,
             FsError::NoXattrSpace => libc::ENOSPC,
             FsError::NoSpace => libc::ENOSPC,
+            FsError::QuotaExceeded => libc::EDQUOT,
+            FsError::CrossQuota => libc::EXDEV,
             FsError::ReadOnly => libc::EROFS,
             FsError::Frozen => libc::EROFS,
             FsError::Denied => libc::EACCES,

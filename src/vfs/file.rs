@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::dirty::{DirtyData, Spans};
 use super::flush::FlushMode;
 use super::read::ReadAhead;
-use super::{Ctx, Fs, FsError, FsResult, MAX_FILE_SIZE};
+use super::{Ctx, Fs, FsError, FsResult, MAX_FILE_SIZE, quota};
 use crate::domain::RangeSet;
 use crate::domain::extent;
 use crate::meta::{FileKind, Ino, Inode, Timestamp};
@@ -128,6 +128,11 @@ pub(crate) struct FileState {
     /// transaction finds it (`vfs::append`). Such writes are never pending together with
     /// others.
     pub append_base: Option<u64>,
+    /// The file may grow to here before its writes need more room from the quotas: what its
+    /// reservation covers, `u64::MAX` when no quota applies (`vfs::quota::reserve`)...
+    pub room: u64,
+    /// ...as found then (no quota applying is checked again after `quota::RECHECK`).
+    pub room_at: Option<std::time::Instant>,
 }
 
 /// Attribute changes not yet committed; unset fields stay as committed.
@@ -483,11 +488,24 @@ impl Fs {
                 true => Some(offset),
                 false => None,
             };
-            if offset
+            let Some(end) = offset
                 .checked_add(data.len() as u64)
-                .is_none_or(|end| end > MAX_FILE_SIZE)
-            {
+                .filter(|&end| end <= MAX_FILE_SIZE)
+            else {
                 return Err(FsError::FileTooLarge);
+            };
+            let unlimited_since = st.room_at.filter(|_| st.room == u64::MAX);
+            if end > st.room || unlimited_since.is_some_and(|t| t.elapsed() > quota::RECHECK) {
+                // room first, from the quotas, without the file's state held
+                drop(st);
+                let room = self.core.room_for(h.ino, end)?;
+                let mut st = h.file.lock();
+                st.room = match st.room {
+                    u64::MAX => room,
+                    had => had.max(room),
+                };
+                st.room_at = Some(std::time::Instant::now());
+                continue;
             }
             let placed = offset;
             let delta = st.dirty.write(offset, data);
@@ -628,6 +646,11 @@ impl Fs {
                 shared.unhold(h.ino);
             }
             deleted?;
+            let room = h.file.lock().room;
+            if room != u64::MAX && room > 0 {
+                // what is left of the file's reservation goes back to the quotas
+                quota::release(self.core.meta.as_ref(), h.ino)?;
+            }
         }
         flushed.and(unlocked)
     }

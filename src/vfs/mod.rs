@@ -16,6 +16,7 @@ mod flush;
 mod lock;
 mod namespace;
 mod pack;
+pub mod quota;
 mod read;
 pub mod tree;
 pub use read::ReadBytes;
@@ -207,6 +208,20 @@ impl Core {
         self.meta.read_inode(ino)?.ok_or(FsError::NotFound)
     }
 
+    /// Whether the volume has quotas (one read of their list).
+    pub fn has_quotas(&self) -> FsResult<bool> {
+        Ok(!quota::map(self.meta.read()?.as_mut())?.is_empty())
+    }
+
+    /// Room for writes of `ino` up to `end` (`quota::reserve`); `u64::MAX` when no quota
+    /// applies.
+    pub fn room_for(&self, ino: Ino, end: u64) -> FsResult<u64> {
+        match self.has_quotas()? {
+            false => Ok(u64::MAX),
+            true => quota::reserve(self.meta.as_ref(), ino, end),
+        }
+    }
+
     /// No handle of this mount may write `ino`, and it has no uncommitted bytes.
     pub fn nothing_pending(&self, ino: Ino) -> bool {
         self.open_file(ino).is_none_or(|file| {
@@ -216,7 +231,8 @@ impl Core {
     }
 }
 
-/// Runs `f` as one metadata transaction, again from the start while it loses races.
+/// Runs `f` as one metadata transaction, again from the start while it loses races; the
+/// quotas are charged with what it changed before it commits (`quota::Counted`).
 /// `f` must only touch the transaction and its own locals: it may run several times. A
 /// transaction that relied on a shared-volume session that has expired (the mount held
 /// locks, or it keeps a file unlinked) fails (EIO) and is not run again: what the caller
@@ -227,8 +243,8 @@ pub fn run_txn<T>(
 ) -> FsResult<T> {
     const MAX_ATTEMPTS: u32 = 500;
     for attempt in 0..MAX_ATTEMPTS {
-        let mut tx = meta.begin()?;
-        match f(tx.as_mut()) {
+        let mut tx = Box::new(quota::Counted::new(meta.begin()?));
+        match f(tx.as_mut()).and_then(|v| tx.settle().map(|()| v)) {
             Ok(v) => match tx.commit() {
                 Ok(()) => return Ok(v),
                 Err(MetaError::Conflict) => {}

@@ -272,9 +272,10 @@ impl Fs {
                 if dir.nlink >= LINK_MAX {
                     return Err(FsError::TooManyLinks);
                 }
-                inode.parent = parent;
                 dir.nlink += 1;
             }
+            // a directory's parent; any other inode's home (`vfs::quota`)
+            inode.parent = parent;
             if let Some(t) = target {
                 inode.size = t.len() as u64;
                 tx.put_symlink_target(ino, t)?;
@@ -323,6 +324,9 @@ impl Fs {
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime = now;
         if inode.nlink > 0 {
+            if inode.parent == from.0 {
+                inode.parent = super::quota::rehome(tx, from.0)?;
+            }
             tx.put_inode(inode)?;
         } else if let Some(file) = open {
             tx.put_inode(inode)?;
@@ -522,6 +526,7 @@ impl Fs {
             if tx.dirent(newparent, newname)?.is_some() {
                 return Err(FsError::Exists);
             }
+            super::quota::may_link(tx, inode.parent, newparent)?;
             let cookie = dir.take_cookie();
             tx.put_dirent(newparent, newname, &DirEntry::new(ino, inode.kind, cookie))?;
             dir.touch(now);
@@ -617,13 +622,16 @@ impl Fs {
                         if src.kind == FileKind::Dir {
                             p.nlink -= 1;
                             np.nlink += 1;
-                            s.parent = newparent;
                         }
                         if d.kind == FileKind::Dir {
                             np.nlink -= 1;
                             p.nlink += 1;
-                            di.parent = parent;
                         }
+                        // a directory's parent, any other inode's home (`vfs::quota`)
+                        super::quota::may_move(tx, &s, newparent)?;
+                        super::quota::may_move(tx, &di, parent)?;
+                        s.parent = newparent;
+                        di.parent = parent;
                     }
                     di.ctime = now;
                     tx.put_inode(&di)?;
@@ -657,8 +665,11 @@ impl Fs {
                         None if same_dir => src.cookie,
                         None => target_dir.take_cookie(),
                     };
-                    if src.kind == FileKind::Dir && !same_dir {
-                        target_dir.nlink += 1;
+                    if !same_dir {
+                        if src.kind == FileKind::Dir {
+                            target_dir.nlink += 1;
+                        }
+                        super::quota::may_move(tx, &s, newparent)?;
                         s.parent = newparent;
                     }
                     tx.delete_dirent(parent, name)?;
@@ -725,7 +736,12 @@ impl Fs {
     /// Changes attributes; a size change truncates or extends the file.
     pub fn setattr(&self, ino: Ino, attr: SetAttr) -> FsResult<Inode> {
         super::changeable(ino)?;
-        if attr.size.is_none() && self.defer_attributes(ino, &attr) {
+        // a new owner is charged at once (EDQUOT here, not at a later flush)
+        let owner = attr.uid.is_some() || attr.gid.is_some();
+        if attr.size.is_none()
+            && !(owner && self.core.has_quotas()?)
+            && self.defer_attributes(ino, &attr)
+        {
             return self.getattr(ino);
         }
         // Pending writes commit first, so their mtime cannot override one set here.
@@ -862,6 +878,21 @@ impl Fs {
             stats.blocks = v.blocks() * scale;
             stats.blocks_free = v.blocks_free() * scale;
             stats.blocks_avail = v.blocks_available() * scale;
+        }
+        let mut view = self.core.meta.read()?;
+        if let Some(q) = super::quota::record(view.as_mut(), super::quota::Key::Volume)? {
+            // the volume's capacity and inode limit, as its quota sets them
+            let unit = stats.block_size as u64;
+            if q.bytes_limit > 0 {
+                let free = (q.bytes_limit as i64 - q.bytes).max(0) as u64 / unit;
+                stats.blocks = q.bytes_limit / unit;
+                stats.blocks_free = stats.blocks_free.min(free);
+                stats.blocks_avail = stats.blocks_avail.min(free);
+            }
+            if q.inodes_limit > 0 {
+                stats.files = q.inodes_limit;
+                stats.files_free = (q.inodes_limit as i64 - q.inodes).max(0) as u64;
+            }
         }
         Ok(stats)
     }

@@ -53,10 +53,20 @@ fn check_name(name: &[u8]) -> FsResult<()> {
     Ok(())
 }
 
+/// The filesystem's own attributes (a trashed file's origin, a snapshot's, a file's quota
+/// reservation): readable, but set and removed only by the filesystem.
+fn own(name: &[u8]) -> FsResult<()> {
+    match name.starts_with(b"trusted.graviton.") {
+        true => Err(FsError::NotPermitted),
+        false => Ok(()),
+    }
+}
+
 impl Fs {
     pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], how: XattrSet) -> FsResult<()> {
         super::changeable(ino)?;
         check_name(name)?;
+        own(name)?;
         if value.len() > XATTR_SIZE_MAX {
             return Err(FsError::TooBig);
         }
@@ -108,6 +118,7 @@ impl Fs {
         if name.len() > XATTR_NAME_MAX {
             return Err(FsError::Range);
         }
+        own(name)?;
         self.core.txn(|tx| {
             let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
             tx.xattr(ino, name)?.ok_or(FsError::NoAttribute)?;

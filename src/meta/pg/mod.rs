@@ -544,6 +544,20 @@ impl PgTxn<'_> {
         self.run("read", f)
     }
 
+    /// A read of `ino`'s records alone: the queued writes go first only when one is to `ino`
+    /// (a read of another inode's records cannot see them), so that a read late in a
+    /// transaction (the quotas', `vfs::quota`) leaves its writes to travel with the COMMIT.
+    fn query_about<T>(
+        &mut self,
+        ino: Ino,
+        f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+    ) -> MetaResult<T> {
+        match self.touched.contains(&ino) {
+            true => self.query(f),
+            false => self.run("read", f),
+        }
+    }
+
     /// One of the `first_reads`, which fetch one row of integer columns: as the
     /// transaction's first statement on a thread's own connection it travels with the BEGIN
     /// in one message, as `execute` (an EXECUTE of the prepared statement with the values in
@@ -824,7 +838,7 @@ macro_rules! pg_reads {
             }
 
             fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
-                self.query(async |c| {
+                self.query_about(ino, async |c| {
                     sqlx::query_scalar("SELECT value FROM xattrs WHERE ino = $1 AND name = $2")
                         .bind(i(ino))
                         .bind(name)
@@ -880,6 +894,14 @@ impl PgReader<'_> {
         f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
     ) -> MetaResult<T> {
         self.store.read_query(f)
+    }
+
+    fn query_about<T>(
+        &mut self,
+        _ino: Ino,
+        f: impl AsyncFn(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+    ) -> MetaResult<T> {
+        self.query(f)
     }
 
     fn query_row(

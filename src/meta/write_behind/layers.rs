@@ -14,7 +14,8 @@ pub(super) struct Layers<'a> {
     pub(super) state: &'a State,
     pub(super) local: Overlay,
     pub(super) below: Option<Box<dyn MetaRead + 'a>>,
-    /// A transaction's: the inodes it read or wrote, checked for conflicts at commit.
+    /// A transaction's: the inodes whose attributes or xattrs it read, or that it wrote,
+    /// checked for conflicts at commit.
     pub(super) touched: Option<Vec<Ino>>,
 }
 
@@ -197,6 +198,11 @@ impl MetaRead for Layers<'_> {
     }
 
     fn xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+        // registers like an inode read: a value read and written back conflicts with another
+        // transaction's write of it (the quota records, `vfs::quota`)
+        if let Some(t) = &mut self.touched {
+            t.push(ino);
+        }
         match self.known(|o| o.xattr(ino, name)) {
             Some(k) => Ok(k),
             None => self.below()?.xattr(ino, name),

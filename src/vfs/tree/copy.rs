@@ -156,10 +156,8 @@ impl Copier<'_> {
         let mut inode = source.clone();
         inode.ino = ino;
         inode.data_version = 0;
-        if inode.kind != FileKind::Dir {
-            // (a file's `parent` marks one in the trash)
-            inode.parent = 0;
-        }
+        // set by the caller: the copy's own place (a file's home, `vfs::quota`)
+        inode.parent = 0;
         if self.plan.exact {
             return inode;
         }
@@ -222,11 +220,13 @@ impl Copier<'_> {
         view: &mut dyn MetaRead,
         source: &Inode,
         ino: Ino,
-        nlink: u32,
+        home: Ino,
     ) -> FsResult<Inode> {
         self.check(source)?;
         let mut inode = self.shaped(source, ino);
-        inode.nlink = nlink;
+        // a copy with no name yet (a file cloned on its own) has no link until `link`
+        inode.nlink = (home != 0) as u32;
+        inode.parent = home;
         let extents: Vec<Extent> = match source.kind {
             FileKind::File => view.extents(source.ino, 0..u64::MAX)?,
             _ => Vec::new(),
@@ -308,7 +308,7 @@ impl Copier<'_> {
                     } else {
                         let ino = self.fresh()?;
                         self.push(named(ino))?;
-                        let copy = self.copy_leaf(view, &child, ino, 1)?;
+                        let copy = self.copy_leaf(view, &child, ino, copy)?;
                         if child.nlink > 1 {
                             self.links.insert(child.ino, copy);
                         }
@@ -351,11 +351,11 @@ pub fn link(meta: &dyn MetaStore, copied: &Copied, parent: Ino, name: &[u8]) -> 
             if dir.nlink >= crate::vfs::LINK_MAX {
                 return Err(FsError::TooManyLinks);
             }
-            root.parent = parent;
             dir.nlink += 1;
         } else {
             root.nlink = 1;
         }
+        root.parent = parent;
         let cookie = dir.take_cookie();
         tx.put_dirent(parent, name, &DirEntry::new(root.ino, root.kind, cookie))?;
         dir.touch(now);

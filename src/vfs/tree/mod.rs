@@ -15,7 +15,7 @@ pub mod snapshot;
 pub mod trash;
 
 /// Entries read from a directory at once.
-const PAGE: usize = 1000;
+pub(crate) const PAGE: usize = 1000;
 
 use crate::meta::{
     DirEntry, FROZEN, FileKind, Ino, Inode, MetaStore, ROOT_INO, Timestamp, is_frozen,

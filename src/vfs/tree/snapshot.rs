@@ -52,7 +52,7 @@ pub struct Created {
 /// The directory `path` names (from the root; no symlinks), with the permission bits its
 /// directories above leave to group and others: a snapshot of it appears under the snapshots
 /// folder, outside them, and must not open to anyone what they closed.
-fn directory(meta: &dyn MetaStore, path: &str) -> anyhow::Result<(Ino, u16)> {
+pub(crate) fn directory(meta: &dyn MetaStore, path: &str) -> anyhow::Result<(Ino, u16)> {
     let mut view = meta.read()?;
     let mut dir = ROOT_INO;
     let mut open = 0o7777;

@@ -64,7 +64,7 @@ pub fn bin(meta: &dyn MetaStore) -> FsResult<Option<Bin>> {
 }
 
 /// The trash folder, once made.
-fn folder(meta: &dyn MetaStore) -> FsResult<Option<Ino>> {
+pub(crate) fn folder(meta: &dyn MetaStore) -> FsResult<Option<Ino>> {
     super::made_folder(meta, &folder_name(meta)?)
 }
 
@@ -220,7 +220,7 @@ fn origin(view: &mut dyn MetaRead, ino: Ino) -> FsResult<Option<(Ino, Vec<u8>)>>
 }
 
 /// The path of directory `dir` as things are now (through the trash for a trashed one).
-fn path_of(view: &mut dyn MetaRead, dir: Ino, depth: usize) -> FsResult<Option<String>> {
+pub(crate) fn path_of(view: &mut dyn MetaRead, dir: Ino, depth: usize) -> FsResult<Option<String>> {
     if dir == ROOT_INO {
         return Ok(Some(String::new()));
     }
@@ -408,10 +408,8 @@ fn put_back(meta: &dyn MetaStore, hour: Ino, entry: &[u8], ino: Ino) -> FsResult
         if inode.kind == FileKind::Dir {
             hour_dir.nlink -= 1;
             dir_inode.nlink += 1;
-            inode.parent = dir;
-        } else {
-            inode.parent = 0;
         }
+        inode.parent = dir;
         inode.ctime = now;
         dir_inode.touch(now);
         hour_dir.touch(now);
