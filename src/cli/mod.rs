@@ -11,6 +11,7 @@ mod gc;
 mod key;
 mod load;
 mod mount;
+mod quota;
 mod scrub;
 mod settings;
 mod snapshot;
@@ -71,6 +72,9 @@ pub enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// What the trash holds (volume setting trash_days): list, restore, purge.
     Trash(trash::TrashArgs),
+    /// Limits on bytes and inodes, kept exactly: of the volume, a directory tree, a user, a
+    /// group (set, get, list, remove).
+    Quota(quota::QuotaArgs),
     /// Show a volume's settings, or change one that may change after format (`set NAME VALUE`).
     Settings(settings::SettingsArgs),
     /// An encrypted volume's passphrase: `key change` wraps its data key under a new one.
@@ -126,6 +130,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clone(args) => clone::run(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::Trash(args) => trash::run(args),
+        Command::Quota(args) => quota::run(args),
         Command::Settings(args) => settings::run(args),
         Command::Status(args) => status::run(args),
         Command::Scrub(args) => scrub::run(args),

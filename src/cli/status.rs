@@ -83,6 +83,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
                 s.trash_entries, s.trash_bytes
             );
         }
+        for q in &s.quotas {
+            println!("quota:         {}", q.line());
+        }
         for m in &s.sessions {
             println!(
                 "mount:         session {} on {} pid {} at {} (heartbeat {:.1} s ago)",

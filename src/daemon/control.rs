@@ -43,6 +43,7 @@ pub enum Request {
     Dump,
     Snapshot(SnapshotRequest),
     Trash(TrashRequest),
+    Quota(QuotaRequest),
     /// `graviton settings`: show them, or change one.
     Settings {
         set: Option<(String, String)>,
@@ -56,6 +57,38 @@ pub enum TrashRequest {
     List { json: bool },
     Restore { names: Vec<String> },
     Purge { names: Vec<String> },
+}
+
+/// `graviton quota`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum QuotaRequest {
+    Set {
+        target: QuotaTarget,
+        bytes: u64,
+        inodes: u64,
+    },
+    Get {
+        target: QuotaTarget,
+        json: bool,
+    },
+    List {
+        json: bool,
+    },
+    Remove {
+        target: QuotaTarget,
+    },
+}
+
+/// What a quota limits, as a command names it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaTarget {
+    Volume,
+    /// A directory, from the volume's root.
+    Path(String),
+    User(u32),
+    Group(u32),
 }
 
 /// `graviton snapshot`.
@@ -142,6 +175,7 @@ pub fn execute(
         Request::Dump => crate::maint::dump::dump(vol, out).map(drop),
         Request::Snapshot(s) => crate::maint::snapshot::run(vol, s, out),
         Request::Trash(t) => crate::maint::trash::run(vol, t, out),
+        Request::Quota(q) => crate::maint::quota::run(vol, q, out),
         Request::Settings { set: None } => crate::maint::settings::show(vol, out),
         Request::Settings {
             set: Some((name, value)),
@@ -165,6 +199,7 @@ pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Resul
             | Request::Dump
             | Request::Snapshot(_)
             | Request::Trash(_)
+            | Request::Quota(_)
             | Request::Settings { .. },
         ) => true,
         (_, Request::Gc { .. } | Request::Scrub { .. }) => false,

@@ -141,6 +141,12 @@ pub enum Record {
         key: String,
         data: String,
     },
+    /// A quota's limits (`vfs::quota`); `load` makes it again, counting what it loaded.
+    Quota {
+        key: crate::vfs::quota::Key,
+        bytes_limit: u64,
+        inodes_limit: u64,
+    },
     /// The last line: a dump without it was cut short.
     End {
         inodes: u64,
@@ -200,6 +206,10 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
         inodes += 1;
         bar.inc(1);
         for name in tx.xattr_names(ino)? {
+            if name == crate::vfs::quota::RESERVED {
+                // held for a mount's open file: nothing to carry
+                continue;
+            }
             if let Some(value) = tx.xattr(ino, &name)? {
                 line(&Record::Xattr {
                     ino,
@@ -250,6 +260,15 @@ pub fn dump(vol: &Volume, out: &mut dyn Write) -> anyhow::Result<(u64, u64)> {
         }
     }
     bar.finish_and_clear();
+    for key in crate::vfs::quota::map(tx)? {
+        if let Some(r) = crate::vfs::quota::record(tx, key)? {
+            line(&Record::Quota {
+                key,
+                bytes_limit: r.bytes_limit,
+                inodes_limit: r.inodes_limit,
+            })?;
+        }
+    }
     let bar = super::progress::bar(in_db.len() as u64, "blocks");
     bar.set_prefix("dump: blocks kept in the database");
     for key in &in_db {

@@ -88,7 +88,7 @@ struct Dump {
     cookies: HashSet<(Ino, u64)>,
     extents: HashMap<Ino, Extents>,
     xattrs: HashSet<(Ino, Vec<u8>)>,
-    /// Inodes an xattr or symlink record is about, with its line and the kind it needs.
+    /// Inodes an xattr, symlink or quota record is about, with its line and the kind it needs.
     about: Vec<(usize, Ino, Option<FileKind>)>,
     symlinks: HashSet<Ino>,
     blocks: u64,
@@ -138,6 +138,12 @@ impl Dump {
             Record::Xattr { ino, name, value } => self.xattr(line, ino, &name, &value),
             Record::Symlink { ino, target } => self.symlink(line, ino, &target),
             Record::Block { key, data } => self.block(&key, &data),
+            Record::Quota { key, .. } => {
+                if let crate::vfs::quota::Key::Dir(d) = key {
+                    self.about.push((line, d, Some(FileKind::Dir)));
+                }
+                Ok(())
+            }
             Record::End {
                 inodes,
                 entries,

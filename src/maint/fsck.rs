@@ -17,6 +17,7 @@ use std::io::Write;
 use crate::domain::BlockKey;
 use crate::meta::{DirEntry, FileKind, Ino, Inode, MetaRead, MetaTxn, ROOT_INO, Timestamp};
 use crate::store::StoreError;
+use crate::vfs::quota;
 use crate::volume::Volume;
 
 /// What fsck found.
@@ -40,6 +41,9 @@ pub enum Fix {
     SetLinks { ino: Ino, nlink: u32 },
     /// Give an inode no entry names a name in `/lost+found` (`#<ino>`), as e2fsck does.
     LinkLost { ino: Ino },
+    /// Give back the reservations of these files (left by mounts that stopped without
+    /// closing them), then set every quota's usage to a count (`vfs::quota::scan`).
+    Quotas { reserving: Vec<Ino> },
 }
 
 /// Checks the volume (and with `repair`, fixes and checks again), writing the problems and a
@@ -63,7 +67,7 @@ pub fn check(
             vol.source.display()
         );
     }
-    let mut r = fsck(vol, verify_data)?;
+    let mut r = fsck(vol, verify_data, in_use)?;
     if repair && !r.fixes.is_empty() {
         for p in &r.problems {
             writeln!(out, "{p}")?;
@@ -72,7 +76,7 @@ pub fn check(
             apply(vol, fix)?;
         }
         writeln!(out, "repaired {} problems; checking again", r.fixes.len())?;
-        r = fsck(vol, verify_data)?;
+        r = fsck(vol, verify_data, in_use)?;
     }
     for p in &r.problems {
         writeln!(out, "{p}")?;
@@ -94,7 +98,7 @@ pub fn check(
 
 /// One walk of one snapshot; long because its checks share the walk's state (parents,
 /// link counts, referenced blocks) and read best in the order the report lists them.
-pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
+pub fn fsck(vol: &Volume, verify_data: bool, in_use: bool) -> anyhow::Result<FsckReport> {
     let mut report = FsckReport::default();
     // one moment of the volume, also while mounts change it
     let mut view = vol.meta.snapshot()?;
@@ -241,6 +245,7 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
     }
     drop(view);
     walk.finish_and_clear();
+    quotas(vol, in_use, &mut report)?;
     let bar = super::progress::bar(blocks.len() as u64, "blocks");
     bar.set_prefix("fsck: blocks");
     for (key, path) in blocks {
@@ -267,6 +272,49 @@ pub fn fsck(vol: &Volume, verify_data: bool) -> anyhow::Result<FsckReport> {
     bar.finish_and_clear();
     report.problems.sort();
     Ok(report)
+}
+
+/// Compares each quota's usage with a count, and while no mount runs, finds reservations
+/// a mount left behind.
+fn quotas(vol: &Volume, in_use: bool, report: &mut FsckReport) -> anyhow::Result<()> {
+    let meta = vol.meta.as_ref();
+    let map = quota::map(meta.read()?.as_mut())?;
+    if map.is_empty() {
+        return Ok(());
+    }
+    let (counts, mut reserving) = quota::scan::recount(meta, &map)?;
+    let mut wrong = false;
+    for (key, ((bytes, inodes), rec)) in &counts {
+        let Some(rec) = rec else { continue };
+        let of = super::quota::describe(meta, *key)?;
+        if rec.counting {
+            report.problems.push(format!(
+                "quota of {of}: still being counted (a `graviton quota set` that did not finish)"
+            ));
+            wrong = true;
+        } else if (rec.bytes, rec.inodes) != (*bytes, *inodes) {
+            report.problems.push(format!(
+                "quota of {of}: records {} bytes, {} inodes where a count finds {bytes} bytes, {inodes} inodes",
+                rec.bytes, rec.inodes
+            ));
+            wrong = true;
+        }
+    }
+    if in_use {
+        // the mounts' open files hold them
+        reserving.clear();
+    }
+    if !reserving.is_empty() {
+        report.problems.push(format!(
+            "{} files hold quota reservations no mount uses",
+            reserving.len()
+        ));
+    }
+    // the other repairs change what counts too: counted again after them
+    if wrong || !reserving.is_empty() || !report.fixes.is_empty() {
+        report.fixes.push(Fix::Quotas { reserving });
+    }
+    Ok(())
 }
 
 const LOST_FOUND: &[u8] = b"lost+found";
@@ -301,6 +349,17 @@ fn lost_found(tx: &mut dyn MetaTxn, vol: &Volume) -> anyhow::Result<Ino> {
 
 /// Makes one repair in a transaction of its own.
 fn apply(vol: &Volume, fix: &Fix) -> anyhow::Result<()> {
+    if let Fix::Quotas { reserving } = fix {
+        let meta = vol.meta.as_ref();
+        for &ino in reserving {
+            quota::release(meta, ino)?;
+        }
+        let map = quota::map(meta.read()?.as_mut())?;
+        return Ok(quota::scan::repair(
+            meta,
+            &quota::scan::recount(meta, &map)?.0,
+        )?);
+    }
     let mut tx = vol.meta.begin()?;
     match fix {
         Fix::LinkLost { ino } => {
@@ -310,11 +369,12 @@ fn apply(vol: &Volume, fix: &Fix) -> anyhow::Result<()> {
             };
             let cookie = dir.take_cookie();
             if inode.kind == FileKind::Dir {
-                inode.parent = lf;
                 dir.nlink += 1;
             } else {
                 inode.nlink = 1;
             }
+            // a directory's parent, any other inode's home
+            inode.parent = lf;
             tx.put_inode(&inode)?;
             tx.put_inode(&dir)?;
             tx.put_dirent(
@@ -330,6 +390,7 @@ fn apply(vol: &Volume, fix: &Fix) -> anyhow::Result<()> {
                 tx.put_inode(&inode)?;
             }
         }
+        Fix::Quotas { .. } => unreachable!("made above"),
     }
     tx.commit()?;
     Ok(())

@@ -105,6 +105,7 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
     let mut report = LoadReport::default();
     let mut max_ino: Ino = ROOT_INO;
     let mut ended = false;
+    let mut quotas = Vec::new();
     let mut tx: Box<dyn MetaTxn + '_> = vol.meta.begin()?;
     let mut in_tx = 0;
     for (n, line) in lines {
@@ -155,6 +156,11 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
                 vol.store.put(&key, &data)?;
                 report.blocks += 1;
             }
+            Record::Quota {
+                key,
+                bytes_limit,
+                inodes_limit,
+            } => quotas.push((key, bytes_limit, inodes_limit)),
             Record::End {
                 inodes,
                 entries,
@@ -185,6 +191,10 @@ pub fn load(vol: &Volume, input: Box<dyn BufRead>) -> anyhow::Result<LoadReport>
         "the dump is incomplete (no end record): what it had is loaded; format the target again before loading a complete dump"
     );
     vol.meta.reserve_inos_through(max_ino)?;
+    for (key, bytes, inodes) in quotas {
+        // counted afresh from what was loaded
+        crate::vfs::quota::scan::set(vol.meta.as_ref(), key, bytes, inodes)?;
+    }
     vol.meta.sync()?;
 
     let stored: HashSet<BlockKey> = vol.store.list()?.into_iter().collect();

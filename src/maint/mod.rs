@@ -8,6 +8,7 @@ pub mod fsck;
 pub mod gc;
 pub mod load;
 mod progress;
+pub mod quota;
 pub mod scrub;
 pub mod settings;
 pub mod snapshot;

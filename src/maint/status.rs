@@ -48,6 +48,9 @@ pub struct Status {
     pub trash_entries: u64,
     #[serde(default)]
     pub trash_bytes: u64,
+    /// Quotas (`graviton quota`), with their limits and usage.
+    #[serde(default)]
+    pub quotas: Vec<super::quota::Shown>,
 }
 
 pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
@@ -70,6 +73,7 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
         snapshots: snapshots.into_iter().map(|s| s.name).collect(),
         trash_entries: trash.len() as u64,
         trash_bytes: trash.iter().map(|e| e.size).sum(),
+        quotas: super::quota::all(vol.meta.as_ref())?,
         volume: vol.source.display(),
         engine: vol.meta.engine().to_string(),
         block_store: format!("{} ({})", vol.store.backend(), vol.capacity_path.display()),
