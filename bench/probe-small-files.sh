@@ -4,6 +4,7 @@
 # usage: bench/probe-small-files.sh GRAVITON_BINARY embedded|pg
 #   pg: metadata in a scratch database on the test server (scripts/pg.sh), blocks in a folder
 #   FORMAT_OPTS="--small-blocks 64k": more options for `graviton format`
+#   QUOTA=1: the files go in a directory with a quota (and the volume has one too)
 set -euo pipefail
 BIN=$(realpath "$1") KIND=$2
 cd "$(dirname "$0")/.."
@@ -28,7 +29,12 @@ cleanup() {
 }
 trap cleanup EXIT
 "$BIN" mount "$SRC" "$W/mnt"
-python3 - "$W/mnt" <<'PY'
+mkdir "$W/mnt/d"
+if [ -n "${QUOTA:-}" ]; then
+  "$BIN" quota set --path /d --bytes 1t "$SRC" >/dev/null
+  "$BIN" quota set --volume --bytes 1t "$SRC" >/dev/null
+fi
+python3 - "$W/mnt/d" <<'PY'
 import os, sys, time
 d, data = sys.argv[1], b"x" * 4096
 t = time.time()
