@@ -323,18 +323,7 @@ fn quotas_move_with_dump_and_load_and_are_counted_again() {
     );
     quota(&m, &["set", "--group", "0", "--inodes", "100"]);
     m.unmount();
-    let dump = m.dir.path().join("dump.jsonl");
-    ok(
-        m.graviton(&["dump", "-o", dump.to_str().unwrap(), &m.source]),
-        "dump",
-    );
-    let pg = graviton_testkit::scratch_database();
-    let blocks = format!("file://{}", m.vol.join("blocks").display());
-    ok(
-        m.graviton(&["format", "--store", &blocks, &pg]),
-        "format pg",
-    );
-    ok(m.graviton(&["load", dump.to_str().unwrap(), &pg]), "load");
+    let pg = m.load_into_postgres();
     let loaded = Mounted::existing(&pg, "");
     assert_eq!(usage(&loaded, &["--path", "/d"]), (8192, 1));
     // the root, d and f

@@ -287,19 +287,8 @@ fn snapshots_and_the_trash_travel_in_a_dump() {
         "snapshot",
     );
     std::fs::remove_file(m.path("gone")).unwrap();
-    let dump = m.dir.path().join("dump.jsonl");
-    ok(
-        m.graviton(&["dump", "-o", dump.to_str().unwrap(), &m.source]),
-        "dump",
-    );
-    let pg = graviton_testkit::scratch_database();
-    let blocks = format!("file://{}", m.vol.join("blocks").display());
-    ok(
-        m.graviton(&["format", "--store", &blocks, &pg]),
-        "format pg",
-    );
     m.unmount();
-    ok(m.graviton(&["load", dump.to_str().unwrap(), &pg]), "load");
+    let pg = m.load_into_postgres();
     let other = Mounted::existing(&pg, "");
     let shown = ok(other.graviton(&["settings", &pg]), "settings");
     assert!(shown.contains("trash_days = 3\n"), "{shown}");

@@ -257,6 +257,24 @@ impl Mounted {
         }
     }
 
+    /// Dumps this volume, loads the dump into a new PostgreSQL volume with the same blocks,
+    /// and returns its URL.
+    pub fn load_into_postgres(&self) -> String {
+        let dump = self.dir.path().join("dump.jsonl");
+        ok(
+            self.graviton(&["dump", "-o", dump.to_str().unwrap(), &self.source]),
+            "dump",
+        );
+        let pg = graviton_testkit::scratch_database();
+        let blocks = format!("file://{}", self.vol.join("blocks").display());
+        ok(
+            self.graviton(&["format", "--store", &blocks, &pg]),
+            "format pg",
+        );
+        ok(self.graviton(&["load", dump.to_str().unwrap(), &pg]), "load");
+        pg
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
