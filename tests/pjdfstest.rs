@@ -16,7 +16,33 @@ fn pjdfstest_with_the_trash_on_has_no_failures() {
     run_suite(&Mounted::new(&["--trash-days", "1"], ""));
 }
 
+/// Every change counted against quotas of the volume, of the users and groups the suite
+/// switches to, and of its directory (limits no test reaches): the same answers.
+#[test]
+fn pjdfstest_under_quotas_has_no_failures() {
+    let m = Mounted::new(&[], "");
+    std::fs::create_dir(m.path("pjd")).unwrap();
+    let mut sets = vec![vec!["--volume"], vec!["--path", "/pjd"]];
+    for id in ["0", "65534", "65533"] {
+        sets.push(vec!["--user", id]);
+        sets.push(vec!["--group", id]);
+    }
+    for target in sets {
+        let mut args = vec!["quota", "set"];
+        args.extend(target);
+        args.extend(["--bytes", "1t", "--inodes", "10000000", &m.source]);
+        common::mounted::ok(m.graviton(&args), "quota set");
+    }
+    run_suite_in(&m.path("pjd/suite"));
+    let out = common::mounted::ok(m.graviton(&["fsck", &m.source]), "fsck");
+    assert!(out.contains(": 0 problems"), "usage matches a recount: {out}");
+}
+
 fn run_suite(m: &Mounted) {
+    run_suite_in(&m.path("pjd"));
+}
+
+fn run_suite_in(dir: &std::path::Path) {
     let which = std::process::Command::new("sh")
         .args(["-c", "command -v pjdfstest"])
         .output()
@@ -25,8 +51,7 @@ fn run_suite(m: &Mounted) {
         which.status.success(),
         "pjdfstest is not installed: run scripts/test.sh, which installs it"
     );
-    let dir = m.path("pjd");
-    std::fs::create_dir(&dir).unwrap();
+    std::fs::create_dir(dir).unwrap();
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pjdfstest.toml");
     let out = std::process::Command::new("timeout")
         .args([
@@ -38,7 +63,7 @@ fn run_suite(m: &Mounted) {
             "-p",
             dir.to_str().unwrap(),
         ])
-        .current_dir(&dir)
+        .current_dir(dir)
         .output()
         .unwrap();
     let log =
