@@ -35,7 +35,10 @@ fn pjdfstest_under_quotas_has_no_failures() {
     }
     run_suite_in(&m.path("pjd/suite"));
     let out = common::mounted::ok(m.graviton(&["fsck", &m.source]), "fsck");
-    assert!(out.contains(": 0 problems"), "usage matches a recount: {out}");
+    assert!(
+        out.contains(": 0 problems"),
+        "usage matches a recount: {out}"
+    );
 }
 
 fn run_suite(m: &Mounted) {

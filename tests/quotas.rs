@@ -235,6 +235,10 @@ fn a_crash_leaves_reservations_fsck_finds_and_repairs() {
     let m = Mounted::new(&[], "");
     std::fs::create_dir(m.path("d")).unwrap();
     quota(&m, &["set", "--path", "/d", "--bytes", "1g"]);
+    // a close gives back what its writes held, before it returns
+    std::fs::write(m.path("d/closed"), vec![5u8; 3 * MIB as usize]).unwrap();
+    assert_eq!(usage(&m, &["--path", "/d"]), (3 * MIB, 1));
+    std::fs::remove_file(m.path("d/closed")).unwrap();
     let mut f = std::fs::File::create(m.path("d/open")).unwrap();
     f.write_all(&vec![5u8; 3 * MIB as usize]).unwrap();
     f.sync_all().unwrap();

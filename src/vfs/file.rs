@@ -133,6 +133,8 @@ pub(crate) struct FileState {
     pub room: u64,
     /// ...as found then (no quota applying is checked again after `quota::RECHECK`).
     pub room_at: Option<std::time::Instant>,
+    /// The close of the file's last handle is flushing it: its commit gives `room` back.
+    pub closing: bool,
 }
 
 /// Attribute changes not yet committed; unset fields stay as committed.
@@ -585,6 +587,10 @@ impl Fs {
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
         self.check_fence(&h)?;
+        {
+            let mut st = h.file.lock();
+            st.closing = st.handles == 1 && st.room > 0;
+        }
         self.flush_inode(h.ino, false)?;
         // a commit moved appends (another mount appended meanwhile): this mount's processes
         // see where they went once the close returns (no lock is held here that the kernel

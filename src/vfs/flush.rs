@@ -57,7 +57,7 @@ impl Core {
         let _one_at_a_time = file.flush_lock.lock().expect("flush lock");
         // writes made under a lock or into an unlinked file that the mount lost are dropped
         self.fence_if_lost(file);
-        let (work, mtime, attrs, frontier, append_base, mode) = {
+        let (work, mtime, attrs, frontier, append_base, mode, room) = {
             let mut st = file.lock();
             if !st.has_pending() {
                 drop(st);
@@ -84,6 +84,12 @@ impl Core {
             };
             let work = Arc::new(work);
             st.inflight = Some(work.clone());
+            // the last close gives the file's reservation back in its commit
+            let closing = std::mem::take(&mut st.closing) && mode == FlushMode::All;
+            let room = match closing && st.room != u64::MAX {
+                true => std::mem::take(&mut st.room),
+                false => 0,
+            };
             (
                 work,
                 st.mtime,
@@ -91,6 +97,7 @@ impl Core {
                 st.last_write_end,
                 st.append_base,
                 mode,
+                room,
             )
         };
         let taken = super::dirty::charge(&work);
@@ -104,10 +111,15 @@ impl Core {
             attrs,
             durable,
             append_base,
+            room > 0,
             &mut kept,
         );
         let mut st = file.lock();
         st.inflight = None;
+        if room > 0 && !matches!(result, Ok(Some(_))) {
+            // not given back: still held
+            st.room = st.room.max(room);
+        }
         let before = st.dirty.bytes();
         let give_back: &[(u64, Vec<u8>)] = match &result {
             Ok(_) => &kept,
@@ -306,6 +318,7 @@ impl Core {
             st.attrs,
             durable,
             st.append_base,
+            false,
             &mut kept,
         );
         let kept_bytes = super::dirty::charge(&kept);
@@ -391,7 +404,8 @@ impl Core {
     /// with `Fenced`, committing nothing, when the mount loses what it held the file under
     /// before the commit (`vfs::fence`). With `append_base`, the spans are appends placed
     /// from there on: they go to the end of the file as the transaction finds it
-    /// (`vfs::append`).
+    /// (`vfs::append`). With `give_back_room`, the commit also gives back the file's quota
+    /// reservation (`vfs::quota`: its last close).
     /// Long on purpose: pin, store, settle, commit are the order the crash promises rest on,
     /// and they read top to bottom here.
     #[allow(clippy::too_many_arguments)]
@@ -405,6 +419,7 @@ impl Core {
         attrs: Option<AttrChange>,
         durable: bool,
         append_base: Option<u64>,
+        give_back_room: bool,
         kept: &mut Vec<(u64, Vec<u8>)>,
     ) -> FsResult<Option<Committed>> {
         let (ino, claims) = (file.ino, super::fence::Claims::of(file));
@@ -477,6 +492,11 @@ impl Core {
                 return Err(FsError::Fenced);
             }
             let mut inode = tx.inode(ino)?.ok_or(FsError::NotFound)?;
+            if give_back_room {
+                // before the writes below: its read (by `quota::Counted`) then leaves them to
+                // travel with the COMMIT
+                tx.delete_xattr(ino, super::quota::RESERVED)?;
+            }
             let moved = append_base.map_or(0, |b| inode.size as i64 - b as i64);
             attempted.set(moved);
             let shifted;

@@ -271,7 +271,10 @@ impl Mounted {
             self.graviton(&["format", "--store", &blocks, &pg]),
             "format pg",
         );
-        ok(self.graviton(&["load", dump.to_str().unwrap(), &pg]), "load");
+        ok(
+            self.graviton(&["load", dump.to_str().unwrap(), &pg]),
+            "load",
+        );
         pg
     }
 

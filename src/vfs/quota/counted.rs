@@ -14,8 +14,10 @@ pub struct Counted<'a> {
     before: HashMap<Ino, Option<Inode>>,
     /// Each inode written, as last written (None: deleted).
     after: BTreeMap<Ino, Option<Inode>>,
-    /// Files whose reservation this transaction set or removed, with the one before.
+    /// Files whose reservation this transaction set or removed, with the one before...
     reservations: HashMap<Ino, u64>,
+    /// ...and the one it leaves.
+    reserving: HashMap<Ino, u64>,
     /// The volume's quotas, once read.
     map: Option<Map>,
 }
@@ -27,6 +29,7 @@ impl<'a> Counted<'a> {
             before: HashMap::new(),
             after: BTreeMap::new(),
             reservations: HashMap::new(),
+            reserving: HashMap::new(),
             map: None,
         }
     }
@@ -60,11 +63,25 @@ impl<'a> Counted<'a> {
         Ok(())
     }
 
-    fn noting_reservation(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
-        if name == RESERVED && !self.reservations.contains_key(&ino) {
+    /// Notes a change of `ino`'s xattr `name` to `value` (None: removed): for its
+    /// reservation, the one before and the one after.
+    fn noting_reservation(
+        &mut self,
+        ino: Ino,
+        name: &[u8],
+        value: Option<&[u8]>,
+    ) -> MetaResult<()> {
+        if name != RESERVED {
+            return Ok(());
+        }
+        if !self.reservations.contains_key(&ino) {
             let had = reserved(self.inner.as_mut(), ino).map_err(meta_error)?;
             self.reservations.insert(ino, had);
         }
+        let now = value
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map_or(0, u64::from_le_bytes);
+        self.reserving.insert(ino, now);
         Ok(())
     }
 
@@ -115,9 +132,10 @@ impl<'a> Counted<'a> {
                 true => self.before.get(&ino).cloned().flatten(),
                 false => after.clone(),
             };
-            let now_reserved = match &after {
-                Some(_) => reserved(tx, ino)?,
-                None => 0,
+            let now_reserved = match (&after, self.reserving.get(&ino)) {
+                (None, _) => 0,
+                (Some(_), Some(&r)) => r,
+                (Some(_), None) => reserved(tx, ino)?,
             };
             let was_reserved = self.reservations.get(&ino).copied().unwrap_or(now_reserved);
             if let Some(b) = before.as_ref().filter(|b| counts(b)) {
@@ -231,7 +249,7 @@ impl MetaTxn for Counted<'_> {
         // a file's reservation goes with it: noted first, when quotas are kept
         let file = matches!(self.before.get(&ino), Some(Some(i)) if i.kind == FileKind::File);
         if file && !self.quotas().map_err(meta_error)?.is_empty() {
-            self.noting_reservation(ino, RESERVED)?;
+            self.noting_reservation(ino, RESERVED, None)?;
         }
         self.after.insert(ino, None);
         self.inner.delete_inode(ino)
@@ -246,11 +264,11 @@ impl MetaTxn for Counted<'_> {
         self.inner.apply_splice(ino, splice)
     }
     fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> MetaResult<()> {
-        self.noting_reservation(ino, name)?;
+        self.noting_reservation(ino, name, Some(value))?;
         self.inner.put_xattr(ino, name, value)
     }
     fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
-        self.noting_reservation(ino, name)?;
+        self.noting_reservation(ino, name, None)?;
         self.inner.delete_xattr(ino, name)
     }
     fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()> {
