@@ -591,7 +591,10 @@ impl Fs {
             let mut st = h.file.lock();
             st.closing = st.handles == 1 && st.room > 0;
         }
-        self.flush_inode(h.ino, false)?;
+        let flushed = self.flush_inode(h.ino, false);
+        // only this close's flush gives the room back (nothing pending: `release` does)
+        h.file.lock().closing = false;
+        flushed?;
         // a commit moved appends (another mount appended meanwhile): this mount's processes
         // see where they went once the close returns (no lock is held here that the kernel
         // could wait on)

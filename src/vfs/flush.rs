@@ -85,7 +85,7 @@ impl Core {
             let work = Arc::new(work);
             st.inflight = Some(work.clone());
             // the last close gives the file's reservation back in its commit
-            let closing = std::mem::take(&mut st.closing) && mode == FlushMode::All;
+            let closing = mode == FlushMode::All && std::mem::take(&mut st.closing);
             let room = match closing && st.room != u64::MAX {
                 true => std::mem::take(&mut st.room),
                 false => 0,
