@@ -199,14 +199,6 @@ impl<'a> Counted<'a> {
     }
 }
 
-/// A quota record's error inside a metadata operation.
-fn meta_error(e: FsError) -> crate::meta::MetaError {
-    match e {
-        FsError::Meta(m) => m,
-        other => crate::meta::MetaError::Corrupt(other.to_string()),
-    }
-}
-
 /// Whether a change of an inode from `before` to `after` may change what it counts, or where.
 fn differs(before: Option<&Inode>, after: Option<&Inode>) -> bool {
     match (before, after) {

@@ -105,6 +105,14 @@ fn decode<T: for<'a> Deserialize<'a>>(raw: Option<Vec<u8>>) -> FsResult<Option<T
     .transpose()
 }
 
+/// A quota record's error inside a metadata operation.
+pub(crate) fn meta_error(e: FsError) -> crate::meta::MetaError {
+    match e {
+        FsError::Meta(m) => m,
+        other => crate::meta::MetaError::Corrupt(other.to_string()),
+    }
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("quota records serialize")
 }

@@ -294,19 +294,12 @@ pub fn repair(meta: &dyn MetaStore, counted: &Counts) -> FsResult<()> {
 /// Every quota with its record.
 pub fn list(meta: &dyn MetaStore) -> MetaResult<Vec<(Key, Record)>> {
     let mut view = meta.read()?;
-    let map = map(view.as_mut()).map_err(into_meta)?;
+    let map = map(view.as_mut()).map_err(meta_error)?;
     let mut out = Vec::new();
     for k in map {
-        if let Some(r) = record(view.as_mut(), k).map_err(into_meta)? {
+        if let Some(r) = record(view.as_mut(), k).map_err(meta_error)? {
             out.push((k, r));
         }
     }
     Ok(out)
-}
-
-fn into_meta(e: FsError) -> crate::meta::MetaError {
-    match e {
-        FsError::Meta(m) => m,
-        other => crate::meta::MetaError::Corrupt(other.to_string()),
-    }
 }
