@@ -2,12 +2,15 @@
 //! create, chown or rename that would take it past its limit, never more; a rename moves
 //! usage, a hard link across quota trees is EXDEV; `df` shows the volume's capacity; usage
 //! matches a recount (`fsck`), also after a crash, and on two mounts of one PostgreSQL volume
-//! writing at once.
+//! writing at once. One race is opened in-process, through the metadata fault layer: a
+//! write while a close gives the file's reservation back.
 
 mod common;
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::mounted::{Mounted, ok, run};
 
@@ -341,4 +344,82 @@ fn quotas_move_with_dump_and_load_and_are_counted_again() {
         std::fs::write(loaded.path("d/big"), vec![0u8; 2 << 20]),
         "a write past the loaded quota",
     );
+}
+
+/// Several processes write through one handle (an inherited descriptor) and one of them
+/// closes it: the close gives the file's reservation back in its commit. A write that
+/// reserves while that commit is in flight keeps its room: a later writer of another file
+/// meets EDQUOT, and this file's own commit does not.
+#[test]
+fn a_write_while_a_close_gives_room_back_keeps_its_reservation() {
+    use common::{create, random_bytes, read_all, small_cfg, tempdir};
+    use graviton::meta::{MetaStore, RocksMetaStore};
+    use graviton::store::MemoryBlockStore;
+    use graviton::vfs::{Fs, FsError, OpenFlags, quota};
+
+    let dir = tempdir(true);
+    let engine: Arc<dyn MetaStore> =
+        Arc::new(RocksMetaStore::open(dir.path().join("meta")).expect("open meta"));
+    let faults = Arc::new(graviton_testkit::FaultyMeta::new(engine));
+    let fs = Fs::new(
+        faults.clone(),
+        Arc::new(MemoryBlockStore::new()),
+        small_cfg(),
+    )
+    .expect("fs");
+    quota::scan::set(fs.meta().as_ref(), quota::Key::Volume, 8 * MIB, 0).expect("set");
+
+    let (ino, fh) = create(&fs, "shared");
+    let first = random_bytes(1, MIB as usize);
+    assert_eq!(fs.write(fh, 0, &first).expect("write"), first.len());
+    let later = random_bytes(2, MIB as usize);
+    let hold = faults.hold_commit_deleting(quota::RESERVED);
+    std::thread::scope(|s| {
+        // one process closes its copy of the descriptor: the close's commit is held
+        let closing = s.spawn(|| fs.flush(fh));
+        hold.wait_reached(Duration::from_secs(30));
+        // another process writes on through its copy, past the room the close gives back
+        let (done, wrote) = std::sync::mpsc::channel();
+        let (fs, later) = (&fs, &later);
+        let writer = s.spawn(move || {
+            let r = fs.write(fh, 3 * MIB, later);
+            let _ = done.send(());
+            r
+        });
+        // (a write that waits for the close is let through when the commit goes on)
+        let _ = wrote.recv_timeout(Duration::from_secs(1));
+        hold.release();
+        closing.join().unwrap().expect("close");
+        assert_eq!(writer.join().unwrap().expect("write"), later.len());
+    });
+
+    // another file takes what the quota has left
+    let (_, other) = create(&fs, "other");
+    let piece = vec![7u8; 256 << 10];
+    let mut written = 0;
+    let refused = loop {
+        match fs.write(other, written, &piece) {
+            Ok(n) => written += n as u64,
+            Err(e) => break e,
+        }
+        assert!(
+            written <= 8 * MIB,
+            "wrote {written} bytes under an 8 MiB quota"
+        );
+    };
+    assert!(matches!(refused, FsError::QuotaExceeded), "{refused:?}");
+    fs.flush(other).expect("close the other file");
+    fs.release(other).expect("release the other file");
+
+    // the file's own last close commits what was written while the first close ran
+    fs.flush(fh).expect("the shared file's close");
+    fs.release(fh).expect("release");
+    let fh = fs.open(ino, OpenFlags::READ).expect("open");
+    assert_eq!(read_all(&fs, fh, 0, MIB), first);
+    assert_eq!(read_all(&fs, fh, 3 * MIB, MIB), later);
+    fs.release(fh).expect("release");
+    let rec = quota::record(fs.meta().read().unwrap().as_mut(), quota::Key::Volume)
+        .unwrap()
+        .unwrap();
+    assert!(rec.bytes <= 8 << 20, "usage {} over the quota", rec.bytes);
 }

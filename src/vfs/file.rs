@@ -135,6 +135,11 @@ pub(crate) struct FileState {
     pub room_at: Option<std::time::Instant>,
     /// The close of the file's last handle is flushing it: its commit gives `room` back.
     pub closing: bool,
+    /// That commit is in flight (its flush holds `flush_lock`): a write needing room waits
+    /// for it, or it would reserve room the commit then deletes...
+    pub giving_back: bool,
+    /// ...and one that reserved while such a commit began reserves again. (Counts them.)
+    pub give_backs: u64,
 }
 
 /// Attribute changes not yet committed; unset fields stay as committed.
@@ -499,9 +504,20 @@ impl Fs {
             let unlimited_since = st.room_at.filter(|_| st.room == u64::MAX);
             if end > st.room || unlimited_since.is_some_and(|t| t.elapsed() > quota::RECHECK) {
                 // room first, from the quotas, without the file's state held
+                let give_backs = st.give_backs;
+                if st.giving_back {
+                    // after the close's commit has given the old room back
+                    drop(st);
+                    drop(h.file.flush_lock.lock().expect("flush lock"));
+                    continue;
+                }
                 drop(st);
                 let room = self.core.room_for(h.ino, end)?;
                 let mut st = h.file.lock();
+                if st.give_backs != give_backs {
+                    // a close's commit may have deleted this reservation
+                    continue;
+                }
                 st.room = match st.room {
                     u64::MAX => room,
                     had => had.max(room),

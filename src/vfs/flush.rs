@@ -90,6 +90,8 @@ impl Core {
                 true => std::mem::take(&mut st.room),
                 false => 0,
             };
+            st.giving_back = room > 0;
+            st.give_backs += (room > 0) as u64;
             (
                 work,
                 st.mtime,
@@ -116,6 +118,7 @@ impl Core {
         );
         let mut st = file.lock();
         st.inflight = None;
+        st.giving_back = false;
         if room > 0 && !matches!(result, Ok(Some(_))) {
             // not given back: still held
             st.room = st.room.max(room);

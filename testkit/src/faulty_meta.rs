@@ -1,9 +1,12 @@
 //! A metadata layer that fails commits as a test tells it to: refused before they reach the
 //! engine (an unreachable server), or applied by the engine with the answer lost on the way
-//! back (a connection cut after COMMIT). Everything else goes to the store below.
+//! back (a connection cut after COMMIT), or held before the engine until the test lets it
+//! go (a slow commit, to open a race's window). Everything else goes to the store below.
 
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::Duration;
 
 use graviton::domain::extent::Splice;
 use graviton::meta::{DirEntry, Ino, Inode, MetaError, MetaLayer, MetaResult, MetaStore, MetaTxn};
@@ -21,6 +24,34 @@ pub struct FaultyMeta {
     inner: Arc<dyn MetaStore>,
     /// Faults for the next commits, the first last.
     plan: Mutex<Vec<CommitFault>>,
+    /// The next commit that deletes this xattr waits for the test (`hold_commit_deleting`).
+    hold: Mutex<Option<(Vec<u8>, Held)>>,
+}
+
+/// The layer's side of a held commit: it says when it is reached, then waits to be let go.
+struct Held {
+    reached: Sender<()>,
+    go: Receiver<()>,
+}
+
+/// The test's side of a held commit.
+pub struct Hold {
+    reached: Receiver<()>,
+    go: Sender<()>,
+}
+
+impl Hold {
+    /// Waits until the held commit is reached (panics after `limit`).
+    pub fn wait_reached(&self, limit: Duration) {
+        self.reached
+            .recv_timeout(limit)
+            .expect("the held commit was not reached");
+    }
+
+    /// Lets the held commit go on to the engine.
+    pub fn release(&self) {
+        let _ = self.go.send(());
+    }
 }
 
 impl FaultyMeta {
@@ -28,7 +59,23 @@ impl FaultyMeta {
         FaultyMeta {
             inner,
             plan: Mutex::default(),
+            hold: Mutex::default(),
         }
+    }
+
+    /// The next commit of a transaction that deletes the xattr `name` (of any inode) waits,
+    /// before it reaches the engine, until the returned hold is released (or dropped).
+    pub fn hold_commit_deleting(&self, name: &[u8]) -> Hold {
+        let (reached_tx, reached) = channel();
+        let (go, go_rx) = channel();
+        *self.hold.lock().unwrap() = Some((
+            name.to_vec(),
+            Held {
+                reached: reached_tx,
+                go: go_rx,
+            },
+        ));
+        Hold { reached, go }
     }
 
     /// The next `n` commits meet `fault`.
@@ -60,6 +107,7 @@ impl MetaLayer for FaultyMeta {
         Ok(Box::new(FaultyTxn {
             inner: self.inner.begin()?,
             layer: self,
+            deleted_xattrs: Vec::new(),
         }))
     }
 }
@@ -67,6 +115,8 @@ impl MetaLayer for FaultyMeta {
 struct FaultyTxn<'a> {
     inner: Box<dyn MetaTxn + 'a>,
     layer: &'a FaultyMeta,
+    /// Names of the xattrs this transaction deletes.
+    deleted_xattrs: Vec<Vec<u8>>,
 }
 
 graviton::forward_reads!(FaultyTxn<'_>, self => self.inner);
@@ -91,6 +141,7 @@ impl MetaTxn for FaultyTxn<'_> {
         self.inner.put_xattr(ino, name, value)
     }
     fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> MetaResult<()> {
+        self.deleted_xattrs.push(name.to_vec());
         self.inner.delete_xattr(ino, name)
     }
     fn put_symlink_target(&mut self, ino: Ino, target: &[u8]) -> MetaResult<()> {
@@ -103,6 +154,17 @@ impl MetaTxn for FaultyTxn<'_> {
         self.inner.hold_open(ino)
     }
     fn commit(self: Box<Self>) -> MetaResult<()> {
+        let held = {
+            let mut hold = self.layer.hold.lock().unwrap();
+            match hold.as_ref() {
+                Some((name, _)) if self.deleted_xattrs.contains(name) => hold.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, held)) = held {
+            let _ = held.reached.send(());
+            let _ = held.go.recv();
+        }
         let fault = self.layer.plan.lock().unwrap().pop();
         match fault {
             None => self.inner.commit(),

@@ -7,7 +7,7 @@ mod faulty_meta;
 mod faulty_store;
 pub mod meta_conformance;
 
-pub use faulty_meta::{CommitFault, FaultyMeta};
+pub use faulty_meta::{CommitFault, FaultyMeta, Hold};
 pub use faulty_store::FaultyStore;
 
 /// What `scripts/test.sh` sets once it has started the test servers (PostgreSQL and an
