@@ -379,3 +379,147 @@ fn a_mount_without_home_keeps_its_state_in_var_lib_and_refuses_a_planted_folder(
     assert!(err.contains("symbolic link"), "{err}");
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
+
+/// What another user may do through a mount: list, restore and purge the trash entries it
+/// owns, and see the quotas that concern it, asked of the mount itself (its control socket,
+/// which answers with the caller's own identity). Nothing of root's, nothing else.
+#[test]
+fn ordinary_users_manage_their_own_trash_and_see_their_quotas_through_the_mount() {
+    use common::mounted::BIN;
+    let m = Mounted::new(&["--trash-days", "1"], "");
+    let mnt = m.mnt.to_str().unwrap();
+    let nobody = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.push(mnt);
+        as_nobody(BIN, &all)
+    };
+    let shared = m.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::create_dir(m.path("private")).unwrap();
+    std::fs::set_permissions(m.path("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(m.path("private/roots-secret"), b"root's").unwrap();
+    std::fs::write(shared.join("roots"), b"root's too").unwrap();
+    let mine = shared.join("mine").display().to_string();
+    let sh = |script: &str| ok(as_nobody("sh", &["-c", script]), script);
+    sh(&format!(
+        "head -c 300000 /dev/urandom > {mine} && cp {mine} /tmp/graviton-mine-{}",
+        std::process::id()
+    ));
+    let saved = format!("/tmp/graviton-mine-{}", std::process::id());
+    std::fs::remove_file(m.path("private/roots-secret")).unwrap();
+    std::fs::remove_file(shared.join("roots")).unwrap();
+    sh(&format!("rm {mine}"));
+
+    // nobody sees its own entry only
+    let list = ok(nobody(&["trash", "list"]), "nobody's trash list");
+    assert!(list.contains("/shared/mine"), "{list}");
+    assert!(
+        !list.contains("roots"),
+        "nobody sees root's entries: {list}"
+    );
+    let all = ok(
+        m.graviton(&["trash", "list", &m.source]),
+        "root's trash list",
+    );
+    let roots_entry = all
+        .lines()
+        .find(|l| l.contains("/private/roots-secret"))
+        .and_then(|l| l.split('\t').next())
+        .unwrap_or_else(|| panic!("{all}"))
+        .to_string();
+    // ...and cannot purge or restore root's, even by name
+    ok(
+        nobody(&["trash", "purge", "--entry", &roots_entry]),
+        "purge",
+    );
+    ok(
+        nobody(&["trash", "restore", "--entry", &roots_entry]),
+        "restore",
+    );
+    assert!(!m.path("private/roots-secret").exists());
+    let all = ok(
+        m.graviton(&["trash", "list", &m.source]),
+        "root's trash list",
+    );
+    assert_eq!(all.lines().count(), 3, "{all}");
+
+    // its own comes back byte-identical
+    let restored = ok(nobody(&["trash", "restore"]), "nobody's restore");
+    assert!(restored.contains("restored 1 entries"), "{restored}");
+    assert_eq!(
+        std::fs::read(&mine).unwrap(),
+        std::fs::read(&saved).unwrap()
+    );
+    assert_eq!(std::fs::metadata(&mine).unwrap().uid(), 65534);
+    std::fs::remove_file(&saved).unwrap();
+
+    // not into a directory it may no longer write; purged, though, it is gone
+    sh(&format!("rm {mine}"));
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = nobody(&["trash", "restore"]);
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stdout);
+    assert!(why.contains("you may not write its directory"), "{why}");
+    assert!(!std::path::Path::new(&mine).exists());
+    let purged = ok(nobody(&["trash", "purge"]), "nobody's purge");
+    assert!(purged.contains("purged: 1 inodes"), "{purged}");
+    let all = ok(
+        m.graviton(&["trash", "list", &m.source]),
+        "root's trash list",
+    );
+    assert_eq!(all.lines().count(), 2, "root's entries stay: {all}");
+
+    // quotas: the volume's, its own, and those of directories it may reach
+    for target in [
+        &["--volume"][..],
+        &["--user", "nobody"],
+        &["--user", "root"],
+        &["--path", "/shared"],
+        &["--path", "/private"],
+    ] {
+        let mut args = vec!["quota", "set", "--bytes", "1g"];
+        args.extend_from_slice(target);
+        args.push(&m.source);
+        ok(m.graviton(&args), "quota set");
+    }
+    let list = ok(nobody(&["quota", "list"]), "nobody's quota list");
+    let shown: Vec<&str> = list.lines().filter_map(|l| l.split('\t').next()).collect();
+    assert_eq!(shown.len(), 3, "{list}");
+    for of in ["volume", "user:65534", "/shared"] {
+        assert!(shown.contains(&of), "{of} missing: {list}");
+    }
+    ok(
+        nobody(&["quota", "get", "--user", "nobody"]),
+        "its own quota",
+    );
+    for refused in [
+        &["quota", "get", "--user", "root"][..],
+        &["quota", "get", "--path", "/private"],
+        &["quota", "set", "--user", "nobody", "--bytes", "1t"],
+        &["quota", "remove", "--volume"],
+        &["snapshot", "create", "mine"],
+        &["settings"],
+    ] {
+        let out = nobody(refused);
+        assert!(!out.status.success(), "{refused:?} succeeded for nobody");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("permission denied") || err.contains("Permission denied"),
+            "{refused:?}: {err}"
+        );
+    }
+    // root, through the mount, is root
+    let list = ok(
+        as_root_on_mount(mnt, &["quota", "list"]),
+        "root's quota list",
+    );
+    assert_eq!(list.lines().count(), 5, "{list}");
+}
+
+/// `graviton ARGS MOUNTPATH` as root.
+fn as_root_on_mount(mnt: &str, args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    all.push(mnt);
+    common::mounted::run(common::mounted::BIN, &all, Path::new("/"))
+}

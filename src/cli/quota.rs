@@ -42,7 +42,8 @@ pub enum Action {
         /// Most files, directories and other inodes; 0 for no limit.
         #[arg(long, default_value_t = 0)]
         inodes: u64,
-        /// Volume directory or postgres:// URL (default: the default volume).
+        /// Volume directory, postgres:// URL, or a directory on a mounted volume, which any
+        /// user may name (default: the default volume).
         source: Option<String>,
     },
     /// One quota's limits and usage.

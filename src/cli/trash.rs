@@ -16,7 +16,8 @@ pub enum Action {
     List {
         #[arg(long)]
         json: bool,
-        /// Volume directory or postgres:// URL (default: the default volume).
+        /// Volume directory, postgres:// URL, or a directory on a mounted volume, which any
+        /// user may name (default: the default volume).
         source: Option<String>,
     },
     /// Put entries back where they were (every entry, or those of the hour folders and

@@ -8,10 +8,16 @@
 //! output, then a last line `\x01graviton: ok` or `\x01graviton: error <message>`, and closes.
 //!
 //! Access: the socket is created 0600 in the daemon's private state folder, and every request
-//! is checked against the caller's credentials (`SO_PEERCRED`): only root and the daemon's own
-//! user may ask anything (a dump holds every name and xattr; gc and scrub delete and rewrite).
+//! is checked against the caller's credentials (`SO_PEERCRED`, `SO_PEERGROUPS`): root and the
+//! daemon's own user may ask anything (a dump holds every name and xattr; gc and scrub delete
+//! and rewrite). A mount also answers on a second socket that any local user may reach: an
+//! abstract one (no file), under a random name the mount itself tells (`fuse::ioctl::WHERE`:
+//! only the daemon serving the mount answers it, so no one can stand in for it), which
+//! `graviton trash|quota … MOUNTPATH` use. There an ordinary user may list, restore and purge
+//! the trash entries it owns and see the quotas that concern it ([`for_users`]), with its
+//! own permissions; anything else is refused.
 //! A request line is at most [`MAX_REQUEST`] bytes and must arrive within [`REQUEST_TIMEOUT`];
-//! at most [`MAX_CONNECTIONS`] are answered at once.
+//! each socket answers at most [`MAX_CONNECTIONS`] at once.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -21,6 +27,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::vfs::access::Who;
 use crate::volume::{Source, Volume};
 
 /// What a client asks the daemon to run.
@@ -108,36 +115,66 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Connections answered at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 16;
 
-/// Whether a caller with user id `uid` may make `req` of a daemon running as `daemon_uid`.
-/// Every request today reads or changes the whole volume, so only the daemon's user and root
-/// may make them.
-pub fn allowed(uid: u32, daemon_uid: u32, _req: &Request) -> bool {
-    uid == 0 || uid == daemon_uid
+/// The requests an ordinary user may make, each run with that user's identity: its own trash
+/// entries, and the quotas that concern it.
+pub fn for_users(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Trash(_) | Request::Quota(QuotaRequest::Get { .. } | QuotaRequest::List { .. })
+    )
 }
 
-/// The user id of the process at the other end of a Unix socket.
-fn peer_uid(conn: &UnixStream) -> std::io::Result<u32> {
+/// Who `req` runs as, asked by `peer` of a daemon running as `daemon_uid`: root and the
+/// daemon's user act as root over the volume; another user, when `others` may use the mount
+/// (`allow_other`), makes only the requests [`for_users`] allows, as itself. None: refused.
+pub fn acting_as(peer: &Who, daemon_uid: u32, others: bool, req: &Request) -> Option<Who> {
+    if peer.uid == 0 || peer.uid == daemon_uid {
+        Some(Who::root())
+    } else if others && for_users(req) {
+        Some(peer.clone())
+    } else {
+        None
+    }
+}
+
+/// One `getsockopt(SOL_SOCKET, opt)` into `buf`; the bytes written.
+fn sockopt<T>(conn: &UnixStream, opt: libc::c_int, buf: &mut [T]) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which outlives the call.
+    let mut len = std::mem::size_of_val(buf) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `buf`, which outlives the call.
     let rc = unsafe {
         libc::getsockopt(
             conn.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
+            opt,
+            buf.as_mut_ptr().cast(),
             &mut len,
         )
     };
     match rc {
-        0 => Ok(cred.uid),
+        0 => Ok(len as usize),
         _ => Err(std::io::Error::last_os_error()),
     }
+}
+
+/// The identity of the process at the other end of a Unix socket, as it connected: user,
+/// group and supplementary groups.
+fn peer(conn: &UnixStream) -> std::io::Result<Who> {
+    let mut cred = [libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    }];
+    sockopt(conn, libc::SO_PEERCRED, &mut cred)?;
+    // at most NGROUPS_MAX groups
+    let mut groups: Vec<libc::gid_t> = vec![0; 65536];
+    let n = sockopt(conn, libc::SO_PEERGROUPS, &mut groups)? / size_of::<libc::gid_t>();
+    groups.truncate(n);
+    Ok(Who {
+        uid: cred[0].uid,
+        gid: cred[0].gid,
+        groups,
+    })
 }
 
 pub fn socket(state_dir: &Path) -> PathBuf {
@@ -146,9 +183,11 @@ pub fn socket(state_dir: &Path) -> PathBuf {
 
 /// Runs a request on an open volume, writing its output.
 /// `in_daemon`: run by a mount daemon on its mounted volume.
+/// `who`: the caller, or `Who::root()` (see [`acting_as`]).
 pub fn execute(
     vol: &Volume,
     req: &Request,
+    who: &Who,
     in_daemon: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -174,8 +213,8 @@ pub fn execute(
         Request::Scrub { dry_run } => crate::maint::scrub::check(vol, !dry_run, out),
         Request::Dump => crate::maint::dump::dump(vol, out).map(drop),
         Request::Snapshot(s) => crate::maint::snapshot::run(vol, s, out),
-        Request::Trash(t) => crate::maint::trash::run(vol, t, out),
-        Request::Quota(q) => crate::maint::quota::run(vol, q, out),
+        Request::Trash(t) => crate::maint::trash::run(vol, t, who, out),
+        Request::Quota(q) => crate::maint::quota::run(vol, q, who, out),
         Request::Settings { set: None } => crate::maint::settings::show(vol, out),
         Request::Settings {
             set: Some((name, value)),
@@ -212,7 +251,53 @@ pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Resul
         // blocks only a write-back mount's journal references look unreferenced here
         crate::meta::write_behind::check_unclaimed(vol.meta.as_ref(), None)?;
     }
-    execute(&vol, req, false, out)
+    execute(&vol, req, &Who::root(), false, out)
+}
+
+/// The name of a mount's second control socket, open to every local user: abstract (no file
+/// to leave behind or to protect) and random, so no one can bind it first.
+pub fn mount_socket_name() -> String {
+    format!("graviton-{:032x}", rand::random::<u128>())
+}
+
+fn abstract_addr(name: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+}
+
+/// The control socket of the Graviton mount holding `path` (a file or directory on it),
+/// asked of the mount itself; None when `path` is not on a Graviton mount.
+pub fn mount_socket(path: &Path) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let dir = match path.is_dir() {
+        true => path,
+        false => path.parent()?,
+    };
+    let dir = std::fs::File::open(dir).ok()?;
+    let mut name = [0u8; crate::fuse::ioctl::NAME_BYTES];
+    // SAFETY: the kernel writes at most NAME_BYTES into `name`, as the request number says.
+    let rc = unsafe {
+        libc::ioctl(
+            dir.as_raw_fd(),
+            crate::fuse::ioctl::WHERE as _,
+            name.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    String::from_utf8(name[..end].to_vec())
+        .ok()
+        .filter(|n| n.starts_with("graviton-"))
+}
+
+/// Runs `req` through the mount's control socket named `name` (`mount_socket`), as the user
+/// running this process.
+pub fn run_on_mount(name: &str, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
+    let conn = UnixStream::connect_addr(&abstract_addr(name)?)
+        .context("the mount's daemon does not answer")?;
+    ask(conn, req, out)
 }
 
 /// A mount daemon of `source` on this machine that answers on its control socket. An embedded
@@ -254,9 +339,11 @@ fn ask(mut conn: UnixStream, req: &Request, out: &mut dyn Write) -> anyhow::Resu
     }
 }
 
-/// Serves requests on the daemon's socket, each connection on a thread of its own (a long
-/// fsck does not hold up a status).
-pub fn serve(vol: Arc<Volume>) -> anyhow::Result<()> {
+/// Serves requests on the daemon's socket, and on the mount's socket named `mount_socket`
+/// (`mount_socket_name`) when given, each connection on a thread of its own (a long fsck
+/// does not hold up a status). `others`: users other than root and the daemon's may use the
+/// mount (`allow_other`), so they may make the requests [`for_users`] allows.
+pub fn serve(vol: Arc<Volume>, mount_socket: Option<&str>, others: bool) -> anyhow::Result<()> {
     let path = socket(&vol.state_dir);
     let _ = std::fs::remove_file(&path);
     let listener =
@@ -266,6 +353,17 @@ pub fn serve(vol: Arc<Volume>) -> anyhow::Result<()> {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting {}", path.display()))?;
     }
+    accept(listener, vol.clone(), others)?;
+    if let Some(name) = mount_socket {
+        let listener = UnixListener::bind_addr(&abstract_addr(name)?)
+            .context("binding the mount's control socket")?;
+        accept(listener, vol, others)?;
+    }
+    Ok(())
+}
+
+/// Answers the connections of `listener`, at most `MAX_CONNECTIONS` at once.
+fn accept(listener: UnixListener, vol: Arc<Volume>, others: bool) -> anyhow::Result<()> {
     let answering = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("graviton-control".into())
@@ -284,7 +382,7 @@ pub fn serve(vol: Arc<Volume>) -> anyhow::Result<()> {
                     .name("graviton-control".into())
                     .spawn(move || {
                         let _slot = slot;
-                        answer(&vol, conn);
+                        answer(&vol, conn, others);
                     });
                 if spawned.is_err() {
                     tracing::warn!("control socket: no thread to answer a request");
@@ -352,8 +450,8 @@ fn read_request(conn: &UnixStream) -> anyhow::Result<Request> {
     serde_json::from_slice(&line).map_err(|e| anyhow::anyhow!("bad request: {e}"))
 }
 
-fn answer(vol: &Volume, conn: UnixStream) {
-    let peer = peer_uid(&conn);
+fn answer(vol: &Volume, conn: UnixStream, others: bool) {
+    let peer = peer(&conn);
     let request = read_request(&conn);
     let mut out = Unmarked(std::io::BufWriter::new(match conn.try_clone() {
         Ok(c) => c,
@@ -361,16 +459,18 @@ fn answer(vol: &Volume, conn: UnixStream) {
     }));
     let daemon_uid = nix::unistd::geteuid().as_raw();
     let result = request.and_then(|req| match peer {
-        Ok(uid) if allowed(uid, daemon_uid, &req) => {
-            tracing::info!(?req, uid, "control request");
-            execute(vol, &req, true, &mut out)
-        }
-        Ok(uid) => {
-            tracing::warn!(?req, uid, "control request refused");
-            Err(anyhow::anyhow!(
-                "permission denied: only root and the mount's own user may ask its daemon"
-            ))
-        }
+        Ok(peer) => match acting_as(&peer, daemon_uid, others, &req) {
+            Some(who) => {
+                tracing::info!(?req, uid = peer.uid, "control request");
+                execute(vol, &req, &who, true, &mut out)
+            }
+            None => {
+                tracing::warn!(?req, uid = peer.uid, "control request refused");
+                Err(anyhow::anyhow!(
+                    "permission denied: only root and the mount's own user may ask this; other users of a mount with allow_other may list, restore and purge their own trash and see the quotas that concern them"
+                ))
+            }
+        },
         Err(e) => Err(anyhow::anyhow!("cannot tell who is asking: {e}")),
     });
     let end = match result {
@@ -382,4 +482,45 @@ fn answer(vol: &Volume, conn: UnixStream) {
     let _ = out.write_all(end.as_bytes());
     let _ = out.write_all(b"\n");
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_users_make_only_their_own_requests_as_themselves() {
+        let user = Who {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![27],
+        };
+        let list = Request::Trash(TrashRequest::List { json: false });
+        let get = Request::Quota(QuotaRequest::Get {
+            target: QuotaTarget::Volume,
+            json: false,
+        });
+        let set = Request::Quota(QuotaRequest::Set {
+            target: QuotaTarget::User(1000),
+            bytes: 1,
+            inodes: 0,
+        });
+        assert_eq!(acting_as(&user, 0, true, &list), Some(user.clone()));
+        assert_eq!(acting_as(&user, 0, true, &get), Some(user.clone()));
+        for refused in [
+            set,
+            Request::Dump,
+            Request::Status,
+            Request::Settings { set: None },
+        ] {
+            assert_eq!(acting_as(&user, 0, true, &refused), None, "{refused:?}");
+            assert_eq!(
+                acting_as(&Who::root(), 0, false, &refused),
+                Some(Who::root())
+            );
+            assert_eq!(acting_as(&user, 1000, false, &refused), Some(Who::root()));
+        }
+        // a mount only its own user may use answers no one else
+        assert_eq!(acting_as(&user, 0, false, &list), None);
+    }
 }

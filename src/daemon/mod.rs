@@ -55,13 +55,15 @@ pub fn serve(
         .shared()
         .is_some()
         .then(|| crate::fuse::KernelCache::new(ttl));
+    let control_name = control::mount_socket_name();
     let adapter = GravitonFuse::new(
         fs.clone(),
         ttl,
         Some(vol.capacity_path.clone()),
         kernel.clone(),
     )
-    .with_write_cache(opts.write_cache);
+    .with_write_cache(opts.write_cache)
+    .with_control_socket(control_name.clone());
     let notifier = adapter.notifier_slot();
     let fsname = fsname(source);
     let mut session = Session::new(adapter, mountpoint, &fuse_config(&fsname, opts))
@@ -88,7 +90,7 @@ pub fn serve(
     let _ = vol.in_use.set(Box::new(move |ino| {
         weak.upgrade().is_some_and(|fs| fs.in_use(ino))
     }));
-    control::serve(vol.clone())?;
+    control::serve(vol.clone(), Some(&control_name), opts.allow_other)?;
     // the daemon is the one process of an embedded volume: it collects its garbage itself
     let gc_every = opts.gc_every.unwrap_or(match source {
         Source::Dir(_) => Some(crate::maint::gc::DEFAULT_EVERY),

@@ -1,8 +1,9 @@
 //! Requests made through the mount itself with ioctl(2), so that they carry the caller's
 //! identity as every FUSE request does (the daemon checks what it may do: `vfs::access`).
 //! The kernel passes an ioctl on a FUSE file or directory on only when its number encodes its
-//! argument's size and direction, so the argument has a fixed size: a version, the lengths of
-//! two paths from the volume's root, and the paths.
+//! argument's size and direction, so each argument has a fixed size. [`CLONE`]'s: a version,
+//! the lengths of two paths from the volume's root, and the paths. [`WHERE`]'s: the name of
+//! the mount's control socket (`daemon::control`), which the daemon writes.
 
 /// Bytes of the argument: a 16-byte header and up to [`PATHS_MAX`] bytes of paths.
 pub const ARG_BYTES: usize = 16 + PATHS_MAX;
@@ -12,6 +13,23 @@ const VERSION: u32 = 1;
 
 /// `graviton clone`: `_IOW('G', 0xC1, [u8; ARG_BYTES])`.
 pub const CLONE: u32 = (1 << 30) | ((ARG_BYTES as u32) << 16) | ((b'G' as u32) << 8) | 0xC1;
+
+/// Bytes of [`WHERE`]'s answer: the name, then NULs.
+pub const NAME_BYTES: usize = 64;
+
+/// `graviton trash|quota … MOUNTPATH`: `_IOR('G', 0xC2, [u8; NAME_BYTES])`, the abstract name
+/// of the mount's control socket.
+pub const WHERE: u32 = (2 << 30) | ((NAME_BYTES as u32) << 16) | ((b'G' as u32) << 8) | 0xC2;
+
+/// [`WHERE`]'s answer for the socket `name` (None: too long).
+pub fn encode_where(name: &str) -> Option<Vec<u8>> {
+    let mut out = name.as_bytes().to_vec();
+    if out.len() >= NAME_BYTES {
+        return None;
+    }
+    out.resize(NAME_BYTES, 0);
+    Some(out)
+}
 
 /// The argument of [`CLONE`]: source and destination paths from the volume's root.
 pub fn encode_clone(src: &[u8], dst: &[u8]) -> Option<Vec<u8>> {
@@ -65,5 +83,9 @@ mod tests {
         assert!(encode_clone(&[b'x'; PATHS_MAX], b"y").is_none());
         assert_eq!(CLONE >> 30, 1, "the kernel copies the argument in");
         assert_eq!((CLONE >> 16) & 0x3fff, ARG_BYTES as u32);
+        assert_eq!(WHERE >> 30, 2, "the kernel copies the answer out");
+        assert_eq!((WHERE >> 16) & 0x3fff, NAME_BYTES as u32);
+        assert_eq!(encode_where("graviton-1").unwrap().len(), NAME_BYTES);
+        assert!(encode_where(&"x".repeat(NAME_BYTES)).is_none());
     }
 }

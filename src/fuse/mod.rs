@@ -45,6 +45,8 @@ pub struct GravitonFuse {
     kernel: Option<Arc<KernelCache>>,
     /// The kernel buffers writes in its page cache (FUSE_WRITEBACK_CACHE); see `with_write_cache`.
     write_cache: bool,
+    /// The abstract name of the mount's control socket (`daemon::control`), if it has one.
+    control_socket: Option<String>,
     dirs: DirHandles,
     /// The session's channel for notifications to the kernel, once the session exists.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
@@ -63,6 +65,7 @@ impl GravitonFuse {
             capacity_path,
             kernel,
             write_cache: false,
+            control_socket: None,
             dirs: DirHandles::default(),
             notifier: Arc::default(),
         }
@@ -80,6 +83,12 @@ impl GravitonFuse {
     /// cached size and times, which another mount's changes would not update.
     pub fn with_write_cache(mut self, on: bool) -> Self {
         self.write_cache = on;
+        self
+    }
+
+    /// The name of the mount's control socket, told to `ioctl::WHERE`.
+    pub fn with_control_socket(mut self, name: String) -> Self {
+        self.control_socket = Some(name);
         self
     }
 
@@ -908,8 +917,9 @@ impl Filesystem for GravitonFuse {
             answer!(reply, copied, |(n, _)| reply.written(n as u32));
         });
     }
-    /// The mount's own requests (`ioctl.rs`): `graviton clone`. Run on the blocking pool (a
-    /// big tree takes a while); the new entry is then dropped from the kernel's caches.
+    /// The mount's own requests (`ioctl.rs`): where its control socket is (`graviton trash|quota
+    /// … MOUNTPATH`), and `graviton clone`, run on the blocking pool (a big tree takes a
+    /// while), after which the new entry is dropped from the kernel's caches.
     fn ioctl(
         &self,
         req: &Request,
@@ -922,6 +932,13 @@ impl Filesystem for GravitonFuse {
         reply: ReplyIoctl,
     ) {
         let op = op("ioctl");
+        if cmd == ioctl::WHERE {
+            match self.control_socket.as_deref().and_then(ioctl::encode_where) {
+                Some(answer) => reply.ioctl(0, &answer),
+                None => reply.error(failed(Errno::ENOTTY)),
+            }
+            return;
+        }
         if cmd != ioctl::CLONE {
             reply.error(failed(Errno::ENOTTY));
             return;

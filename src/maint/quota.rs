@@ -1,4 +1,7 @@
-//! `graviton quota set|get|list|remove` on an open volume (`vfs::quota` does the work).
+//! `graviton quota set|get|list|remove` on an open volume, as a caller (`vfs::quota` does the
+//! work). An ordinary user sees the volume's quota, its own user's and groups', and those of
+//! the directories it may reach (search permission on the way, as for `cd`); setting and
+//! removing quotas is root's.
 
 use std::io::Write;
 
@@ -6,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::daemon::control::{QuotaRequest, QuotaTarget};
 use crate::meta::{MetaStore, ROOT_INO, is_frozen};
+use crate::vfs::access::{self, Who};
 use crate::vfs::quota::{self, Key, Record, scan};
 use crate::vfs::tree;
 use crate::volume::Volume;
@@ -19,7 +23,11 @@ pub struct Shown {
     record: Record,
 }
 
-fn key_of(meta: &dyn MetaStore, target: &QuotaTarget) -> anyhow::Result<Key> {
+/// The quota `target` names; a directory as `who` reaches it.
+fn key_of(meta: &dyn MetaStore, target: &QuotaTarget, who: &Who) -> anyhow::Result<Key> {
+    if let QuotaTarget::Path(p) = target {
+        reachable(meta, p, who)?;
+    }
     Ok(match target {
         QuotaTarget::Volume => Key::Volume,
         QuotaTarget::User(u) => Key::User(*u),
@@ -37,6 +45,27 @@ fn key_of(meta: &dyn MetaStore, target: &QuotaTarget) -> anyhow::Result<Key> {
             }
         }
     })
+}
+
+/// Whether `who` may walk to directory `path` (from the volume's root).
+fn reachable(meta: &dyn MetaStore, path: &str, who: &Who) -> anyhow::Result<()> {
+    if who.is_root() {
+        return Ok(());
+    }
+    let parts = access::components(path.as_bytes())?;
+    access::walk(meta.read()?.as_mut(), who, &parts).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    Ok(())
+}
+
+/// Whether `who` may see quota `key`, shown as `of` (`describe`).
+fn visible(meta: &dyn MetaStore, key: Key, of: &str, who: &Who) -> bool {
+    match key {
+        _ if who.is_root() => true,
+        Key::Volume => true,
+        Key::User(u) => u == who.uid,
+        Key::Group(g) => who.in_group(g),
+        Key::Dir(_) => of.starts_with('/') && reachable(meta, of, who).is_ok(),
+    }
 }
 
 /// How a command shows what quota `key` limits.
@@ -78,14 +107,14 @@ impl Shown {
     }
 }
 
-/// Every quota of the volume.
-pub fn all(meta: &dyn MetaStore) -> anyhow::Result<Vec<Shown>> {
+/// Every quota of the volume `who` may see (`visible`).
+pub fn all(meta: &dyn MetaStore, who: &Who) -> anyhow::Result<Vec<Shown>> {
     let mut all = Vec::new();
     for (key, record) in scan::list(meta)? {
-        all.push(Shown {
-            of: describe(meta, key)?,
-            record,
-        });
+        let of = describe(meta, key)?;
+        if visible(meta, key, &of, who) {
+            all.push(Shown { of, record });
+        }
     }
     Ok(all)
 }
@@ -101,31 +130,38 @@ fn show(out: &mut dyn Write, all: &[Shown], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(vol: &Volume, req: &QuotaRequest, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn run(vol: &Volume, req: &QuotaRequest, who: &Who, out: &mut dyn Write) -> anyhow::Result<()> {
     let meta = vol.meta.as_ref();
+    if let QuotaRequest::Set { .. } | QuotaRequest::Remove { .. } = req {
+        anyhow::ensure!(who.is_root(), "permission denied: only root sets quotas");
+    }
     match req {
         QuotaRequest::Set {
             target,
             bytes,
             inodes,
         } => {
-            let key = key_of(meta, target)?;
+            let key = key_of(meta, target, who)?;
             scan::set(meta, key, *bytes, *inodes)?;
             let record = quota::record(meta.read()?.as_mut(), key)?.unwrap_or_default();
             let of = describe(meta, key)?;
             show(out, &[Shown { of, record }], false)?;
         }
         QuotaRequest::Get { target, json } => {
-            let key = key_of(meta, target)?;
+            let key = key_of(meta, target, who)?;
             let of = describe(meta, key)?;
+            anyhow::ensure!(
+                visible(meta, key, &of, who),
+                "permission denied: the quota of {of} is not yours to see"
+            );
             let Some(record) = quota::record(meta.read()?.as_mut(), key)? else {
                 anyhow::bail!("{of} has no quota");
             };
             show(out, &[Shown { of, record }], *json)?;
         }
-        QuotaRequest::List { json } => show(out, &all(meta)?, *json)?,
+        QuotaRequest::List { json } => show(out, &all(meta, who)?, *json)?,
         QuotaRequest::Remove { target } => {
-            let key = key_of(meta, target)?;
+            let key = key_of(meta, target, who)?;
             let of = describe(meta, key)?;
             anyhow::ensure!(scan::remove(meta, key)?, "{of} has no quota");
             writeln!(out, "removed the quota of {of}")?;

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{SessionRecord, Usage};
+use crate::vfs::access::Who;
 use crate::volume::{StackDescription, Volume, VolumeSettings};
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -67,13 +68,13 @@ pub fn collect(vol: &Volume) -> anyhow::Result<Status> {
             ubytes += k.size as u64;
         }
     }
-    let trash = crate::vfs::tree::trash::list(vol.meta.as_ref())?;
+    let trash = crate::vfs::tree::trash::list(vol.meta.as_ref(), &Who::root())?;
     let snapshots = crate::vfs::tree::snapshot::list(vol.meta.as_ref())?;
     Ok(Status {
         snapshots: snapshots.into_iter().map(|s| s.name).collect(),
         trash_entries: trash.len() as u64,
         trash_bytes: trash.iter().map(|e| e.size).sum(),
-        quotas: super::quota::all(vol.meta.as_ref())?,
+        quotas: super::quota::all(vol.meta.as_ref(), &Who::root())?,
         volume: vol.source.display(),
         engine: vol.meta.engine().to_string(),
         block_store: format!("{} ({})", vol.store.backend(), vol.capacity_path.display()),

@@ -1,16 +1,18 @@
-//! `graviton trash list|restore|purge` on an open volume (`tree::trash` does the work).
+//! `graviton trash list|restore|purge` on an open volume, as a caller (`tree::trash` does the
+//! work): an ordinary user's request sees and touches only what that user owns.
 
 use std::io::Write;
 
 use crate::daemon::control::TrashRequest;
+use crate::vfs::access::Who;
 use crate::vfs::tree::trash;
 use crate::volume::Volume;
 
-pub fn run(vol: &Volume, req: &TrashRequest, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn run(vol: &Volume, req: &TrashRequest, who: &Who, out: &mut dyn Write) -> anyhow::Result<()> {
     let meta = vol.meta.as_ref();
     match req {
         TrashRequest::List { json } => {
-            let all = trash::list(meta)?;
+            let all = trash::list(meta, who)?;
             if *json {
                 serde_json::to_writer(&mut *out, &all)?;
                 writeln!(out)?;
@@ -21,7 +23,7 @@ pub fn run(vol: &Volume, req: &TrashRequest, out: &mut dyn Write) -> anyhow::Res
             }
         }
         TrashRequest::Restore { names } => {
-            let r = trash::restore(meta, names)?;
+            let r = trash::restore(meta, names, who)?;
             for s in &r.skipped {
                 writeln!(out, "left in the trash: {s}")?;
             }
@@ -34,7 +36,7 @@ pub fn run(vol: &Volume, req: &TrashRequest, out: &mut dyn Write) -> anyhow::Res
         }
         TrashRequest::Purge { names } => {
             let in_use = |ino| vol.in_use.get().is_some_and(|f| f(ino));
-            let n = trash::purge(meta, names, &in_use)?;
+            let n = trash::purge(meta, names, &in_use, who)?;
             writeln!(
                 out,
                 "purged: {n} inodes deleted; `graviton gc` frees the blocks only they referenced"

@@ -1,9 +1,12 @@
 //! Permission checks the daemon makes itself. The kernel checks every ordinary operation
 //! (`default_permissions`), but a clone names its source and destination by path in one
-//! request (an ioctl on the mount), so walking those paths and checking each step as the
-//! caller is the daemon's work, done here as the kernel would do it.
+//! request (an ioctl on the mount), and an ordinary user's trash and quota requests come
+//! through the mount's control socket (`daemon::control`), so walking those paths and
+//! checking each step as the caller is the daemon's work, done here as the kernel would do it.
 
-use crate::meta::{FileKind, Inode};
+use super::namespace::check_name;
+use super::{FsError, FsResult};
+use crate::meta::{FileKind, Ino, Inode, MetaRead, ROOT_INO};
 
 /// Read, write and search (execute) permission, as the bits of `access(2)`.
 pub const READ: u16 = 4;
@@ -62,6 +65,53 @@ impl Who {
         };
         bits & 7 & mask == mask
     }
+}
+
+/// Directories above one another, at most (a path walked further is refused).
+pub const MAX_DEPTH: usize = 4096;
+
+/// A path from the volume's root, as components; `.` and `..` are refused (the client sends
+/// canonical paths).
+pub fn components(path: &[u8]) -> FsResult<Vec<&[u8]>> {
+    let parts: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    for p in &parts {
+        if *p == b"." || *p == b".." {
+            return Err(FsError::Invalid);
+        }
+        check_name(p)?;
+    }
+    Ok(parts)
+}
+
+/// The directory `parts` names, walked from the root as `who`: every directory on the way
+/// must be searchable by it, and no component may be a symlink.
+pub fn walk(view: &mut dyn MetaRead, who: &Who, parts: &[&[u8]]) -> FsResult<Ino> {
+    let mut dir = ROOT_INO;
+    for part in parts {
+        let inode = view.inode(dir)?.ok_or(FsError::NotFound)?;
+        if inode.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !who.may(&inode, EXEC) {
+            return Err(FsError::Denied);
+        }
+        let entry = view.dirent(dir, part)?.ok_or(FsError::NotFound)?;
+        if entry.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        dir = entry.ino;
+    }
+    let inode = view.inode(dir)?.ok_or(FsError::NotFound)?;
+    if inode.kind != FileKind::Dir {
+        return Err(FsError::NotDir);
+    }
+    if !who.may(&inode, EXEC) {
+        return Err(FsError::Denied);
+    }
+    Ok(dir)
 }
 
 /// The supplementary groups of process `pid` (none when it is gone).

@@ -3,58 +3,10 @@
 //! paths are walked and checked here as the kernel would for the caller; the copy itself is
 //! `tree::copy`'s, and appears at its destination in one transaction.
 
-use super::access::{EXEC, WRITE, Who};
-use super::namespace::check_name;
+use super::access::{EXEC, MAX_DEPTH, WRITE, Who, components, walk};
 use super::{Fs, FsError, FsResult};
-use crate::meta::{FileKind, Ino, MetaRead, ROOT_INO, is_frozen};
+use crate::meta::{Ino, ROOT_INO, is_frozen};
 use crate::vfs::tree::copy::{Copied, Plan, copy_detached, link};
-
-/// Directories above one another, at most (a path walked further is refused).
-const MAX_DEPTH: usize = 4096;
-
-/// A path from the volume's root, as components; `.` and `..` are refused (the client sends
-/// canonical paths).
-fn components(path: &[u8]) -> FsResult<Vec<&[u8]>> {
-    let parts: Vec<&[u8]> = path
-        .split(|&b| b == b'/')
-        .filter(|p| !p.is_empty())
-        .collect();
-    for p in &parts {
-        if *p == b"." || *p == b".." {
-            return Err(FsError::Invalid);
-        }
-        check_name(p)?;
-    }
-    Ok(parts)
-}
-
-/// The directory `parts` names, walked from the root as `who`: every directory on the way
-/// must be searchable by it, and no component may be a symlink.
-fn walk(view: &mut dyn MetaRead, who: &Who, parts: &[&[u8]]) -> FsResult<Ino> {
-    let mut dir = ROOT_INO;
-    for part in parts {
-        let inode = view.inode(dir)?.ok_or(FsError::NotFound)?;
-        if inode.kind != FileKind::Dir {
-            return Err(FsError::NotDir);
-        }
-        if !who.may(&inode, EXEC) {
-            return Err(FsError::Denied);
-        }
-        let entry = view.dirent(dir, part)?.ok_or(FsError::NotFound)?;
-        if entry.kind != FileKind::Dir {
-            return Err(FsError::NotDir);
-        }
-        dir = entry.ino;
-    }
-    let inode = view.inode(dir)?.ok_or(FsError::NotFound)?;
-    if inode.kind != FileKind::Dir {
-        return Err(FsError::NotDir);
-    }
-    if !who.may(&inode, EXEC) {
-        return Err(FsError::Denied);
-    }
-    Ok(dir)
-}
 
 impl Fs {
     /// Copies `src` to `dst` (paths from the volume's root) as `who`, as metadata only. The

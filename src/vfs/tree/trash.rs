@@ -5,7 +5,8 @@
 //! `trusted.graviton.origin` (`<directory inode>/<name>`). The folder and its hour folders are
 //! frozen (read-only to the mounts, left out of the root's listing); the entries are not, so a
 //! file still open keeps working. `graviton trash` lists, restores and purges; the mounts
-//! remove entries older than the setting (`expire`). A trashed inode is marked by its `parent`
+//! remove entries older than the setting (`expire`). Each user sees, restores and purges the
+//! entries it owns; root all of them. A trashed inode is marked by its `parent`
 //! being an hour folder, and shows no links to the applications that still hold it.
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -15,6 +16,7 @@ use crate::meta::{
     DirEntry, FROZEN, FileKind, Ino, Inode, MetaRead, MetaResult, MetaStore, MetaTxn, ROOT_INO,
     Timestamp, is_frozen,
 };
+use crate::vfs::access::{EXEC, WRITE, Who};
 use crate::vfs::{FsError, FsResult, run_txn};
 
 pub const DAYS_SETTING: &str = "trash_days";
@@ -159,6 +161,8 @@ pub struct Entry {
     pub size: u64,
     /// Unix seconds of the removal.
     pub removed: i64,
+    /// Its owner: only root and the owner see, restore and purge an entry.
+    pub uid: u32,
     /// The path it had, when its directory still has one (or is in the trash itself).
     pub origin: String,
 }
@@ -263,8 +267,13 @@ pub(crate) fn path_of(view: &mut dyn MetaRead, dir: Ino, depth: usize) -> FsResu
     )
 }
 
-/// What the trash holds, oldest hour first.
-pub fn list(meta: &dyn MetaStore) -> anyhow::Result<Vec<Entry>> {
+/// Whether `who` may see, restore and purge the trashed `inode`: root, and its owner.
+fn owns(who: &Who, inode: &Inode) -> bool {
+    who.is_root() || inode.uid == who.uid
+}
+
+/// What the trash holds that `who` owns (root: everything), oldest hour first.
+pub fn list(meta: &dyn MetaStore, who: &Who) -> anyhow::Result<Vec<Entry>> {
     let Some(folder) = folder(meta)? else {
         return Ok(Vec::new());
     };
@@ -272,7 +281,7 @@ pub fn list(meta: &dyn MetaStore) -> anyhow::Result<Vec<Entry>> {
     let mut view = meta.read()?;
     let mut out = Vec::new();
     for r in raw {
-        let Some(inode) = view.inode(r.entry.ino)? else {
+        let Some(inode) = view.inode(r.entry.ino)?.filter(|i| owns(who, i)) else {
             continue;
         };
         let origin = match origin(view.as_mut(), inode.ino)? {
@@ -291,6 +300,7 @@ pub fn list(meta: &dyn MetaStore) -> anyhow::Result<Vec<Entry>> {
             kind: format!("{:?}", inode.kind).to_lowercase(),
             size: inode.size,
             removed: inode.ctime.secs,
+            uid: inode.uid,
             origin,
         });
     }
@@ -313,10 +323,11 @@ pub struct Restored {
     pub skipped: Vec<String>,
 }
 
-/// Puts entries back where they were (`names`: hour folders or `hour/entry`; none: all). A
-/// directory in the trash comes back before what was in it; an entry whose name is taken
-/// again, or whose directory is gone, stays in the trash and is reported.
-pub fn restore(meta: &dyn MetaStore, names: &[String]) -> anyhow::Result<Restored> {
+/// Puts entries back where they were (`names`: hour folders or `hour/entry`; none: all), of
+/// those `who` owns (root: all). A directory in the trash comes back before what was in it;
+/// an entry whose name is taken again, whose directory is gone, or whose directory `who` may
+/// not write, stays in the trash and is reported.
+pub fn restore(meta: &dyn MetaStore, names: &[String], who: &Who) -> anyhow::Result<Restored> {
     let Some(folder) = folder(meta)? else {
         return Ok(Restored::default());
     };
@@ -328,6 +339,9 @@ pub fn restore(meta: &dyn MetaStore, names: &[String]) -> anyhow::Result<Restore
         .collect();
     let mut report = Restored::default();
     for r in raw.iter().filter(|r| picked(r, names)) {
+        if !meta.read_inode(r.entry.ino)?.is_some_and(|i| owns(who, &i)) {
+            continue;
+        }
         let mut chain = vec![r.entry.ino];
         // directories in the trash above it, nearest first
         loop {
@@ -342,7 +356,7 @@ pub fn restore(meta: &dyn MetaStore, names: &[String]) -> anyhow::Result<Restore
             let Some((hour, entry)) = place.get(&ino) else {
                 continue;
             };
-            match put_back(meta, *hour, entry, ino)? {
+            match put_back(meta, *hour, entry, ino, who)? {
                 Back::Done => report.restored += 1,
                 Back::Already => {}
                 Back::Skipped(why) => {
@@ -365,8 +379,8 @@ enum Back {
     Skipped(&'static str),
 }
 
-/// Moves one trashed inode from `hour/entry` back to its origin, in one transaction.
-fn put_back(meta: &dyn MetaStore, hour: Ino, entry: &[u8], ino: Ino) -> FsResult<Back> {
+/// Moves one trashed inode from `hour/entry` back to its origin as `who`, in one transaction.
+fn put_back(meta: &dyn MetaStore, hour: Ino, entry: &[u8], ino: Ino, who: &Who) -> FsResult<Back> {
     run_txn(meta, |tx| {
         let now = Timestamp::now();
         match tx.dirent(hour, entry)? {
@@ -376,6 +390,9 @@ fn put_back(meta: &dyn MetaStore, hour: Ino, entry: &[u8], ino: Ino) -> FsResult
         let Some(mut inode) = tx.inode(ino)? else {
             return Ok(Back::Already);
         };
+        if !owns(who, &inode) {
+            return Ok(Back::Skipped("it is not yours"));
+        }
         let Some((dir, name)) = origin(tx, ino)? else {
             return Ok(Back::Skipped("where it came from is not recorded"));
         };
@@ -386,6 +403,9 @@ fn put_back(meta: &dyn MetaStore, hour: Ino, entry: &[u8], ino: Ino) -> FsResult
         };
         if taken.is_some() {
             return Ok(Back::Skipped("its name is in use again"));
+        }
+        if !who.may(&dir_inode, WRITE | EXEC) {
+            return Ok(Back::Skipped("you may not write its directory"));
         }
         // its directory may have moved into it meanwhile (another mount renamed it there)
         let mut up = dir;
@@ -471,14 +491,18 @@ fn drop_entry(meta: &dyn MetaStore, hour: Ino, entry: &[u8], e: DirEntry) -> FsR
     })
 }
 
-/// Deletes the picked entries (`names` as for `restore`; none: all) for good, with the hour
-/// folders left empty; the number of inodes deleted. gc then frees their blocks.
+/// Deletes the picked entries (`names` as for `restore`; none: all) that `who` owns (root:
+/// all) for good, with the hour folders left empty; the number of inodes deleted. gc then
+/// frees their blocks.
 pub fn purge(
     meta: &dyn MetaStore,
     names: &[String],
     in_use: &dyn Fn(Ino) -> bool,
+    who: &Who,
 ) -> anyhow::Result<u64> {
-    remove_where(meta, in_use, |r, _| picked(r, names))
+    remove_where(meta, in_use, |r, inode| {
+        picked(r, names) && inode.is_some_and(|i| owns(who, i))
+    })
 }
 
 /// Deletes the entries removed more than the volume's `trash_days` ago, with the hour folders
