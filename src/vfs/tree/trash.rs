@@ -32,7 +32,9 @@ pub struct Bin {
 }
 
 /// Whether this mount has an inode open: the trash keeps such an entry past its time (a
-/// program may keep writing a log it removed). Mounts on other machines are not asked.
+/// program may keep writing a log it removed). Mounts on other machines are not asked: the
+/// database keeps an inode another mount holds as an orphan (`meta::pg::holds`), so a program
+/// there goes on with its file once the entry is gone, as after an unlink.
 pub type InUse = dyn Fn(Ino) -> bool + Send + Sync;
 
 /// Whether `inode` is in the trash (its parent is an hour folder).
