@@ -470,6 +470,24 @@ fn ordinary_users_manage_their_own_trash_and_see_their_quotas_through_the_mount(
     );
     assert_eq!(all.lines().count(), 2, "root's entries stay: {all}");
 
+    // nor into one it may no longer reach
+    std::fs::create_dir_all(m.path("walled/inner")).unwrap();
+    std::fs::set_permissions(
+        m.path("walled/inner"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let inner = m.path("walled/inner/x").display().to_string();
+    sh(&format!("echo x > {inner} && rm {inner}"));
+    std::fs::set_permissions(m.path("walled"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = nobody(&["trash", "restore"]);
+    let why = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && why.contains("you may not reach its directory"),
+        "{why}"
+    );
+    ok(nobody(&["trash", "purge"]), "nobody's purge");
+
     // quotas: the volume's, its own, and those of directories it may reach
     for target in [
         &["--volume"][..],
@@ -485,8 +503,8 @@ fn ordinary_users_manage_their_own_trash_and_see_their_quotas_through_the_mount(
     }
     let list = ok(nobody(&["quota", "list"]), "nobody's quota list");
     let shown: Vec<&str> = list.lines().filter_map(|l| l.split('\t').next()).collect();
-    assert_eq!(shown.len(), 3, "{list}");
-    for of in ["volume", "user:65534", "/shared"] {
+    assert_eq!(shown.len(), 4, "{list}");
+    for of in ["volume", "user:65534", "/shared", "trash"] {
         assert!(shown.contains(&of), "{of} missing: {list}");
     }
     ok(
@@ -509,12 +527,18 @@ fn ordinary_users_manage_their_own_trash_and_see_their_quotas_through_the_mount(
             "{refused:?}: {err}"
         );
     }
-    // root, through the mount, is root
+    // root, through the mount, is root for trash and quota queries, and for nothing else
     let list = ok(
         as_root_on_mount(mnt, &["quota", "list"]),
         "root's quota list",
     );
-    assert_eq!(list.lines().count(), 5, "{list}");
+    assert_eq!(list.lines().count(), 6, "{list}");
+    let out = as_root_on_mount(mnt, &["settings"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("only trash and quota queries"),
+        "{err}"
+    );
 }
 
 /// `graviton ARGS MOUNTPATH` as root.

@@ -202,9 +202,10 @@ fn a_user_quota_follows_chown_and_df_shows_the_volume_capacity() {
     );
     assert!(list.contains("volume\tbytes "), "{list}");
     let status = m.status_json();
+    // the volume's and the user's, and the trash's count that comes with the volume's
     assert_eq!(
         status["quotas"].as_array().map(Vec::len),
-        Some(2),
+        Some(3),
         "{status}"
     );
     quota(&m, &["remove", "--user", "65534"]);
@@ -220,17 +221,55 @@ fn trash_counts_against_the_volume_but_not_the_directory() {
     quota(&m, &["set", "--volume", "--bytes", "1g"]);
     std::fs::write(m.path("d/f"), vec![3u8; 3 * MIB as usize]).unwrap();
     assert_eq!(usage(&m, &["--path", "/d"]), (3 * MIB, 1));
+    let used_and_avail = || {
+        let st = nix::sys::statvfs::statvfs(&m.mnt).unwrap();
+        assert_eq!(st.blocks() * st.fragment_size(), 1 << 30);
+        (
+            (st.blocks() - st.blocks_free()) * st.fragment_size(),
+            st.blocks_available() * st.fragment_size(),
+        )
+    };
+    assert_eq!(used_and_avail(), (3 * MIB, (1 << 30) - 3 * MIB));
     std::fs::remove_file(m.path("d/f")).unwrap();
     assert_eq!(usage(&m, &["--path", "/d"]), (0, 0));
     // the root, d and the file (the trash's own folders count nothing)
     assert_eq!(usage(&m, &["--volume"]), (3 * MIB, 3));
+    // the trash is counted apart: df leaves it out of Used, and it is not available
+    assert_eq!(trash_usage(&m), (3 * MIB, 1));
+    assert_eq!(used_and_avail(), (0, (1 << 30) - 3 * MIB));
     ok(
         m.graviton(&["trash", "restore", &m.source]),
         "trash restore",
     );
     assert_eq!(usage(&m, &["--path", "/d"]), (3 * MIB, 1));
-    ok(m.graviton(&["trash", "purge", &m.source]), "trash purge");
+    assert_eq!(trash_usage(&m), (0, 0));
+    assert_eq!(used_and_avail(), (3 * MIB, (1 << 30) - 3 * MIB));
+    std::fs::remove_file(m.path("d/f")).unwrap();
     fsck_clean(&m);
+    ok(m.graviton(&["trash", "purge", &m.source]), "trash purge");
+    assert_eq!(trash_usage(&m), (0, 0));
+    assert_eq!(usage(&m, &["--volume"]), (0, 2));
+    assert_eq!(used_and_avail(), (0, 1 << 30));
+    fsck_clean(&m);
+    quota(&m, &["remove", "--volume"]);
+    let list = quota(&m, &["list"]);
+    assert!(
+        !list.contains("trash"),
+        "the trash's count goes with the volume's quota: {list}"
+    );
+}
+
+/// The trash's (bytes, inodes), from `graviton quota list --json`.
+fn trash_usage(m: &Mounted) -> (u64, u64) {
+    let out = quota(m, &["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("quota json");
+    let t = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["of"] == "trash")
+        .unwrap_or_else(|| panic!("no trash count: {out}"));
+    (t["bytes"].as_u64().unwrap(), t["inodes"].as_u64().unwrap())
 }
 
 #[test]

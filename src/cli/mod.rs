@@ -96,24 +96,32 @@ pub fn default_volume() -> anyhow::Result<PathBuf> {
 }
 
 /// `run` on the volume a command line names (or the default volume), output to stdout.
-/// SOURCE may also be a directory on a mounted volume (any user may name one): the request
-/// then goes to that mount's daemon, which runs it with the caller's permissions.
+/// For trash and quota queries SOURCE may also be a directory on a mounted volume (any user
+/// may name one): the request then goes to that mount's daemon, which runs it with the
+/// caller's identity (`daemon::mount_socket`).
 fn run_named(source: Option<String>, req: &Request) -> anyhow::Result<()> {
     let out = &mut std::io::stdout().lock();
-    if let Some(name) = source.as_deref().and_then(mount_named) {
-        return crate::daemon::control::run_on_mount(&name, req, out);
+    if let Some(path) = &source
+        && let Some((dir, name)) = mount_named(path)
+    {
+        anyhow::ensure!(
+            crate::daemon::control::for_users(req),
+            "permission denied: {path} is on a mount, through which only trash and quota queries go; `{}` takes the volume (its folder or URL)",
+            req.kind()
+        );
+        return crate::daemon::mount_socket::run(&dir, &name, req, out);
     }
     let source = source_or_default(source)?;
     crate::daemon::control::run(&source, req, out)
 }
 
-/// The control socket of the mount `source` names, when it names a path on a Graviton mount
-/// rather than a volume.
-fn mount_named(source: &str) -> Option<String> {
+/// An open directory of the mount `source` names, and its socket, when `source` is a path on
+/// a Graviton mount rather than a volume.
+fn mount_named(source: &str) -> Option<(std::fs::File, String)> {
     let path = std::path::Path::new(source);
     match Source::parse(source) {
         Source::Dir(_) if !crate::volume::Volume::is_formatted(path) && path.exists() => {
-            crate::daemon::control::mount_socket(path)
+            crate::daemon::mount_socket::find(path)
         }
         _ => None,
     }

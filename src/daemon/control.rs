@@ -10,14 +10,11 @@
 //! Access: the socket is created 0600 in the daemon's private state folder, and every request
 //! is checked against the caller's credentials (`SO_PEERCRED`, `SO_PEERGROUPS`): root and the
 //! daemon's own user may ask anything (a dump holds every name and xattr; gc and scrub delete
-//! and rewrite). A mount also answers on a second socket that any local user may reach: an
-//! abstract one (no file), under a random name the mount itself tells (`fuse::ioctl::WHERE`:
-//! only the daemon serving the mount answers it, so no one can stand in for it), which
-//! `graviton trash|quota … MOUNTPATH` use. There an ordinary user may list, restore and purge
-//! the trash entries it owns and see the quotas that concern it ([`for_users`]), with its
-//! own permissions; anything else is refused.
+//! and rewrite). A mount also answers on a socket of its own that any local user of it may
+//! reach (`mount_socket`): trash and quota queries ([`for_users`]), with the caller's identity.
 //! A request line is at most [`MAX_REQUEST`] bytes and must arrive within [`REQUEST_TIMEOUT`];
-//! each socket answers at most [`MAX_CONNECTIONS`] at once.
+//! each socket answers at most [`MAX_CONNECTIONS`] at once, and an answer the client does not
+//! read within [`WRITE_TIMEOUT`] is dropped.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -27,6 +24,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::mount_socket::MountDoor;
 use crate::vfs::access::Who;
 use crate::volume::{Source, Volume};
 
@@ -114,6 +112,25 @@ pub const MAX_REQUEST: u64 = 64 << 10;
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Connections answered at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 16;
+/// How long an answer waits for its client to read it.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Request {
+    /// The command's name, for logs (a request's arguments may name files).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Fsck { .. } => "fsck",
+            Request::Gc { .. } => "gc",
+            Request::Scrub { .. } => "scrub",
+            Request::Dump => "dump",
+            Request::Snapshot(_) => "snapshot",
+            Request::Trash(_) => "trash",
+            Request::Quota(_) => "quota",
+            Request::Settings { .. } => "settings",
+        }
+    }
+}
 
 /// The requests an ordinary user may make, each run with that user's identity: its own trash
 /// entries, and the quotas that concern it.
@@ -122,19 +139,6 @@ pub fn for_users(req: &Request) -> bool {
         req,
         Request::Trash(_) | Request::Quota(QuotaRequest::Get { .. } | QuotaRequest::List { .. })
     )
-}
-
-/// Who `req` runs as, asked by `peer` of a daemon running as `daemon_uid`: root and the
-/// daemon's user act as root over the volume; another user, when `others` may use the mount
-/// (`allow_other`), makes only the requests [`for_users`] allows, as itself. None: refused.
-pub fn acting_as(peer: &Who, daemon_uid: u32, others: bool, req: &Request) -> Option<Who> {
-    if peer.uid == 0 || peer.uid == daemon_uid {
-        Some(Who::root())
-    } else if others && for_users(req) {
-        Some(peer.clone())
-    } else {
-        None
-    }
 }
 
 /// One `getsockopt(SOL_SOCKET, opt)` into `buf`; the bytes written.
@@ -166,9 +170,9 @@ fn peer(conn: &UnixStream) -> std::io::Result<Who> {
         gid: 0,
     }];
     sockopt(conn, libc::SO_PEERCRED, &mut cred)?;
-    // at most NGROUPS_MAX groups
+    // at most NGROUPS_MAX groups; none when the kernel cannot say (fewer permissions, never more)
     let mut groups: Vec<libc::gid_t> = vec![0; 65536];
-    let n = sockopt(conn, libc::SO_PEERGROUPS, &mut groups)? / size_of::<libc::gid_t>();
+    let n = sockopt(conn, libc::SO_PEERGROUPS, &mut groups).unwrap_or(0) / size_of::<libc::gid_t>();
     groups.truncate(n);
     Ok(Who {
         uid: cred[0].uid,
@@ -254,52 +258,6 @@ pub fn run(source: &Source, req: &Request, out: &mut dyn Write) -> anyhow::Resul
     execute(&vol, req, &Who::root(), false, out)
 }
 
-/// The name of a mount's second control socket, open to every local user: abstract (no file
-/// to leave behind or to protect) and random, so no one can bind it first.
-pub fn mount_socket_name() -> String {
-    format!("graviton-{:032x}", rand::random::<u128>())
-}
-
-fn abstract_addr(name: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
-    use std::os::linux::net::SocketAddrExt;
-    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-}
-
-/// The control socket of the Graviton mount holding `path` (a file or directory on it),
-/// asked of the mount itself; None when `path` is not on a Graviton mount.
-pub fn mount_socket(path: &Path) -> Option<String> {
-    use std::os::fd::AsRawFd;
-    let dir = match path.is_dir() {
-        true => path,
-        false => path.parent()?,
-    };
-    let dir = std::fs::File::open(dir).ok()?;
-    let mut name = [0u8; crate::fuse::ioctl::NAME_BYTES];
-    // SAFETY: the kernel writes at most NAME_BYTES into `name`, as the request number says.
-    let rc = unsafe {
-        libc::ioctl(
-            dir.as_raw_fd(),
-            crate::fuse::ioctl::WHERE as _,
-            name.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    String::from_utf8(name[..end].to_vec())
-        .ok()
-        .filter(|n| n.starts_with("graviton-"))
-}
-
-/// Runs `req` through the mount's control socket named `name` (`mount_socket`), as the user
-/// running this process.
-pub fn run_on_mount(name: &str, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
-    let conn = UnixStream::connect_addr(&abstract_addr(name)?)
-        .context("the mount's daemon does not answer")?;
-    ask(conn, req, out)
-}
-
 /// A mount daemon of `source` on this machine that answers on its control socket. An embedded
 /// volume has at most one (RocksDB is locked while mounted). A PostgreSQL volume may have one
 /// per mountpoint, each with a state folder of its own under the volume's; a `-o writeback`
@@ -320,6 +278,11 @@ fn live_daemon(source: &Source) -> Option<UnixStream> {
 fn ask(mut conn: UnixStream, req: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
     serde_json::to_writer(&mut conn, req)?;
     conn.write_all(b"\n")?;
+    read_answer(conn, out)
+}
+
+/// Copies a command's output to `out` up to its last line, which says how it ended.
+pub(super) fn read_answer(conn: UnixStream, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut reader = BufReader::new(conn);
     let mut line = Vec::new();
     loop {
@@ -339,11 +302,16 @@ fn ask(mut conn: UnixStream, req: &Request, out: &mut dyn Write) -> anyhow::Resu
     }
 }
 
-/// Serves requests on the daemon's socket, and on the mount's socket named `mount_socket`
-/// (`mount_socket_name`) when given, each connection on a thread of its own (a long fsck
-/// does not hold up a status). `others`: users other than root and the daemon's may use the
-/// mount (`allow_other`), so they may make the requests [`for_users`] allows.
-pub fn serve(vol: Arc<Volume>, mount_socket: Option<&str>, others: bool) -> anyhow::Result<()> {
+/// Which socket a request came in on, and so what it may ask.
+enum Door {
+    /// The daemon's own: root and its user, anything.
+    Private,
+    Mount(MountDoor),
+}
+
+/// Serves requests on the daemon's socket, and on the mount's own (`mount_socket`) when
+/// given, each connection on a thread of its own (a long fsck does not hold up a status).
+pub fn serve(vol: Arc<Volume>, mount: Option<MountDoor>) -> anyhow::Result<()> {
     let path = socket(&vol.state_dir);
     let _ = std::fs::remove_file(&path);
     let listener =
@@ -353,17 +321,16 @@ pub fn serve(vol: Arc<Volume>, mount_socket: Option<&str>, others: bool) -> anyh
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting {}", path.display()))?;
     }
-    accept(listener, vol.clone(), others)?;
-    if let Some(name) = mount_socket {
-        let listener = UnixListener::bind_addr(&abstract_addr(name)?)
-            .context("binding the mount's control socket")?;
-        accept(listener, vol, others)?;
+    accept(listener, vol.clone(), Door::Private)?;
+    if let Some(door) = mount {
+        accept(door.bind()?, vol, Door::Mount(door))?;
     }
     Ok(())
 }
 
 /// Answers the connections of `listener`, at most `MAX_CONNECTIONS` at once.
-fn accept(listener: UnixListener, vol: Arc<Volume>, others: bool) -> anyhow::Result<()> {
+fn accept(listener: UnixListener, vol: Arc<Volume>, door: Door) -> anyhow::Result<()> {
+    let door = Arc::new(door);
     let answering = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("graviton-control".into())
@@ -377,12 +344,12 @@ fn accept(listener: UnixListener, vol: Arc<Volume>, others: bool) -> anyhow::Res
                 }
                 // the slot comes back however the answer ends (a panic, a failed spawn)
                 let slot = Slot(answering.clone());
-                let vol = vol.clone();
+                let (vol, door) = (vol.clone(), door.clone());
                 let spawned = std::thread::Builder::new()
                     .name("graviton-control".into())
                     .spawn(move || {
                         let _slot = slot;
-                        answer(&vol, conn, others);
+                        answer(&vol, conn, &door);
                     });
                 if spawned.is_err() {
                     tracing::warn!("control socket: no thread to answer a request");
@@ -423,11 +390,11 @@ impl<W: Write> Write for Unmarked<W> {
     }
 }
 
-/// Reads the request line: at most `MAX_REQUEST` bytes, within `REQUEST_TIMEOUT`.
-fn read_request(conn: &UnixStream) -> anyhow::Result<Request> {
+/// Reads the request line, which starts with `line`: at most `MAX_REQUEST` bytes, within
+/// `REQUEST_TIMEOUT`.
+fn read_request(conn: &UnixStream, mut line: Vec<u8>) -> anyhow::Result<Request> {
     use std::io::Read;
     let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
-    let mut line = Vec::new();
     let mut chunk = [0u8; 4096];
     let mut conn = conn.try_clone()?;
     while !line.contains(&b'\n') && (line.len() as u64) < MAX_REQUEST {
@@ -450,28 +417,62 @@ fn read_request(conn: &UnixStream) -> anyhow::Result<Request> {
     serde_json::from_slice(&line).map_err(|e| anyhow::anyhow!("bad request: {e}"))
 }
 
-fn answer(vol: &Volume, conn: UnixStream, others: bool) {
+fn answer(vol: &Volume, conn: UnixStream, door: &Door) {
     let peer = peer(&conn);
-    let request = read_request(&conn);
+    let _ = conn.set_write_timeout(Some(WRITE_TIMEOUT));
+    let _admitted = match (door, &peer) {
+        (Door::Mount(m), Ok(p)) => match m.admit(p.uid) {
+            Some(a) => Some(a),
+            // this user has enough answered already: closed without a word
+            None => return,
+        },
+        _ => None,
+    };
+    // a request through a mount brings an open directory of it (`mount_socket`)
+    let (request, brought) = match door {
+        Door::Private => (read_request(&conn, Vec::new()), None),
+        Door::Mount(_) => {
+            let mut first = vec![0u8; 4096];
+            let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
+            match super::mount_socket::recv_request(&conn, &mut first) {
+                Ok((n, fd)) => {
+                    first.truncate(n);
+                    (read_request(&conn, first), fd)
+                }
+                Err(e) => (Err(anyhow::anyhow!("bad request: {e}")), None),
+            }
+        }
+    };
     let mut out = Unmarked(std::io::BufWriter::new(match conn.try_clone() {
         Ok(c) => c,
         Err(_) => return,
     }));
     let daemon_uid = nix::unistd::geteuid().as_raw();
-    let result = request.and_then(|req| match peer {
-        Ok(peer) => match acting_as(&peer, daemon_uid, others, &req) {
-            Some(who) => {
-                tracing::info!(?req, uid = peer.uid, "control request");
+    let result = request.and_then(|req| {
+        let peer = peer.map_err(|e| anyhow::anyhow!("cannot tell who is asking: {e}"))?;
+        let who = match door {
+            Door::Private if peer.uid == 0 || peer.uid == daemon_uid => Ok(Who::root()),
+            Door::Private => Err(
+                "permission denied: only root and the mount's own user may ask its daemon; other users name a directory on the mount".to_string(),
+            ),
+            Door::Mount(m) => m.acting_as(&peer, daemon_uid, &req, brought),
+        };
+        // (an ordinary user's requests are not logged: they are theirs, and could fill the log)
+        let ordinary = peer.uid != 0 && peer.uid != daemon_uid;
+        match who {
+            Ok(who) => {
+                if !ordinary {
+                    tracing::info!(command = req.kind(), uid = peer.uid, "control request");
+                }
                 execute(vol, &req, &who, true, &mut out)
             }
-            None => {
-                tracing::warn!(?req, uid = peer.uid, "control request refused");
-                Err(anyhow::anyhow!(
-                    "permission denied: only root and the mount's own user may ask this; other users of a mount with allow_other may list, restore and purge their own trash and see the quotas that concern them"
-                ))
+            Err(why) => {
+                if !ordinary {
+                    tracing::warn!(command = req.kind(), uid = peer.uid, "control request refused");
+                }
+                Err(anyhow::anyhow!("{why}"))
             }
-        },
-        Err(e) => Err(anyhow::anyhow!("cannot tell who is asking: {e}")),
+        }
     });
     let end = match result {
         Ok(()) => "ok".to_string(),
@@ -482,45 +483,4 @@ fn answer(vol: &Volume, conn: UnixStream, others: bool) {
     let _ = out.write_all(end.as_bytes());
     let _ = out.write_all(b"\n");
     let _ = out.flush();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn other_users_make_only_their_own_requests_as_themselves() {
-        let user = Who {
-            uid: 1000,
-            gid: 1000,
-            groups: vec![27],
-        };
-        let list = Request::Trash(TrashRequest::List { json: false });
-        let get = Request::Quota(QuotaRequest::Get {
-            target: QuotaTarget::Volume,
-            json: false,
-        });
-        let set = Request::Quota(QuotaRequest::Set {
-            target: QuotaTarget::User(1000),
-            bytes: 1,
-            inodes: 0,
-        });
-        assert_eq!(acting_as(&user, 0, true, &list), Some(user.clone()));
-        assert_eq!(acting_as(&user, 0, true, &get), Some(user.clone()));
-        for refused in [
-            set,
-            Request::Dump,
-            Request::Status,
-            Request::Settings { set: None },
-        ] {
-            assert_eq!(acting_as(&user, 0, true, &refused), None, "{refused:?}");
-            assert_eq!(
-                acting_as(&Who::root(), 0, false, &refused),
-                Some(Who::root())
-            );
-            assert_eq!(acting_as(&user, 1000, false, &refused), Some(Who::root()));
-        }
-        // a mount only its own user may use answers no one else
-        assert_eq!(acting_as(&user, 0, false, &list), None);
-    }
 }

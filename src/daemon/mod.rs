@@ -6,6 +6,7 @@
 //! (`fuse`), and on SIGTERM, SIGINT or an unmount commits what is pending before it exits.
 
 pub mod control;
+pub mod mount_socket;
 pub mod mount_table;
 pub mod mountpoint;
 pub mod options;
@@ -55,7 +56,7 @@ pub fn serve(
         .shared()
         .is_some()
         .then(|| crate::fuse::KernelCache::new(ttl));
-    let control_name = control::mount_socket_name();
+    let door = mount_socket::MountDoor::new(mountpoint, opts.allow_other, opts.read_only);
     let adapter = GravitonFuse::new(
         fs.clone(),
         ttl,
@@ -63,7 +64,7 @@ pub fn serve(
         kernel.clone(),
     )
     .with_write_cache(opts.write_cache)
-    .with_control_socket(control_name.clone());
+    .with_control_socket(door.name.clone());
     let notifier = adapter.notifier_slot();
     let fsname = fsname(source);
     let mut session = Session::new(adapter, mountpoint, &fuse_config(&fsname, opts))
@@ -90,7 +91,7 @@ pub fn serve(
     let _ = vol.in_use.set(Box::new(move |ino| {
         weak.upgrade().is_some_and(|fs| fs.in_use(ino))
     }));
-    control::serve(vol.clone(), Some(&control_name), opts.allow_other)?;
+    control::serve(vol.clone(), Some(door))?;
     // the daemon is the one process of an embedded volume: it collects its garbage itself
     let gc_every = opts.gc_every.unwrap_or(match source {
         Source::Dir(_) => Some(crate::maint::gc::DEFAULT_EVERY),

@@ -3,7 +3,9 @@
 //! The kernel passes an ioctl on a FUSE file or directory on only when its number encodes its
 //! argument's size and direction, so each argument has a fixed size. [`CLONE`]'s: a version,
 //! the lengths of two paths from the volume's root, and the paths. [`WHERE`]'s: the name of
-//! the mount's control socket (`daemon::control`), which the daemon writes.
+//! the mount's control socket (`daemon::mount_socket`), which the daemon writes.
+//! The numbers follow the generic encoding (x86, ARM, RISC-V); powerpc, mips and sparc
+//! encode directions and sizes otherwise, and have no `graviton clone` or mount path queries.
 
 /// Bytes of the argument: a 16-byte header and up to [`PATHS_MAX`] bytes of paths.
 pub const ARG_BYTES: usize = 16 + PATHS_MAX;

@@ -26,7 +26,7 @@ pub struct Shown {
 /// The quota `target` names; a directory as `who` reaches it.
 fn key_of(meta: &dyn MetaStore, target: &QuotaTarget, who: &Who) -> anyhow::Result<Key> {
     if let QuotaTarget::Path(p) = target {
-        reachable(meta, p, who)?;
+        reachable(meta, p, who, access::EXEC)?;
     }
     Ok(match target {
         QuotaTarget::Volume => Key::Volume,
@@ -47,13 +47,15 @@ fn key_of(meta: &dyn MetaStore, target: &QuotaTarget, who: &Who) -> anyhow::Resu
     })
 }
 
-/// Whether `who` may walk to directory `path` (from the volume's root).
-fn reachable(meta: &dyn MetaStore, path: &str, who: &Who) -> anyhow::Result<()> {
+/// Whether `who` may walk to directory `path` (from the volume's root), with `mask` on every
+/// directory on the way.
+fn reachable(meta: &dyn MetaStore, path: &str, who: &Who, mask: u16) -> anyhow::Result<()> {
     if who.is_root() {
         return Ok(());
     }
     let parts = access::components(path.as_bytes())?;
-    access::walk(meta.read()?.as_mut(), who, &parts).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    access::walk(meta.read()?.as_mut(), who, &parts, mask)
+        .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
     Ok(())
 }
 
@@ -64,7 +66,11 @@ fn visible(meta: &dyn MetaStore, key: Key, of: &str, who: &Who) -> bool {
         Key::Volume => true,
         Key::User(u) => u == who.uid,
         Key::Group(g) => who.in_group(g),
-        Key::Dir(_) => of.starts_with('/') && reachable(meta, of, who).is_ok(),
+        Key::Trash => true,
+        // (a listing names it: only where `who` could list it too)
+        Key::Dir(_) => {
+            of.starts_with('/') && reachable(meta, of, who, access::READ | access::EXEC).is_ok()
+        }
     }
 }
 
@@ -74,6 +80,7 @@ pub(crate) fn describe(meta: &dyn MetaStore, key: Key) -> anyhow::Result<String>
         Key::Volume => "volume".into(),
         Key::User(u) => format!("user:{u}"),
         Key::Group(g) => format!("group:{g}"),
+        Key::Trash => "trash".into(),
         Key::Dir(d) => {
             let mut view = meta.read()?;
             match tree::trash::path_of(view.as_mut(), d, 0)? {

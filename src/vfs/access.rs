@@ -87,15 +87,15 @@ pub fn components(path: &[u8]) -> FsResult<Vec<&[u8]>> {
 }
 
 /// The directory `parts` names, walked from the root as `who`: every directory on the way
-/// must be searchable by it, and no component may be a symlink.
-pub fn walk(view: &mut dyn MetaRead, who: &Who, parts: &[&[u8]]) -> FsResult<Ino> {
+/// must allow it `mask` (`EXEC`: searchable), and no component may be a symlink.
+pub fn walk(view: &mut dyn MetaRead, who: &Who, parts: &[&[u8]], mask: u16) -> FsResult<Ino> {
     let mut dir = ROOT_INO;
     for part in parts {
         let inode = view.inode(dir)?.ok_or(FsError::NotFound)?;
         if inode.kind != FileKind::Dir {
             return Err(FsError::NotDir);
         }
-        if !who.may(&inode, EXEC) {
+        if !who.may(&inode, mask) {
             return Err(FsError::Denied);
         }
         let entry = view.dirent(dir, part)?.ok_or(FsError::NotFound)?;

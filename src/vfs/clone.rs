@@ -33,11 +33,11 @@ impl Fs {
             let source = match src_parts.split_last() {
                 None => ROOT_INO,
                 Some((last, dirs)) => {
-                    let dir = walk(view.as_mut(), who, dirs)?;
+                    let dir = walk(view.as_mut(), who, dirs, EXEC)?;
                     view.dirent(dir, last)?.ok_or(FsError::NotFound)?.ino
                 }
             };
-            let parent = walk(view.as_mut(), who, dst_dirs)?;
+            let parent = walk(view.as_mut(), who, dst_dirs, EXEC)?;
             let dir = view.inode(parent)?.ok_or(FsError::NotFound)?;
             if is_frozen(parent) {
                 return Err(FsError::Frozen);

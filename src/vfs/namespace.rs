@@ -860,7 +860,8 @@ impl Fs {
         true
     }
 
-    /// Capacity as the filesystem holding the block store reports it, when it is local.
+    /// Capacity as the filesystem holding the block store reports it, when it is local; as
+    /// the volume's quota sets it, when it has one (the trash then free but not available).
     pub fn statfs(&self, capacity_of: Option<&std::path::Path>) -> FsResult<FsStats> {
         let mut stats = FsStats {
             block_size: 4096,
@@ -885,8 +886,14 @@ impl Fs {
             let unit = stats.block_size as u64;
             if q.bytes_limit > 0 {
                 let free = (q.bytes_limit as i64 - q.bytes).max(0) as u64 / unit;
+                // The trash counts against the capacity, but it empties itself: like ext4's
+                // reserved blocks, it is free (`df` leaves it out of Used) and not available.
+                let trash = match super::quota::record(view.as_mut(), super::quota::Key::Trash)? {
+                    Some(t) if !t.counting => t.bytes.max(0) as u64 / unit,
+                    _ => 0,
+                };
                 stats.blocks = q.bytes_limit / unit;
-                stats.blocks_free = stats.blocks_free.min(free);
+                stats.blocks_free = stats.blocks_free.min(free + trash);
                 stats.blocks_avail = stats.blocks_avail.min(free);
             }
             if q.inodes_limit > 0 {

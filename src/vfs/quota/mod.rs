@@ -56,6 +56,9 @@ pub enum Key {
     Dir(Ino),
     User(u32),
     Group(u32),
+    /// No limit, only usage: what the trash holds (made and removed with the volume's quota),
+    /// so that `df` can leave it out of what is used.
+    Trash,
 }
 
 impl Key {
@@ -65,6 +68,7 @@ impl Key {
             Key::Dir(d) => format!("quota/dir/{d}").into_bytes(),
             Key::User(u) => format!("quota/user/{u}").into_bytes(),
             Key::Group(g) => format!("quota/group/{g}").into_bytes(),
+            Key::Trash => b"quota/trash".to_vec(),
         }
     }
 }
@@ -204,6 +208,11 @@ pub fn keys_of(tx: &mut dyn MetaRead, map: &Map, inode: &Inode) -> FsResult<Vec<
         if map.contains(&k) {
             keys.push(k);
         }
+    }
+    // Every inode in the trash is an entry of an hour folder: a directory goes there only
+    // when empty (rmdir, or a rename over it), and nothing is made inside one there.
+    if map.contains(&Key::Trash) && crate::vfs::tree::trash::holds(inode) {
+        keys.push(Key::Trash);
     }
     Ok(keys)
 }

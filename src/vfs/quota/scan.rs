@@ -107,11 +107,12 @@ pub fn tally(
             reserving.push(inode.ino);
         }
         let bytes = charge(&inode, r) as i64;
-        let keys = dirs.into_iter().map(Key::Dir).chain([
-            Key::Volume,
-            Key::User(inode.uid),
-            Key::Group(inode.gid),
-        ]);
+        let trashed = crate::vfs::tree::trash::holds(&inode).then_some(Key::Trash);
+        let keys = dirs
+            .into_iter()
+            .map(Key::Dir)
+            .chain([Key::Volume, Key::User(inode.uid), Key::Group(inode.gid)])
+            .chain(trashed);
         for k in keys {
             if let Some(u) = out.get_mut(&k) {
                 u.0 += bytes;
@@ -217,6 +218,11 @@ pub fn set(meta: &dyn MetaStore, key: Key, bytes_limit: u64, inodes_limit: u64) 
     if fresh {
         finish_count(meta, key)?;
     }
+    if key == Key::Volume && !map(meta.read()?.as_mut())?.contains(&Key::Trash) {
+        // the volume's capacity comes with the count of the trash (`df` leaves it out of
+        // what is used)
+        set(meta, Key::Trash, 0, 0)?;
+    }
     Ok(())
 }
 
@@ -261,12 +267,15 @@ fn finish_count(meta: &dyn MetaStore, key: Key) -> FsResult<()> {
     repair(meta, &recount(meta, &Map::from([key]))?.0)
 }
 
-/// Removes the quota `key`; false when there was none.
+/// Removes the quota `key` (the volume's with the trash's count); false when there was none.
 pub fn remove(meta: &dyn MetaStore, key: Key) -> FsResult<bool> {
     crate::vfs::run_txn(meta, |tx| {
         let mut map = map(tx)?;
         if !map.remove(&key) {
             return Ok(false);
+        }
+        if key == Key::Volume && map.remove(&Key::Trash) {
+            delete_record(tx, Key::Trash)?;
         }
         put_map(tx, &map)?;
         delete_record(tx, key)?;

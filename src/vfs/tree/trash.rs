@@ -362,10 +362,15 @@ pub fn restore(meta: &dyn MetaStore, names: &[String], who: &Who) -> anyhow::Res
                 Back::Done => report.restored += 1,
                 Back::Already => {}
                 Back::Skipped(why) => {
+                    // (named by this entry only: a directory above it may be another's)
+                    let why = match ino == r.entry.ino {
+                        true => why.to_string(),
+                        false => format!("its directory is in the trash too and {why}"),
+                    };
                     report.skipped.push(format!(
                         "{}/{}: {why}",
                         String::from_utf8_lossy(&r.hour_name),
-                        String::from_utf8_lossy(entry)
+                        String::from_utf8_lossy(&r.name)
                     ));
                     break;
                 }
@@ -403,25 +408,30 @@ fn put_back(meta: &dyn MetaStore, hour: Ino, entry: &[u8], ino: Ino, who: &Who) 
             Some(d) if d.kind == FileKind::Dir && d.nlink > 0 && !holds(&d) => d,
             _ => return Ok(Back::Skipped("its directory is gone")),
         };
-        if taken.is_some() {
-            return Ok(Back::Skipped("its name is in use again"));
-        }
+        // what `who` may do first: nothing about the directory's entries before that
         if !who.may(&dir_inode, WRITE | EXEC) {
             return Ok(Back::Skipped("you may not write its directory"));
         }
-        // its directory may have moved into it meanwhile (another mount renamed it there)
+        // the way there must be searchable by `who`; and its directory may have moved into
+        // it meanwhile (another mount renamed it there)
         let mut up = dir;
         for depth in 0.. {
             if up == ino || depth > 4096 {
                 return Ok(Back::Skipped("its directory is inside it now"));
             }
+            let Some(above) = tx.inode(up)? else {
+                return Ok(Back::Skipped("its directory is gone"));
+            };
+            if !who.may(&above, EXEC) {
+                return Ok(Back::Skipped("you may not reach its directory"));
+            }
             if up == ROOT_INO {
                 break;
             }
-            up = match tx.inode(up)? {
-                Some(i) => i.parent,
-                None => return Ok(Back::Skipped("its directory is gone")),
-            };
+            up = above.parent;
+        }
+        if taken.is_some() {
+            return Ok(Back::Skipped("its name is in use again"));
         }
         let mut hour_dir = tx.inode(hour)?.ok_or(FsError::NotFound)?;
         tx.delete_dirent(hour, entry)?;
