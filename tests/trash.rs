@@ -376,3 +376,20 @@ fn expiry_on_one_mount_spares_a_file_another_mount_has_open() {
     b.unmount();
     ok(a.graviton(&["fsck", &a.source]), "fsck");
 }
+
+/// A file in the trash has no links as applications see it: it takes no new name (ENOENT,
+/// as for any unlinked file), even from root, who may reach the trash folder.
+#[test]
+fn a_trashed_file_takes_no_new_name() {
+    let m = Mounted::new(&["--trash-days", "1"], "");
+    std::fs::write(m.path("f"), b"f").unwrap();
+    std::fs::remove_file(m.path("f")).unwrap();
+    let list = ok(m.graviton(&["trash", "list", &m.source]), "trash list");
+    let entry = list.split('\t').next().unwrap().to_string();
+    let trashed = m.path(&format!(".trash/{entry}"));
+    let err = std::fs::hard_link(&trashed, m.path("g")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    assert!(!m.path("g").exists());
+    assert_eq!(std::fs::read(&trashed).unwrap(), b"f", "{list}");
+    ok(m.graviton(&["fsck", &m.source]), "fsck");
+}

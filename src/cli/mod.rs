@@ -106,7 +106,7 @@ fn run_named(source: Option<String>, req: &Request) -> anyhow::Result<()> {
     {
         anyhow::ensure!(
             crate::daemon::control::for_users(req),
-            "permission denied: {path} is on a mount, through which only trash and quota queries go; `{}` takes the volume (its folder or URL)",
+            "permission denied: {path} is on a mount, through which only trash and quota queries go; `{}` takes the volume (its folder or URL, not on a mount)",
             req.kind()
         );
         return crate::daemon::mount_socket::run(&dir, &name, req, out);
@@ -116,13 +116,12 @@ fn run_named(source: Option<String>, req: &Request) -> anyhow::Result<()> {
 }
 
 /// An open directory of the mount `source` names, and its socket, when `source` is a path on
-/// a Graviton mount rather than a volume.
+/// a Graviton mount. Such a path is never opened as a volume, whatever it holds: a user may
+/// plant what looks like one there.
 fn mount_named(source: &str) -> Option<(std::fs::File, String)> {
     let path = std::path::Path::new(source);
     match Source::parse(source) {
-        Source::Dir(_) if !crate::volume::Volume::is_formatted(path) && path.exists() => {
-            crate::daemon::mount_socket::find(path)
-        }
+        Source::Dir(_) if path.exists() => crate::daemon::mount_socket::find(path),
         _ => None,
     }
 }

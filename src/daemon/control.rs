@@ -13,8 +13,8 @@
 //! and rewrite). A mount also answers on a socket of its own that any local user of it may
 //! reach (`mount_socket`): trash and quota queries ([`for_users`]), with the caller's identity.
 //! A request line is at most [`MAX_REQUEST`] bytes and must arrive within [`REQUEST_TIMEOUT`];
-//! each socket answers at most [`MAX_CONNECTIONS`] at once, and an answer the client does not
-//! read within [`WRITE_TIMEOUT`] is dropped.
+//! each socket answers at most [`MAX_CONNECTIONS`] at once, and on the mount's socket an
+//! answer the client does not read within [`WRITE_TIMEOUT`] is dropped.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -339,7 +339,10 @@ fn accept(listener: UnixListener, vol: Arc<Volume>, door: Door) -> anyhow::Resul
             for conn in listener.incoming().flatten() {
                 if answering.fetch_add(1, SeqCst) >= MAX_CONNECTIONS {
                     answering.fetch_sub(1, SeqCst);
-                    tracing::warn!("control socket: too many connections at once, one refused");
+                    // (the mount's socket is anyone's: nothing of it reaches the log)
+                    if matches!(*door, Door::Private) {
+                        tracing::warn!("control socket: too many connections at once, one refused");
+                    }
                     continue;
                 }
                 // the slot comes back however the answer ends (a panic, a failed spawn)
@@ -419,7 +422,10 @@ fn read_request(conn: &UnixStream, mut line: Vec<u8>) -> anyhow::Result<Request>
 
 fn answer(vol: &Volume, conn: UnixStream, door: &Door) {
     let peer = peer(&conn);
-    let _ = conn.set_write_timeout(Some(WRITE_TIMEOUT));
+    if let Door::Mount(_) = door {
+        // anyone's: an answer left unread does not hold its thread for ever
+        let _ = conn.set_write_timeout(Some(WRITE_TIMEOUT));
+    }
     let _admitted = match (door, &peer) {
         (Door::Mount(m), Ok(p)) => match m.admit(p.uid) {
             Some(a) => Some(a),

@@ -91,6 +91,10 @@ pub fn serve(
     let _ = vol.in_use.set(Box::new(move |ino| {
         weak.upgrade().is_some_and(|fs| fs.in_use(ino))
     }));
+    // (a mount's own requests are answered once its device is known)
+    if let Err(e) = door.set_device() {
+        tracing::warn!("trash and quota queries through the mount will be refused: {e:#}");
+    }
     control::serve(vol.clone(), Some(door))?;
     // the daemon is the one process of an embedded volume: it collects its garbage itself
     let gc_every = opts.gc_every.unwrap_or(match source {

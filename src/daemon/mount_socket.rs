@@ -37,7 +37,7 @@ pub struct MountDoor {
     /// Users other than root and the daemon's may use the mount (`allow_other`).
     pub others: bool,
     pub read_only: bool,
-    /// The mount's device, found at the first request (the mount is up by then).
+    /// The mount's device, set once mounted (`set_device`); nothing is answered before.
     dev: OnceLock<u64>,
     answering: Mutex<HashMap<u32, usize>>,
 }
@@ -94,12 +94,13 @@ impl MountDoor {
         Some(Admitted { door: self, uid })
     }
 
-    fn dev(&self) -> std::io::Result<u64> {
-        if let Some(d) = self.dev.get() {
-            return Ok(*d);
-        }
-        let d = std::fs::metadata(&self.mountpoint)?.dev();
-        Ok(*self.dev.get_or_init(|| d))
+    /// Records the mount's device, read from the mount table right after mounting (a later
+    /// mount over the mountpoint, or a renamed path, cannot change it).
+    pub fn set_device(&self) -> anyhow::Result<()> {
+        let dev = crate::fuse::readahead::device(&self.mountpoint)
+            .context("the mount is not in /proc/self/mountinfo")?;
+        let _ = self.dev.set(dev);
+        Ok(())
     }
 
     /// Who `req` of `peer` runs as, given what it brought (`recv_request`); why not, else.
@@ -116,7 +117,7 @@ impl MountDoor {
         let on_this_mount = brought
             .map(std::fs::File::from)
             .and_then(|f| f.metadata().ok())
-            .is_some_and(|m| self.dev().is_ok_and(|d| d == m.dev()));
+            .is_some_and(|m| self.dev.get() == Some(&m.dev()));
         if !on_this_mount {
             return Err(
                 "permission denied: the request brought no open directory of this mount".into(),

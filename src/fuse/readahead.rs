@@ -24,11 +24,10 @@ fn setting(dev: u64) -> PathBuf {
 /// on its own mount keeps a killed daemon from ever exiting). Without the right to write the
 /// setting (an unprivileged mount), the default stays.
 pub fn widen(mountpoint: &Path) {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let Some((major, minor)) = device_of(&mountinfo, mountpoint) else {
+    let Some(dev) = device(mountpoint) else {
         return tracing::debug!("kernel read-ahead left as is: the mount is not in mountinfo");
     };
-    let path = setting(libc::makedev(major, minor));
+    let path = setting(dev);
     match std::fs::write(&path, (MAX_READAHEAD >> 10).to_string()) {
         Ok(()) => tracing::debug!("{}: {} KiB", path.display(), MAX_READAHEAD >> 10),
         Err(e) => tracing::info!(
@@ -36,6 +35,14 @@ pub fn widen(mountpoint: &Path) {
             path.display()
         ),
     }
+}
+
+/// The device of the last mount on `mountpoint`, as `stat` shows it (`st_dev`), from
+/// `/proc/self/mountinfo` (no request to the mount itself: see `widen`).
+pub fn device(mountpoint: &Path) -> Option<u64> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let (major, minor) = device_of(&mountinfo, mountpoint)?;
+    Some(libc::makedev(major, minor))
 }
 
 /// The device (major, minor) of the last mount on `mountpoint` in a mountinfo table.

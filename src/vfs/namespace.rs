@@ -513,7 +513,8 @@ impl Fs {
             if inode.kind == FileKind::Dir {
                 return Err(FsError::NotPermitted);
             }
-            if inode.nlink == 0 {
+            // (a file in the trash has no links as applications see it)
+            if inode.nlink == 0 || crate::vfs::tree::trash::holds(&inode) {
                 return Err(FsError::NotFound);
             }
             if inode.nlink >= LINK_MAX {
