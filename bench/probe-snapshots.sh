@@ -17,17 +17,7 @@ FILES="${FILES:-100000}"
 ENGINES=("${@:-rocksdb postgres}")
 # shellcheck disable=SC2206
 ENGINES=(${ENGINES[*]})
-W=$(mktemp -d /var/tmp/graviton-snapshots.XXXX)
-export XDG_STATE_HOME="$W/state"
-DB=""
-cleanup() {
-  fusermount3 -u "$W/mnt" 2>/dev/null || true; sleep 1
-  if [ -n "$DB" ]; then
-    runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB" || true
-  fi
-  rm -rf "$W"
-}
-trap cleanup EXIT
+source bench/scratch-volume.sh snapshots
 
 # the writer: creates files in DIR until STOP exists, then prints its longest operation (ms)
 writer() {
@@ -62,18 +52,7 @@ with_writer() {
 blocks() { "$G" status --json "$1" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["stored_blocks"], "blocks,", s["stored_bytes"], "bytes")'; }
 
 for engine in "${ENGINES[@]}"; do
-  fusermount3 -u "$W/mnt" 2>/dev/null || true
-  rm -rf "$W/vol" "$W/mnt" && mkdir -p "$W/mnt"
-  if [ "$engine" = postgres ]; then
-    source scripts/pg.sh
-    DB="graviton_snapshots_$$"
-    runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
-    SRC="${GRAVITON_TEST_PG%/*}/$DB"
-    "$G" format --store "file://$W/vol/blocks" "$SRC" > /dev/null
-  else
-    SRC="$W/vol"
-    "$G" format "$SRC" > /dev/null
-  fi
+  new_volume "$engine"
   "$G" mount "$SRC" "$W/mnt"
   t0=$(date +%s.%N)
   python3 - "$W/mnt/tree" "$FILES" <<'PY'

@@ -20,29 +20,8 @@ ENGINE="${1:-rocksdb}"
 DIRS="${DIRS:-90}"
 PER_DIR="${PER_DIR:-10000}"
 BIG="${BIG:-100000}"
-W=$(mktemp -d /var/tmp/graviton-million.XXXX)
-export XDG_STATE_HOME="$W/state"
-DB=""
-cleanup() {
-  fusermount3 -u "$W/mnt" 2>/dev/null || true; sleep 1
-  if [ -n "$DB" ]; then
-    runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS $DB" || true
-  fi
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
-mkdir -p "$W/mnt"
-if [ "$ENGINE" = postgres ]; then
-  source scripts/pg.sh
-  DB="graviton_million_$$"
-  runuser -u postgres -- psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $DB"
-  SRC="${GRAVITON_TEST_PG%/*}/$DB"
-  "$G" format --store "file://$W/vol/blocks" "$SRC" > /dev/null
-else
-  SRC="$W/vol"
-  "$G" format "$SRC" > /dev/null
-fi
+source bench/scratch-volume.sh million
+new_volume "$ENGINE"
 
 daemon_pid() { pgrep -f "graviton.* $W/mnt" | head -1; }
 rss() { awk -v k="$1" '$1 == k":" {printf "%.0f MiB", $2 / 1024}' "/proc/$(daemon_pid)/status"; }
